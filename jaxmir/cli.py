@@ -1,0 +1,225 @@
+"""The `jaxmir` command: train, eval, transcribe, info, features.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad usage (unknown task, preset, config key or
+value type; missing or empty data), with one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jaxmir.config import ConfigError, apply_overrides
+
+EPILOG = """examples:
+  jaxmir train beat --preset demo                 train on the embedded corpus
+  jaxmir train beat --workdir runs/b1 --set train.epochs=20 --set optim.learning_rate=3e-4
+  jaxmir eval beat --workdir runs/b1 --split test
+  jaxmir transcribe beat song.mid --workdir runs/b1 -o out/
+  jaxmir info beat --preset paper
+  jaxmir features beat --dataset midi --root my_midis/ --out cache/beat-midi
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxmir",
+        description="Train, evaluate and run music-information-retrieval models (JAX/Flax).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a task's model (resumes a workdir with a checkpoint)")
+    t.add_argument("task", help="beat")
+    t.add_argument("--preset", default=None, help="tiny | demo | paper (default: demo, or the "
+                   "workdir's saved config when resuming)")
+    t.add_argument("--workdir", type=Path, default=None,
+                   help="run directory (default runs/<task>-<preset>-<timestamp>)")
+    t.add_argument("--data", type=Path, default=None,
+                   help="feature cache from `jaxmir features` (default: the embedded corpus)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.epochs=3 (JSON values)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("eval", help="score a trained run with mir_eval on whole pieces")
+    e.add_argument("task")
+    e.add_argument("--workdir", type=Path, required=True)
+    e.add_argument("--split", default="test", help="val | test (default test)")
+    e.add_argument("--data", type=Path, default=None, help="feature cache (default: the run's)")
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
+
+    r = sub.add_parser("transcribe", help="run a trained model on input files")
+    r.add_argument("task")
+    r.add_argument("inputs", nargs="+", type=Path)
+    r.add_argument("--workdir", type=Path, required=True)
+    r.add_argument("-o", "--outdir", type=Path, default=Path("."))
+
+    i = sub.add_parser("info", help="model size and shapes of a preset (no compute)")
+    i.add_argument("task")
+    i.add_argument("--preset", default="paper")
+    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    f = sub.add_parser("features", help="turn a dataset folder into a feature cache")
+    f.add_argument("task")
+    f.add_argument("--dataset", required=True, help="dataset layout, e.g. midi")
+    f.add_argument("--root", type=Path, required=True, help="the dataset's folder")
+    f.add_argument("--out", type=Path, required=True, help="cache directory to write")
+    f.add_argument("-j", "--workers", type=int, default=1)
+    return p
+
+
+class UsageError(Exception):
+    pass
+
+
+def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | None):
+    saved = workdir / "config.json" if workdir is not None else None
+    if preset is None and saved is not None and saved.is_file():
+        cfg = task.config_from_dict(json.loads(saved.read_text()))
+    else:
+        cfg = task.preset(preset or "demo")
+    return apply_overrides(cfg, overrides)
+
+
+def _run_json(workdir: Path) -> dict:
+    path = workdir / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def cmd_train(args) -> int:
+    from jaxmir.engine.run import default_workdir, resolve_data, train
+    from jaxmir.tasks.base import get_task
+
+    task = get_task(args.task)
+    cfg = _config_for(task, args.preset, args.overrides, args.workdir)
+    workdir = args.workdir or default_workdir(cfg)
+    data = args.data or _run_json(workdir).get("data")
+    cache = resolve_data(task, cfg, data, progress=not args.no_progress)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "run.json").write_text(json.dumps({"data": str(cache.root.absolute())}) + "\n")
+    result = train(task, cfg, workdir, cache.root, progress=not args.no_progress)
+    if result.status.startswith("interrupted"):
+        print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
+    return 0
+
+
+def _restore_for_inference(task, workdir: Path, step: int | None):
+    import jax
+
+    from jaxmir.engine.checkpoint import Checkpointer
+    from jaxmir.engine.run import init_state, make_callbacks
+    from jaxmir.engine.sharding import make_mesh
+
+    cfg_path = workdir / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
+    cfg = task.config_from_dict(json.loads(cfg_path.read_text()))
+    ckpt = Checkpointer(workdir / "checkpoints", monitor=cfg.train.monitor)
+    step = step if step is not None else ckpt.best_step()
+    if step is None:
+        raise UsageError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
+    mesh = make_mesh(jax.devices()[:1])
+    state = init_state(task, cfg, mesh, make_callbacks(cfg))
+    state, meta = ckpt.restore(step, state)
+    ckpt.close()
+    return cfg, mesh, state, step
+
+
+def cmd_eval(args) -> int:
+    from jaxmir.engine.run import make_predict, resolve_data
+    from jaxmir.tasks.base import get_task
+
+    task = get_task(args.task)
+    cfg, mesh, state, step = _restore_for_inference(task, args.workdir, args.step)
+    data = args.data or _run_json(args.workdir).get("data")
+    cache = resolve_data(task, cfg, data)
+    metrics = task.evaluate(make_predict(task, cfg, mesh, state), cfg, cache, args.split)
+    result = {"task": task.name, "split": args.split, "step": step, **metrics}
+    out = args.workdir / "eval" / f"{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from jaxmir.engine.run import make_predict
+    from jaxmir.tasks.base import get_task
+
+    task = get_task(args.task)
+    cfg, mesh, state, _ = _restore_for_inference(task, args.workdir, None)
+    predict = make_predict(task, cfg, mesh, state)
+    for path in args.inputs:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        for written in task.transcribe(predict, path, cfg, args.outdir):
+            print(written)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import jax
+    import numpy as np
+
+    from jaxmir.engine.state import count_params
+    from jaxmir.tasks.base import get_task
+
+    task = get_task(args.task)
+    cfg = apply_overrides(task.preset(args.preset), args.overrides)
+    model = task.model(cfg)
+    spec = task.input_spec(cfg)
+    x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
+    variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0), x)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    info = {
+        "task": task.name,
+        "preset": cfg.preset,
+        "model": cfg.model.name,
+        "params": count_params(variables["params"]),
+        "input_shape": list(spec.shape),
+        "output_shape": list(np.shape(out)[1:]),
+    }
+    print(f"{task.name} / {cfg.preset}: {type(model).__name__}, {info['params']:,} parameters")
+    print(json.dumps(info))
+    return 0
+
+
+def cmd_features(args) -> int:
+    from jaxmir.tasks.base import get_task
+
+    task = get_task(args.task)
+    summary = task.featurize(args.dataset, args.root, args.out, workers=args.workers)
+    for path, reason in summary["failed"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(
+        f"{summary['written']} pieces written, {summary['skipped']} already cached, "
+        f"{len(summary['failed'])} failed -> {summary['out']}"
+    )
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "transcribe": cmd_transcribe,
+    "info": cmd_info,
+    "features": cmd_features,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from jaxmir.data.cache import CacheError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, UsageError, CacheError, FileNotFoundError) as e:
+        print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

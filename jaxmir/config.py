@@ -1,0 +1,228 @@
+"""Configs: nested dataclasses, the one source of truth for every setting.
+
+The CLI (`--set a.b=value`), the saved `config.json` and the Python API are views of a `Config`.
+Each task contributes its own `model`, `data` and `decode` dataclasses and its presets; the
+`train` and `optim` sections are shared by all tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad key, value or type in a config or an override (the CLI exits with code 2)."""
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimizer and learning-rate control (the LR lives in the optimizer state)."""
+
+    name: str = "adam"  # adam | adamw | sgd
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip_norm: float | None = None  # clip by global norm
+    grad_clip_value: float | None = None  # clip each element (omnizart chord: clipvalue=1)
+    # Learning-rate control, applied by callbacks at epoch end:
+    #   constant | step (x decay_rate every decay_every epochs) | exponential (x decay_rate per
+    #   epoch) | plateau (x decay_rate after `plateau_patience` epochs without improvement)
+    lr_schedule: str = "constant"
+    decay_rate: float = 0.25
+    decay_every: int = 3
+    min_lr: float = 0.0
+    plateau_patience: int = 2
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The epoch driver's schedule and its callbacks."""
+
+    epochs: int = 10
+    steps_per_epoch: int = 1000
+    val_steps: int = 50
+    batch_size: int = 64
+    val_batch_size: int = 64
+    seed: int = 0
+    log_every: int = 50  # steps between metric read-backs (bar postfix, metrics.jsonl)
+    monitor: str = "val_loss"  # what early stopping and "best" checkpoints watch
+    early_stop_patience: int | None = 7  # None: no early stopping
+    early_stop_min_delta: float = 0.0
+    keep_latest: int = 1  # checkpoints kept by recency
+    keep_best: int = 1  # checkpoints kept by the monitored metric
+    terminate_on_nan: bool = True
+    eval_pieces_each_epoch: bool = True  # score whole validation pieces with mir_eval each epoch
+    data_threads: int = 2  # Grain read threads
+    # Test-only: send this process SIGTERM right after this global step (exercises resume).
+    interrupt_at_step: int | None = None
+
+
+@dataclasses.dataclass
+class Config:
+    """A full run configuration. `model`, `data` and `decode` are the task's own dataclasses."""
+
+    task: str
+    preset: str
+    model: Any
+    data: Any
+    decode: Any
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Keys that may change when a run is resumed: they change the schedule, not the model or data.
+SCHEDULE_KEYS = (
+    "train.epochs",
+    "train.steps_per_epoch",
+    "train.val_steps",
+    "train.log_every",
+    "train.eval_pieces_each_epoch",
+    "train.early_stop_patience",
+    "train.interrupt_at_step",
+    "train.data_threads",
+)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (elem,) = typing.get_args(tp)[:1] or (Any,)
+        return tuple(_check_value(v, elem, key) for v in value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return from_dict(tp, value, prefix=key + ".")
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def from_dict(cls, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}")
+    kwargs = {k: _check_value(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value); the value is JSON when it parses, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_override(cfg: Config, key: str, value: Any) -> Config:
+    """Return a copy of `cfg` with dotted `key` set to `value` (type-checked)."""
+    parts = key.split(".")
+    if parts[0] in ("task", "preset"):
+        raise ConfigError(f"{key} cannot be overridden: choose the task and --preset instead")
+
+    def set_in(obj, path: list[str], prefix: str):
+        name = path[0]
+        if not dataclasses.is_dataclass(obj) or name not in {
+            f.name for f in dataclasses.fields(obj)
+        }:
+            raise ConfigError(f"unknown config key {key}")
+        if len(path) == 1:
+            tp = _field_types(type(obj))[name]
+            return dataclasses.replace(obj, **{name: _check_value(value, tp, key)})
+        child = getattr(obj, name)
+        return dataclasses.replace(obj, **{name: set_in(child, path[1:], prefix + name + ".")})
+
+    return set_in(cfg, parts, "")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for text in overrides:
+        key, value = parse_override(text)
+        cfg = apply_override(cfg, key, value)
+    return cfg
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def check_resume_compatible(saved: dict, new: Config) -> None:
+    """Refuse to resume a run whose config changed in anything but schedule keys."""
+    bad = [k for k in changed_keys(saved, json.loads(new.to_json())) if k not in SCHEDULE_KEYS]
+    if bad:
+        raise ConfigError(
+            "cannot resume: config differs from the run's config.json in " + ", ".join(bad)
+        )
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(cfg.to_json() + "\n")
+    tmp.replace(path)

@@ -1,0 +1,139 @@
+"""Orbax checkpoints of a run: the TrainState, the Grain data iterator and a JSON `meta`.
+
+One `CheckpointManager` per workdir keeps the latest N checkpoints (resume) and the best K by the
+monitored metric (evaluation). Saves are asynchronous: Orbax copies device arrays to host inside
+`save()` before it returns, so the next (donating) train step cannot corrupt a save in flight;
+the write to disk finishes in the background and is awaited before exit or restore.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from jaxmir.engine.callbacks import monitor_mode
+
+
+class Checkpointer:
+    """The run's checkpoint directory (`<workdir>/checkpoints`)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        monitor: str = "val_loss",
+        keep_latest: int = 1,
+        keep_best: int = 1,
+        async_save: bool = True,
+    ):
+        self.directory = Path(directory).absolute()
+        self.monitor = monitor
+        self.mode = monitor_mode(monitor)
+        sign = 1.0 if self.mode == "max" else -1.0
+
+        def score(metrics: dict) -> float:
+            # Orbax keeps the highest scores; interrupt saves without metrics rank last.
+            if not metrics or monitor not in metrics:
+                return -float("inf")
+            return sign * float(metrics[monitor])
+
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [
+                ocp.checkpoint_managers.LatestN(keep_latest),
+                ocp.checkpoint_managers.BestN(get_metric_fn=score, reverse=False, n=keep_best),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=score,
+            best_mode="max",
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_iterator: Any | None,
+        meta: dict,
+        metrics: dict | None = None,
+    ) -> None:
+        items = {"state": ocp.args.StandardSave(_savable(state)), "meta": ocp.args.JsonSave(meta)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if step in self.manager.all_steps():
+            return  # already saved at this step (e.g. an interrupt right after an epoch save)
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics or {})
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    # -- restoring ------------------------------------------------------------------------------
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best step by the monitored metric; the latest one when none has metrics."""
+        steps = self.manager.all_steps()
+        if not steps:
+            return None
+        ranked = [s for s in steps if self._has_metric(s)]
+        return self.manager.best_step() if ranked else self.manager.latest_step()
+
+    def _has_metric(self, step: int) -> bool:
+        for info in self.manager._checkpoints:  # noqa: SLF001 - orbax keeps metrics only here
+            if info.step == step:
+                return bool(info.metrics) and self.monitor in info.metrics
+        return False
+
+    def restore(
+        self,
+        step: int,
+        state_template: Any,
+        data_iterator: Any | None = None,
+    ) -> tuple[Any, dict]:
+        """Restore `step` onto the shapes, dtypes and shardings of `state_template`.
+
+        The data iterator, when given, is set to its saved position in place.
+        """
+        self.wait()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(state_template))
+        items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        state = _merge(state_template, restored["state"])
+        return state, dict(restored["meta"])
+
+    def restore_meta(self, step: int) -> dict:
+        self.wait()
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+
+def _savable(state: Any) -> dict:
+    """The array fields of a TrainState as a plain dict (apply_fn and tx are code, not data)."""
+    return {
+        "step": state.step,
+        "epoch": state.epoch,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+        "callbacks": state.callbacks,
+    }
+
+
+def _merge(template: Any, restored: dict) -> Any:
+    return template.replace(**restored)

@@ -1,0 +1,259 @@
+"""The epoch driver: steps inside epochs, validation, callbacks and their actions.
+
+`train_steps` runs N jitted steps and keeps the running means on device, reading them back only
+when the bar refreshes; `train_epochs` threads one TrainState through epochs, validation and the
+pure callbacks, and carries out the actions they return through a `Checkpointer`. Everything
+with a side effect (bar, writer, checkpoints, signals) is passed in, so the loop is easy to test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmir.engine.actions import Log, Save, Stop
+from jaxmir.engine.callbacks import Callback, run_callbacks
+from jaxmir.engine.report import bar_postfix, progress_bar
+from jaxmir.engine.state import TrainState, learning_rate
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (installed as a context)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals can't be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+@dataclasses.dataclass
+class RunningMeans:
+    """Sums of per-step metrics, kept on device until read."""
+
+    sums: dict | None = None
+    count: int = 0
+
+    def add(self, metrics: dict) -> None:
+        self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
+        self.count += 1
+
+    def read(self) -> dict[str, float]:
+        if self.sums is None:
+            return {}
+        host = jax.device_get(self.sums)
+        return {k: float(v) / self.count for k, v in host.items()}
+
+
+@dataclasses.dataclass
+class Hooks:
+    """The driver's effects, all optional: where it reports and how it saves."""
+
+    write: Callable[[str, int, int, str, dict], None] | None = None  # (kind, step, epoch, split, m)
+    save: Callable[[TrainState, dict | None, dict], None] | None = None  # (state, metrics, meta)
+    log: Callable[[str], None] = print
+    stop_signal: StopSignal | None = None
+    interrupt_at_step: int | None = None  # test hook: raise SIGTERM after this global step
+    progress: bool = True
+
+
+def train_steps(
+    state: TrainState,
+    step_fn: Callable,
+    batches: Iterator[dict],
+    n_steps: int,
+    *,
+    put_batch: Callable[[dict], dict],
+    callbacks: Sequence[Callback] = (),
+    log_every: int = 50,
+    hooks: Hooks | None = None,
+    epoch: int = 0,
+    title: str = "Train   ",
+) -> tuple[TrainState, dict[str, float], tuple, int]:
+    """Run up to `n_steps` steps. Returns (state, running means, actions, steps done).
+
+    Stops early when a step callback returns Stop or a stop signal arrives."""
+    hooks = hooks or Hooks()
+    means = RunningMeans()
+    actions: list = []
+    bar = progress_bar(n_steps, title, hooks.progress)
+    done = 0
+    try:
+        for done in range(1, n_steps + 1):  # noqa: B007 - `done` is read after the loop
+            state, metrics = step_fn(state, put_batch(next(batches)))
+            means.add(metrics)
+            bar.update(1)
+            global_step = int(state.step) if (done % log_every == 0) else None
+            if global_step is not None:
+                logs = means.read()
+                bar.set_postfix_str(bar_postfix(logs), refresh=False)
+                if hooks.write:
+                    hooks.write("step", global_step, epoch, "train", logs)
+                state, acts = run_callbacks(
+                    callbacks, state, {**logs, "step": global_step, "epoch": epoch}, at_step=done
+                )
+                actions.extend(acts)
+            if hooks.interrupt_at_step is not None and int(state.step) == hooks.interrupt_at_step:
+                signal.raise_signal(signal.SIGTERM)
+            if any(isinstance(a, Stop) for a in actions) or (
+                hooks.stop_signal is not None and hooks.stop_signal.requested
+            ):
+                break
+        else:
+            done = n_steps
+    finally:
+        logs = means.read()
+        bar.set_postfix_str(bar_postfix(logs), refresh=True)
+        bar.close()
+    return state, logs, tuple(actions), done
+
+
+def evaluate_batches(
+    state: TrainState,
+    eval_fn: Callable,
+    batches: Iterator[dict],
+    n_steps: int,
+    *,
+    put_batch: Callable[[dict], dict],
+    progress: bool = True,
+) -> dict[str, float]:
+    """Mean of `eval_fn` metrics over `n_steps` batches."""
+    means = RunningMeans()
+    bar = progress_bar(n_steps, "Validate", progress)
+    for _ in range(n_steps):
+        means.add(eval_fn(state, put_batch(next(batches))))
+        bar.update(1)
+    logs = means.read()
+    bar.set_postfix_str(bar_postfix(logs), refresh=True)
+    bar.close()
+    return logs
+
+
+@dataclasses.dataclass
+class EpochPlan:
+    epochs: int
+    steps_per_epoch: int
+    val_steps: int
+    log_every: int = 50
+    start_epoch: int = 0  # completed epochs (resume)
+    start_step_in_epoch: int = 0  # steps already done in the current epoch (resume)
+
+
+def train_epochs(
+    state: TrainState,
+    *,
+    train_step: Callable,
+    eval_step: Callable | None,
+    train_batches: Iterator[dict],
+    val_batches: Callable[[], Iterator[dict]] | None,
+    put_batch: Callable[[dict], dict],
+    plan: EpochPlan,
+    callbacks: Sequence[Callback] = (),
+    piece_metrics: Callable[[TrainState], dict[str, float]] | None = None,
+    hooks: Hooks | None = None,
+) -> tuple[TrainState, dict[str, list], str]:
+    """Epochs x steps with validation and callbacks.
+
+    Returns (state, history {"train": [...], "validate": [...]}, status) where status is
+    "finished", "stopped: <reason>" or "interrupted: <signal>".
+    """
+    hooks = hooks or Hooks()
+    history: dict[str, list] = {"train": [], "validate": []}
+    step_in_epoch = plan.start_step_in_epoch
+    for epoch in range(plan.start_epoch, plan.epochs):
+        hooks.log(f"Epoch: {epoch + 1}/{plan.epochs}")
+        state, train_logs, actions, done = train_steps(
+            state,
+            train_step,
+            train_batches,
+            plan.steps_per_epoch - step_in_epoch,
+            put_batch=put_batch,
+            callbacks=callbacks,
+            log_every=plan.log_every,
+            hooks=hooks,
+            epoch=epoch,
+        )
+        step_in_epoch += done
+        _log_actions(actions, hooks)
+        if hooks.stop_signal is not None and hooks.stop_signal.requested:
+            if hooks.save:
+                meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "reason": "interrupt"}
+                hooks.save(state, None, meta)
+            return state, history, f"interrupted: {hooks.stop_signal.requested}"
+        stop = next((a for a in actions if isinstance(a, Stop)), None)
+        if stop is not None:
+            if hooks.save:
+                hooks.save(state, None, {"epoch": epoch, "step_in_epoch": step_in_epoch})
+            return state, history, f"stopped: {stop.reason}"
+
+        val_logs: dict[str, float] = {}
+        if eval_step is not None and val_batches is not None and plan.val_steps > 0:
+            val_logs = evaluate_batches(
+                state,
+                eval_step,
+                val_batches(),
+                plan.val_steps,
+                put_batch=put_batch,
+                progress=hooks.progress,
+            )
+        if piece_metrics is not None:
+            val_logs.update(piece_metrics(state))
+        state = state.replace(epoch=state.epoch + 1)
+        step = int(state.step)
+        train_logs = {**train_logs, "lr": learning_rate(state)}
+        history["train"].append(train_logs)
+        history["validate"].append(val_logs)
+        if hooks.write:
+            hooks.write("epoch", step, epoch + 1, "train", train_logs)
+            hooks.write("epoch", step, epoch + 1, "val", {f"val_{k}": v for k, v in val_logs.items()})
+        if val_logs:
+            hooks.log("Validate: " + ", ".join(f"{k}: {v:.4f}" for k, v in val_logs.items()))
+        logs = {
+            **train_logs,
+            **{f"val_{k}": v for k, v in val_logs.items()},
+            "epoch": epoch + 1,
+            "step": step,
+        }
+        state, actions = run_callbacks(callbacks, state, logs)
+        _log_actions(actions, hooks)
+        step_in_epoch = 0
+        meta = {"epoch": epoch + 1, "step_in_epoch": 0, "logs": _jsonable(logs)}
+        saves = [a for a in actions if isinstance(a, Save)]
+        stop = next((a for a in actions if isinstance(a, Stop)), None)
+        if hooks.save and (saves or stop is not None or epoch + 1 == plan.epochs):
+            hooks.save(state, saves[0].metrics if saves else None, meta)
+        if stop is not None:
+            return state, history, f"stopped: {stop.reason}"
+    return state, history, "finished"
+
+
+def _log_actions(actions, hooks: Hooks) -> None:
+    for a in actions:
+        if isinstance(a, Log):
+            hooks.log(a.message)
+        elif isinstance(a, Stop):
+            hooks.log(f"Stopping: {a.reason}")
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in d.items()}

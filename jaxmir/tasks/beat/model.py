@@ -1,0 +1,209 @@
+"""The symbolic beat tracker's networks: omnizart's ``blstm`` and ``blstm_attn`` in Flax Linen.
+
+Both read a (batch, timesteps, 178) feature segment (see :mod:`jaxmir.tasks.beat.labels`) and
+predict, for every frame, a beat and a downbeat activation:
+
+* :class:`BLSTM` -- LayerNorm, ``num_layers`` bidirectional LSTMs, then the whole sequence is
+  flattened and two ``Dense(timesteps)`` heads emit one value per frame. The heads see the entire
+  segment, which is why they dominate the parameter count (2 x 50,000 x 1,000 weights at the
+  paper's 1,000 frames x 2 x 25 units).
+* :class:`BLSTMAttn` -- the same, with a 1x1 convolution to ``attn_hidden`` channels and a causal
+  multi-head self-attention with relative positions (:mod:`jaxmir.nn.relative_attention`)
+  between the LSTMs and the heads.
+
+Differences from omnizart, and why:
+
+* The models return **logits** (omnizart applies a sigmoid inside the heads); the loss applies
+  the sigmoid in a numerically stable way, and inference applies it explicitly.
+* The attention's relative-position vectors are learned parameters (in omnizart they are random
+  tensors re-drawn on every call); see :mod:`jaxmir.nn.relative_attention`.
+* Initialisers mirror Keras' defaults rather than Flax's: Glorot-uniform kernels and zero biases
+  for the dense layers and the 1x1 convolution, LayerNorm ``epsilon=1e-3``, and for the LSTMs a
+  Glorot-uniform input kernel with Keras' fused fan (``in`` + ``4 * hidden``), orthogonal
+  recurrent kernels (per gate here, over the fused matrix in Keras) and a forget-gate bias of 1
+  (Keras' ``unit_forget_bias``). The LSTM is Flax's :class:`~flax.linen.OptimizedLSTMCell` with
+  only the bias initialisation changed, so the parameter layout is Flax's (per-gate ``i*``/``h*``
+  kernels, bias on the ``h*`` side) and the count per direction equals Keras'
+  ``4 * (hidden * (in + hidden) + hidden)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+from flax.linen.recurrent import DenseParams
+from flax.typing import Initializer
+
+from jaxmir.nn.relative_attention import MultiHeadAttention
+
+MODEL_NAMES: tuple[str, ...] = ("blstm", "blstm_attn")
+_GATES = ("i", "f", "g", "o")
+_LN_EPSILON = 1e-3  # Keras' LayerNormalization default
+
+
+def keras_lstm_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Glorot-uniform for one gate's ``(in, hidden)`` input kernel, with the fan of Keras' fused
+    ``(in, 4 * hidden)`` kernel, so every entry has the distribution Keras gives it."""
+    fan_in, fan_out = shape[-2], 4 * shape[-1]
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+class KerasLSTMCell(nn.OptimizedLSTMCell):
+    """:class:`flax.linen.OptimizedLSTMCell` with Keras' initialisation.
+
+    Same parameters (names and shapes) and the same fused computation as the parent; the only
+    change is that the forget gate's bias is initialised by ``forget_bias_init`` (ones, Keras'
+    ``unit_forget_bias=True``), which the parent cannot express because it shares one
+    ``bias_init`` between all gates. Gates are sigmoid, cell/output activation tanh, as in Keras.
+    """
+
+    kernel_init: Initializer = keras_lstm_kernel_init
+    forget_bias_init: Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(
+        self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+        c, h = carry
+        features = h.shape[-1]
+        kernels_i, kernels_h, biases = [], [], []
+        for gate in _GATES:
+            kernel_i, _ = DenseParams(
+                features=features,
+                use_bias=False,
+                param_dtype=self.param_dtype,
+                kernel_init=self.kernel_init,
+                name=f"i{gate}",
+            )(inputs)
+            kernel_h, bias = DenseParams(
+                features=features,
+                use_bias=True,
+                param_dtype=self.param_dtype,
+                kernel_init=self.recurrent_kernel_init,
+                bias_init=self.forget_bias_init if gate == "f" else self.bias_init,
+                name=f"h{gate}",
+            )(h)
+            kernels_i.append(kernel_i)
+            kernels_h.append(kernel_h)
+            biases.append(bias)
+        inputs, h, kernel_i, kernel_h, bias = promote_dtype(
+            inputs,
+            h,
+            jnp.concatenate(kernels_i, axis=-1),
+            jnp.concatenate(kernels_h, axis=-1),
+            jnp.concatenate(biases, axis=-1),
+            dtype=self.dtype,
+        )
+        z = inputs @ kernel_i + h @ kernel_h + bias
+        z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
+        new_c = self.gate_fn(z_f) * c + self.gate_fn(z_i) * self.activation_fn(z_g)
+        new_h = self.gate_fn(z_o) * self.activation_fn(new_c)
+        return (new_c, new_h), new_h
+
+
+class BiLSTM(nn.Module):
+    """Keras ``Bidirectional(LSTM(hidden, return_sequences=True))``: forward and time-reversed
+    LSTMs over (batch, T, in), outputs re-aligned in time and concatenated to (batch, T, 2*hidden)."""
+
+    hidden: int
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        forward = nn.RNN(KerasLSTMCell(self.hidden, name="forward"), unroll=self.unroll)
+        backward = nn.RNN(KerasLSTMCell(self.hidden, name="backward"), unroll=self.unroll)
+        return nn.Bidirectional(forward, backward)(x)
+
+
+def _glorot_dense(features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, kernel_init=nn.initializers.xavier_uniform(), name=name)
+
+
+def _encode(x: jax.Array, hidden: int, num_layers: int, unroll: int) -> jax.Array:
+    """LayerNorm then ``num_layers`` BiLSTMs; called inside a compact ``__call__``."""
+    x = nn.LayerNorm(epsilon=_LN_EPSILON, name="input_norm")(x)
+    for layer in range(num_layers):
+        x = BiLSTM(hidden, unroll=unroll, name=f"blstm_{layer}")(x)
+    return x
+
+
+def _heads(x: jax.Array, timesteps: int) -> jax.Array:
+    """Flatten (batch, T, C) and emit (batch, timesteps, 2) logits, [beat, downbeat]."""
+    if x.shape[-2] != timesteps:
+        raise ValueError(f"input has {x.shape[-2]} frames, the model was built for {timesteps}")
+    flat = x.reshape(x.shape[0], -1)
+    beat = _glorot_dense(timesteps, "beat_head")(flat)
+    downbeat = _glorot_dense(timesteps, "downbeat_head")(flat)
+    return jnp.stack([beat, downbeat], axis=-1)
+
+
+class BLSTM(nn.Module):
+    """omnizart's ``blstm``. ``__call__(x (batch, timesteps, 178), train)`` -> logits
+    (batch, timesteps, 2) with [beat, downbeat] on the last axis. ``train`` is accepted for a
+    uniform interface (the model has no dropout)."""
+
+    timesteps: int = 1000
+    hidden: int = 25
+    num_layers: int = 2
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        x = _encode(x, self.hidden, self.num_layers, self.unroll)
+        return _heads(x, self.timesteps)
+
+
+class BLSTMAttn(nn.Module):
+    """omnizart's ``blstm_attn``: :class:`BLSTM`'s encoder, a 1x1 Conv1D to ``attn_hidden``
+    channels, causal relative self-attention (8 heads, dropout 0.1, ``max_dist=800``), then the
+    same two heads. Dropout (needs a ``'dropout'`` rng) is active only with ``train=True``."""
+
+    timesteps: int = 1000
+    hidden: int = 25
+    num_layers: int = 2
+    attn_hidden: int = 256
+    n_heads: int = 8
+    dropout_rate: float = 0.1
+    max_dist: int = 800
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = _encode(x, self.hidden, self.num_layers, self.unroll)
+        x = _glorot_dense(self.attn_hidden, "attn_in")(x)  # Conv1D(attn_hidden, kernel_size=1)
+        x = MultiHeadAttention(
+            n_units=self.attn_hidden,
+            n_heads=self.n_heads,
+            dropout_rate=self.dropout_rate,
+            causal=True,
+            relative_position=True,
+            max_dist=self.max_dist,
+            name="attention",
+        )(x, x, x, deterministic=not train)
+        return _heads(x, self.timesteps)
+
+
+def build_model(
+    name: str, timesteps: int, hidden: int, num_layers: int, attn_hidden: int
+) -> nn.Module:
+    """The beat model called ``name`` ("blstm" or "blstm_attn"; ``attn_hidden`` is ignored by
+    "blstm")."""
+    if name == "blstm":
+        return BLSTM(timesteps=timesteps, hidden=hidden, num_layers=num_layers)
+    if name == "blstm_attn":
+        return BLSTMAttn(
+            timesteps=timesteps, hidden=hidden, num_layers=num_layers, attn_hidden=attn_hidden
+        )
+    raise ValueError(f"unknown beat model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def count_params(params: object) -> int:
+    """Total number of entries of a parameter tree (arrays or ``jax.ShapeDtypeStruct`` s)."""
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,48 @@
+"""Test set-up: 8 simulated CPU devices, a private cache dir, and a tiny beat feature cache."""
+
+import os
+import tempfile
+
+os.environ.setdefault("JAXMIR_CACHE", tempfile.mkdtemp(prefix="jaxmir-test-cache-"))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_platforms", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxmir.data.symbolic import SymbolicPiece  # noqa: E402
+
+
+def metrical_piece(name: str, rng: np.random.Generator, seconds: float = 12.0) -> SymbolicPiece:
+    """A piece with a steady tempo, chords on beats and some notes between them."""
+    period = 60.0 / rng.uniform(80, 140)
+    meter = int(rng.choice([3, 4]))
+    beats = np.arange(0.2, seconds, period)
+    downbeats = beats[::meter]
+    notes = []
+    for i, b in enumerate(beats):
+        accent = i % meter == 0
+        for p in rng.choice(np.arange(40, 80), size=4 if accent else 2, replace=False):
+            notes.append((b, b + period * 0.9, p, 100 if accent else 70))
+        if rng.random() < 0.5:
+            notes.append((b + period / 2, b + period * 0.9, int(rng.integers(60, 84)), 60))
+    notes = np.array(sorted(notes), np.float64)
+    return SymbolicPiece(name, notes, beats, downbeats)
+
+
+@pytest.fixture(scope="session")
+def beat_cache(tmp_path_factory):
+    """A feature cache of 8 synthetic pieces: 6 train, 1 val, 1 test."""
+    from jaxmir.data.cache import FeatureCache
+    from jaxmir.tasks.beat.task import write_piece
+
+    root = tmp_path_factory.mktemp("beat-cache")
+    cache = FeatureCache.create(root, "beat", {"fixture": True})
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        split = "train" if i < 6 else ("val" if i == 6 else "test")
+        write_piece(cache, metrical_piece(f"piece{i}", rng), split)
+    return root

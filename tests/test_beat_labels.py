@@ -1,0 +1,272 @@
+"""Beat task: features, fading labels, peak decoding, MIDI/CSV output."""
+
+from __future__ import annotations
+
+import itertools
+
+import mir_eval
+import numpy as np
+import pytest
+
+from jaxmir.data.symbolic import SymbolicPiece
+from jaxmir.tasks.beat.decode import (
+    BEAT_PITCH,
+    DOWNBEAT_PITCH,
+    beats_to_midi,
+    decode_beats,
+    write_beat_csv,
+)
+from jaxmir.tasks.beat.labels import (
+    DURATION_COLS,
+    FADE,
+    FLUX_COL,
+    FPS,
+    IOI_COL,
+    N_FEATURES,
+    ONSET_COLS,
+    beat_features,
+    beat_labels,
+    n_frames_for,
+)
+
+
+def _notes(*rows):
+    return np.array(rows, np.float64).reshape(-1, 4)
+
+
+def _reference_features(notes, n_frames, fps=FPS):
+    """Loop-per-note statement of the same definition, to check the vectorised one against."""
+    onset = np.zeros((n_frames, 88))
+    dura = np.zeros((n_frames, 88))
+    ioi = np.zeros(n_frames)
+    onset_frames = set()
+    for start, end, pitch, _ in notes:
+        p = int(round(pitch)) - 21
+        on = int(round(start * fps))
+        if not 0 <= p < 88 or on >= n_frames:
+            continue
+        off = min(max(int(round(end * fps)), on + 1), n_frames)
+        onset[on, p] = 1
+        dura[on:off, p] = 1
+        onset_frames.add(on)
+    ordered = sorted(onset_frames)
+    for prev, cur in itertools.pairwise(ordered):
+        ioi[cur] = (cur - prev) / fps
+    flux = np.concatenate([[0.0], np.clip(np.diff(onset, axis=0), 0, None).sum(axis=1)])
+    return np.concatenate([onset, dura, ioi[:, None], flux[:, None]], axis=1)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_three_note_example_exact():
+    notes = _notes(
+        [0.10, 0.30, 60, 80],  # frames 10..29, column 39
+        [0.10, 0.15, 64, 80],  # same onset frame (a chord): frames 10..14, column 43
+        [0.25, 0.25, 67, 80],  # zero length: onset at 25 and one duration frame
+    )
+    n = 40
+    feat = beat_features(notes, n)
+    assert feat.shape == (n, N_FEATURES) and feat.dtype == np.float32
+
+    expected_onset = np.zeros((n, 88), np.float32)
+    expected_onset[10, [39, 43]] = 1
+    expected_onset[25, 46] = 1
+    np.testing.assert_array_equal(feat[:, ONSET_COLS], expected_onset)
+
+    expected_dura = np.zeros((n, 88), np.float32)
+    expected_dura[10:30, 39] = 1
+    expected_dura[10:15, 43] = 1
+    expected_dura[25, 46] = 1
+    np.testing.assert_array_equal(feat[:, DURATION_COLS], expected_dura)
+
+    expected_ioi = np.zeros(n, np.float32)
+    expected_ioi[25] = 0.15  # distinct onset frames 10 and 25; the first onset gets 0
+    np.testing.assert_allclose(feat[:, IOI_COL], expected_ioi, atol=1e-7)
+
+    expected_flux = np.zeros(n, np.float32)
+    expected_flux[10] = 2
+    expected_flux[25] = 1
+    np.testing.assert_array_equal(feat[:, FLUX_COL], expected_flux)
+
+
+def test_ioi_and_flux_follow_distinct_onsets():
+    notes = _notes(
+        [0.00, 0.50, 60, 90],
+        [0.05, 0.07, 62, 90],
+        [0.06, 0.07, 62, 90],  # same pitch on the next frame: no rise, so flux 0 there
+        [0.12, 0.20, 65, 90],
+    )
+    feat = beat_features(notes, 60)
+    ioi = feat[:, IOI_COL]
+    assert np.flatnonzero(ioi).tolist() == [5, 6, 12]
+    np.testing.assert_allclose(ioi[[5, 6, 12]], [0.05, 0.01, 0.06], atol=1e-7)
+    assert ioi[0] == 0
+    flux = feat[:, FLUX_COL]
+    assert flux[0] == 0  # frame 0 has an onset, but the flux starts at 0 by definition
+    assert np.flatnonzero(flux).tolist() == [5, 12]
+    # Two notes of pitch 62 back to back form one sounding run (frames 5..6).
+    np.testing.assert_array_equal(np.flatnonzero(feat[:, DURATION_COLS][:, 62 - 21]), [5, 6])
+
+
+def test_pitches_out_of_range_are_dropped():
+    notes = _notes(
+        [0.10, 0.20, 20, 80],  # below A0
+        [0.20, 0.30, 21, 80],  # A0: first column
+        [0.30, 0.40, 108, 80],  # C8: last column
+        [0.40, 0.50, 109, 80],  # above C8
+        [0.45, 0.55, 0, 80],
+        [0.50, 0.60, 127, 80],
+    )
+    feat = beat_features(notes, 70)
+    onset = feat[:, ONSET_COLS]
+    assert onset.sum() == 2
+    assert onset[20, 0] == 1 and onset[30, 87] == 1
+    assert feat[:, DURATION_COLS].sum() == 20
+    # Dropped notes take no part in the inter-onset interval or the flux either.
+    assert np.flatnonzero(feat[:, IOI_COL]).tolist() == [30]
+    assert np.flatnonzero(feat[:, FLUX_COL]).tolist() == [20, 30]
+
+
+def test_notes_past_the_end_are_clipped():
+    notes = _notes([0.05, 1.00, 60, 80], [0.50, 0.60, 62, 80], [0.20, 0.30, 64, 80])
+    feat = beat_features(notes, 30)  # the note at 0.50 s starts past frame 29
+    assert feat.shape == (30, N_FEATURES)
+    assert feat[:, ONSET_COLS].sum() == 2
+    assert feat[5:, DURATION_COLS][:, 60 - 21].sum() == 25  # sounds to the last frame
+    assert beat_features(_notes(), 10).sum() == 0
+    assert beat_features(notes, 0).shape == (0, N_FEATURES)
+
+
+def test_matches_loop_reference_on_random_notes():
+    rng = np.random.default_rng(0)
+    n_notes = 500
+    onsets = np.sort(rng.uniform(0, 20, n_notes))
+    lengths = rng.choice([0.0, 0.004, 0.01, 0.1, 0.5, 2.0], n_notes)
+    pitches = rng.integers(15, 115, n_notes)
+    notes = np.stack([onsets, onsets + lengths, pitches, np.full(n_notes, 64)], axis=1)
+    n = 1900  # shorter than the piece, so clipping is exercised as well
+    np.testing.assert_allclose(
+        beat_features(notes, n), _reference_features(notes, n), rtol=0, atol=1e-6
+    )
+
+
+def test_n_frames_covers_notes_and_beat_fade():
+    piece = SymbolicPiece(
+        name="p",
+        notes=_notes([0.0, 2.004, 60, 80], [1.0, 1.0, 62, 80]),
+        beats=np.array([0.5, 1.0, 1.5, 2.0]),
+        downbeats=np.array([0.5]),
+    )
+    assert n_frames_for(piece) == 200 + FADE
+    piece = SymbolicPiece("q", _notes([0.0, 3.004, 60, 80]), np.array([1.0]), np.array([]))
+    assert n_frames_for(piece) == 300
+    piece = SymbolicPiece("r", _notes([3.0, 3.0, 60, 80]), np.array([]), np.array([]))
+    assert n_frames_for(piece) == 301  # a zero-length note still gets a duration frame
+    empty = SymbolicPiece("e", _notes(), np.array([]), np.array([]))
+    assert n_frames_for(empty) == 1
+
+
+def test_featurises_100k_notes():
+    rng = np.random.default_rng(1)
+    n_notes = 100_000
+    onsets = np.sort(rng.uniform(0, 1000, n_notes))
+    offsets = onsets + rng.uniform(0.02, 2.0, n_notes)
+    pitches = rng.integers(21, 109, n_notes)
+    notes = np.stack([onsets, offsets, pitches, np.full(n_notes, 64.0)], axis=1)
+    piece = SymbolicPiece("big", notes, np.arange(0.5, 1000, 0.5), np.arange(0.5, 1000, 2.0))
+    n = n_frames_for(piece)
+    feat = beat_features(notes, n)
+    assert feat.shape == (n, N_FEATURES)
+    assert feat[:, ONSET_COLS].sum() > 0.99 * n_notes  # only same-frame same-pitch repeats merge
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_label_fade_and_downbeat_channel():
+    fade_values = 1.0 / np.arange(1, FADE + 1)
+    labels = beat_labels(np.array([0.2, 0.7, 1.2]), np.array([0.2]), 200)
+    assert labels.shape == (200, 2) and labels.dtype == np.float32
+    for frame in (20, 70, 120):
+        np.testing.assert_allclose(labels[frame : frame + FADE, 0], fade_values, rtol=1e-6)
+    assert np.count_nonzero(labels[:, 0]) == 3 * FADE
+    np.testing.assert_allclose(labels[20 : 20 + FADE, 1], fade_values, rtol=1e-6)
+    assert np.count_nonzero(labels[:, 1]) == FADE
+
+
+def test_label_overlaps_take_max_and_edges_are_cut():
+    labels = beat_labels(np.array([0.10, 0.15, 0.98]), np.array([]), 100)
+    beat = labels[:, 0]
+    assert beat[10] == 1 and beat[15] == 1  # the second beat's own frame is not lowered
+    np.testing.assert_allclose(beat[16], 0.5)  # max(1/7, 1/2)
+    np.testing.assert_allclose(beat[14], 0.2)  # max(1/5, nothing yet)
+    np.testing.assert_allclose(beat[98:], [1.0, 0.5])  # the fade runs off the end
+    assert labels[:, 1].sum() == 0
+    assert beat_labels(np.array([-0.05]), np.array([]), 20)[0, 0] == pytest.approx(1 / 6)
+
+
+def test_downbeats_follow_the_given_meter():
+    beats = np.arange(0.5, 6.0, 0.5)
+    downbeats = beats[::3]  # 3/4: not every fourth beat
+    labels = beat_labels(beats, downbeats, 700)
+    assert set(np.flatnonzero(labels[:, 1] == 1)) == {50, 200, 350, 500}
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def test_decode_round_trip_recovers_beats():
+    rng = np.random.default_rng(2)
+    intervals = rng.uniform(0.35, 0.9, 40)  # a drifting tempo, never under min_distance
+    beats = 0.5 + np.concatenate([[0.0], np.cumsum(intervals)]) + rng.uniform(-0.004, 0.004, 41)
+    downbeats = beats[1::3]  # a pickup beat, then bars of three
+    piece = SymbolicPiece("rt", _notes([0.0, beats[-1], 60, 80]), beats, downbeats)
+    labels = beat_labels(beats, downbeats, n_frames_for(piece))
+    got_beats, got_downbeats = decode_beats(labels)
+
+    assert len(got_beats) == len(beats) and len(got_downbeats) == len(downbeats)
+    np.testing.assert_allclose(got_beats, beats, atol=1.0 / FPS)
+    np.testing.assert_allclose(got_downbeats, downbeats, atol=1.0 / FPS)
+    np.testing.assert_allclose(got_beats * FPS, np.round(got_beats * FPS))  # frame times
+    assert mir_eval.beat.f_measure(beats, got_beats) == 1.0
+    assert mir_eval.beat.f_measure(downbeats, got_downbeats) == 1.0
+
+
+def test_decode_thresholds_and_min_distance():
+    probs = np.zeros((200, 2))
+    probs[[20, 40, 60, 150], 0] = [0.9, 0.6, 0.49, 0.7]
+    probs[[20, 45, 150], 1] = [0.35, 0.8, 0.2]
+    beats, downbeats = decode_beats(probs, min_distance=0.3)
+    np.testing.assert_allclose(beats, [0.2, 1.5])  # 0.4 s: too near 0.2 s; 0.6 s: too low
+    np.testing.assert_allclose(downbeats, [0.45])  # 20 is thinned by the higher peak at 45
+    beats, _ = decode_beats(probs, min_distance=0.1)
+    np.testing.assert_allclose(beats, [0.2, 0.4, 1.5])
+    with pytest.raises(ValueError):
+        decode_beats(np.zeros((10, 3)))
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def test_beats_to_midi_tracks():
+    beats = np.array([0.5, 0.6, 1.0, 0.6])
+    midi = beats_to_midi(beats, np.array([0.5]))
+    beat_track, down_track = midi.instruments
+    assert (beat_track.name, down_track.name) == ("Beat", "Down Beat")
+    assert beat_track.is_drum and down_track.is_drum
+    assert {n.pitch for n in beat_track.notes} == {BEAT_PITCH}
+    assert [n.pitch for n in down_track.notes] == [DOWNBEAT_PITCH]
+    starts = [n.start for n in beat_track.notes]
+    ends = [n.end for n in beat_track.notes]
+    np.testing.assert_allclose(starts, [0.5, 0.6, 1.0])
+    np.testing.assert_allclose(ends, [0.6, 0.7, 1.1])  # cut at the next beat, never overlapping
+    assert all(n.velocity == 100 for n in beat_track.notes)
+
+
+def test_write_beat_csv(tmp_path):
+    path = tmp_path / "beats.csv"
+    write_beat_csv(path, np.array([0.5, 1.0, 1.2345678]))
+    assert path.read_text() == "time\n0.500000\n1.000000\n1.234568\n"
+    write_beat_csv(path, np.array([]))
+    assert path.read_text() == "time\n"
