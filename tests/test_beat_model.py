@@ -1,10 +1,14 @@
 """Tests for the beat models and the relative multi-head attention (CPU, tiny shapes).
 
 Paper-size parameter counts are taken from ``jax.eval_shape`` so that the ~100M/512M
-parameters are never materialised.
+parameters are never materialised. XLA compilation dominates the run time on CPU, so most tests
+fill parameters from numpy (shapes via ``eval_shape``) instead of compiling ``init``, and jit
+each apply configuration once.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +24,7 @@ from jaxmir.tasks.beat.model import (
     BLSTM,
     BiLSTM,
     BLSTMAttn,
+    KerasLSTMCell,
     build_model,
     count_params,
 )
@@ -30,6 +35,15 @@ N_FEATURES = 178
 def _shapes(model, x_shape):
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
     return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+
+def _numpy_params(init_fn, *args, seed=0):
+    """Parameters with the layout ``init_fn(key, *args)`` would create, drawn by numpy."""
+    shapes = jax.eval_shape(init_fn, jax.random.key(0), *args)["params"]
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda s: jnp.asarray(rng.uniform(-0.5, 0.5, size=s.shape), s.dtype), shapes
+    )
 
 
 def test_blstm_paper_param_count():
@@ -79,15 +93,54 @@ def test_blstm_attn_paper_param_count():
 TINY = dict(timesteps=16, hidden=4, num_layers=2, attn_hidden=8)
 
 
-@pytest.mark.parametrize("name", ["blstm", "blstm_attn"])
-def test_tiny_forward_shape_and_finite(name):
-    model = build_model(name, **TINY)
+@pytest.fixture(scope="module")
+def tiny():
+    """name -> (params, jitted apply, input) for the tiny models."""
     x = jax.random.normal(jax.random.key(1), (2, 16, N_FEATURES))
-    variables = model.init(jax.random.key(0), x)
-    for train in (False, True):
-        y = model.apply(variables, x, train=train, rngs={"dropout": jax.random.key(2)})
-        assert y.shape == (2, 16, 2)
-        assert bool(jnp.all(jnp.isfinite(y)))
+    out = {}
+    for name in ("blstm", "blstm_attn"):
+        model = build_model(name, **TINY)
+        params = _numpy_params(model.init, x)
+        out[name] = (params, jax.jit(model.apply, static_argnames="train"), x)
+    return out
+
+
+@pytest.mark.parametrize("name", ["blstm", "blstm_attn"])
+def test_tiny_forward_shape_and_finite(tiny, name):
+    params, apply, x = tiny[name]
+    y = apply({"params": params}, x, train=False)
+    assert y.shape == (2, 16, 2)
+    assert bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_dropout_only_when_training(tiny):
+    params, apply, x = tiny["blstm_attn"]
+    variables = {"params": params}
+    # evaluation needs no dropout rng
+    e = apply(variables, x, train=False)
+    # training: masks come from the 'dropout' rng; outputs differ between keys and from evaluation
+    t1 = apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    t2 = apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert t1.shape == (2, 16, 2) and bool(jnp.all(jnp.isfinite(t1)))
+    assert not np.allclose(t1, t2)
+    assert not np.allclose(t1, e)
+    # BLSTM has no dropout: train is accepted and changes nothing
+    bparams, bapply, _ = tiny["blstm"]
+    np.testing.assert_array_equal(
+        bapply({"params": bparams}, x, train=True), bapply({"params": bparams}, x, train=False)
+    )
+
+
+def test_keras_lstm_cell_init():
+    """A real init of the cell: finite values, Keras' unit_forget_bias (1 for f, 0 elsewhere)."""
+    carry = (jnp.zeros((1, 4)), jnp.zeros((1, 4)))
+    params = KerasLSTMCell(4).init(jax.random.key(0), carry, jnp.zeros((1, 5)))["params"]
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(params))
+    np.testing.assert_array_equal(params["hf"]["bias"], np.ones(4))
+    for gate in "igo":
+        np.testing.assert_array_equal(params[f"h{gate}"]["bias"], np.zeros(4))
+    limit = np.sqrt(6.0 / (5 + 4 * 4))  # Glorot over Keras' fused (5, 4 * 4) input kernel
+    assert float(jnp.abs(params["ii"]["kernel"]).max()) <= limit
 
 
 def test_build_model_names():
@@ -97,15 +150,6 @@ def test_build_model_names():
     assert (attn.dropout_rate, attn.max_dist, attn.n_heads) == (0.1, 800, 8)
     with pytest.raises(ValueError, match="blstm, blstm_attn"):
         build_model("transformer", **TINY)
-
-
-def test_keras_lstm_init_forget_bias():
-    params = BiLSTM(3).init(jax.random.key(0), jnp.ones((1, 4, 5)))["params"]
-    for direction in ("forward", "backward"):
-        cell = params[direction]
-        np.testing.assert_array_equal(cell["hf"]["bias"], np.ones(3))
-        for gate in "igo":
-            np.testing.assert_array_equal(cell[f"h{gate}"]["bias"], np.zeros(3))
 
 
 def _lstm_reference(x, cell):
@@ -128,10 +172,11 @@ def _lstm_reference(x, cell):
 
 
 def test_bilstm_matches_keras_bidirectional_reference():
-    x = np.asarray(jax.random.normal(jax.random.key(3), (2, 6, 5)), np.float64)
+    x = np.random.default_rng(3).normal(size=(2, 6, 5))
+    x32 = jnp.asarray(x, jnp.float32)
     model = BiLSTM(3, unroll=2)
-    params = model.init(jax.random.key(0), jnp.asarray(x, jnp.float32))["params"]
-    y = np.asarray(model.apply({"params": params}, jnp.asarray(x, jnp.float32)))
+    params = _numpy_params(model.init, x32)
+    y = np.asarray(jax.jit(model.apply)({"params": params}, x32))
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
     fwd = _lstm_reference(x, p["forward"])
     bwd = _lstm_reference(x[:, ::-1], p["backward"])[:, ::-1]  # Keras re-aligns in time
@@ -154,7 +199,9 @@ def _omnizart_style_relative_table(table, n_steps, max_dist):
         )
         left_pad = idx - n_left
         right_pad = n_steps - idx - n_right - 1
-        mix = np.concatenate([np.repeat(mix[:1], left_pad, 0), mix, np.repeat(mix[-1:], right_pad, 0)])
+        mix = np.concatenate(
+            [np.repeat(mix[:1], left_pad, 0), mix, np.repeat(mix[-1:], right_pad, 0)]
+        )
         rows.append(mix)
     return np.stack(rows)
 
@@ -192,51 +239,40 @@ def test_relative_index_clips():
     assert np.all(np.diag(idx) == 2)
 
 
+ATTN = dict(n_units=8, n_heads=2, relative_position=True, max_dist=3)
+
+
+@functools.cache
+def _attention(causal):
+    """(jitted self-attention apply, numpy-filled params), shared by the attention tests."""
+    layer = MultiHeadAttention(**ATTN, causal=causal)
+    x = jnp.zeros((4, 10, 8))
+    init = functools.partial(layer.init, deterministic=True)
+    params = _numpy_params(lambda key, x: init(key, x, x, x), x)
+    apply = jax.jit(lambda p, x: layer.apply({"params": p}, x, x, x, deterministic=True))
+    return apply, params
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_matches_omnizart_reference(causal):
-    n_units, n_heads, max_dist, steps = 8, 2, 3, 7
-    layer = MultiHeadAttention(
-        n_units, n_heads=n_heads, relative_position=True, max_dist=max_dist, causal=causal
-    )
-    x = jax.random.normal(jax.random.key(4), (2, steps, n_units))
-    params = layer.init(jax.random.key(0), x, x, x, deterministic=True)["params"]
-    y = np.asarray(layer.apply({"params": params}, x, x, x, deterministic=True))
+    apply, params = _attention(causal)
+    x = np.random.default_rng(4).normal(size=(4, 10, 8))
+    y = np.asarray(apply(params, jnp.asarray(x, jnp.float32)))
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
-    ref = _attention_reference(np.asarray(x, np.float64), p, n_heads, max_dist, causal)
+    ref = _attention_reference(x, p, ATTN["n_heads"], ATTN["max_dist"], causal)
     np.testing.assert_allclose(y, ref, atol=1e-4)
 
 
 def test_attention_is_causal():
-    layer = MultiHeadAttention(8, n_heads=2, relative_position=True, max_dist=3, causal=True)
     x = jax.random.normal(jax.random.key(5), (2, 10, 8))
-    params = layer.init(jax.random.key(0), x, x, x, deterministic=True)
     t = 6
     x2 = x.at[:, t].add(5.0 * jax.random.normal(jax.random.key(6), (2, 8)))
-    y = layer.apply(params, x, x, x, deterministic=True)
-    y2 = layer.apply(params, x2, x2, x2, deterministic=True)
-    np.testing.assert_allclose(y[:, :t], y2[:, :t], atol=1e-6)
-    assert not np.allclose(y[:, t:], y2[:, t:])
-    # and without the mask the past does see the future
-    acausal = MultiHeadAttention(8, n_heads=2, relative_position=True, max_dist=3, causal=False)
-    z = acausal.apply(params, x, x, x, deterministic=True)
-    z2 = acausal.apply(params, x2, x2, x2, deterministic=True)
-    assert not np.allclose(z[:, :t], z2[:, :t])
-
-
-def test_dropout_only_when_training():
-    model = BLSTMAttn(**{k: v for k, v in TINY.items()})
-    x = jax.random.normal(jax.random.key(7), (2, 16, N_FEATURES))
-    variables = model.init(jax.random.key(0), x)
-    # evaluation: deterministic, no dropout rng needed
-    e1 = model.apply(variables, x)
-    e2 = model.apply(variables, x, train=False, rngs={"dropout": jax.random.key(9)})
-    np.testing.assert_array_equal(e1, e2)
-    # training: masks depend on the dropout rng, and differ from evaluation
-    t1 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    t2 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
-    assert not np.allclose(t1, t2)
-    assert not np.allclose(t1, e1)
-    # BLSTM has no dropout: train is accepted and changes nothing
-    blstm = BLSTM(timesteps=16, hidden=4)
-    bv = blstm.init(jax.random.key(0), x)
-    np.testing.assert_array_equal(blstm.apply(bv, x, train=True), blstm.apply(bv, x))
+    both = jnp.concatenate([x, x2])  # one call for the original and the perturbed input
+    apply, params = _attention(True)
+    y = apply(params, both)
+    np.testing.assert_allclose(y[:2, :t], y[2:, :t], atol=1e-6)
+    assert not np.allclose(y[:2, t:], y[2:, t:])
+    # without the mask the past does see the future
+    apply, params = _attention(False)
+    z = apply(params, both)
+    assert not np.allclose(z[:2, :t], z[2:, :t])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -76,4 +77,4 @@ def with_learning_rate(state: TrainState, lr: float) -> TrainState:
 
 def count_params(params: Any) -> int:
     """Number of scalars in a pytree (works on arrays and on `jax.eval_shape` results)."""
-    return int(sum(int(jnp.size(x)) if hasattr(x, "size") else 0 for x in jax.tree.leaves(params)))
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

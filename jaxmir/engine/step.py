@@ -45,7 +45,7 @@ def train_step(loss_fn: LossFn, state: TrainState, batch: dict) -> tuple[TrainSt
         opt_state=opt_state,
         batch_stats=model_state.get("batch_stats", state.batch_stats),
     )
-    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 

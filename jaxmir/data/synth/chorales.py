@@ -96,7 +96,7 @@ def _beat_offsets(ts) -> tuple[list[float], float]:
     bar = float(ts.barDuration.quarterLength)
     try:
         offs = [float(o) for o in ts.getBeatOffsets()]
-    except Exception:  # noqa: BLE001 - fall back to the plain beat unit
+    except Exception:  # fall back to the plain beat unit
         offs = []
     if not offs or offs[0] != 0.0:
         unit = float(ts.beatDuration.quarterLength)
@@ -120,47 +120,50 @@ def _metrical_grid(score) -> _Grid:
     first_ts = next(iter(part.recurse().getElementsByClass(meter.TimeSignature)), None)
     if first_ts is None:
         raise ValueError("no time signature")
+    # (start, duration, bar length, beat offsets, has its own time signature, paddingLeft)
+    ms: list[tuple[float, float, float, list[float], bool, float]] = []
     ts = first_ts
+    for m in measures:
+        if m.timeSignature is not None:
+            ts = m.timeSignature
+        offs, bar = _beat_offsets(ts)
+        dur = float(m.duration.quarterLength)
+        if dur > _EPS:
+            start = part_off + float(m.offset)
+            pad = float(m.paddingLeft or 0.0)
+            ms.append((start, dur, bar, offs, m.timeSignature is not None, pad))
+    if not ms:
+        raise ValueError("all measures are empty")
     beats: list[float] = []
     downbeats: list[float] = []
-    starts: list[float] = []
-    prev_end_phase, prev_bar, end_q = 0.0, None, 0.0
-    for i, m in enumerate(measures):
-        own_ts = m.timeSignature
-        if own_ts is not None:
-            ts = own_ts
-        offs, bar = _beat_offsets(ts)
-        start = part_off + float(m.offset)
-        dur = float(m.duration.quarterLength)
-        if dur <= _EPS:
-            continue
-        pad_left = float(m.paddingLeft or 0.0)
-        if pad_left > _EPS:
-            phase = pad_left  # right-aligned bar fragment (pickup or second half of a split bar)
-        elif i == 0 and dur < bar - _EPS:
-            phase = bar - dur  # an unannotated pickup
-        elif (
-            own_ts is None
-            and prev_bar == bar
-            and prev_end_phase > _EPS
-            and prev_end_phase + dur <= bar + _EPS
-        ):
-            phase = prev_end_phase  # unannotated continuation of a bar split at a repeat sign
+    open_phase = 0.0  # > 0: the previous measure was a left-aligned bar fragment ending there
+    for i, (start, dur, bar, offs, own_ts, pad) in enumerate(ms):
+        same_meter_prev = i > 0 and not own_ts and ms[i - 1][2] == bar
+        nxt = ms[i + 1] if i + 1 < len(ms) else None
+        if dur >= bar - _EPS:
+            phase = 0.0  # a full (or overfull) bar
+        elif same_meter_prev and open_phase > _EPS and open_phase + dur <= bar + _EPS:
+            phase = open_phase  # second half of a bar split at a repeat sign
+        elif i == 0:
+            phase = bar - dur  # pickup: right-aligned, whatever the padding annotation says
+        elif nxt is not None and not nxt[4] and nxt[2] == bar and abs(dur + nxt[1] - bar) <= _EPS:
+            phase = 0.0  # first half of a split bar (the corpus' paddings are not always right)
+        elif nxt is not None and pad > _EPS:
+            phase = min(pad, bar - dur)  # an annotated right-aligned fragment
         else:
-            phase = 0.0
-        starts.append(start)
+            phase = 0.0  # a short bar, e.g. the final partial bar: beats only inside it
         if phase <= _EPS:
             downbeats.append(start)
-        n_bars = int(math.ceil((phase + dur) / bar + _EPS)) + 1
+        n_bars = math.ceil((phase + dur) / bar + _EPS) + 1
         for j in range(n_bars):
             for o in offs:
                 pos = o + j * bar
                 if phase - _EPS <= pos < phase + dur - _EPS:
                     beats.append(start + pos - phase)
         end_phase = phase + dur
-        prev_end_phase = 0.0 if end_phase >= bar - _EPS else end_phase
-        prev_bar = bar
-        end_q = max(end_q, start + dur)
+        open_phase = 0.0 if end_phase >= bar - _EPS else end_phase
+    starts = [m[0] for m in ms]
+    end_q = max(m[0] + m[1] for m in ms)
     offs0, bar0 = _beat_offsets(first_ts)
     beat0 = offs0[1] - offs0[0] if len(offs0) > 1 else bar0
     return _Grid(
@@ -210,7 +213,7 @@ def _collect_notes(score) -> _Notes:
     if not rows:
         raise ValueError("no notes")
     rows.sort(key=lambda r: (r[0], r[2], r[3]))
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=True))
     return _Notes(
         onset_q=np.asarray(cols[0], np.float64),
         offset_q=np.asarray(cols[1], np.float64),
@@ -242,7 +245,7 @@ class _TempoMap:
 
 def _merge_intervals(on: np.ndarray, off: np.ndarray) -> list[tuple[float, float]]:
     out: list[list[float]] = []
-    for a, b in sorted(zip(on.tolist(), off.tolist())):
+    for a, b in sorted(zip(on.tolist(), off.tolist(), strict=True)):
         if out and a <= out[-1][1] + _EPS:
             out[-1][1] = max(out[-1][1], b)
         else:
@@ -331,8 +334,12 @@ def score_to_piece(
     from `rng`, so the output is a function of (score, rng state).
     Raises ValueError when the score has no measures, no time signature or no notes.
     """
-    grid = _metrical_grid(score)
-    notes = _collect_notes(score)
+    return _render(_metrical_grid(score), _collect_notes(score), name, rng, augment)
+
+
+def _render(
+    grid: _Grid, notes: _Notes, name: str, rng: np.random.Generator | None, augment: bool
+) -> SymbolicPiece:
     tmap = _tempo_map(grid, notes, rng, augment)
     onset = tmap(notes.onset_q)
     offset = tmap(notes.offset_q)
@@ -401,12 +408,13 @@ def build_chorale_pieces(
     for cid in tqdm(ids, desc=f"chorales[{split}]", disable=not progress):
         try:
             score = corpus.parse(cid, forceSource=True)
+            grid, notes = _metrical_grid(score), _collect_notes(score)  # once per chorale
             rendered = []
             for k in range(variants):
                 name = _piece_name(cid) + (f"__v{k}" if variants > 1 else "")
-                rng = _piece_rng(seed, cid, k)
-                rendered.append(score_to_piece(score, name, rng if augment else None, augment))
-        except Exception as e:  # noqa: BLE001 - one bad chorale must not sink the corpus
+                rng = _piece_rng(seed, cid, k) if augment else None
+                rendered.append(_render(grid, notes, name, rng, augment))
+        except Exception as e:  # one bad chorale must not sink the corpus
             reason = f"{type(e).__name__}: {e}"
             warnings.warn(f"skipping chorale {cid}: {reason}", stacklevel=2)
             failures.append((cid, reason))

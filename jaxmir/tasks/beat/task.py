@@ -142,8 +142,7 @@ class BeatTask(Task):
             hidden=m.hidden,
             num_layers=m.num_layers,
             attn_hidden=m.attn_hidden,
-            unroll=m.unroll,
-        )
+        ).clone(unroll=m.unroll)
 
     def input_spec(self, cfg: Config) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((cfg.model.timesteps, N_FEATURES), jnp.float32)
@@ -196,11 +195,11 @@ class BeatTask(Task):
                 d.corpus_seed,
                 variants=d.corpus_variants if split == "train" else 1,
                 progress=progress,
-                skip=set(cache.names()),
-                workers=d.corpus_workers,
             )
+            done = set(cache.names())
             for piece in pieces:
-                write_piece(cache, piece, split)
+                if piece.name not in done:
+                    write_piece(cache, piece, split)
             if failures:
                 print(f"skipped {len(failures)} chorales: {failures}")
         cache.manifest["complete"] = True

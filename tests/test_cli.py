@@ -1,0 +1,107 @@
+"""The `jaxmir` command's contract: info, exit codes, features, eval and transcribe."""
+
+import json
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from jaxmir.cli import main
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_info_beat_paper_param_count(capsys):
+    assert main(["info", "beat", "--preset", "paper"]) == 0
+    info = last_json(capsys)
+    assert info["params"] == 100_058_356
+    assert info["input_shape"] == [1000, 178]
+    assert info["output_shape"] == [1000, 2]
+    assert {"task", "preset", "model", "params", "input_shape", "output_shape"} <= set(info)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["info", "nosuchtask"], "unknown task"),
+        (["info", "beat", "--preset", "huge"], "unknown preset"),
+        (["info", "beat", "--set", "model.nosuch=1"], "model.nosuch"),
+        (["info", "beat", "--set", "model.hidden=abc"], "model.hidden"),
+        (["info", "beat", "--set", "train.epochs=1.5"], "train.epochs"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def write_meterless_midi(path):
+    """pretty_midi always writes a 4/4 event; write a file without one through mido."""
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000, time=0)])
+    for _ in range(8):
+        track += [mido.Message("note_on", note=60, velocity=90, time=0),
+                  mido.Message("note_off", note=60, velocity=0, time=480)]
+    mid.tracks.append(track)
+    mid.save(str(path))
+
+
+def write_midi(path, meter=(4, 4), seconds=8.0, bpm=100.0):
+    pm = pretty_midi.PrettyMIDI(initial_tempo=bpm)
+    pm.time_signature_changes.append(pretty_midi.TimeSignature(*meter, 0.0))
+    inst = pretty_midi.Instrument(program=0)
+    period = 60.0 / bpm
+    for i, t in enumerate(np.arange(0, seconds, period)):
+        for p in (48, 60, 64) if i % meter[0] == 0 else (62,):
+            inst.notes.append(pretty_midi.Note(90, p, t, t + period * 0.9))
+    pm.instruments.append(inst)
+    pm.write(str(path))
+
+
+def test_features_midi_skips_and_names_bad_files(tmp_path, capsys):
+    root = tmp_path / "midis"
+    root.mkdir()
+    for i in range(3):
+        write_midi(root / f"good{i}.mid", bpm=90 + 10 * i)
+    (root / "broken.mid").write_bytes(b"MThd\x00\x00garbage" + bytes(range(50)))
+    write_meterless_midi(root / "nometer.mid")
+    out = tmp_path / "cache"
+    assert main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "broken.mid" in captured.err and "nometer.mid" in captured.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(p["name"] for p in manifest["pieces"]) == ["good0", "good1", "good2"]
+    assert len(manifest["failures"]) == 2
+    # a re-run skips what is cached
+    assert main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
+    assert "0 pieces written, 3 already cached" in capsys.readouterr().out
+
+
+def test_features_empty_folder_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["features", "beat", "--dataset", "midi", "--root", str(tmp_path / "empty"),
+            "--out", str(tmp_path / "c")]
+    assert main(argv) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_train_eval_transcribe(beat_cache, tmp_path, capsys):
+    wd = tmp_path / "run"
+    assert main(["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data",
+                 str(beat_cache), "--no-progress"]) == 0
+    assert main(["eval", "beat", "--workdir", str(wd), "--split", "test"]) == 0
+    metrics = last_json(capsys)
+    assert {"beat_f_measure", "downbeat_f_measure"} <= set(metrics)
+    assert json.loads((wd / "eval" / "test.json").read_text()) == metrics
+    song = tmp_path / "song.mid"
+    write_midi(song)
+    out = tmp_path / "out"
+    assert main(["transcribe", "beat", str(song), "--workdir", str(wd), "-o", str(out)]) == 0
+    assert (out / "song.mid").is_file()
+    assert (out / "song_beats.csv").read_text().startswith("time")
+    assert (out / "song_downbeats.csv").is_file()

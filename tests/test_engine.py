@@ -1,0 +1,134 @@
+"""The engine end to end on the tiny beat preset: devices, resume, async saves, outputs."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmir.config import apply_overrides
+from jaxmir.data.cache import FeatureCache
+from jaxmir.data.pipeline import batch_iterator
+from jaxmir.engine import train
+from jaxmir.engine.checkpoint import Checkpointer
+from jaxmir.engine.loop import EpochPlan, Hooks, train_epochs
+from jaxmir.engine.run import init_state, make_callbacks
+from jaxmir.engine.sharding import make_mesh, put_batch
+from jaxmir.engine.step import make_eval_step, make_train_step
+from jaxmir.tasks.beat.task import TASK
+
+ONE = jax.devices()[:1]
+
+
+def tiny(*overrides):
+    return apply_overrides(TASK.preset("tiny"), ["train.eval_pieces_each_epoch=false", *overrides])
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_one_vs_eight_devices_agree(beat_cache):
+    cfg = tiny()
+    cache = FeatureCache(beat_cache)
+    it = batch_iterator(TASK.dataset(cfg, cache, "train", True), 8, 1)
+    batches = [next(it) for _ in range(3)]
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:8]):
+        mesh = make_mesh(devices)
+        state = init_state(TASK, cfg, mesh, make_callbacks(cfg))
+        step = make_train_step(TASK.bind_loss(cfg), mesh)
+        losses = []
+        for b in batches:
+            state, m = step(state, put_batch(b, mesh))
+            losses.append(float(m["loss"]))
+        results.append((losses, leaves(state.params)))
+    assert len(jax.devices()) == 8
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_interrupt_and_resume_is_bit_identical(beat_cache, tmp_path):
+    cfg = tiny("train.epochs=3")
+    full = train(TASK, cfg, tmp_path / "full", beat_cache, devices=ONE, progress=False)
+    assert full.status == "finished"
+
+    work = tmp_path / "interrupted"
+    cut = train(
+        TASK, apply_overrides(cfg, ["train.interrupt_at_step=6"]), work, beat_cache,
+        devices=ONE, progress=False,
+    )
+    assert cut.status.startswith("interrupted")
+    assert int(cut.state.step) == 6  # inside epoch 2 (4 steps per epoch)
+    resumed = train(TASK, cfg, work, beat_cache, devices=ONE, progress=False)
+    assert resumed.status == "finished"
+    assert int(resumed.state.step) == int(full.state.step) == 12
+    for a, b in zip(leaves(full.state.params), leaves(resumed.state.params), strict=True):
+        assert np.array_equal(a, b)
+    for a, b in zip(leaves(full.state.opt_state), leaves(resumed.state.opt_state), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_training_on_after_async_saves_equals_no_saves(beat_cache, tmp_path):
+    cfg = tiny("train.epochs=2")
+    cache = FeatureCache(beat_cache)
+    mesh = make_mesh(ONE)
+    finals = []
+    for with_saves in (False, True):
+        state = init_state(TASK, cfg, mesh, make_callbacks(cfg))
+        it = batch_iterator(TASK.dataset(cfg, cache, "train", True), 8, 1)
+        ckpt = Checkpointer(tmp_path / f"ck{with_saves}", keep_latest=10)
+
+        def save(st, metrics, meta, ckpt=ckpt, it=it):
+            ckpt.save(int(st.step), st, it, meta, metrics)
+
+        hooks = Hooks(save=save if with_saves else None, log=lambda *_: None, progress=False)
+        state, _, status = train_epochs(
+            state,
+            train_step=make_train_step(TASK.bind_loss(cfg), mesh),
+            eval_step=make_eval_step(TASK.bind_loss(cfg), mesh),
+            train_batches=it,
+            val_batches=lambda: batch_iterator(TASK.dataset(cfg, cache, "val", False), 8, 1),
+            put_batch=lambda b: put_batch(b, mesh),
+            plan=EpochPlan(epochs=2, steps_per_epoch=4, val_steps=1, log_every=1),
+            callbacks=make_callbacks(cfg),
+            hooks=hooks,
+        )
+        ckpt.close()
+        finals.append(leaves(state.params))
+        if with_saves:
+            assert ckpt.manager.all_steps() == [4, 8]
+    for a, b in zip(*finals, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_workdir_outputs(beat_cache, tmp_path):
+    cfg = apply_overrides(TASK.preset("tiny"), ["train.monitor=val_beat_f_measure"])
+    run = train(TASK, cfg, tmp_path / "run", beat_cache, devices=ONE, progress=False)
+    wd = run.workdir
+    assert json.loads((wd / "config.json").read_text())["task"] == "beat"
+    lines = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in lines}
+    assert {"step", "epoch"} <= kinds
+    val = [r for r in lines if r["kind"] == "epoch" and r["split"] == "val"]
+    assert "val_beat_f_measure" in val[-1] and "val_loss" in val[-1]
+    for r in lines:
+        assert {"kind", "step", "epoch", "split", "time"} <= set(r)
+    assert (wd / "curves.png").stat().st_size > 1000
+    assert any((wd / "tensorboard").iterdir())
+    assert len(run.history["train"]) == len(run.history["validate"]) == 2
+
+
+def test_resume_refuses_changed_model(beat_cache, tmp_path):
+    from jaxmir.config import ConfigError
+
+    cfg = tiny("train.epochs=1")
+    train(TASK, cfg, tmp_path / "r", beat_cache, devices=ONE, progress=False)
+    with pytest.raises(ConfigError, match="model.hidden"):
+        train(TASK, apply_overrides(cfg, ["model.hidden=8"]), tmp_path / "r", beat_cache,
+              devices=ONE, progress=False)
+    # schedule keys may change: one more epoch
+    more = train(TASK, apply_overrides(cfg, ["train.epochs=2"]), tmp_path / "r", beat_cache,
+                 devices=ONE, progress=False)
+    assert int(more.state.epoch) == 2

@@ -1,0 +1,240 @@
+"""Symbolic sources: the Bach-chorale renderer and the MIDI-folder reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+music21 = pytest.importorskip("music21")
+pretty_midi = pytest.importorskip("pretty_midi")
+mido = pytest.importorskip("mido")
+
+from music21 import expressions, meter, note, stream  # noqa: E402
+
+from jaxmir.data.datasets.midi import (  # noqa: E402
+    read_midi_folder,
+    read_midi_notes,
+    read_midi_piece,
+)
+from jaxmir.data.synth import chorales  # noqa: E402
+
+SPQ = 60.0 / chorales.UNAUGMENTED_QPM  # seconds per quarter, unaugmented
+
+
+def _score(ts: str, bars: list[list[float]], pickup_padding: float | None = None) -> stream.Score:
+    """One-part score; bars[k] lists the quarter lengths of bar k's notes (C4 D4 E4 ...)."""
+    part = stream.Part()
+    pitches = ["C4", "D4", "E4", "F4", "G4", "A4"]
+    for k, durs in enumerate(bars):
+        m = stream.Measure(number=k)
+        if k == 0:
+            m.insert(0, meter.TimeSignature(ts))
+        for j, ql in enumerate(durs):
+            m.append(note.Note(pitches[j % len(pitches)], quarterLength=ql))
+        if k == 0 and pickup_padding is not None:
+            m.paddingLeft = pickup_padding
+        part.append(m)
+    score = stream.Score()
+    score.insert(0, part)
+    return score
+
+
+# ---- chorales: exact grids at the unaugmented constant tempo --------------------------------
+
+
+@pytest.mark.parametrize("annotate", [True, False])
+def test_pickup_in_three_four(annotate):
+    # pickup of two quarters, two full bars, a final bar of two quarters
+    score = _score("3/4", [[1, 1], [1, 1, 1], [2, 1], [1, 1]], 1.0 if annotate else None)
+    piece = chorales.score_to_piece(score, "p", None, augment=False)
+    np.testing.assert_allclose(piece.beats, np.arange(10) * SPQ)  # 0 1 | 2 3 4 | 5 6 7 | 8 9
+    np.testing.assert_allclose(piece.downbeats, np.array([2.0, 5.0, 8.0]) * SPQ)
+    np.testing.assert_allclose(piece.notes[:, 0], np.array([0, 1, 2, 3, 4, 5, 7, 8, 9]) * SPQ)
+    np.testing.assert_allclose(piece.notes[:, 1], np.array([1, 2, 3, 4, 5, 7, 8, 9, 10]) * SPQ)
+    assert np.all(piece.notes[:, 3] == chorales.UNAUGMENTED_VELOCITY)
+
+
+def test_one_quarter_pickup_is_right_aligned():
+    score = _score("3/4", [[1], [1, 1, 1], [3]], 2.0)
+    piece = chorales.score_to_piece(score, "p", None, augment=False)
+    np.testing.assert_allclose(piece.beats, np.arange(7) * SPQ)
+    np.testing.assert_allclose(piece.downbeats, np.array([1.0, 4.0]) * SPQ)
+
+
+def test_six_eight_beats_every_dotted_quarter():
+    score = _score("6/8", [[1.5, 1.5], [0.5] * 6, [3.0]])
+    piece = chorales.score_to_piece(score, "p", None, augment=False)
+    np.testing.assert_allclose(piece.beats, np.arange(6) * 1.5 * SPQ)
+    np.testing.assert_allclose(piece.downbeats, np.array([0.0, 3.0, 6.0]) * SPQ)
+
+
+def test_no_time_signature_is_refused():
+    part = stream.Part()
+    m = stream.Measure(number=1)
+    m.append(note.Note("C4", quarterLength=4))
+    part.append(m)
+    score = stream.Score()
+    score.insert(0, part)
+    with pytest.raises(ValueError, match="time signature"):
+        chorales.score_to_piece(score, "p", None, augment=False)
+
+
+# ---- chorales: augmentation --------------------------------------------------------------------
+
+
+def _fermata_score() -> stream.Score:
+    bars = [[1]] + [[1, 1, 1]] * 8 + [[2]]
+    score = _score("3/4", bars, 2.0)
+    last = list(score.parts[0].getElementsByClass("Measure"))[-1].notes[0]
+    last.expressions.append(expressions.Fermata())
+    return score
+
+
+def test_augmentation_keeps_labels_exact():
+    score = _fermata_score()
+    for seed in range(8):
+        piece = chorales.score_to_piece(score, "p", np.random.default_rng(seed), augment=True)
+        beats, notes = piece.beats, piece.notes
+        assert len(beats) == 1 + 8 * 3 + 2 and len(piece.downbeats) == 9
+        assert np.all(np.diff(beats) > 0)
+        assert np.all(np.isin(piece.downbeats, beats))
+        # every note of this score starts on a beat: only the +-10 ms onset jitter separates them
+        gap = np.abs(notes[:, 0, None] - beats[None, :]).min(axis=1)
+        assert gap.max() <= chorales.ONSET_JITTER_S + 1e-9
+        assert notes[:, 0].min() >= 0.0 and np.all(notes[:, 1] > notes[:, 0])
+        assert notes[:, 1].max() <= beats[-1] + 3.0 * np.diff(beats).max()
+        assert np.all(np.diff(notes[:, 0]) >= 0)
+        assert np.all((notes[:, 3] >= 1) & (notes[:, 3] <= 127))
+        # tempo within the documented envelope (60-160 bpm per beat, +-15%, steps, rit, fermata)
+        ioi = np.diff(beats)
+        assert ioi.min() > 60.0 / (160 * 1.15 * 1.25) - 1e-9
+        assert ioi.max() < 60.0 / (60 / 1.15 / 1.25 * 0.6) * 2.5 + 1e-9
+
+
+def test_same_seed_same_output():
+    score = _fermata_score()
+    a = chorales.score_to_piece(score, "p", np.random.default_rng(3), augment=True)
+    b = chorales.score_to_piece(score, "p", np.random.default_rng(3), augment=True)
+    c = chorales.score_to_piece(score, "p", np.random.default_rng(4), augment=True)
+    for field in ("notes", "beats", "downbeats"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.allclose(a.beats, c.beats)
+    u1 = chorales.score_to_piece(score, "p", None, augment=False)
+    u2 = chorales.score_to_piece(score, "p", np.random.default_rng(9), augment=False)
+    np.testing.assert_array_equal(u1.notes, u2.notes)
+
+
+def test_split_of_is_stable():
+    ids = [f"bach/bwv{k}.{j}" for k in range(1, 200) for j in range(1, 4)]
+    splits = [chorales.split_of(i) for i in ids]
+    assert splits == [chorales.split_of(i) for i in ids]
+    assert set(splits) == {"train", "val", "test"}
+    frac = {s: splits.count(s) / len(splits) for s in ("train", "val", "test")}
+    assert 0.7 < frac["train"] < 0.9 and 0.05 < frac["val"] < 0.15 and 0.05 < frac["test"] < 0.15
+    # a pinned value: the hash must never change between versions
+    assert chorales.split_of("bach/bwv66.6") == "train"
+    assert chorales.split_of("bach/bwv66.6", val_fraction=0.0, test_fraction=1.0) == "test"
+
+
+def test_chorale_ids():
+    ids = chorales.chorale_ids()
+    assert ids == chorales.chorale_ids()
+    assert len(ids) == len(set(ids)) >= 340
+    assert all(i.startswith("bach/") for i in ids)
+
+
+def test_real_chorale_downbeats():
+    score = music21.corpus.parse("bach/bwv66.6", forceSource=True)
+    measures = list(score.parts[0].getElementsByClass("Measure"))
+    bar = measures[1].barDuration.quarterLength
+    assert measures[0].duration.quarterLength < bar  # this chorale starts with a pickup
+    piece = chorales.score_to_piece(score, "bwv66.6", None, augment=False)
+    # every measure but the pickup starts a bar (the truncated final bar included)
+    assert len(piece.downbeats) == len(measures) - 1
+    pickup = measures[0].duration.quarterLength
+    np.testing.assert_allclose(piece.downbeats[0], pickup * SPQ)
+    np.testing.assert_allclose(np.diff(piece.downbeats), bar * SPQ)
+    np.testing.assert_allclose(np.diff(piece.beats), SPQ)
+
+
+# ---- MIDI folder ---------------------------------------------------------------------------
+
+
+def _write_pm(path, ts: tuple[int, int] | None, qpm: float = 120.0, n: int = 12) -> None:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=qpm)
+    if ts is not None:
+        pm.time_signature_changes.append(pretty_midi.TimeSignature(ts[0], ts[1], 0.0))
+    inst = pretty_midi.Instrument(program=0)
+    for k in range(n):
+        inst.notes.append(pretty_midi.Note(80, 60 + k % 12, 0.5 * k, 0.5 * k + 0.5))
+    pm.instruments.append(inst)
+    drums = pretty_midi.Instrument(program=0, is_drum=True)
+    drums.notes.append(pretty_midi.Note(100, 36, 0.0, 0.1))
+    pm.instruments.append(drums)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pm.write(str(path))
+
+
+def _write_meterless(path) -> None:
+    # pretty_midi.write() would add a 4/4 event, so write this one with mido
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    track.append(mido.MetaMessage("set_tempo", tempo=500000, time=0))
+    for k in range(4):
+        track.append(mido.Message("note_on", note=60 + k, velocity=80, time=0))
+        track.append(mido.Message("note_off", note=60 + k, velocity=0, time=480))
+    mid.tracks.append(track)
+    mid.save(str(path))
+
+
+@pytest.fixture
+def midi_folder(tmp_path):
+    root = tmp_path / "midi"
+    _write_pm(root / "a_four.mid", (4, 4))
+    _write_pm(root / "sub" / "six_eight.MIDI", (6, 8))
+    _write_pm(root / "sub" / "empty.mid", (4, 4), n=0)
+    _write_meterless(root / "nometer.mid")
+    (root / "corrupt.mid").write_bytes(np.random.default_rng(0).bytes(300))
+    (root / "notes.txt").write_text("not midi")
+    return root
+
+
+def test_read_midi_piece_six_eight(midi_folder):
+    piece = read_midi_piece(midi_folder / "sub" / "six_eight.MIDI")
+    # 120 quarter-bpm, 6/8: a beat per dotted quarter (0.75 s), two beats a bar, from t=0
+    np.testing.assert_allclose(piece.beats, np.arange(8) * 0.75)
+    np.testing.assert_allclose(piece.downbeats, np.arange(4) * 1.5)
+    assert piece.notes.shape == (12, 4)  # the drum note is left out
+    np.testing.assert_allclose(piece.notes[:, 0], np.arange(12) * 0.5)
+
+
+def test_read_midi_folder(midi_folder):
+    with pytest.warns(UserWarning, match="skipping"):
+        pieces, failures = read_midi_folder(midi_folder)
+    assert [p.name for p in pieces] == ["a_four", "sub__six_eight"]
+    four = pieces[0]
+    np.testing.assert_allclose(four.beats, np.arange(12) * 0.5)
+    np.testing.assert_allclose(four.downbeats, np.arange(3) * 2.0)
+    reasons = {p.rsplit("/", 1)[-1]: r for p, r in failures}
+    assert set(reasons) == {"corrupt.mid", "nometer.mid", "empty.mid"}
+    assert "cannot parse" in reasons["corrupt.mid"] and "corrupt.mid" in reasons["corrupt.mid"]
+    assert "time-signature" in reasons["nometer.mid"] and "nometer.mid" in reasons["nometer.mid"]
+    assert "no notes" in reasons["empty.mid"]
+
+
+def test_read_midi_piece_raises(midi_folder):
+    with pytest.raises(ValueError, match=r"nometer\.mid.*meter-less"):
+        read_midi_piece(midi_folder / "nometer.mid")
+    with pytest.raises(ValueError, match=r"corrupt\.mid"):
+        read_midi_piece(midi_folder / "corrupt.mid")
+    # notes alone need no meter
+    assert read_midi_notes(midi_folder / "nometer.mid").shape == (4, 4)
+
+
+def test_read_midi_folder_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_midi_folder(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match="empty"):
+        read_midi_folder(tmp_path / "empty")
