@@ -34,14 +34,31 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a task's model (resumes a workdir with a checkpoint)")
     t.add_argument("task", help="beat")
-    t.add_argument("--preset", default=None, help="tiny | demo | paper (default: demo, or the "
-                   "workdir's saved config when resuming)")
-    t.add_argument("--workdir", type=Path, default=None,
-                   help="run directory (default runs/<task>-<preset>-<timestamp>)")
-    t.add_argument("--data", type=Path, default=None,
-                   help="feature cache from `jaxmir features` (default: the embedded corpus)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. train.epochs=3 (JSON values)")
+    t.add_argument(
+        "--preset",
+        default=None,
+        help="tiny | demo | paper (default: demo, or the workdir's saved config when resuming)",
+    )
+    t.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="run directory (default runs/<task>-<preset>-<timestamp>)",
+    )
+    t.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="feature cache from `jaxmir features` (default: the embedded corpus)",
+    )
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.epochs=3 (JSON values)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="score a trained run with mir_eval on whole pieces")
@@ -136,7 +153,7 @@ def cmd_eval(args) -> int:
     cfg, mesh, state, step = _restore_for_inference(task, args.workdir, args.step)
     data = args.data or _run_json(args.workdir).get("data")
     cache = resolve_data(task, cfg, data)
-    metrics = task.evaluate(make_predict(task, cfg, mesh, state), cfg, cache, args.split)
+    metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
     out = args.workdir / "eval" / f"{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +168,7 @@ def cmd_transcribe(args) -> int:
 
     task = get_task(args.task)
     cfg, mesh, state, _ = _restore_for_inference(task, args.workdir, None)
-    predict = make_predict(task, cfg, mesh, state)
+    predict = make_predict(mesh, state)
     for path in args.inputs:
         if not path.is_file():
             raise UsageError(f"{path}: no such file")

@@ -45,8 +45,10 @@ def write_meterless_midi(path):
     mid = mido.MidiFile(ticks_per_beat=480)
     track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000, time=0)])
     for _ in range(8):
-        track += [mido.Message("note_on", note=60, velocity=90, time=0),
-                  mido.Message("note_off", note=60, velocity=0, time=480)]
+        track += [
+            mido.Message("note_on", note=60, velocity=90, time=0),
+            mido.Message("note_off", note=60, velocity=0, time=480),
+        ]
     mid.tracks.append(track)
     mid.save(str(path))
 
@@ -71,29 +73,55 @@ def test_features_midi_skips_and_names_bad_files(tmp_path, capsys):
     (root / "broken.mid").write_bytes(b"MThd\x00\x00garbage" + bytes(range(50)))
     write_meterless_midi(root / "nometer.mid")
     out = tmp_path / "cache"
-    assert main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
+    assert (
+        main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
+    )
     captured = capsys.readouterr()
     assert "broken.mid" in captured.err and "nometer.mid" in captured.err
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p["name"] for p in manifest["pieces"]) == ["good0", "good1", "good2"]
     assert len(manifest["failures"]) == 2
     # a re-run skips what is cached
-    assert main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
+    assert (
+        main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
+    )
     assert "0 pieces written, 3 already cached" in capsys.readouterr().out
 
 
 def test_features_empty_folder_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    argv = ["features", "beat", "--dataset", "midi", "--root", str(tmp_path / "empty"),
-            "--out", str(tmp_path / "c")]
+    argv = [
+        "features",
+        "beat",
+        "--dataset",
+        "midi",
+        "--root",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "c"),
+    ]
     assert main(argv) == 2
     assert "empty" in capsys.readouterr().err
 
 
 def test_train_eval_transcribe(beat_cache, tmp_path, capsys):
     wd = tmp_path / "run"
-    assert main(["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data",
-                 str(beat_cache), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "beat",
+                "--preset",
+                "tiny",
+                "--workdir",
+                str(wd),
+                "--data",
+                str(beat_cache),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["eval", "beat", "--workdir", str(wd), "--split", "test"]) == 0
     metrics = last_json(capsys)
     assert {"beat_f_measure", "downbeat_f_measure"} <= set(metrics)
@@ -105,3 +133,37 @@ def test_train_eval_transcribe(beat_cache, tmp_path, capsys):
     assert (out / "song.mid").is_file()
     assert (out / "song_beats.csv").read_text().startswith("time")
     assert (out / "song_downbeats.csv").is_file()
+
+
+def test_sigterm_saves_and_the_same_command_resumes(beat_cache, tmp_path):
+    """A real process gets SIGTERM mid-epoch: it saves, exits 0, and the rerun finishes."""
+    import subprocess
+    import sys
+
+    wd = tmp_path / "run"
+    base = [
+        sys.executable,
+        "-m",
+        "jaxmir.cli",
+        "train",
+        "beat",
+        "--preset",
+        "tiny",
+        "--workdir",
+        str(wd),
+        "--data",
+        str(beat_cache),
+        "--no-progress",
+        "--set",
+        "train.eval_pieces_each_epoch=false",
+    ]
+    first = subprocess.run(
+        [*base, "--set", "train.interrupt_at_step=5"], capture_output=True, text=True, timeout=300
+    )
+    assert first.returncode == 0, first.stderr
+    assert "Interrupted; checkpoint saved" in first.stdout
+    assert (wd / "checkpoints" / "5").is_dir()
+    second = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "Resuming" in second.stdout and "from step 5" in second.stdout
+    assert (wd / "checkpoints" / "8").is_dir()

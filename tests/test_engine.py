@@ -56,8 +56,12 @@ def test_interrupt_and_resume_is_bit_identical(beat_cache, tmp_path):
 
     work = tmp_path / "interrupted"
     cut = train(
-        TASK, apply_overrides(cfg, ["train.interrupt_at_step=6"]), work, beat_cache,
-        devices=ONE, progress=False,
+        TASK,
+        apply_overrides(cfg, ["train.interrupt_at_step=6"]),
+        work,
+        beat_cache,
+        devices=ONE,
+        progress=False,
     )
     assert cut.status.startswith("interrupted")
     assert int(cut.state.step) == 6  # inside epoch 2 (4 steps per epoch)
@@ -126,9 +130,21 @@ def test_resume_refuses_changed_model(beat_cache, tmp_path):
     cfg = tiny("train.epochs=1")
     train(TASK, cfg, tmp_path / "r", beat_cache, devices=ONE, progress=False)
     with pytest.raises(ConfigError, match="model.hidden"):
-        train(TASK, apply_overrides(cfg, ["model.hidden=8"]), tmp_path / "r", beat_cache,
-              devices=ONE, progress=False)
+        train(
+            TASK,
+            apply_overrides(cfg, ["model.hidden=8"]),
+            tmp_path / "r",
+            beat_cache,
+            devices=ONE,
+            progress=False,
+        )
     # schedule keys may change: one more epoch
-    more = train(TASK, apply_overrides(cfg, ["train.epochs=2"]), tmp_path / "r", beat_cache,
-                 devices=ONE, progress=False)
+    more = train(
+        TASK,
+        apply_overrides(cfg, ["train.epochs=2"]),
+        tmp_path / "r",
+        beat_cache,
+        devices=ONE,
+        progress=False,
+    )
     assert int(more.state.epoch) == 2

@@ -28,7 +28,7 @@ _MAXIMISE_MARKERS = ("acc", "f1", "f_measure", "precision", "recall", "accuracy"
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
-    """"max" for names with acc/f1/f_measure/precision/recall/accuracy, else "min" (mode auto)."""
+    """ "max" for names with acc/f1/f_measure/precision/recall/accuracy, else "min" (mode auto)."""
     if mode in ("min", "max"):
         return mode
     if mode != "auto":
@@ -91,7 +91,10 @@ class EarlyStopping:
     every_steps: int | None = None
 
     def init_state(self) -> dict:
-        return {"best": _scalar(_initial_best(monitor_mode(self.monitor, self.mode))), "wait": _scalar(0)}
+        return {
+            "best": _scalar(_initial_best(monitor_mode(self.monitor, self.mode))),
+            "wait": _scalar(0),
+        }
 
     def __call__(self, state, logs):
         mode = monitor_mode(self.monitor, self.mode)
@@ -191,7 +194,10 @@ class ReduceLROnPlateau:
     every_steps: int | None = None
 
     def init_state(self) -> dict:
-        return {"best": _scalar(_initial_best(monitor_mode(self.monitor, self.mode))), "wait": _scalar(0)}
+        return {
+            "best": _scalar(_initial_best(monitor_mode(self.monitor, self.mode))),
+            "wait": _scalar(0),
+        }
 
     def __call__(self, state, logs):
         mode = monitor_mode(self.monitor, self.mode)

@@ -225,7 +225,9 @@ def train_epochs(
         history["validate"].append(val_logs)
         if hooks.write:
             hooks.write("epoch", step, epoch + 1, "train", train_logs)
-            hooks.write("epoch", step, epoch + 1, "val", {f"val_{k}": v for k, v in val_logs.items()})
+            hooks.write(
+                "epoch", step, epoch + 1, "val", {f"val_{k}": v for k, v in val_logs.items()}
+            )
         if val_logs:
             hooks.log("Validate: " + ", ".join(f"{k}: {v:.4f}" for k, v in val_logs.items()))
         logs = {

@@ -26,7 +26,7 @@ def progress_bar(total: int, title: str, enabled: bool = True) -> tqdm:
 
 
 def bar_postfix(metrics: dict[str, float]) -> str:
-    """"loss: 0.12345, acc: 0.87654" from the running means."""
+    """ "loss: 0.12345, acc: 0.87654" from the running means."""
     parts = [f"{short}: {metrics[k]:.5f}" for k, short in _POSTFIX_NAMES.items() if k in metrics]
     return ", ".join(parts)
 

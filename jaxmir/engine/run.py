@@ -34,7 +34,6 @@ from jaxmir.engine.sharding import (
 )
 from jaxmir.engine.state import TrainState
 from jaxmir.engine.step import make_eval_step, make_predict_fn, make_train_step
-from jaxmir.inference import predict_piece
 
 
 def cache_root() -> Path:
@@ -51,7 +50,9 @@ def resolve_data(task, cfg: Config, data: Path | str | None, progress: bool = Tr
         data = task.default_data(cfg, cache_root(), progress=progress)
     cache = FeatureCache(data)
     if cache.task != task.name:
-        raise ValueError(f"{cache.root}: a feature cache for task {cache.task!r}, not {task.name!r}")
+        raise ValueError(
+            f"{cache.root}: a feature cache for task {cache.task!r}, not {task.name!r}"
+        )
     return cache
 
 
@@ -65,9 +66,7 @@ def make_callbacks(cfg: Config) -> list:
     elif o.lr_schedule == "exponential":
         out.append(cb.ExponentialDecay(o.learning_rate, o.decay_rate, o.min_lr))
     elif o.lr_schedule == "plateau":
-        out.append(
-            cb.ReduceLROnPlateau(t.monitor, o.decay_rate, o.plateau_patience, o.min_lr)
-        )
+        out.append(cb.ReduceLROnPlateau(t.monitor, o.decay_rate, o.plateau_patience, o.min_lr))
     elif o.lr_schedule != "constant":
         raise ValueError(
             f"optim.lr_schedule: unknown schedule {o.lr_schedule!r} "
@@ -97,9 +96,11 @@ def init_state(task, cfg: Config, mesh, callbacks: Sequence) -> TrainState:
     return put_replicated(state, mesh)
 
 
-def make_predict(task, cfg: Config, mesh, state: TrainState):
-    """`predict(windows) -> numpy outputs` for the state's current weights."""
-    fn = make_predict_fn(state.apply_fn, mesh)
+def make_predict(mesh, state: TrainState, fn=None):
+    """`predict(windows) -> numpy outputs` for the state's current weights.
+
+    Pass `fn` (from `make_predict_fn`) to reuse one compiled function across calls."""
+    fn = fn or make_predict_fn(state.apply_fn, mesh)
     variables = state.variables
 
     def predict(windows: np.ndarray) -> np.ndarray:
@@ -182,8 +183,10 @@ def train(
         meta = {**meta, "step": int(st.step), "config": cfg.to_dict()}
         checkpointer.save(int(st.step), st, train_iter, meta, metrics)
 
+    predict_fn = make_predict_fn(state.apply_fn, mesh)
+
     def piece_metrics(st: TrainState) -> dict[str, float]:
-        return task.evaluate(make_predict(task, cfg, mesh, st), cfg, cache, "val")
+        return task.evaluate(make_predict(mesh, st, predict_fn), cfg, cache, "val")
 
     loss_fn = task.bind_loss(cfg)
     try:

@@ -56,7 +56,9 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size"
     if batch_size % n:
         raise ValueError(f"{what}={batch_size} must be divisible by the {n} devices of the mesh")
     if batch_size % jax.process_count():
-        raise ValueError(f"{what}={batch_size} must be divisible by {jax.process_count()} processes")
+        raise ValueError(
+            f"{what}={batch_size} must be divisible by {jax.process_count()} processes"
+        )
 
 
 def local_batch_size(global_batch: int) -> int:

@@ -39,7 +39,9 @@ class Task(abc.ABC):
     def preset(self, name: str) -> Config:
         presets = self.presets()
         if name not in presets:
-            raise ConfigError(f"unknown preset {name!r} for task {self.name} ({', '.join(presets)})")
+            raise ConfigError(
+                f"unknown preset {name!r} for task {self.name} ({', '.join(presets)})"
+            )
         return presets[name]
 
     def config_from_dict(self, data: dict) -> Config:
@@ -74,7 +76,9 @@ class Task(abc.ABC):
 
     # -- data ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def dataset(self, cfg: Config, cache: FeatureCache, split: str, train: bool) -> grain.MapDataset:
+    def dataset(
+        self, cfg: Config, cache: FeatureCache, split: str, train: bool
+    ) -> grain.MapDataset:
         """Unbatched examples {"x", "y", "mask", ...} of this process; endless when `train`."""
 
     @abc.abstractmethod

@@ -63,7 +63,9 @@ class BeatDecodeConfig:
     min_distance: float = 0.3  # seconds between peaks
 
 
-def _config(preset: str, model: BeatModelConfig, data: BeatDataConfig, train: TrainConfig) -> Config:
+def _config(
+    preset: str, model: BeatModelConfig, data: BeatDataConfig, train: TrainConfig
+) -> Config:
     return Config(
         task="beat",
         preset=preset,
@@ -161,7 +163,9 @@ class BeatTask(Task):
         return self.bind_loss(self.preset("paper"))(apply_fn, variables, batch, rng, train)
 
     # -- data -----------------------------------------------------------------------------------
-    def dataset(self, cfg: Config, cache: FeatureCache, split: str, train: bool) -> grain.MapDataset:
+    def dataset(
+        self, cfg: Config, cache: FeatureCache, split: str, train: bool
+    ) -> grain.MapDataset:
         t = cfg.model.timesteps
         hop = cfg.data.hop or t // 2
         jitter = hop // 2 if (train and cfg.data.jitter) else 0
@@ -206,7 +210,9 @@ class BeatTask(Task):
         cache.save_manifest()
         return out
 
-    def featurize(self, dataset: str, root: Path, out: Path, workers: int = 1, progress=True) -> dict:
+    def featurize(
+        self, dataset: str, root: Path, out: Path, workers: int = 1, progress=True
+    ) -> dict:
         if dataset != "midi":
             raise ValueError(f"beat: unknown dataset {dataset!r} (known: midi)")
         from jaxmir.data.datasets.midi import read_midi_folder
