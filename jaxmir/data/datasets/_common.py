@@ -1,0 +1,119 @@
+"""Helpers shared by the hand-written dataset readers (private to `jaxmir.data.datasets`).
+
+Split rule used wherever a dataset has no official split ("hash split"): the piece's key (its
+name unless the reader says otherwise) is hashed with `zlib.crc32` (UTF-8), u = crc32 / 2**32;
+u < 0.1 -> "test", u < 0.2 -> "val", else "train" (the same rule as
+`jaxmir.data.synth.chorales.split_of`). Where a dataset defines only train and test, the test
+set is kept as is and "val" is carved out of the official train set with the same hash: a train
+piece goes to "val" when u < 0.1. Both are stable whatever the dataset size or file order.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from jaxmir.data.records import AnnotationError
+
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.1
+
+
+def hash_unit(key: str) -> float:
+    """crc32 of the UTF-8 key mapped onto [0, 1)."""
+    return zlib.crc32(key.encode("utf-8")) / 2.0**32
+
+
+def hash_split(key: str) -> str:
+    """'train' | 'val' | 'test' (80/10/10) from the key alone."""
+    u = hash_unit(key)
+    if u < TEST_FRACTION:
+        return "test"
+    if u < TEST_FRACTION + VAL_FRACTION:
+        return "val"
+    return "train"
+
+
+def train_or_val(key: str) -> str:
+    """For a piece of an official train set: 'val' for ~10% of keys (by hash), else 'train'."""
+    return "val" if hash_unit(key) < VAL_FRACTION else "train"
+
+
+def require_root(root: Path | str, dataset: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{dataset} root {root} does not exist (or is not a folder)")
+    return root
+
+
+def no_pieces(root: Path, dataset: str, layout: str) -> FileNotFoundError:
+    return FileNotFoundError(f"no {dataset} pieces under {root} (expected {layout})")
+
+
+def warn_skip(dataset: str, what: str) -> None:
+    warnings.warn(f"{dataset}: skipping {what}", stacklevel=3)
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without surrounding whitespace), blank lines included."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
+        for number, line in enumerate(f, start=1):
+            yield number, line.strip()
+
+
+def to_float(token: str, path: Path, line: int | None, what: str) -> float:
+    try:
+        value = float(token)
+    except (TypeError, ValueError):
+        raise AnnotationError(path, line, f"{what} is not a number: {token!r}") from None
+    if not math.isfinite(value):
+        raise AnnotationError(path, line, f"{what} is not finite: {token!r}")
+    return value
+
+
+def to_int(token: str, path: Path, line: int | None, what: str) -> int:
+    value = to_float(token, path, line, what)
+    if value != int(value):
+        raise AnnotationError(path, line, f"{what} is not an integer: {token!r}")
+    return int(value)
+
+
+def check_note(onset: float, offset: float, pitch: float, path: Path, line: int | None) -> None:
+    if onset < 0:
+        raise AnnotationError(path, line, f"negative onset {onset}")
+    if offset < onset:
+        raise AnnotationError(path, line, f"offset {offset} before onset {onset}")
+    if not 0 <= pitch <= 127:
+        raise AnnotationError(path, line, f"MIDI pitch {pitch} outside 0-127")
+
+
+def note_array(rows: list[tuple[float, float, float, float, float]]) -> np.ndarray:
+    """float64 (N, 5) notes sorted by onset, then pitch; (0, 5) when there are none."""
+    if not rows:
+        return np.zeros((0, 5), np.float64)
+    notes = np.asarray(rows, np.float64)
+    return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
+
+
+def hit_array(rows: list[tuple[float, float]]) -> np.ndarray:
+    """float64 (H, 2) drum hits sorted by time, then note; (0, 2) when there are none."""
+    if not rows:
+        return np.zeros((0, 2), np.float64)
+    hits = np.asarray(rows, np.float64)
+    return hits[np.lexsort((hits[:, 1], hits[:, 0]))]
+
+
+def midi_to_hz(pitch: np.ndarray) -> np.ndarray:
+    """MIDI number -> Hz (A4 = 440 Hz); values <= 0 (unvoiced) -> 0."""
+    pitch = np.asarray(pitch, np.float64)
+    return np.where(pitch > 0, 440.0 * 2.0 ** ((pitch - 69.0) / 12.0), 0.0)
+
+
+def piece_name(path: Path, root: Path) -> str:
+    """Relative path without suffix, '/' -> '__' (as `datasets.midi` names files)."""
+    return path.relative_to(root).with_suffix("").as_posix().replace("/", "__")
