@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import mir_eval
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from jaxmir.config import Config, OptimConfig, TrainConfig
 from jaxmir.data.cache import FeatureCache
+from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import windows_dataset
 from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.inference import predict_piece
@@ -220,17 +220,17 @@ class BeatTask(Task):
 
         pieces, failures = read_midi_folder(Path(root))
         cache = FeatureCache.create(out, self.name, {"dataset": "midi", "fps": FPS, "version": 1})
-        written = skipped = 0
-        for piece in tqdm(pieces, desc="features", disable=not progress):
-            if cache.is_complete(piece.name):
-                skipped += 1
-                continue
-            write_piece(cache, piece, split_of(piece.name))
-            written += 1
-        cache.record_failures(failures)
-        cache.manifest["complete"] = True
-        cache.save_manifest()
-        return {"written": written, "skipped": skipped, "failed": failures, "out": str(out)}
+        summary = featurize(
+            pieces,
+            symbolic_features,
+            cache,
+            workers=workers,
+            progress=progress,
+            split_of=lambda p: split_of(p.name),
+        )
+        summary["failed"] = failures + summary["failed"]
+        cache.record_failures(summary["failed"])
+        return summary
 
     # -- inference ------------------------------------------------------------------------------
     def posteriors(self, predict, x: np.ndarray, cfg: Config) -> np.ndarray:
@@ -279,11 +279,17 @@ def weighted_bce(logits, targets, mask, downbeat_weight: float):
     return loss, {"accuracy": accuracy}
 
 
-def write_piece(cache: FeatureCache, piece: SymbolicPiece, split: str) -> None:
+def symbolic_features(piece: SymbolicPiece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(features (T, 178), labels {"y": (T, 2), notes, beats, downbeats}) of one piece."""
     n = n_frames_for(piece)
     x = beat_features(piece.notes, n)
     y = beat_labels(piece.beats, piece.downbeats, n)
-    cache.write_piece(piece.name, split, x, {"y": y, **piece.to_npz_dict()})
+    return x, {"y": y, **piece.to_npz_dict()}
+
+
+def write_piece(cache: FeatureCache, piece: SymbolicPiece, split: str) -> None:
+    x, labels = symbolic_features(piece)
+    cache.write_piece(piece.name, split, x, labels)
 
 
 TASK = BeatTask()

@@ -1,0 +1,82 @@
+"""Fill a feature cache from piece records: parallel, incremental, and robust to bad inputs.
+
+`featurize(pieces, compute, cache)` runs `compute(piece) -> (features, labels)` for every piece
+not already complete in the cache, in worker processes when `workers > 1`, and writes each
+result from the main process as soon as it arrives (so a kill loses only the pieces in flight).
+A piece whose input is bad (unreadable, empty, NaN, truncated) is reported by name and skipped;
+the rest continue, and the summary lists the failures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxmir.data.cache import FeatureCache
+
+Compute = Callable[[Any], tuple[np.ndarray, dict[str, np.ndarray]]]
+
+
+def _safe_compute(compute: Compute, piece) -> tuple[str, Any]:
+    try:
+        return "ok", compute(piece)
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+        return "error", f"{type(e).__name__}: {e}"
+
+
+def _source(piece) -> str:
+    return str(getattr(piece, "audio", None) or piece.name)
+
+
+def featurize(
+    pieces: Sequence[Any],
+    compute: Compute,
+    cache: FeatureCache,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    split_of: Callable[[Any], str] = lambda p: p.split,
+    extra_of: Callable[[Any], dict] | None = None,
+) -> dict:
+    """Featurise `pieces` into `cache`. Returns {"written", "skipped", "failed", "out"}.
+
+    `compute` must be a picklable module-level function when `workers > 1`.
+    """
+    todo = [p for p in pieces if not cache.is_complete(p.name)]
+    skipped = len(pieces) - len(todo)
+    failures: list[tuple[str, str]] = []
+    written = 0
+    bar = tqdm(total=len(todo), desc="features", disable=not progress)
+
+    def finish(piece, status, result):
+        nonlocal written
+        if status == "ok":
+            x, labels = result
+            extra = extra_of(piece) if extra_of else None
+            cache.write_piece(piece.name, split_of(piece), x, labels, extra)
+            written += 1
+        else:
+            failures.append((_source(piece), result))
+            warnings.warn(f"skipping {_source(piece)}: {result}", stacklevel=2)
+        bar.update(1)
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for piece in todo:
+                finish(piece, *_safe_compute(compute, piece))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_safe_compute, compute, p): p for p in todo}
+                for fut in cf.as_completed(futures):
+                    finish(futures[fut], *fut.result())
+    finally:
+        bar.close()
+        cache.record_failures(failures)
+    return {"written": written, "skipped": skipped, "failed": failures, "out": str(cache.root)}
