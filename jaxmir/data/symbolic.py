@@ -37,7 +37,7 @@ class SymbolicPiece:
         return {"notes": self.notes, "beats": self.beats, "downbeats": self.downbeats}
 
     @classmethod
-    def from_npz(cls, name: str, data) -> "SymbolicPiece":
+    def from_npz(cls, name: str, data) -> SymbolicPiece:
         return cls(
             name=name,
             notes=np.asarray(data["notes"], np.float64),

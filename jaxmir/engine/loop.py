@@ -202,8 +202,7 @@ def train_epochs(
             return state, history, f"interrupted: {hooks.stop_signal.requested}"
         stop = next((a for a in actions if isinstance(a, Stop)), None)
         if stop is not None:
-            if hooks.save:
-                hooks.save(state, None, {"epoch": epoch, "step_in_epoch": step_in_epoch})
+            # A step-level stop (e.g. NaN loss): keep the last good checkpoint, save nothing.
             return state, history, f"stopped: {stop.reason}"
 
         val_logs: dict[str, float] = {}
@@ -242,10 +241,16 @@ def train_epochs(
         meta = {"epoch": epoch + 1, "step_in_epoch": 0, "logs": _jsonable(logs)}
         saves = [a for a in actions if isinstance(a, Save)]
         stop = next((a for a in actions if isinstance(a, Stop)), None)
+        if stop is not None:
+            meta["status"] = "stopped"
         if hooks.save and (saves or stop is not None or epoch + 1 == plan.epochs):
             hooks.save(state, saves[0].metrics if saves else None, meta)
         if stop is not None:
             return state, history, f"stopped: {stop.reason}"
+        if hooks.stop_signal is not None and hooks.stop_signal.requested:
+            if hooks.save and not saves:
+                hooks.save(state, None, meta)
+            return state, history, f"interrupted: {hooks.stop_signal.requested}"
     return state, history, "finished"
 
 

@@ -173,6 +173,10 @@ def train(
         plan = dataclasses.replace(
             plan, start_epoch=int(meta["epoch"]), start_step_in_epoch=int(meta["step_in_epoch"])
         )
+        if meta.get("status") == "stopped":
+            checkpointer.close()
+            log(f"{workdir}: this run was stopped early at step {latest}; nothing to resume")
+            return RunResult(workdir, state, {"train": [], "validate": []}, "stopped", 0.0)
         log(f"Resuming {workdir} from step {latest} (epoch {plan.start_epoch + 1})")
     else:
         log(f"Training {task.name} ({cfg.preset}) in {workdir}")
