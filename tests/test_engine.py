@@ -148,3 +148,19 @@ def test_resume_refuses_changed_model(beat_cache, tmp_path):
         progress=False,
     )
     assert int(more.state.epoch) == 2
+
+
+def test_early_stop_is_carried_out_and_not_resumed(beat_cache, tmp_path):
+    cfg = tiny("train.epochs=5", "train.early_stop_patience=0")
+    run = train(TASK, cfg, tmp_path / "es", beat_cache, devices=ONE, progress=False)
+    assert run.status.startswith("stopped") and int(run.state.epoch) == 1
+    again = train(TASK, cfg, tmp_path / "es", beat_cache, devices=ONE, progress=False)
+    assert again.status == "stopped"
+
+
+def test_nan_loss_stops_without_saving_the_nan_state(beat_cache, tmp_path):
+    cfg = tiny("train.epochs=2", "train.log_every=1", "optim.learning_rate=1e30")
+    run = train(TASK, cfg, tmp_path / "nan", beat_cache, devices=ONE, progress=False)
+    assert "loss is nan" in run.status
+    steps = Checkpointer(tmp_path / "nan" / "checkpoints").manager.all_steps()
+    assert int(run.state.step) not in steps
