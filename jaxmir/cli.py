@@ -20,6 +20,8 @@ EPILOG = """examples:
   jaxmir transcribe beat song.mid --workdir runs/b1 -o out/
   jaxmir info beat --preset paper
   jaxmir features beat --dataset midi --root my_midis/ --out cache/beat-midi
+  jaxmir synth --out corpus/ --pieces 48 -j 2      render the synthetic audio corpus
+  jaxmir features music --dataset synth --root corpus/ --out cache/music -j 2
 """
 
 
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a task's model (resumes a workdir with a checkpoint)")
-    t.add_argument("task", help="beat")
+    t.add_argument("task", help="beat | music")
     t.add_argument(
         "--preset",
         default=None,
@@ -85,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--root", type=Path, required=True, help="the dataset's folder")
     f.add_argument("--out", type=Path, required=True, help="cache directory to write")
     f.add_argument("-j", "--workers", type=int, default=1)
+    from jaxmir.data.synth.cli import add_synth_parser
+
+    add_synth_parser(sub)
     return p
 
 
@@ -218,7 +223,14 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from jaxmir.data.synth.cli import cmd_synth as run
+
+    return run(args)
+
+
 COMMANDS = {
+    "synth": cmd_synth,
     "train": cmd_train,
     "eval": cmd_eval,
     "transcribe": cmd_transcribe,

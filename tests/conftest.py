@@ -46,3 +46,27 @@ def beat_cache(tmp_path_factory):
         split = "train" if i < 6 else ("val" if i == 6 else "test")
         write_piece(cache, metrical_piece(f"piece{i}", rng), split)
     return root
+
+
+MUSIC_FIXTURE_IDS = ("bach/bwv269", "bach/bwv347", "bach/bwv281", "bach/bwv36.8-2")
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    """4 rendered chorales cut to 6 s: 2 train, 1 val, 1 test (piano)."""
+    from jaxmir.data.synth.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("synth")
+    build_corpus(
+        root, None, 0, ids=MUSIC_FIXTURE_IDS, max_seconds=6.0, progress=False, instruments="piano"
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def music_cache(synth_corpus, tmp_path_factory):
+    from jaxmir.tasks.music.task import TASK
+
+    out = tmp_path_factory.mktemp("music-cache")
+    TASK.featurize("synth", synth_corpus, out, progress=False)
+    return out

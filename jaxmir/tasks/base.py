@@ -22,6 +22,7 @@ from jaxmir.data.cache import FeatureCache
 # name -> module that defines `TASK` (imported on first use so `jaxmir info beat` stays light)
 TASK_MODULES = {
     "beat": "jaxmir.tasks.beat.task",
+    "music": "jaxmir.tasks.music.task",
 }
 
 

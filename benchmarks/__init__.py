@@ -1,0 +1,1 @@
+"""Benchmarks for jaxmir (run each as ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,168 @@
+"""Audio loading for the feature extractors: decode, check, mix to mono, resample.
+
+`load_audio` decodes with soundfile. Formats that libsndfile does not know (m4a, ...) fall
+back to librosa/audioread. Resampling is soxr's HQ mode, as librosa's default ``soxr_hq``.
+
+A bad file raises `AudioError` (a ``ValueError``) naming the file and the reason:
+
+* it is missing, unreadable or cannot be decoded;
+* it is truncated. A WAV/AIFF whose data chunk is shorter than its header says is caught,
+  even though libsndfile would otherwise return the shorter audio in silence;
+* it is empty (0 samples);
+* it holds NaN or inf samples.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+class AudioError(ValueError):
+    """An audio file or array that cannot be used. ``path`` and ``reason`` are attributes."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def validate_audio(x: np.ndarray, path: str | os.PathLike = "<array>") -> np.ndarray:
+    """Return ``x`` unchanged if it has samples and all are finite, else raise `AudioError`."""
+    x = np.asarray(x)
+    if x.size == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if not np.issubdtype(x.dtype, np.number):
+        raise AudioError(path, f"audio samples must be numeric, got dtype {x.dtype}")
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(-1))
+        nan = int(np.isnan(x).sum())
+        raise AudioError(
+            path,
+            f"{bad.size} non-finite samples ({nan} NaN, {bad.size - nan} inf), "
+            f"first at flat index {int(bad[0])}",
+        )
+    return x
+
+
+def _chunk_truncation(path: Path) -> str | None:
+    """If a RIFF/RF64 WAV or an AIFF file's audio chunk is cut short, say how; else None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12:
+                return None
+            if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+                endian = ">" if head[:4] == b"RIFX" else "<"
+                target = b"data"
+            elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                endian, target = ">", b"SSND"
+            else:
+                return None
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                cid, csize = struct.unpack(endian + "4sI", f.read(8))
+                if cid == target:
+                    if head[:4] == b"RF64" or csize in (0, 0xFFFFFFFF):
+                        return None  # sizes live in ds64 or were never filled in (streamed)
+                    have = size - pos - 8
+                    if csize > have:
+                        return (
+                            f"truncated file: the {target.decode()} chunk declares {csize} "
+                            f"bytes but only {have} are present"
+                        )
+                    return None
+                pos += 8 + csize + (csize & 1)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _fallback_decode(path: Path, first_error: Exception) -> tuple[np.ndarray, int]:
+    """librosa/audioread for formats libsndfile does not know: (n, channels) float32, rate."""
+    try:
+        import librosa
+    except ImportError:
+        raise AudioError(path, f"cannot decode audio ({first_error})") from first_error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y, rate = librosa.load(str(path), sr=None, mono=False)
+    except Exception as e:  # audioread raises many unrelated types
+        raise AudioError(
+            path, f"cannot decode audio (soundfile: {first_error}; librosa: {e!r})"
+        ) from e
+    y = np.asarray(y, np.float32)
+    return (y[:, None] if y.ndim == 1 else y.T), int(rate)
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """(n, channels) float32 samples and the file's rate."""
+    try:
+        import soundfile as sf
+    except ImportError as e:  # pragma: no cover - soundfile is a declared dependency
+        return _fallback_decode(path, e)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # LibsndfileError / RuntimeError: unknown or broken header
+        if path.suffix[1:].upper() in sf.available_formats():
+            raise AudioError(path, f"cannot decode audio ({e})") from e
+        return _fallback_decode(path, e)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(path, f"undecodable or truncated audio ({e})") from e
+    if info.frames > 0 and len(data) < info.frames:
+        raise AudioError(
+            path, f"truncated file: header says {info.frames} frames, decoded {len(data)}"
+        )
+    reason = _chunk_truncation(path)
+    if reason:
+        raise AudioError(path, reason)
+    return data, int(rate)
+
+
+def resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
+    """Resample along axis 0 (samples first) with soxr HQ. Falls back to librosa's soxr_hq."""
+    if orig_sr == sr:
+        return x
+    try:
+        import soxr
+
+        return np.asarray(soxr.resample(x, orig_sr, sr, quality="HQ"), np.float32)
+    except ImportError:
+        import librosa
+
+        y = librosa.resample(x.T, orig_sr=orig_sr, target_sr=sr, res_type="soxr_hq")
+        return np.asarray(y.T, np.float32)
+
+
+def load_audio(path: str | os.PathLike, sr: int, mono: bool = True) -> np.ndarray:
+    """Decode ``path`` and resample it to ``sr`` Hz as float32.
+
+    Returns ``(samples,)`` if ``mono`` (the channel mean), else ``(channels, samples)``.
+
+    Raises:
+        AudioError: Missing, unreadable, undecodable, truncated, empty, or non-finite audio.
+            The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(path, "no such file" if not path.exists() else "not a regular file")
+    if not os.access(path, os.R_OK):
+        raise AudioError(path, "file is not readable (permission denied)")
+    data, rate = _decode(path)
+    validate_audio(data, path)
+    data = data.mean(axis=1) if mono else data
+    data = resample(np.ascontiguousarray(data, np.float32), rate, int(sr))
+    if data.shape[0] == 0:
+        raise AudioError(path, f"empty audio after resampling {rate} -> {sr} Hz")
+    out = data if mono else data.T
+    return np.ascontiguousarray(out, np.float32)

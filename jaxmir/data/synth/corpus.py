@@ -1,0 +1,1069 @@
+"""The embedded synthetic AUDIO corpus: music21's Bach chorales rendered with a SoundFont.
+
+Per chorale `bach/bwvX` (named `bach__bwvX`), in the output folder:
+    <name>.wav                mixture, 44.1 kHz mono, 16-bit
+    <name>.vocals.wav         the soprano line on a voice program (52-54) with vibrato and drift
+    <name>.accompaniment.wav  the other parts on random GM programs
+    <name>.drums.wav          a procedural GM drum pattern on the beat grid (channel 10)
+    <name>.labels.npz         exact labels (np.savez, no pickle; see below)
+plus `corpus.json`: the manifest (pieces, per-piece durations and counts, a summary).
+
+Labels (float64 unless noted; times in seconds from the audio's first sample):
+    notes        (N, 5) onset, offset, MIDI pitch, velocity, GM program; vocal and accompaniment
+                 notes, sorted by onset (drums are not in `notes`)
+    drum_hits    (H, 2) time, GM percussion note (program 128 = `records.DRUM_PROGRAM`)
+    beats, downbeats  (B,), (D,) from music21's measures through the piece's tempo map
+    f0           (T, 2) time, Hz of the vocal line on a 10 ms grid from 0 (0 = silent); the pitch
+                 bends (vibrato, drift, intonation) are included exactly as written to the MIDI
+    melody_f0    (T, 2) the top voice; here the same as f0
+    chords       (K, 2) start, end covering [0, duration]; `chord_labels` (K,) unicode Harte
+                 labels in omnizart's 26 classes ("C#:maj", "A:min", "N", "X"); `chord_ids` (K,)
+                 int64 class indices (`chord_index`)
+    meta         0-d unicode JSON: build config and the random arrangement of the piece
+
+How a piece is made (all draws from generators seeded by (seed, chorale id)):
+- tempo map, velocity curves and +-10 ms onset jitter from `chorales.py` (random base tempo,
+  smooth curve, step change, ritardando, fermata holds); transposition uniform in -5..+5;
+- programs: the vocal line on 52, 53 or 54; each other part on one of omnizart's 11
+  note-stream programs (p = 0.25: all other parts share one program);
+- MIDI times are rounded to 1 ms (the files are written at 1 ms per tick); note labels carry
+  the rounded times, beats/downbeats/chords the exact tempo-map times;
+- the vocal line is made monophonic (highest note wins, earlier notes end at the next onset);
+  pitch bends every 5 ms carry vibrato (5-7 Hz, +-20-60 cents, faded in after each onset),
+  slow drift (+-5-20 cents) and a per-note intonation offset (sd 5 cents);
+- drums: kick on downbeats/strong beats, snare/side stick/clap on backbeats, closed hat, ride,
+  pedal hat or maracas on beats or subdivisions, open hat pickups, extra kicks, ghost notes,
+  tom/snare fills before phrase ends with a crash after, an optional late entry and a break;
+  every GM note used falls in one of omnizart's 13 drum classes (`drum_class`);
+- audio: stems normalised to -20 dBFS RMS and levelled (vocals +-3 dB, accompaniment -6..0 dB,
+  drums -12..-2 dB), then per stem a random EQ and a shared synthetic room (p = 0.8,
+  RT60 0.2-1.5 s, per-stem wet mix); mixture = sum of the written stems + noise (white, pink or
+  brown) at a random SNR, one global gain (peak <= 0.95). Strength 1 on train, 0.5 on val/test,
+  0 (dry stems, no noise) with augment=False.
+
+Splits come from `chorales.split_of`. Train pieces draw from `seed`; val and test pieces draw
+from the fixed `EVAL_SEED` whatever `seed` is, so evaluation audio is the same across runs.
+music21's string quartets (Haydn, Mozart, Beethoven), Palestrina and Monteverdi are never used
+(`RESERVED_FOR_EVAL`).
+
+Rendering is deterministic: the same seed gives identical labels and identical audio.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import time
+import warnings
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxmir.data.records import AudioPiece
+from jaxmir.data.synth import augment as aug
+from jaxmir.data.synth.chorales import (
+    ONSET_JITTER_S,
+    _collect_notes,
+    _metrical_grid,
+    _parts,
+    _piece_name,
+    _tempo_map,
+    _velocities,
+    chorale_ids,
+    split_of,
+)
+
+VERSION = 1
+SR = 44100
+FRAME_S = 0.01  # f0 hop
+BEND_STEP_MS = 5  # pitch-bend update period of the vocal line
+TAIL_S = 1.5  # audio kept after the last note/hit
+DEFAULT_PIECES = 48  # the demo size: first 48 chorales (40 train, 4 val, 4 test)
+EVAL_SEED = 20_240_601  # val/test pieces ignore the build seed
+MANIFEST = "corpus.json"
+STEMS = ("vocals", "accompaniment", "drums")
+
+VOICE_PROGRAMS = (52, 53, 54)  # Choir Aahs, Voice Oohs, Synth Voice
+OMNIZART_PROGRAMS = (0, 6, 40, 41, 42, 43, 60, 68, 70, 71, 73)  # music note-stream classes
+DRUM_KITS = (0, 8, 16, 24, 25, 40, 48)  # the GM kits TimGM6mb.sf2 has
+TRANSPOSE_RANGE = (-5, 5)
+ENSEMBLE_PROB = 0.25
+
+# Never rendered: held back for independent evaluation (music21 corpus folders).
+RESERVED_FOR_EVAL = ("beethoven/", "haydn/", "mozart/", "palestrina/", "monteverdi/")
+
+_MIN_NOTE_MS = 5
+_DRUM_NOTE_MS = 50
+_BEND_MAX = 8191
+_BEND_RANGE_CENTS = 200.0  # GM default pitch-bend range, +-2 semitones
+
+
+def is_reserved(corpus_id: str) -> bool:
+    """True for music21 works reserved for independent evaluation."""
+    cid = corpus_id.replace("\\", "/").lower()
+    return any(cid.startswith(p) or f"/{p}" in cid for p in RESERVED_FOR_EVAL)
+
+
+# --------------------------------------------------------------------------------------------
+# Chord classes (omnizart: 12 major + 12 minor + N + X)
+# --------------------------------------------------------------------------------------------
+
+PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+CHORD_LABELS = (
+    tuple(f"{r}:maj" for r in PITCH_NAMES) + tuple(f"{r}:min" for r in PITCH_NAMES) + ("N", "X")
+)
+N_CHORD, X_CHORD = 24, 25
+_LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+# extensions (semitones above the root) a triad may carry and still count as maj / min,
+# as in the usual majmin reduction: sevenths, sixths (maj only), ninths, elevenths (min only)
+_EXTENSIONS = {"maj": frozenset({2, 9, 10, 11}), "min": frozenset({2, 5, 10})}
+_THIRDS = (("maj", 4), ("min", 3))
+
+
+def chord_class(pitch_classes: Iterable[int], bass: int | None = None) -> str:
+    """Reduce a set of sounding pitch classes (0 = C) to omnizart's classes, in Harte syntax.
+
+    'N' for silence; 'R:maj' / 'R:min' when the set is a major/minor triad on R, possibly with a
+    seventh, sixth (maj), ninth or eleventh (min) added, or a seventh chord without its fifth;
+    a bare third (two pitch classes) counts only over its root in the `bass`; everything else
+    ('X'): single notes, open fifths, diminished, augmented, suspended, half-diminished...
+    Ties (C-E-G-A = C6 or Am7) go to the root in the bass, then to the reading with a seventh.
+    """
+    pcs = {int(p) % 12 for p in pitch_classes}
+    if not pcs:
+        return "N"
+    bass = None if bass is None else int(bass) % 12
+    best: tuple | None = None
+    for root in sorted(pcs):
+        rel = {(p - root) % 12 for p in pcs}
+        for quality, third in _THIRDS:
+            if third not in rel:
+                continue
+            has_fifth = 7 in rel
+            ext = rel - {0, third, 7}
+            if not ext <= _EXTENSIONS[quality]:
+                continue
+            if not has_fifth:
+                if ext - {10, 11}:
+                    continue  # without its fifth only a seventh may be added
+                if len(rel) == 2 and bass != root:
+                    continue  # a bare third: only in root position
+            key = (len(ext), not has_fifth, bass != root, len(ext - {10, 11}), root, quality)
+            if best is None or key < best:
+                best = key
+    if best is None:
+        return "X"
+    return f"{PITCH_NAMES[best[4]]}:{best[5]}"
+
+
+def _root_pc(name: str) -> int:
+    if not name or name[0].upper() not in _LETTERS:
+        raise ValueError(f"bad chord root {name!r}")
+    pc = _LETTERS[name[0].upper()]
+    for acc in name[1:]:
+        if acc == "#":
+            pc += 1
+        elif acc == "b":
+            pc -= 1
+        else:
+            raise ValueError(f"bad chord root {name!r}")
+    return pc % 12
+
+
+def chord_index(label: str) -> int:
+    """omnizart's class index of a reduced Harte label: 'C:maj'..'B:maj' -> 0-11,
+    'C:min'..'B:min' -> 12-23, 'N' -> 24, 'X' -> 25. Flats and bass inversions are accepted
+    ('Bb:min/b3' -> 22), a bare root means major. Other qualities raise ValueError: reduce them
+    with `chord_class` first."""
+    label = label.strip()
+    if label == "N":
+        return N_CHORD
+    if label == "X":
+        return X_CHORD
+    root, _, quality = label.partition(":")
+    quality = quality.split("/")[0] or "maj"
+    root = root.split("/")[0]
+    pc = _root_pc(root)
+    if quality == "maj":
+        return pc
+    if quality == "min":
+        return 12 + pc
+    raise ValueError(f"chord {label!r} is not one of omnizart's classes (maj, min, N, X)")
+
+
+# --------------------------------------------------------------------------------------------
+# Drum classes (omnizart's 13-class grouping of GM percussion notes)
+# --------------------------------------------------------------------------------------------
+
+DRUM_CLASSES = (
+    "kick",
+    "snare",
+    "side_stick",
+    "clap",
+    "closed_hh",
+    "pedal_hh",
+    "open_hh",
+    "low_tom",
+    "mid_tom",
+    "high_tom",
+    "crash",
+    "ride",
+    "maracas",
+)
+DRUM_CLASS_NOTES = (
+    (33, 35, 36),
+    (27, 38, 40, 85, 87),
+    (37,),
+    (39,),
+    (42,),
+    (44,),
+    (46,),
+    (41, 43),
+    (45, 47),
+    (48, 50),
+    (49, 55, 57),
+    (51, 53, 59),
+    (69, 70, 82),
+)
+_DRUM_NOTE_CLASS = {n: c for c, notes in enumerate(DRUM_CLASS_NOTES) for n in notes}
+
+
+def drum_class(note: int) -> int:
+    """Index into `DRUM_CLASSES` of a GM percussion note, -1 when outside the 13 classes."""
+    return _DRUM_NOTE_CLASS.get(int(note), -1)
+
+
+# --------------------------------------------------------------------------------------------
+# One piece: arrangement and labels
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    chorale_id: str
+    split: str
+    out: str
+    seed: int
+    max_seconds: float | None
+    augment: bool
+    instruments: str = "mixed"  # mixed | piano (every part on program 0, no drums)
+
+    @property
+    def name(self) -> str:
+        return _piece_name(self.chorale_id)
+
+    @property
+    def effective_seed(self) -> int:
+        return int(self.seed) if self.split == "train" else EVAL_SEED
+
+    @property
+    def strength(self) -> float:
+        if not self.augment:
+            return 0.0
+        return 1.0 if self.split == "train" else 0.5
+
+    def config(self) -> dict:
+        return {
+            "version": VERSION,
+            "seed": self.effective_seed,
+            "max_seconds": self.max_seconds,
+            "augment": self.augment,
+            "instruments": self.instruments,
+            "sr": SR,
+        }
+
+
+def piece_files(root: Path, name: str) -> dict[str, Path]:
+    """The files of one piece: 'mixture', the stems and 'labels'."""
+    root = Path(root)
+    out = {"mixture": root / f"{name}.wav"}
+    out.update({s: root / f"{name}.{s}.wav" for s in STEMS})
+    out["labels"] = root / f"{name}.labels.npz"
+    return out
+
+
+def _streams(seed: int, chorale_id: str) -> dict[str, np.random.Generator]:
+    ss = np.random.SeedSequence([int(seed) % 2**63, zlib.crc32(chorale_id.encode()), 0xA0D10])
+    names = ("tempo", "arrange", "voice", "drums", "audio")
+    return {n: np.random.default_rng(s) for n, s in zip(names, ss.spawn(len(names)), strict=True)}
+
+
+def _vocal_part(score) -> int:
+    names = [(p.partName or "").lower() for p in _parts(score)]
+    for i, n in enumerate(names):
+        if "soprano" in n:
+            return i
+    return 0
+
+
+def _fix_overlaps(on: np.ndarray, off: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Per key (channel * 128 + pitch), end each note no later than the next onset; returns the
+    kept mask (notes that end up empty, or duplicate onsets, are dropped). Edits `off` in place."""
+    order = np.lexsort((on, key))
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        if key[a] == key[b]:
+            off[a] = min(off[a], on[b])
+    return off - on >= 1
+
+
+def _monophonic(on: np.ndarray, off: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+    """Indices of a monophonic line: at equal onsets the highest pitch; each note ends by the
+    next onset. Edits `off` in place."""
+    order = np.lexsort((-pitch, on))
+    kept: list[int] = []
+    for i in order:
+        if kept and on[i] == on[kept[-1]]:
+            continue
+        if kept:
+            off[kept[-1]] = min(off[kept[-1]], on[i])
+        kept.append(int(i))
+    idx = np.asarray(kept, np.int64)
+    return idx[off[idx] - on[idx] >= 1]
+
+
+def _vocal_bends(on, off, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pitch-bend times (ms) and 14-bit values for the vocal notes (sorted, monophonic)."""
+    rate = rng.uniform(5.0, 7.0)
+    depth = rng.uniform(20.0, 60.0)
+    drift_amp = rng.uniform(5.0, 20.0)
+    k = 3
+    d_per = rng.uniform(2.0, 10.0, size=k)
+    d_phase = rng.uniform(0.0, 2 * math.pi, size=k)
+    d_w = rng.dirichlet(np.ones(k))
+    n = len(on)
+    n_rate = np.clip(rate + rng.normal(0.0, 0.2, size=n), 5.0, 7.0)
+    n_depth = np.clip(depth * rng.uniform(0.85, 1.15, size=n), 20.0, 60.0)
+    n_delay = rng.uniform(0.05, 0.2, size=n)
+    n_fade = rng.uniform(0.1, 0.25, size=n)
+    n_phase = rng.uniform(0.0, 2 * math.pi, size=n)
+    n_offset = np.clip(rng.normal(0.0, 5.0, size=n), -15.0, 15.0)
+    meta = {"rate_hz": rate, "depth_cents": depth, "drift_cents": drift_amp}
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), meta
+    start = int(on[0]) - int(on[0]) % BEND_STEP_MS
+    t_ms = np.arange(start, int(off[-1]) + BEND_STEP_MS, BEND_STEP_MS, dtype=np.int64)
+    t = t_ms / 1000.0
+    # the note in charge of each bend: the last one started (its release keeps its bend)
+    j = np.clip(np.searchsorted(on, t_ms, side="right") - 1, 0, n - 1)
+    since = t - on[j] / 1000.0
+    fade = np.clip((since - n_delay[j]) / n_fade[j], 0.0, 1.0)
+    vib = n_depth[j] * fade * np.sin(2 * np.pi * n_rate[j] * np.maximum(since, 0.0) + n_phase[j])
+    drift = drift_amp * (d_w * np.sin(2 * np.pi * t[:, None] / d_per + d_phase)).sum(axis=1)
+    cents = vib + drift + n_offset[j]
+    values = np.clip(np.round(cents / _BEND_RANGE_CENTS * 8192.0), -8192, _BEND_MAX)
+    return t_ms, values.astype(np.int64), meta
+
+
+def _f0_track(on, off, pitch, bend_t, bend_v, n_frames: int) -> np.ndarray:
+    """(T, 2) time, Hz on the 10 ms grid: the vocal note sounding at each frame with the bend in
+    effect there (the last bend event at or before the frame); 0 where no note sounds."""
+    frame_ms = np.arange(n_frames, dtype=np.int64) * int(round(FRAME_S * 1000))
+    hz = np.zeros(n_frames, np.float64)
+    if len(on):
+        j = np.searchsorted(on, frame_ms, side="right") - 1
+        ok = j >= 0
+        jj = np.where(ok, j, 0)
+        voiced = ok & (frame_ms < off[jj])
+        b = np.searchsorted(bend_t, frame_ms, side="right") - 1
+        bend = np.where(b >= 0, bend_v[np.clip(b, 0, None)], 0) if len(bend_t) else 0
+        semis = pitch[jj] + bend * (_BEND_RANGE_CENTS / 100.0) / 8192.0
+        hz = np.where(voiced, 440.0 * 2.0 ** ((semis - 69.0) / 12.0), 0.0)
+    return np.stack([frame_ms / 1000.0, hz], axis=1)
+
+
+def _beat_roles(grid) -> list[dict]:
+    """Per beat (quarter-length grid): position in its bar, beats in that bar, subdivisions."""
+    beats = grid.beats_q
+    downs = grid.downbeats_q
+    roles = []
+    for i, b in enumerate(beats):
+        nxt = beats[i + 1] if i + 1 < len(beats) else b + grid.beat_q
+        length = float(nxt - b)
+        d = np.searchsorted(downs, b + 1e-6, side="right") - 1
+        if d < 0:
+            pos, n_bar, bar = -1, 0, -1  # pickup
+        else:
+            bar_start = downs[d]
+            bar_end = downs[d + 1] if d + 1 < len(downs) else np.inf
+            in_bar = beats[(beats >= bar_start - 1e-6) & (beats < bar_end - 1e-6)]
+            pos = int(np.searchsorted(in_bar, b - 1e-6))
+            n_bar, bar = len(in_bar), int(d)
+        sub = 3 if abs(length - 1.5) < 1e-6 or abs(length - 0.75) < 1e-6 else 2
+        roles.append({"q": float(b), "len": length, "pos": pos, "n": n_bar, "bar": bar, "sub": sub})
+    return roles
+
+
+def _is_kick_beat(pos: int, n: int) -> bool:
+    return pos == 0 or (n == 4 and pos == 2) or (n >= 6 and n % 2 == 0 and pos == n // 2)
+
+
+def _is_backbeat(pos: int, n: int) -> bool:
+    if pos <= 0:
+        return False
+    return n == 3 or pos % 2 == 1
+
+
+def _drum_pattern(grid, rng: np.random.Generator) -> tuple[list[tuple[float, int, float]], dict]:
+    """(quarter-length position, GM note, velocity) hits and the pattern settings."""
+    roles = _beat_roles(grid)
+    n_bars = len(grid.downbeats_q)
+    kit = int(rng.choice(DRUM_KITS))
+    back_note = int(rng.choice([38, 40, 37, 39], p=[0.6, 0.1, 0.15, 0.15]))
+    hat_choices = [42, 51, 44, 70]
+    hat_p = [0.6, 0.2, 0.1, 0.1]
+    hat_note = int(rng.choice(hat_choices, p=hat_p))
+    hat_sub = bool(rng.uniform() < 0.6)  # hats on subdivisions (else on beats)
+    open_hat = bool(rng.uniform() < 0.4)
+    start_bar = int(rng.integers(1, 3)) if rng.uniform() < 0.3 else 0
+    break_bar = int(rng.integers(1, n_bars - 1)) if n_bars > 3 and rng.uniform() < 0.2 else -1
+    fill_prob = rng.uniform(0.2, 0.6)
+    extra_kick_p = rng.uniform(0.0, 0.4)
+    ghost_p = rng.uniform(0.0, 0.3)
+    settings = {
+        "kit": kit,
+        "backbeat_note": back_note,
+        "hat_note": hat_note,
+        "hat_subdivisions": hat_sub,
+        "open_hat": open_hat,
+        "start_bar": start_bar,
+        "break_bar": break_bar,
+    }
+    hits: list[tuple[float, int, float]] = []
+
+    def hit(q: float, note: int, lo: float, hi: float) -> None:
+        hits.append((q, note, float(np.clip(rng.uniform(lo, hi) + rng.normal(0, 4), 1, 127))))
+
+    last_bar = n_bars - 1
+    # bars that get a fill on their last beat(s): phrase ends (every 4th bar) and the bar
+    # before the final one
+    fill_bars = {b for b in range(n_bars - 1) if (b - start_bar) % 4 == 3 or b == last_bar - 1}
+    fill_bars = {b for b in sorted(fill_bars) if b >= start_bar and rng.uniform() < fill_prob}
+    crash_bars = {start_bar, last_bar} | {b + 1 for b in fill_bars}
+    cur_hat = hat_note
+    for r in roles:
+        bar, pos, n, q, length, sub = r["bar"], r["pos"], r["n"], r["q"], r["len"], r["sub"]
+        if bar == -1:
+            if start_bar == 0 and rng.uniform() < 0.5:
+                hit(q, 42 if cur_hat == 51 else cur_hat, 50, 80)  # pickup: a light hat
+            continue
+        if bar < start_bar or bar == break_bar:
+            continue
+        if bar == last_bar:  # the held final chord: one last hit
+            if pos == 0:
+                hit(q, 36, 100, 120)
+                hit(q, int(rng.choice([49, 57])), 100, 125)
+            continue
+        if pos == 0 and bar % 4 == start_bar % 4 and rng.uniform() < 0.3:
+            cur_hat = int(rng.choice(hat_choices, p=hat_p))  # a new section: new time keeper
+        fill_len = 1 if rng.uniform() < 0.7 else 2
+        in_fill = bar in fill_bars and pos >= n - fill_len
+        if in_fill:
+            step = length / (2 * sub)
+            toms = [50, 48, 47, 45, 43, 41] if rng.uniform() < 0.6 else [38]
+            for k in range(2 * sub):
+                if rng.uniform() < 0.85:
+                    note = toms[min(k * len(toms) // (2 * sub), len(toms) - 1)]
+                    hit(q + k * step, note, 80, 115)
+            continue
+        if pos == 0 and bar in crash_bars:
+            hit(q, int(rng.choice([49, 57])), 100, 125)
+        if _is_kick_beat(pos, n):
+            hit(q, 36 if rng.uniform() < 0.8 else 35, 95, 120)
+        if _is_backbeat(pos, n):
+            hit(q, back_note, 70 if back_note == 37 else 90, 100 if back_note == 37 else 120)
+        steps = sub if hat_sub else 1
+        for k in range(steps):
+            last_off = open_hat and pos == n - 1 and k == steps - 1 and steps > 1
+            note = 46 if last_off and cur_hat == 42 else cur_hat
+            acc = 10.0 if k == 0 else 0.0
+            hit(q + k * length / steps, note, 55 + acc, 85 + acc)
+        for k in range(1, sub):  # variations on the off-beat subdivisions
+            if rng.uniform() < extra_kick_p / n:
+                hit(q + k * length / sub, 36, 80, 105)
+            if rng.uniform() < ghost_p / n:
+                hit(q + k * length / sub, 38, 25, 45)
+    return hits, settings
+
+
+def _chord_segments(score, transpose: int) -> list[tuple[float, float, str]]:
+    """(start_q, end_q, label) from music21's chordify, equal neighbours merged, gaps as 'N'."""
+    from music21 import chord as m21chord
+
+    segs: list[list] = []
+    for el in score.chordify().flatten().notesAndRests:
+        a = float(el.offset)
+        b = a + float(el.quarterLength)
+        if b <= a:
+            continue
+        if isinstance(el, m21chord.Chord) and len(el.pitches):
+            pcs = [(p.pitchClass + transpose) % 12 for p in el.pitches]
+            label = chord_class(pcs, (el.bass().pitchClass + transpose) % 12)
+        else:
+            label = "N"
+        if segs and a > segs[-1][1] + 1e-9:
+            segs.append([segs[-1][1], a, "N"])
+        if segs and segs[-1][2] == label and abs(segs[-1][1] - a) < 1e-9:
+            segs[-1][1] = b
+        else:
+            segs.append([a, b, label])
+    return [(float(a), float(b), str(lab)) for a, b, lab in segs]
+
+
+@dataclasses.dataclass
+class _Arranged:
+    notes: np.ndarray  # (N, 5) with ms times in columns 0-1
+    parts: np.ndarray  # (N,) part index per note
+    vocal_part: int
+    programs: list[int]
+    drum_hits: np.ndarray  # (H, 3) ms time, note, velocity
+    bend_t: np.ndarray
+    bend_v: np.ndarray
+    beats: np.ndarray
+    downbeats: np.ndarray
+    chords: list[tuple[float, float, str]]
+    end_ms: int
+    meta: dict
+
+
+def _arrange(score, job: _Job) -> _Arranged:
+    grid = _metrical_grid(score)
+    notes = _collect_notes(score)
+    rs = _streams(job.effective_seed, job.chorale_id)
+    r = rs["tempo"]
+    tmap = _tempo_map(grid, notes, r, True)
+    on = tmap(notes.onset_q)
+    off = tmap(notes.offset_q)
+    vel = _velocities(notes, notes.onset_q / grid.bar_q, r)
+    jit = r.uniform(-ONSET_JITTER_S, ONSET_JITTER_S, size=len(on))
+    new_on = np.minimum(np.maximum(on + jit, 0.0), off - _MIN_NOTE_MS / 1000.0)
+    on = np.where(new_on >= 0.0, new_on, on)
+
+    ra = rs["arrange"]
+    transpose = int(ra.integers(TRANSPOSE_RANGE[0], TRANSPOSE_RANGE[1] + 1))
+    n_parts = max(len(_parts(score)), int(notes.part.max()) + 1)
+    vocal = _vocal_part(score)
+    if ra.uniform() < ENSEMBLE_PROB:
+        programs = [int(ra.choice(OMNIZART_PROGRAMS))] * n_parts
+    else:
+        programs = [int(p) for p in ra.choice(OMNIZART_PROGRAMS, size=n_parts)]
+    programs[vocal] = int(ra.choice(VOICE_PROGRAMS))
+    if job.instruments == "piano":
+        programs = [0] * n_parts
+    pitch = np.clip(notes.pitch + transpose, 0, 127)
+    part = notes.part.copy()
+
+    limit_ms = None if job.max_seconds is None else int(round(job.max_seconds * 1000))
+    on_ms = np.round(on * 1000).astype(np.int64)
+    off_ms = np.round(off * 1000).astype(np.int64)
+    if limit_ms is not None:
+        keep = on_ms < limit_ms
+        on_ms, off_ms, pitch, vel, part = (
+            on_ms[keep],
+            off_ms[keep],
+            pitch[keep],
+            vel[keep],
+            part[keep],
+        )
+        off_ms = np.minimum(off_ms, limit_ms)
+    is_voc = part == vocal
+    # the vocal line: monophonic
+    vi = np.flatnonzero(is_voc)
+    v_on, v_off = on_ms[vi], off_ms[vi].copy()
+    mono = _monophonic(v_on, v_off, pitch[vi])
+    off_ms[vi] = v_off
+    keep = ~is_voc
+    keep[vi[mono]] = True
+    on_ms, off_ms, pitch, vel, part = on_ms[keep], off_ms[keep], pitch[keep], vel[keep], part[keep]
+    # one channel per part: no note may cut off a same-pitch note of its own part
+    ok = _fix_overlaps(on_ms, off_ms, part * 128 + pitch.astype(np.int64))
+    on_ms, off_ms, pitch, vel, part = on_ms[ok], off_ms[ok], pitch[ok], vel[ok], part[ok]
+    order = np.lexsort((part, pitch, on_ms))
+    on_ms, off_ms, pitch, vel, part = (a[order] for a in (on_ms, off_ms, pitch, vel, part))
+    prog = np.asarray(programs, np.float64)[part]
+    arr = np.stack([on_ms, off_ms, pitch, vel, prog], axis=1).astype(np.float64)
+
+    is_voc = part == vocal
+    bend_t, bend_v, vib_meta = _vocal_bends(on_ms[is_voc], off_ms[is_voc], rs["voice"])
+    if job.instruments == "piano":  # a piano does not sing: no vibrato or drift
+        bend_t, bend_v = bend_t[:0], bend_v[:0]
+
+    hits_q, drum_meta = _drum_pattern(grid, rs["drums"])
+    if job.instruments == "piano":
+        hits_q = []
+    rd = rs["drums"]
+    if hits_q:
+        hq = np.asarray([h[0] for h in hits_q])
+        t_ms = tmap(hq) * 1000.0 + np.clip(rd.normal(0.0, 2.0, size=len(hq)), -6.0, 6.0)
+        h = np.stack(
+            [np.maximum(np.round(t_ms), 0), [h[1] for h in hits_q], [h[2] for h in hits_q]], 1
+        )
+        h = h[np.lexsort((h[:, 1], h[:, 0]))]
+        _, first = np.unique(h[:, :2], axis=0, return_index=True)
+        h = h[np.sort(first)]
+        if limit_ms is not None:
+            h = h[h[:, 0] < limit_ms]
+    else:
+        h = np.zeros((0, 3))
+
+    beats = tmap(grid.beats_q)
+    downbeats = tmap(grid.downbeats_q)
+    chords = [
+        (float(tmap(a)), float(tmap(b)), lab) for a, b, lab in _chord_segments(score, transpose)
+    ]
+    ends = [int(off_ms.max()) if len(off_ms) else 0]
+    if len(h):
+        ends.append(int(h[:, 0].max()) + _DRUM_NOTE_MS)
+    end_ms = max(ends)
+    if limit_ms is not None:
+        end_ms = min(end_ms, limit_ms)
+    meta = {
+        "chorale_id": job.chorale_id,
+        "split": job.split,
+        "config": job.config(),
+        "transpose": transpose,
+        "vocal_part": vocal,
+        "programs": programs,
+        "vibrato": vib_meta,
+        "drums": drum_meta,
+    }
+    return _Arranged(
+        notes=arr,
+        parts=part,
+        vocal_part=vocal,
+        programs=programs,
+        drum_hits=h,
+        bend_t=bend_t,
+        bend_v=bend_v,
+        beats=beats,
+        downbeats=downbeats,
+        chords=chords,
+        end_ms=end_ms,
+        meta=meta,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One piece: MIDI, audio, files
+# --------------------------------------------------------------------------------------------
+
+
+def _new_midi():
+    import pretty_midi
+
+    return pretty_midi.PrettyMIDI(resolution=1000, initial_tempo=60.0)  # 1 tick = 1 ms
+
+
+def _midis(a: _Arranged) -> dict[str, object]:
+    import pretty_midi
+
+    def note(row) -> pretty_midi.Note:
+        return pretty_midi.Note(int(row[3]), int(row[2]), row[0] / 1000.0, row[1] / 1000.0)
+
+    vocals, accomp, drums = _new_midi(), _new_midi(), _new_midi()
+    v = pretty_midi.Instrument(a.programs[a.vocal_part], name="vocals")
+    v.notes = [note(row) for row in a.notes[a.parts == a.vocal_part]]
+    v.pitch_bends = [
+        pretty_midi.PitchBend(int(b), t / 1000.0) for t, b in zip(a.bend_t, a.bend_v, strict=True)
+    ]
+    vocals.instruments.append(v)
+    for p, prog in enumerate(a.programs):
+        if p == a.vocal_part:
+            continue
+        inst = pretty_midi.Instrument(prog, name=f"part{p}")
+        inst.notes = [note(row) for row in a.notes[a.parts == p]]
+        if inst.notes:
+            accomp.instruments.append(inst)
+    d = pretty_midi.Instrument(a.meta["drums"]["kit"], is_drum=True, name="drums")
+    if len(a.drum_hits):
+        h_on = a.drum_hits[:, 0].astype(np.int64)
+        h_off = h_on + _DRUM_NOTE_MS
+        keep = _fix_overlaps(h_on, h_off, a.drum_hits[:, 1].astype(np.int64))
+        for t0, t1, row in zip(h_on[keep], h_off[keep], a.drum_hits[keep], strict=True):
+            d.notes.append(pretty_midi.Note(int(row[2]), int(row[1]), t0 / 1000.0, t1 / 1000.0))
+    drums.instruments.append(d)
+    return {"vocals": vocals, "accompaniment": accomp, "drums": drums}
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(x, (0, n - len(x))) if len(x) < n else x[:n]
+
+
+def _rms_db(x: np.ndarray) -> float:
+    p = float(np.mean(np.asarray(x, np.float64) ** 2)) if len(x) else 0.0
+    return 10.0 * math.log10(p) if p > 1e-20 else -np.inf
+
+
+def _produce(stems: dict[str, np.ndarray], rng: np.random.Generator, strength: float):
+    """Level, EQ and reverb the stems; mixture = sum + noise; returns (mixture, stems, meta)."""
+    gains = {
+        "vocals": rng.uniform(-3.0, 3.0),
+        "accompaniment": rng.uniform(-6.0, 0.0),
+        "drums": rng.uniform(-12.0, -2.0),
+    }
+    out = {}
+    for name, x in stems.items():
+        level = _rms_db(x)
+        g = gains[name] - 20.0 - level if np.isfinite(level) else 0.0
+        out[name] = np.asarray(x, np.float32) * np.float32(aug.db_to_gain(g))
+    meta: dict = {"gains_db": gains, "strength": strength}
+    n = len(next(iter(out.values())))
+    noise = np.zeros(n, np.float32)
+    if strength > 0:
+        for name in out:
+            out[name] = aug.apply_sos(out[name], aug.random_eq_sos(SR, rng, strength))
+        if rng.uniform() < 0.8:
+            rt60 = float(rng.uniform(*aug.RT60_RANGE))
+            ir = aug.room_impulse_response(SR, rng, rt60)
+            wets = {}
+            for name in out:
+                wet = rng.uniform(0.05, 0.45) * min(strength, 1.0)
+                wet *= 0.5 if name == "drums" else 1.0
+                out[name] = aug.reverb(out[name], ir, wet)
+                wets[name] = wet
+            meta.update(rt60=rt60, wet=wets)
+        lo_snr = aug.SNR_RANGE_DB[1] - (aug.SNR_RANGE_DB[1] - aug.SNR_RANGE_DB[0]) * strength
+        snr = float(rng.uniform(lo_snr, aug.SNR_RANGE_DB[1]))
+        color = aug.NOISE_COLORS[int(rng.integers(len(aug.NOISE_COLORS)))]
+        noise = aug.noise_for_snr(aug.mix(out), snr, rng, color)
+        meta.update(snr_db=snr, noise=color)
+    g = aug.db_to_gain(rng.uniform(-6.0, 0.0))
+    mixture = aug.mix(out) + noise
+    peak = max([float(np.max(np.abs(v))) if len(v) else 0.0 for v in [mixture, *out.values()]])
+    g = min(g, 0.95 / peak) if peak > 0 else g
+    out = {k: (v * np.float32(g)).astype(np.float32) for k, v in out.items()}
+    mixture = (aug.mix(out) + noise * np.float32(g)).astype(np.float32)
+    meta["global_gain"] = g
+    return mixture, out, meta
+
+
+def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Render one chorale: ({'mixture', stems...}: audio), labels for the .npz."""
+    from music21 import corpus
+
+    from jaxmir.data.synth.render import render_midi
+
+    score = corpus.parse(job.chorale_id, forceSource=True)
+    a = _arrange(score, job)
+    n = int(round((a.end_ms / 1000.0 + TAIL_S) * SR))
+    duration = n / SR
+    stems = {k: _fit(render_midi(pm, SR, tail_s=TAIL_S), n) for k, pm in _midis(a).items()}
+    rng_audio = _streams(job.effective_seed, job.chorale_id)["audio"]  # untouched by _arrange
+    mixture, stems, prod_meta = _produce(stems, rng_audio, job.strength)
+
+    notes = a.notes.copy()
+    notes[:, :2] /= 1000.0
+    n_frames = int(math.floor(duration / FRAME_S + 1e-9)) + 1
+    voc = a.parts == a.vocal_part
+    f0 = _f0_track(
+        a.notes[voc, 0].astype(np.int64),
+        a.notes[voc, 1].astype(np.int64),
+        a.notes[voc, 2],
+        a.bend_t,
+        a.bend_v,
+        n_frames,
+    )
+    limit = duration if job.max_seconds is None else min(duration, job.max_seconds)
+    beats = a.beats[a.beats < limit - 1e-9]
+    downbeats = a.downbeats[a.downbeats < limit - 1e-9]
+    chords = _clip_chords(a.chords, limit, duration)
+    labels_txt = [c[2] for c in chords]
+    meta = dict(a.meta, audio=prod_meta, duration_s=duration, sr=SR)
+    labels = {
+        "notes": notes,
+        "drum_hits": np.stack([a.drum_hits[:, 0] / 1000.0, a.drum_hits[:, 1]], 1)
+        if len(a.drum_hits)
+        else np.zeros((0, 2)),
+        "beats": np.asarray(beats, np.float64),
+        "downbeats": np.asarray(downbeats, np.float64),
+        "f0": f0,
+        "melody_f0": f0.copy(),
+        "chords": np.asarray([[c[0], c[1]] for c in chords], np.float64).reshape(-1, 2),
+        "chord_labels": np.asarray(labels_txt, dtype=np.str_),
+        "chord_ids": np.asarray([chord_index(c) for c in labels_txt], np.int64),
+        "meta": np.asarray(json.dumps(meta, sort_keys=True, default=_json_default), dtype=np.str_),
+    }
+    audio = {"mixture": mixture, **stems}
+    return audio, labels
+
+
+def _clip_chords(chords, limit: float, duration: float) -> list[tuple[float, float, str]]:
+    out: list[tuple[float, float, str]] = []
+    for a, b, lab in chords:
+        a, b = max(a, 0.0), min(b, limit)
+        if b - a <= 1e-9:
+            continue
+        if out and a > out[-1][1] + 1e-9:
+            out.append((out[-1][1], a, "N"))
+        out.append((a, b, lab))
+    if not out or out[0][0] > 1e-9:
+        out.insert(0, (0.0, out[0][0] if out else duration, "N"))
+    if out[-1][1] < duration - 1e-9:
+        if out[-1][2] == "N":
+            out[-1] = (out[-1][0], duration, "N")
+        else:
+            out.append((out[-1][1], duration, "N"))
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_wav(path: Path, x: np.ndarray) -> None:
+    import soundfile as sf
+
+    tmp = _tmp(path)
+    sf.write(str(tmp), np.clip(x, -1.0, 1.0), SR, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = _tmp(path)
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_labels(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _entry(job: _Job, labels: dict[str, np.ndarray]) -> dict:
+    meta = json.loads(str(labels["meta"]))
+    notes = labels["notes"]
+    voiced = float(np.count_nonzero(labels["f0"][:, 1] > 0) * FRAME_S)
+    files = piece_files(Path(job.out), job.name)
+    return {
+        "name": job.name,
+        "chorale_id": job.chorale_id,
+        "split": job.split,
+        "duration_s": round(float(meta["duration_s"]), 6),
+        "music_s": round(float(notes[:, 1].max()) if len(notes) else 0.0, 6),
+        "voiced_s": round(voiced, 6),
+        "notes": int(len(notes)),
+        "vocal_notes": int(np.count_nonzero(np.isin(notes[:, 4], VOICE_PROGRAMS))),
+        "beats": int(len(labels["beats"])),
+        "downbeats": int(len(labels["downbeats"])),
+        "chords": int(np.count_nonzero(labels["chord_labels"] != "N")),
+        "drum_hits": int(len(labels["drum_hits"])),
+        "transpose": meta["transpose"],
+        "programs": meta["programs"],
+        "files": {k: p.name for k, p in files.items()},
+    }
+
+
+def _finished_labels(job: _Job) -> dict[str, np.ndarray] | None:
+    """The labels of a complete piece built with this job's config, else None."""
+    files = piece_files(Path(job.out), job.name)
+    if not all(p.is_file() for p in files.values()):
+        return None
+    try:
+        labels = _load_labels(files["labels"])
+        meta = json.loads(str(labels["meta"]))
+    except Exception:
+        return None
+    return labels if meta.get("config") == job.config() else None
+
+
+def _build_one(job: _Job) -> tuple[dict, bool]:
+    """Build one piece unless it is finished; (manifest entry, whether it was built)."""
+    labels = _finished_labels(job)
+    if labels is not None:
+        return _entry(job, labels), False
+    audio, labels = _synthesize(job)
+    files = piece_files(Path(job.out), job.name)
+    for key in ("mixture", *STEMS):
+        _write_wav(files[key], audio[key])
+    # labels last: they carry the config, so a half-written rebuild never passes as finished
+    _write_npz(files["labels"], labels)
+    return _entry(job, labels), True
+
+
+# --------------------------------------------------------------------------------------------
+# The corpus
+# --------------------------------------------------------------------------------------------
+
+
+def select_chorales(
+    n_pieces: int | None = None,
+    ids: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> list[tuple[str, str]]:
+    """(chorale id, split) for the first `n_pieces` of `ids` (default: `chorale_ids()`)."""
+    ids = list(chorale_ids() if ids is None else ids)
+    if n_pieces is not None:
+        if n_pieces < 0:
+            raise ValueError(f"n_pieces must be >= 0, got {n_pieces}")
+        ids = ids[:n_pieces]
+    for cid in ids:
+        if is_reserved(cid):
+            raise ValueError(f"{cid} is reserved for independent evaluation (RESERVED_FOR_EVAL)")
+    return [(cid, split_of(cid, val_fraction, test_fraction)) for cid in ids]
+
+
+def build_corpus(
+    out: Path,
+    n_pieces: int | None,
+    seed: int,
+    workers: int = 1,
+    progress: bool = True,
+    *,
+    max_seconds: float | None = None,
+    ids: Sequence[str] | None = None,
+    augment: bool = True,
+    instruments: str = "mixed",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> dict:
+    """Render the chorale audio corpus into `out` and write its manifest `corpus.json`.
+
+    n_pieces: the first n chorales of `ids` (default `chorale_ids()`, Riemenschneider order);
+    None = all 350. seed: the train pieces' seed (val/test use `EVAL_SEED`). workers > 1 renders
+    in a spawn-context process pool. max_seconds: cut every piece at that time (for tests).
+    augment=False: dry stems and no noise (levels still random). instruments="piano": every
+    part on the acoustic grand (program 0), no vibrato and no drums (the piano subset).
+
+    Incremental: a piece whose five files exist and whose labels were made with the same
+    config is skipped; any missing file gets the whole piece rebuilt (every file is written to a
+    temporary name and renamed). Pieces that fail are skipped with a warning.
+    Returns the manifest's summary plus 'built', 'skipped', 'failed' and 'seconds'.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    chosen = select_chorales(n_pieces, ids, val_fraction, test_fraction)
+    jobs = [
+        _Job(cid, split, str(out), int(seed), max_seconds, bool(augment), instruments)
+        for cid, split in chosen
+    ]
+    if instruments not in ("mixed", "piano"):
+        raise ValueError(f"instruments must be 'mixed' or 'piano', not {instruments!r}")
+    results: dict[str, tuple[dict, bool]] = {}
+    failures: list[tuple[str, str]] = []
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="synth corpus", unit="piece", disable=not progress)
+
+    def failed(job: _Job, e: BaseException) -> None:
+        reason = f"{type(e).__name__}: {e}"
+        warnings.warn(f"skipping chorale {job.chorale_id}: {reason}", stacklevel=3)
+        failures.append((job.chorale_id, reason))
+
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                try:
+                    results[job.name] = _build_one(job)
+                except Exception as e:  # one bad chorale must not sink the corpus
+                    failed(job, e)
+                bar.update(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(
+                min(workers, len(jobs)), mp_context=ctx
+            ) as ex:
+                futs = {ex.submit(_build_one, job): job for job in jobs}
+                for fut in concurrent.futures.as_completed(futs):
+                    job = futs[fut]
+                    try:
+                        results[job.name] = fut.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        raise  # the pool itself died (e.g. an unguarded __main__): not a piece
+                    except Exception as e:
+                        failed(job, e)
+                    bar.update(1)
+    finally:
+        bar.close()
+
+    entries = [results[j.name][0] for j in jobs if j.name in results]
+    summary = _summary(entries)
+    manifest = {
+        "version": VERSION,
+        "sr": SR,
+        "frame_s": FRAME_S,
+        "seed": int(seed),
+        "eval_seed": EVAL_SEED,
+        "max_seconds": max_seconds,
+        "augment": bool(augment),
+        "instruments": instruments,
+        "summary": summary,
+        "failures": [{"chorale_id": c, "reason": r} for c, r in failures],
+        "pieces": entries,
+    }
+    path = out / MANIFEST
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+    built = sum(1 for j in jobs if j.name in results and results[j.name][1])
+    return dict(
+        summary,
+        built=built,
+        skipped=len(entries) - built,
+        failed=[c for c, _ in failures],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _summary(entries: list[dict]) -> dict:
+    splits: dict[str, int] = {}
+    for e in entries:
+        splits[e["split"]] = splits.get(e["split"], 0) + 1
+    secs = sum(e["duration_s"] for e in entries)
+    return {
+        "pieces": len(entries),
+        "splits": splits,
+        "hours": round(secs / 3600.0, 4),
+        "voiced_hours": round(sum(e["voiced_s"] for e in entries) / 3600.0, 4),
+        "notes": sum(e["notes"] for e in entries),
+        "vocal_notes": sum(e["vocal_notes"] for e in entries),
+        "chords": sum(e["chords"] for e in entries),
+        "beats": sum(e["beats"] for e in entries),
+        "downbeats": sum(e["downbeats"] for e in entries),
+        "drum_hits": sum(e["drum_hits"] for e in entries),
+    }
+
+
+def read_corpus(root: Path) -> list[AudioPiece]:
+    """The pieces listed in `root/corpus.json`, in manifest order, as `AudioPiece`s
+    (audio = the mixture; stems = vocals, accompaniment, drums; f0 = the vocal line)."""
+    root = Path(root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    pieces = []
+    for e in manifest["pieces"]:
+        files = piece_files(root, e["name"])
+        lab = _load_labels(files["labels"])
+        pieces.append(
+            AudioPiece(
+                name=e["name"],
+                audio=files["mixture"],
+                split=e["split"],
+                notes=lab["notes"],
+                f0=lab["f0"],
+                beats=lab["beats"],
+                downbeats=lab["downbeats"],
+                chords=lab["chords"],
+                chord_labels=tuple(str(s) for s in lab["chord_labels"]),
+                drum_hits=lab["drum_hits"],
+                stems={s: files[s] for s in STEMS},
+            )
+        )
+    return pieces

@@ -1,0 +1,315 @@
+"""Frame-level targets and training losses for note transcription (omnizart's `music`).
+
+Targets follow omnizart's ``music/labels.py``, re-derived from its definition and built per note
+with numpy slices (no per-frame Python loop). Frames are 20 ms (``FPS = 50``); the pitch axis has
+``N_BINS = 352`` bins, 4 per semitone for the 88 piano keys, and a note writes **all 4 bins** of its
+key (omnizart's ``output[t, pitch*4:(pitch+1)*4]``), not only the centre one.
+
+Per note (frames ``round(onset * FPS) .. round(offset * FPS) - 1``, Python/numpy
+half-to-even rounding as omnizart's ``round``):
+
+* frame value 1 on every frame;
+* onset value 1 on the first 2 frames (omnizart: ``round(0.03 s / 0.02 s) = 2``), then
+  ``1 / idx**2`` at frame ``idx`` of the note (``idx >= 2``), until the offset. omnizart stops
+  updating the value once it falls to ``1e-5`` or below, so from ``idx = 317`` on it stays at
+  ``1 / 317**2``; that detail is kept (`onset_curve`).
+
+Channel layouts (`LABEL_MODES`), ``bg`` = background:
+
+====================  ========  ========================================================
+mode                  channels  layout
+====================  ========  ========================================================
+note, frame           3         [bg, frame - onset, onset]
+true-frame            2         [bg, frame]
+note-stream,          23        [bg, dura_0, onset_0, ..., dura_10, onset_10] for the 11
+frame-stream                    programs of `STREAM_PROGRAMS` (dura = frame - onset)
+pop-note-stream       13        [bg, dura_0, onset_0, ..., dura_5, onset_5] for the 6
+                                groups of `POP_GROUPS`
+true-frame-stream     12        [bg, frame_0, ..., frame_10]
+====================  ========  ========================================================
+
+``bg = clip(1 - sum(other channels), 0, 1)``.
+
+Deliberate differences from omnizart (each fixes a bug or an undefined case):
+
+* **Non-stream modes take every pitched note.** omnizart builds the *frame* of ``note``/``frame``/
+  ``true-frame`` only from the 11 MusicNet programs but the *onset* from all 128 programs, so a
+  note of e.g. program 1 got an onset without a frame and ``frame - onset`` went negative. Here
+  every note except drums (program 128) counts, including unknown programs (-1).
+* **Stream modes drop notes whose program has no channel**, as omnizart does (its
+  ``label_conversion`` skips them; it maps nothing to a "nearest family member"). That means
+  programs outside `STREAM_PROGRAMS` for ``note-stream``/``frame-stream``/``true-frame-stream``,
+  and drums / unknown programs for every stream mode (``pop-note-stream``'s "others" group holds
+  every other GM program 0-127).
+* **Background is clipped to [0, 1].** omnizart writes ``1 - sum`` unclipped, which is negative
+  where two instruments sound the same pitch.
+* **Overlapping notes on one (frame, bin, channel) keep the larger onset value.** omnizart lets the
+  later write win (dict overwrite); for notes sorted by onset the two agree except for ties.
+* **Pitches outside MIDI 21-108 are dropped.** omnizart's negative slice for pitch < 21 wrote
+  some of them into the top bins (e.g. MIDI 19 -> bins 344-347). Fractional pitches are rounded.
+* Notes past ``n_frames`` are cut at ``n_frames``; zero-frame notes write nothing (as omnizart).
+
+Losses (`smooth_bce`, `focal_loss`, `bce_label_smoothing`) are in ``jax.numpy`` on logits; see
+their docstrings for how each relates to omnizart's ``music/losses.py`` and ``music/app.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FPS = 50
+"""Label frames per second (20 ms, omnizart's CFP hop)."""
+
+HOP_S = 1.0 / FPS
+"""Seconds per label frame."""
+
+LOWEST_PITCH = 21
+"""MIDI pitch of the first key (A0)."""
+
+N_KEYS = 88
+"""Piano keys A0 (21) .. C8 (108)."""
+
+BINS_PER_KEY = 4
+"""Pitch bins per semitone (48 bins per octave CFP)."""
+
+N_BINS = N_KEYS * BINS_PER_KEY
+"""Pitch axis of features and labels: 352."""
+
+ONSET_FRAMES = 2
+"""Leading frames of a note whose onset value is 1 (omnizart: ``round(0.03 / 0.02)``)."""
+
+ONSET_FLOOR_IDX = 317
+"""First frame index at which omnizart's onset decay stops: smallest ``idx`` with
+``1 / idx**2 <= 1e-5``; later frames keep ``1 / 317**2``."""
+
+DRUM_PROGRAM = 128
+
+STREAM_PROGRAMS = (0, 6, 40, 41, 42, 43, 60, 68, 70, 71, 73)
+"""MusicNet's 11 GM programs, one instrument stream each (omnizart
+``MUSICNET_INSTRUMENT_PROGRAMS``): piano, harpsichord, violin, viola, cello, contrabass,
+French horn, oboe, bassoon, clarinet, flute."""
+
+POP_GROUPS = (
+    ("guitar", tuple(range(24, 32))),
+    ("bass", tuple(range(32, 40))),
+    ("strings", tuple(range(40, 56))),
+    ("organ", tuple(range(16, 24))),
+    ("piano", tuple(range(0, 8))),
+    ("others", tuple(p for p in range(128) if not (0 <= p < 8 or 16 <= p < 56))),
+)
+"""``pop-note-stream``'s 6 instrument groups in channel order (omnizart
+``_init_pop_channel_mapping``): GM programs per group; "others" is every other program 0-127."""
+
+POP_PROGRAMS = (24, 32, 40, 16, 0, 56)
+"""The GM program a decoded ``pop-note-stream`` group is written with. omnizart's
+``POP_INSTRUMENT_PROGRAMES = [24, 32, 40, 0, 56]`` has only 5 entries for 6 groups and is out of
+order (organ's channel would become piano, piano's trumpet, and "others" raised IndexError); here
+each group gets its own first program (organ 16, piano 0) and "others" keeps omnizart's 56."""
+
+LABEL_MODES = {
+    "note": 3,
+    "note-stream": 23,
+    "pop-note-stream": 13,
+    "frame": 3,
+    "frame-stream": 23,
+    "true-frame": 2,
+    "true-frame-stream": 12,
+}
+"""Label mode -> number of output channels (omnizart ``LabelType.mode_mapping``)."""
+
+STREAM_MODES = ("note-stream", "frame-stream", "true-frame-stream", "pop-note-stream")
+TRUE_FRAME_MODES = ("true-frame", "true-frame-stream")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in LABEL_MODES:
+        raise ValueError(f"unknown music label mode {mode!r}; choose from {sorted(LABEL_MODES)}")
+    return mode
+
+
+def n_classes(mode: str) -> int:
+    """Output channels of a label mode."""
+    return LABEL_MODES[check_mode(mode)]
+
+
+def mode_programs(mode: str) -> tuple[int, ...]:
+    """The GM program of each instrument stream of `mode` (``(0,)`` for non-stream modes)."""
+    check_mode(mode)
+    if mode == "pop-note-stream":
+        return POP_PROGRAMS
+    if mode in STREAM_MODES:
+        return STREAM_PROGRAMS
+    return (0,)
+
+
+def program_channels(programs: np.ndarray, mode: str) -> np.ndarray:
+    """Instrument-stream index of each GM program under `mode`; -1 where the note is dropped."""
+    check_mode(mode)
+    programs = np.rint(np.asarray(programs, np.float64)).astype(np.int64)
+    out = np.full(programs.shape, -1, np.int64)
+    if mode == "pop-note-stream":
+        for idx, (_, members) in enumerate(POP_GROUPS):
+            out[np.isin(programs, members)] = idx
+    elif mode in STREAM_MODES:
+        for idx, prog in enumerate(STREAM_PROGRAMS):
+            out[programs == prog] = idx
+    else:
+        out[programs != DRUM_PROGRAM] = 0
+    return out
+
+
+def notes_for_mode(notes: np.ndarray, mode: str) -> np.ndarray:
+    """The notes a `mode` can represent, with each program replaced by its stream's program.
+
+    Drops notes `music_labels` would not write (program without a stream, drums, pitch outside
+    21-108 after rounding); the rest get `mode_programs(mode)[stream]` (0 for non-stream modes).
+    This is the reference to score a decoder against, e.g. per program for ``pop-note-stream``.
+    """
+    notes = np.asarray(notes, np.float64).reshape(-1, 5)
+    chan = program_channels(notes[:, 4], mode)
+    key = np.rint(notes[:, 2]) - LOWEST_PITCH
+    keep = (chan >= 0) & (key >= 0) & (key < N_KEYS)
+    out = notes[keep].copy()
+    out[:, 4] = np.asarray(mode_programs(mode), np.float64)[chan[keep]]
+    return out
+
+
+def onset_curve(length: int) -> np.ndarray:
+    """omnizart's onset values for a note `length` frames long (float32, shape ``(length,)``)."""
+    idx = np.arange(max(int(length), 0), dtype=np.float64)
+    curve = 1.0 / np.square(np.minimum(np.maximum(idx, 1.0), ONSET_FLOOR_IDX))
+    curve[:ONSET_FRAMES] = 1.0
+    return curve.astype(np.float32)
+
+
+def _rolls(notes: np.ndarray, n_frames: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-key rolls ``frame`` (0/1) and ``onset`` (decaying), both ``(n_frames, 88, I)``."""
+    n_inst = len(mode_programs(mode))
+    frame = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
+    onset = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
+    notes = np.asarray(notes, np.float64).reshape(-1, 5)
+    if len(notes) == 0 or n_frames == 0:
+        return frame, onset
+    ok = np.all(np.isfinite(notes[:, :3]), axis=1)
+    notes = notes[ok]
+    start = np.rint(notes[:, 0] * FPS).astype(np.int64)
+    end = np.rint(notes[:, 1] * FPS).astype(np.int64)
+    key = np.rint(notes[:, 2]).astype(np.int64) - LOWEST_PITCH
+    chan = program_channels(notes[:, 4], mode)
+    keep = (chan >= 0) & (key >= 0) & (key < N_KEYS) & (end > start) & (start < n_frames)
+    max_len = int((end[keep] - start[keep]).max()) if keep.any() else 0
+    curve = onset_curve(max_len)
+    for s, e, k, c in zip(start[keep], end[keep], key[keep], chan[keep], strict=True):
+        lo, hi = max(s, 0), min(e, n_frames)
+        if hi <= lo:
+            continue
+        frame[lo:hi, k, c] = 1.0
+        seg = curve[lo - s : hi - s]
+        np.maximum(onset[lo:hi, k, c], seg, out=onset[lo:hi, k, c])
+    return frame, onset
+
+
+def music_labels(notes: np.ndarray, n_frames: int, mode: str = "note-stream") -> np.ndarray:
+    """Frame targets ``float32 (n_frames, 352, LABEL_MODES[mode])`` for notes ``(N, 5)``.
+
+    `notes` rows are ``onset_s, offset_s, MIDI pitch, velocity, GM program`` (velocity unused).
+    See the module docstring for the channel layouts and the differences from omnizart.
+    """
+    check_mode(mode)
+    n_frames = int(n_frames)
+    frame, onset = _rolls(notes, n_frames, mode)
+    keys = np.zeros((n_frames, N_KEYS, LABEL_MODES[mode]), np.float32)
+    if mode in TRUE_FRAME_MODES:
+        keys[..., 1:] = frame
+    else:
+        keys[..., 1::2] = frame - onset
+        keys[..., 2::2] = onset
+    keys[..., 0] = np.clip(1.0 - keys[..., 1:].sum(axis=-1), 0.0, 1.0)
+    return np.repeat(keys, BINS_PER_KEY, axis=1)  # each key fills its 4 bins
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (jax.numpy, on logits)
+
+
+def _reduce(loss: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean of `loss`, or its mean weighted by `mask` (broadcast against `loss` from the left)."""
+    if mask is None:
+        return jnp.mean(loss)
+    mask = jnp.asarray(mask, loss.dtype)
+    mask = mask.reshape(mask.shape + (1,) * (loss.ndim - mask.ndim))
+    mask = jnp.broadcast_to(mask, loss.shape)
+    return jnp.sum(loss * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def smooth_bce(
+    logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None, gamma: float = 0.25
+) -> jax.Array:
+    """omnizart's default ``smooth`` loss: label-smoothed sigmoid cross-entropy, averaged.
+
+    With ``K = clip(C, 8, 25)`` (``C`` = channels, the last axis) and
+    ``q(v) = (1 - gamma) * v + gamma / K``, the per-entry loss is
+    ``-q(y) * log(sigmoid(x)) - q(1 - y) * log(1 - sigmoid(x))``. As in omnizart
+    (``smooth_loss``, called with ``gamma=0.25, total_chs=out_classes``) the negative target is
+    ``q(1 - y)``, not ``1 - q(y)``, so the two weights sum to ``1 - gamma + 2 gamma / K`` rather
+    than 1; the optimum is still ``sigmoid(x) = q(y) / (q(y) + q(1 - y))``.
+
+    Differences: logs are taken with a stable ``log_sigmoid`` instead of clipping probabilities
+    to ``[1e-9, 1]`` (omnizart's clip zeroes the gradient beyond |logit| ~ 20.7); `mask`
+    (broadcast from the left, e.g. ``(B, T)`` for padded frames) gives a weighted mean.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    targets = jnp.asarray(targets, jnp.float32)
+    k = float(min(25, max(int(targets.shape[-1]), 8)))
+    pos = (1.0 - gamma) * targets + gamma / k
+    neg = (1.0 - gamma) * (1.0 - targets) + gamma / k
+    loss = -pos * jax.nn.log_sigmoid(logits) - neg * jax.nn.log_sigmoid(-logits)
+    return _reduce(loss, mask)
+
+
+def focal_loss(
+    logits: jax.Array,
+    targets: jax.Array,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """omnizart's ``focal`` loss on sigmoid logits, averaged.
+
+    ``p = sigmoid(x)``; positive part ``(y - p)`` where ``y >= p`` else 0; negative part ``p``
+    where ``y == 0`` else 0 (so soft targets > 0 have no negative term, as in omnizart); loss
+    ``-alpha * pos**gamma * log(p) - (1 - alpha) * neg**gamma * log(1 - p)``.
+
+    Differences: argument order is ``(logits, targets)`` (omnizart's is ``(target, prediction)``);
+    logs use ``log_sigmoid`` instead of clipping ``p`` to ``[1e-8, 1]``; optional `mask`.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    targets = jnp.asarray(targets, jnp.float32)
+    p = jax.nn.sigmoid(logits)
+    pos = jnp.where(targets >= p, targets - p, 0.0)
+    neg = jnp.where(targets > 0, 0.0, p)
+    loss = -alpha * pos**gamma * jax.nn.log_sigmoid(logits) - (1.0 - alpha) * neg**gamma * (
+        jax.nn.log_sigmoid(-logits)
+    )
+    return _reduce(loss, mask)
+
+
+def bce_label_smoothing(
+    logits: jax.Array,
+    targets: jax.Array,
+    smoothing: float = 0.1,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """omnizart's ``bce`` option done as intended: sigmoid cross-entropy on logits against
+    Keras-style smoothed targets ``y * (1 - smoothing) + 0.5 * smoothing``, averaged.
+
+    omnizart passed the model's raw logits to ``tf.keras.losses.BinaryCrossentropy(
+    label_smoothing=0.1)`` without ``from_logits=True``, so Keras treated logits as probabilities
+    (clipped to ``[1e-7, 1 - 1e-7]``): a bug. Here the logits go through the sigmoid.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    targets = jnp.asarray(targets, jnp.float32) * (1.0 - smoothing) + 0.5 * smoothing
+    loss = -targets * jax.nn.log_sigmoid(logits) - (1.0 - targets) * jax.nn.log_sigmoid(-logits)
+    return _reduce(loss, mask)

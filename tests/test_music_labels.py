@@ -1,0 +1,295 @@
+"""Music transcription labels, losses, decoders and metrics (jaxmir.tasks.music)."""
+
+import csv
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter1d
+
+from jaxmir.tasks.music.decode import (
+    decode_notes,
+    decode_notes_simple,
+    notes_to_midi,
+    write_notes_csv,
+)
+from jaxmir.tasks.music.labels import (
+    LABEL_MODES,
+    N_BINS,
+    POP_PROGRAMS,
+    STREAM_PROGRAMS,
+    bce_label_smoothing,
+    focal_loss,
+    mode_programs,
+    music_labels,
+    notes_for_mode,
+    onset_curve,
+    smooth_bce,
+)
+from jaxmir.tasks.music.metrics import frame_scores, note_metrics
+
+# Two hand-made notes: C4 piano at frames 5..9, E4 viola (41) at frames 7..10 (20 ms frames).
+HAND = np.array([[0.10, 0.20, 60, 100, 0], [0.14, 0.22, 64, 90, 41]], np.float64)
+C4 = slice(156, 160)  # (60 - 21) * 4 .. + 4
+E4 = slice(172, 176)
+ONSET_C4 = np.array([1, 1, 1 / 4, 1 / 9, 1 / 16], np.float32)
+ONSET_E4 = np.array([1, 1, 1 / 4, 1 / 9], np.float32)
+
+EXPECTED_SHAPES = {
+    "note": 3,
+    "note-stream": 23,
+    "pop-note-stream": 13,
+    "frame": 3,
+    "frame-stream": 23,
+    "true-frame": 2,
+    "true-frame-stream": 12,
+}
+
+
+def random_notes(rng, programs, n=24, seconds=5.0):
+    """Non-overlapping-per-(pitch, program) notes on the 20 ms grid, sorted by onset."""
+    rows = []
+    for i in range(n):
+        on = round(float(rng.uniform(0.1, seconds - 1.0)), 2)
+        dur = round(float(rng.uniform(0.2, 0.8)), 2)
+        pitch = 24 + 3 * i  # distinct pitches: no same-key overlaps
+        rows.append((on, on + dur, pitch, 100, programs[i % len(programs)]))
+    rows.sort(key=lambda r: (r[0], r[2]))
+    return np.array(rows, np.float64)
+
+
+def onset_blur(y):
+    """Model-like posteriors: the onset channels blurred in time (Gaussian, sigma 1.5 frames)."""
+    out = y.copy()
+    if y.shape[-1] in (3, 23, 13):
+        out[..., 2::2] = gaussian_filter1d(y[..., 2::2], 1.5, axis=0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+
+@pytest.mark.parametrize("mode", sorted(LABEL_MODES))
+def test_shapes_and_background(mode):
+    y = music_labels(HAND, 20, mode)
+    assert y.shape == (20, N_BINS, EXPECTED_SHAPES[mode]) and y.dtype == np.float32
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    np.testing.assert_allclose(y.sum(-1)[y.sum(-1) > 0], 1.0, atol=1e-6)  # bg completes to 1
+    assert np.all(y[:, :156, 0] == 1.0) and np.all(y[:5, :, 0] == 1.0)
+
+
+def test_note_mode_exact_values():
+    y = music_labels(HAND, 20, "note")
+    for b in range(156, 160):  # all 4 bins of the key are written
+        np.testing.assert_allclose(y[5:10, b, 2], ONSET_C4)
+        np.testing.assert_allclose(y[5:10, b, 1], 1 - ONSET_C4)
+        np.testing.assert_array_equal(y[5:10, b, 0], 0.0)
+    np.testing.assert_allclose(y[7:11, E4, 2], np.repeat(ONSET_E4[:, None], 4, 1))
+    assert np.all(y[10:, C4, 1:] == 0) and np.all(y[11:, E4, 1:] == 0)
+    assert np.all(y[:5, :, 1:] == 0) and np.all(y[:, 155, 0] == 1) and np.all(y[:, 160, 0] == 1)
+    tf = music_labels(HAND, 20, "true-frame")
+    np.testing.assert_array_equal(tf[5:10, C4, 1], 1.0)
+    np.testing.assert_array_equal(tf[5:10, C4, 0], 0.0)
+
+
+def test_stream_channel_layouts():
+    y = music_labels(HAND, 20, "note-stream")
+    # piano (program 0) is stream 0 -> channels 1, 2; viola (41) is stream 3 -> channels 7, 8
+    np.testing.assert_allclose(y[5:10, 157, 2], ONSET_C4)
+    np.testing.assert_allclose(y[7:11, 173, 8], ONSET_E4)
+    np.testing.assert_allclose(y[7:11, 173, 7], 1 - ONSET_E4)
+    assert y[..., [3, 4, 5, 6] + list(range(9, 23))].max() == 0
+    pop = music_labels(HAND, 20, "pop-note-stream")
+    # pop groups: guitar, bass, strings, organ, piano, others -> piano ch 9/10, strings ch 5/6
+    np.testing.assert_allclose(pop[5:10, 157, 10], ONSET_C4)
+    np.testing.assert_allclose(pop[7:11, 173, 6], ONSET_E4)
+    assert pop[..., [1, 2, 3, 4, 7, 8, 11, 12]].max() == 0
+    tfs = music_labels(HAND, 20, "true-frame-stream")
+    np.testing.assert_array_equal(tfs[5:10, C4, 1], 1.0)
+    np.testing.assert_array_equal(tfs[7:11, E4, 4], 1.0)
+
+
+def test_program_filtering_and_clipping():
+    notes = np.array(
+        [
+            [0.0, 0.1, 60, 100, 1],  # bright piano: not a stream program
+            [0.0, 0.1, 62, 100, 128],  # drums: never labelled
+            [0.0, 0.1, 64, 100, 0],
+            [0.0, 0.1, 64, 100, 40],  # same key, two streams
+            [0.0, 0.1, 19, 100, 0],  # below A0: dropped (omnizart wrote it into bins 344-347)
+        ]
+    )
+    note = music_labels(notes, 10, "note")
+    assert note[0, 156, 2] == 1 and note[0, 164, 0] == 1 and note[0, 172, 2] == 1
+    assert note[:, 340:, 1:].max() == 0
+    stream = music_labels(notes, 10, "note-stream")
+    assert stream[..., 1:].sum(-1)[:, 156].max() == 0  # program 1 dropped in stream modes
+    assert stream[0, 172, 0] == 0.0  # 1 - 2 clipped to 0
+    assert music_labels(notes, 10, "pop-note-stream")[0, 156, 10] == 1  # program 1 -> piano
+    assert music_labels(np.zeros((0, 5)), 7, "note-stream")[..., 0].min() == 1.0
+    np.testing.assert_array_equal(notes_for_mode(notes, "note")[:, 2], [60, 64, 64])
+    np.testing.assert_array_equal(notes_for_mode(notes, "note-stream")[:, 4], [0, 40])
+    np.testing.assert_array_equal(notes_for_mode(notes, "pop-note-stream")[:, 4], [0, 0, 40])
+
+
+def test_onset_curve_floor_and_bad_mode():
+    c = onset_curve(400)
+    assert c[0] == c[1] == 1 and c[2] == np.float32(0.25) and c[316] == np.float32(1 / 316**2)
+    np.testing.assert_array_equal(c[317:], np.float32(1 / 317**2))
+    with pytest.raises(ValueError):
+        music_labels(HAND, 10, "piano")
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def test_losses():
+    rng = np.random.default_rng(0)
+    y = (rng.random((2, 16, 8, 23)) < 0.3).astype(np.float32)
+    perfect = jnp.asarray(np.where(y > 0, 6.0, -6.0))
+    wrong = -perfect
+    rand = jnp.asarray(rng.normal(size=y.shape) * 3, jnp.float32)
+    for fn in (smooth_bce, focal_loss, bce_label_smoothing):
+        assert float(fn(perfect, y)) < float(fn(rand, y)) < float(fn(wrong, y))
+    assert float(focal_loss(perfect, y)) < 1e-4
+    bce = bce_label_smoothing(rand, y, smoothing=0.0)
+    assert float(focal_loss(rand, y)) <= float(bce)
+    assert float(focal_loss(perfect, y)) <= float(bce_label_smoothing(perfect, y, smoothing=0.0))
+
+    # smooth_bce == omnizart's formula (K = clip(23, 8, 25), q(1-y) as the negative target)
+    x = np.asarray(rand, np.float64)
+    p = np.clip(1 / (1 + np.exp(-x)), 1e-9, 1)
+    q = lambda v: 0.75 * v + 0.25 / 23  # noqa: E731
+    ref = np.mean(-q(y) * np.log(p) - q(1 - y) * np.log(np.clip(1 - p, 1e-9, 1)))
+    np.testing.assert_allclose(float(smooth_bce(rand, y)), ref, rtol=1e-5)
+
+    # label smoothing acts on the targets: optimum at sigmoid(x) = 0.95 for y = 1
+    grad = jax.grad(lambda z: bce_label_smoothing(z, jnp.ones(3)))(jnp.full(3, np.log(19.0)))
+    np.testing.assert_allclose(np.asarray(grad), 0.0, atol=1e-6)
+
+    # a (B, T) mask averages over the kept frames only
+    mask = np.zeros((2, 16), np.float32)
+    mask[:, :8] = 1
+    np.testing.assert_allclose(
+        float(smooth_bce(rand, y, mask)), float(smooth_bce(rand[:, :8], y[:, :8])), rtol=1e-5
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and metrics
+
+
+def _programs_for(mode):
+    return POP_PROGRAMS if mode == "pop-note-stream" else STREAM_PROGRAMS[:4]
+
+
+@pytest.mark.parametrize("mode", sorted(LABEL_MODES))
+def test_simple_decoder_round_trip(mode):
+    notes = random_notes(np.random.default_rng(1), _programs_for(mode))
+    y = music_labels(notes, 260, mode)
+    est = decode_notes(y, mode, method="simple")
+    m = note_metrics(notes_for_mode(notes, mode), est)
+    assert m["note_f1"] == 1.0 and m["note_with_offset_f1"] == 1.0 and m["frame_f1"] > 0.95
+    assert est.shape == (len(notes), 5)
+    est, ref = est[np.argsort(est[:, 2])], notes[np.argsort(notes[:, 2])]  # distinct pitches
+    np.testing.assert_allclose(est[:, :3], ref[:, :3], atol=0.0101)  # 20 ms grid
+    if "stream" in mode:
+        for prog in mode_programs(mode)[:2]:
+            assert m[f"note_f1/{prog}"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "mode", ["note", "note-stream", "pop-note-stream", "frame-stream", "true-frame-stream"]
+)
+def test_omnizart_decoder_clean_example(mode):
+    notes = random_notes(np.random.default_rng(2), _programs_for(mode)[:3], n=16)
+    y = music_labels(notes, 260, mode)
+    # note modes need model-like (blurred) onsets, see the next test; frame modes take labels
+    est = decode_notes(onset_blur(y) if "note" in mode else y, mode, method="omnizart")
+    m = note_metrics(notes_for_mode(notes, mode), est)
+    assert m["note_f1"] >= 0.9 and m["note_with_offset_f1"] >= 0.9
+    assert np.all((est[:, 3] >= 110) & (est[:, 3] <= 127))
+
+
+def test_omnizart_decoder_needs_blurred_onsets():
+    # Raw label onsets are 2 frames (40 ms) wide; omnizart's find_peaks(width=5) at 10 ms needs
+    # ~50 ms at half prominence, so perfect labels used as posteriors give no notes at all.
+    notes = random_notes(np.random.default_rng(2), (0,), n=8)
+    assert len(decode_notes(music_labels(notes, 260, "note"), "note")) == 0
+    assert len(decode_notes(music_labels(notes, 260, "note"), "note", method="simple")) == 8
+
+
+def test_omnizart_instrument_gate_drops_equally_active_streams():
+    # The gate compares each stream's std after a *joint* z-normalisation with inst_th = 1.1;
+    # when all 11 streams have the same statistics every std is 1, so all are dropped.
+    rows = [
+        (0.2 + k, 0.8 + k, 30 + 4 * i, 100, p)
+        for i, p in enumerate(STREAM_PROGRAMS)
+        for k in range(4)
+    ]
+    notes = np.array(sorted(rows))
+    post = onset_blur(music_labels(notes, 260, "note-stream"))
+    assert len(decode_notes(post, "note-stream", method="omnizart")) == 0
+    assert note_metrics(notes, decode_notes(post, "note-stream", method="simple"))["note_f1"] == 1
+
+
+def test_empty_predictions_and_metrics():
+    zeros = np.zeros((50, N_BINS, 23))
+    zeros[..., 0] = 1.0
+    for method in ("omnizart", "simple"):
+        assert decode_notes(zeros, "note-stream", method=method).shape == (0, 5)
+    ref = HAND
+    for est in (np.zeros((0, 5)), None):
+        m = note_metrics(ref, est)
+        assert all(v == 0.0 for k, v in m.items() if k not in ("n_ref",)), m
+    m = note_metrics(np.zeros((0, 5)), np.zeros((0, 5)))
+    assert all(v == 0.0 for v in m.values())
+    # zero-length and negative-time notes do not raise
+    odd = np.array([[0.5, 0.5, 60, 100, 0], [-0.1, 0.2, 62, 100, 0]])
+    assert note_metrics(odd, odd)["note_f1"] == 1.0
+
+
+def test_frame_scores_match_mir_eval_multipitch():
+    import mir_eval
+
+    ref = np.array([[0.0, 0.5, 60, 1, 0], [0.2, 0.9, 64, 1, 0]])
+    est = np.array([[0.05, 0.5, 60, 1, 0], [0.3, 0.6, 67, 1, 0]])
+    p, r, _ = frame_scores(ref, est)
+    times = np.arange(100) * 0.01
+
+    def freqs(notes):
+        return [
+            mir_eval.util.midi_to_hz(
+                np.array([n[2] for n in notes if round(n[0] / 0.01) <= k < round(n[1] / 0.01)])
+            )
+            for k in range(100)
+        ]
+
+    mp = mir_eval.multipitch.metrics(times, freqs(ref), times, freqs(est))
+    np.testing.assert_allclose([p, r], mp[:2], atol=1e-9)
+
+
+def test_midi_and_csv(tmp_path):
+    notes = random_notes(np.random.default_rng(3), (0, 40, 73), n=9)
+    midi = notes_to_midi(notes)
+    assert sorted(i.program for i in midi.instruments) == [0, 40, 73]
+    assert all(len(i.notes) == 3 for i in midi.instruments)
+    drums = notes_to_midi(np.array([[0, 0.1, 36, 100, 128], [0, 0.1, 60, -1, -1]]))
+    assert [i.is_drum for i in drums.instruments] == [False, True]
+    path = tmp_path / "notes.csv"
+    write_notes_csv(path, notes)
+    with open(path) as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["onset", "offset", "pitch", "velocity", "program"]
+    np.testing.assert_allclose(np.array(rows[1:], float), notes, atol=1e-6)
+
+
+def test_decode_rejects_bad_input():
+    with pytest.raises(ValueError):
+        decode_notes(np.zeros((10, N_BINS, 3)), "note-stream")
+    with pytest.raises(ValueError):
+        decode_notes(np.zeros((10, N_BINS, 3)), "note", method="beam")
+    assert decode_notes_simple(np.zeros((0, N_BINS, 2)), "true-frame").shape == (0, 5)
