@@ -117,9 +117,9 @@ class MusicTask(Task):
                 MusicDataConfig(label_mode="note", corpus_pieces=48),
                 TrainConfig(
                     epochs=6,
-                    steps_per_epoch=120,
+                    steps_per_epoch=150,
                     val_steps=10,
-                    batch_size=8,
+                    batch_size=4,
                     val_batch_size=8,
                     log_every=10,
                     early_stop_patience=3,

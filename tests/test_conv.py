@@ -1,0 +1,59 @@
+"""The matmul-weight-gradient convolution equals XLA's native one (outputs and gradients)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxmir.nn.conv import conv_fn, conv_general_dilated, resolve_conv_impl
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize(
+    "shape, k, stride, dilation, padding",
+    [
+        ((2, 16, 20, 3), 3, 1, 1, "SAME"),
+        ((2, 16, 20, 3), 3, 2, 1, "SAME"),
+        ((2, 17, 21, 4), 7, 1, 1, "SAME"),
+        ((2, 16, 16, 4), 3, 1, 2, "SAME"),
+        ((2, 16, 16, 3), 1, 2, 1, "SAME"),
+        ((2, 15, 13, 2), 3, 1, 1, "VALID"),
+        ((2, 15, 13, 2), 3, 2, 1, ((2, 1), (0, 3))),
+    ],
+)
+def test_matmul_conv_equals_native(shape, k, stride, dilation, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, shape[-1], 5)), jnp.float32)
+
+    def loss(conv):
+        def f(x, w):
+            y = conv(
+                x,
+                w,
+                (stride, stride),
+                padding,
+                rhs_dilation=(dilation, dilation),
+                dimension_numbers=DN,
+            )
+            return jnp.sum(jnp.sin(y)), y
+
+        return f
+
+    (_, y_ref), g_ref = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1), has_aux=True)(
+        x, w
+    )
+    (_, y), g = jax.value_and_grad(loss(conv_general_dilated), (0, 1), has_aux=True)(x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+def test_conv_impl_choice():
+    assert resolve_conv_impl("native") == "native"
+    assert resolve_conv_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "native")
+    assert conv_fn("native") is lax.conv_general_dilated
+    with pytest.raises(ValueError, match="conv_impl"):
+        resolve_conv_impl("fast")
