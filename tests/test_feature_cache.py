@@ -1,0 +1,77 @@
+"""`jaxmir features`: incremental after a kill, bad inputs named and skipped, nothing corrupted."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxmir.cli import main
+from jaxmir.data.cache import FeatureCache
+from jaxmir.data.featurize import featurize
+from jaxmir.data.synth.corpus import read_corpus
+from jaxmir.tasks.music.task import music_features
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so featurize does not treat it as a bad file."""
+
+
+def test_kill_midway_then_rerun_finishes_without_redoing(synth_corpus, tmp_path):
+    pieces = read_corpus(synth_corpus)
+    calls = []
+
+    def dying(piece):
+        if len(calls) == 2:
+            raise Killed
+        calls.append(piece.name)
+        return music_features(piece)
+
+    out = tmp_path / "cache"
+    cache = FeatureCache.create(out, "music", {"test": 1})
+    with pytest.raises(Killed):
+        featurize(pieces, dying, cache, progress=False)
+    done = FeatureCache(out).names()
+    assert sorted(done) == sorted(calls)  # the two finished pieces are in the manifest
+    mtimes = {n: (out / FeatureCache(out).entry(n)["x"]).stat().st_mtime_ns for n in done}
+    assert not list(out.rglob("*.tmp"))  # no half-written file left behind
+
+    summary = featurize(pieces, music_features, FeatureCache(out), progress=False)
+    assert summary["skipped"] == 2 and summary["written"] == len(pieces) - 2
+    again = FeatureCache(out)
+    assert sorted(again.names()) == sorted(p.name for p in pieces)
+    for n in done:
+        assert (out / again.entry(n)["x"]).stat().st_mtime_ns == mtimes[n]
+        assert again.is_complete(n)
+
+
+def test_corrupt_and_truncated_inputs_are_named_and_skipped(synth_corpus, tmp_path, capsys):
+    root = tmp_path / "corpus"
+    shutil.copytree(synth_corpus, root)
+    pieces = read_corpus(root)
+    bad = pieces[0].audio
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    truncated = pieces[1].audio
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    out = tmp_path / "f"
+    code = main(["features", "music", "--dataset", "synth", "--root", str(root), "--out", str(out)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert bad.name in err and truncated.name in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["pieces"]) == len(pieces) - 2
+    assert {f["path"] for f in manifest["failures"]} == {str(bad), str(truncated)}
+
+
+def test_damaged_cache_piece_is_rebuilt(music_cache, tmp_path, synth_corpus):
+    out = tmp_path / "copy"
+    shutil.copytree(music_cache, out)
+    cache = FeatureCache(out)
+    name = cache.names()[0]
+    path = out / cache.entry(name)["x"]
+    path.write_bytes(path.read_bytes()[:1000])  # truncated on disk
+    assert not cache.is_complete(name)
+    summary = featurize(read_corpus(synth_corpus), music_features, cache, progress=False)
+    assert summary["written"] == 1
+    x = FeatureCache(out).features(name)
+    assert np.isfinite(np.asarray(x)).all()
