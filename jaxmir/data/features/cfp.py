@@ -473,14 +473,16 @@ def _numpy_chunk(
     y = spec
     gcos = ceps = None
     for i, layer in enumerate(plan.layers, start=1):
-        src = y if i == 1 else y * plan.layers[i - 2].fold.astype(dt)
-        y = _even_fft(src, plan.n_fft, layer.rows, use_scipy)
+        y = _even_fft(y, plan.n_fft, layer.rows, use_scipy)
         np.maximum(y, 0, out=y)
         y = _pow_nonneg(y, layer.g)
         if i == plan.gcos_layer:
             gcos = plan.gcos_map.apply(y[:, : plan.spec_rows], use_scipy)
         if i == plan.ceps_layer:
             ceps = plan.ceps_map.apply(y[:, : plan.ceps_rows], use_scipy)
+        if i < len(plan.layers):  # fold the zeroed rows into the next layer's input, in place
+            idx = np.flatnonzero(layer.fold != 1.0)
+            y[:, idx] *= layer.fold[idx].astype(dt)
     out[:, :, 2] = out[:, :, 1] if gcos is None else gcos
     out[:, :, 3] = 0.0 if ceps is None else ceps
     out[:, :, 0] = out[:, :, 2] * out[:, :, 3]
@@ -491,7 +493,7 @@ def cfp_numpy(
     params: CFPParams = MUSIC,
     dtype: Any = np.float64,
     *,
-    chunk: int = 256,
+    chunk: int = 64,
     workers: int = 1,
     backend: str = "auto",
 ) -> np.ndarray:
