@@ -57,3 +57,26 @@ def test_conv_impl_choice():
     assert conv_fn("native") is lax.conv_general_dilated
     with pytest.raises(ValueError, match="conv_impl"):
         resolve_conv_impl("fast")
+
+
+def test_music_model_same_with_matmul_conv():
+    """The conv implementation changes speed only: same parameters, outputs and gradients."""
+    from jaxmir.config import apply_overrides
+    from jaxmir.tasks.music.task import TASK
+
+    cfg = apply_overrides(TASK.preset("tiny"), ["model.dropout=0.0"])
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 352, 2)), jnp.float32)
+    results = []
+    for impl in ("native", "matmul"):
+        model = TASK.model(apply_overrides(cfg, [f"model.conv_impl={impl}"]))
+        v = model.init(jax.random.PRNGKey(0), x, train=False)
+
+        def loss(p, model=model, v=v):
+            out, _ = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+            return jnp.mean(jnp.sin(out))
+
+        results.append((v, jax.grad(loss)(v["params"])))
+    (v1, g1), (v2, g2) = results
+    assert jax.tree.structure(v1) == jax.tree.structure(v2)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.abs(a).max() + 1e-12))

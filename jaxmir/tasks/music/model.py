@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxmir.nn.conv import conv_fn
 from jaxmir.nn.local_attention import LocalMultiHeadAttention2D
 
 MODEL_NAMES: tuple[str, ...] = ("attn", "aspp")
@@ -80,7 +81,14 @@ _BN_MOMENTUM = 0.99  # Keras' BatchNormalization defaults
 _BN_EPSILON = 1e-3
 
 
-def _conv(features: int, kernel: int, strides: int = 1, dilation: int = 1, name: str | None = None):
+def _conv(
+    features: int,
+    kernel: int,
+    strides: int = 1,
+    dilation: int = 1,
+    name: str | None = None,
+    impl: str = "native",
+):
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -90,6 +98,7 @@ def _conv(features: int, kernel: int, strides: int = 1, dilation: int = 1, name:
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.zeros,
         name=name,
+        conv_general_dilated=conv_fn(impl),
     )
 
 
@@ -125,16 +134,17 @@ class ConvBlock(nn.Module):
     strides: int = 1
     dilation: int = 1
     dropout: float = 0.4
+    conv_impl: str = "native"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         skip = x
         y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(x, train))
-        y = _conv(self.channel, 3, self.strides, self.dilation)(y)
+        y = _conv(self.channel, 3, self.strides, self.dilation, impl=self.conv_impl)(y)
         y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(y, train))
-        y = _conv(self.channel, 3, 1, self.dilation)(y)
+        y = _conv(self.channel, 3, 1, self.dilation, impl=self.conv_impl)(y)
         if self.strides != 1:
-            skip = _conv(self.channel, 1, self.strides, name="skip")(skip)
+            skip = _conv(self.channel, 1, self.strides, name="skip", impl=self.conv_impl)(skip)
         return y + skip
 
 
@@ -145,12 +155,13 @@ class TransposeConvBlock(nn.Module):
     channel: int
     strides: int = 2
     dropout: float = 0.4
+    conv_impl: str = "native"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         skip = x
         y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(x, train))
-        y = _conv(self.channel, 3)(y)
+        y = _conv(self.channel, 3, impl=self.conv_impl)(y)
         y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(y, train))
         y = _tconv(self.channel, 3, self.strides)(y)
         if self.strides != 1:
@@ -163,12 +174,13 @@ class SkipMerge(nn.Module):
 
     channel: int
     dropout: float = 0.4
+    conv_impl: str = "native"
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array, train: bool = False) -> jax.Array:
         y = jnp.concatenate([_bn_relu(x, train), _bn_relu(skip, train)], axis=-1)
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
-        return x + _conv(self.channel, 1)(y)
+        return x + _conv(self.channel, 1, impl=self.conv_impl)(y)
 
 
 def _check_input(x: jax.Array, shape: tuple[int, int, int]) -> None:
@@ -184,16 +196,25 @@ def _check_input(x: jax.Array, shape: tuple[int, int, int]) -> None:
 
 
 def _encoder(
-    x: jax.Array, widths: tuple[int, ...], depths: tuple[int, ...], dropout: float, train: bool
+    x: jax.Array,
+    widths: tuple[int, ...],
+    depths: tuple[int, ...],
+    dropout: float,
+    train: bool,
+    conv_impl: str = "native",
 ) -> list[jax.Array]:
     """Stride-2 ``ConvBlock`` then ``depth - 1`` plain ones per level; returns every level's
     output (en_l1 .. en_l4). Called inside a compact ``__call__``."""
     levels = []
     for level, (width, depth) in enumerate(zip(widths, depths, strict=True), start=1):
         for i in range(depth):
-            x = ConvBlock(width, 2 if i == 0 else 1, dropout=dropout, name=f"en{level}_{i}")(
-                x, train
-            )
+            x = ConvBlock(
+                width,
+                2 if i == 0 else 1,
+                dropout=dropout,
+                conv_impl=conv_impl,
+                name=f"en{level}_{i}",
+            )(x, train)
         levels.append(x)
     return levels
 
@@ -204,21 +225,26 @@ def _decoder(
     widths: tuple[int, int, int, int],
     dropout: float,
     train: bool,
+    conv_impl: str = "native",
 ) -> jax.Array:
     """Four ``TransposeConvBlock`` s (``widths``), the first three each merged with the matching
     encoder level (``skips`` = en_l3, en_l2, en_l1)."""
     for level, width in enumerate(widths, start=1):
-        x = TransposeConvBlock(width, dropout=dropout, name=f"de{level}")(x, train)
+        x = TransposeConvBlock(width, dropout=dropout, conv_impl=conv_impl, name=f"de{level}")(
+            x, train
+        )
         if level <= len(skips):
-            x = SkipMerge(width, dropout=dropout, name=f"de{level}_merge")(
+            x = SkipMerge(width, dropout=dropout, conv_impl=conv_impl, name=f"de{level}_merge")(
                 x, skips[level - 1], train
             )
     return x
 
 
-def _head(x: jax.Array, out_class: int, dropout: float, train: bool) -> jax.Array:
+def _head(
+    x: jax.Array, out_class: int, dropout: float, train: bool, conv_impl: str = "native"
+) -> jax.Array:
     x = nn.Dropout(dropout, deterministic=not train)(_bn_relu(x, train, name="head_bn"))
-    return _conv(out_class, 1, name="prediction")(x)
+    return _conv(out_class, 1, name="prediction", impl=conv_impl)(x)
 
 
 class SemanticSegmentationAttn(nn.Module):
@@ -239,6 +265,7 @@ class SemanticSegmentationAttn(nn.Module):
     n_heads: int = 8
     attn_query_shapes: tuple[tuple[int, int], tuple[int, int]] = ((100, 32), (64, 16))
     memory_flange: tuple[int, int] = (8, 8)
+    conv_impl: str = "native"  # native | matmul | auto (see jaxmir.nn.conv); same parameters
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -249,9 +276,9 @@ class SemanticSegmentationAttn(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_input(x, self.input_shape)
         b = self.base
-        x = _conv(b, 7, name="stem")(x)
+        x = _conv(b, 7, name="stem", impl=self.conv_impl)(x)
         en_l1, en_l2, en_l3, en_l4 = _encoder(
-            x, (b, 2 * b, 4 * b, 8 * b), (2, 3, 4, 5), self.dropout, train
+            x, (b, 2 * b, 4 * b, 8 * b), (2, 3, 4, 5), self.dropout, train, self.conv_impl
         )
 
         f = en_l4
@@ -266,10 +293,17 @@ class SemanticSegmentationAttn(nn.Module):
             )(f)
             f = _bn_relu(f, train, name=f"attn_{i}_bn")
         f = jnp.concatenate([en_l4, f], axis=-1)
-        f = _conv(8 * b, 1, name="bottleneck_proj")(f) + en_l4
+        f = _conv(8 * b, 1, name="bottleneck_proj", impl=self.conv_impl)(f) + en_l4
 
-        x = _decoder(f, [en_l3, en_l2, en_l1], (4 * b, 2 * b, 2 * b, 2 * b), self.dropout, train)
-        return _head(x, self.out_class, self.dropout, train)
+        x = _decoder(
+            f,
+            [en_l3, en_l2, en_l1],
+            (4 * b, 2 * b, 2 * b, 2 * b),
+            self.dropout,
+            train,
+            self.conv_impl,
+        )
+        return _head(x, self.out_class, self.dropout, train, self.conv_impl)
 
 
 class SemanticSegmentation(nn.Module):
@@ -290,6 +324,7 @@ class SemanticSegmentation(nn.Module):
     out_class: int = 23
     dropout: float = 0.4
     base: int = 128
+    conv_impl: str = "native"  # native | matmul | auto (see jaxmir.nn.conv); same parameters
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -301,25 +336,35 @@ class SemanticSegmentation(nn.Module):
         _check_input(x, self.input_shape)
         b = self.base
         drop = self.dropout
-        x = _conv(b, 7, name="stem")(x)
-        en_l1, en_l2, en_l3, en_l4 = _encoder(x, (b, b, b, 2 * b), (2, 3, 4, 5), drop, train)
+        x = _conv(b, 7, name="stem", impl=self.conv_impl)(x)
+        en_l1, en_l2, en_l3, en_l4 = _encoder(
+            x, (b, b, b, 2 * b), (2, 3, 4, 5), drop, train, self.conv_impl
+        )
 
         f = en_l4
         for layer in range(self.multi_grid_layer_n):
             f = nn.Dropout(drop, deterministic=not train)(
                 _bn_relu(f, train, name=f"grid{layer}_in_bn")
             )
-            branches = [_bn(train, name=f"grid{layer}_b0_bn")(nn.relu(_conv(4 * b, 1)(f)))]
+            branches = [
+                _bn(train, name=f"grid{layer}_b0_bn")(
+                    nn.relu(_conv(4 * b, 1, impl=self.conv_impl)(f))
+                )
+            ]
             for i in range(self.multi_grid_n):
-                y = nn.relu(_conv(4 * b, 3, dilation=2**i, name=f"grid{layer}_d{2**i}")(f))
+                y = nn.relu(
+                    _conv(
+                        4 * b, 3, dilation=2**i, name=f"grid{layer}_d{2**i}", impl=self.conv_impl
+                    )(f)
+                )
                 branches.append(_bn(train, name=f"grid{layer}_b{i + 1}_bn")(y))
             f = nn.Dropout(drop, deterministic=not train)(jnp.concatenate(branches, axis=-1))
-            f = _conv(4 * b, 1, name=f"grid{layer}_proj")(f)
+            f = _conv(4 * b, 1, name=f"grid{layer}_proj", impl=self.conv_impl)(f)
         f = _bn_relu(f, train, name="bottleneck_bn")
-        f = _conv(2 * b, 1, name="bottleneck_proj")(f) + en_l4
+        f = _conv(2 * b, 1, name="bottleneck_proj", impl=self.conv_impl)(f) + en_l4
 
-        x = _decoder(f, [en_l3, en_l2, en_l1], (b, b, b, b), drop, train)
-        return _head(x, self.out_class, drop, train)
+        x = _decoder(f, [en_l3, en_l2, en_l1], (b, b, b, b), drop, train, self.conv_impl)
+        return _head(x, self.out_class, drop, train, self.conv_impl)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -48,6 +48,7 @@ class MusicModelConfig:
     channels: tuple[str, ...] = ("Spec", "Ceps")  # CFP channels: Z, Spec, GCoS, Ceps
     base: int = 32  # channel width of the first level (paper: 32 attn, 128 aspp)
     dropout: float = 0.4
+    conv_impl: str = "native"  # native | matmul (matmul weight gradient) | auto (per backend)
 
 
 @dataclasses.dataclass
@@ -154,6 +155,7 @@ class MusicTask(Task):
             out_class=LABEL_MODES[_mode(cfg)],
             dropout=m.dropout,
             base=m.base,
+            conv_impl=m.conv_impl,
         )
         return build_model(m.name, **kwargs)
 
