@@ -36,6 +36,7 @@ class OptimConfig:
     decay_every: int = 3
     min_lr: float = 0.0
     plateau_patience: int = 2
+    ema_decay: float | None = None  # keep an EMA of the parameters (evaluation uses it)
 
 
 @dataclasses.dataclass
@@ -57,6 +58,8 @@ class TrainConfig:
     terminate_on_nan: bool = True
     eval_pieces_each_epoch: bool = True  # score whole validation pieces with mir_eval each epoch
     data_threads: int = 2  # Grain read threads
+    precision: str = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters and optimizer state)
+    grad_accum: int = 1  # split each batch into this many micro-batches, one update per batch
     # Test-only: send this process SIGTERM right after this global step (exercises resume).
     interrupt_at_step: int | None = None
 

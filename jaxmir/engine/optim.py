@@ -1,11 +1,17 @@
 """The optimizer, built from `OptimConfig` with its learning rate held in the optimizer state.
 
 `optax.inject_hyperparams` puts the LR in `opt_state.hyperparams`, so LR callbacks change it
-between steps without re-jitting, and it is checkpointed with the rest of the state.
+between steps without re-jitting, and it is checkpointed with the rest of the state. An optional
+exponential moving average of the parameters lives in the optimizer state too
+(`with_param_ema`), so it is checkpointed and sharded like everything else.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from jaxmir.config import ConfigError, OptimConfig
@@ -28,6 +34,50 @@ def _chain(name: str, learning_rate, weight_decay: float, clip_norm, clip_value)
     return optax.chain(*parts)
 
 
+class ParamEmaState(NamedTuple):
+    inner: Any
+    ema: Any  # the moving average of the parameters, same tree as the params
+
+
+def with_param_ema(tx: optax.GradientTransformation, decay: float) -> optax.GradientTransformation:
+    """`tx`, plus an EMA of the parameters after each update: ema = d * ema + (1 - d) * params.
+
+    The average starts from the initial parameters (no bias correction needed)."""
+    if not 0.0 <= decay < 1.0:
+        raise ConfigError(f"optim.ema_decay must be in [0, 1), got {decay}")
+
+    def init(params):
+        return ParamEmaState(tx.init(params), jax.tree.map(jnp.array, params))
+
+    def update(grads, state, params=None):
+        updates, inner = tx.update(grads, state.inner, params)
+        new_params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(
+            lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema, new_params
+        )
+        return updates, ParamEmaState(inner, ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state: Any) -> Any | None:
+    """The parameter EMA held in `opt_state`, or None when EMA is off."""
+    return opt_state.ema if isinstance(opt_state, ParamEmaState) else None
+
+
+def hyperparams_state(opt_state: Any) -> Any:
+    """The `inject_hyperparams` state inside `opt_state` (possibly wrapped by the EMA)."""
+    if isinstance(opt_state, ParamEmaState):
+        return hyperparams_state(opt_state.inner)
+    return opt_state
+
+
+def replace_hyperparams_state(opt_state: Any, new: Any) -> Any:
+    if isinstance(opt_state, ParamEmaState):
+        return opt_state._replace(inner=replace_hyperparams_state(opt_state.inner, new))
+    return new
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     _chain(cfg.name, cfg.learning_rate, cfg.weight_decay, None, None)  # validate the name early
 
@@ -36,4 +86,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
             cfg.name, learning_rate, cfg.weight_decay, cfg.grad_clip_norm, cfg.grad_clip_value
         )
 
-    return optax.inject_hyperparams(build)(learning_rate=cfg.learning_rate)
+    tx = optax.inject_hyperparams(build)(learning_rate=cfg.learning_rate)
+    if cfg.ema_decay is not None:
+        tx = with_param_ema(tx, cfg.ema_decay)
+    return tx

@@ -32,7 +32,7 @@ from jaxmir.engine.sharding import (
     put_batch,
     put_replicated,
 )
-from jaxmir.engine.state import TrainState
+from jaxmir.engine.state import TrainState, eval_variables
 from jaxmir.engine.step import make_eval_step, make_predict_fn, make_train_step
 
 
@@ -101,7 +101,7 @@ def make_predict(mesh, state: TrainState, fn=None):
 
     Pass `fn` (from `make_predict_fn`) to reuse one compiled function across calls."""
     fn = fn or make_predict_fn(state.apply_fn, mesh)
-    variables = state.variables
+    variables = eval_variables(state)
 
     def predict(windows: np.ndarray) -> np.ndarray:
         return np.asarray(jax.device_get(fn(variables, windows)))
@@ -205,8 +205,13 @@ def train(
             )
             state, history, status = train_epochs(
                 state,
-                train_step=make_train_step(loss_fn, mesh),
-                eval_step=make_eval_step(loss_fn, mesh),
+                train_step=make_train_step(
+                    loss_fn,
+                    mesh,
+                    precision=cfg.train.precision,
+                    grad_accum=cfg.train.grad_accum,
+                ),
+                eval_step=make_eval_step(loss_fn, mesh, precision=cfg.train.precision),
                 train_batches=train_iter,
                 val_batches=val_batches,
                 put_batch=lambda b: put_batch(b, mesh),

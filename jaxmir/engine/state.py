@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmir.engine.optim import ema_params, hyperparams_state, replace_hyperparams_state
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -64,15 +66,25 @@ class TrainState:
 
 def learning_rate(state: TrainState) -> float:
     """The current learning rate, read from the injected optimizer hyperparameters."""
-    return float(state.opt_state.hyperparams["learning_rate"])
+    return float(hyperparams_state(state.opt_state).hyperparams["learning_rate"])
 
 
 def with_learning_rate(state: TrainState, lr: float) -> TrainState:
     """A copy of `state` whose optimizer uses learning rate `lr` from the next step on."""
-    hp = dict(state.opt_state.hyperparams)
-    old = hp["learning_rate"]
-    hp["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(old).dtype)
-    return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+    inner = hyperparams_state(state.opt_state)
+    hp = dict(inner.hyperparams)
+    hp["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hp["learning_rate"]).dtype)
+    new = replace_hyperparams_state(state.opt_state, inner._replace(hyperparams=hp))
+    return state.replace(opt_state=new)
+
+
+def eval_variables(state: TrainState) -> dict:
+    """The variables to evaluate with: the parameter EMA when it is on, else the parameters."""
+    ema = ema_params(state.opt_state)
+    variables = dict(state.variables)
+    if ema is not None:
+        variables["params"] = ema
+    return variables
 
 
 def count_params(params: Any) -> int:

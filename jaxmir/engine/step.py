@@ -15,60 +15,142 @@ import optax
 from jax.sharding import Mesh
 
 from jaxmir.engine.sharding import batch_sharding, replicated
-from jaxmir.engine.state import TrainState
+from jaxmir.engine.state import TrainState, eval_variables
 
 LossFn = Callable[..., tuple[jax.Array, tuple[dict, dict]]]
 
 
-def _variables(state: TrainState, params) -> dict:
-    if state.batch_stats:
-        return {"params": params, "batch_stats": state.batch_stats}
-    return {"params": params}
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
-def train_step(loss_fn: LossFn, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One optimizer update. Dropout rng is folded from (state.rng, state.step): a resumed run
-    draws the same masks as an uninterrupted one."""
-    rng = jax.random.fold_in(state.rng, state.step)
+def _cast_floats(tree, dtype):
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,
+        tree,
+    )
 
-    def objective(params):
-        return loss_fn(state.apply_fn, _variables(state, params), batch, rng, True)
+
+def mixed_precision(apply_fn: Callable, precision: str) -> Callable:
+    """`apply_fn` computing in `precision` (params and inputs cast down, outputs back to fp32);
+    parameters, gradients and optimizer state stay fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return apply_fn
+    dtype = PRECISIONS[precision]
+
+    def apply(variables, *args, **kwargs):
+        args = _cast_floats(args, dtype)
+        variables = dict(variables)
+        variables["params"] = _cast_floats(variables["params"], dtype)
+        return _cast_floats(apply_fn(variables, *args, **kwargs), jnp.float32)
+
+    return apply
+
+
+def _grads(loss_fn, state: TrainState, apply_fn, batch, rng):
+    def objective(params, batch_stats, batch):
+        variables = (
+            {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+        )
+        return loss_fn(apply_fn, variables, batch, rng, True)
 
     (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params
+        state.params, state.batch_stats, batch
     )
+    return loss, metrics, model_state.get("batch_stats", state.batch_stats), grads
+
+
+def train_step(
+    loss_fn: LossFn,
+    state: TrainState,
+    batch: dict,
+    *,
+    precision: str = "fp32",
+    grad_accum: int = 1,
+) -> tuple[TrainState, dict]:
+    """One optimizer update. Dropout rng is folded from (state.rng, state.step): a resumed run
+    draws the same masks as an uninterrupted one. With `grad_accum` k the batch is split into k
+    micro-batches whose gradients are averaged (a scan: memory of one micro-batch)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    apply_fn = mixed_precision(state.apply_fn, precision)
+    if grad_accum == 1:
+        loss, metrics, batch_stats, grads = _grads(loss_fn, state, apply_fn, batch, rng)
+    else:
+        micro = jax.tree.map(
+            lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch
+        )
+
+        # Each micro-batch's mean is weighted by its share of the valid (unmasked) frames, so
+        # the result equals the full batch's masked mean.
+        if "mask" in batch:
+            counts = jnp.sum(micro["mask"].reshape(grad_accum, -1), axis=1)
+            weights = grad_accum * counts / jnp.maximum(jnp.sum(counts), 1.0)
+        else:
+            weights = jnp.ones((grad_accum,))
+
+        def body(carry, xs):
+            stats, acc = carry
+            i, w, mb = xs
+            st = state.replace(batch_stats=stats)
+            loss, metrics, stats, grads = _grads(
+                loss_fn, st, apply_fn, mb, jax.random.fold_in(rng, i)
+            )
+            step_sums = jax.tree.map(lambda v: v * w, (grads, {"loss": loss, **metrics}))
+            acc = jax.tree.map(jnp.add, acc, step_sums)
+            return (stats, acc), None
+
+        shapes = jax.eval_shape(
+            lambda: _grads(loss_fn, state, apply_fn, jax.tree.map(lambda x: x[0], micro), rng)
+        )
+        zeros = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), (shapes[3], {"loss": shapes[0], **shapes[1]})
+        )
+        (batch_stats, (grads, sums)), _ = jax.lax.scan(
+            body, (state.batch_stats, zeros), (jnp.arange(grad_accum), weights, micro)
+        )
+        grads = jax.tree.map(lambda g: g / grad_accum, grads)
+        sums = jax.tree.map(lambda m: m / grad_accum, sums)
+        loss, metrics = sums.pop("loss"), sums
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
-        step=state.step + 1,
-        params=params,
-        opt_state=opt_state,
-        batch_stats=model_state.get("batch_stats", state.batch_stats),
+        step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
     )
     metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def eval_step(loss_fn: LossFn, state: TrainState, batch: dict) -> dict:
-    loss, (metrics, _) = loss_fn(state.apply_fn, state.variables, batch, state.rng, False)
+def eval_step(loss_fn: LossFn, state: TrainState, batch: dict, precision: str = "fp32") -> dict:
+    apply_fn = mixed_precision(state.apply_fn, precision)
+    loss, (metrics, _) = loss_fn(apply_fn, eval_variables(state), batch, state.rng, False)
     return jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), {"loss": loss, **metrics})
 
 
-def make_train_step(loss_fn: LossFn, mesh: Mesh) -> Callable[[TrainState, dict], tuple]:
+def make_train_step(
+    loss_fn: LossFn, mesh: Mesh, *, precision: str = "fp32", grad_accum: int = 1
+) -> Callable[[TrainState, dict], tuple]:
     """`train_step` jitted over `mesh`: state replicated and donated, batch split on `data`."""
+    mixed_precision(lambda *a, **k: None, precision)  # validate early
+    if grad_accum < 1:
+        raise ValueError(f"train.grad_accum must be >= 1, got {grad_accum}")
     rep = replicated(mesh)
     return jax.jit(
-        lambda state, batch: train_step(loss_fn, state, batch),
+        lambda state, batch: train_step(
+            loss_fn, state, batch, precision=precision, grad_accum=grad_accum
+        ),
         in_shardings=(rep, batch_sharding(mesh)),
         out_shardings=(rep, rep),
         donate_argnums=0,
     )
 
 
-def make_eval_step(loss_fn: LossFn, mesh: Mesh) -> Callable[[TrainState, dict], dict]:
+def make_eval_step(
+    loss_fn: LossFn, mesh: Mesh, *, precision: str = "fp32"
+) -> Callable[[TrainState, dict], dict]:
     rep = replicated(mesh)
     return jax.jit(
-        lambda state, batch: eval_step(loss_fn, state, batch),
+        lambda state, batch: eval_step(loss_fn, state, batch, precision),
         in_shardings=(rep, batch_sharding(mesh)),
         out_shardings=rep,
     )
