@@ -667,3 +667,28 @@ def test_missing_or_empty_root(tmp_path, name):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="empty-root"):
         registry.read_dataset(name, empty)
+
+
+def test_musicnet_labels_become_a_beat_cache(tmp_path, capsys):
+    from jaxmir.cli import main
+
+    musicnet_fixture(tmp_path / "mn")
+    out = tmp_path / "cache"
+    argv = [
+        "features",
+        "beat",
+        "--dataset",
+        "musicnet",
+        "--root",
+        str(tmp_path / "mn"),
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    from jaxmir.data.cache import FeatureCache
+
+    cache = FeatureCache(out)
+    assert cache.names() and cache.params["dataset"] == "musicnet"
+    labels = cache.labels(cache.names()[0])
+    assert len(labels["beats"]) > 0 and labels["y"].shape[1] == 2
+    assert main([*argv[:3], "nosuch", *argv[4:]]) == 2

@@ -20,7 +20,7 @@ import mir_eval
 import numpy as np
 import optax
 
-from jaxmir.config import Config, OptimConfig, TrainConfig
+from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import windows_dataset
@@ -213,13 +213,22 @@ class BeatTask(Task):
     def featurize(
         self, dataset: str, root: Path, out: Path, workers: int = 1, progress=True
     ) -> dict:
-        if dataset != "midi":
-            raise ValueError(f"beat: unknown dataset {dataset!r} (known: midi)")
-        from jaxmir.data.datasets.midi import read_midi_folder
         from jaxmir.data.synth.chorales import split_of
 
-        pieces, failures = read_midi_folder(Path(root))
-        cache = FeatureCache.create(out, self.name, {"dataset": "midi", "fps": FPS, "version": 1})
+        if dataset == "midi":
+            from jaxmir.data.datasets.midi import read_midi_folder
+
+            pieces, failures = read_midi_folder(Path(root))
+        elif dataset == "musicnet":
+            # MusicNet's label CSVs as symbolic beat data; downbeats assume 4 beats per bar
+            # (MusicNet has no meter), as omnizart did: see jaxmir.data.datasets.musicnet.
+            from jaxmir.data.datasets.musicnet import read_beats
+
+            pieces, failures = read_beats(Path(root)), []
+        else:
+            raise ConfigError(f"beat: unknown dataset {dataset!r} (known: midi, musicnet)")
+        params = {"dataset": dataset, "fps": FPS, "version": 1}
+        cache = FeatureCache.create(out, self.name, params)
         summary = featurize(
             pieces,
             symbolic_features,

@@ -371,7 +371,10 @@ def _read_dataset(dataset: str, root: Path):
         return read_corpus(root)
     from jaxmir.data.datasets.registry import read_dataset
 
-    return read_dataset(dataset, root)
+    try:
+        return read_dataset(dataset, root)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _mode(cfg: Config) -> str:
