@@ -115,15 +115,17 @@ def _tconv(features: int, kernel: int, strides: int = 2, name: str | None = None
     )
 
 
-def _bn(train: bool, name: str | None = None) -> nn.BatchNorm:
+def _bn(train: bool, name: str | None = None, momentum: float = _BN_MOMENTUM) -> nn.BatchNorm:
     return nn.BatchNorm(
-        use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
+        use_running_average=not train, momentum=momentum, epsilon=_BN_EPSILON, name=name
     )
 
 
-def _bn_relu(x: jax.Array, train: bool, name: str | None = None) -> jax.Array:
+def _bn_relu(
+    x: jax.Array, train: bool, name: str | None = None, momentum: float = _BN_MOMENTUM
+) -> jax.Array:
     """Keras' ``BatchNormalization()(Activation("relu")(x))``."""
-    return _bn(train, name)(nn.relu(x))
+    return _bn(train, name, momentum)(nn.relu(x))
 
 
 class ConvBlock(nn.Module):
@@ -135,13 +137,18 @@ class ConvBlock(nn.Module):
     dilation: int = 1
     dropout: float = 0.4
     conv_impl: str = "native"
+    bn_momentum: float = _BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         skip = x
-        y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(x, train))
+        y = nn.Dropout(self.dropout, deterministic=not train)(
+            _bn_relu(x, train, momentum=self.bn_momentum)
+        )
         y = _conv(self.channel, 3, self.strides, self.dilation, impl=self.conv_impl)(y)
-        y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(y, train))
+        y = nn.Dropout(self.dropout, deterministic=not train)(
+            _bn_relu(y, train, momentum=self.bn_momentum)
+        )
         y = _conv(self.channel, 3, 1, self.dilation, impl=self.conv_impl)(y)
         if self.strides != 1:
             skip = _conv(self.channel, 1, self.strides, name="skip", impl=self.conv_impl)(skip)
@@ -156,13 +163,18 @@ class TransposeConvBlock(nn.Module):
     strides: int = 2
     dropout: float = 0.4
     conv_impl: str = "native"
+    bn_momentum: float = _BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         skip = x
-        y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(x, train))
+        y = nn.Dropout(self.dropout, deterministic=not train)(
+            _bn_relu(x, train, momentum=self.bn_momentum)
+        )
         y = _conv(self.channel, 3, impl=self.conv_impl)(y)
-        y = nn.Dropout(self.dropout, deterministic=not train)(_bn_relu(y, train))
+        y = nn.Dropout(self.dropout, deterministic=not train)(
+            _bn_relu(y, train, momentum=self.bn_momentum)
+        )
         y = _tconv(self.channel, 3, self.strides)(y)
         if self.strides != 1:
             skip = _tconv(self.channel, 1, self.strides, name="skip")(skip)
@@ -175,10 +187,17 @@ class SkipMerge(nn.Module):
     channel: int
     dropout: float = 0.4
     conv_impl: str = "native"
+    bn_momentum: float = _BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array, train: bool = False) -> jax.Array:
-        y = jnp.concatenate([_bn_relu(x, train), _bn_relu(skip, train)], axis=-1)
+        y = jnp.concatenate(
+            [
+                _bn_relu(x, train, momentum=self.bn_momentum),
+                _bn_relu(skip, train, momentum=self.bn_momentum),
+            ],
+            axis=-1,
+        )
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
         return x + _conv(self.channel, 1, impl=self.conv_impl)(y)
 
@@ -202,6 +221,7 @@ def _encoder(
     dropout: float,
     train: bool,
     conv_impl: str = "native",
+    bn_momentum: float = _BN_MOMENTUM,
 ) -> list[jax.Array]:
     """Stride-2 ``ConvBlock`` then ``depth - 1`` plain ones per level; returns every level's
     output (en_l1 .. en_l4). Called inside a compact ``__call__``."""
@@ -213,6 +233,7 @@ def _encoder(
                 2 if i == 0 else 1,
                 dropout=dropout,
                 conv_impl=conv_impl,
+                bn_momentum=bn_momentum,
                 name=f"en{level}_{i}",
             )(x, train)
         levels.append(x)
@@ -226,24 +247,35 @@ def _decoder(
     dropout: float,
     train: bool,
     conv_impl: str = "native",
+    bn_momentum: float = _BN_MOMENTUM,
 ) -> jax.Array:
     """Four ``TransposeConvBlock`` s (``widths``), the first three each merged with the matching
     encoder level (``skips`` = en_l3, en_l2, en_l1)."""
     for level, width in enumerate(widths, start=1):
-        x = TransposeConvBlock(width, dropout=dropout, conv_impl=conv_impl, name=f"de{level}")(
-            x, train
-        )
+        x = TransposeConvBlock(
+            width, dropout=dropout, conv_impl=conv_impl, bn_momentum=bn_momentum, name=f"de{level}"
+        )(x, train)
         if level <= len(skips):
-            x = SkipMerge(width, dropout=dropout, conv_impl=conv_impl, name=f"de{level}_merge")(
-                x, skips[level - 1], train
-            )
+            x = SkipMerge(
+                width,
+                dropout=dropout,
+                conv_impl=conv_impl,
+                bn_momentum=bn_momentum,
+                name=f"de{level}_merge",
+            )(x, skips[level - 1], train)
     return x
 
 
 def _head(
-    x: jax.Array, out_class: int, dropout: float, train: bool, conv_impl: str = "native"
+    x: jax.Array,
+    out_class: int,
+    dropout: float,
+    train: bool,
+    conv_impl: str = "native",
+    bn_momentum: float = _BN_MOMENTUM,
 ) -> jax.Array:
-    x = nn.Dropout(dropout, deterministic=not train)(_bn_relu(x, train, name="head_bn"))
+    x = _bn_relu(x, train, name="head_bn", momentum=bn_momentum)
+    x = nn.Dropout(dropout, deterministic=not train)(x)
     return _conv(out_class, 1, name="prediction", impl=conv_impl)(x)
 
 
@@ -266,6 +298,7 @@ class SemanticSegmentationAttn(nn.Module):
     attn_query_shapes: tuple[tuple[int, int], tuple[int, int]] = ((100, 32), (64, 16))
     memory_flange: tuple[int, int] = (8, 8)
     conv_impl: str = "native"  # native | matmul | auto (see jaxmir.nn.conv); same parameters
+    bn_momentum: float = _BN_MOMENTUM  # Keras default; lower it for short runs
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -278,7 +311,13 @@ class SemanticSegmentationAttn(nn.Module):
         b = self.base
         x = _conv(b, 7, name="stem", impl=self.conv_impl)(x)
         en_l1, en_l2, en_l3, en_l4 = _encoder(
-            x, (b, 2 * b, 4 * b, 8 * b), (2, 3, 4, 5), self.dropout, train, self.conv_impl
+            x,
+            (b, 2 * b, 4 * b, 8 * b),
+            (2, 3, 4, 5),
+            self.dropout,
+            train,
+            self.conv_impl,
+            self.bn_momentum,
         )
 
         f = en_l4
@@ -291,7 +330,7 @@ class SemanticSegmentationAttn(nn.Module):
                 memory_flange=tuple(self.memory_flange),
                 name=f"attn_{i}",
             )(f)
-            f = _bn_relu(f, train, name=f"attn_{i}_bn")
+            f = _bn_relu(f, train, name=f"attn_{i}_bn", momentum=self.bn_momentum)
         f = jnp.concatenate([en_l4, f], axis=-1)
         f = _conv(8 * b, 1, name="bottleneck_proj", impl=self.conv_impl)(f) + en_l4
 
@@ -302,8 +341,9 @@ class SemanticSegmentationAttn(nn.Module):
             self.dropout,
             train,
             self.conv_impl,
+            self.bn_momentum,
         )
-        return _head(x, self.out_class, self.dropout, train, self.conv_impl)
+        return _head(x, self.out_class, self.dropout, train, self.conv_impl, self.bn_momentum)
 
 
 class SemanticSegmentation(nn.Module):
@@ -325,6 +365,7 @@ class SemanticSegmentation(nn.Module):
     dropout: float = 0.4
     base: int = 128
     conv_impl: str = "native"  # native | matmul | auto (see jaxmir.nn.conv); same parameters
+    bn_momentum: float = _BN_MOMENTUM  # Keras default; lower it for short runs
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -338,16 +379,16 @@ class SemanticSegmentation(nn.Module):
         drop = self.dropout
         x = _conv(b, 7, name="stem", impl=self.conv_impl)(x)
         en_l1, en_l2, en_l3, en_l4 = _encoder(
-            x, (b, b, b, 2 * b), (2, 3, 4, 5), drop, train, self.conv_impl
+            x, (b, b, b, 2 * b), (2, 3, 4, 5), drop, train, self.conv_impl, self.bn_momentum
         )
 
         f = en_l4
         for layer in range(self.multi_grid_layer_n):
             f = nn.Dropout(drop, deterministic=not train)(
-                _bn_relu(f, train, name=f"grid{layer}_in_bn")
+                _bn_relu(f, train, name=f"grid{layer}_in_bn", momentum=self.bn_momentum)
             )
             branches = [
-                _bn(train, name=f"grid{layer}_b0_bn")(
+                _bn(train, f"grid{layer}_b0_bn", self.bn_momentum)(
                     nn.relu(_conv(4 * b, 1, impl=self.conv_impl)(f))
                 )
             ]
@@ -357,14 +398,16 @@ class SemanticSegmentation(nn.Module):
                         4 * b, 3, dilation=2**i, name=f"grid{layer}_d{2**i}", impl=self.conv_impl
                     )(f)
                 )
-                branches.append(_bn(train, name=f"grid{layer}_b{i + 1}_bn")(y))
+                branches.append(_bn(train, f"grid{layer}_b{i + 1}_bn", self.bn_momentum)(y))
             f = nn.Dropout(drop, deterministic=not train)(jnp.concatenate(branches, axis=-1))
             f = _conv(4 * b, 1, name=f"grid{layer}_proj", impl=self.conv_impl)(f)
-        f = _bn_relu(f, train, name="bottleneck_bn")
+        f = _bn_relu(f, train, name="bottleneck_bn", momentum=self.bn_momentum)
         f = _conv(2 * b, 1, name="bottleneck_proj", impl=self.conv_impl)(f) + en_l4
 
-        x = _decoder(f, [en_l3, en_l2, en_l1], (b, b, b, b), drop, train, self.conv_impl)
-        return _head(x, self.out_class, drop, train, self.conv_impl)
+        x = _decoder(
+            f, [en_l3, en_l2, en_l1], (b, b, b, b), drop, train, self.conv_impl, self.bn_momentum
+        )
+        return _head(x, self.out_class, drop, train, self.conv_impl, self.bn_momentum)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

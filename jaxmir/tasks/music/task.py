@@ -10,6 +10,7 @@ Decoding: omnizart's note assembly or a simpler onset/frame decoder. Scores: mir
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -36,6 +37,7 @@ from jaxmir.tasks.music.labels import (
     music_labels,
     notes_for_mode,
     smooth_bce,
+    weighted_bce,
 )
 from jaxmir.tasks.music.metrics import note_metrics
 from jaxmir.tasks.music.model import build_model
@@ -49,12 +51,14 @@ class MusicModelConfig:
     base: int = 32  # channel width of the first level (paper: 32 attn, 128 aspp)
     dropout: float = 0.4
     conv_impl: str = "native"  # native | matmul (matmul weight gradient) | auto (per backend)
+    bn_momentum: float = 0.99  # BatchNorm running-stat momentum (Keras' 0.99 lags in short runs)
 
 
 @dataclasses.dataclass
 class MusicDataConfig:
     label_mode: str = "note-stream"  # note | note-stream | pop-note-stream | frame | ...
-    loss: str = "smooth"  # smooth | focal | bce
+    loss: str = "smooth"  # smooth | focal | bce | weighted (note channels' positives x pos_weight)
+    pos_weight: float = 20.0  # weighted loss only
     hop: int | None = None  # frames between training windows (default: timesteps)
     jitter: bool = True
     # The embedded corpus (rendered Bach chorales): pieces, seed, instrumentation
@@ -156,6 +160,7 @@ class MusicTask(Task):
             dropout=m.dropout,
             base=m.base,
             conv_impl=m.conv_impl,
+            bn_momentum=m.bn_momentum,
         )
         return build_model(m.name, **kwargs)
 
@@ -166,9 +171,14 @@ class MusicTask(Task):
 
     def bind_loss(self, cfg: Config):
         kind = cfg.data.loss
-        fns = {"smooth": smooth_bce, "focal": focal_loss, "bce": bce_label_smoothing}
+        fns = {
+            "smooth": smooth_bce,
+            "focal": focal_loss,
+            "bce": bce_label_smoothing,
+            "weighted": functools.partial(weighted_bce, pos_weight=cfg.data.pos_weight),
+        }
         if kind not in fns:
-            raise ConfigError(f"data.loss: unknown loss {kind!r} (smooth, focal, bce)")
+            raise ConfigError(f"data.loss: unknown loss {kind!r} ({', '.join(fns)})")
         fn = fns[kind]
 
         def loss(apply_fn, variables, batch, rng, train):

@@ -1,0 +1,46 @@
+"""omnizart's patch CNN: parameter count, shapes, dropout, and the matmul-conv variant."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmir.tasks.patch_cnn.model import N_PARAMS, PatchCNN, abstract_params, count_params
+
+
+def test_param_count_and_layout():
+    params = abstract_params(PatchCNN())
+    assert count_params(params) == N_PARAMS == 175_778
+    shapes = jax.tree.map(lambda a: a.shape, params)
+    assert shapes["Conv_0"]["kernel"] == (5, 5, 1, 8)
+    assert shapes["Conv_1"]["kernel"] == (3, 3, 8, 16)
+    assert shapes["Dense_0"]["kernel"] == (9 * 9 * 16, 128)
+    assert shapes["Dense_2"]["kernel"] == (64, 2)
+
+
+def test_forward_and_dropout():
+    model = PatchCNN()
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 25, 25, 1)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    y = model.apply(variables, x)
+    assert y.shape == (3, 2) and y.dtype == jnp.float32
+    np.testing.assert_array_equal(y, model.apply(variables, x, train=False))
+    y_train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    assert y_train.shape == (3, 2) and not np.allclose(y_train, y)
+    with pytest.raises(ValueError, match="expected input"):
+        model.apply(variables, jnp.zeros((3, 24, 24, 1)))
+
+
+def test_matmul_conv_matches_native():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 25, 25, 1)), jnp.float32)
+    native, matmul = PatchCNN(conv_impl="native"), PatchCNN(conv_impl="matmul")
+    variables = native.init(jax.random.key(0), x)
+
+    def loss(model):
+        return lambda v: jnp.sum(jnp.sin(model.apply(v, x)))
+
+    g_ref = jax.grad(loss(native))(variables)
+    g = jax.grad(loss(matmul))(variables)
+    np.testing.assert_allclose(matmul.apply(variables, x), native.apply(variables, x), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
