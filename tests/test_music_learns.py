@@ -56,7 +56,10 @@ def test_tiny_model_overfits_two_pieces(music_cache):
             logits = make_predict(mesh, state)(batch["x"])
             probs = 1.0 / (1.0 + np.exp(-logits))
             f1 = np.mean(
-                [note_metrics(r, TASK.decode(p, cfg))["note_f1"] for r, p in zip(refs, probs)]
+                [
+                    note_metrics(r, TASK.decode(p, cfg))["note_f1"]
+                    for r, p in zip(refs, probs, strict=True)
+                ]
             )
             if f1 >= 0.9:
                 break
