@@ -107,7 +107,7 @@ class BeatTask(Task):
                 BeatModelConfig(timesteps=400),
                 BeatDataConfig(corpus_train=150, corpus_val=12, corpus_test=24),
                 TrainConfig(
-                    epochs=10,
+                    epochs=8,
                     steps_per_epoch=150,
                     val_steps=10,
                     batch_size=32,
