@@ -239,9 +239,22 @@ COMMANDS = {
 }
 
 
+def _enable_compilation_cache() -> None:
+    """Reuse compiled steps across runs (train, then eval, then transcribe: seconds each)."""
+    import jax
+
+    from jaxmir.engine.run import cache_root
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxmir.data.cache import CacheError
+
+    if args.command in ("train", "eval", "transcribe"):
+        _enable_compilation_cache()
 
     try:
         return COMMANDS[args.command](args)

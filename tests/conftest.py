@@ -9,6 +9,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+# Identical computations compiled by different tests (the same tiny model's step, predict) are
+# compiled once per session.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["JAXMIR_CACHE"], "xla"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

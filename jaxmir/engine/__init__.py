@@ -1,5 +1,15 @@
-"""The engine: TrainState, pure steps and callbacks, the epoch driver and its checkpoints."""
+"""The engine: TrainState, pure steps and callbacks, the epoch driver and its checkpoints.
 
-from jaxmir.engine.run import RunResult, train
+`jaxmir.engine.train` is imported lazily so that the pure modules (state, step, sharding, optim)
+import with jax, flax and optax alone (e.g. on an accelerator host without the data stack).
+"""
 
 __all__ = ["RunResult", "train"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from jaxmir.engine import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'jaxmir.engine' has no attribute {name!r}")
