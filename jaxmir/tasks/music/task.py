@@ -299,8 +299,10 @@ class MusicTask(Task):
             est = self.decode(self.posteriors(predict, cache.features(name), cfg), cfg)
             ref = notes_for_mode(cache.labels(name)["notes"], mode)
             rows.append(note_metrics(ref, est))
-        keys = ("note_f1", "note_precision", "note_recall", "note_with_offset_f1", "frame_f1")
-        return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        keys = ["note_f1", "note_precision", "note_recall", "note_with_offset_f1", "frame_f1"]
+        # per instrument (stream modes): averaged over the pieces where it is scored
+        keys += sorted({k for r in rows for k in r if k.startswith("note_f1/")})
+        return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
         from jaxmir.data.audio import load_audio
