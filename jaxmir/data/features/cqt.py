@@ -68,7 +68,8 @@ DRUM_CLASSES = (
     "ride",
     "maracas",
 )
-_CLASS_NOTES = (
+#: GM drum notes of each class, in DRUM_CLASSES order.
+CLASS_NOTES = (
     (33, 35, 36),
     (27, 38, 40, 85, 87),
     (37,),
@@ -84,7 +85,7 @@ _CLASS_NOTES = (
     (69, 70, 82),
 )
 #: General MIDI drum note -> index into DRUM_CLASSES (notes not listed are ignored).
-GM_TO_CLASS = {note: cls for cls, notes in enumerate(_CLASS_NOTES) for note in notes}
+GM_TO_CLASS = {note: cls for cls, notes in enumerate(CLASS_NOTES) for note in notes}
 
 
 def _mono_44k(audio: np.ndarray, sr: float) -> np.ndarray:

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmir.data.features import cqt as _cqt
 from jaxmir.data.records import AudioPiece
 from jaxmir.data.synth import augment as aug
 from jaxmir.data.synth.chorales import (
@@ -201,42 +202,14 @@ def chord_index(label: str) -> int:
 # Drum classes (omnizart's 13-class grouping of GM percussion notes)
 # --------------------------------------------------------------------------------------------
 
-DRUM_CLASSES = (
-    "kick",
-    "snare",
-    "side_stick",
-    "clap",
-    "closed_hh",
-    "pedal_hh",
-    "open_hh",
-    "low_tom",
-    "mid_tom",
-    "high_tom",
-    "crash",
-    "ride",
-    "maracas",
-)
-DRUM_CLASS_NOTES = (
-    (33, 35, 36),
-    (27, 38, 40, 85, 87),
-    (37,),
-    (39,),
-    (42,),
-    (44,),
-    (46,),
-    (41, 43),
-    (45, 47),
-    (48, 50),
-    (49, 55, 57),
-    (51, 53, 59),
-    (69, 70, 82),
-)
-_DRUM_NOTE_CLASS = {n: c for c, notes in enumerate(DRUM_CLASS_NOTES) for n in notes}
+# One table for the whole project: the drum task's features own it.
+DRUM_CLASSES = _cqt.DRUM_CLASSES
+DRUM_CLASS_NOTES = _cqt.CLASS_NOTES
 
 
 def drum_class(note: int) -> int:
     """Index into `DRUM_CLASSES` of a GM percussion note, -1 when outside the 13 classes."""
-    return _DRUM_NOTE_CLASS.get(int(note), -1)
+    return _cqt.GM_TO_CLASS.get(int(note), -1)
 
 
 # --------------------------------------------------------------------------------------------
