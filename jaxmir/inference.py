@@ -13,6 +13,11 @@ from collections.abc import Callable
 import numpy as np
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings for large |x|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float32)))
+
+
 def window_starts(n_frames: int, timesteps: int, hop: int, front_pad: int) -> np.ndarray:
     """Starts (in piece frames, may be negative) of windows covering [0, n_frames)."""
     last = max(n_frames - timesteps + front_pad, 0)

@@ -8,6 +8,7 @@ from jaxmir.data.cache import FeatureCache
 from jaxmir.engine.run import init_state, make_callbacks, make_predict
 from jaxmir.engine.sharding import make_mesh, put_batch
 from jaxmir.engine.step import make_train_step
+from jaxmir.inference import sigmoid
 from jaxmir.tasks.music.labels import FPS, notes_for_mode
 from jaxmir.tasks.music.metrics import note_metrics
 from jaxmir.tasks.music.task import TASK, MusicWindow
@@ -54,7 +55,7 @@ def test_tiny_model_overfits_two_pieces(music_cache):
         state, _ = step(state, placed)
         if i % 50 == 0:
             logits = make_predict(mesh, state)(batch["x"])
-            probs = 1.0 / (1.0 + np.exp(-logits))
+            probs = sigmoid(logits)
             f1 = np.mean(
                 [
                     note_metrics(r, TASK.decode(p, cfg))["note_f1"]

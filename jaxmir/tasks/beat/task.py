@@ -25,7 +25,7 @@ from jaxmir.data.cache import FeatureCache
 from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import windows_dataset
 from jaxmir.data.symbolic import SymbolicPiece
-from jaxmir.inference import predict_piece
+from jaxmir.inference import predict_piece, sigmoid
 from jaxmir.tasks.base import Task
 from jaxmir.tasks.beat.decode import beats_to_midi, decode_beats, write_beat_csv
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
@@ -246,7 +246,7 @@ class BeatTask(Task):
         logits = predict_piece(
             predict, x, timesteps=cfg.model.timesteps, batch_size=cfg.train.val_batch_size
         )
-        return 1.0 / (1.0 + np.exp(-logits))
+        return sigmoid(logits)
 
     def decode(self, probs: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         d = cfg.decode

@@ -25,7 +25,7 @@ from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import CHANNELS, MUSIC, cfp_numpy
 from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import window_index
-from jaxmir.inference import predict_piece
+from jaxmir.inference import predict_piece, sigmoid
 from jaxmir.tasks.base import Task
 from jaxmir.tasks.music.decode import decode_notes, notes_to_midi, write_notes_csv
 from jaxmir.tasks.music.labels import (
@@ -276,7 +276,7 @@ class MusicTask(Task):
             batch_size=cfg.train.val_batch_size,
             mode="average",
         )
-        return 1.0 / (1.0 + np.exp(-logits))
+        return sigmoid(logits)
 
     def decode(self, probs: np.ndarray, cfg: Config) -> np.ndarray:
         d = cfg.decode
