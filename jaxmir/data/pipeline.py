@@ -8,6 +8,7 @@ shard of the windows; the iterator's position is checkpointed with the model (Gr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import grain
 import jax
@@ -91,13 +92,20 @@ def windows_dataset(
     seed: int,
     jitter: int = 0,
     label_key: str = "y",
+    make_reader: Callable[[list[str]], grain.transforms.RandomMap] | None = None,
 ) -> grain.MapDataset:
-    """An endless, shuffled MapDataset of this process's windows of `split` (unbatched)."""
+    """An endless, shuffled MapDataset of this process's windows of `split` (unbatched).
+
+    `make_reader(piece_names)` builds the transform that turns (piece, start) rows into examples
+    (default: `ReadWindow` of the cached features and their `label_key` array)."""
     index, names = window_index(cache, split, timesteps, hop)
     ds = grain.MapDataset.source(index)
     if jax.process_count() > 1:
         ds = ds[jax.process_index() :: jax.process_count()]
-    reader = ReadWindow(str(cache.root), names, timesteps, jitter, label_key)
+    if make_reader is None:
+        reader = ReadWindow(str(cache.root), names, timesteps, jitter, label_key)
+    else:
+        reader = make_reader(names)
     return ds.seed(seed).shuffle().repeat().random_map(reader)
 
 

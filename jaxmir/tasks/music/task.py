@@ -24,7 +24,7 @@ from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import CHANNELS, MUSIC, cfp_numpy
 from jaxmir.data.featurize import featurize
-from jaxmir.data.pipeline import window_index
+from jaxmir.data.pipeline import windows_dataset
 from jaxmir.inference import predict_piece, sigmoid
 from jaxmir.tasks.base import Task
 from jaxmir.tasks.music.decode import decode_notes, notes_to_midi, write_notes_csv
@@ -210,20 +210,18 @@ class MusicTask(Task):
     ) -> grain.MapDataset:
         t = cfg.model.timesteps
         hop = cfg.data.hop or t
-        index, names = window_index(cache, split, t, hop)
-        ds = grain.MapDataset.source(index)
-        if jax.process_count() > 1:
-            ds = ds[jax.process_index() :: jax.process_count()]
-        reader = MusicWindow(
-            str(cache.root),
-            names,
-            t,
-            hop // 2 if (train and cfg.data.jitter) else 0,
-            [CHANNELS[c] for c in cfg.model.channels],
-            _mode(cfg),
+        jitter = hop // 2 if (train and cfg.data.jitter) else 0
+        channels = [CHANNELS[c] for c in cfg.model.channels]
+        return windows_dataset(
+            cache,
+            split,
+            timesteps=t,
+            hop=hop,
+            seed=cfg.train.seed if train else 12345,
+            make_reader=lambda names: MusicWindow(
+                str(cache.root), names, t, jitter, channels, _mode(cfg)
+            ),
         )
-        seed = cfg.train.seed if train else 12345
-        return ds.seed(seed).shuffle().repeat().random_map(reader)
 
     def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
         from jaxmir.data.synth.corpus import build_corpus
