@@ -13,10 +13,11 @@ so checkpoints are interchangeable. `resolve_conv_impl("auto")` picks it on CPU 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 from jax import lax
 
 CONV_IMPLS = ("auto", "native", "matmul")
@@ -128,3 +129,136 @@ def conv_general_dilated(
 def conv_fn(impl: str):
     """The `conv_general_dilated` to give flax `nn.Conv` for `impl` (auto/native/matmul)."""
     return conv_general_dilated if resolve_conv_impl(impl) == "matmul" else lax.conv_general_dilated
+
+
+# -- transposed convolution ------------------------------------------------------------------
+# flax's `nn.ConvTranspose(transpose_kernel=True)` is `lax.conv_transpose`: a stride-1 conv of the
+# input dilated by `strides` with the spatially flipped, in/out-swapped kernel. Its weight
+# gradient is even slower on XLA:CPU than a regular conv's (it runs over the zero-dilated input).
+# Only every s-th row/column of the dilated input is non-zero, so tap (i, j) of the gradient is
+#     dW[i, j, o, c] = sum_{b,p,q} x[b, p, q, c] g[b, p*s + pad - (k-1-i)*d, q*s + ... , o]
+# (g zero outside its range): one matrix product per tap over the undilated input.
+
+
+def transpose_padding(kernel: int, stride: int, padding: str) -> tuple[int, int]:
+    """`lax.conv_transpose`'s explicit padding for "SAME"/"VALID" (effective kernel size)."""
+    if padding == "SAME":
+        pad_len = kernel + stride - 2
+        lo = kernel - 1 if stride > kernel - 1 else -(-pad_len // 2)
+    elif padding == "VALID":
+        pad_len = kernel + stride - 2 + max(kernel - stride, 0)
+        lo = kernel - 1
+    else:
+        raise ValueError(f"padding must be 'SAME' or 'VALID', not {padding!r}")
+    return lo, pad_len - lo
+
+
+def _native_t(x, w, strides, pads, dilation, precision):
+    return lax.conv_transpose(
+        x,
+        w,
+        strides,
+        pads,
+        rhs_dilation=dilation,
+        dimension_numbers=_NHWC,
+        transpose_kernel=True,
+        precision=precision,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _tconv(x, w, strides, pads, dilation, precision):
+    return _native_t(x, w, strides, pads, dilation, precision)
+
+
+def _tconv_fwd(x, w, strides, pads, dilation, precision):
+    return _native_t(x, w, strides, pads, dilation, precision), (x, w)
+
+
+def _tconv_bwd(strides, pads, dilation, precision, res, g):
+    x, w = res
+    _, vjp_x = jax.vjp(lambda a: _native_t(a, w, strides, pads, dilation, precision), x)
+    (dx,) = vjp_x(g)
+    kh, kw = w.shape[:2]
+    b, hi, wi, _ = x.shape
+    lo = [p[0] for p in pads]
+    # pad g so that every tap's strided window stays inside it
+    pad_g = []
+    for ax, (k, s, d, p) in enumerate(zip((kh, kw), strides, dilation, lo, strict=True)):
+        left = max(0, (k - 1) * d - p)
+        right = max(0, (x.shape[1 + ax] - 1) * s + p - g.shape[1 + ax] + 1)
+        pad_g.append((left, right))
+    gp = jnp.pad(g, ((0, 0), *pad_g, (0, 0)))
+    (s0, s1), (d0, d1) = strides, dilation
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            r0 = lo[0] - (kh - 1 - i) * d0 + pad_g[0][0]
+            c0 = lo[1] - (kw - 1 - j) * d1 + pad_g[1][0]
+            window = lax.slice(
+                gp,
+                (0, r0, c0, 0),
+                (b, r0 + (hi - 1) * s0 + 1, c0 + (wi - 1) * s1 + 1, gp.shape[3]),
+                (1, s0, s1, 1),
+            )
+            taps.append(jnp.einsum("bpqc,bpqo->oc", x, window, precision=precision))
+    dw = jnp.stack(taps).reshape(kh, kw, *w.shape[2:])
+    return dx, dw.astype(w.dtype)
+
+
+_tconv.defvjp(_tconv_fwd, _tconv_bwd)
+
+
+def conv_transpose(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int] | None = None,
+    precision=None,
+    impl: str = "matmul",
+) -> jax.Array:
+    """`lax.conv_transpose(..., transpose_kernel=True)` for NHWC inputs and (kh, kw, out, in)
+    kernels (flax's layout); with ``impl="matmul"`` its weight gradient is per-tap matmuls."""
+    dilation = tuple(rhs_dilation or (1, 1))
+    strides = tuple(strides)
+    if isinstance(padding, str):
+        eff = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:2], dilation, strict=True)]
+        pads = tuple(transpose_padding(k, s, padding) for k, s in zip(eff, strides, strict=True))
+    else:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if resolve_conv_impl(impl) == "native" or any(p < 0 for pair in pads for p in pair):
+        return _native_t(x, kernel, strides, pads, dilation, precision)
+    return _tconv(x, kernel, strides, pads, dilation, precision)
+
+
+class ConvTranspose(nn.Module):
+    """flax `nn.ConvTranspose(transpose_kernel=True)` for NHWC inputs with a selectable weight
+    gradient (`impl`: native | matmul | auto). Same parameter names, shapes and auto-name
+    ("ConvTranspose_N"), so parameter trees are interchangeable with flax's layer."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str = "SAME"
+    kernel_dilation: tuple[int, int] = (1, 1)
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+    impl: str = "native"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (*self.kernel_size, self.features, x.shape[-1])
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        dtype = jnp.promote_types(x.dtype, kernel.dtype)  # flax's promote_dtype
+        x = x.astype(dtype)
+        y = conv_transpose(
+            x,
+            kernel.astype(dtype),
+            self.strides,
+            self.padding,
+            self.kernel_dilation,
+            impl=self.impl,
+        )
+        return y + bias.astype(y.dtype)

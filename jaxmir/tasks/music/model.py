@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxmir.nn.conv import conv_fn
+from jaxmir.nn.conv import ConvTranspose, conv_fn
 from jaxmir.nn.local_attention import LocalMultiHeadAttention2D
 
 MODEL_NAMES: tuple[str, ...] = ("attn", "aspp")
@@ -102,16 +102,20 @@ def _conv(
     )
 
 
-def _tconv(features: int, kernel: int, strides: int = 2, name: str | None = None):
-    return nn.ConvTranspose(
+def _tconv(
+    features: int, kernel: int, strides: int = 2, name: str | None = None, impl: str = "native"
+):
+    """Keras' ``Conv2DTranspose(padding="same")`` (flax ``ConvTranspose(transpose_kernel=True)``
+    with the same parameters; ``impl`` picks the weight-gradient kernel, see jaxmir.nn.conv)."""
+    return ConvTranspose(
         features,
         (kernel, kernel),
         strides=(strides, strides),
         padding="SAME",
-        transpose_kernel=True,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.zeros,
         name=name,
+        impl=impl,
     )
 
 
@@ -175,9 +179,9 @@ class TransposeConvBlock(nn.Module):
         y = nn.Dropout(self.dropout, deterministic=not train)(
             _bn_relu(y, train, momentum=self.bn_momentum)
         )
-        y = _tconv(self.channel, 3, self.strides)(y)
+        y = _tconv(self.channel, 3, self.strides, impl=self.conv_impl)(y)
         if self.strides != 1:
-            skip = _tconv(self.channel, 1, self.strides, name="skip")(skip)
+            skip = _tconv(self.channel, 1, self.strides, name="skip", impl=self.conv_impl)(skip)
         return y + skip
 
 

@@ -50,7 +50,7 @@ class MusicModelConfig:
     channels: tuple[str, ...] = ("Spec", "Ceps")  # CFP channels: Z, Spec, GCoS, Ceps
     base: int = 32  # channel width of the first level (paper: 32 attn, 128 aspp)
     dropout: float = 0.4
-    conv_impl: str = "native"  # native | matmul (matmul weight gradient) | auto (per backend)
+    conv_impl: str = "auto"  # native | matmul (matmul weight gradient) | auto (matmul on CPU only)
     bn_momentum: float = 0.99  # BatchNorm running-stat momentum (Keras' 0.99 lags in short runs)
 
 
