@@ -1,4 +1,5 @@
-"""The matmul-weight-gradient convolution equals XLA's native one (outputs and gradients)."""
+"""The matmul convolutions (im2col for few input channels, per-tap weight gradients otherwise,
+transposed convs) equal XLA's native ones (outputs and gradients)."""
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,12 @@ DN = ("NHWC", "HWIO", "NHWC")
         ((2, 16, 16, 3), 1, 2, 1, "SAME"),
         ((2, 15, 13, 2), 3, 1, 1, "VALID"),
         ((2, 15, 13, 2), 3, 2, 1, ((2, 1), (0, 3))),
+        # more than IM2COL_MAX_CHANNELS input channels: the per-tap weight gradient
+        ((2, 16, 20, 6), 3, 1, 1, "SAME"),
+        ((2, 16, 20, 6), 3, 2, 1, "SAME"),
+        ((2, 16, 16, 8), 3, 1, 2, "SAME"),
+        ((2, 16, 16, 6), 1, 2, 1, "SAME"),
+        ((2, 15, 13, 6), 3, 2, 1, ((2, 1), (0, 3))),
     ],
 )
 def test_matmul_conv_equals_native(shape, k, stride, dilation, padding):

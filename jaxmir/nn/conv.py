@@ -123,7 +123,37 @@ def conv_general_dilated(
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if any(p < 0 for pair in pads for p in pair):
         return native()
+    if lhs.shape[3] <= IM2COL_MAX_CHANNELS:
+        return _im2col_conv(lhs, rhs, strides, pads, dilation, precision)
     return _conv(lhs, rhs, strides, pads, dilation, precision)
+
+
+IM2COL_MAX_CHANNELS = 4
+"""Input channels up to which the matmul path builds the patch matrix (im2col) instead: a
+stem conv on 1-2 input channels is a poor fit for both XLA's conv kernels and per-tap matrix
+products (contractions of length 1-2), while the patch matrix is small (k*k*c columns)."""
+
+
+def _im2col_conv(x, w, strides, pads, dilation, precision):
+    """The conv as patches (b, h, w, kh*kw*c) @ kernel (kh*kw*c, o), differentiated by JAX:
+    the weight gradient is one matrix product, patches^T @ g."""
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    kh, kw, c, o = w.shape
+    (s0, s1), (d0, d1) = strides, dilation
+    ho = (xp.shape[1] - (kh - 1) * d0 - 1) // s0 + 1
+    wo = (xp.shape[2] - (kw - 1) * d1 - 1) // s1 + 1
+    cols = [
+        lax.slice(
+            xp,
+            (0, i * d0, j * d1, 0),
+            (x.shape[0], i * d0 + (ho - 1) * s0 + 1, j * d1 + (wo - 1) * s1 + 1, c),
+            (1, s0, s1, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(cols, axis=-1)  # column order (i, j, c) = HWIO's row order
+    return jnp.einsum("bhwk,ko->bhwo", patches, w.reshape(kh * kw * c, o), precision=precision)
 
 
 def conv_fn(impl: str):

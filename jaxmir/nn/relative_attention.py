@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxmir.nn.dropout import Dropout
+
 RELATIVE_EMBEDDING_NAMES: tuple[str, str] = ("rel_k_emb", "rel_v_emb")
 """Names of the learned relative-position tables (absent from omnizart's parameter count)."""
 
@@ -159,7 +161,7 @@ class MultiHeadAttention(nn.Module):
             logits = jnp.where(allowed, logits, jnp.asarray(MASK_VALUE, logits.dtype))
 
         weights = jax.nn.softmax(logits, axis=-1)
-        weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
+        weights = Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
 
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v_h)
         if self.relative_position:

@@ -71,6 +71,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxmir.nn.conv import ConvTranspose, conv_fn
+from jaxmir.nn.dropout import Dropout
 from jaxmir.nn.local_attention import LocalMultiHeadAttention2D
 
 MODEL_NAMES: tuple[str, ...] = ("attn", "aspp")
@@ -146,11 +147,11 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         skip = x
-        y = nn.Dropout(self.dropout, deterministic=not train)(
+        y = Dropout(self.dropout, deterministic=not train)(
             _bn_relu(x, train, momentum=self.bn_momentum)
         )
         y = _conv(self.channel, 3, self.strides, self.dilation, impl=self.conv_impl)(y)
-        y = nn.Dropout(self.dropout, deterministic=not train)(
+        y = Dropout(self.dropout, deterministic=not train)(
             _bn_relu(y, train, momentum=self.bn_momentum)
         )
         y = _conv(self.channel, 3, 1, self.dilation, impl=self.conv_impl)(y)
@@ -172,11 +173,11 @@ class TransposeConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         skip = x
-        y = nn.Dropout(self.dropout, deterministic=not train)(
+        y = Dropout(self.dropout, deterministic=not train)(
             _bn_relu(x, train, momentum=self.bn_momentum)
         )
         y = _conv(self.channel, 3, impl=self.conv_impl)(y)
-        y = nn.Dropout(self.dropout, deterministic=not train)(
+        y = Dropout(self.dropout, deterministic=not train)(
             _bn_relu(y, train, momentum=self.bn_momentum)
         )
         y = _tconv(self.channel, 3, self.strides, impl=self.conv_impl)(y)
@@ -202,7 +203,7 @@ class SkipMerge(nn.Module):
             ],
             axis=-1,
         )
-        y = nn.Dropout(self.dropout, deterministic=not train)(y)
+        y = Dropout(self.dropout, deterministic=not train)(y)
         return x + _conv(self.channel, 1, impl=self.conv_impl)(y)
 
 
@@ -279,7 +280,7 @@ def _head(
     bn_momentum: float = _BN_MOMENTUM,
 ) -> jax.Array:
     x = _bn_relu(x, train, name="head_bn", momentum=bn_momentum)
-    x = nn.Dropout(dropout, deterministic=not train)(x)
+    x = Dropout(dropout, deterministic=not train)(x)
     return _conv(out_class, 1, name="prediction", impl=conv_impl)(x)
 
 
@@ -388,7 +389,7 @@ class SemanticSegmentation(nn.Module):
 
         f = en_l4
         for layer in range(self.multi_grid_layer_n):
-            f = nn.Dropout(drop, deterministic=not train)(
+            f = Dropout(drop, deterministic=not train)(
                 _bn_relu(f, train, name=f"grid{layer}_in_bn", momentum=self.bn_momentum)
             )
             branches = [
@@ -403,7 +404,7 @@ class SemanticSegmentation(nn.Module):
                     )(f)
                 )
                 branches.append(_bn(train, f"grid{layer}_b{i + 1}_bn", self.bn_momentum)(y))
-            f = nn.Dropout(drop, deterministic=not train)(jnp.concatenate(branches, axis=-1))
+            f = Dropout(drop, deterministic=not train)(jnp.concatenate(branches, axis=-1))
             f = _conv(4 * b, 1, name=f"grid{layer}_proj", impl=self.conv_impl)(f)
         f = _bn_relu(f, train, name="bottleneck_bn", momentum=self.bn_momentum)
         f = _conv(2 * b, 1, name="bottleneck_proj", impl=self.conv_impl)(f) + en_l4
