@@ -71,13 +71,29 @@ def _peer_available(peer: str) -> tuple[bool, str]:
     return True, ""
 
 
-def _xla_env(extra_flags: str = "", devices: int | None = None) -> dict:
+MALLOC = {"mode": "tuned"}  # --malloc: the process environment of every worker
+
+
+def _malloc_env(mode: str | None = None) -> dict:
+    """jaxmir's glibc malloc tuning (jaxmir.runtime), given to every worker -- jaxmir and its
+    peers alike -- unless ``--malloc system``."""
+    if (mode or MALLOC["mode"]) != "tuned":
+        return {"JAXMIR_MALLOC": "system"}
+    from jaxmir.runtime import tuned_env, uses_glibc
+
+    if not uses_glibc():
+        return {}
+    env = tuned_env(os.environ)
+    return {k: env[k] for k in ("GLIBC_TUNABLES", "JAXMIR_MALLOC_TUNED")}
+
+
+def _xla_env(extra_flags: str = "", devices: int | None = None, malloc: str | None = None) -> dict:
     flags = os.environ.get("XLA_FLAGS", "")
     if devices:
         flags += f" --xla_force_host_platform_device_count={devices}"
     if extra_flags:
         flags += " " + extra_flags
-    return {"XLA_FLAGS": flags.strip()}
+    return {"XLA_FLAGS": flags.strip(), **_malloc_env(malloc)}
 
 
 def start_group(specs: list[tuple[str, str, dict, dict]], concurrency: int) -> list[Worker]:
@@ -150,7 +166,7 @@ def side_by_side(model: str, args, peers: list[str], peak: float | None) -> dict
     jax_spec = {**common, "preset": "paper", "overrides": args.set.get(model, [])}
     specs = [("jaxmir", "jax", jax_spec, _xla_env(args.xla_flags))]
     for p in peers:
-        specs.append((p, p, {**common, "threads": args.threads}, {}))
+        specs.append((p, p, {**common, "threads": args.threads}, _malloc_env()))
     log(
         f"\n== {model}: {spec['title']}, input [{batch}, {', '.join(map(str, spec['input']))}], "
         f"{spec['params']:,} params =="
@@ -217,10 +233,11 @@ def _pipeline_in(w: Worker, args) -> dict:
 
 
 # -- levers ------------------------------------------------------------------------------------
-def lever_variants(model: str, quick: bool) -> list[tuple[str, list[str], str, str]]:
-    """(label, overrides, extra XLA flags, precision); the first is the baseline (jaxmir's
-    defaults)."""
-    v: list[tuple[str, list[str], str, str]] = [("default", [], "", "fp32")]
+def lever_variants(model: str, quick: bool) -> list[tuple]:
+    """(label, overrides, extra XLA flags, precision[, malloc mode]); the first is the baseline
+    (jaxmir's defaults)."""
+    v: list[tuple] = [("default", [], "", "fp32")]
+    v.append(("malloc system (untuned)", [], "", "fp32", "system"))
     v.append(("ynn fusion off", [], YNN_OFF, "fp32"))
     if model in ("music", "patch_cnn"):
         default = _default_conv_impl(model)
@@ -256,10 +273,11 @@ def levers(model: str, args, peak: float | None) -> dict:
     batch = args.batch.get(model) or (spec["quick_batch"] if args.quick else spec["batch"])
     base = {"model": model, "batch": batch, "warmup": 1, "preset": "paper"}
     specs = []
-    for label, overrides, flags, precision in lever_variants(model, args.quick):
+    for label, overrides, flags, precision, *malloc in lever_variants(model, args.quick):
         overrides = [*args.set.get(model, []), *overrides]
         s = {**base, "overrides": overrides, "precision": precision}
-        specs.append((label, "jax", s, _xla_env(" ".join(f for f in (args.xla_flags, flags) if f))))
+        flags = " ".join(f for f in (args.xla_flags, flags) if f)
+        specs.append((label, "jax", s, _xla_env(flags, malloc=(malloc or [None])[0])))
     log(f"\n== levers: {model}, batch {batch} ==")
     workers = start_group(specs, args.concurrency)
     failed = dict(start_group.failed)  # type: ignore[attr-defined]
@@ -279,6 +297,7 @@ def levers(model: str, args, peak: float | None) -> dict:
         d = info.get("details", {})
         det = ", ".join(f"{k}={v}" for k, v in d.items() if k in ("conv_impl", "unroll"))
         det += f", xla_flags={info['env'].get('XLA_FLAGS') or '-'}"
+        det += ", malloc=" + ("tuned" if "GLIBC_TUNABLES" in info["env"] else "system")
         log(
             f"  {label:<28}{info.get('compile_s', 0):>8.1f}s{fmt_s(info.get('median_s')):>10}"
             f"{fmt_s(info.get('min_s')):>10}{info.get('speedup_vs_default', 0):>10.2f}x"
@@ -471,6 +490,13 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--set", action="append", default=[], help="MODEL:key=value jaxmir override")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for every jaxmir worker")
     ap.add_argument("--threads", type=int, default=2, help="peer threads (torch, TF)")
+    ap.add_argument(
+        "--malloc",
+        choices=("tuned", "system"),
+        default="tuned",
+        help="glibc malloc tuning of jaxmir.runtime for every worker, peers included "
+        "(what the jaxmir command runs with); system: glibc's defaults",
+    )
     ap.add_argument("--rounds", type=int, help="alternation rounds (default by mode)")
     ap.add_argument("--round-s", type=float, help="seconds of steps per worker per round")
     ap.add_argument("--concurrency", type=int, help="workers setting up at once")
@@ -517,6 +543,7 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    MALLOC["mode"] = args.malloc
     t_start = time.perf_counter()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -532,6 +559,15 @@ def main(argv: list[str] | None = None) -> int:
             "jaxmir and its peers); workers of a model set up at once (compile times overlap)."
         )
     payload: dict = {"name": args.name, "quick": args.quick, "host": host, "argv": argv}
+    payload["malloc"] = _malloc_env()
+    log(
+        f"malloc: {args.malloc} for every worker, jaxmir and peers alike"
+        + (
+            f" (GLIBC_TUNABLES={payload['malloc']['GLIBC_TUNABLES']})"
+            if "GLIBC_TUNABLES" in payload["malloc"]
+            else ""
+        )
+    )
     skipped: list[str] = []
 
     log("\nmatmul peak probe (GEMM: 2048^2 fp32 on CPU; 8192^2 fp32 and bf16 on accelerators)")

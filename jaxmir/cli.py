@@ -263,5 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The console script: the process first re-executes itself with the malloc tuning of
+    :mod:`jaxmir.runtime` (for the commands that run JAX steps), then runs `main`."""
+    from jaxmir.runtime import reexec_tuned
+
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("train", "eval", "transcribe"):
+        reexec_tuned(["-m", "jaxmir", *argv])
+    return main(argv)
+
+
 if __name__ == "__main__":
     sys.exit(main())

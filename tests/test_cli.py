@@ -144,7 +144,7 @@ def test_sigterm_saves_and_the_same_command_resumes(beat_cache, tmp_path):
     base = [
         sys.executable,
         "-m",
-        "jaxmir.cli",
+        "jaxmir",  # the console path: re-executes itself with the malloc tuning (same PID)
         "train",
         "beat",
         "--preset",

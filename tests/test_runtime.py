@@ -1,0 +1,41 @@
+"""The malloc tuning of jaxmir.runtime: environment merging and the re-exec itself."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxmir import runtime
+
+
+def test_tuned_env_keeps_the_users_tunables_last():
+    env = runtime.tuned_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4", "X": "1"})
+    assert env["GLIBC_TUNABLES"] == runtime.MALLOC_TUNABLES + ":glibc.malloc.arena_max=4"
+    assert env["X"] == "1"
+    assert not runtime.wants_tuning(env)  # marked: no second re-exec
+    assert not runtime.wants_tuning({"JAXMIR_MALLOC": "system"})
+
+
+@pytest.mark.skipif(not runtime.uses_glibc(), reason="glibc only")
+def test_reexec_applies_the_tunables_in_the_same_process():
+    code = (
+        "import os, sys; from jaxmir.runtime import reexec_tuned; pid = os.getpid(); "
+        "reexec_tuned(['-c', f'import os; print({pid} == os.getpid(), "
+        'os.environ["GLIBC_TUNABLES"])\'])'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAXMIR_MALLOC")}
+    env.pop("JAXMIR_MALLOC_TUNED", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", runtime.MALLOC_TUNABLES]
+    off = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "JAXMIR_MALLOC": "system"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert off.returncode == 0 and off.stdout == ""  # not re-executed: nothing printed
