@@ -60,6 +60,7 @@ class TrainConfig:
     data_threads: int = 2  # Grain read threads
     precision: str = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters and optimizer state)
     grad_accum: int = 1  # split each batch into this many micro-batches, one update per batch
+    log_grad_norm: bool = False  # log the gradients' global norm (an extra pass over them)
     # Test-only: send this process SIGTERM right after this global step (exercises resume).
     interrupt_at_step: int | None = None
 
@@ -93,6 +94,7 @@ SCHEDULE_KEYS = (
     "train.early_stop_patience",
     "train.interrupt_at_step",
     "train.data_threads",
+    "train.log_grad_norm",
 )
 
 

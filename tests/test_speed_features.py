@@ -100,3 +100,24 @@ def test_ema_is_checkpointed_and_used_by_eval(beat_cache, tmp_path):
         jax.tree.leaves(ema), jax.tree.leaves(ema_params(restored.opt_state)), strict=True
     ):
         assert np.array_equal(a, b)
+
+
+def test_grad_norm_metric_is_opt_in(setup):
+    cfg, batches, mesh = setup
+    state = init_state(TASK, cfg, mesh, make_callbacks(cfg))
+    grads = jax.grad(
+        lambda p: TASK.bind_loss(cfg)(
+            state.apply_fn,
+            {"params": p},
+            jax.tree.map(jnp.asarray, batches[0]),
+            jax.random.fold_in(state.rng, state.step),
+            True,
+        )[0]
+    )(state.params)
+    _, m = make_train_step(TASK.bind_loss(cfg), mesh, grad_norm=True)(
+        state, put_batch(batches[0], mesh)
+    )
+    np.testing.assert_allclose(float(m["grad_norm"]), float(optax.tree.norm(grads)), rtol=1e-4)
+    state = init_state(TASK, cfg, mesh, make_callbacks(cfg))
+    _, m = make_train_step(TASK.bind_loss(cfg), mesh)(state, put_batch(batches[0], mesh))
+    assert "grad_norm" not in m

@@ -210,6 +210,7 @@ def train(
                     mesh,
                     precision=cfg.train.precision,
                     grad_accum=cfg.train.grad_accum,
+                    grad_norm=cfg.train.log_grad_norm,
                 ),
                 eval_step=make_eval_step(loss_fn, mesh, precision=cfg.train.precision),
                 train_batches=train_iter,
