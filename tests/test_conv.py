@@ -66,25 +66,28 @@ def test_conv_impl_choice():
         resolve_conv_impl("fast")
 
 
-def test_music_blocks_same_with_matmul_conv():
-    """The conv implementation changes speed only: same parameters, outputs and gradients."""
-    from jaxmir.tasks.music.model import ConvBlock
-
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 24, 4)), jnp.float32)
-    results = []
+def _assert_block_same_with_matmul_conv(block_cls, x):
+    """The conv implementation changes speed only: same parameters and gradients."""
+    grads = []
     for impl in ("native", "matmul"):
-        block = ConvBlock(8, strides=2, dropout=0.0, conv_impl=impl)
+        block = block_cls(8, strides=2, dropout=0.0, conv_impl=impl)
         v = block.init(jax.random.PRNGKey(0), x, train=False)
 
         def loss(p, block=block, v=v):
             out, _ = block.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
             return jnp.mean(jnp.sin(out))
 
-        results.append((v, jax.grad(loss)(v["params"])))
-    (v1, g1), (v2, g2) = results
-    assert jax.tree.structure(v1) == jax.tree.structure(v2)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        grads.append(jax.grad(loss)(v["params"]))
+    assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1])
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.abs(a).max() + 1e-12))
+
+
+def test_music_blocks_same_with_matmul_conv():
+    from jaxmir.tasks.music.model import ConvBlock
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 24, 4)), jnp.float32)
+    _assert_block_same_with_matmul_conv(ConvBlock, x)
 
 
 @pytest.mark.parametrize(
@@ -128,16 +131,4 @@ def test_music_decoder_block_same_with_matmul_conv():
     from jaxmir.tasks.music.model import TransposeConvBlock
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 12, 4)), jnp.float32)
-    grads = []
-    for impl in ("native", "matmul"):
-        block = TransposeConvBlock(8, strides=2, dropout=0.0, conv_impl=impl)
-        v = block.init(jax.random.PRNGKey(0), x, train=False)
-
-        def loss(p, block=block, v=v):
-            out, _ = block.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
-            return jnp.mean(jnp.sin(out))
-
-        grads.append(jax.grad(loss)(v["params"]))
-    assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1])
-    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.abs(a).max() + 1e-12))
+    _assert_block_same_with_matmul_conv(TransposeConvBlock, x)

@@ -39,19 +39,29 @@ def _native(x, w, strides, pads, dilation, precision):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv(x, w, strides, pads, dilation, precision):
-    return _native(x, w, strides, pads, dilation, precision)
+def _with_weight_grad(native, weight_grad):
+    """``native(x, w, strides, pads, dilation, precision)`` with its input gradient from XLA and
+    its weight gradient from ``weight_grad(x, w, g, strides, pads, dilation, precision)``."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+    def f(x, w, strides, pads, dilation, precision):
+        return native(x, w, strides, pads, dilation, precision)
+
+    def fwd(x, w, strides, pads, dilation, precision):
+        return native(x, w, strides, pads, dilation, precision), (x, w)
+
+    def bwd(strides, pads, dilation, precision, res, g):
+        x, w = res
+        _, vjp_x = jax.vjp(lambda a: native(a, w, strides, pads, dilation, precision), x)
+        (dx,) = vjp_x(g)
+        dw = weight_grad(x, w, g, strides, pads, dilation, precision)
+        return dx, dw.astype(w.dtype)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
-def _conv_fwd(x, w, strides, pads, dilation, precision):
-    return _native(x, w, strides, pads, dilation, precision), (x, w)
-
-
-def _conv_bwd(strides, pads, dilation, precision, res, g):
-    x, w = res
-    _, vjp_x = jax.vjp(lambda a: _native(a, w, strides, pads, dilation, precision), x)
-    (dx,) = vjp_x(g)
+def _conv_weight_grad(x, w, g, strides, pads, dilation, precision):
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     b, ho, wo, _ = g.shape
     kh, kw = w.shape[:2]
@@ -66,11 +76,10 @@ def _conv_bwd(strides, pads, dilation, precision, res, g):
                 (1, s0, s1, 1),
             )
             taps.append(jnp.einsum("bhwc,bhwd->cd", patch, g, precision=precision))
-    dw = jnp.stack(taps).reshape(kh, kw, *w.shape[2:])
-    return dx, dw.astype(w.dtype)
+    return jnp.stack(taps).reshape(kh, kw, *w.shape[2:])
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv = _with_weight_grad(_native, _conv_weight_grad)
 
 
 def conv_general_dilated(
@@ -196,19 +205,7 @@ def _native_t(x, w, strides, pads, dilation, precision):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _tconv(x, w, strides, pads, dilation, precision):
-    return _native_t(x, w, strides, pads, dilation, precision)
-
-
-def _tconv_fwd(x, w, strides, pads, dilation, precision):
-    return _native_t(x, w, strides, pads, dilation, precision), (x, w)
-
-
-def _tconv_bwd(strides, pads, dilation, precision, res, g):
-    x, w = res
-    _, vjp_x = jax.vjp(lambda a: _native_t(a, w, strides, pads, dilation, precision), x)
-    (dx,) = vjp_x(g)
+def _tconv_weight_grad(x, w, g, strides, pads, dilation, precision):
     kh, kw = w.shape[:2]
     b, hi, wi, _ = x.shape
     lo = [p[0] for p in pads]
@@ -232,11 +229,10 @@ def _tconv_bwd(strides, pads, dilation, precision, res, g):
                 (1, s0, s1, 1),
             )
             taps.append(jnp.einsum("bpqc,bpqo->oc", x, window, precision=precision))
-    dw = jnp.stack(taps).reshape(kh, kw, *w.shape[2:])
-    return dx, dw.astype(w.dtype)
+    return jnp.stack(taps).reshape(kh, kw, *w.shape[2:])
 
 
-_tconv.defvjp(_tconv_fwd, _tconv_bwd)
+_tconv = _with_weight_grad(_native_t, _tconv_weight_grad)
 
 
 def conv_transpose(
