@@ -87,6 +87,18 @@ def _malloc_env(mode: str | None = None) -> dict:
     return {k: env[k] for k in ("GLIBC_TUNABLES", "JAXMIR_MALLOC_TUNED")}
 
 
+def _model_flags(model: str, extra: str = "") -> str:
+    """jaxmir's CPU XLA flags for `model` (jaxmir.runtime.CPU_XLA_FLAGS, what the `jaxmir`
+    command sets for its task), then `extra`; none on an accelerator run."""
+    from jaxmir.runtime import CPU_XLA_FLAGS
+
+    flags = "" if ACCELERATOR["on"] else CPU_XLA_FLAGS.get(model, "")
+    return " ".join(f for f in (flags, extra) if f)
+
+
+ACCELERATOR = {"on": False}  # --gpu
+
+
 def _xla_env(extra_flags: str = "", devices: int | None = None, malloc: str | None = None) -> dict:
     flags = os.environ.get("XLA_FLAGS", "")
     if devices:
@@ -164,7 +176,7 @@ def side_by_side(model: str, args, peers: list[str], peak: float | None) -> dict
     lr = LEARNING_RATES[model]
     common = {"model": model, "batch": batch, "warmup": 1, "lr": lr}
     jax_spec = {**common, "preset": "paper", "overrides": args.set.get(model, [])}
-    specs = [("jaxmir", "jax", jax_spec, _xla_env(args.xla_flags))]
+    specs = [("jaxmir", "jax", jax_spec, _xla_env(_model_flags(model, args.xla_flags)))]
     for p in peers:
         specs.append((p, p, {**common, "threads": args.threads}, _malloc_env()))
         if "GLIBC_TUNABLES" in _malloc_env():  # the peer as its users run it, too
@@ -248,7 +260,10 @@ def lever_variants(model: str, quick: bool) -> list[tuple]:
     (jaxmir's defaults)."""
     v: list[tuple] = [("default", [], "", "fp32")]
     v.append(("malloc system (untuned)", [], "", "fp32", "system"))
-    v.append(("ynn fusion off", [], YNN_OFF, "fp32"))
+    if _has_model_flags(model):
+        v.append(("without per-model XLA flags", [], NO_MODEL_FLAGS, "fp32"))
+    else:
+        v.append(("ynn fusion off", [], YNN_OFF, "fp32"))
     if model in ("music", "patch_cnn"):
         default = _default_conv_impl(model)
         for impl in ("native", "matmul"):
@@ -261,6 +276,17 @@ def lever_variants(model: str, quick: bool) -> list[tuple]:
         v.append(("unroll=4 + ynn off", ["model.unroll=4"], YNN_OFF, "fp32"))
     v.append(("bf16 mixed precision", [], "", "bf16"))
     return v
+
+
+NO_MODEL_FLAGS = "<none>"  # a lever row run without jaxmir.runtime.CPU_XLA_FLAGS[model]
+
+
+def _has_model_flags(model: str) -> bool:
+    try:
+        from jaxmir.runtime import CPU_XLA_FLAGS
+    except ImportError:
+        return False
+    return bool(CPU_XLA_FLAGS.get(model))
 
 
 def _default_conv_impl(model: str) -> str | None:
@@ -286,7 +312,10 @@ def levers(model: str, args, peak: float | None) -> dict:
     for label, overrides, flags, precision, *malloc in lever_variants(model, args.quick):
         overrides = [*args.set.get(model, []), *overrides]
         s = {**base, "overrides": overrides, "precision": precision}
-        flags = " ".join(f for f in (args.xla_flags, flags) if f)
+        if flags == NO_MODEL_FLAGS:
+            flags = args.xla_flags
+        else:
+            flags = _model_flags(model, " ".join(f for f in (args.xla_flags, flags) if f))
         specs.append((label, "jax", s, _xla_env(flags, malloc=(malloc or [None])[0])))
     log(f"\n== levers: {model}, batch {batch} ==")
     workers = start_group(specs, args.concurrency)
@@ -334,7 +363,7 @@ def scaling(model: str, devices: list[int], args) -> dict:
     base["overrides"] = args.set.get(model, [])
     rows: dict = {}
     if args.quick:
-        env = _xla_env(args.xla_flags, devices=n_max)
+        env = _xla_env(_model_flags(model, args.xla_flags), devices=n_max)
         w = Worker("jax", {**base, "devices": 1}, env, "scaling")
         try:
             w.wait_ready()
@@ -351,7 +380,9 @@ def scaling(model: str, devices: list[int], args) -> dict:
         specs = []
         for n in devices:
             s = {**base, "devices": n}
-            specs.append((f"{n} dev", "jax", s, _xla_env(args.xla_flags, devices=n)))
+            specs.append(
+                (f"{n} dev", "jax", s, _xla_env(_model_flags(model, args.xla_flags), devices=n))
+            )
         workers = start_group(specs, args.concurrency)
         alternate(workers, args.rounds or 5, args.round_s)
         rows = {w.label: _summary(w, w.finish()) for w in workers}
@@ -556,6 +587,7 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     MALLOC["mode"] = args.malloc
+    ACCELERATOR["on"] = bool(args.gpu)
     t_start = time.perf_counter()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

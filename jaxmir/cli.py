@@ -270,7 +270,8 @@ def entry() -> int:
 
     argv = sys.argv[1:]
     if argv and argv[0] in ("train", "eval", "transcribe"):
-        reexec_tuned(["-m", "jaxmir", *argv])
+        task = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+        reexec_tuned(["-m", "jaxmir", *argv], model=task)
     return main(argv)
 
 

@@ -39,3 +39,13 @@ def test_reexec_applies_the_tunables_in_the_same_process():
         timeout=60,
     )
     assert off.returncode == 0 and off.stdout == ""  # not re-executed: nothing printed
+
+
+def test_per_model_xla_flags_come_before_the_users():
+    env = runtime.xla_flags_env({"XLA_FLAGS": "--xla_dump_to=/tmp/x"}, "patch_cnn")
+    assert env["XLA_FLAGS"] == runtime.CPU_XLA_FLAGS["patch_cnn"] + " --xla_dump_to=/tmp/x"
+    assert runtime.xla_flags_env({}, "beat") == {}  # no flags for beat
+    from benchmarks.suite import lever_variants
+
+    labels = [v[0] for v in lever_variants("patch_cnn", quick=True)]
+    assert "without per-model XLA flags" in labels and "ynn fusion off" not in labels
