@@ -293,3 +293,14 @@ def test_decode_rejects_bad_input():
     with pytest.raises(ValueError):
         decode_notes(np.zeros((10, N_BINS, 3)), "note", method="beam")
     assert decode_notes_simple(np.zeros((0, N_BINS, 2)), "true-frame").shape == (0, 5)
+
+
+def test_log_sigmoids_equal_both_log_sigmoids():
+    from jaxmir.tasks.music.labels import log_sigmoids
+
+    x = jnp.linspace(-60.0, 60.0, 2001, dtype=jnp.float32)
+    log_p, log_not_p = log_sigmoids(x)
+    np.testing.assert_allclose(log_p, jax.nn.log_sigmoid(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(log_not_p, jax.nn.log_sigmoid(-x), rtol=1e-5, atol=2e-5)
+    g = jax.grad(lambda v: jnp.sum(log_sigmoids(v)[1]))(x)
+    np.testing.assert_allclose(g, jax.grad(lambda v: jnp.sum(jax.nn.log_sigmoid(-v)))(x), atol=1e-6)
