@@ -100,6 +100,29 @@ def note_array(rows: list[tuple[float, float, float, float, float]]) -> np.ndarr
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
 
 
+def read_time_label_hits(path: Path, label_to_note, what: str = "drum") -> np.ndarray:
+    """A "time label" per line drum annotation -> float64 (H, 2) [time_s, GM note], sorted.
+    `label_to_note(label)` gives the GM note, None to drop the hit, KeyError if unknown."""
+    path = Path(path)
+    rows = []
+    for line, text in text_lines(path):
+        if not text:
+            continue
+        fields = text.split()
+        if len(fields) != 2:
+            raise AnnotationError(path, line, f"expected 2 fields (time label), got {len(fields)}")
+        t = to_float(fields[0], path, line, "time")
+        if t < 0:
+            raise AnnotationError(path, line, f"negative time {t}")
+        try:
+            note = label_to_note(fields[1])
+        except KeyError:
+            raise AnnotationError(path, line, f"unknown {what} label {fields[1]!r}") from None
+        if note is not None:
+            rows.append((t, note))
+    return hit_array(rows)
+
+
 def hit_array(rows: list[tuple[float, float]]) -> np.ndarray:
     """float64 (H, 2) drum hits sorted by time, then note; (0, 2) when there are none."""
     if not rows:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmir.data.datasets import _common as C
-from jaxmir.data.records import AnnotationError, AudioPiece
+from jaxmir.data.records import AudioPiece
 
 DATASET = "ENST-Drums"
 ENST_TO_GM = {
@@ -80,24 +80,7 @@ def gm_note(label: str) -> int | None:
 
 def read_hits(path: Path) -> np.ndarray:
     """One annotation .txt -> float64 (H, 2) [time_s, GM note], sorted by time."""
-    path = Path(path)
-    rows = []
-    for line, text in C.text_lines(path):
-        if not text:
-            continue
-        fields = text.split()
-        if len(fields) != 2:
-            raise AnnotationError(path, line, f"expected 2 fields (time label), got {len(fields)}")
-        t = C.to_float(fields[0], path, line, "time")
-        if t < 0:
-            raise AnnotationError(path, line, f"negative time {t}")
-        try:
-            note = gm_note(fields[1])
-        except KeyError:
-            raise AnnotationError(path, line, f"unknown drum label {fields[1]!r}") from None
-        if note is not None:
-            rows.append((t, note))
-    return C.hit_array(rows)
+    return C.read_time_label_hits(path, gm_note)
 
 
 def read(root: Path, audio_dir: str = "wet_mix") -> list[AudioPiece]:

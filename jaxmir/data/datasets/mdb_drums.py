@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmir.data.datasets import _common as C
-from jaxmir.data.records import AnnotationError, AudioPiece
+from jaxmir.data.records import AudioPiece
 
 DATASET = "MDB-Drums"
 SUBCLASS_TO_GM = {
@@ -72,21 +72,7 @@ LEVELS = {"subclass": SUBCLASS_TO_GM, "class": CLASS_TO_GM}
 
 def read_hits(path: Path, level: str = "subclass") -> np.ndarray:
     """One `_class.txt` / `_subclass.txt` -> float64 (H, 2) [time_s, GM note], sorted by time."""
-    path, table = Path(path), LEVELS[level]
-    rows = []
-    for line, text in C.text_lines(path):
-        if not text:
-            continue
-        fields = text.split()
-        if len(fields) != 2:
-            raise AnnotationError(path, line, f"expected 2 fields (time label), got {len(fields)}")
-        t = C.to_float(fields[0], path, line, "time")
-        if t < 0:
-            raise AnnotationError(path, line, f"negative time {t}")
-        if fields[1] not in table:
-            raise AnnotationError(path, line, f"unknown {level} label {fields[1]!r}")
-        rows.append((t, table[fields[1]]))
-    return C.hit_array(rows)
+    return C.read_time_label_hits(path, LEVELS[level].__getitem__, level)
 
 
 def read(root: Path, level: str = "subclass") -> list[AudioPiece]:
