@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import status_mb
+
 RESULTS = Path(__file__).resolve().parent / "results" / "features.json"
 METHODS = ("numpy-f64", "numpy-f32", "numpy-f64-2threads", "numpy-f64-npfft", "jax-f32")
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,16 +69,6 @@ def synth_audio(seconds: float, fs: int = 44100, seed: int = 0, noise: float = 0
     return x.astype(np.float32)
 
 
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 def _peak_start() -> tuple[float, str]:
     """Start a peak-RSS measurement. Returns the baseline in MB and the method used.
 
@@ -85,7 +77,7 @@ def _peak_start() -> tuple[float, str]:
     """
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        rss = _status_mb("VmRSS")
+        rss = status_mb("VmRSS")
         if rss is not None:
             return rss, "VmHWM"
     except OSError:
@@ -96,7 +88,7 @@ def _peak_start() -> tuple[float, str]:
 
 def _peak_mb(method: str) -> float:
     if method == "VmHWM":
-        return _status_mb("VmHWM") or 0.0
+        return status_mb("VmHWM") or 0.0
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20
 

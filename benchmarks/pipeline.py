@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 
-def metrical_piece(name: str, rng: np.random.Generator, seconds: float):
+def metrical_piece(name: str, rng: np.random.Generator, seconds: float = 12.0):
     """A piece with a steady tempo, chords on beats and some notes between them."""
     from jaxmir.data.symbolic import SymbolicPiece
 

@@ -239,6 +239,10 @@ COMMANDS = {
 }
 
 
+JAX_COMMANDS = ("train", "eval", "transcribe")
+"""The commands that compile and run JAX steps (compilation cache, malloc tuning)."""
+
+
 def _enable_compilation_cache() -> None:
     """Reuse compiled steps across runs (train, then eval, then transcribe: seconds each)."""
     import jax
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxmir.data.cache import CacheError
 
-    if args.command in ("train", "eval", "transcribe"):
+    if args.command in JAX_COMMANDS:
         _enable_compilation_cache()
 
     try:
@@ -269,7 +273,7 @@ def entry() -> int:
     from jaxmir.runtime import reexec_tuned
 
     argv = sys.argv[1:]
-    if argv and argv[0] in ("train", "eval", "transcribe"):
+    if argv and argv[0] in JAX_COMMANDS:
         task = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
         reexec_tuned(["-m", "jaxmir", *argv], model=task)
     return main(argv)

@@ -17,24 +17,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxmir.data.symbolic import SymbolicPiece  # noqa: E402
-
-
-def metrical_piece(name: str, rng: np.random.Generator, seconds: float = 12.0) -> SymbolicPiece:
-    """A piece with a steady tempo, chords on beats and some notes between them."""
-    period = 60.0 / rng.uniform(80, 140)
-    meter = int(rng.choice([3, 4]))
-    beats = np.arange(0.2, seconds, period)
-    downbeats = beats[::meter]
-    notes = []
-    for i, b in enumerate(beats):
-        accent = i % meter == 0
-        for p in rng.choice(np.arange(40, 80), size=4 if accent else 2, replace=False):
-            notes.append((b, b + period * 0.9, p, 100 if accent else 70))
-        if rng.random() < 0.5:
-            notes.append((b + period / 2, b + period * 0.9, int(rng.integers(60, 84)), 60))
-    notes = np.array(sorted(notes), np.float64)
-    return SymbolicPiece(name, notes, beats, downbeats)
+from benchmarks.pipeline import metrical_piece  # noqa: E402
 
 
 @pytest.fixture(scope="session")
