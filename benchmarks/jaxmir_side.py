@@ -197,7 +197,7 @@ def build(model: str, preset: str = "paper", overrides: Sequence[str] = ()) -> B
         return _build_light(model, preset, overrides)
     cfg = apply_overrides(task.preset(preset), list(overrides))
     module = task.model(cfg)
-    keys = ("name", "conv_impl", "unroll", "base", "timesteps")
+    keys = ("name", "conv_impl", "unroll", "lstm_impl", "base", "timesteps")
     details = {k: getattr(cfg.model, k) for k in keys if hasattr(cfg.model, k)}
     return Built(
         model,
@@ -234,11 +234,11 @@ def _build_light(model: str, preset: str, overrides: Sequence[str]) -> Built:
         from jaxmir.tasks.beat.model import build_model
 
         module = build_model(name, **p)
-        if "unroll" in extra:
-            module = module.clone(unroll=extra["unroll"])
+        module = module.clone(**{k: extra[k] for k in ("unroll", "lstm_impl") if k in extra})
         shape = (p["timesteps"], 178)
         loss = _beat_loss(5.0)
-    details = {k: getattr(module, k) for k in ("conv_impl", "unroll", "base") if hasattr(module, k)}
+    keys = ("conv_impl", "unroll", "lstm_impl", "base")
+    details = {k: getattr(module, k) for k in keys if hasattr(module, k)}
     return Built(
         model,
         preset,

@@ -171,10 +171,11 @@ def _lstm_reference(x, cell):
     return np.stack(outs, axis=1)
 
 
-def test_bilstm_matches_keras_bidirectional_reference():
+@pytest.mark.parametrize("impl", ["fused", "flax"])
+def test_bilstm_matches_keras_bidirectional_reference(impl):
     x = np.random.default_rng(3).normal(size=(2, 6, 5))
     x32 = jnp.asarray(x, jnp.float32)
-    model = BiLSTM(3, unroll=2)
+    model = BiLSTM(3, unroll=2, impl=impl)
     params = _numpy_params(model.init, x32)
     y = np.asarray(jax.jit(model.apply)({"params": params}, x32))
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)

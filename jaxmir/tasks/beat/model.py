@@ -30,6 +30,7 @@ Differences from omnizart, and why:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ from flax.linen.dtypes import promote_dtype
 from flax.linen.recurrent import DenseParams
 from flax.typing import Initializer
 
+from jaxmir.nn.lstm import bilstm
 from jaxmir.nn.relative_attention import MultiHeadAttention
 
 MODEL_NAMES: tuple[str, ...] = ("blstm", "blstm_attn")
@@ -71,34 +73,9 @@ class KerasLSTMCell(nn.OptimizedLSTMCell):
         self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
     ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         c, h = carry
-        features = h.shape[-1]
-        kernels_i, kernels_h, biases = [], [], []
-        for gate in _GATES:
-            kernel_i, _ = DenseParams(
-                features=features,
-                use_bias=False,
-                param_dtype=self.param_dtype,
-                kernel_init=self.kernel_init,
-                name=f"i{gate}",
-            )(inputs)
-            kernel_h, bias = DenseParams(
-                features=features,
-                use_bias=True,
-                param_dtype=self.param_dtype,
-                kernel_init=self.recurrent_kernel_init,
-                bias_init=self.forget_bias_init if gate == "f" else self.bias_init,
-                name=f"h{gate}",
-            )(h)
-            kernels_i.append(kernel_i)
-            kernels_h.append(kernel_h)
-            biases.append(bias)
+        kernel_i, kernel_h, bias = _declare_lstm_params(self, inputs.shape[-1], h.shape[-1])
         inputs, h, kernel_i, kernel_h, bias = promote_dtype(
-            inputs,
-            h,
-            jnp.concatenate(kernels_i, axis=-1),
-            jnp.concatenate(kernels_h, axis=-1),
-            jnp.concatenate(biases, axis=-1),
-            dtype=self.dtype,
+            inputs, h, kernel_i, kernel_h, bias, dtype=self.dtype
         )
         z = inputs @ kernel_i + h @ kernel_h + bias
         z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
@@ -107,29 +84,99 @@ class KerasLSTMCell(nn.OptimizedLSTMCell):
         return (new_c, new_h), new_h
 
 
+def _declare_lstm_params(
+    cell: KerasLSTMCell | LSTMWeights, n_in: int, hidden: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Declare one LSTM direction's parameters inside ``cell``'s compact method: per gate an
+    ``i{gate}`` (in, hidden) kernel and an ``h{gate}`` (hidden, hidden) kernel with bias, as
+    Flax's OptimizedLSTMCell names them. Returns them fused, gates in i, f, g, o order: the
+    (in, 4h) input kernel, the (h, 4h) recurrent kernel and the (4h,) bias."""
+    kernels_i, kernels_h, biases = [], [], []
+    for gate in _GATES:
+        kernel_i, _ = DenseParams(
+            features=hidden,
+            use_bias=False,
+            param_dtype=cell.param_dtype,
+            kernel_init=cell.kernel_init,
+            name=f"i{gate}",
+        )(jax.ShapeDtypeStruct((n_in,), cell.param_dtype))
+        kernel_h, bias = DenseParams(
+            features=hidden,
+            use_bias=True,
+            param_dtype=cell.param_dtype,
+            kernel_init=cell.recurrent_kernel_init,
+            bias_init=cell.forget_bias_init if gate == "f" else cell.bias_init,
+            name=f"h{gate}",
+        )(jax.ShapeDtypeStruct((hidden,), cell.param_dtype))
+        kernels_i.append(kernel_i)
+        kernels_h.append(kernel_h)
+        biases.append(bias)
+    return (
+        jnp.concatenate(kernels_i, axis=-1),
+        jnp.concatenate(kernels_h, axis=-1),
+        jnp.concatenate(biases, axis=-1),
+    )
+
+
+class LSTMWeights(nn.Module):
+    """One direction's parameters, declared as :class:`KerasLSTMCell` declares them (same names,
+    shapes and initialisers); ``__call__(n_in)`` returns them fused (see
+    :func:`_declare_lstm_params`). Used by the fused :class:`BiLSTM`, which runs no cell."""
+
+    hidden: int
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = keras_lstm_kernel_init
+    recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    forget_bias_init: Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, n_in: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return _declare_lstm_params(self, n_in, self.hidden)
+
+
+LSTM_IMPLS: tuple[str, ...] = ("fused", "flax")
+
+
 class BiLSTM(nn.Module):
     """Keras ``Bidirectional(LSTM(hidden, return_sequences=True))``: forward and time-reversed
-    LSTMs over (batch, T, in), outputs re-aligned in time and concatenated to (batch, T, 2*hidden)."""
+    LSTMs over (batch, T, in), outputs re-aligned in time and concatenated to (batch, T, 2*hidden).
+
+    ``impl="fused"`` (the default, :func:`jaxmir.nn.lstm.bilstm`) and ``impl="flax"`` (two
+    :class:`flax.linen.RNN` over :class:`KerasLSTMCell`) compute the same function of the same
+    parameters (equal within float tolerance); the fused one runs one T-step loop for both
+    directions instead of two, with the input projections taken out of the loop and a
+    hand-written backward pass."""
 
     hidden: int
     unroll: int = 1
+    impl: str = "fused"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        forward = nn.RNN(KerasLSTMCell(self.hidden, name="forward"), unroll=self.unroll)
-        backward = nn.RNN(KerasLSTMCell(self.hidden, name="backward"), unroll=self.unroll)
-        return nn.Bidirectional(forward, backward)(x)
+        if self.impl == "flax":
+            forward = nn.RNN(KerasLSTMCell(self.hidden, name="forward"), unroll=self.unroll)
+            backward = nn.RNN(KerasLSTMCell(self.hidden, name="backward"), unroll=self.unroll)
+            return nn.Bidirectional(forward, backward)(x)
+        if self.impl != "fused":
+            raise ValueError(
+                f"unknown LSTM impl {self.impl!r}; choose one of {', '.join(LSTM_IMPLS)}"
+            )
+        weights = [LSTMWeights(self.hidden, name=d)(x.shape[-1]) for d in ("forward", "backward")]
+        kernels_i, kernels_h, biases = (jnp.stack(w) for w in zip(*weights, strict=True))
+        x, kernels_i, kernels_h, biases = promote_dtype(x, kernels_i, kernels_h, biases)
+        return bilstm(x, kernels_i, kernels_h, biases, self.unroll)
 
 
 def _glorot_dense(features: int, name: str) -> nn.Dense:
     return nn.Dense(features, kernel_init=nn.initializers.xavier_uniform(), name=name)
 
 
-def _encode(x: jax.Array, hidden: int, num_layers: int, unroll: int) -> jax.Array:
+def _encode(x: jax.Array, hidden: int, num_layers: int, unroll: int, lstm_impl: str) -> jax.Array:
     """LayerNorm then ``num_layers`` BiLSTMs; called inside a compact ``__call__``."""
     x = nn.LayerNorm(epsilon=_LN_EPSILON, name="input_norm")(x)
     for layer in range(num_layers):
-        x = BiLSTM(hidden, unroll=unroll, name=f"blstm_{layer}")(x)
+        x = BiLSTM(hidden, unroll=unroll, impl=lstm_impl, name=f"blstm_{layer}")(x)
     return x
 
 
@@ -152,11 +199,12 @@ class BLSTM(nn.Module):
     hidden: int = 25
     num_layers: int = 2
     unroll: int = 1
+    lstm_impl: str = "fused"  # BiLSTM.impl: "fused" or "flax" (same function, speed only)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
-        x = _encode(x, self.hidden, self.num_layers, self.unroll)
+        x = _encode(x, self.hidden, self.num_layers, self.unroll, self.lstm_impl)
         return _heads(x, self.timesteps)
 
 
@@ -173,10 +221,11 @@ class BLSTMAttn(nn.Module):
     dropout_rate: float = 0.1
     max_dist: int = 800
     unroll: int = 1
+    lstm_impl: str = "fused"  # BiLSTM.impl: "fused" or "flax" (same function, speed only)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = _encode(x, self.hidden, self.num_layers, self.unroll)
+        x = _encode(x, self.hidden, self.num_layers, self.unroll, self.lstm_impl)
         x = _glorot_dense(self.attn_hidden, "attn_in")(x)  # Conv1D(attn_hidden, kernel_size=1)
         x = MultiHeadAttention(
             n_units=self.attn_hidden,

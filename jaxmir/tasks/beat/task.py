@@ -40,6 +40,7 @@ class BeatModelConfig:
     num_layers: int = 2
     attn_hidden: int = 256  # blstm_attn only
     unroll: int = 1  # LSTM scan unroll (speed only)
+    lstm_impl: str = "fused"  # fused | flax: the same BiLSTM, one loop for both directions or two
     downbeat_weight: float = 5.0  # loss weight of the downbeat channel
 
 
@@ -144,7 +145,7 @@ class BeatTask(Task):
             hidden=m.hidden,
             num_layers=m.num_layers,
             attn_hidden=m.attn_hidden,
-        ).clone(unroll=m.unroll)
+        ).clone(unroll=m.unroll, lstm_impl=m.lstm_impl)
 
     def input_spec(self, cfg: Config) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((cfg.model.timesteps, N_FEATURES), jnp.float32)
