@@ -43,8 +43,10 @@ def test_grad_accumulation_equals_one_big_step(setup):
     big, big_losses = run_steps(cfg, batches, mesh)
     acc, acc_losses = run_steps(cfg, batches, mesh, grad_accum=4)
     np.testing.assert_allclose(acc_losses, big_losses, rtol=1e-5)
+    # Adam divides each gradient by its own running RMS, so float-order differences in
+    # near-zero gradients reach the parameters amplified: 1e-5 is 0.3% of 3 steps at lr 1e-3.
     for a, b in zip(jax.tree.leaves(big.params), jax.tree.leaves(acc.params), strict=True):
-        np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4)
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_bf16_mixed_precision_keeps_fp32_state_and_tracks_fp32(setup):

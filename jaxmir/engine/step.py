@@ -61,6 +61,34 @@ def _grads(loss_fn, state: TrainState, apply_fn, batch, rng):
     return loss, metrics, model_state.get("batch_stats", state.batch_stats), grads
 
 
+MIN_ORDERED = 1 << 20  # entries: 4 MB in float32
+
+
+def after_whole_backward(grads):
+    """`grads` unchanged in value, but each now depends on one entry of every gradient.
+
+    An input gradient (``dy @ W.T``) reads a parameter, but nothing that the parameter's own
+    update needs depends on it, so XLA cannot prove the read happens before the donated
+    parameter is overwritten and copies the parameter first: two 200 MB copies per beat-BLSTM
+    step. Subtracting ``|sum(nan_to_num(0 * g[0]))|`` over all leaves -- exactly +0.0 whatever
+    the gradients hold, and ``g - (+0.0)`` is ``g`` bit for bit, -0.0 and NaN included -- orders
+    the update of every parameter of at least `MIN_ORDERED` entries after the whole backward
+    pass (smaller copies cost less than the compile time the ordering adds); the scalar fuses into
+    the optimizer's loops, so it costs no pass over the gradients."""
+    leaves = [g for g in jax.tree.leaves(grads) if jnp.issubdtype(g.dtype, jnp.floating) and g.size]
+    if not leaves:
+        return grads
+    zero = jnp.abs(sum(jnp.nan_to_num(0.0 * g.reshape(-1)[0].astype(jnp.float32)) for g in leaves))
+    return jax.tree.map(
+        lambda g: (
+            g - zero.astype(g.dtype)
+            if jnp.issubdtype(g.dtype, jnp.floating) and g.size >= MIN_ORDERED
+            else g
+        ),
+        grads,
+    )
+
+
 def train_step(
     loss_fn: LossFn,
     state: TrainState,
@@ -115,7 +143,7 @@ def train_step(
         grads = jax.tree.map(lambda g: g / grad_accum, grads)
         sums = jax.tree.map(lambda m: m / grad_accum, sums)
         loss, metrics = sums.pop("loss"), sums
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = state.tx.update(after_whole_backward(grads), state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
