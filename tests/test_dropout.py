@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmir.nn.dropout import Dropout, keep_bits, keep_mask
+from jaxmir.nn.dropout import Dropout, keep_bits, keep_mask, random_words
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.5, 0.4, 0.1])
@@ -38,3 +38,25 @@ def test_dropout_scales_kept_values_and_is_identity_when_deterministic():
     # the same rng gives the same mask (resume determinism)
     y2 = d.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
     np.testing.assert_array_equal(y, y2)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [jax.random.key(0), jax.random.PRNGKey(42), jax.random.fold_in(jax.random.key(7), 3)],
+    ids=["typed", "raw", "folded"],
+)
+@pytest.mark.parametrize("n", [1, 7, 12_345])
+def test_random_words_equal_jax_random_bits(key, n):
+    got = jax.jit(random_words, static_argnums=1)(key, n)
+    want = jax.random.bits(key, (n,), jnp.uint32)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_random_words_take_the_unrolled_path_for_threefry_keys():
+    for key in (jax.random.key(0), jax.random.PRNGKey(0)):
+        jaxpr = str(jax.make_jaxpr(lambda k: random_words(k, 64))(key))
+        assert "threefry2x32" not in jaxpr and "random_bits" not in jaxpr
+    rbg = jax.random.key(0, impl="rbg")  # another generator: JAX's own bits
+    np.testing.assert_array_equal(
+        np.asarray(random_words(rbg, 9)), np.asarray(jax.random.bits(rbg, (9,), jnp.uint32))
+    )
