@@ -13,6 +13,7 @@ The 32-bit words are ``jax.random.bits(key, (n,), uint32)`` bit for bit, compute
 :func:`random_words`: JAX lowers threefry on CPU as a loop over its five groups of rounds (each
 iteration a few passes over the whole array); written out as plain integer arithmetic, XLA fuses
 all twenty rounds into one loop over the words (1.5 M words: 16 ms -> 3.5 ms on a 2-core CPU).
+Whole training steps, in-process A/B: patch CNN 42.6 -> 38.0 ms, music paper 971 -> 928 ms.
 """
 
 from __future__ import annotations
@@ -66,10 +67,17 @@ def random_words(key: jax.Array, n: int) -> jax.Array:
     data = _threefry_key_data(key)
     if data is None or n >= 1 << 32:
         return jax.random.bits(key, (n,), jnp.uint32)
-    counter = jax.lax.iota(jnp.uint32, n)  # the low word of each element's 64-bit index
     data = data.astype(jnp.uint32)
-    bits0, bits1 = threefry2x32(data[0], data[1], jnp.zeros_like(counter), counter)
-    return bits0 ^ bits1
+
+    def words(counter):
+        bits0, bits1 = threefry2x32(data[0], data[1], jnp.zeros_like(counter), counter)
+        return bits0 ^ bits1
+
+    # Two halves through a loop: the words are materialised once instead of the hash being
+    # fused into (and recomputed by) every consumer of the mask, forward and backward.
+    half = -(-n // 2)
+    counters = jax.lax.iota(jnp.uint32, 2 * half).reshape(2, half)
+    return jax.lax.map(words, counters).reshape(-1)[:n]
 
 
 def keep_bits(rate: float) -> int:
