@@ -21,10 +21,12 @@ Differences from omnizart, and why:
   for the dense layers and the 1x1 convolution, LayerNorm ``epsilon=1e-3``, and for the LSTMs a
   Glorot-uniform input kernel with Keras' fused fan (``in`` + ``4 * hidden``), orthogonal
   recurrent kernels (per gate here, over the fused matrix in Keras) and a forget-gate bias of 1
-  (Keras' ``unit_forget_bias``). The LSTM is Flax's :class:`~flax.linen.OptimizedLSTMCell` with
-  only the bias initialisation changed, so the parameter layout is Flax's (per-gate ``i*``/``h*``
-  kernels, bias on the ``h*`` side) and the count per direction equals Keras'
-  ``4 * (hidden * (in + hidden) + hidden)``.
+  (Keras' ``unit_forget_bias``). The LSTM parameters are those of Flax's
+  :class:`~flax.linen.OptimizedLSTMCell` with only the bias initialisation changed, so the layout
+  is Flax's (per-gate ``i*``/``h*`` kernels, bias on the ``h*`` side) and the count per direction
+  equals Keras' ``4 * (hidden * (in + hidden) + hidden)``. By default the BiLSTM computes with
+  them through :func:`jaxmir.nn.lstm.bilstm` (both directions in one loop, hand-written backward
+  pass); ``lstm_impl="flax"`` runs the same cell through two :class:`flax.linen.RNN`.
 """
 
 from __future__ import annotations
