@@ -75,17 +75,16 @@ def after_whole_backward(grads):
     the update of every parameter of at least `MIN_ORDERED` entries after the whole backward
     pass (smaller copies cost less than the compile time the ordering adds); the scalar fuses into
     the optimizer's loops, so it costs no pass over the gradients."""
-    leaves = [g for g in jax.tree.leaves(grads) if jnp.issubdtype(g.dtype, jnp.floating) and g.size]
-    if not leaves:
+
+    def floating(g) -> bool:
+        return jnp.issubdtype(g.dtype, jnp.floating)
+
+    leaves = [g for g in jax.tree.leaves(grads) if floating(g) and g.size]
+    if not any(g.size >= MIN_ORDERED for g in leaves):
         return grads
     zero = jnp.abs(sum(jnp.nan_to_num(0.0 * g.reshape(-1)[0].astype(jnp.float32)) for g in leaves))
     return jax.tree.map(
-        lambda g: (
-            g - zero.astype(g.dtype)
-            if jnp.issubdtype(g.dtype, jnp.floating) and g.size >= MIN_ORDERED
-            else g
-        ),
-        grads,
+        lambda g: g - zero.astype(g.dtype) if floating(g) and g.size >= MIN_ORDERED else g, grads
     )
 
 

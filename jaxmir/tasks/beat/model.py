@@ -32,7 +32,6 @@ Differences from omnizart, and why:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +86,7 @@ class KerasLSTMCell(nn.OptimizedLSTMCell):
 
 
 def _declare_lstm_params(
-    cell: KerasLSTMCell | LSTMWeights, n_in: int, hidden: int
+    cell: KerasLSTMCell, n_in: int, hidden: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Declare one LSTM direction's parameters inside ``cell``'s compact method: per gate an
     ``i{gate}`` (in, hidden) kernel and an ``h{gate}`` (hidden, hidden) kernel with bias, as
@@ -120,21 +119,14 @@ def _declare_lstm_params(
     )
 
 
-class LSTMWeights(nn.Module):
-    """One direction's parameters, declared as :class:`KerasLSTMCell` declares them (same names,
-    shapes and initialisers); ``__call__(n_in)`` returns them fused (see
-    :func:`_declare_lstm_params`). Used by the fused :class:`BiLSTM`, which runs no cell."""
-
-    hidden: int
-    param_dtype: Any = jnp.float32
-    kernel_init: Initializer = keras_lstm_kernel_init
-    recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-    forget_bias_init: Initializer = nn.initializers.ones
+class LSTMWeights(KerasLSTMCell):
+    """One direction's parameters, declared exactly as :class:`KerasLSTMCell` declares them (it
+    is one, with the same initialisers); ``__call__(n_in)`` returns them fused (see
+    :func:`_declare_lstm_params`) and runs no cell. Used by the fused :class:`BiLSTM`."""
 
     @nn.compact
-    def __call__(self, n_in: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return _declare_lstm_params(self, n_in, self.hidden)
+    def __call__(self, n_in: int) -> tuple[jax.Array, jax.Array, jax.Array]:  # type: ignore[override]
+        return _declare_lstm_params(self, n_in, self.features)
 
 
 LSTM_IMPLS: tuple[str, ...] = ("fused", "flax")
