@@ -22,6 +22,9 @@ EPILOG = """examples:
   jaxmir features beat --dataset midi --root my_midis/ --out cache/beat-midi
   jaxmir synth --out corpus/ --pieces 48 -j 2      render the synthetic audio corpus
   jaxmir features music --dataset synth --root corpus/ --out cache/music -j 2
+  jaxmir train vocal_contour --preset demo --workdir runs/vc
+  jaxmir transcribe vocal_contour song.wav --workdir runs/vc -o out/   (song_f0.csv + PNG)
+  jaxmir features patch_cnn --dataset mir1k --root MIR-1K/ --out cache/pcnn-mir1k
 """
 
 
@@ -35,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a task's model (resumes a workdir with a checkpoint)")
-    t.add_argument("task", help="beat | music")
+    t.add_argument("task", help=TASKS_HELP)
     t.add_argument(
         "--preset",
         default=None,
@@ -83,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("features", help="turn a dataset folder into a feature cache")
     f.add_argument("task")
-    f.add_argument("--dataset", required=True, help="dataset layout, e.g. midi")
+    f.add_argument(
+        "--dataset",
+        required=True,
+        help="dataset layout: beat midi|musicnet; music synth|maestro|maps|musicnet; "
+        "vocal_contour and patch_cnn synth|mir1k|medleydb|tonas",
+    )
     f.add_argument("--root", type=Path, required=True, help="the dataset's folder")
     f.add_argument("--out", type=Path, required=True, help="cache directory to write")
     f.add_argument("-j", "--workers", type=int, default=1)
@@ -91,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_synth_parser(sub)
     return p
+
+
+TASKS_HELP = "beat | music | vocal_contour | patch_cnn"
 
 
 class UsageError(Exception):
@@ -158,7 +169,7 @@ def cmd_eval(args) -> int:
     cfg, mesh, state, step = _restore_for_inference(task, args.workdir, args.step)
     data = args.data or _run_json(args.workdir).get("data")
     cache = resolve_data(task, cfg, data)
-    metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split)
+    metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=True)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
     out = args.workdir / "eval" / f"{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from jaxmir.engine.step import make_train_step
 from jaxmir.inference import sigmoid
 from jaxmir.tasks.music.labels import FPS, notes_for_mode
 from jaxmir.tasks.music.metrics import note_metrics
-from jaxmir.tasks.music.task import TASK, MusicWindow
+from jaxmir.tasks.music.task import TASK
 
 T = 64
 STARTS = (16, 80)  # two 1.28 s windows of each piece
@@ -39,7 +39,7 @@ def test_tiny_model_overfits_two_pieces(music_cache):
             "optim.lr_schedule=constant",
         ],
     )
-    reader = MusicWindow(str(cache.root), names, T, 0, [1, 3], "note")
+    reader = TASK.window_reader(cfg, cache, names)
     windows = [(i, s) for i in range(2) for s in STARTS]
     examples = [reader.random_map(np.array(w), None) for w in windows]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}

@@ -33,54 +33,66 @@ def window_index(
 
 
 @dataclasses.dataclass
-class ReadWindow(grain.transforms.RandomMap):
-    """(piece, start) -> {"x": (timesteps, ...), "y": (timesteps, C), "mask": (timesteps,)}.
+class WindowReader(grain.transforms.RandomMap):
+    """(piece, start) -> {"x": (timesteps, ...), "mask": (timesteps,), **targets}.
 
-    With `jitter`, the start moves by a random number of frames in [-jitter, jitter]; frames
-    past a piece's end are zero with mask 0 (the loss ignores them).
+    `view(x[lo:hi])` turns cached frames into the model's input (channel choice, padding);
+    `labels(piece_labels, start, mask)` gives the window's targets from the piece's cached label
+    arrays (loaded once per piece). With `jitter`, the start moves by a random number of frames
+    in [-jitter, jitter]; frames past a piece's ends are zero with mask 0 (the loss ignores them).
     """
 
     root: str
     names: list[str]
     timesteps: int
-    jitter: int = 0
-    label_key: str = "y"
+    jitter: int
+    view: Callable[[np.ndarray], np.ndarray]
+    labels: Callable[[dict, int, np.ndarray], dict]
 
     def __post_init__(self):
         self._cache: FeatureCache | None = None
-        self._labels: dict[str, np.ndarray] = {}
+        self._labels: dict[str, dict[str, np.ndarray]] = {}
 
     def __getstate__(self):  # picklable for Grain worker processes: drop open memory maps
         d = dict(self.__dict__)
         d["_cache"], d["_labels"] = None, {}
         return d
 
-    def _arrays(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def random_map(self, element, rng: np.random.Generator) -> dict:
         if self._cache is None:
             self._cache = FeatureCache(self.root)
-        if name not in self._labels:
-            self._labels[name] = self._cache.labels(name)[self.label_key]
-        return self._cache.features(name), self._labels[name]
-
-    def random_map(self, element, rng: np.random.Generator) -> dict:
-        piece, start = int(element[0]), int(element[1])
+        name = self.names[int(element[0])]
+        start = int(element[1])
         if self.jitter:
             start += int(rng.integers(-self.jitter, self.jitter + 1))
-        return read_window(*self._arrays(self.names[piece]), start, self.timesteps)
+        if name not in self._labels:
+            self._labels[name] = self._cache.labels(name)
+        x, mask = read_frames(self._cache.features(name), start, self.timesteps, self.view)
+        return {"x": x, "mask": mask, **self.labels(self._labels[name], start, mask)}
 
 
-def read_window(x: np.ndarray, y: np.ndarray, start: int, timesteps: int) -> dict:
-    """Frames [start, start+timesteps) of x and y, zero-padded outside the piece."""
-    n = min(len(x), len(y))
+def read_frames(
+    x: np.ndarray, start: int, timesteps: int, view: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(view of frames [start, start+timesteps) of x, zero outside the piece; mask)."""
+    n = len(x)
     lo, hi = max(start, 0), min(start + timesteps, n)
-    out_x = np.zeros((timesteps, *x.shape[1:]), np.float32)
-    out_y = np.zeros((timesteps, *y.shape[1:]), np.float32)
+    part = view(x[lo : max(hi, lo)])
+    out = np.zeros((timesteps, *part.shape[1:]), np.float32)
     mask = np.zeros((timesteps,), np.float32)
     if hi > lo:
-        out_x[lo - start : hi - start] = x[lo:hi]
-        out_y[lo - start : hi - start] = y[lo:hi]
+        out[lo - start : hi - start] = part
         mask[lo - start : hi - start] = 1.0
-    return {"x": out_x, "y": out_y, "mask": mask}
+    return out, mask
+
+
+def frames_window(y: np.ndarray, start: int, timesteps: int) -> np.ndarray:
+    """Frames [start, start+timesteps) of a per-frame array, zero outside it (float32)."""
+    lo, hi = max(start, 0), min(start + timesteps, len(y))
+    out = np.zeros((timesteps, *y.shape[1:]), np.float32)
+    if hi > lo:
+        out[lo - start : hi - start] = y[lo:hi]
+    return out
 
 
 def windows_dataset(
@@ -90,22 +102,24 @@ def windows_dataset(
     timesteps: int,
     hop: int,
     seed: int,
-    jitter: int = 0,
-    label_key: str = "y",
-    make_reader: Callable[[list[str]], grain.transforms.RandomMap] | None = None,
+    make_reader: Callable[[list[str]], grain.transforms.RandomMap],
 ) -> grain.MapDataset:
     """An endless, shuffled MapDataset of this process's windows of `split` (unbatched).
 
     `make_reader(piece_names)` builds the transform that turns (piece, start) rows into examples
-    (default: `ReadWindow` of the cached features and their `label_key` array)."""
+    (e.g. a `WindowReader`)."""
     index, names = window_index(cache, split, timesteps, hop)
+    return shuffled_examples(index, seed, make_reader(names))
+
+
+def shuffled_examples(
+    index: np.ndarray, seed: int, reader: grain.transforms.RandomMap
+) -> grain.MapDataset:
+    """This process's share of the `index` rows, shuffled anew every pass, endless, read by
+    `reader` after the shuffle (so a jittered reader draws new shifts every epoch)."""
     ds = grain.MapDataset.source(index)
     if jax.process_count() > 1:
         ds = ds[jax.process_index() :: jax.process_count()]
-    if make_reader is None:
-        reader = ReadWindow(str(cache.root), names, timesteps, jitter, label_key)
-    else:
-        reader = make_reader(names)
     return ds.seed(seed).shuffle().repeat().random_map(reader)
 
 

@@ -1,13 +1,17 @@
 """The engine: TrainState, pure steps and callbacks, the epoch driver and its checkpoints.
 
-`jaxmir.engine.train` is imported lazily so that the pure modules (state, step, sharding, optim)
+`jaxmir.engine.train` (a task) and `jaxmir.engine.fit` (a model of your own) are imported lazily so that the pure modules (state, step, sharding, optim)
 import with jax, flax and optax alone (e.g. on an accelerator host without the data stack).
 """
 
-__all__ = ["RunResult", "train"]
+__all__ = ["RunResult", "fit", "train"]
 
 
 def __getattr__(name: str):
+    if name == "fit":
+        from jaxmir.engine.fitting import fit
+
+        return fit
     if name in __all__:
         from jaxmir.engine import run
 

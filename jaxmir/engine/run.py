@@ -139,7 +139,7 @@ def train(
         check_resume_compatible(json.loads(config_path.read_text()), cfg)
     save_config(cfg, config_path)
 
-    cache = resolve_data(task, cfg, data, progress)
+    cache = resolve_data(task, cfg, data, progress) if task.needs_cache else None
     mesh = make_mesh(devices)
     check_batch_size(cfg.train.batch_size, mesh)
     check_batch_size(cfg.train.val_batch_size, mesh, "train.val_batch_size")

@@ -1,47 +1,78 @@
-"""The Task interface and the task registry.
+"""The Task interface, the pipeline shared by every task, and the task registry.
 
-A task owns everything specific to one MIR problem: its model, presets, data, loss, decoding,
-evaluation and transcription. The engine owns everything else.
+`Task` is the minimum the engine trains: a model, a loss and datasets (plus the config sections
+and presets that describe them). `jaxmir.engine.fit` wraps a model of the user's own in one.
+
+`PieceTask` is a task over whole pieces in a feature cache (`jaxmir.data.cache`). What stays in
+a task module is only what is its own: how one piece is featurised, the input view of the cached
+features, the targets of a window, the loss, posteriors -> events (`decode`), the score of one
+piece and the files it writes. Written once, here: reading a dataset the task accepts into a
+cache (`featurize`), the embedded corpus's cache (`default_data`), the windowed Grain pipeline
+(`dataset`), whole-piece prediction (`posteriors`), the mean score over a split (`evaluate`)
+and transcription of a file (`transcribe`).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
+import hashlib
 import importlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import grain
 import jax
+import numpy as np
+from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, from_dict
-from jaxmir.data.cache import FeatureCache
+from jaxmir.data.cache import CacheError, FeatureCache
+from jaxmir.data.featurize import featurize
+from jaxmir.data.pipeline import WindowReader, windows_dataset
+from jaxmir.inference import predict_piece, sigmoid
 
 # name -> module that defines `TASK` (imported on first use so `jaxmir info beat` stays light)
 TASK_MODULES = {
     "beat": "jaxmir.tasks.beat.task",
     "music": "jaxmir.tasks.music.task",
+    "vocal_contour": "jaxmir.tasks.vocal_contour.task",
+    "patch_cnn": "jaxmir.tasks.patch_cnn.task",
 }
+
+EVAL_SEED = 12345
+"""Seed of the validation windows' order: the same whatever the training seed."""
+
+
+@dataclasses.dataclass
+class NoConfig:
+    """An empty config section (a task without model, data or decode settings)."""
 
 
 class Task(abc.ABC):
+    """What the engine needs from a task. Only `model`, `input_spec`, `bind_loss` and `dataset`
+    are required; the rest has defaults."""
+
     name: str
-    model_config: type
-    data_config: type
-    decode_config: type
+    model_config: type = NoConfig
+    data_config: type = NoConfig
+    decode_config: type = NoConfig
+    needs_cache: bool = True  # False: `dataset` ignores its cache argument (no --data needed)
 
     # -- configuration ------------------------------------------------------------------------
-    @abc.abstractmethod
     def presets(self) -> dict[str, Config]:
         """tiny (tests: seconds), demo (a 2-core CPU: minutes), paper (omnizart's setup)."""
+        return {}
 
     def preset(self, name: str) -> Config:
         presets = self.presets()
         if name not in presets:
             raise ConfigError(
-                f"unknown preset {name!r} for task {self.name} ({', '.join(presets)})"
+                f"unknown preset {name!r} for task {self.name} ({', '.join(presets) or 'none'})"
             )
         return presets[name]
 
@@ -59,47 +90,277 @@ class Task(abc.ABC):
             optim=from_dict(OptimConfig, data["optim"], "optim."),
         )
 
-    # -- model --------------------------------------------------------------------------------
+    # -- required -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def model(self, cfg: Config) -> nn.Module: ...
+    def model(self, cfg: Config) -> nn.Module:
+        """The Flax module; called as `apply(variables, x, train=...)`."""
 
     @abc.abstractmethod
     def input_spec(self, cfg: Config) -> jax.ShapeDtypeStruct:
         """One example's input (no batch axis), for eval_shape, info and init."""
 
     @abc.abstractmethod
-    def loss(self, apply_fn, variables, batch, rng, train: bool) -> tuple[jax.Array, tuple]:
-        """(loss, (metrics, updated model state such as batch_stats))."""
+    def bind_loss(self, cfg: Config) -> Callable:
+        """`loss(apply_fn, variables, batch, rng, train) -> (loss, (metrics, model_state))`,
+        the config bound (what the engine jits)."""
 
-    def bind_loss(self, cfg: Config):
-        """The loss with the config bound (what the engine jits)."""
-        return self.loss
-
-    # -- data ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def dataset(
-        self, cfg: Config, cache: FeatureCache, split: str, train: bool
+        self, cfg: Config, cache: FeatureCache | None, split: str, train: bool
     ) -> grain.MapDataset:
-        """Unbatched examples {"x", "y", "mask", ...} of this process; endless when `train`."""
+        """Unbatched examples {"x", ...} of this process; endless (and shuffled) when `train`."""
 
-    @abc.abstractmethod
+    # -- optional -----------------------------------------------------------------------------
     def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
-        """Build (once) the embedded synthetic corpus's feature cache; return its directory."""
+        raise ConfigError(f"{self.name}: no embedded corpus; pass --data CACHE")
 
-    @abc.abstractmethod
     def featurize(
         self, dataset: str, root: Path, out: Path, workers: int = 1, progress: bool = True
     ) -> dict:
-        """`jaxmir features`: a dataset in its official layout -> a feature cache. Returns a
-        summary {"written", "skipped", "failed": [(path, reason), ...]}."""
+        raise ConfigError(f"{self.name}: reads no datasets")
+
+    def evaluate(
+        self, predict, cfg: Config, cache: FeatureCache | None, split: str, progress: bool = False
+    ) -> dict[str, float]:
+        """Scores beyond the loss (none by default). `predict(x_windows) -> outputs`."""
+        return {}
+
+    def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
+        raise ConfigError(f"{self.name}: no transcription")
+
+
+class PieceTask(Task):
+    """A task over whole pieces in a feature cache (see the module docstring)."""
+
+    datasets: tuple[str, ...] = ()
+    """`jaxmir features --dataset` names it accepts ("synth" = the embedded corpus's folder)."""
+    stitch: str = "average"
+    """How overlapping windows' outputs combine at inference (`jaxmir.inference`)."""
+    corpus_kind: str = "synth"
+    """Name prefix of the embedded corpus's cache folder."""
+
+    # -- the task's own -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(features (T, ...), label arrays for the cache) of one dataset piece. Must pickle
+        (workers are processes): a method of the module-level TASK is fine."""
+
+    def cache_params(self, dataset: str) -> dict:
+        """What the cache's features depend on (a cache with other params is refused)."""
+        return {"version": 1}
+
+    def input_view(self, cfg: Config, x: np.ndarray) -> np.ndarray:
+        """The model's input from cached frames x[lo:hi] (channel choice, padding, ...)."""
+        return x
+
+    def window_labels(
+        self, cfg: Config, labels: dict[str, np.ndarray], start: int, mask: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Targets of the window of frames [start, start + len(mask)) of a piece with cached
+        `labels`; `mask` is 1 on the frames inside the piece. Needed by the default `dataset`
+        (a task whose examples are not windows overrides `dataset` instead)."""
+        raise NotImplementedError(f"{self.name}: window_labels")
+
+    @abc.abstractmethod
+    def decode(self, posteriors: Any, cfg: Config) -> Any:
+        """A piece's posteriors -> events (notes, beats, f0, ...)."""
+
+    @abc.abstractmethod
+    def score(self, events: Any, labels: dict[str, np.ndarray], cfg: Config) -> dict[str, float]:
+        """mir_eval scores of one piece's events against its cached labels."""
+
+    @abc.abstractmethod
+    def write(
+        self, events: Any, stem: str, outdir: Path, cfg: Config, *, x: np.ndarray, posteriors: Any
+    ) -> list[Path]:
+        """Write a transcription (MIDI, CSV, PNG); returns the paths."""
+
+    # -- the embedded corpus ------------------------------------------------------------------
+    def corpus_params(self, cfg: Config) -> dict:
+        """Everything the embedded corpus's cache depends on (its folder is named by digest)."""
+        return corpus_params(cfg.data)
+
+    def build_default(self, cfg: Config, out: Path, cache_root: Path, progress: bool) -> None:
+        """Fill `out` with the embedded corpus's features: render the audio corpus (shared by
+        the audio tasks, once per corpus config) and featurise it."""
+        audio_dir = render_corpus(cfg.data, Path(cache_root), progress)
+        summary = self.featurize(
+            "synth", audio_dir, out, workers=cfg.data.workers, progress=progress
+        )
+        if summary["failed"]:
+            print(f"{self.name}: {len(summary['failed'])} pieces failed: {summary['failed']}")
+
+    def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
+        digest = params_digest(self.corpus_params(cfg))
+        out = Path(cache_root) / self.name / f"{self.corpus_kind}-{digest}"
+        if (out / "manifest.json").is_file() and FeatureCache(out).manifest.get("complete"):
+            return out
+        self.build_default(cfg, out, Path(cache_root), progress)
+        cache = FeatureCache(out)
+        cache.manifest["complete"] = True
+        cache.save_manifest()
+        return out
+
+    # -- datasets -> caches -------------------------------------------------------------------
+    def read_pieces(self, dataset: str, root: Path) -> tuple[list, list[tuple[str, str]]]:
+        """(pieces, failures) of a dataset folder the task accepts; ConfigError otherwise."""
+        self.check_dataset(dataset)
+        if dataset == "synth":
+            from jaxmir.data.synth.corpus import read_corpus
+
+            return read_corpus(Path(root)), []
+        from jaxmir.data.datasets.registry import read_dataset
+
+        return read_dataset(dataset, root), []
+
+    def check_dataset(self, dataset: str) -> None:
+        if dataset not in self.datasets:
+            raise ConfigError(
+                f"{self.name}: dataset {dataset!r} is not accepted "
+                f"(accepted: {', '.join(self.datasets)})"
+            )
+
+    def piece_split(self, piece) -> str:
+        return piece.split
+
+    def featurize(
+        self, dataset: str, root: Path, out: Path, workers: int = 1, progress: bool = True
+    ) -> dict:
+        pieces, failures = self.read_pieces(dataset, Path(root))
+        cache = FeatureCache.create(out, self.name, self.cache_params(dataset))
+        summary = featurize(
+            pieces,
+            self.piece_features,
+            cache,
+            workers=workers,
+            progress=progress,
+            split_of=self.piece_split,
+        )
+        if failures:
+            summary["failed"] = failures + summary["failed"]
+            cache.record_failures(summary["failed"])
+        return summary
+
+    # -- training data --------------------------------------------------------------------------
+    def timesteps(self, cfg: Config) -> int:
+        return cfg.model.timesteps
+
+    def default_hop(self, cfg: Config) -> int:
+        """Frames between training windows when `data.hop` is unset."""
+        return self.timesteps(cfg)
+
+    def dataset(
+        self, cfg: Config, cache: FeatureCache, split: str, train: bool
+    ) -> grain.MapDataset:
+        t = self.timesteps(cfg)
+        hop = cfg.data.hop or self.default_hop(cfg)
+        jitter = hop // 2 if (train and cfg.data.jitter) else 0
+        return windows_dataset(
+            cache,
+            split,
+            timesteps=t,
+            hop=hop,
+            seed=cfg.train.seed if train else EVAL_SEED,
+            make_reader=lambda names: self.window_reader(cfg, cache, names, jitter),
+        )
+
+    def window_reader(
+        self, cfg: Config, cache: FeatureCache, names: list[str], jitter: int = 0
+    ) -> WindowReader:
+        """The transform (piece index, start) -> one example of the pieces `names`."""
+        return WindowReader(
+            str(cache.root),
+            names,
+            self.timesteps(cfg),
+            jitter,
+            view=functools.partial(self.input_view, cfg),
+            labels=functools.partial(self.window_labels, cfg),
+        )
 
     # -- inference ------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def evaluate(self, predict, cfg: Config, cache: FeatureCache, split: str) -> dict[str, float]:
-        """mir_eval metrics on whole pieces. `predict(x_windows) -> posteriors`."""
+    def posteriors(self, predict, x: np.ndarray, cfg: Config) -> Any:
+        """Frame posteriors of a whole piece: windows overlapping by half, combined as
+        `stitch` says, through a sigmoid."""
+        logits = predict_piece(
+            predict,
+            np.asarray(self.input_view(cfg, x), np.float32),
+            timesteps=self.timesteps(cfg),
+            batch_size=cfg.train.val_batch_size,
+            mode=self.stitch,
+        )
+        return sigmoid(logits)
 
-    @abc.abstractmethod
-    def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]: ...
+    def evaluate(
+        self, predict, cfg: Config, cache: FeatureCache, split: str, progress: bool = False
+    ) -> dict[str, float]:
+        """The mean of `score` over the pieces of `split` (a key missing from a piece's scores,
+        such as an instrument it lacks, is averaged over the pieces that have it)."""
+        names = cache.names(split)
+        if not names:
+            raise CacheError(f"{cache.root}: no pieces in split {split!r}")
+        rows = []
+        for name in tqdm(names, desc=f"Evaluate {split}", disable=not progress):
+            events = self.decode(self.posteriors(predict, cache.features(name), cfg), cfg)
+            rows.append(self.score(events, cache.labels(name), cfg))
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+    def input_features(self, path: Path, cfg: Config) -> np.ndarray:
+        """The features of an input file, computed exactly as for training."""
+        from jaxmir.data.records import AudioPiece
+
+        return self.piece_features(AudioPiece(name=Path(path).stem, audio=Path(path), split=""))[0]
+
+    def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
+        x = self.input_features(Path(path), cfg)
+        probs = self.posteriors(predict, x, cfg)
+        events = self.decode(probs, cfg)
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        return self.write(events, Path(path).stem, outdir, cfg, x=x, posteriors=probs)
+
+
+# -- the embedded audio corpus, shared by the audio tasks -----------------------------------------
+@dataclasses.dataclass
+class CorpusConfig:
+    """The embedded audio corpus (rendered music21 scores): a base of the audio tasks' data
+    sections."""
+
+    corpus_pieces: int | None = 48  # the first N chorales (None: all 350)
+    corpus_seed: int = 0
+    corpus_instruments: str = "piano"  # piano | mixed (random GM programs, a sung line, drums)
+    corpus_max_seconds: float | None = None  # cut every piece (tests)
+    workers: int = 2  # rendering and feature processes
+
+
+def corpus_params(d: CorpusConfig) -> dict:
+    return {
+        "pieces": d.corpus_pieces,
+        "seed": d.corpus_seed,
+        "instruments": d.corpus_instruments,
+        "max_seconds": d.corpus_max_seconds,
+    }
+
+
+def params_digest(params: dict) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def render_corpus(d: CorpusConfig, cache_root: Path, progress: bool = True) -> Path:
+    """Render (once per corpus config) the embedded audio corpus; returns its folder."""
+    from jaxmir.data.synth.corpus import build_corpus
+
+    audio_dir = Path(cache_root) / "synth" / f"corpus-{params_digest(corpus_params(d))}"
+    build_corpus(
+        audio_dir,
+        d.corpus_pieces,
+        d.corpus_seed,
+        workers=d.workers,
+        progress=progress,
+        instruments=d.corpus_instruments,
+        max_seconds=d.corpus_max_seconds,
+    )
+    return audio_dir
 
 
 def get_task(name: str) -> Task:
@@ -110,3 +371,16 @@ def get_task(name: str) -> Task:
 
 def replace(cfg: Config, **sections: Any) -> Config:
     return dataclasses.replace(cfg, **sections)
+
+
+def train_function(name: str) -> Callable:
+    """`jaxmir.tasks.<name>.train(cfg, workdir=None, data=None, **kwargs)`: omnizart's
+    per-application entry point, delegating to `jaxmir.engine.train`."""
+
+    def train(cfg: Config, workdir=None, data=None, **kwargs):
+        from jaxmir.engine import train as engine_train
+
+        return engine_train(get_task(name), cfg, workdir, data, **kwargs)
+
+    train.__doc__ = f"Train the {name} model described by `cfg`; returns a RunResult."
+    return train

@@ -140,3 +140,17 @@ def patch_cfp(
     """
     z = cfp_numpy(audio, params, dtype, **kwargs)[:, :, 0]
     return (*extract_patches(z, patch_size), z)
+
+
+def patch_at(z: np.ndarray, frame: int, row: int, patch_size: int = 25) -> np.ndarray:
+    """The ``extract_patches`` patch of one peak: ``(patch_size, patch_size)`` (frequency x
+    time) of a time-first ``(T, F)`` Z centred on (frame, row), zero past the top row and beyond
+    both ends in time. For reading one training example without cutting every patch."""
+    half = patch_size // 2
+    out = np.zeros((patch_size, patch_size), np.float32)
+    t0, t1 = max(frame - half, 0), min(frame + half + 1, z.shape[0])
+    f0, f1 = max(row - half, 0), min(row + half + 1, z.shape[1])
+    out[f0 - row + half : f1 - row + half, t0 - frame + half : t1 - frame + half] = z[
+        t0:t1, f0:f1
+    ].T
+    return out

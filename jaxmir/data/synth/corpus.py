@@ -883,11 +883,33 @@ def select_chorales(
     if n_pieces is not None:
         if n_pieces < 0:
             raise ValueError(f"n_pieces must be >= 0, got {n_pieces}")
-        ids = ids[:n_pieces]
+        ids = _first_with_every_split(ids, n_pieces, val_fraction, test_fraction)
     for cid in ids:
         if is_reserved(cid):
             raise ValueError(f"{cid} is reserved for independent evaluation (RESERVED_FOR_EVAL)")
     return [(cid, split_of(cid, val_fraction, test_fraction)) for cid in ids]
+
+
+def _first_with_every_split(
+    ids: list[str], n: int, val_fraction: float, test_fraction: float
+) -> list[str]:
+    """The first `n` ids; when those lack a validation or test piece (small corpora: the first
+    4 chorales are all train), the first ones of each split instead, at least one val and one
+    test piece from n >= 3 on."""
+    first = ids[:n]
+    splits = {split_of(c, val_fraction, test_fraction) for c in first}
+    if n < 3 or {"val", "test"} <= splits:
+        return first
+    n_val = max(1, round(n * val_fraction))
+    n_test = max(1, round(n * test_fraction))
+    quota = {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+    chosen = []
+    for cid in ids:
+        split = split_of(cid, val_fraction, test_fraction)
+        if quota[split] > 0:
+            quota[split] -= 1
+            chosen.append(cid)
+    return chosen
 
 
 def build_corpus(

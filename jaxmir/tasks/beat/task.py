@@ -9,24 +9,20 @@ picking. Scores: `mir_eval.beat.f_measure` (70 ms) on whole pieces, no 5-second 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
-import grain
 import jax
 import jax.numpy as jnp
 import mir_eval
 import numpy as np
 import optax
 
-from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
+from jaxmir.config import Config, OptimConfig, TrainConfig
 from jaxmir.data.cache import FeatureCache
-from jaxmir.data.featurize import featurize
-from jaxmir.data.pipeline import windows_dataset
+from jaxmir.data.pipeline import frames_window
 from jaxmir.data.symbolic import SymbolicPiece
-from jaxmir.inference import predict_piece, sigmoid
-from jaxmir.tasks.base import Task
+from jaxmir.losses import binary_accuracy
+from jaxmir.tasks.base import PieceTask
 from jaxmir.tasks.beat.decode import beats_to_midi, decode_beats, write_beat_csv
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
 from jaxmir.tasks.beat.model import build_model
@@ -78,11 +74,14 @@ def _config(
     )
 
 
-class BeatTask(Task):
+class BeatTask(PieceTask):
     name = "beat"
     model_config = BeatModelConfig
     data_config = BeatDataConfig
     decode_config = BeatDecodeConfig
+    datasets = ("midi", "musicnet")
+    stitch = "centre"  # a BLSTM's window edges see little context (omnizart's scheme)
+    corpus_kind = "chorales"
 
     def presets(self) -> dict[str, Config]:
         return {
@@ -160,22 +159,43 @@ class BeatTask(Task):
 
         return loss
 
-    def loss(self, apply_fn, variables, batch, rng, train):
-        return self.bind_loss(self.preset("paper"))(apply_fn, variables, batch, rng, train)
-
     # -- data -----------------------------------------------------------------------------------
-    def dataset(
-        self, cfg: Config, cache: FeatureCache, split: str, train: bool
-    ) -> grain.MapDataset:
-        t = cfg.model.timesteps
-        hop = cfg.data.hop or t // 2
-        jitter = hop // 2 if (train and cfg.data.jitter) else 0
-        seed = cfg.train.seed if train else 12345
-        return windows_dataset(cache, split, timesteps=t, hop=hop, seed=seed, jitter=jitter)
+    def default_hop(self, cfg: Config) -> int:
+        return cfg.model.timesteps // 2
 
-    def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
+    def window_labels(self, cfg, labels, start, mask):
+        return {"y": frames_window(labels["y"], start, len(mask))}
+
+    def piece_features(self, piece: SymbolicPiece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(features (T, 178), labels {"y": (T, 2), notes, beats, downbeats}) of one piece."""
+        n = n_frames_for(piece)
+        x = beat_features(piece.notes, n)
+        y = beat_labels(piece.beats, piece.downbeats, n)
+        return x, {"y": y, **piece.to_npz_dict()}
+
+    def cache_params(self, dataset: str) -> dict:
+        return {"dataset": dataset, "fps": FPS, "version": 1}
+
+    def piece_split(self, piece: SymbolicPiece) -> str:
+        from jaxmir.data.synth.chorales import split_of
+
+        return split_of(piece.name)
+
+    def read_pieces(self, dataset: str, root: Path):
+        self.check_dataset(dataset)
+        if dataset == "midi":
+            from jaxmir.data.datasets.midi import read_midi_folder
+
+            return read_midi_folder(Path(root))
+        # MusicNet's label CSVs as symbolic beat data; downbeats assume 4 beats per bar
+        # (MusicNet has no meter), as omnizart did: see jaxmir.data.datasets.musicnet.
+        from jaxmir.data.datasets.musicnet import read_beats
+
+        return read_beats(Path(root)), []
+
+    def corpus_params(self, cfg: Config) -> dict:
         d = cfg.data
-        params = {
+        return {
             "corpus": "music21-bach-chorales",
             "fps": FPS,
             "train": d.corpus_train,
@@ -185,13 +205,13 @@ class BeatTask(Task):
             "seed": d.corpus_seed,
             "version": 1,
         }
-        digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-        out = Path(cache_root) / "beat" / f"chorales-{digest}"
-        cache = FeatureCache.create(out, self.name, params)
-        if cache.manifest.get("complete"):
-            return out
+
+    def build_default(self, cfg: Config, out: Path, cache_root: Path, progress: bool) -> None:
+        """The chorales' beats straight from music21 (symbolic: nothing to render)."""
         from jaxmir.data.synth.chorales import build_chorale_pieces
 
+        d = cfg.data
+        cache = FeatureCache.create(out, self.name, self.corpus_params(cfg))
         counts = {"train": d.corpus_train, "val": d.corpus_val, "test": d.corpus_test}
         for split, n in counts.items():
             pieces, failures = build_chorale_pieces(
@@ -207,71 +227,27 @@ class BeatTask(Task):
                     write_piece(cache, piece, split)
             if failures:
                 print(f"skipped {len(failures)} chorales: {failures}")
-        cache.manifest["complete"] = True
-        cache.save_manifest()
-        return out
-
-    def featurize(
-        self, dataset: str, root: Path, out: Path, workers: int = 1, progress=True
-    ) -> dict:
-        from jaxmir.data.synth.chorales import split_of
-
-        if dataset == "midi":
-            from jaxmir.data.datasets.midi import read_midi_folder
-
-            pieces, failures = read_midi_folder(Path(root))
-        elif dataset == "musicnet":
-            # MusicNet's label CSVs as symbolic beat data; downbeats assume 4 beats per bar
-            # (MusicNet has no meter), as omnizart did: see jaxmir.data.datasets.musicnet.
-            from jaxmir.data.datasets.musicnet import read_beats
-
-            pieces, failures = read_beats(Path(root)), []
-        else:
-            raise ConfigError(f"beat: unknown dataset {dataset!r} (known: midi, musicnet)")
-        params = {"dataset": dataset, "fps": FPS, "version": 1}
-        cache = FeatureCache.create(out, self.name, params)
-        summary = featurize(
-            pieces,
-            symbolic_features,
-            cache,
-            workers=workers,
-            progress=progress,
-            split_of=lambda p: split_of(p.name),
-        )
-        summary["failed"] = failures + summary["failed"]
-        cache.record_failures(summary["failed"])
-        return summary
 
     # -- inference ------------------------------------------------------------------------------
-    def posteriors(self, predict, x: np.ndarray, cfg: Config) -> np.ndarray:
-        logits = predict_piece(
-            predict, x, timesteps=cfg.model.timesteps, batch_size=cfg.train.val_batch_size
-        )
-        return sigmoid(logits)
-
     def decode(self, probs: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         d = cfg.decode
         return decode_beats(probs, FPS, d.beat_threshold, d.downbeat_threshold, d.min_distance)
 
-    def evaluate(self, predict, cfg: Config, cache: FeatureCache, split: str) -> dict[str, float]:
-        scores = {"beat_f_measure": [], "downbeat_f_measure": []}
-        for name in cache.names(split):
-            beats, downbeats = self.decode(self.posteriors(predict, cache.features(name), cfg), cfg)
-            ref = cache.labels(name)
-            scores["beat_f_measure"].append(mir_eval.beat.f_measure(ref["beats"], beats))
-            scores["downbeat_f_measure"].append(
-                mir_eval.beat.f_measure(ref["downbeats"], downbeats)
-            )
-        return {k: float(np.mean(v)) for k, v in scores.items()}
+    def score(self, events, labels, cfg: Config) -> dict[str, float]:
+        beats, downbeats = events
+        return {
+            "beat_f_measure": mir_eval.beat.f_measure(labels["beats"], beats),
+            "downbeat_f_measure": mir_eval.beat.f_measure(labels["downbeats"], downbeats),
+        }
 
-    def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
+    def input_features(self, path: Path, cfg: Config) -> np.ndarray:
         from jaxmir.data.datasets.midi import read_midi_notes
 
         notes = read_midi_notes(Path(path))
-        x = beat_features(notes, int(np.ceil(notes[:, 1].max() * FPS)) + 1 if len(notes) else 1)
-        beats, downbeats = self.decode(self.posteriors(predict, x, cfg), cfg)
-        outdir.mkdir(parents=True, exist_ok=True)
-        stem = Path(path).stem
+        return beat_features(notes, int(np.ceil(notes[:, 1].max() * FPS)) + 1 if len(notes) else 1)
+
+    def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
+        beats, downbeats = events
         midi_path = outdir / f"{stem}.mid"
         beats_to_midi(beats, downbeats).write(str(midi_path))
         write_beat_csv(outdir / f"{stem}_beats.csv", beats)
@@ -284,21 +260,11 @@ def weighted_bce(logits, targets, mask, downbeat_weight: float):
     per = optax.sigmoid_binary_cross_entropy(logits, targets)
     w = jnp.asarray([1.0, downbeat_weight], per.dtype) * mask[..., None]
     loss = jnp.sum(per * w) / jnp.maximum(jnp.sum(mask) * 2.0, 1.0)
-    correct = ((logits > 0) == (targets > 0.5)).astype(jnp.float32) * mask[..., None]
-    accuracy = jnp.sum(correct) / jnp.maximum(jnp.sum(mask) * 2.0, 1.0)
-    return loss, {"accuracy": accuracy}
-
-
-def symbolic_features(piece: SymbolicPiece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(features (T, 178), labels {"y": (T, 2), notes, beats, downbeats}) of one piece."""
-    n = n_frames_for(piece)
-    x = beat_features(piece.notes, n)
-    y = beat_labels(piece.beats, piece.downbeats, n)
-    return x, {"y": y, **piece.to_npz_dict()}
+    return loss, {"accuracy": binary_accuracy(logits, targets, mask)}
 
 
 def write_piece(cache: FeatureCache, piece: SymbolicPiece, split: str) -> None:
-    x, labels = symbolic_features(piece)
+    x, labels = TASK.piece_features(piece)
     cache.write_piece(piece.name, split, x, labels)
 
 

@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 from pathlib import Path
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
-from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import CHANNELS, MUSIC, cfp_numpy
-from jaxmir.data.featurize import featurize
-from jaxmir.data.pipeline import windows_dataset
-from jaxmir.inference import predict_piece, sigmoid
-from jaxmir.tasks.base import Task
+from jaxmir.losses import apply_model, binary_accuracy
+from jaxmir.tasks.base import CorpusConfig, PieceTask
 from jaxmir.tasks.music.decode import decode_notes, notes_to_midi, write_notes_csv
 from jaxmir.tasks.music.labels import (
     FPS,
@@ -55,18 +49,12 @@ class MusicModelConfig:
 
 
 @dataclasses.dataclass
-class MusicDataConfig:
+class MusicDataConfig(CorpusConfig):
     label_mode: str = "note-stream"  # note | note-stream | pop-note-stream | frame | ...
     loss: str = "smooth"  # smooth | focal | bce | weighted (note channels' positives x pos_weight)
     pos_weight: float = 20.0  # weighted loss only
     hop: int | None = None  # frames between training windows (default: timesteps)
     jitter: bool = True
-    # The embedded corpus (rendered Bach chorales): pieces, seed, instrumentation
-    corpus_pieces: int | None = 48
-    corpus_seed: int = 0
-    corpus_instruments: str = "piano"  # piano | multi
-    corpus_max_seconds: float | None = None
-    workers: int = 2
 
 
 @dataclasses.dataclass
@@ -91,11 +79,12 @@ def _config(preset, model, data, train, lr=1e-3) -> Config:
     )
 
 
-class MusicTask(Task):
+class MusicTask(PieceTask):
     name = "music"
     model_config = MusicModelConfig
     data_config = MusicDataConfig
     decode_config = MusicDecodeConfig
+    datasets = ("synth", "maestro", "maps", "musicnet")  # the readers that give notes
 
     def presets(self) -> dict[str, Config]:
         return {
@@ -104,7 +93,7 @@ class MusicTask(Task):
             "paper": _config(
                 "paper",
                 MusicModelConfig(),
-                MusicDataConfig(corpus_pieces=None, corpus_instruments="multi"),
+                MusicDataConfig(corpus_pieces=None, corpus_instruments="mixed"),
                 TrainConfig(
                     epochs=20,
                     steps_per_epoch=3000,
@@ -183,99 +172,32 @@ class MusicTask(Task):
         fn = fns[kind]
 
         def loss(apply_fn, variables, batch, rng, train):
-            if train:
-                logits, new_state = apply_fn(
-                    variables,
-                    batch["x"],
-                    train=True,
-                    rngs={"dropout": rng},
-                    mutable=["batch_stats"],
-                )
-            else:
-                logits, new_state = apply_fn(variables, batch["x"], train=False), {}
+            logits, new_state = apply_model(apply_fn, variables, batch["x"], rng, train)
             mask = batch["mask"][:, :, None, None]
             value = fn(logits, batch["y"], mask=mask)
-            correct = ((logits > 0) == (batch["y"] > 0.5)).astype(jnp.float32) * mask
-            accuracy = jnp.sum(correct) / jnp.maximum(jnp.sum(mask) * logits[0, 0].size, 1.0)
-            return value, ({"accuracy": accuracy}, dict(new_state))
+            accuracy = binary_accuracy(logits, batch["y"], batch["mask"])
+            return value, ({"accuracy": accuracy}, new_state)
 
         return loss
 
-    def loss(self, apply_fn, variables, batch, rng, train):
-        return self.bind_loss(self.preset("paper"))(apply_fn, variables, batch, rng, train)
-
     # -- data -----------------------------------------------------------------------------------
-    def dataset(
-        self, cfg: Config, cache: FeatureCache, split: str, train: bool
-    ) -> grain.MapDataset:
-        t = cfg.model.timesteps
-        hop = cfg.data.hop or t
-        jitter = hop // 2 if (train and cfg.data.jitter) else 0
-        channels = [CHANNELS[c] for c in cfg.model.channels]
-        return windows_dataset(
-            cache,
-            split,
-            timesteps=t,
-            hop=hop,
-            seed=cfg.train.seed if train else 12345,
-            make_reader=lambda names: MusicWindow(
-                str(cache.root), names, t, jitter, channels, _mode(cfg)
-            ),
-        )
+    def input_view(self, cfg: Config, x: np.ndarray) -> np.ndarray:
+        return x[..., [CHANNELS[c] for c in cfg.model.channels]]
 
-    def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
-        from jaxmir.data.synth.corpus import build_corpus
+    def window_labels(self, cfg, labels, start, mask):
+        """Labels built per window from the piece's notes: no (T, 352, 23) array is stored."""
+        notes = labels["notes"].copy()
+        notes[:, :2] -= start / FPS
+        return {"y": music_labels(notes, len(mask), _mode(cfg)) * mask[:, None, None]}
 
-        d = cfg.data
-        corpus_params = {
-            "pieces": d.corpus_pieces,
-            "seed": d.corpus_seed,
-            "instruments": d.corpus_instruments,
-            "max_seconds": d.corpus_max_seconds,
-        }
-        digest = hashlib.sha1(json.dumps(corpus_params, sort_keys=True).encode()).hexdigest()[:10]
-        audio_dir = Path(cache_root) / "synth" / f"corpus-{digest}"
-        out = Path(cache_root) / "music" / f"synth-{digest}"
-        if (out / "manifest.json").is_file() and FeatureCache(out).manifest.get("complete"):
-            return out
-        build_corpus(
-            audio_dir,
-            d.corpus_pieces,
-            d.corpus_seed,
-            workers=d.workers,
-            progress=progress,
-            instruments=d.corpus_instruments,
-            max_seconds=d.corpus_max_seconds,
-        )
-        summary = self.featurize("synth", audio_dir, out, workers=d.workers, progress=progress)
-        if summary["failed"]:
-            print(f"music: {len(summary['failed'])} pieces failed: {summary['failed']}")
-        cache = FeatureCache(out)
-        cache.manifest["complete"] = True
-        cache.save_manifest()
-        return out
+    def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(CFP (T, 352, 4) float32, {"notes"}) of one audio piece."""
+        return music_features(piece)
 
-    def featurize(
-        self, dataset: str, root: Path, out: Path, workers: int = 1, progress=True
-    ) -> dict:
-        pieces = _read_dataset(dataset, Path(root))
-        cache = FeatureCache.create(
-            out, self.name, {"feature": "cfp", "params": dataclasses.asdict(MUSIC), "version": 1}
-        )
-        return featurize(pieces, music_features, cache, workers=workers, progress=progress)
+    def cache_params(self, dataset: str) -> dict:
+        return {"feature": "cfp", "params": dataclasses.asdict(MUSIC), "version": 1}
 
     # -- inference ------------------------------------------------------------------------------
-    def posteriors(self, predict, x: np.ndarray, cfg: Config) -> np.ndarray:
-        idx = [CHANNELS[c] for c in cfg.model.channels]
-        logits = predict_piece(
-            predict,
-            np.asarray(x[..., idx], np.float32),
-            timesteps=cfg.model.timesteps,
-            batch_size=cfg.train.val_batch_size,
-            mode="average",
-        )
-        return sigmoid(logits)
-
     def decode(self, probs: np.ndarray, cfg: Config) -> np.ndarray:
         d = cfg.decode
         if d.method == "simple":
@@ -290,79 +212,21 @@ class MusicTask(Task):
             return decode_notes(probs, _mode(cfg), th=d.onset_th, method="omnizart")
         raise ConfigError(f"decode.method: unknown method {d.method!r} (simple, omnizart)")
 
-    def evaluate(self, predict, cfg: Config, cache: FeatureCache, split: str) -> dict[str, float]:
-        mode = _mode(cfg)
-        rows = []
-        for name in cache.names(split):
-            est = self.decode(self.posteriors(predict, cache.features(name), cfg), cfg)
-            ref = notes_for_mode(cache.labels(name)["notes"], mode)
-            rows.append(note_metrics(ref, est))
+    def score(self, events, labels, cfg: Config) -> dict[str, float]:
+        row = note_metrics(notes_for_mode(labels["notes"], _mode(cfg)), events)
         keys = ["note_f1", "note_precision", "note_recall", "note_with_offset_f1", "frame_f1"]
         # per instrument (stream modes): averaged over the pieces where it is scored
-        keys += sorted({k for r in rows for k in r if k.startswith("note_f1/")})
-        return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+        keys += sorted(k for k in row if k.startswith("note_f1/"))
+        return {k: row[k] for k in keys}
 
-    def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
-        from jaxmir.data.audio import load_audio
-
-        audio = load_audio(path, MUSIC.fs)
-        probs = self.posteriors(predict, cfp_numpy(audio, MUSIC, np.float32), cfg)
-        notes = self.decode(probs, cfg)
-        outdir.mkdir(parents=True, exist_ok=True)
-        stem = Path(path).stem
+    def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
         midi = outdir / f"{stem}.mid"
-        notes_to_midi(notes).write(str(midi))
+        notes_to_midi(events).write(str(midi))
         csv = outdir / f"{stem}_notes.csv"
-        write_notes_csv(csv, notes)
+        write_notes_csv(csv, events)
         png = outdir / f"{stem}_pianoroll.png"
-        plot_piano_roll(probs, notes, png, title=stem)
+        plot_piano_roll(posteriors, events, png, title=stem)
         return [midi, csv, png]
-
-
-@dataclasses.dataclass
-class MusicWindow(grain.transforms.RandomMap):
-    """(piece, start) -> {"x": (T, 352, C_in), "y": (T, 352, C_out), "mask": (T,)}.
-
-    Labels are built per window from the piece's notes, so no (T, 352, 23) array is ever stored.
-    """
-
-    root: str
-    names: list[str]
-    timesteps: int
-    jitter: int
-    channels: list[int]
-    mode: str
-
-    def __post_init__(self):
-        self._cache = None
-        self._notes: dict[str, np.ndarray] = {}
-
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d["_cache"], d["_notes"] = None, {}
-        return d
-
-    def random_map(self, element, rng: np.random.Generator) -> dict:
-        if self._cache is None:
-            self._cache = FeatureCache(self.root)
-        name = self.names[int(element[0])]
-        start = int(element[1])
-        if self.jitter:
-            start += int(rng.integers(-self.jitter, self.jitter + 1))
-        if name not in self._notes:
-            self._notes[name] = self._cache.labels(name)["notes"]
-        x_all = self._cache.features(name)
-        t, n = self.timesteps, len(x_all)
-        lo, hi = max(start, 0), min(start + t, n)
-        x = np.zeros((t, x_all.shape[1], len(self.channels)), np.float32)
-        mask = np.zeros(t, np.float32)
-        if hi > lo:
-            x[lo - start : hi - start] = x_all[lo:hi][..., self.channels]
-            mask[lo - start : hi - start] = 1.0
-        notes = self._notes[name].copy()
-        notes[:, :2] -= start / FPS
-        y = music_labels(notes, t, self.mode) * mask[:, None, None]
-        return {"x": x, "y": y, "mask": mask}
 
 
 def music_features(piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -373,19 +237,6 @@ def music_features(piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     x = cfp_numpy(audio, MUSIC, np.float32)
     notes = piece.notes if piece.notes is not None else np.zeros((0, 5))
     return x, {"notes": np.asarray(notes, np.float64)}
-
-
-def _read_dataset(dataset: str, root: Path):
-    if dataset == "synth":
-        from jaxmir.data.synth.corpus import read_corpus
-
-        return read_corpus(root)
-    from jaxmir.data.datasets.registry import read_dataset
-
-    try:
-        return read_dataset(dataset, root)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
 
 
 def _mode(cfg: Config) -> str:

@@ -1,1 +1,5 @@
-"""Vocal-frame patch classification (omnizart's ``patch_cnn``): the model only, for now."""
+"""Melody f0 from CFP patches (omnizart's `patch_cnn`)."""
+
+from jaxmir.tasks.base import train_function
+
+train = train_function("patch_cnn")
