@@ -49,7 +49,9 @@ _MIR_EVAL_NAMES = {
 }
 
 
-def _series(times: np.ndarray, hz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _series(
+    times: np.ndarray, hz: np.ndarray, signed: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     times = np.asarray(times, np.float64).reshape(-1)
     hz = np.asarray(hz, np.float64).reshape(-1)
     if times.shape != hz.shape:
@@ -58,7 +60,8 @@ def _series(times: np.ndarray, hz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     times, hz = times[keep], hz[keep]
     order = np.argsort(times, kind="stable")
     times, hz = times[order], hz[order]
-    return times, np.where(np.isfinite(hz) & (hz > 0), hz, 0.0)
+    ok = np.isfinite(hz) & ((hz != 0) if signed else (hz > 0))
+    return times, np.where(ok, hz, 0.0)
 
 
 def melody_scores(
@@ -72,7 +75,9 @@ def melody_scores(
     Args:
         ref_f0: ``(N, 2)`` reference (time s, Hz; <= 0 unvoiced).
         est_times: ``(T,)`` estimate times (s).
-        est_hz: ``(T,)`` estimate f0 (Hz; 0 unvoiced).
+        est_hz: ``(T,)`` estimate f0 (Hz; 0 unvoiced; negative: unvoiced, with the pitch the
+            estimator would give if it were voiced, MIREX's convention, so raw pitch accuracy
+            scores the pitch apart from the voicing decision).
         hop: ``None`` (mir_eval's default): the estimate is resampled onto the reference times.
             A float: both are resampled onto a grid of that hop (s).
 
@@ -83,7 +88,7 @@ def melody_scores(
 
     ref = np.asarray(ref_f0, np.float64).reshape(-1, 2)
     ref_t, ref_hz = _series(ref[:, 0], ref[:, 1])
-    est_t, est_hz = _series(est_times, est_hz)
+    est_t, est_hz = _series(est_times, est_hz, signed=True)
     if len(ref_t) == 0:
         return dict.fromkeys(MELODY_KEYS, 0.0)
     if len(est_t) == 0:  # all unvoiced: one unvoiced sample, padded by mir_eval

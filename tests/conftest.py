@@ -57,3 +57,32 @@ def music_cache(synth_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("music-cache")
     TASK.featurize("synth", synth_corpus, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus(tmp_path_factory):
+    """The same 4 chorales cut to 6 s with the mixed arrangement: a sung line (exact f0),
+    accompaniment and drums."""
+    from jaxmir.data.synth.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("synth-mixed")
+    build_corpus(root, None, 0, ids=MUSIC_FIXTURE_IDS, max_seconds=6.0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def contour_cache(mixed_corpus, tmp_path_factory):
+    from jaxmir.tasks.vocal_contour.task import TASK
+
+    out = tmp_path_factory.mktemp("contour-cache")
+    TASK.featurize("synth", mixed_corpus, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def patch_cache(mixed_corpus, tmp_path_factory):
+    from jaxmir.tasks.patch_cnn.task import TASK
+
+    out = tmp_path_factory.mktemp("patch-cache")
+    TASK.featurize("synth", mixed_corpus, out, progress=False)
+    return out

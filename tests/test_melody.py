@@ -155,21 +155,24 @@ def test_decode_contour_recovers_contour_and_thresholds(pad):
     probs = window_targets(bins, pad_low=pad).astype(np.float64)
     probs[..., 1] *= 0.9  # channel 1 as a sigmoid posterior
     want = bin_to_hz(bins, VOCAL_CONTOUR)
-    np.testing.assert_allclose(decode_contour(probs, pad_low=pad), want)
-    np.testing.assert_allclose(decode_contour(probs[..., 1], pad_low=pad), want)
+    np.testing.assert_allclose(decode_contour(probs, pad_low=pad, guess=False), want)
+    np.testing.assert_allclose(decode_contour(probs[..., 1], pad_low=pad, guess=False), want)
 
     probs[3, :, 1] *= 0.5  # 0.45 < 0.5: unvoiced
     probs[4, 370, 1] = 0.99  # a padded row never wins
-    out = decode_contour(probs, pad_low=pad)
+    out = decode_contour(probs, pad_low=pad, guess=False)
     assert out[3] == 0.0 and out[4] == want[4]
+    # with a guess (the default), an unvoiced frame carries minus its best row's Hz
+    assert decode_contour(probs, pad_low=pad)[3] == -want[3]
     assert decode_contour(probs, threshold=0.4, pad_low=pad)[3] == want[3]
 
     p = np.zeros((4, 384, 2))
     p[:, 100 + pad, 1] = [0.9, 0.8, 0.2, 0.1]  # mean of the maxima 0.5
     hz100 = bin_to_hz(100, VOCAL_CONTOUR)
-    out = decode_contour(p, threshold=None, pad_low=pad)
+    out = decode_contour(p, threshold=None, pad_low=pad, guess=False)
     np.testing.assert_allclose(out, [hz100, hz100, 0, 0])
-    np.testing.assert_allclose(decode_contour(p, threshold=0.85, pad_low=pad), [hz100, 0, 0, 0])
+    out = decode_contour(p, threshold=0.85, pad_low=pad)
+    np.testing.assert_allclose(out, [hz100, -hz100, -hz100, -hz100])
     assert decode_contour(np.zeros((0, 384, 2))).shape == (0,)
 
 
@@ -203,10 +206,12 @@ def test_decode_patches_best_per_frame_above_threshold():
     probs = np.array([0.3, 0.6, 0.04, 0.2, 0.2, 0.5])
     frame_idx = np.array([0, 0, 1, 2, 2, 0])
     bin_idx = np.array([30, 40, 50, 60, 55, 45])
-    out = decode_patches(probs, frame_idx, bin_idx, n_frames=4)
+    out = decode_patches(probs, frame_idx, bin_idx, n_frames=4, guess=False)
     np.testing.assert_allclose(out, [bin_to_hz(40, PATCH_CNN), 0.0, bin_to_hz(55, PATCH_CNN), 0])
     soft = np.stack([1 - probs, probs], axis=1)
-    np.testing.assert_allclose(decode_patches(soft, frame_idx, bin_idx, 4), out)
+    np.testing.assert_allclose(decode_patches(soft, frame_idx, bin_idx, 4, guess=False), out)
+    guessed = decode_patches(probs, frame_idx, bin_idx, 4)  # frame 1: 0.04 <= 0.05, a guess
+    np.testing.assert_allclose(guessed, [out[0], -bin_to_hz(50, PATCH_CNN), out[2], 0.0])
     out = decode_patches(probs, frame_idx, bin_idx, 4, threshold=0.01)
     assert out[1] == bin_to_hz(50, PATCH_CNN)
     np.testing.assert_array_equal(decode_patches(np.zeros(0), [], [], 3), np.zeros(3))
@@ -301,3 +306,11 @@ def test_write_melody(tmp_path):
     assert [p.name for p in paths] == ["song_f0.csv", "song_f0.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert [p.name for p in write_melody(tmp_path, "b", times, hz)] == ["b_f0.csv"]
+
+
+def test_melody_scores_count_pitch_guesses_of_unvoiced_frames():
+    t = np.arange(100) * 0.01
+    ref = np.stack([t, np.full(100, 220.0)], axis=1)
+    s = melody_scores(ref, t, -ref[:, 1])  # right pitch, every frame called unvoiced
+    assert s["raw_pitch_accuracy"] == 1.0 and s["voicing_recall"] == 0.0
+    assert s["overall_accuracy"] == 0.0

@@ -33,8 +33,11 @@ def decode_patches(
     n_frames: int,
     params: CFPParams = PATCH_CNN,
     threshold: float = 0.05,
+    guess: bool = True,
 ) -> np.ndarray:
-    """f0 (Hz, 0 = unvoiced) ``(n_frames,)`` from per-patch melody posteriors.
+    """f0 (Hz, 0 = unvoiced) ``(n_frames,)`` from per-patch melody posteriors. With ``guess``, a
+    frame whose best patch is not above the threshold gets minus that patch's Hz (unvoiced, with
+    a pitch guess: mir_eval's convention); frames without any patch stay 0.
 
     ``probs`` is ``(n,)`` (the melody posterior) or ``(n, 2)`` (softmax; column 1 is used).
     ``frame_idx``/``bin_idx`` ``(n,)`` locate the patches. Per frame, the patch with the highest
@@ -53,11 +56,13 @@ def decode_patches(
     if len(frame_idx) and (frame_idx.min() < 0 or frame_idx.max() >= n_frames):
         raise ValueError(f"frame_idx out of range for {n_frames} frames")
     rows = np.full(int(n_frames), -1, np.int64)
-    keep = p > threshold
-    f, b, q = frame_idx[keep], bin_idx[keep], p[keep]
-    if len(f):
-        order = np.lexsort((b, -q, f))  # by frame, then best posterior, then lowest row
-        first = np.unique(f[order], return_index=True)[1]
+    best_p = np.full(int(n_frames), -np.inf)
+    if len(frame_idx):
+        order = np.lexsort((bin_idx, -p, frame_idx))  # by frame, then best posterior, lowest row
+        first = np.unique(frame_idx[order], return_index=True)[1]
         best = order[first]
-        rows[f[best]] = b[best]
-    return bin_to_hz(rows, params)
+        rows[frame_idx[best]] = bin_idx[best]
+        best_p[frame_idx[best]] = p[best]
+    hz = bin_to_hz(rows, params)
+    voiced = best_p > threshold
+    return np.where(voiced, hz, -hz if guess else 0.0)

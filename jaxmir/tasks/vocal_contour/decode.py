@@ -36,8 +36,9 @@ def decode_contour(
     params: CFPParams = VOCAL_CONTOUR,
     threshold: float | None = 0.5,
     pad_low: int = PAD_LOW,
+    guess: bool = True,
 ) -> np.ndarray:
-    """f0 (Hz, 0 = unvoiced) ``(T,)`` from posteriors ``(T, 384, 2)`` (or channel 1 alone,
+    """f0 (Hz; 0 or, with ``guess``, minus the best row's Hz = unvoiced) ``(T,)`` from posteriors ``(T, 384, 2)`` (or channel 1 alone,
     ``(T, 384)``).
 
     Only rows ``pad_low .. pad_low + params.n_bins - 1`` (the CFP rows) are searched. A frame is
@@ -55,4 +56,5 @@ def decode_contour(
     rows = np.argmax(p, axis=1)
     peak = p[np.arange(len(p)), rows]
     cut = float(np.mean(peak)) if threshold is None else float(threshold)
-    return bin_to_hz(np.where(peak > cut, rows, -1), params)
+    hz = bin_to_hz(rows, params)
+    return np.where(peak > cut, hz, -hz if guess else 0.0)
