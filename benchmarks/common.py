@@ -31,7 +31,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "@@BENCH "
 
 # Per-sample shapes and parameter counts shared by jaxmir and every peer ("the same network").
-# `batch` is the global batch of a full run, `quick_batch` that of --quick (same for all sides).
+# `batch` is the global batch of a full run, `quick_batch` that of --quick (same for all sides),
+# `paper_batch` the preset's training batch (--paper-batch); `peers` (optional) the peer
+# frameworks that have the model, all of them when absent.
 MODELS: dict[str, dict] = {
     "music": {
         "title": "music U-Net attn (paper preset)",
@@ -63,7 +65,27 @@ MODELS: dict[str, dict] = {
         "quick_batch": 256,
         "paper_batch": 32,
     },
+    "vocal_contour": {
+        "title": "vocal contour ASPP U-Net (paper preset)",
+        "input": (128, 384, 1),
+        "output": (128, 384, 2),
+        "params": 17_619_202,
+        "state": 21_248,  # BatchNorm moving statistics
+        "batch": 4,
+        "quick_batch": 1,
+        "paper_batch": 12,  # omnizart's
+        "peers": (),  # no torch or TF vocal_contour model: jaxmir's numbers only
+    },
 }
+# Peer frameworks that have a model of each name (`peers_torch`, `peers_tf`); a model without
+# a "peers" entry has all of them. A requested peer is required for the models it has.
+ALL_PEERS = ("torch", "tf")
+
+
+def model_peers(model: str) -> tuple[str, ...]:
+    """The peer frameworks with an implementation of `model` ("torch", "tf")."""
+    return tuple(MODELS[model].get("peers", ALL_PEERS))
+
 
 # Dense peak throughput (TFLOP/s) by device kind, from the vendors' data sheets: bf16 and tf32 on
 # the tensor cores, dense (no sparsity), and fp32 on the CUDA cores. Used for MFU on GPUs. JAX's

@@ -17,7 +17,7 @@ import time
 
 from benchmarks.common import MODELS, Worker, WorkerError, fmt_s, gpu_peak_tflops, stats
 
-GPU_BATCH = {"music": 8, "beat": 64, "patch_cnn": 256}
+GPU_BATCH = {"music": 8, "beat": 64, "patch_cnn": 256, "vocal_contour": 12}
 
 
 def run_gpu(args, probe: dict, log) -> dict:

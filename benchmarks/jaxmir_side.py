@@ -50,8 +50,14 @@ LIGHT_PRESETS: dict[str, dict[str, dict]] = {
         "demo": dict(name="blstm", timesteps=400, hidden=25, num_layers=2, attn_hidden=256),
         "tiny": dict(name="blstm", timesteps=64, hidden=4, num_layers=1, attn_hidden=8),
     },
+    "vocal_contour": {  # jaxmir.tasks.vocal_contour.task's presets (conv_impl "auto")
+        "paper": dict(name="aspp", timesteps=128, base=128, dropout=0.4, bn_momentum=0.99),
+        "demo": dict(name="aspp", timesteps=128, base=16, dropout=0.1, bn_momentum=0.9),
+        "tiny": dict(name="aspp", timesteps=32, base=4, dropout=0.0, bn_momentum=0.99),
+    },
 }
-LEARNING_RATES = {"music": 1e-3, "beat": 1e-3, "patch_cnn": 1e-5}  # omnizart's
+VOCAL_CONTOUR_BINS = 384  # jaxmir.tasks.vocal_contour.labels.N_BINS (352 CFP rows padded)
+LEARNING_RATES = {"music": 1e-3, "beat": 1e-3, "patch_cnn": 1e-5, "vocal_contour": 1e-3}
 
 
 def _engine():
@@ -127,6 +133,22 @@ def _beat_loss(downbeat_weight: float):
     return loss
 
 
+def _vocal_contour_loss(alpha: float = 0.25, gamma: float = 2.0):
+    """The vocal_contour task's focal loss (a copy of its `bind_loss`; the task module needs
+    grain)."""
+    from jaxmir.losses import apply_model, binary_accuracy
+    from jaxmir.tasks.music.labels import focal_loss
+
+    def loss(apply_fn, variables, batch, rng, train):
+        logits, new_state = apply_model(apply_fn, variables, batch["x"], rng, train)
+        mask = batch["mask"][:, :, None, None]
+        value = focal_loss(logits, batch["y"], alpha=alpha, gamma=gamma, mask=mask)
+        accuracy = binary_accuracy(logits, batch["y"], batch["mask"])
+        return value, ({"accuracy": accuracy}, new_state)
+
+    return loss
+
+
 def _music_loss():
     """The music task's loss with its default ``smooth`` kind (the task module needs grain)."""
     import jax.numpy as jnp
@@ -166,8 +188,9 @@ class Built:
 
 
 def build(model: str, preset: str = "paper", overrides: Sequence[str] = ()) -> Built:
-    """The jaxmir model called `model` ("music", "beat", "patch_cnn") at `preset`, with config
-    `overrides` (``model.conv_impl=matmul``, ``model.unroll=4``, ...)."""
+    """The jaxmir model called `model` ("music", "beat", "patch_cnn", "vocal_contour") at
+    `preset`, with config `overrides` (``model.conv_impl=matmul``, ``model.unroll=4``, ...).
+    Nothing is initialised or run (``jax.eval_shape(built.module.init, ...)`` sizes it)."""
     from jaxmir.config import OptimConfig
 
     if model not in MODELS:
@@ -230,6 +253,17 @@ def _build_light(model: str, preset: str, overrides: Sequence[str]) -> Built:
         module = build_model(name, **kwargs)
         shape = (kwargs["timesteps"], N_BINS, kwargs["ch_num"])
         loss = _music_loss()
+    elif model == "vocal_contour":
+        from jaxmir.tasks.music.model import SemanticSegmentation
+
+        keys = ("conv_impl", "base", "dropout", "timesteps", "bn_momentum")
+        p.update({k: v for k, v in extra.items() if k in keys})
+        p.setdefault("conv_impl", "auto")
+        module = SemanticSegmentation(
+            feature_num=VOCAL_CONTOUR_BINS, multi_grid_layer_n=1, ch_num=1, out_class=2, **p
+        )
+        shape = (p["timesteps"], VOCAL_CONTOUR_BINS, 1)
+        loss = _vocal_contour_loss()
     else:
         from jaxmir.tasks.beat.model import build_model
 

@@ -2,11 +2,17 @@
 
     python -m benchmarks [--quick] [--models music,beat,patch_cnn] [--peers torch,tf]
                          [--devices 1,2,4,8] [--out benchmarks/results] [--levers] [--gpu]
+    python -m benchmarks --quick --models vocal_contour --peers none --name quick-vocal-contour
 
 Default mode, per model: one worker subprocess per framework (jaxmir, torch, tf; each sets its
 own threads and XLA flags before its framework starts), all alive at once and stepped in
 alternation (A/B/C, A/B/C, ..., the order rotating each round) so the machine's load drifts hit
 every framework alike. Same per-sample shapes and parameter counts on every side, same batch.
+Models (``--models``, default ``music,beat,patch_cnn``): the music attention U-Net, the beat
+BLSTM and the patch CNN, each with PyTorch and TF peers, and ``vocal_contour`` (omnizart's ASPP
+U-Net, 17.6 M parameters, paper preset), selected only on request (``--models vocal_contour``):
+it has no torch or TF peer, so its rows give jaxmir's step time, samples/s, GFLOP/s and % of
+peak, and "no peer" for each requested peer (a peer that has a model is still required).
 Reported per framework: compile (first call) time, median/min/max step time, samples/s, achieved
 GFLOP/s (XLA's FLOP count of jaxmir's step, the same network for the peers) and its % of the
 machine's fp32 matmul peak measured in the same run, peak RSS. Headline: speedup = peer median
@@ -20,11 +26,13 @@ variants of a model alternated: XLA's YNNPACK fusion off (``--xla_cpu_experiment
 vs on, the matmul weight-gradient convolution (``model.conv_impl``) vs native, the LSTM scan's
 ``unroll``, bf16 mixed precision.
 
-``--quick`` (under 5 minutes on an idle 2-core CPU): fewer rounds; the music model runs at batch 1
-(jaxmir and peers alike); the workers of one model set up at the same time (their compile times
-then overlap, which the output says); scaling runs the patch CNN in one process; a 10 s clip and
-three methods for features; scaling and features are skipped, with a message, when they would
-end past ``--budget-s`` (285 s; a loaded machine).
+``--quick`` (under 5 minutes on an idle 2-core CPU, with the default models): fewer rounds; the
+music model runs at batch 1 (jaxmir and peers alike), and so does vocal_contour when selected;
+the workers of one model set up at the same time (their compile times then overlap, which the
+output says); scaling runs the patch CNN in one process; a 10 s clip and three methods for
+features; scaling and features are skipped, with a message, when they would end past
+``--budget-s`` (285 s; a loaded machine). vocal_contour is not a default model because it would
+break that: at batch 1 it adds about 70 s on a 2-core CPU (about 37 s compile, 2.8 s a step).
 
 Outputs: a table on stdout, ``<out>/<name>.json``, ``<out>/<name>.png`` (speedup bars), and the
 last stdout line is one JSON object ``{"speedups": {model: {peer: x}}, ...}``.
@@ -42,6 +50,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import (
+    ALL_PEERS,
     MODELS,
     RESULTS,
     Worker,
@@ -50,13 +59,17 @@ from benchmarks.common import (
     gpu_peak_tflops,
     host_info,
     loadavg,
+    model_peers,
     run_one,
     stats,
 )
 
-PEERS = ("torch", "tf")
+PEERS = ALL_PEERS
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
-LEARNING_RATES = {"music": 1e-3, "beat": 1e-3, "patch_cnn": 1e-5}
+LEARNING_RATES = {"music": 1e-3, "beat": 1e-3, "patch_cnn": 1e-5, "vocal_contour": 1e-3}
+DEFAULT_MODELS = "music,beat,patch_cnn"  # vocal_contour: on request (--models vocal_contour)
+# The big U-Nets: two alternation rounds in --quick, no scaling run in full mode.
+HEAVY = ("music", "vocal_contour")
 
 
 def log(msg: str = "") -> None:
@@ -177,6 +190,7 @@ def side_by_side(model: str, args, peers: list[str], peak: float | None) -> dict
     common = {"model": model, "batch": batch, "warmup": 1, "lr": lr}
     jax_spec = {**common, "preset": "paper", "overrides": args.set.get(model, [])}
     specs = [("jaxmir", "jax", jax_spec, _xla_env(_model_flags(model, args.xla_flags)))]
+    peers, no_peer = split_peers(model, peers, args.peers)
     for p in peers:
         specs.append((p, p, {**common, "threads": args.threads}, _malloc_env()))
         if "GLIBC_TUNABLES" in _malloc_env():  # the peer as its users run it, too
@@ -185,13 +199,17 @@ def side_by_side(model: str, args, peers: list[str], peak: float | None) -> dict
         f"\n== {model}: {spec['title']}, input [{batch}, {', '.join(map(str, spec['input']))}], "
         f"{spec['params']:,} params =="
     )
+    if not model_peers(model):
+        log(f"  no peer: there is no torch or TF {model} model (jaxmir's numbers only)")
+    for p in no_peer:
+        log(f"  {p:<7} no peer (no {p} {model} model)")
     workers = start_group(specs, args.concurrency)
     failed = dict(start_group.failed)  # type: ignore[attr-defined]
     for w in workers:
         r = w.ready
         first = r.get("compile_s", r.get("first_step_s"))
         log(f"  {w.label:<7} ready in {r['startup_s']:.1f} s (compile/first call {first} s)")
-    rounds = args.rounds or (2 if (args.quick and model == "music") else (3 if args.quick else 7))
+    rounds = args.rounds or (2 if (args.quick and model in HEAVY) else (3 if args.quick else 7))
     alternate(workers, rounds, args.round_s)
     out: dict = {
         "title": spec["title"],
@@ -201,6 +219,7 @@ def side_by_side(model: str, args, peers: list[str], peak: float | None) -> dict
         "rounds": rounds,
         "frameworks": {},
         "failed": failed,
+        "no_peer": no_peer,
     }
     pipeline = None
     for w in workers:
@@ -228,6 +247,13 @@ def side_by_side(model: str, args, peers: list[str], peak: float | None) -> dict
     if pipeline is not None:
         out["pipeline"] = pipeline
     return out
+
+
+def split_peers(model: str, available: list[str], requested: list[str]) -> tuple[list, list]:
+    """(the `available` peers that have `model`, the `requested` peers that have no `model`):
+    the first run and are required as for every model, the second are shown as "no peer"."""
+    have = model_peers(model)
+    return [p for p in available if p in have], [p for p in requested if p not in have]
 
 
 def _pipeline_in(w: Worker, args) -> dict:
@@ -264,7 +290,7 @@ def lever_variants(model: str, quick: bool) -> list[tuple]:
         v.append(("without per-model XLA flags", [], NO_MODEL_FLAGS, "fp32"))
     else:
         v.append(("ynn fusion off", [], YNN_OFF, "fp32"))
-    if model in ("music", "patch_cnn"):
+    if model in ("music", "patch_cnn", "vocal_contour"):
         default = _default_conv_impl(model)
         for impl in ("native", "matmul"):
             if impl != default:  # the default row already is this one
@@ -320,7 +346,7 @@ def levers(model: str, args, peak: float | None) -> dict:
     log(f"\n== levers: {model}, batch {batch} ==")
     workers = start_group(specs, args.concurrency)
     failed = dict(start_group.failed)  # type: ignore[attr-defined]
-    rounds = args.rounds or (2 if (args.quick and model == "music") else (3 if args.quick else 5))
+    rounds = args.rounds or (2 if (args.quick and model in HEAVY) else (3 if args.quick else 5))
     alternate(workers, rounds, args.round_s)
     rows = {w.label: _summary(w, w.finish()) for w in workers}
     base_med = rows.get("default", {}).get("median_s")
@@ -438,14 +464,14 @@ def features(args) -> dict:
 
 # -- output ------------------------------------------------------------------------------------
 def print_table(results: dict, peak: dict) -> None:
-    log("\n" + "=" * 112)
+    log("\n" + "=" * 116)
     pk = peak.get("peak_gflops")
     log(
         f"Step times (forward + backward + Adam), median of the alternated rounds; % of peak = "
         f"achieved / {pk} GFLOP/s (fp32 matmul peak measured in this run)"
     )
     log(
-        f"{'model':<10}{'framework':<16}{'batch':>6}{'compile':>10}{'median':>10}{'min':>10}"
+        f"{'model':<14}{'framework':<16}{'batch':>6}{'compile':>10}{'median':>10}{'min':>10}"
         f"{'max':>10}{'samples/s':>11}{'GFLOP/s':>9}{'%peak':>7}{'RSS MB':>8}{'speedup':>9}"
     )
     for model, r in results.items():
@@ -453,15 +479,17 @@ def print_table(results: dict, peak: dict) -> None:
             comp = info.get("compile_s")
             sp = "" if fw == "jaxmir" else f"{r.get('row_speedups', {}).get(fw, 0):.2f}x"
             log(
-                f"{model:<10}{fw:<16}{info.get('batch', r['batch']):>6}"
+                f"{model:<14}{fw:<16}{info.get('batch', r['batch']):>6}"
                 f"{(f'{comp:.1f} s' if comp is not None else 'eager'):>10}"
                 f"{fmt_s(info.get('median_s')):>10}{fmt_s(info.get('min_s')):>10}"
                 f"{fmt_s(info.get('max_s')):>10}{info.get('samples_per_s', 0):>11.2f}"
                 f"{info.get('gflops_per_s', 0):>9.1f}{info.get('pct_peak', 0):>7.1f}"
                 f"{info.get('peak_rss_mb', 0):>8.0f}{sp:>9}"
             )
+        for fw in r.get("no_peer", []):
+            log(f"{model:<14}{fw:<16}{'':>6}  no peer (no {fw} {model} model)")
         for fw, err in r.get("failed", {}).items():
-            log(f"{model:<10}{fw:<10} failed: {err.strip().splitlines()[0] if err else ''}")
+            log(f"{model:<14}{fw:<16} failed: {err.strip().splitlines()[0] if err else ''}")
     log(
         "speedup = peer median / jaxmir median (> 1: jaxmir faster); the headline takes each "
         "peer in its faster environment (PEER/sysmalloc: glibc's default malloc, PEER: the "
@@ -522,7 +550,12 @@ def _parse_kv_list(items: list[str]) -> dict[str, list[str]]:
 def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="under 5 minutes on a 2-core CPU")
-    ap.add_argument("--models", default="music,beat,patch_cnn")
+    ap.add_argument(
+        "--models",
+        default=DEFAULT_MODELS,
+        help=f"comma-separated, of {','.join(MODELS)} (default {DEFAULT_MODELS}; "
+        "vocal_contour only on request: --models vocal_contour)",
+    )
     ap.add_argument("--peers", default="torch,tf", help="torch,tf or none")
     ap.add_argument("--devices", default="1,2,4,8", help="simulated CPU devices for scaling")
     ap.add_argument("--out", default=str(RESULTS), help="directory for JSON and PNG")
@@ -599,10 +632,13 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {host['loadavg']}"
     )
     if args.quick:
+        small = ", ".join(
+            f"{m} at batch {args.batch.get(m, MODELS[m]['quick_batch'])}"
+            for m in [m for m in HEAVY if m in args.models] or ["music"]
+        )
         log(
-            "--quick: fewer rounds; music at batch "
-            f"{args.batch.get('music', MODELS['music']['quick_batch'])} (the same shapes for "
-            "jaxmir and its peers); workers of a model set up at once (compile times overlap)."
+            f"--quick: fewer rounds; {small} (the same shapes for jaxmir and its peers); "
+            "workers of a model set up at once (compile times overlap)."
         )
     payload: dict = {"name": args.name, "quick": args.quick, "host": host, "argv": argv}
     payload["malloc"] = _malloc_env()
@@ -685,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         return False
 
     if args.scaling and not over_budget("scaling", 30):
-        models = ["patch_cnn"] if args.quick else [m for m in args.models if m != "music"]
+        models = ["patch_cnn"] if args.quick else [m for m in args.models if m not in HEAVY]
         models = [m for m in models if m in args.models] or ["patch_cnn"]
         payload["scaling"] = {m: scaling(m, args.devices, args) for m in models}
     if args.features and not over_budget("features", 20):

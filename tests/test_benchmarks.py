@@ -2,9 +2,9 @@
 
 import pytest
 
-from benchmarks.common import gpu_peak_tflops, stats
-from benchmarks.jaxmir_side import time_jaxmir
-from benchmarks.suite import lever_variants, parse_args
+from benchmarks.common import MODELS, gpu_peak_tflops, model_peers, stats
+from benchmarks.jaxmir_side import _build_light, build, time_jaxmir
+from benchmarks.suite import lever_variants, parse_args, split_peers
 
 KEYS = {
     "framework",
@@ -46,3 +46,35 @@ def test_helpers():
     assert args.models == ["beat", "patch_cnn"] and args.peers == [] and args.name == "quick"
     with pytest.raises(SystemExit):
         parse_args(["--models", "nope"])
+    # vocal_contour is in the model table, on request only, and has no peer
+    assert set(MODELS) == {"music", "beat", "patch_cnn", "vocal_contour"}
+    assert "vocal_contour" not in parse_args([]).models
+    assert parse_args(["--quick", "--models", "vocal_contour"]).models == ["vocal_contour"]
+    assert model_peers("vocal_contour") == () and model_peers("music") == ("torch", "tf")
+    assert split_peers("vocal_contour", ["torch"], ["torch", "tf"]) == ([], ["torch", "tf"])
+    assert split_peers("beat", ["torch"], ["torch", "tf"]) == (["torch"], [])
+    assert "conv_impl=matmul" in [v[0] for v in lever_variants("vocal_contour", quick=True)]
+
+
+@pytest.mark.parametrize("builder", [build, _build_light], ids=["task", "light"])
+def test_vocal_contour_paper_size(builder):
+    """The paper model's size and shapes, from shapes alone (nothing is initialised or run)."""
+    import jax
+    import numpy as np
+
+    built = builder("vocal_contour", "paper", ())
+    spec = MODELS["vocal_contour"]
+    assert built.input_shape == spec["input"] == (128, 384, 1)
+    x = jax.ShapeDtypeStruct((1, *built.input_shape), np.float32)
+    variables = jax.eval_shape(
+        lambda r, x: built.module.init(r, x, train=False), jax.random.PRNGKey(0), x
+    )
+
+    def count(tree):
+        return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+    assert count(variables["params"]) == spec["params"] == 17_619_202
+    assert count(variables["batch_stats"]) == spec["state"] == 21_248
+    out = jax.eval_shape(lambda v, x: built.module.apply(v, x, train=False), variables, x)
+    assert out.shape == (1, *spec["output"])
+    assert built.optim.learning_rate == 1e-3

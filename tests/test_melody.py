@@ -314,3 +314,11 @@ def test_melody_scores_count_pitch_guesses_of_unvoiced_frames():
     s = melody_scores(ref, t, -ref[:, 1])  # right pitch, every frame called unvoiced
     assert s["raw_pitch_accuracy"] == 1.0 and s["voicing_recall"] == 0.0
     assert s["overall_accuracy"] == 0.0
+
+
+def test_window_targets_blur_is_a_bump_at_the_voiced_row():
+    y = window_targets(np.array([100, -1]), blur=1.0)
+    assert y[0, 100, 1] == 1.0 and y[1, :, 1].sum() == 0.0
+    np.testing.assert_allclose(y[0, [99, 101], 1], np.exp(-0.5), rtol=1e-6)
+    assert y[0, 110, 1] == 0.0  # cut below 0.01
+    np.testing.assert_allclose(y.sum(-1), 1.0)

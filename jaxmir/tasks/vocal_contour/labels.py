@@ -67,16 +67,25 @@ def contour_bins(f0: np.ndarray, n_frames: int, params: CFPParams = VOCAL_CONTOU
 
 
 def window_targets(
-    bins: np.ndarray, n_cfp_bins: int = N_CFP_BINS, pad_low: int = PAD_LOW
+    bins: np.ndarray, n_cfp_bins: int = N_CFP_BINS, pad_low: int = PAD_LOW, blur: float = 0.0
 ) -> np.ndarray:
     """float32 ``(T, 384, 2)`` targets of CFP rows ``bins (T,)`` (-1 unvoiced).
 
     Channel 1 is the one-hot roll (1 at row ``bins[t] + pad_low``), channel 0 is ``1 -
     channel 1``, so the two channels sum to 1 everywhere and padded rows are ``[1, 0]``. Rows
-    outside ``0 .. n_cfp_bins - 1`` count as unvoiced.
+    outside ``0 .. n_cfp_bins - 1`` count as unvoiced. With ``blur`` > 0 (rows), channel 1 is
+    a Gaussian bump of that standard deviation, 1 at the voiced row, cut below 0.01 (not in
+    omnizart: neighbouring rows are a quarter semitone apart, within mir_eval's 50-cent
+    tolerance, and a one-hot target punishes them as hard as a wrong octave).
     """
     bins = np.asarray(bins, np.int64).reshape(-1)
     roll = np.zeros((len(bins), N_BINS), np.float32)
     voiced = (bins >= 0) & (bins < n_cfp_bins)
-    roll[np.flatnonzero(voiced), bins[voiced] + pad_low] = 1.0
+    if blur > 0:
+        rows = np.arange(N_CFP_BINS)
+        bump = np.exp(-0.5 * ((rows[None, :] - bins[voiced, None]) / blur) ** 2)
+        bump[bump < 0.01] = 0.0
+        roll[np.flatnonzero(voiced), pad_low : pad_low + N_CFP_BINS] = bump[:, :n_cfp_bins]
+    else:
+        roll[np.flatnonzero(voiced), bins[voiced] + pad_low] = 1.0
     return np.stack([1.0 - roll, roll], axis=-1)
