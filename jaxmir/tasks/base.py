@@ -76,6 +76,13 @@ class Task(abc.ABC):
             )
         return presets[name]
 
+    def config(
+        self, preset: str, model, data, train: TrainConfig, optim: OptimConfig | None = None
+    ) -> Config:
+        """A preset's Config (the decode section at its defaults)."""
+        optim = optim if optim is not None else OptimConfig()
+        return Config(self.name, preset, model, data, self.decode_config(), train, optim)
+
     def config_from_dict(self, data: dict) -> Config:
         data = dict(data)
         if data.get("task") != self.name:
@@ -318,6 +325,29 @@ class PieceTask(Task):
         outdir = Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)
         return self.write(events, Path(path).stem, outdir, cfg, x=x, posteriors=probs)
+
+
+def schedule(
+    epochs: int, steps: int, val_steps: int, batch: int, val_batch: int | None = None, **kw: Any
+) -> TrainConfig:
+    """A preset's TrainConfig in a line: `epochs` x `steps` of `batch` examples, `val_steps`
+    validation batches of `val_batch` (default `batch`); other fields by name."""
+    return TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=steps,
+        val_steps=val_steps,
+        batch_size=batch,
+        val_batch_size=val_batch or batch,
+        **kw,
+    )
+
+
+def tiny_schedule(**kw: Any) -> TrainConfig:
+    """The tiny presets' schedule (tests: seconds): 2 epochs x 3 steps of 8, one validation
+    batch, one read thread, no early stopping; fields by name override it."""
+    base = dict(epochs=2, steps_per_epoch=3, val_steps=1, batch_size=8, val_batch_size=8)
+    base.update(log_every=1, early_stop_patience=None, data_threads=1)
+    return TrainConfig(**{**base, **kw})
 
 
 # -- the embedded audio corpus, shared by the audio tasks -----------------------------------------

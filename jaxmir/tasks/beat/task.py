@@ -17,12 +17,12 @@ import mir_eval
 import numpy as np
 import optax
 
-from jaxmir.config import Config, OptimConfig, TrainConfig
+from jaxmir.config import Config, OptimConfig
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.pipeline import frames_window
 from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.losses import binary_accuracy
-from jaxmir.tasks.base import PieceTask
+from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule
 from jaxmir.tasks.beat.decode import beats_to_midi, decode_beats, write_beat_csv
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
 from jaxmir.tasks.beat.model import build_model
@@ -60,20 +60,6 @@ class BeatDecodeConfig:
     min_distance: float = 0.3  # seconds between peaks
 
 
-def _config(
-    preset: str, model: BeatModelConfig, data: BeatDataConfig, train: TrainConfig
-) -> Config:
-    return Config(
-        task="beat",
-        preset=preset,
-        model=model,
-        data=data,
-        decode=BeatDecodeConfig(),
-        train=train,
-        optim=OptimConfig(learning_rate=1e-3),
-    )
-
-
 class BeatTask(PieceTask):
     name = "beat"
     model_config = BeatModelConfig
@@ -84,55 +70,21 @@ class BeatTask(PieceTask):
     corpus_kind = "chorales"
 
     def presets(self) -> dict[str, Config]:
+        adam = OptimConfig(learning_rate=1e-3)
+        # omnizart's beat.yaml: BLSTM 2x25, 1000 frames, 10 x 1000 steps of 64, ES 7.
+        paper = schedule(10, 1000, 50, 64, early_stop_patience=7, monitor="val_loss")
+        # Same architecture with 4-second windows (the dense heads shrink 6x): learns on a
+        # 2-core CPU in minutes.
+        demo = schedule(8, 150, 10, 32, log_every=10, early_stop_patience=4)
+        demo = dataclasses.replace(demo, monitor="val_beat_f_measure")
+        demo_data = BeatDataConfig(corpus_train=150, corpus_val=12, corpus_test=24)
+        tiny_model = BeatModelConfig(timesteps=64, hidden=4, num_layers=1, attn_hidden=8)
+        tiny_data = BeatDataConfig(corpus_train=3, corpus_val=1, corpus_test=1, corpus_variants=1)
+        tiny = tiny_schedule(steps_per_epoch=4, val_steps=2, log_every=2)
         return {
-            # omnizart's beat.yaml: BLSTM 2x25, 1000 frames, 10 x 1000 steps of 64, ES 7.
-            "paper": _config(
-                "paper",
-                BeatModelConfig(),
-                BeatDataConfig(),
-                TrainConfig(
-                    epochs=10,
-                    steps_per_epoch=1000,
-                    val_steps=50,
-                    batch_size=64,
-                    val_batch_size=64,
-                    early_stop_patience=7,
-                    monitor="val_loss",
-                ),
-            ),
-            # Same architecture with 4-second windows (the dense heads shrink 6x): learns on a
-            # 2-core CPU in minutes.
-            "demo": _config(
-                "demo",
-                BeatModelConfig(timesteps=400),
-                BeatDataConfig(corpus_train=150, corpus_val=12, corpus_test=24),
-                TrainConfig(
-                    epochs=8,
-                    steps_per_epoch=150,
-                    val_steps=10,
-                    batch_size=32,
-                    val_batch_size=32,
-                    log_every=10,
-                    early_stop_patience=4,
-                    monitor="val_beat_f_measure",
-                ),
-            ),
-            # For tests: seconds.
-            "tiny": _config(
-                "tiny",
-                BeatModelConfig(timesteps=64, hidden=4, num_layers=1, attn_hidden=8),
-                BeatDataConfig(corpus_train=3, corpus_val=1, corpus_test=1, corpus_variants=1),
-                TrainConfig(
-                    epochs=2,
-                    steps_per_epoch=4,
-                    val_steps=2,
-                    batch_size=8,
-                    val_batch_size=8,
-                    log_every=2,
-                    early_stop_patience=None,
-                    data_threads=1,
-                ),
-            ),
+            "paper": self.config("paper", BeatModelConfig(), BeatDataConfig(), paper, adam),
+            "demo": self.config("demo", BeatModelConfig(timesteps=400), demo_data, demo, adam),
+            "tiny": self.config("tiny", tiny_model, tiny_data, tiny, adam),
         }
 
     # -- model ----------------------------------------------------------------------------------

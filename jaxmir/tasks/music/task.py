@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
+from jaxmir.config import Config, ConfigError, OptimConfig
 from jaxmir.data.features.cfp import CHANNELS, MUSIC, cfp_numpy
 from jaxmir.losses import apply_model, binary_accuracy
-from jaxmir.tasks.base import CorpusConfig, PieceTask
+from jaxmir.tasks.base import CorpusConfig, PieceTask, schedule, tiny_schedule
 from jaxmir.tasks.music.decode import decode_notes, notes_to_midi, write_notes_csv
 from jaxmir.tasks.music.labels import (
     FPS,
@@ -65,20 +65,6 @@ class MusicDecodeConfig:
     onset_th: float | None = None  # omnizart decoder (None: 4 piano modes, 6 stream modes)
 
 
-def _config(preset, model, data, train, lr=1e-3) -> Config:
-    return Config(
-        task="music",
-        preset=preset,
-        model=model,
-        data=data,
-        decode=MusicDecodeConfig(),
-        train=train,
-        optim=OptimConfig(
-            learning_rate=lr, lr_schedule="step", decay_rate=0.25, decay_every=3, min_lr=5e-8
-        ),
-    )
-
-
 class MusicTask(PieceTask):
     name = "music"
     model_config = MusicModelConfig
@@ -87,55 +73,26 @@ class MusicTask(PieceTask):
     datasets = ("synth", "maestro", "maps", "musicnet")  # the readers that give notes
 
     def presets(self) -> dict[str, Config]:
+        adam = OptimConfig(
+            learning_rate=1e-3, lr_schedule="step", decay_rate=0.25, decay_every=3, min_lr=5e-8
+        )
+        # omnizart's music.yaml: attn U-Net, [Spec, Ceps], note-stream, 256 frames, batch 8,
+        # 20 x 3000 steps (val 500), LR x0.25 every 3 epochs (floor 5e-8), early stop 6.
+        paper = schedule(20, 3000, 500, 8, early_stop_patience=6, monitor="val_note_f1")
+        paper_data = MusicDataConfig(corpus_pieces=None, corpus_instruments="mixed")
+        # Same architecture at 1/4 width (base 8) on 128-frame windows, piano "note" labels;
+        # weighted BCE and BatchNorm momentum 0.9 so it learns notes within minutes.
+        demo = schedule(6, 150, 10, 4, 8, log_every=10, early_stop_patience=3)
+        demo = dataclasses.replace(demo, monitor="val_note_f1")
+        demo_model = MusicModelConfig(timesteps=128, base=8, dropout=0.1, bn_momentum=0.9)
+        demo_data = MusicDataConfig(label_mode="note", loss="weighted", corpus_pieces=48)
+        tiny_model = MusicModelConfig(timesteps=32, base=8, dropout=0.0)
+        tiny_data = MusicDataConfig(label_mode="note", corpus_pieces=4, corpus_max_seconds=8.0)
+        tiny = tiny_schedule(batch_size=2, val_batch_size=2)
         return {
-            # omnizart's music.yaml: attn U-Net, [Spec, Ceps], note-stream, 256 frames, batch 8,
-            # 20 x 3000 steps (val 500), LR x0.25 every 3 epochs (floor 5e-8), early stop 6.
-            "paper": _config(
-                "paper",
-                MusicModelConfig(),
-                MusicDataConfig(corpus_pieces=None, corpus_instruments="mixed"),
-                TrainConfig(
-                    epochs=20,
-                    steps_per_epoch=3000,
-                    val_steps=500,
-                    batch_size=8,
-                    val_batch_size=8,
-                    early_stop_patience=6,
-                    monitor="val_note_f1",
-                ),
-            ),
-            # Same architecture at 1/4 width (base 8) on 128-frame windows, piano "note" labels;
-            # weighted BCE and BatchNorm momentum 0.9 so it learns notes within minutes.
-            "demo": _config(
-                "demo",
-                MusicModelConfig(timesteps=128, base=8, dropout=0.1, bn_momentum=0.9),
-                MusicDataConfig(label_mode="note", loss="weighted", corpus_pieces=48),
-                TrainConfig(
-                    epochs=6,
-                    steps_per_epoch=150,
-                    val_steps=10,
-                    batch_size=4,
-                    val_batch_size=8,
-                    log_every=10,
-                    early_stop_patience=3,
-                    monitor="val_note_f1",
-                ),
-            ),
-            "tiny": _config(
-                "tiny",
-                MusicModelConfig(timesteps=32, base=8, dropout=0.0),
-                MusicDataConfig(label_mode="note", corpus_pieces=4, corpus_max_seconds=8.0),
-                TrainConfig(
-                    epochs=2,
-                    steps_per_epoch=3,
-                    val_steps=1,
-                    batch_size=2,
-                    val_batch_size=2,
-                    log_every=1,
-                    early_stop_patience=None,
-                    data_threads=1,
-                ),
-            ),
+            "paper": self.config("paper", MusicModelConfig(), paper_data, paper, adam),
+            "demo": self.config("demo", demo_model, demo_data, demo, adam),
+            "tiny": self.config("tiny", tiny_model, tiny_data, tiny, adam),
         }
 
     # -- model ----------------------------------------------------------------------------------

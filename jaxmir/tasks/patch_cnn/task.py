@@ -21,14 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmir.config import Config, OptimConfig, TrainConfig
+from jaxmir.config import Config, OptimConfig
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import PATCH_CNN, cfp_numpy
 from jaxmir.data.features.vocal import extract_patches, patch_at, peak_mask
 from jaxmir.data.pipeline import shuffled_examples
 from jaxmir.melody import bin_freqs, frame_times, write_melody
 from jaxmir.metrics import melody_scores
-from jaxmir.tasks.base import EVAL_SEED, CorpusConfig, PieceTask
+from jaxmir.tasks.base import EVAL_SEED, CorpusConfig, PieceTask, schedule, tiny_schedule
 from jaxmir.tasks.patch_cnn.decode import decode_patches
 from jaxmir.tasks.patch_cnn.labels import patch_ref_bins, patch_targets
 from jaxmir.tasks.patch_cnn.model import PATCH_SIZE, PatchCNN
@@ -51,18 +51,6 @@ class PatchDecodeConfig:
     threshold: float = 0.05  # lowest melody posterior of a frame's best patch (omnizart's)
 
 
-def _config(preset: str, data, train, lr: float) -> Config:
-    return Config(
-        task="patch_cnn",
-        preset=preset,
-        model=PatchModelConfig(),
-        data=data,
-        decode=PatchDecodeConfig(),
-        train=train,
-        optim=OptimConfig(learning_rate=lr),
-    )
-
-
 class PatchCNNTask(PieceTask):
     name = "patch_cnn"
     model_config = PatchModelConfig
@@ -71,53 +59,22 @@ class PatchCNNTask(PieceTask):
     datasets = ("synth", "mir1k", "medleydb", "tonas")
 
     def presets(self) -> dict[str, Config]:
+        watch = {"monitor": "val_overall_accuracy"}
+        # omnizart's patch_cnn: Adam 1e-5, batch 32, 10 x 2000 steps (val 300), ES 4.
+        paper = schedule(10, 2000, 300, 32, early_stop_patience=4, **watch)
+        # The same network with a 100x learning rate: minutes on a 2-core CPU.
+        demo = schedule(6, 1000, 20, 64, 256, log_every=50, early_stop_patience=None, **watch)
+        fast, slow = OptimConfig(learning_rate=1e-3), OptimConfig(learning_rate=1e-5)
+        model = PatchModelConfig()
         return {
-            # omnizart's patch_cnn: Adam 1e-5, batch 32, 10 x 2000 steps (val 300), ES 4.
-            "paper": _config(
-                "paper",
-                PatchDataConfig(corpus_pieces=None),
-                TrainConfig(
-                    epochs=10,
-                    steps_per_epoch=2000,
-                    val_steps=300,
-                    batch_size=32,
-                    val_batch_size=32,
-                    early_stop_patience=4,
-                    monitor="val_overall_accuracy",
-                ),
-                lr=1e-5,
-            ),
-            # The same network with a 100x learning rate: minutes on a 2-core CPU.
-            "demo": _config(
-                "demo",
-                PatchDataConfig(corpus_pieces=40),
-                TrainConfig(
-                    epochs=6,
-                    steps_per_epoch=1000,
-                    val_steps=20,
-                    batch_size=64,
-                    val_batch_size=256,
-                    log_every=50,
-                    early_stop_patience=None,
-                    monitor="val_overall_accuracy",
-                ),
-                lr=1e-3,
-            ),
-            "tiny": _config(
+            "paper": self.config("paper", model, PatchDataConfig(corpus_pieces=None), paper, slow),
+            "demo": self.config("demo", model, PatchDataConfig(corpus_pieces=40), demo, fast),
+            "tiny": self.config(
                 "tiny",
+                model,
                 PatchDataConfig(corpus_pieces=4, corpus_max_seconds=8.0),
-                TrainConfig(
-                    epochs=2,
-                    steps_per_epoch=3,
-                    val_steps=1,
-                    batch_size=8,
-                    val_batch_size=64,
-                    log_every=1,
-                    early_stop_patience=None,
-                    monitor="val_overall_accuracy",
-                    data_threads=1,
-                ),
-                lr=1e-3,
+                tiny_schedule(val_batch_size=64, **watch),
+                fast,
             ),
         }
 

@@ -26,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
+from jaxmir.config import Config, ConfigError, OptimConfig
 from jaxmir.data.features.cfp import VOCAL_CONTOUR, cfp_numpy
 from jaxmir.losses import apply_model, binary_accuracy
 from jaxmir.melody import bin_freqs, frame_times, write_melody
 from jaxmir.metrics import melody_scores
-from jaxmir.tasks.base import CorpusConfig, PieceTask
+from jaxmir.tasks.base import CorpusConfig, PieceTask, schedule, tiny_schedule
 from jaxmir.tasks.music.labels import focal_loss, weighted_bce
 from jaxmir.tasks.music.model import SemanticSegmentation
 from jaxmir.tasks.vocal_contour.decode import decode_contour
@@ -67,18 +67,6 @@ class ContourDecodeConfig:
     threshold: float | None = 0.5  # voice posterior of a voiced frame; None: omnizart's rule
 
 
-def _config(preset: str, model, data, train, lr: float = 1e-3) -> Config:
-    return Config(
-        task="vocal_contour",
-        preset=preset,
-        model=model,
-        data=data,
-        decode=ContourDecodeConfig(),
-        train=train,
-        optim=OptimConfig(learning_rate=lr),
-    )
-
-
 class VocalContourTask(PieceTask):
     name = "vocal_contour"
     model_config = ContourModelConfig
@@ -87,57 +75,24 @@ class VocalContourTask(PieceTask):
     datasets = ("synth", "mir1k", "medleydb", "tonas")  # the readers that give a voice f0
 
     def presets(self) -> dict[str, Config]:
+        adam = OptimConfig(learning_rate=1e-3)
+        watch = {"monitor": "val_overall_accuracy"}
+        # omnizart's vocal_contour: ASPP U-Net, 128 frames, batch 12, 5 x 6000 steps
+        # (val 200), Adam 1e-3, early stopping 3.
+        paper = schedule(5, 6000, 200, 12, early_stop_patience=3, **watch)
+        # The same network at 1/8 width on the corpus's sung line, with the positives' BCE
+        # weighted and a blurred target (omnizart's focal loss on a one-hot row: RPA 0.16
+        # after 120 steps, this recipe 0.74 after 100): minutes on a 2-core CPU.
+        demo = schedule(5, 100, 10, 8, log_every=10, early_stop_patience=None, **watch)
+        demo_model = ContourModelConfig(base=16, dropout=0.1, bn_momentum=0.9)
+        demo_data = ContourDataConfig(corpus_pieces=40, loss="weighted", label_blur=1.0)
+        tiny_model = ContourModelConfig(timesteps=32, base=4, dropout=0.0)
+        tiny_data = ContourDataConfig(corpus_pieces=4, corpus_max_seconds=8.0)
+        everything = ContourDataConfig(corpus_pieces=None)
         return {
-            # omnizart's vocal_contour: ASPP U-Net, 128 frames, batch 12, 5 x 6000 steps
-            # (val 200), Adam 1e-3, early stopping 3.
-            "paper": _config(
-                "paper",
-                ContourModelConfig(),
-                ContourDataConfig(corpus_pieces=None),
-                TrainConfig(
-                    epochs=5,
-                    steps_per_epoch=6000,
-                    val_steps=200,
-                    batch_size=12,
-                    val_batch_size=12,
-                    early_stop_patience=3,
-                    monitor="val_overall_accuracy",
-                ),
-            ),
-            # The same network at 1/8 width on the corpus's sung line, with the positives'
-            # BCE weighted and a blurred target (omnizart's focal loss on a one-hot row: RPA
-            # 0.16 after 120 steps, this recipe 0.74): minutes on a 2-core CPU.
-            "demo": _config(
-                "demo",
-                ContourModelConfig(base=16, dropout=0.1, bn_momentum=0.9),
-                ContourDataConfig(corpus_pieces=40, loss="weighted", label_blur=1.0),
-                TrainConfig(
-                    epochs=5,
-                    steps_per_epoch=100,
-                    val_steps=10,
-                    batch_size=8,
-                    val_batch_size=8,
-                    log_every=10,
-                    early_stop_patience=None,
-                    monitor="val_overall_accuracy",
-                ),
-            ),
-            "tiny": _config(
-                "tiny",
-                ContourModelConfig(timesteps=32, base=4, dropout=0.0),
-                ContourDataConfig(corpus_pieces=4, corpus_max_seconds=8.0),
-                TrainConfig(
-                    epochs=2,
-                    steps_per_epoch=3,
-                    val_steps=1,
-                    batch_size=8,
-                    val_batch_size=8,
-                    log_every=1,
-                    early_stop_patience=None,
-                    monitor="val_overall_accuracy",
-                    data_threads=1,
-                ),
-            ),
+            "paper": self.config("paper", ContourModelConfig(), everything, paper, adam),
+            "demo": self.config("demo", demo_model, demo_data, demo, adam),
+            "tiny": self.config("tiny", tiny_model, tiny_data, tiny_schedule(**watch), adam),
         }
 
     # -- model ----------------------------------------------------------------------------------
