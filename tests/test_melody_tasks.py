@@ -205,3 +205,22 @@ def test_unaccepted_dataset_exits_2_listing_the_accepted(task, dataset, accepted
     err = capsys.readouterr().err
     assert dataset in err and f"accepted: {accepted}" in err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize("task", ["music", "vocal_contour", "patch_cnn"])
+def test_features_rerun_on_the_same_cache_resumes(task, mixed_corpus, tmp_path, capsys):
+    """A second `jaxmir features` on the same output (a killed run's resume) is accepted: the
+    manifest's params (JSON lists) equal the task's (tuples)."""
+    argv = [
+        "features",
+        task,
+        "--dataset",
+        "synth",
+        "--root",
+        str(mixed_corpus),
+        "--out",
+        str(tmp_path / "cache"),
+    ]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    assert "4 already cached" in capsys.readouterr().out

@@ -81,7 +81,9 @@ class FeatureCache:
         path = root / MANIFEST
         if path.is_file():
             cache = cls(root)
-            if cache.manifest["task"] != task or cache.manifest["params"] != params:
+            # compared as JSON: the manifest holds lists where the params may hold tuples
+            canonical = json.loads(json.dumps(params))
+            if cache.manifest["task"] != task or cache.manifest["params"] != canonical:
                 raise CacheError(
                     f"{path}: cache was built for task {cache.manifest['task']!r} with params "
                     f"{cache.manifest['params']}, not {task!r} with {params}"
