@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxmir.config import ConfigError, apply_overrides
+from jaxmir.config import ConfigError, apply_overrides, validate
 
 EPILOG = """examples:
   jaxmir train beat --preset demo                 train on the embedded corpus
@@ -114,7 +114,7 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
         cfg = task.config_from_dict(json.loads(saved.read_text()))
     else:
         cfg = task.preset(preset or "demo")
-    return apply_overrides(cfg, overrides)
+    return validate(apply_overrides(cfg, overrides))
 
 
 def _run_json(workdir: Path) -> dict:
@@ -266,14 +266,25 @@ def _enable_compilation_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from jaxmir.data.audio import AudioError
     from jaxmir.data.cache import CacheError
+    from jaxmir.data.datasets.midi import MidiError
+    from jaxmir.data.records import AnnotationError
 
     if args.command in JAX_COMMANDS:
         _enable_compilation_cache()
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UsageError, CacheError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        UsageError,
+        CacheError,
+        FileNotFoundError,
+        AudioError,
+        MidiError,
+        AnnotationError,
+    ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -227,6 +227,32 @@ def check_resume_compatible(saved: dict, new: Config) -> None:
         )
 
 
+# (key, lowest allowed value): values a run cannot use, refused before anything is written
+_LOWER_BOUNDS = (
+    ("train.epochs", 1),
+    ("train.steps_per_epoch", 1),
+    ("train.val_steps", 0),
+    ("train.batch_size", 1),
+    ("train.val_batch_size", 1),
+    ("train.log_every", 1),
+    ("train.grad_accum", 1),
+    ("train.keep_latest", 1),
+    ("train.keep_best", 1),
+    ("train.data_threads", 1),
+)
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg`, or ConfigError naming the first key whose value no run can use."""
+    flat = flatten(json.loads(cfg.to_json()))
+    for key, low in _LOWER_BOUNDS:
+        if flat[key] < low:
+            raise ConfigError(f"{key}: must be >= {low}, got {flat[key]}")
+    if not flat["optim.learning_rate"] > 0:
+        raise ConfigError(f"optim.learning_rate: must be > 0, got {flat['optim.learning_rate']}")
+    return cfg
+
+
 def save_config(cfg: Config, path: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(cfg.to_json() + "\n")

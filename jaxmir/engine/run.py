@@ -8,6 +8,7 @@ events, checkpoints and curves.png in the workdir.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxmir.config import Config, check_resume_compatible, save_config
+from jaxmir.config import Config, ConfigError, check_resume_compatible, save_config, validate
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.pipeline import batch_iterator
 from jaxmir.engine import callbacks as cb
@@ -128,16 +129,65 @@ def train(
     progress: bool = True,
     log=print,
 ) -> RunResult:
-    """Train `task` with `cfg` in `workdir` (resuming it when it holds a checkpoint)."""
-    t0 = time.time()
+    """Train `task` with `cfg` in `workdir` (resuming it when it holds a checkpoint).
+
+    One run per workdir at a time: a second one gets ConfigError naming the holder's PID."""
+    validate(cfg)
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(workdir):
+        return _train(task, cfg, workdir, data, devices=devices, progress=progress, log=log)
+
+
+class WorkdirLock:
+    """An exclusive `flock` on `workdir/.lock` (released by the kernel if the process dies),
+    taken by process 0 only (the others share its workdir on a cluster)."""
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self):
+        if jax.process_index() != 0:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"{self.path.parent}: another run (PID {holder}) is training in this workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+        return False
+
+
+def _config_in_checkpoint(config_path: Path, checkpointer, step: int) -> dict:
+    """The run's config when config.json is gone: the one saved with the checkpoint."""
+    saved = checkpointer.restore_meta(step).get("config")
+    if saved is None:
+        raise ConfigError(
+            f"{config_path}: missing, and checkpoint {step} carries no config to resume with"
+        )
+    return saved
+
+
+def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) -> RunResult:
+    t0 = time.time()
     ckpt_dir = workdir / "checkpoints"
     config_path = workdir / "config.json"
     resuming = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-    if resuming and config_path.is_file():
+    if resuming and config_path.is_file():  # refuse a changed config before any work
         check_resume_compatible(json.loads(config_path.read_text()), cfg)
-    save_config(cfg, config_path)
 
     cache = resolve_data(task, cfg, data, progress) if task.needs_cache else None
     mesh = make_mesh(devices)
@@ -169,6 +219,8 @@ def train(
     )
     latest = checkpointer.latest_step()
     if latest is not None:
+        if not config_path.is_file():
+            check_resume_compatible(_config_in_checkpoint(config_path, checkpointer, latest), cfg)
         state, meta = checkpointer.restore(latest, state, train_iter)
         plan = dataclasses.replace(
             plan, start_epoch=int(meta["epoch"]), start_step_in_epoch=int(meta["step_in_epoch"])
@@ -180,6 +232,7 @@ def train(
         log(f"Resuming {workdir} from step {latest} (epoch {plan.start_epoch + 1})")
     else:
         log(f"Training {task.name} ({cfg.preset}) in {workdir}")
+    save_config(cfg, config_path)  # only once a resume has succeeded
 
     writer = MetricsWriter(workdir)
 

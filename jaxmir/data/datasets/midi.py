@@ -32,6 +32,10 @@ from jaxmir.data.symbolic import SymbolicPiece
 MIDI_SUFFIXES = (".mid", ".midi")
 
 
+class MidiError(ValueError):
+    """A MIDI file that cannot be used; the message names the file and the reason."""
+
+
 def _load(path: Path):
     import pretty_midi
 
@@ -40,7 +44,7 @@ def _load(path: Path):
             warnings.simplefilter("ignore")  # "tempo/key/time signature on non-zero tracks"
             return pretty_midi.PrettyMIDI(str(path))
     except Exception as e:  # mido/pretty_midi raise many kinds on corrupt files
-        raise ValueError(f"{path}: cannot parse MIDI ({type(e).__name__}: {e})") from e
+        raise MidiError(f"{path}: cannot parse MIDI ({type(e).__name__}: {e})") from e
 
 
 def _notes(pm, path: Path) -> np.ndarray:
@@ -52,7 +56,7 @@ def _notes(pm, path: Path) -> np.ndarray:
         if n.end > n.start
     ]
     if not rows:
-        raise ValueError(f"{path}: no notes (outside drum tracks)")
+        raise MidiError(f"{path}: no notes (outside drum tracks)")
     notes = np.asarray(rows, np.float64)
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
 
