@@ -1,7 +1,9 @@
 """The `jaxmir` command: train, eval, transcribe, info, features.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad usage (unknown task, preset, config key or
-value type; missing or empty data), with one clear line on stderr.
+value; missing, empty or unreadable data), with one clear line on stderr; 75 (EX_TEMPFAIL)
+a training run interrupted by SIGTERM/SIGINT after saving a checkpoint: re-run the same
+command to resume (what a pre-emption-aware launcher should do).
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
 TASKS_HELP = "beat | music | vocal_contour | patch_cnn"
 
 
+EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: saved, not finished; run again to resume
+
+
 class UsageError(Exception):
     pass
 
@@ -136,6 +141,7 @@ def cmd_train(args) -> int:
     result = train(task, cfg, workdir, cache.root, progress=not args.no_progress)
     if result.status.startswith("interrupted"):
         print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
+        return EXIT_INTERRUPTED
     return 0
 
 

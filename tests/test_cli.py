@@ -136,7 +136,8 @@ def test_train_eval_transcribe(beat_cache, tmp_path, capsys):
 
 
 def test_sigterm_saves_and_the_same_command_resumes(beat_cache, tmp_path):
-    """A real process gets SIGTERM mid-epoch: it saves, exits 0, and the rerun finishes."""
+    """A real process gets SIGTERM mid-epoch: it saves, exits 75 (resume me), and the rerun
+    finishes."""
     import subprocess
     import sys
 
@@ -160,7 +161,7 @@ def test_sigterm_saves_and_the_same_command_resumes(beat_cache, tmp_path):
     first = subprocess.run(
         [*base, "--set", "train.interrupt_at_step=5"], capture_output=True, text=True, timeout=300
     )
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 75, first.stderr
     assert "Interrupted; checkpoint saved" in first.stdout
     assert (wd / "checkpoints" / "5").is_dir()
     second = subprocess.run(base, capture_output=True, text=True, timeout=300)

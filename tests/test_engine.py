@@ -65,6 +65,10 @@ def test_interrupt_and_resume_is_bit_identical(beat_cache, tmp_path):
     )
     assert cut.status.startswith("interrupted")
     assert int(cut.state.step) == 6  # inside epoch 2 (4 steps per epoch)
+    # what a kill -9 after the checkpoint leaves: records past it, and a torn last line
+    with open(work / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "step", "step": 7, "epoch": 2, "split": "train"}) + "\n")
+        f.write('{"kind": "step", "st')
     resumed = train(TASK, cfg, work, beat_cache, devices=ONE, progress=False)
     assert resumed.status == "finished"
     assert int(resumed.state.step) == int(full.state.step) == 12
@@ -72,6 +76,12 @@ def test_interrupt_and_resume_is_bit_identical(beat_cache, tmp_path):
         assert np.array_equal(a, b)
     for a, b in zip(leaves(full.state.opt_state), leaves(resumed.state.opt_state), strict=True):
         assert np.array_equal(a, b)
+
+    # the resumed run's metrics.jsonl has the uninterrupted run's records, once each
+    def keys(path):
+        return [(r["kind"], r["step"], r["split"]) for r in map(json.loads, open(path))]
+
+    assert keys(work / "metrics.jsonl") == keys(tmp_path / "full" / "metrics.jsonl")
 
 
 def test_training_on_after_async_saves_equals_no_saves(beat_cache, tmp_path):

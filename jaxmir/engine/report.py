@@ -40,9 +40,13 @@ def _clean(value):
 class MetricsWriter:
     """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, workdir: Path, tensorboard: bool = True):
+    def __init__(self, workdir: Path, tensorboard: bool = True, resume_step: int | None = None):
+        """`resume_step`: the step the run restarts from; records past it (written by a killed
+        attempt after its last checkpoint, or a torn last line) are dropped first."""
         self.path = Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            _keep_until(self.path, resume_step)
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 - closed in close()
         self._tb = None
         if tensorboard:
@@ -63,6 +67,19 @@ class MetricsWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _keep_until(path: Path, step: int) -> None:
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by a kill
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    tmp.replace(path)
 
 
 def read_metrics(path: Path) -> list[dict]:

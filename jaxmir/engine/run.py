@@ -234,7 +234,7 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
         log(f"Training {task.name} ({cfg.preset}) in {workdir}")
     save_config(cfg, config_path)  # only once a resume has succeeded
 
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, resume_step=latest or 0)
 
     def save(st: TrainState, metrics, meta):
         meta = {**meta, "step": int(st.step), "config": cfg.to_dict()}
