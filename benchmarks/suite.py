@@ -79,7 +79,7 @@ def log(msg: str = "") -> None:
 def _peer_available(peer: str) -> tuple[bool, str]:
     module = {"torch": "torch", "tf": "tensorflow"}[peer]
     if importlib.util.find_spec(module) is None:
-        how = 'pip install "jaxmir[bench]"' if peer == "torch" else "pip install tensorflow-cpu"
+        how = 'pip install -e ".[bench]"'
         return False, f"{peer}: skipped, `import {module}` fails here ({how} to include it)"
     return True, ""
 
@@ -621,6 +621,13 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not (args.levers or args.gpu):
+        missing = [msg for ok, msg in map(_peer_available, args.peers) if not ok]
+        if missing:  # a side-by-side run that silently drops a peer would mislead
+            for msg in missing:
+                log(msg.replace(": skipped,", ": missing,"))
+            log('Install the peers (pip install -e ".[bench]") or leave them out (--peers).')
+            return 3
     MALLOC["mode"] = args.malloc
     ACCELERATOR["on"] = bool(args.gpu)
     t_start = time.perf_counter()

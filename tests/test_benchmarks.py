@@ -78,3 +78,11 @@ def test_vocal_contour_paper_size(builder):
     out = jax.eval_shape(lambda v, x: built.module.apply(v, x, train=False), variables, x)
     assert out.shape == (1, *spec["output"])
     assert built.optim.learning_rate == 1e-3
+
+
+def test_a_requested_peer_that_cannot_be_imported_fails_the_run(monkeypatch, capsys):
+    import benchmarks.suite as suite
+
+    monkeypatch.setattr(suite, "_peer_available", lambda p: (p != "tf", f"{p}: skipped, x"))
+    assert suite.main(["--quick", "--models", "patch_cnn", "--peers", "torch,tf"]) == 3
+    assert "tf: missing" in capsys.readouterr().out
