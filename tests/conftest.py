@@ -50,13 +50,18 @@ def synth_corpus(tmp_path_factory):
     return root
 
 
+def featurized(task: str, corpus, tmp_path_factory):
+    """The task's feature cache of a rendered corpus folder."""
+    from jaxmir.tasks.base import get_task
+
+    out = tmp_path_factory.mktemp(f"{task}-cache")
+    get_task(task).featurize("synth", corpus, out, progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def music_cache(synth_corpus, tmp_path_factory):
-    from jaxmir.tasks.music.task import TASK
-
-    out = tmp_path_factory.mktemp("music-cache")
-    TASK.featurize("synth", synth_corpus, out, progress=False)
-    return out
+    return featurized("music", synth_corpus, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -72,17 +77,9 @@ def mixed_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def contour_cache(mixed_corpus, tmp_path_factory):
-    from jaxmir.tasks.vocal_contour.task import TASK
-
-    out = tmp_path_factory.mktemp("contour-cache")
-    TASK.featurize("synth", mixed_corpus, out, progress=False)
-    return out
+    return featurized("vocal_contour", mixed_corpus, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def patch_cache(mixed_corpus, tmp_path_factory):
-    from jaxmir.tasks.patch_cnn.task import TASK
-
-    out = tmp_path_factory.mktemp("patch-cache")
-    TASK.featurize("synth", mixed_corpus, out, progress=False)
-    return out
+    return featurized("patch_cnn", mixed_corpus, tmp_path_factory)

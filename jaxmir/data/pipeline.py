@@ -33,21 +33,12 @@ def window_index(
 
 
 @dataclasses.dataclass
-class WindowReader(grain.transforms.RandomMap):
-    """(piece, start) -> {"x": (timesteps, ...), "mask": (timesteps,), **targets}.
-
-    `view(x[lo:hi])` turns cached frames into the model's input (channel choice, padding);
-    `labels(piece_labels, start, mask)` gives the window's targets from the piece's cached label
-    arrays (loaded once per piece). With `jitter`, the start moves by a random number of frames
-    in [-jitter, jitter]; frames past a piece's ends are zero with mask 0 (the loss ignores them).
-    """
+class PieceReader(grain.transforms.RandomMap):
+    """Base of the transforms that read examples of cached pieces: the cache is opened lazily
+    (in each worker) and each piece's label arrays are loaded once."""
 
     root: str
     names: list[str]
-    timesteps: int
-    jitter: int
-    view: Callable[[np.ndarray], np.ndarray]
-    labels: Callable[[dict, int, np.ndarray], dict]
 
     def __post_init__(self):
         self._cache: FeatureCache | None = None
@@ -58,17 +49,38 @@ class WindowReader(grain.transforms.RandomMap):
         d["_cache"], d["_labels"] = None, {}
         return d
 
-    def random_map(self, element, rng: np.random.Generator) -> dict:
+    def arrays(self, piece: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(features, label arrays) of piece number `piece` of `names`."""
         if self._cache is None:
             self._cache = FeatureCache(self.root)
-        name = self.names[int(element[0])]
-        start = int(element[1])
-        if self.jitter:
-            start += int(rng.integers(-self.jitter, self.jitter + 1))
+        name = self.names[piece]
         if name not in self._labels:
             self._labels[name] = self._cache.labels(name)
-        x, mask = read_frames(self._cache.features(name), start, self.timesteps, self.view)
-        return {"x": x, "mask": mask, **self.labels(self._labels[name], start, mask)}
+        return self._cache.features(name), self._labels[name]
+
+
+@dataclasses.dataclass
+class WindowReader(PieceReader):
+    """(piece, start) -> {"x": (timesteps, ...), "mask": (timesteps,), **targets}.
+
+    `view(x[lo:hi])` turns cached frames into the model's input (channel choice, padding);
+    `labels(piece_labels, start, mask)` gives the window's targets from the piece's cached label
+    arrays. With `jitter`, the start moves by a random number of frames in [-jitter, jitter];
+    frames past a piece's ends are zero with mask 0 (the loss ignores them).
+    """
+
+    timesteps: int
+    jitter: int
+    view: Callable[[np.ndarray], np.ndarray]
+    labels: Callable[[dict, int, np.ndarray], dict]
+
+    def random_map(self, element, rng: np.random.Generator) -> dict:
+        piece, start = int(element[0]), int(element[1])
+        if self.jitter:
+            start += int(rng.integers(-self.jitter, self.jitter + 1))
+        x_all, labels = self.arrays(piece)
+        x, mask = read_frames(x_all, start, self.timesteps, self.view)
+        return {"x": x, "mask": mask, **self.labels(labels, start, mask)}
 
 
 def read_frames(

@@ -25,7 +25,7 @@ from jaxmir.config import Config, OptimConfig
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import PATCH_CNN, cfp_numpy
 from jaxmir.data.features.vocal import extract_patches, patch_at, peak_mask
-from jaxmir.data.pipeline import shuffled_examples
+from jaxmir.data.pipeline import PieceReader, shuffled_examples
 from jaxmir.melody import bin_freqs, frame_times, write_melody
 from jaxmir.metrics import melody_scores
 from jaxmir.tasks.base import EVAL_SEED, CorpusConfig, PieceTask, schedule, tiny_schedule
@@ -158,30 +158,13 @@ class PatchCNNTask(PieceTask):
 
 
 @dataclasses.dataclass
-class PatchReader(grain.transforms.RandomMap):
+class PatchReader(PieceReader):
     """(piece, frame, row) -> {"x": (25, 25, 1) patch of Z, "y": [1 - l, l]}."""
 
-    root: str
-    names: list[str]
-
-    def __post_init__(self):
-        self._cache: FeatureCache | None = None
-        self._ref: dict[str, np.ndarray] = {}
-
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d["_cache"], d["_ref"] = None, {}
-        return d
-
     def random_map(self, element, rng: np.random.Generator) -> dict:
-        if self._cache is None:
-            self._cache = FeatureCache(self.root)
         piece, frame, row = (int(v) for v in element)
-        name = self.names[piece]
-        if name not in self._ref:
-            self._ref[name] = self._cache.labels(name)["ref_bins"]
-        z = self._cache.features(name)
-        label = float(patch_targets(np.array([frame]), np.array([row]), self._ref[name])[0])
+        z, labels = self.arrays(piece)
+        label = float(patch_targets(np.array([frame]), np.array([row]), labels["ref_bins"])[0])
         return {
             "x": patch_at(z, frame, row, PATCH_SIZE)[..., None],
             "y": np.array([1.0 - label, label], np.float32),
