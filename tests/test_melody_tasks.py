@@ -51,7 +51,7 @@ def _train(task, cfg, batch, steps, check):
     score = None
     for i in range(1, steps + 1):
         state, _ = step(state, placed)
-        if i % 50 == 0:
+        if i % 25 == 0:
             score = check(make_predict(mesh, state))
             if score >= 0.9:
                 break
@@ -64,14 +64,14 @@ def test_vocal_contour_tiny_model_overfits_two_pieces(contour_cache):
     cache = FeatureCache(contour_cache)
     names = cache.names("train")
     assert len(names) == 2
-    t = 64
+    t = 32
     cfg = apply_overrides(
         TASK.preset("tiny"),
         [
             f"model.timesteps={t}",
             "model.base=8",
             "model.bn_momentum=0.9",
-            "optim.learning_rate=3e-3",
+            "optim.learning_rate=1e-2",
             "train.val_batch_size=4",
         ],
     )
@@ -80,7 +80,7 @@ def test_vocal_contour_tiny_model_overfits_two_pieces(contour_cache):
     examples = [reader.random_map(np.array(w), None) for w in windows]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     assert batch["x"].shape == (4, t, 384, 1) and batch["y"].shape == (4, t, 384, 2)
-    assert batch["y"][..., 1].sum() > 50  # the sung line is voiced in these windows
+    assert batch["y"][..., 1].sum() > 25  # the sung line is voiced in these windows
     refs = []
     for i, s in windows:
         f0 = cache.labels(names[i])["f0"]
