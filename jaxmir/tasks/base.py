@@ -166,7 +166,10 @@ class PieceTask(Task):
         """Targets of the window of frames [start, start + len(mask)) of a piece with cached
         `labels`; `mask` is 1 on the frames inside the piece. Needed by the default `dataset`
         (a task whose examples are not windows overrides `dataset` instead)."""
-        raise NotImplementedError(f"{self.name}: window_labels")
+        raise TypeError(
+            f"{type(self).__name__} uses the windowed dataset: define window_labels "
+            "(or override dataset)"
+        )
 
     @abc.abstractmethod
     def decode(self, posteriors: Any, cfg: Config) -> Any:
