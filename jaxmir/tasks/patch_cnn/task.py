@@ -22,10 +22,11 @@ import numpy as np
 import optax
 
 from jaxmir.config import Config, OptimConfig
-from jaxmir.data.cache import FeatureCache
+from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.features.cfp import PATCH_CNN, cfp_numpy
 from jaxmir.data.features.vocal import extract_patches, patch_at, peak_mask
 from jaxmir.data.pipeline import PieceReader, shuffled_examples
+from jaxmir.inference import sigmoid
 from jaxmir.melody import bin_freqs, frame_times, write_melody
 from jaxmir.metrics import melody_scores
 from jaxmir.tasks.base import EVAL_SEED, CorpusConfig, PieceTask, schedule, tiny_schedule
@@ -116,7 +117,7 @@ class PatchCNNTask(PieceTask):
     ) -> grain.MapDataset:
         names = cache.names(split)
         if not names:
-            raise ValueError(f"{cache.root}: no pieces in split {split!r}")
+            raise CacheError(f"{cache.root}: no pieces in split {split!r}")
         rows = []
         for i, name in enumerate(names):
             peaks = cache.labels(name)["peaks"]
@@ -135,7 +136,8 @@ class PatchCNNTask(PieceTask):
             chunk = np.zeros((b, PATCH_SIZE, PATCH_SIZE, 1), np.float32)
             n = min(b, len(patches) - i)
             chunk[:n, ..., 0] = patches[i : i + n]
-            probs[i : i + n] = np.asarray(jax.nn.softmax(predict(chunk), -1))[:n, 1]
+            logits = np.asarray(predict(chunk))[:n]
+            probs[i : i + n] = sigmoid(logits[:, 1] - logits[:, 0])  # softmax of 2, on host
         return {"probs": probs, "frames": frames, "rows": rows, "n_frames": len(x)}
 
     def decode(self, post: dict, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
