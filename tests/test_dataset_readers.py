@@ -374,13 +374,14 @@ def test_tonas_notes_tuning_and_f0(tmp_path):
     assert sorted(pieces) == ["Deblas__01-D_x", "Martinetes1__02-M_y"]
     p = pieces["Deblas__01-D_x"]
     assert p.split == _common.hash_split("Deblas__01-D_x")
+    # the pitches already carry the tuning of line 1; the f0 is column 3 (column 4: note f0)
     np.testing.assert_allclose(
-        p.notes, [[0.5, 0.75, 60.1, -1, -1], [1.0, 1.5, 61.8, -1, -1]], atol=1e-12
+        p.notes, [[0.5, 0.75, 60.3, -1, -1], [1.0, 1.5, 62.0, -1, -1]], atol=1e-12
     )
-    np.testing.assert_array_equal(p.f0, [[0.0, 0.0], [0.0029, 220.5], [0.0058, 0.0]])
+    np.testing.assert_array_equal(p.f0, [[0.0, 0.0], [0.0029, 219.0], [0.0058, 221.0]])
     q = pieces["Martinetes1__02-M_y"]
     assert q.notes is None
-    np.testing.assert_array_equal(q.f0, [[0.0, 101.0]])
+    np.testing.assert_array_equal(q.f0, [[0.0, 100.0]])
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 not already complete in the cache, in worker processes when `workers > 1`, and writes each
 result from the main process as soon as it arrives (so a kill loses only the pieces in flight).
 A piece whose input is bad (unreadable, empty, NaN, truncated) is reported by name and skipped;
-the rest continue, and the summary lists the failures.
+the rest continue, and the summary lists the failures. A piece whose audio ends more than
+`LABEL_SLACK_S` before its last label (a truncated download: one MAESTRO wav of 2 s against notes
+up to 704 s) is still written, with a warning naming both durations: the labels past the audio's
+end have no audio under them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tqdm import tqdm
 from jaxmir.data.cache import FeatureCache
 
 Compute = Callable[[Any], tuple[np.ndarray, dict[str, np.ndarray]]]
+LABEL_SLACK_S = 1.0  # annotations may run a little past the audio (last f0 frame, release)
 
 
 def _safe_compute(compute: Compute, piece) -> tuple[str, Any]:
@@ -32,6 +36,44 @@ def _safe_compute(compute: Compute, piece) -> tuple[str, Any]:
 
 def _source(piece) -> str:
     return str(getattr(piece, "audio", None) or piece.name)
+
+
+def label_end(piece) -> float | None:
+    """Time of the last label of an audio piece record (note offset, f0 frame, beat, chord end,
+    drum hit), None when it has none."""
+    ends = []
+    for key, column in (("notes", 1), ("f0", 0), ("chords", 1), ("drum_hits", 0)):
+        value = getattr(piece, key, None)
+        if value is not None and len(value):
+            ends.append(float(np.max(np.asarray(value)[:, column])))
+    for key in ("beats", "downbeats"):
+        value = getattr(piece, key, None)
+        if value is not None and len(value):
+            ends.append(float(np.max(value)))
+    return max(ends) if ends else None
+
+
+def audio_seconds(path) -> float | None:
+    """Duration from the audio file's header; None when the header cannot tell."""
+    try:
+        import soundfile as sf
+
+        return float(sf.info(str(path)).duration)
+    except Exception:  # noqa: BLE001 - formats libsndfile lacks (m4a, ...) are not checked
+        return None
+
+
+def check_audio_covers_labels(piece) -> str | None:
+    """A warning when the piece's audio ends more than LABEL_SLACK_S before its last label."""
+    audio = getattr(piece, "audio", None)
+    end = label_end(piece) if audio is not None else None
+    seconds = audio_seconds(audio) if end is not None else None
+    if seconds is None or end <= seconds + LABEL_SLACK_S:
+        return None
+    return (
+        f"{piece.name}: audio {audio} is {seconds:.1f} s long but its labels run to {end:.1f} s "
+        "(truncated audio? the labels past its end have no audio under them)"
+    )
 
 
 def featurize(
@@ -57,6 +99,9 @@ def featurize(
     def finish(piece, status, result):
         nonlocal written
         if status == "ok":
+            short = check_audio_covers_labels(piece)
+            if short:
+                warnings.warn(short, stacklevel=2)
             x, labels = result
             extra = extra_of(piece) if extra_of else None
             cache.write_piece(piece.name, split_of(piece), x, labels, extra)

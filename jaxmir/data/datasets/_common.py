@@ -100,9 +100,8 @@ def note_array(rows: list[tuple[float, float, float, float, float]]) -> np.ndarr
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
 
 
-def read_time_label_hits(path: Path, label_to_note, what: str = "drum") -> np.ndarray:
-    """A "time label" per line drum annotation -> float64 (H, 2) [time_s, GM note], sorted.
-    `label_to_note(label)` gives the GM note, None to drop the hit, KeyError if unknown."""
+def read_time_labels(path: Path) -> list[tuple[int, float, str]]:
+    """A "time label" per line annotation -> [(line, time_s, label)] in file order."""
     path = Path(path)
     rows = []
     for line, text in text_lines(path):
@@ -114,10 +113,20 @@ def read_time_label_hits(path: Path, label_to_note, what: str = "drum") -> np.nd
         t = to_float(fields[0], path, line, "time")
         if t < 0:
             raise AnnotationError(path, line, f"negative time {t}")
+        rows.append((line, t, fields[1]))
+    return rows
+
+
+def read_time_label_hits(path: Path, label_to_note, what: str = "drum") -> np.ndarray:
+    """A "time label" per line drum annotation -> float64 (H, 2) [time_s, GM note], sorted.
+    `label_to_note(label)` gives the GM note, None to drop the hit, KeyError if unknown."""
+    path = Path(path)
+    rows = []
+    for line, t, label in read_time_labels(path):
         try:
-            note = label_to_note(fields[1])
+            note = label_to_note(label)
         except KeyError:
-            raise AnnotationError(path, line, f"unknown {what} label {fields[1]!r}") from None
+            raise AnnotationError(path, line, f"unknown {what} label {label!r}") from None
         if note is not None:
             rows.append((t, note))
     return hit_array(rows)

@@ -29,12 +29,12 @@ import bisect
 import csv
 import json
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from jaxmir.data.datasets import _common as C
+from jaxmir.data.datasets.midi import MidiError, load_midi
 from jaxmir.data.records import AnnotationError, AudioPiece
 
 DATASET = "MAESTRO"
@@ -127,15 +127,11 @@ def _sustained(offset: float, intervals: list[tuple[float, float]], starts: list
 
 def read_midi_notes(path: Path) -> np.ndarray:
     """MAESTRO MIDI -> float64 (N, 5) notes with sustain-pedal offsets (see module docstring)."""
-    import pretty_midi
-
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pm = pretty_midi.PrettyMIDI(str(path))
-    except Exception as e:  # mido/pretty_midi raise many kinds on corrupt files
-        raise AnnotationError(path, None, f"cannot parse MIDI ({type(e).__name__}: {e})") from e
+        pm = load_midi(path)  # any tick resolution; corrupt files named
+    except MidiError as e:
+        raise AnnotationError(path, None, e.reason) from e
     file_end = pm.get_end_time()
     rows = []
     for inst in pm.instruments:

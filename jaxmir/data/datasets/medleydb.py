@@ -1,12 +1,21 @@
 """MedleyDB (multitrack recordings with melody annotations) -> `AudioPiece`s with a melody f0.
 
-Layout (the official MedleyDB 1.x distribution): `Audio/<Track>/<Track>_MIX.wav` and
-`Annotations/Melody_Annotations/MELODY1|MELODY2|MELODY3/<Track>_MELODY<n>.csv`. MELODY1 and
-MELODY2 files are csv rows `time_s,Hz` with no header, on a 256-sample grid at 44.1 kHz
-(~5.8 ms), 0 Hz = unvoiced. The three definitions: MELODY1 is the f0 of the predominant melodic
-source, MELODY2 the f0 of the melody, whichever source carries it, MELODY3 the f0s of all
-melodic lines, one column each: MELODY3 does not fit a single contour and is refused.
-`melody="MELODY2"` is the default (the definition used most in melody-extraction work).
+Three layouts are read (`<n>` is 1, 2 or 3; the first layout whose melody folder exists wins):
+* MedleyDB 1.x: `Audio/<Track>/<Track>_MIX.wav` and
+  `Annotations/Melody_Annotations/MELODY<n>/<Track>_MELODY<n>.csv`;
+* the annotations of the `medleydb` Python package (marl/medleydb, `medleydb/data/`) beside the
+  MedleyDB audio: `Audio/<Track>/<Track>_MIX.wav` and
+  `Annotations/Melody/Melody<n>/<Track>_MELODY<n>.csv` (with `Intervals/`, `Ranking/` unused);
+* MedleyDB-Melody (Zenodo 10.5281/zenodo.2628782, the `MedleyDB-Melody/` folder): `audio/<Track>_MIX.wav` and
+  `melody<n>/<Track>_MELODY<n>.csv` (with `medleydb_melody_metadata.json`, unused).
+
+MELODY1 and MELODY2 files are csv rows `time_s,Hz` with no header, e.g.
+`0.0058049886621315194,0.0`, on a 256-sample grid at 44.1 kHz (~5.8 ms), 0 Hz = unvoiced; line
+ends are CRLF (MedleyDB-Melody's files may mix CRLF and LF). The three definitions: MELODY1 is
+the f0 of the predominant melodic source, MELODY2 the f0 of the melody, whichever source carries
+it, MELODY3 the f0s of all melodic lines, one column each: MELODY3 does not fit a single contour
+and is refused. `melody="MELODY2"` is the default (the definition used most in
+melody-extraction work).
 
 Pieces are the tracks with a melody file of the chosen kind (tracks without melody, about 14 of
 122 in MedleyDB 1.0, are not pieces); a melody file without its mix is skipped with a warning.
@@ -31,7 +40,14 @@ from jaxmir.data.datasets import _common as C
 from jaxmir.data.records import AnnotationError, AudioPiece
 
 DATASET = "MedleyDB"
-MELODY_DIR = Path("Annotations") / "Melody_Annotations"
+
+
+# (melody folder of MELODY<n>, the track's mix), relative to the root, in the order tried
+LAYOUTS = (
+    ("Annotations/Melody_Annotations/MELODY{n}", "Audio/{track}/{track}_MIX.wav"),  # 1.x
+    ("Annotations/Melody/Melody{n}", "Audio/{track}/{track}_MIX.wav"),  # medleydb package
+    ("melody{n}", "audio/{track}_MIX.wav"),  # MedleyDB-Melody
+)
 SINGLE_CONTOUR = ("MELODY1", "MELODY2")
 
 
@@ -62,28 +78,34 @@ def read_melody(path: Path) -> np.ndarray:
 
 
 def read(root: Path, melody: str = "MELODY2") -> list[AudioPiece]:
-    """Every track with a `melody` annotation and its mix, sorted by track name."""
+    """Every track with a `melody` annotation and its mix, sorted by track name, from the first
+    of `LAYOUTS` whose melody folder exists under `root`."""
     if melody not in SINGLE_CONTOUR:
         raise ValueError(
             f"melody must be one of {SINGLE_CONTOUR}, got {melody!r} "
             "(MELODY3 holds several contours per frame)"
         )
     root = C.require_root(root, DATASET)
+    n = melody[-1]
     suffix = f"_{melody}.csv"
+    found = [(root / d.format(n=n), mix) for d, mix in LAYOUTS if (root / d.format(n=n)).is_dir()]
+    if not found:
+        expected = " or ".join(f"{d.format(n=n)}/ with {mix}" for d, mix in LAYOUTS)
+        raise C.no_pieces(root, DATASET, expected.replace("{track}", "<Track>"))
+    folder, mix_template = found[0]
     pieces = []
-    for csv_path in sorted((root / MELODY_DIR / melody).glob(f"*{suffix}")):
+    for csv_path in sorted(folder.glob(f"*{suffix}")):
         track = csv_path.name[: -len(suffix)]
-        mix = root / "Audio" / track / f"{track}_MIX.wav"
+        mix = root / mix_template.format(track=track)
         if not mix.is_file():
-            C.warn_skip(DATASET, f"{csv_path.name} (no Audio/{track}/{mix.name})")
+            C.warn_skip(DATASET, f"{csv_path.name} (no {mix.relative_to(root).as_posix()})")
             continue
         pieces.append(
             AudioPiece(name=track, audio=mix, split=C.hash_split(track), f0=read_melody(csv_path))
         )
     if not pieces:
+        where = f"{folder.relative_to(root).as_posix()}/*{suffix}"
         raise C.no_pieces(
-            root,
-            DATASET,
-            f"{MELODY_DIR.as_posix()}/{melody}/*{suffix} with Audio/<Track>/<Track>_MIX.wav",
+            root, DATASET, f"{where} with {mix_template.replace('{track}', '<Track>')}"
         )
     return pieces

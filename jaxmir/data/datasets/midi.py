@@ -18,10 +18,26 @@ MIDI has no notion of a pickup: an anacrusis is either padded to a full bar with
 downbeats are right) or written as a short bar with its own time signature (then t=0 counts as a
 downbeat). Files without any time-signature event are refused rather than read as 4/4, and so are
 files whose first time-signature event comes after the first note.
+
+A performance recording saved as MIDI (MAESTRO's Disklavier files: one tempo event of 120 qpm and
+a 4/4, written by the recorder, not by the music) has a meter map too, but a placeholder one: its
+beats would be a rigid 0.5 s grid under rubato playing. Such a file is refused with the reason
+when its tempo map is a single 120 qpm and fewer than half of its distinct onsets lie within
+1/192 beat of a 1/24-beat grid (which holds eighths, sixteenths, 32nds and their triplets):
+a quantised score puts nearly all onsets there, a performance about a quarter to a third (a
+MAESTRO file: 30%). Files with fewer than 16 distinct onsets are not judged.
+
+Loading: pretty_midi refuses a file whose last tick passes its `MAX_TICK` (1e7) as "likely
+corrupt", which also rejects valid files written at a high resolution (MAPS: 32,767 ticks per
+quarter, so 1e7 ticks is about 2.5 minutes at 120 qpm). `load_midi` parses with mido and raises
+that limit for the read; a file counts as corrupt only when its last event comes more than
+`MAX_SECONDS` after the start (a broken variable-length delta gives such ticks), and one too
+long to tabulate (`MAX_READ_TICKS`: pretty_midi keeps 8 bytes per tick) is refused by name.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -32,19 +48,67 @@ from jaxmir.data.symbolic import SymbolicPiece
 MIDI_SUFFIXES = (".mid", ".midi")
 
 
+MAX_SECONDS = 24 * 3600.0  # no real piece lasts a day; a corrupt delta lasts days
+MAX_READ_TICKS = 250_000_000  # pretty_midi's tick -> time table: 8 bytes a tick, 2 GB here
+DEFAULT_QPM = 120.0  # what a recorder writes when it knows no tempo (MIDI's own default)
+GRID_DIVISIONS = 24  # a score's onsets fall on 1/24 beat: 8ths, 16ths, 32nds, their triplets
+GRID_TOLERANCE = 1.0 / 192  # beats
+MIN_ON_GRID = 0.5  # scores: ~1.0; performances: ~0.25-0.35
+MIN_ONSETS = 16  # fewer distinct onsets say too little about the grid
+
+_TICK_LIMIT = threading.Lock()  # pretty_midi's limit is a module global: one read at a time
+
+
 class MidiError(ValueError):
     """A MIDI file that cannot be used; the message names the file and the reason."""
 
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
 
-def _load(path: Path):
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.path, self.reason)
+
+
+def _seconds(mid, last_tick: int) -> float:
+    """Length of a mido file in seconds (type 2 files have no single tempo map: 120 qpm)."""
+    try:
+        return float(mid.length)
+    except ValueError:
+        return last_tick / mid.ticks_per_beat * 60.0 / DEFAULT_QPM
+
+
+def load_midi(path: Path):
+    """`pretty_midi.PrettyMIDI` of a file at any tick resolution; MidiError naming the file when
+    it cannot be parsed or is corrupt (see the module docstring)."""
+    import mido
     import pretty_midi
 
+    path = Path(path)
     try:
-        with warnings.catch_warnings():
+        mid = mido.MidiFile(str(path), charset="latin1")
+    except Exception as e:  # mido raises many kinds on corrupt files
+        raise MidiError(path, f"cannot parse MIDI ({type(e).__name__}: {e})") from e
+    last_tick = max((sum(msg.time for msg in track) for track in mid.tracks), default=0)
+    module = pretty_midi.pretty_midi
+    if last_tick + 1 > module.MAX_TICK:
+        seconds = _seconds(mid, last_tick)
+        where = f"last event at tick {last_tick} ({mid.ticks_per_beat} ticks per quarter)"
+        if seconds > MAX_SECONDS:
+            raise MidiError(path, f"{where} = {seconds / 3600:.1f} h: corrupt")
+        if last_tick > MAX_READ_TICKS:
+            raise MidiError(path, f"{where}: too many ticks to read (limit {MAX_READ_TICKS})")
+    try:
+        with _TICK_LIMIT, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "tempo/key/time signature on non-zero tracks"
-            return pretty_midi.PrettyMIDI(str(path))
-    except Exception as e:  # mido/pretty_midi raise many kinds on corrupt files
-        raise MidiError(f"{path}: cannot parse MIDI ({type(e).__name__}: {e})") from e
+            saved = module.MAX_TICK
+            module.MAX_TICK = max(saved, last_tick + 2)
+            try:
+                return pretty_midi.PrettyMIDI(mido_object=mid)
+            finally:
+                module.MAX_TICK = saved
+    except Exception as e:
+        raise MidiError(path, f"cannot read MIDI ({type(e).__name__}: {e})") from e
 
 
 def _notes(pm, path: Path) -> np.ndarray:
@@ -56,7 +120,7 @@ def _notes(pm, path: Path) -> np.ndarray:
         if n.end > n.start
     ]
     if not rows:
-        raise MidiError(f"{path}: no notes (outside drum tracks)")
+        raise MidiError(path, "no notes (outside drum tracks)")
     notes = np.asarray(rows, np.float64)
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
 
@@ -65,37 +129,61 @@ def read_midi_notes(path: Path) -> np.ndarray:
     """Notes only, float64 (N, 4) [onset_s, offset_s, pitch, velocity] sorted by onset, from
     every non-drum instrument; no meter needed (for inference). ValueError as `read_midi_piece`."""
     path = Path(path)
-    return _notes(_load(path), path)
+    return _notes(load_midi(path), path)
+
+
+def placeholder_meter(pm, notes: np.ndarray) -> str | None:
+    """Why the file's meter map is a recorder's placeholder (one 120 qpm tempo over onsets off
+    any score grid: a performance), or None when it may be the music's own."""
+    _, tempi = pm.get_tempo_changes()
+    if len(tempi) != 1 or abs(tempi[0] - DEFAULT_QPM) > 1e-6:
+        return None
+    onsets = np.unique(notes[:, 0])
+    if len(onsets) < MIN_ONSETS:
+        return None
+    steps = onsets * (DEFAULT_QPM / 60.0) * GRID_DIVISIONS  # in grid steps from t=0
+    on_grid = float(np.mean(np.abs(steps - np.round(steps)) <= GRID_TOLERANCE * GRID_DIVISIONS))
+    if on_grid >= MIN_ON_GRID:
+        return None
+    return (
+        f"performance MIDI with a default tempo map: a single {DEFAULT_QPM:g} qpm tempo, but only "
+        f"{on_grid:.0%} of {len(onsets)} onsets on a 1/{GRID_DIVISIONS}-beat grid (a score has "
+        "nearly all), so its beats would be a rigid grid unrelated to the playing"
+    )
 
 
 def read_midi_piece(path: Path, name: str | None = None) -> SymbolicPiece:
     """One MIDI file -> SymbolicPiece (notes of every non-drum instrument, the file's meter map).
 
-    `name` defaults to the file's stem. Raises ValueError naming the file when it cannot be
-    parsed, has no (non-drum) notes, or has no time-signature event (or none before its first
-    note).
+    `name` defaults to the file's stem. Raises MidiError (a ValueError) naming the file when it
+    cannot be parsed, has no (non-drum) notes, has no time-signature event (or none before its
+    first note), or carries a performance's placeholder meter (`placeholder_meter`).
     """
     path = Path(path)
-    pm = _load(path)
+    pm = load_midi(path)
     notes = _notes(pm, path)
 
     ts_changes = sorted(pm.time_signature_changes, key=lambda ts: ts.time)
     if not ts_changes:
-        raise ValueError(
-            f"{path}: no time-signature event (meter-less; pretty_midi would silently assume 4/4)"
+        raise MidiError(
+            path, "no time-signature event (meter-less; pretty_midi would silently assume 4/4)"
         )
     if ts_changes[0].time > float(notes[0, 0]) + 1e-6:
-        raise ValueError(
-            f"{path}: first time-signature event at {ts_changes[0].time:.3f} s comes after the "
-            f"first note at {notes[0, 0]:.3f} s (meter undefined at the start)"
+        raise MidiError(
+            path,
+            f"first time-signature event at {ts_changes[0].time:.3f} s comes after the "
+            f"first note at {notes[0, 0]:.3f} s (meter undefined at the start)",
         )
+    reason = placeholder_meter(pm, notes)
+    if reason:
+        raise MidiError(path, reason)
     try:
         beats = np.asarray(pm.get_beats(), np.float64)
         downbeats = np.asarray(pm.get_downbeats(), np.float64)
     except Exception as e:
-        raise ValueError(f"{path}: cannot derive beats ({type(e).__name__}: {e})") from e
+        raise MidiError(path, f"cannot derive beats ({type(e).__name__}: {e})") from e
     if len(beats) == 0 or len(downbeats) == 0:
-        raise ValueError(f"{path}: empty beat grid")
+        raise MidiError(path, "empty beat grid")
     return SymbolicPiece(
         name=name if name is not None else path.stem,
         notes=notes,
