@@ -37,15 +37,23 @@ def metrical_piece(name: str, rng: np.random.Generator, seconds: float = 12.0):
     return SymbolicPiece(name, np.array(sorted(notes), np.float64), beats, beats[::meter])
 
 
-def build_beat_cache(root: Path | str, pieces: int = 8, seconds: float = 60.0, seed: int = 0):
-    """A beat feature cache of `pieces` synthetic pieces (all in the train split)."""
+def build_beat_cache(
+    root: Path | str,
+    pieces: int = 8,
+    seconds: float = 60.0,
+    seed: int = 0,
+    held_out: bool = False,
+):
+    """A beat feature cache of `pieces` synthetic pieces, all in the train split, or with
+    `held_out` the last two in val and test."""
     from jaxmir.data.cache import FeatureCache
     from jaxmir.tasks.beat.task import write_piece
 
     cache = FeatureCache.create(Path(root), "beat", {"benchmark": True, "seed": seed})
     rng = np.random.default_rng(seed)
     for i in range(pieces):
-        write_piece(cache, metrical_piece(f"piece{i}", rng, seconds), "train")
+        split = {pieces - 2: "val", pieces - 1: "test"}.get(i, "train") if held_out else "train"
+        write_piece(cache, metrical_piece(f"piece{i}", rng, seconds), split)
     return cache
 
 

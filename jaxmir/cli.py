@@ -129,16 +129,23 @@ def _run_json(workdir: Path) -> dict:
 
 def cmd_train(args) -> int:
     from jaxmir.engine.run import default_workdir, resolve_data, train
+    from jaxmir.engine.sharding import check_batch_sizes, is_primary, make_mesh, primary_first
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
     cfg = _config_for(task, args.preset, args.overrides, args.workdir)
+    check_batch_sizes(cfg, make_mesh())  # before anything is written
+    if args.workdir is None and not is_primary():
+        raise UsageError("a multi-process run needs --workdir (a folder every process shares)")
     workdir = args.workdir or default_workdir(cfg)
     data = args.data or _run_json(workdir).get("data")
-    cache = resolve_data(task, cfg, data, progress=not args.no_progress)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "run.json").write_text(json.dumps({"data": str(cache.root.absolute())}) + "\n")
-    result = train(task, cfg, workdir, cache.root, progress=not args.no_progress)
+    progress = not args.no_progress and is_primary()
+    cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
+    if is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+        run_json = json.dumps({"data": str(cache.root.absolute())})
+        (workdir / "run.json").write_text(run_json + "\n")
+    result = train(task, cfg, workdir, cache.root, progress=progress)
     if result.status.startswith("interrupted"):
         print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
         return EXIT_INTERRUPTED
@@ -156,10 +163,15 @@ def _restore_for_inference(task, workdir: Path, step: int | None):
     if not cfg_path.is_file():
         raise UsageError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
     cfg = task.config_from_dict(json.loads(cfg_path.read_text()))
-    ckpt = Checkpointer(workdir / "checkpoints", monitor=cfg.train.monitor)
+    ckpt_dir = workdir / "checkpoints"
+    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+        raise UsageError(f"{ckpt_dir}: no checkpoint to evaluate")
+    ckpt = Checkpointer(ckpt_dir, monitor=cfg.train.monitor)
+    steps = ckpt.manager.all_steps()
     step = step if step is not None else ckpt.best_step()
-    if step is None:
-        raise UsageError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
+    if step not in steps:
+        ckpt.close()
+        raise UsageError(f"{ckpt_dir}: no checkpoint at step {step} (saved: {list(steps)})")
     mesh = make_mesh(jax.devices()[:1])
     state = init_state(task, cfg, mesh, make_callbacks(cfg))
     state, meta = ckpt.restore(step, state)
@@ -189,11 +201,14 @@ def cmd_transcribe(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
+    for path in args.inputs:  # every input checked before the model is restored
+        if path.is_dir():
+            raise UsageError(f"{path}: is a folder, not a file")
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
     cfg, mesh, state, _ = _restore_for_inference(task, args.workdir, None)
     predict = make_predict(mesh, state)
     for path in args.inputs:
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file")
         for written in task.transcribe(predict, path, cfg, args.outdir):
             print(written)
     return 0
@@ -270,15 +285,36 @@ def _enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
 
 
+def _start_processes(command: str) -> None:
+    """Join the multi-process job the environment describes (JAX_COORDINATOR_ADDRESS, ...),
+    before any other JAX call. Only `train` runs as several processes."""
+    from jaxmir.engine.sharding import maybe_initialize_distributed, multi_process_requested
+
+    if not multi_process_requested():
+        return
+    if command != "train":
+        raise ValueError(
+            f"`jaxmir {command}` runs in one process: start it without JAX_COORDINATOR_ADDRESS "
+            "and JAXMIR_DISTRIBUTED (only `jaxmir train` spans processes)"
+        )
+    maybe_initialize_distributed()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxmir.data.audio import AudioError
     from jaxmir.data.cache import CacheError
     from jaxmir.data.datasets.midi import MidiError
     from jaxmir.data.records import AnnotationError
+    from jaxmir.engine.checkpoint import CheckpointError
 
     if args.command in JAX_COMMANDS:
         _enable_compilation_cache()
+    try:
+        _start_processes(args.command)
+    except (RuntimeError, ValueError) as e:
+        print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
     try:
         return COMMANDS[args.command](args)
@@ -290,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         AudioError,
         MidiError,
         AnnotationError,
+        CheckpointError,
     ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2

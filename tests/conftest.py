@@ -14,24 +14,16 @@ jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["JAXMIR_CACHE"], "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from benchmarks.pipeline import metrical_piece  # noqa: E402
+from benchmarks.pipeline import build_beat_cache  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def beat_cache(tmp_path_factory):
-    """A feature cache of 8 synthetic pieces: 6 train, 1 val, 1 test."""
-    from jaxmir.data.cache import FeatureCache
-    from jaxmir.tasks.beat.task import write_piece
-
+    """A feature cache of 8 synthetic 12-s pieces: 6 train, 1 val, 1 test."""
     root = tmp_path_factory.mktemp("beat-cache")
-    cache = FeatureCache.create(root, "beat", {"fixture": True})
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        split = "train" if i < 6 else ("val" if i == 6 else "test")
-        write_piece(cache, metrical_piece(f"piece{i}", rng), split)
+    build_beat_cache(root, pieces=8, seconds=12.0, seed=0, held_out=True)
     return root
 
 

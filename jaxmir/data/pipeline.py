@@ -1,8 +1,10 @@
 """Grain pipelines: (piece, offset) windows over a feature cache -> shuffled, sharded batches.
 
 The source indexes windows; reading happens after shuffle and repeat, so each epoch draws a new
-order and (for training) a new random shift of every window. Each process reads only its own
-shard of the windows; the iterator's position is checkpointed with the model (Grain state).
+order and (for training) a new random shift of every window. Every process sees the same global
+example stream and reads only its own slice of each global batch (`ProcessSlice`), so a run on
+P processes trains on exactly the batches of a run on one, and the iterator's checkpointed
+position (Grain state: global batches consumed) means the same for any process count.
 """
 
 from __future__ import annotations
@@ -127,16 +129,43 @@ def windows_dataset(
 def shuffled_examples(
     index: np.ndarray, seed: int, reader: grain.transforms.RandomMap
 ) -> grain.MapDataset:
-    """This process's share of the `index` rows, shuffled anew every pass, endless, read by
-    `reader` after the shuffle (so a jittered reader draws new shifts every epoch)."""
-    ds = grain.MapDataset.source(index)
-    if jax.process_count() > 1:
-        ds = ds[jax.process_index() :: jax.process_count()]
-    return ds.seed(seed).shuffle().repeat().random_map(reader)
+    """The `index` rows shuffled anew every pass, endless, read by `reader` after the shuffle
+    (so a jittered reader draws new shifts every epoch). The same on every process."""
+    return grain.MapDataset.source(index).seed(seed).shuffle().repeat().random_map(reader)
 
 
-def batch_iterator(ds: grain.MapDataset, batch_size: int, threads: int = 2):
-    """A checkpointable iterator of local batches of `batch_size` examples."""
-    batched = ds.batch(batch_size, drop_remainder=True)
+class ProcessSlice(grain.MapDataset):
+    """Process `process`'s rows of every global batch of `parent` (`local` rows of each batch
+    of `local * processes`): local row j is global row (j // local) * global + process * local
+    + j % local. Only those rows are ever read, and local batch b is a slice of global batch b."""
+
+    def __init__(self, parent: grain.MapDataset, process: int, processes: int, local: int):
+        super().__init__(parent)
+        self._process, self._processes, self._local = process, processes, local
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._processes
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, self._local)
+        global_batch = self._local * self._processes
+        return self._parent[batch * global_batch + self._process * self._local + row]
+
+    def __str__(self) -> str:
+        return f"ProcessSlice(process={self._process}/{self._processes}, local={self._local})"
+
+
+def batch_iterator(ds: grain.MapDataset, global_batch: int, threads: int = 2):
+    """A checkpointable iterator of this process's slices of global batches of `global_batch`
+    examples of `ds` (the whole batch in a single-process run)."""
+    processes = jax.process_count()
+    if global_batch % processes:
+        raise ValueError(f"a batch of {global_batch} cannot be split over {processes} processes")
+    local = global_batch // processes
+    if processes > 1:
+        ds = ProcessSlice(ds, jax.process_index(), processes, local)
+    batched = ds.batch(local, drop_remainder=True)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, 2))
     return iter(batched.to_iter_dataset(options))

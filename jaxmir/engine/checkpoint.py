@@ -8,6 +8,9 @@ the write to disk finishes in the background and is awaited before exit or resto
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxmir.engine.callbacks import monitor_mode
+from jaxmir.engine.sharding import is_primary, sync
+
+
+class CheckpointError(Exception):
+    """No checkpoint of the run can be restored (the message names the steps and why)."""
 
 
 class Checkpointer:
@@ -105,21 +113,91 @@ class Checkpointer:
     ) -> tuple[Any, dict]:
         """Restore `step` onto the shapes, dtypes and shardings of `state_template`.
 
-        The data iterator, when given, is set to its saved position in place.
+        The data iterator, when given, is set to its saved position in place. A checkpoint
+        written by another number of processes restores too: the position (global batches
+        consumed) is the same for every process count (see `jaxmir.data.pipeline`).
         """
         self.wait()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(state_template))
         items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
+        position = None
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            position = self._data_position_of_other_layout(step)
+            if position is None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if position is not None:
+            data_iterator.set_state(position)
         state = _merge(state_template, restored["state"])
         return state, dict(restored["meta"])
+
+    def _data_position_of_other_layout(self, step: int) -> dict | None:
+        """The iterator position saved by a run on another number of processes, else None."""
+        folder = self.directory / str(step) / "data"
+        mine = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        saved = sorted(folder.glob("process_0-of-*.json"))
+        if mine.is_file() or not saved:
+            return None
+        return json.loads(saved[0].read_text())
+
+    def restore_newest_intact(
+        self,
+        state_template: Any,
+        data_iterator: Any | None,
+        warn: Callable[[str], None],
+    ) -> tuple[int, Any, dict] | None:
+        """Restore the newest checkpoint that reads back whole: (step, state, meta), or None
+        when there is none.
+
+        A step that fails to read (a truncated array, `_METADATA` or meta, an empty iterator
+        file) is moved aside to `<workdir>/corrupt-checkpoints/` with a warning naming it, and
+        the next older one is tried. When no step restores, nothing is moved (the cause is then
+        more likely the code than the files) and CheckpointError names the newest failure.
+        """
+        failed: list[tuple[int, Exception]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, meta = self.restore(step, state_template, data_iterator)
+            except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
+                failed.append((step, e))
+                continue
+            for bad, error in failed:
+                moved = self._move_aside(bad)
+                warn(
+                    f"warning: checkpoint {bad} is unreadable ({_first_line(error)}); "
+                    f"moved to {moved}; resuming from step {step}"
+                )
+            return step, state, meta
+        if failed:
+            step, error = failed[0]
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint can be restored; the newest, {step}, fails "
+                f"with: {_first_line(error)}"
+            ) from error
+        return None
+
+    def _move_aside(self, step: int) -> Path:
+        target = self.directory.parent / "corrupt-checkpoints" / str(step)
+        n = 1
+        while target.exists():
+            n += 1
+            target = target.with_name(f"{step}-{n}")
+        if is_primary():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self.directory / str(step), target)
+        sync(f"jaxmir-move-aside-{step}")
+        self.manager.reload()
+        return target
 
     def restore_meta(self, step: int) -> dict:
         self.wait()
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _savable(state: Any) -> dict:

@@ -64,8 +64,6 @@ class CustomTask(Task):
 
     def dataset(self, cfg: Config, cache, split: str, train: bool) -> grain.MapDataset:
         ds = self._data["train" if split == "train" else "val"]
-        if jax.process_count() > 1:
-            ds = ds[jax.process_index() :: jax.process_count()]
         return ds.seed(cfg.train.seed).shuffle().repeat() if train else ds.repeat()
 
     def evaluate(self, predict, cfg, cache, split, progress=False) -> dict[str, float]:

@@ -24,11 +24,28 @@ from jaxmir.engine.state import TrainState, learning_rate
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (installed as a context)."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (installed as a context).
+
+    `requested` is this process's flag; `poll()` is where the processes agree: in a
+    multi-process run they stop together, at the same step, when any of them got a signal."""
 
     def __init__(self):
         self.requested: str | None = None
+        self.agreed: str | None = None
         self._previous: dict = {}
+
+    def poll(self) -> str | None:
+        """The signal to stop on, agreed by every process (a collective: all processes call it
+        at the same points)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.int32(self.requested is not None))
+            if np.any(flags):
+                self.agreed = self.requested or "SIGTERM (another process)"
+        else:
+            self.agreed = self.requested
+        return self.agreed
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -47,9 +64,18 @@ class StopSignal:
         return False
 
 
+class Interrupted(Exception):
+    """Validation cut short by a stop signal: the epoch's steps are saved, validation re-runs
+    on resume (so a pre-emption grace period is never spent validating)."""
+
+
 @dataclasses.dataclass
 class RunningMeans:
-    """Sums of per-step metrics, kept on device until read."""
+    """Sums of per-step metrics, kept on device until read.
+
+    `to_json()` / `from_json()` carry the sums of an epoch cut by an interrupt into its
+    checkpoint, so the resumed epoch reports the same means, to the bit, as an uninterrupted
+    one (float32 sums survive the trip through JSON's float64 exactly)."""
 
     sums: dict | None = None
     count: int = 0
@@ -64,6 +90,20 @@ class RunningMeans:
         host = jax.device_get(self.sums)
         return {k: float(v) / self.count for k, v in host.items()}
 
+    def to_json(self) -> dict:
+        host = jax.device_get(self.sums) if self.sums is not None else {}
+        return {
+            "count": self.count,
+            "sums": {k: [float(v), str(np.asarray(v).dtype)] for k, v in host.items()},
+        }
+
+    @classmethod
+    def from_json(cls, saved: dict | None) -> RunningMeans:
+        if not saved or not saved.get("count"):
+            return cls()
+        sums = {k: jnp.asarray(np.asarray(v, dtype)) for k, (v, dtype) in saved["sums"].items()}
+        return cls(sums, int(saved["count"]))
+
 
 @dataclasses.dataclass
 class Hooks:
@@ -75,6 +115,7 @@ class Hooks:
     stop_signal: StopSignal | None = None
     interrupt_at_step: int | None = None  # test hook: raise SIGTERM after this global step
     progress: bool = True
+    place: Callable[[TrainState], TrainState] | None = None  # state back onto the mesh
 
 
 def train_steps(
@@ -89,43 +130,52 @@ def train_steps(
     hooks: Hooks | None = None,
     epoch: int = 0,
     title: str = "Train   ",
-) -> tuple[TrainState, dict[str, float], tuple, int]:
+    means: RunningMeans | None = None,
+    offset: int = 0,
+) -> tuple[TrainState, RunningMeans, tuple, int]:
     """Run up to `n_steps` steps. Returns (state, running means, actions, steps done).
 
-    Stops early when a step callback returns Stop or a stop signal arrives."""
+    `means` and `offset` continue an epoch resumed after `offset` steps (sums carried from
+    its checkpoint), so logging and step callbacks fall on the same steps as without a break.
+    Stops early when a step callback returns Stop or the processes agree on a stop signal."""
     hooks = hooks or Hooks()
-    means = RunningMeans()
+    means = means if means is not None else RunningMeans()
     actions: list = []
-    bar = progress_bar(n_steps, title, hooks.progress)
+    bar = progress_bar(offset + n_steps, title, hooks.progress)
+    bar.update(offset)
     done = 0
     try:
         for done in range(1, n_steps + 1):  # noqa: B007 - `done` is read after the loop
             state, metrics = step_fn(state, put_batch(next(batches)))
             means.add(metrics)
             bar.update(1)
-            global_step = int(state.step) if (done % log_every == 0) else None
-            if global_step is not None:
+            in_epoch = offset + done
+            if in_epoch % log_every == 0:
+                global_step = int(state.step)
                 logs = means.read()
                 bar.set_postfix_str(bar_postfix(logs), refresh=False)
                 if hooks.write:
                     hooks.write("step", global_step, epoch, "train", logs)
                 state, acts = run_callbacks(
-                    callbacks, state, {**logs, "step": global_step, "epoch": epoch}, at_step=done
+                    callbacks,
+                    state,
+                    {**logs, "step": global_step, "epoch": epoch},
+                    at_step=in_epoch,
                 )
+                state = hooks.place(state) if hooks.place else state
                 actions.extend(acts)
             if hooks.interrupt_at_step is not None and int(state.step) == hooks.interrupt_at_step:
                 signal.raise_signal(signal.SIGTERM)
             if any(isinstance(a, Stop) for a in actions) or (
-                hooks.stop_signal is not None and hooks.stop_signal.requested
+                hooks.stop_signal is not None and hooks.stop_signal.poll()
             ):
                 break
         else:
             done = n_steps
     finally:
-        logs = means.read()
-        bar.set_postfix_str(bar_postfix(logs), refresh=True)
+        bar.set_postfix_str(bar_postfix(means.read()), refresh=True)
         bar.close()
-    return state, logs, tuple(actions), done
+    return state, means, tuple(actions), done
 
 
 def evaluate_batches(
@@ -136,11 +186,16 @@ def evaluate_batches(
     *,
     put_batch: Callable[[dict], dict],
     progress: bool = True,
+    stop_signal: StopSignal | None = None,
 ) -> dict[str, float]:
-    """Mean of `eval_fn` metrics over `n_steps` batches."""
+    """Mean of `eval_fn` metrics over `n_steps` batches; raises `Interrupted` when the
+    processes agree on a stop signal."""
     means = RunningMeans()
     bar = progress_bar(n_steps, "Validate", progress)
     for _ in range(n_steps):
+        if stop_signal is not None and stop_signal.poll():
+            bar.close()
+            raise Interrupted(stop_signal.agreed)
         means.add(eval_fn(state, put_batch(next(batches))))
         bar.update(1)
     logs = means.read()
@@ -157,6 +212,7 @@ class EpochPlan:
     log_every: int = 50
     start_epoch: int = 0  # completed epochs (resume)
     start_step_in_epoch: int = 0  # steps already done in the current epoch (resume)
+    start_means: dict | None = None  # that epoch's metric sums so far (RunningMeans.to_json)
 
 
 def train_epochs(
@@ -180,9 +236,11 @@ def train_epochs(
     hooks = hooks or Hooks()
     history: dict[str, list] = {"train": [], "validate": []}
     step_in_epoch = plan.start_step_in_epoch
+    means = RunningMeans.from_json(plan.start_means)
+    stop_signal = hooks.stop_signal
     for epoch in range(plan.start_epoch, plan.epochs):
         hooks.log(f"Epoch: {epoch + 1}/{plan.epochs}")
-        state, train_logs, actions, done = train_steps(
+        state, means, actions, done = train_steps(
             state,
             train_step,
             train_batches,
@@ -192,31 +250,37 @@ def train_epochs(
             log_every=plan.log_every,
             hooks=hooks,
             epoch=epoch,
+            means=means,
+            offset=step_in_epoch,
         )
         step_in_epoch += done
+        train_logs = means.read()
         _log_actions(actions, hooks)
-        if hooks.stop_signal is not None and hooks.stop_signal.requested:
-            if hooks.save:
-                meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "reason": "interrupt"}
-                hooks.save(state, None, meta)
-            return state, history, f"interrupted: {hooks.stop_signal.requested}"
+        if stop_signal is not None and stop_signal.agreed:
+            _save_interrupted(hooks, state, epoch, step_in_epoch, means)
+            return state, history, f"interrupted: {stop_signal.agreed}"
         stop = next((a for a in actions if isinstance(a, Stop)), None)
         if stop is not None:
             # A step-level stop (e.g. NaN loss): keep the last good checkpoint, save nothing.
             return state, history, f"stopped: {stop.reason}"
 
         val_logs: dict[str, float] = {}
-        if eval_step is not None and val_batches is not None and plan.val_steps > 0:
-            val_logs = evaluate_batches(
-                state,
-                eval_step,
-                val_batches(),
-                plan.val_steps,
-                put_batch=put_batch,
-                progress=hooks.progress,
-            )
-        if piece_metrics is not None:
-            val_logs.update(piece_metrics(state))
+        try:
+            if eval_step is not None and val_batches is not None and plan.val_steps > 0:
+                val_logs = evaluate_batches(
+                    state,
+                    eval_step,
+                    val_batches(),
+                    plan.val_steps,
+                    put_batch=put_batch,
+                    progress=hooks.progress,
+                    stop_signal=stop_signal,
+                )
+            if piece_metrics is not None:
+                val_logs.update(piece_metrics(state))
+        except Interrupted as e:
+            _save_interrupted(hooks, state, epoch, step_in_epoch, means)
+            return state, history, f"interrupted: {e}"
         state = state.replace(epoch=state.epoch + 1)
         step = int(state.step)
         train_logs = {**train_logs, "lr": learning_rate(state)}
@@ -236,8 +300,10 @@ def train_epochs(
             "step": step,
         }
         state, actions = run_callbacks(callbacks, state, logs)
+        state = hooks.place(state) if hooks.place else state
         _log_actions(actions, hooks)
         step_in_epoch = 0
+        means = RunningMeans()
         meta = {"epoch": epoch + 1, "step_in_epoch": 0, "logs": _jsonable(logs)}
         saves = [a for a in actions if isinstance(a, Save)]
         stop = next((a for a in actions if isinstance(a, Stop)), None)
@@ -247,11 +313,25 @@ def train_epochs(
             hooks.save(state, saves[0].metrics if saves else None, meta)
         if stop is not None:
             return state, history, f"stopped: {stop.reason}"
-        if hooks.stop_signal is not None and hooks.stop_signal.requested:
+        if stop_signal is not None and stop_signal.poll():
             if hooks.save and not saves:
                 hooks.save(state, None, meta)
-            return state, history, f"interrupted: {hooks.stop_signal.requested}"
+            return state, history, f"interrupted: {stop_signal.agreed}"
     return state, history, "finished"
+
+
+def _save_interrupted(
+    hooks: Hooks, state: TrainState, epoch: int, step_in_epoch: int, means: RunningMeans
+) -> None:
+    """Save a step inside an epoch (or before its validation) with the epoch's running sums."""
+    if hooks.save:
+        meta = {
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "reason": "interrupt",
+            "running_means": means.to_json(),
+        }
+        hooks.save(state, None, meta)
 
 
 def _log_actions(actions, hooks: Hooks) -> None:

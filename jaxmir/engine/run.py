@@ -19,17 +19,21 @@ import jax
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, check_resume_compatible, save_config, validate
-from jaxmir.data.cache import FeatureCache
+from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.pipeline import batch_iterator
 from jaxmir.engine import callbacks as cb
 from jaxmir.engine.checkpoint import Checkpointer
-from jaxmir.engine.loop import EpochPlan, Hooks, StopSignal, train_epochs
+from jaxmir.engine.loop import EpochPlan, Hooks, Interrupted, StopSignal, train_epochs
 from jaxmir.engine.optim import make_optimizer
 from jaxmir.engine.report import MetricsWriter, plot_curves
 from jaxmir.engine.sharding import (
-    check_batch_size,
-    local_batch_size,
+    batch_sharding,
+    check_batch_sizes,
+    is_primary,
     make_mesh,
+    maybe_initialize_distributed,
+    onto_mesh,
+    primary_first,
     put_batch,
     put_replicated,
 )
@@ -51,7 +55,7 @@ def resolve_data(task, cfg: Config, data: Path | str | None, progress: bool = Tr
         data = task.default_data(cfg, cache_root(), progress=progress)
     cache = FeatureCache(data)
     if cache.task != task.name:
-        raise ValueError(
+        raise CacheError(
             f"{cache.root}: a feature cache for task {cache.task!r}, not {task.name!r}"
         )
     return cache
@@ -104,8 +108,11 @@ def make_predict(mesh, state: TrainState, fn=None):
     fn = fn or make_predict_fn(state.apply_fn, mesh)
     variables = eval_variables(state)
 
+    sharding = batch_sharding(mesh)
+
     def predict(windows: np.ndarray) -> np.ndarray:
-        return np.asarray(jax.device_get(fn(variables, windows)))
+        # placed explicitly: a multi-process job refuses implicit placement of numpy inputs
+        return np.asarray(jax.device_get(fn(variables, jax.device_put(windows, sharding))))
 
     return predict
 
@@ -131,12 +138,23 @@ def train(
 ) -> RunResult:
     """Train `task` with `cfg` in `workdir` (resuming it when it holds a checkpoint).
 
-    One run per workdir at a time: a second one gets ConfigError naming the holder's PID."""
+    One run per workdir at a time: a second one gets ConfigError naming the holder's PID.
+    In a multi-process job (see `maybe_initialize_distributed`) every process calls this with
+    the same arguments and a shared workdir; process 0 alone writes reports and shows progress.
+    """
+    maybe_initialize_distributed()
     validate(cfg)
+    check_batch_sizes(cfg, make_mesh(devices))
+    if not is_primary():
+        progress, log = False, _quiet
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
         return _train(task, cfg, workdir, data, devices=devices, progress=progress, log=log)
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
 
 
 class WorkdirLock:
@@ -171,14 +189,17 @@ class WorkdirLock:
         return False
 
 
-def _config_in_checkpoint(config_path: Path, checkpointer, step: int) -> dict:
-    """The run's config when config.json is gone: the one saved with the checkpoint."""
-    saved = checkpointer.restore_meta(step).get("config")
-    if saved is None:
-        raise ConfigError(
-            f"{config_path}: missing, and checkpoint {step} carries no config to resume with"
-        )
-    return saved
+def _config_in_checkpoint(config_path: Path, checkpointer) -> dict:
+    """The run's config when config.json is gone: the one saved with the newest checkpoint
+    whose meta reads back."""
+    for step in sorted(checkpointer.manager.all_steps(), reverse=True):
+        try:
+            saved = checkpointer.restore_meta(step).get("config")
+        except Exception:  # noqa: BLE001 - unreadable meta: try the step before
+            continue
+        if saved is not None:
+            return saved
+    raise ConfigError(f"{config_path}: missing, and no checkpoint carries a config to resume with")
 
 
 def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) -> RunResult:
@@ -189,21 +210,19 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
     if resuming and config_path.is_file():  # refuse a changed config before any work
         check_resume_compatible(json.loads(config_path.read_text()), cfg)
 
-    cache = resolve_data(task, cfg, data, progress) if task.needs_cache else None
+    cache = None
+    if task.needs_cache:
+        cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
     mesh = make_mesh(devices)
-    check_batch_size(cfg.train.batch_size, mesh)
-    check_batch_size(cfg.train.val_batch_size, mesh, "train.val_batch_size")
     callbacks = make_callbacks(cfg)
     state = init_state(task, cfg, mesh, callbacks)
 
     train_ds = task.dataset(cfg, cache, "train", True)
-    train_iter = batch_iterator(
-        train_ds, local_batch_size(cfg.train.batch_size), cfg.train.data_threads
-    )
+    train_iter = batch_iterator(train_ds, cfg.train.batch_size, cfg.train.data_threads)
 
     def val_batches():
         ds = task.dataset(cfg, cache, "val", False)
-        return batch_iterator(ds, local_batch_size(cfg.train.val_batch_size), 1)
+        return batch_iterator(ds, cfg.train.val_batch_size, 1)
 
     checkpointer = Checkpointer(
         ckpt_dir,
@@ -218,12 +237,17 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
         log_every=cfg.train.log_every,
     )
     latest = checkpointer.latest_step()
-    if latest is not None:
-        if not config_path.is_file():
-            check_resume_compatible(_config_in_checkpoint(config_path, checkpointer, latest), cfg)
-        state, meta = checkpointer.restore(latest, state, train_iter)
+    if latest is not None and not config_path.is_file():
+        check_resume_compatible(_config_in_checkpoint(config_path, checkpointer), cfg)
+    restored = checkpointer.restore_newest_intact(state, train_iter, warn=log)
+    latest = None
+    if restored is not None:
+        latest, state, meta = restored
         plan = dataclasses.replace(
-            plan, start_epoch=int(meta["epoch"]), start_step_in_epoch=int(meta["step_in_epoch"])
+            plan,
+            start_epoch=int(meta["epoch"]),
+            start_step_in_epoch=int(meta["step_in_epoch"]),
+            start_means=meta.get("running_means"),
         )
         if meta.get("status") == "stopped":
             checkpointer.close()
@@ -232,29 +256,44 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
         log(f"Resuming {workdir} from step {latest} (epoch {plan.start_epoch + 1})")
     else:
         log(f"Training {task.name} ({cfg.preset}) in {workdir}")
-    save_config(cfg, config_path)  # only once a resume has succeeded
-
-    writer = MetricsWriter(workdir, resume_step=latest or 0)
+    if is_primary():
+        save_config(cfg, config_path)  # only once a resume has succeeded
+    writer = MetricsWriter(workdir, resume_step=latest or 0) if is_primary() else None
 
     def save(st: TrainState, metrics, meta):
         meta = {**meta, "step": int(st.step), "config": cfg.to_dict()}
         checkpointer.save(int(st.step), st, train_iter, meta, metrics)
 
-    predict_fn = make_predict_fn(state.apply_fn, mesh)
+    # Whole-piece validation runs on every process, over every piece, on the process's own
+    # devices: each process then takes the same callback decisions (best checkpoint, early
+    # stop, LR) without another collective. The batch-level val loss is sharded like training.
+    local_mesh = mesh if jax.process_count() == 1 else make_mesh(jax.local_devices())
+    predict_fn = make_predict_fn(state.apply_fn, local_mesh)
+    stop_signal = StopSignal()
 
     def piece_metrics(st: TrainState) -> dict[str, float]:
-        return task.evaluate(make_predict(mesh, st, predict_fn), cfg, cache, "val")
+        if jax.process_count() > 1:
+            st = put_replicated(jax.device_get(st), local_mesh)
+        predict = make_predict(local_mesh, st, predict_fn)
+
+        def interruptible(windows):
+            if stop_signal.poll():
+                raise Interrupted(stop_signal.agreed)
+            return predict(windows)
+
+        return task.evaluate(interruptible, cfg, cache, "val")
 
     loss_fn = task.bind_loss(cfg)
     try:
-        with StopSignal() as stop_signal:
+        with stop_signal:
             hooks = Hooks(
-                write=writer.write,
+                write=writer.write if writer is not None else None,
                 save=save,
                 log=log,
                 stop_signal=stop_signal,
                 interrupt_at_step=cfg.train.interrupt_at_step,
                 progress=progress,
+                place=(lambda st: onto_mesh(st, mesh)) if jax.process_count() > 1 else None,
             )
             state, history, status = train_epochs(
                 state,
@@ -276,8 +315,10 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
             )
     finally:
         checkpointer.close()
-        writer.close()
-    plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+        if writer is not None:
+            writer.close()
+    if is_primary():
+        plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
     seconds = time.time() - t0
     log(f"Run {status} after {seconds:.1f} s; outputs in {workdir}")
     return RunResult(workdir, state, history, status, seconds)

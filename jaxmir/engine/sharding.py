@@ -7,34 +7,79 @@ batch is split along the mesh's `data` axis. Multi-host runs go through `jax.dis
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+T = TypeVar("T")
+
+
+def multi_process_requested() -> bool:
+    """Whether the environment asks for a multi-process job."""
+    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or (
+        os.environ.get("JAXMIR_DISTRIBUTED") == "1"
+    )
 
 
 def maybe_initialize_distributed() -> bool:
     """Start `jax.distributed` when the environment describes a multi-process job.
 
-    Set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run under a cluster
-    that jax auto-detects, e.g. SLURM, with JAXMIR_DISTRIBUTED=1). Must run before any other
-    JAX call. Returns whether it initialised.
+    Either JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set (any
+    launcher), or JAXMIR_DISTRIBUTED=1 asks jax to detect the cluster itself (SLURM, TPU VMs,
+    Open MPI). Must run before any other JAX computation; a second call is a no-op. On CPU the
+    processes' collectives go through gloo. Returns whether this is a multi-process run.
     """
-    explicit = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if not explicit and os.environ.get("JAXMIR_DISTRIBUTED") != "1":
+    if not multi_process_requested():
         return False
-    if explicit:
-        jax.distributed.initialize(
-            coordinator_address=explicit,
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-    else:
-        jax.distributed.initialize()
+    explicit = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if jax.distributed.is_initialized():
+        return True
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        if explicit:
+            missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in os.environ]
+            if missing:
+                raise ValueError(
+                    f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} is not"
+                )
+            jax.distributed.initialize(
+                coordinator_address=explicit,
+                num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                process_id=int(os.environ["JAX_PROCESS_ID"]),
+            )
+        else:
+            jax.distributed.initialize()
+    except RuntimeError as e:  # e.g. JAX already ran a computation in this process
+        raise RuntimeError(f"cannot start the multi-process run: {e}") from e
     return True
+
+
+def is_primary() -> bool:
+    """Process 0: the one that writes reports, configs and plots and shows progress."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def primary_first(fn: Callable[[], T], name: str) -> T:
+    """`fn()` on process 0, then on the others once it is done: for work that writes shared
+    files (a corpus cache), which the others then find complete instead of racing to write."""
+    if is_primary():
+        out = fn()
+        sync(name)
+        return out
+    sync(name)
+    return fn()
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -52,17 +97,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
+    """ConfigError naming `what` unless the global batch splits evenly over the mesh."""
+    from jaxmir.config import ConfigError
+
     n = mesh.devices.size
     if batch_size % n:
-        raise ValueError(f"{what}={batch_size} must be divisible by the {n} devices of the mesh")
+        raise ConfigError(f"{what}={batch_size} must be divisible by the {n} devices of the mesh")
     if batch_size % jax.process_count():
-        raise ValueError(
+        raise ConfigError(
             f"{what}={batch_size} must be divisible by {jax.process_count()} processes"
         )
 
 
-def local_batch_size(global_batch: int) -> int:
-    return global_batch // jax.process_count()
+def check_batch_sizes(cfg, mesh: Mesh) -> None:
+    """The train and validation batches of `cfg` (a Config) split evenly over `mesh`."""
+    check_batch_size(cfg.train.batch_size, mesh)
+    check_batch_size(cfg.train.val_batch_size, mesh, "train.val_batch_size")
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:
@@ -75,3 +125,17 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
 
 def put_replicated(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
+
+
+def onto_mesh(tree, mesh: Mesh):
+    """`tree` with every leaf replicated over `mesh`: leaves made outside a jitted step (pure
+    callbacks' new states, a new learning rate) live on one local device, which a multi-process
+    job can neither feed to the step nor save. Leaves already replicated are kept as they are."""
+    rep = replicated(mesh)
+
+    def place(x):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(rep, x.ndim):
+            return x
+        return jax.device_put(np.asarray(x), rep)
+
+    return jax.tree.map(place, tree)

@@ -88,7 +88,8 @@ def load_midi(path: Path):
     try:
         mid = mido.MidiFile(str(path), charset="latin1")
     except Exception as e:  # mido raises many kinds on corrupt files
-        raise MidiError(path, f"cannot parse MIDI ({type(e).__name__}: {e})") from e
+        detail = str(e) or ("the file ends early" if isinstance(e, EOFError) else "")
+        raise MidiError(path, f"cannot parse MIDI ({type(e).__name__}: {detail})") from e
     last_tick = max((sum(msg.time for msg in track) for track in mid.tracks), default=0)
     module = pretty_midi.pretty_midi
     if last_tick + 1 > module.MAX_TICK:

@@ -1,0 +1,109 @@
+"""Multi-process training for real: 2 processes x 4 CPU devices (jax.distributed over
+localhost, gloo collectives) against 1 process x 8 devices on the same global batches, and a
+checkpoint of the 2-process run resumed by a single process."""
+
+import json
+import os
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+from benchmarks.killsoak import final_state, metric_records, train_argv
+
+SETTINGS = ("train.batch_size=8", "train.val_batch_size=8")
+
+
+def _env(devices: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **extra,
+    )
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run_one_process(workdir, data, epochs: int) -> None:
+    argv = train_argv(workdir, data, (*SETTINGS, f"train.epochs={epochs}"))
+    done = subprocess.run(argv, env=_env(8), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _run_two_processes(workdir, data, epochs: int) -> list[str]:
+    """Both processes of one job; returns their stdouts."""
+    argv = train_argv(workdir, data, (*SETTINGS, f"train.epochs={epochs}"))
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            argv,
+            env=_env(
+                4,
+                JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out)
+    return outs
+
+
+def _close(a: dict, b: dict, rtol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], float):
+            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-6, err_msg=k)
+        else:
+            assert a[k] == b[k], k
+
+
+def _same_state(a: dict, b: dict) -> None:
+    flat_a, tree_a = jax.tree.flatten(a)
+    flat_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_two_processes_match_one_and_resume_in_one(beat_cache, tmp_path):
+    reference, multi = tmp_path / "one-process", tmp_path / "two-processes"
+    _run_one_process(reference, beat_cache, epochs=3)
+    outs = _run_two_processes(multi, beat_cache, epochs=2)
+
+    # process 0 reports, process 1 is silent; one config, one metrics stream, one plot
+    assert "Run finished" in outs[0]
+    assert [x for x in outs[1].splitlines() if not x.startswith("[Gloo]")] == []
+    assert json.loads((multi / "config.json").read_text())["train"]["epochs"] == 2
+    assert (multi / "curves.png").is_file()
+    # every process saved its own data position, the same one (global batches consumed)
+    positions = sorted((multi / "checkpoints" / "8" / "data").glob("process_*-of-2.json"))
+    assert [json.loads(p.read_text()) for p in positions] == [{"next_index": 8}] * 2
+
+    ref_records = metric_records(reference)
+    multi_records = metric_records(multi)
+    assert len(multi_records) == len([r for r in ref_records if r["step"] <= 8])
+    for a, b in zip(ref_records, multi_records, strict=False):
+        _close(a, b)
+
+    # the 2-process checkpoint resumes in one process (8 devices) and ends where the
+    # single-process run ends
+    _run_one_process(multi, beat_cache, epochs=3)
+    for a, b in zip(ref_records, metric_records(multi), strict=True):
+        _close(a, b)
+    _same_state(final_state(reference), final_state(multi))
