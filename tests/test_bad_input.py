@@ -1,9 +1,15 @@
 """Bad input through the command line: exit 2, one line naming the file or key and the reason,
 no traceback, nothing written. Also: one run per workdir, and a resume without config.json."""
 
+from __future__ import annotations
+
 import json
+import os
 import shutil
 import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pretty_midi
@@ -58,24 +64,19 @@ def _wav_header(n_data_bytes: int) -> bytes:
     )
 
 
-def make_bad_file(kind: str, folder):
+def make_bad_file(kind: str, folder: Path) -> Path:
+    path = folder / kind
     if kind == "empty.wav":
-        path = folder / kind
         path.write_bytes(b"")
     elif kind == "text.wav":
-        path = folder / kind
         path.write_text("this is not audio\n")
     elif kind == "truncated.wav":
-        path = folder / kind
         path.write_bytes(_wav_header(64000) + b"\0" * 100)
     elif kind == "zero-samples.wav":
-        path = folder / kind
         path.write_bytes(_wav_header(0))
     elif kind == "nan.wav":
-        path = folder / kind
         sf.write(path, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     elif kind == "random.mid":
-        path = folder / kind
         path.write_bytes(np.random.default_rng(0).bytes(300))
     elif kind == "corrupt.mid":
         pm = pretty_midi.PrettyMIDI()
@@ -84,15 +85,336 @@ def make_bad_file(kind: str, folder):
         pm.instruments.append(inst)
         good = folder / "good.mid"
         pm.write(str(good))
-        path = folder / kind
         path.write_bytes(good.read_bytes()[:30])
     elif kind == "no-notes.mid":
-        path = folder / kind
         pretty_midi.PrettyMIDI().write(str(path))
     elif kind == "audio.wav":
-        path = folder / kind
         sf.write(path, np.zeros(16000, np.float32), 16000)
+    else:
+        raise ValueError(kind)
     return path
+
+
+class Fx:
+    """What a row builds its argv from: the fixtures, requested on first use (a row pays only
+    for the runs it needs), and a fresh folder. Remembers the folders the row touched, so the
+    test can check that the command left them as they were."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp: Path) -> None:
+        self._request = request
+        self.tmp = tmp
+        self.touched: list[Path] = [tmp]
+
+    def _get(self, name: str) -> Path:
+        path = Path(self._request.getfixturevalue(name))
+        self.touched.append(path)
+        return path
+
+    @property
+    def beat_run(self) -> Path:
+        return self._get("beat_run")
+
+    @property
+    def pcnn_run(self) -> Path:
+        return self._get("pcnn_run")
+
+    @property
+    def beat_cache(self) -> Path:
+        return self._get("beat_cache")
+
+    @property
+    def patch_cache(self) -> Path:
+        return self._get("patch_cache")
+
+    @property
+    def workdir(self) -> str:
+        """A fresh workdir (a bad command must not even create it)."""
+        return str(self.tmp / "run")
+
+    def bad(self, kind: str) -> str:
+        return str(make_bad_file(kind, self.tmp))
+
+    def transcribe(self, task: str, path: str) -> list[str]:
+        run = self.beat_run if task == "beat" else self.pcnn_run
+        return ["transcribe", task, path, "--workdir", str(run), "-o", str(self.tmp / "out")]
+
+    def train_beat(self, *extra: str) -> list[str]:
+        return ["train", "beat", "--workdir", self.workdir, *TINY_BEAT, *extra]
+
+    def train_beat_on_cache(self, *overrides: str) -> list[str]:
+        sets = [a for o in overrides for a in ("--set", o)]
+        return self.train_beat("--data", str(self.beat_cache), *sets)
+
+    def run_without_checkpoints(self) -> str:
+        """A run folder holding only a config.json (training never saved a checkpoint)."""
+        wd = self.tmp / "fresh-run"
+        wd.mkdir()
+        shutil.copy(self.beat_run / "config.json", wd / "config.json")
+        return str(wd)
+
+    def broken_manifest_cache(self) -> str:
+        cache = self.tmp / "cache"
+        cache.mkdir()
+        (cache / "manifest.json").write_text('{"version": 1, "pieces": [')
+        return str(cache)
+
+
+def case(name: str, argv: Callable[[Fx], list[str]], *needles: str) -> Any:
+    """One row: its id, its argv built from the fixtures, and what its one stderr line must
+    contain (`{tmp}` stands for the row's fresh folder)."""
+    return pytest.param(argv, needles, id=name)
+
+
+CASES = [
+    # -- audio and MIDI files given to `transcribe`
+    case(
+        "empty-wav",
+        lambda f: f.transcribe("patch_cnn", f.bad("empty.wav")),
+        "empty.wav",
+        "empty file",
+    ),
+    case(
+        "text-as-wav",
+        lambda f: f.transcribe("patch_cnn", f.bad("text.wav")),
+        "text.wav",
+        "cannot decode",
+    ),
+    case(
+        "truncated-wav",
+        lambda f: f.transcribe("patch_cnn", f.bad("truncated.wav")),
+        "truncated.wav",
+        "truncated",
+    ),
+    case(
+        "zero-sample-wav",
+        lambda f: f.transcribe("patch_cnn", f.bad("zero-samples.wav")),
+        "zero-samples.wav",
+        "0 samples",
+    ),
+    case("nan-wav", lambda f: f.transcribe("patch_cnn", f.bad("nan.wav")), "nan.wav", "NaN"),
+    case(
+        "wav-to-beat",
+        lambda f: f.transcribe("beat", f.bad("audio.wav")),
+        "audio.wav",
+        "not a MIDI file",
+    ),
+    case(
+        "random-bytes-mid",
+        lambda f: f.transcribe("beat", f.bad("random.mid")),
+        "random.mid",
+        "cannot parse MIDI",
+    ),
+    case(
+        "truncated-mid",
+        lambda f: f.transcribe("beat", f.bad("corrupt.mid")),
+        "corrupt.mid",
+        "cannot parse MIDI",
+    ),
+    case(
+        "mid-without-notes",
+        lambda f: f.transcribe("beat", f.bad("no-notes.mid")),
+        "no-notes.mid",
+        "no notes",
+    ),
+    case(
+        "transcribe-missing-file",
+        lambda f: f.transcribe("beat", str(f.tmp / "nosuch.mid")),
+        "nosuch.mid",
+        "no such file",
+    ),
+    case(
+        "transcribe-a-folder",
+        lambda f: f.transcribe("beat", str(f.tmp)),
+        "{tmp}",
+        "not a file",
+    ),
+    # -- config values, keys and names
+    case(
+        "batch-size-0",
+        lambda f: f.train_beat_on_cache("train.batch_size=0"),
+        "train.batch_size",
+        ">= 1",
+    ),
+    case(
+        "negative-learning-rate",
+        lambda f: f.train_beat_on_cache("optim.learning_rate=-1e-3"),
+        "optim.learning_rate",
+        "> 0",
+    ),
+    case("epochs-minus-1", lambda f: f.train_beat_on_cache("train.epochs=-1"), "train.epochs"),
+    case(
+        "steps-per-epoch-0",
+        lambda f: f.train_beat_on_cache("train.steps_per_epoch=0"),
+        "train.steps_per_epoch",
+    ),
+    case(
+        "val-batch-size-0",
+        lambda f: f.train_beat_on_cache("train.val_batch_size=0"),
+        "train.val_batch_size",
+        ">= 1",
+    ),
+    case(
+        "batch-size-not-divisible-by-devices",
+        lambda f: f.train_beat_on_cache("train.batch_size=12"),
+        "train.batch_size",
+        "divisible",
+    ),
+    case(
+        "unknown-set-key",
+        lambda f: f.train_beat_on_cache("train.nosuch=1"),
+        "train.nosuch",
+        "unknown",
+    ),
+    case(
+        "set-value-of-wrong-type",
+        lambda f: f.train_beat_on_cache("train.epochs=three"),
+        "train.epochs",
+        "integer",
+    ),
+    case(
+        "set-without-equals",
+        lambda f: f.train_beat_on_cache("train.epochs"),
+        "train.epochs",
+        "key=value",
+    ),
+    case(
+        "unknown-preset",
+        lambda f: ["train", "beat", "--workdir", f.workdir, "--preset", "huge"],
+        "huge",
+        "unknown preset",
+    ),
+    case(
+        "unknown-task",
+        lambda f: ["train", "nosuch", "--workdir", f.workdir, "--preset", "tiny"],
+        "nosuch",
+        "unknown task",
+    ),
+    # -- --data: the feature cache
+    case(
+        "data-folder-missing",
+        lambda f: f.train_beat("--data", str(f.tmp / "nosuch-cache")),
+        "nosuch-cache",
+        "does not exist",
+    ),
+    case(
+        "data-is-a-file",
+        lambda f: f.train_beat("--data", f.bad("audio.wav")),
+        "audio.wav",
+        "is not a folder",
+    ),
+    case(
+        "data-not-a-cache",
+        lambda f: f.train_beat("--data", str(f.tmp)),
+        "manifest.json",
+        "not a feature cache",
+    ),
+    case(
+        "data-broken-manifest",
+        lambda f: f.train_beat("--data", f.broken_manifest_cache()),
+        "manifest.json",
+        "unreadable",
+    ),
+    case(
+        "beat-cache-to-music",
+        lambda f: (
+            ["train", "music", "--workdir", f.workdir, "--preset", "tiny"]
+            + ["--data", str(f.beat_cache), "--set", "train.batch_size=8"]
+            + ["--set", "train.val_batch_size=8"]
+        ),
+        "'beat'",
+        "not 'music'",
+    ),
+    case(
+        "beat-cache-to-patch-cnn",
+        lambda f: (
+            ["train", "patch_cnn", "--workdir", f.workdir, "--preset", "tiny"]
+            + ["--data", str(f.beat_cache)]
+        ),
+        "'beat'",
+        "not 'patch_cnn'",
+    ),
+    # -- eval
+    case(
+        "eval-unknown-split",
+        lambda f: ["eval", "beat", "--workdir", str(f.beat_run), "--split", "nosuch"],
+        "nosuch",
+        "no pieces",
+    ),
+    case(
+        "eval-not-a-run",
+        lambda f: ["eval", "beat", "--workdir", str(f.tmp)],
+        "config.json",
+        "not found",
+    ),
+    case(
+        "eval-run-without-checkpoints",
+        lambda f: ["eval", "beat", "--workdir", f.run_without_checkpoints()],
+        "checkpoints",
+        "no checkpoint",
+    ),
+    case(
+        "eval-missing-step",
+        lambda f: ["eval", "beat", "--workdir", str(f.beat_run), "--step", "999"],
+        "no checkpoint at step 999",
+        "saved: [",
+    ),
+    # -- features
+    case(
+        "features-unknown-dataset",
+        lambda f: (
+            ["features", "beat", "--dataset", "nosuch", "--root", str(f.tmp)]
+            + ["--out", str(f.tmp / "out")]
+        ),
+        "nosuch",
+        "not accepted",
+    ),
+    case(
+        "features-root-missing",
+        lambda f: (
+            ["features", "beat", "--dataset", "midi", "--root", str(f.tmp / "nosuch")]
+            + ["--out", str(f.tmp / "out")]
+        ),
+        "nosuch",
+        "does not exist",
+    ),
+    case(
+        "features-corpus-root-missing",
+        lambda f: (
+            ["features", "patch_cnn", "--dataset", "synth", "--root", str(f.tmp / "nosuch")]
+            + ["--out", str(f.tmp / "out")]
+        ),
+        "nosuch/corpus.json",
+        "not found",
+    ),
+]
+
+
+def _tree(roots: list[Path]) -> dict[str, tuple[int, int]]:
+    """Every path under `roots`, with its size (files) and mtime: what a refused command must
+    leave as it found it."""
+    out = {}
+    for root in roots:
+        for p in [root, *sorted(root.rglob("*"))] if root.exists() else []:
+            st = p.stat()
+            out[str(p)] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("argv, needles", CASES)
+def test_bad_input_exits_2_with_one_line(argv, needles, request, tmp_path, capsys):
+    fx = Fx(request, tmp_path)
+    args = argv(fx)
+    before = _tree(fx.touched)
+    capsys.readouterr()  # fixtures' own output (training the runs)
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"jaxmir {args[0]}: error: "), lines[0]
+    for needle in needles:
+        assert needle.format(tmp=tmp_path) in lines[0], (needle, lines[0])
+    assert _tree(fx.touched) == before
 
 
 def assert_one_line_exit_2(argv, capsys, *needles):
@@ -103,63 +425,7 @@ def assert_one_line_exit_2(argv, capsys, *needles):
         assert needle in err[0], (needle, err[0])
 
 
-@pytest.mark.parametrize(
-    "task, kind",
-    [
-        ("patch_cnn", "empty.wav"),
-        ("patch_cnn", "text.wav"),
-        ("patch_cnn", "truncated.wav"),
-        ("patch_cnn", "zero-samples.wav"),
-        ("patch_cnn", "nan.wav"),
-        ("beat", "audio.wav"),
-        ("beat", "random.mid"),
-        ("beat", "corrupt.mid"),
-        ("beat", "no-notes.mid"),
-    ],
-)
-def test_bad_input_files(task, kind, request, tmp_path, capsys):
-    wd = request.getfixturevalue("beat_run" if task == "beat" else "pcnn_run")
-    path = make_bad_file(kind, tmp_path)
-    argv = ["transcribe", task, str(path), "--workdir", str(wd), "-o", str(tmp_path / "out")]
-    assert_one_line_exit_2(argv, capsys, str(path))
-
-
-@pytest.mark.parametrize(
-    "override, key",
-    [
-        ("train.batch_size=0", "train.batch_size"),
-        ("optim.learning_rate=-1e-3", "optim.learning_rate"),
-        ("train.epochs=-1", "train.epochs"),
-        ("train.steps_per_epoch=0", "train.steps_per_epoch"),
-    ],
-)
-def test_unusable_config_values(override, key, beat_cache, tmp_path, capsys):
-    wd = tmp_path / "run"
-    argv = [
-        "train",
-        "beat",
-        "--workdir",
-        str(wd),
-        "--data",
-        str(beat_cache),
-        *TINY_BEAT,
-        "--set",
-        override,
-    ]
-    assert_one_line_exit_2(argv, capsys, key)
-    assert not (wd / "config.json").exists()
-
-
-def test_unknown_split(beat_run, capsys):
-    assert_one_line_exit_2(
-        ["eval", "beat", "--workdir", str(beat_run), "--split", "nosuch"], capsys, "nosuch"
-    )
-    assert not (beat_run / "eval" / "nosuch.json").exists()
-
-
 def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(beat_run, beat_cache, capsys):
-    import os
-
     argv = ["train", "beat", "--workdir", str(beat_run), "--data", str(beat_cache), *TINY_BEAT]
     with WorkdirLock(beat_run):
         assert_one_line_exit_2(argv, capsys, f"PID {os.getpid()}")

@@ -158,6 +158,8 @@ def load_audio(path: str | os.PathLike, sr: int, mono: bool = True) -> np.ndarra
         raise AudioError(path, "no such file" if not path.exists() else "not a regular file")
     if not os.access(path, os.R_OK):
         raise AudioError(path, "file is not readable (permission denied)")
+    if path.stat().st_size == 0:  # else the decoder's "format not recognised" hides the cause
+        raise AudioError(path, "empty file (0 bytes)")
     data, rate = _decode(path)
     validate_audio(data, path)
     data = data.mean(axis=1) if mono else data

@@ -62,6 +62,9 @@ class FeatureCache:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        if not self.root.is_dir():  # a mistyped --data says so, not "no manifest.json"
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise CacheError(f"{self.root}: {what} (expected a feature cache folder)")
         path = self.root / MANIFEST
         if not path.is_file():
             raise CacheError(f"{path}: no manifest.json (not a feature cache written by jaxmir)")

@@ -216,8 +216,13 @@ class PieceTask(Task):
         """(pieces, failures) of a dataset folder the task accepts; ConfigError otherwise."""
         self.check_dataset(dataset)
         if dataset == "synth":
-            from jaxmir.data.synth.corpus import read_corpus
+            from jaxmir.data.synth.corpus import MANIFEST, read_corpus
 
+            index = Path(root) / MANIFEST
+            if not index.is_file():  # say what is missing, not the bare OS error
+                raise FileNotFoundError(
+                    f"{index}: not found (is {root} a corpus folder written by `jaxmir synth`?)"
+                )
             return read_corpus(Path(root)), []
         from jaxmir.data.datasets.registry import read_dataset
 
