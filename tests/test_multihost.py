@@ -6,11 +6,14 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 import jax
 import numpy as np
+import pytest
 
 from benchmarks.killsoak import final_state, metric_records, train_argv
+from jaxmir.cli import main
 
 SETTINGS = ("train.batch_size=8", "train.val_batch_size=8")
 
@@ -107,3 +110,50 @@ def test_two_processes_match_one_and_resume_in_one(beat_cache, tmp_path):
     for a, b in zip(ref_records, metric_records(multi), strict=True):
         _close(a, b)
     _same_state(final_state(reference), final_state(multi))
+
+
+AGREE = """
+import sys
+import jax
+from jaxmir.engine.sharding import maybe_initialize_distributed
+from jaxmir.engine.loop import StopSignal
+
+maybe_initialize_distributed()
+stop = StopSignal()
+print("before", stop.poll())
+if jax.process_index() == 1:
+    stop.requested = "SIGTERM"  # what the handler sets: a signal to process 1 only
+print("after", stop.poll())
+"""
+
+
+def test_a_signal_to_one_process_stops_every_process(tmp_path):
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", AGREE],
+            env=_env(
+                1,
+                JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for i, out in enumerate(outs):
+        lines = [x for x in out.splitlines() if not x.startswith("[Gloo]")]
+        expected = "SIGTERM" if i == 1 else "SIGTERM (another process)"
+        assert lines == ["before None", f"after {expected}"], out
+
+
+@pytest.mark.parametrize("command", [["info", "beat"], ["eval", "beat", "--workdir", "x"]])
+def test_single_process_commands_refuse_a_multi_process_environment(command, monkeypatch, capsys):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs in one process" in err[0]

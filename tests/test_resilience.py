@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks.killsoak import differences, soak
+from jaxmir.cli import main
 from jaxmir.config import apply_overrides
 from jaxmir.engine import train
 from jaxmir.engine.checkpoint import CheckpointError
@@ -143,3 +144,14 @@ def test_kill_loop_three_kills_end_bit_identical(beat_cache, tmp_path):
     result = soak(3, tmp_path, beat_cache, seed=1)
     assert result["kills"] == 3 and result["failures"] == []
     assert result["all_identical"], result["details"]
+
+
+def test_the_command_exits_2_when_no_checkpoint_restores(two_epochs, beat_cache, tmp_path, capsys):
+    wd = tmp_path / "run"
+    shutil.copytree(two_epochs, wd)
+    for step in ("4", "8"):
+        corrupt(wd / "checkpoints" / step, "data-iterator")
+    argv = ["train", "beat", "--workdir", str(wd), "--data", str(beat_cache), "--no-progress"]
+    assert main([*argv, "--set", "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint can be restored" in err[0]

@@ -147,6 +147,8 @@ def train(
     check_batch_sizes(cfg, make_mesh(devices))
     if not is_primary():
         progress, log = False, _quiet
+    if workdir is None and jax.process_count() > 1:
+        raise ConfigError("a multi-process run needs a workdir every process shares")
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
