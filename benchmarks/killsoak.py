@@ -38,8 +38,12 @@ def train_argv(workdir: Path, data: Path, settings=SOAK_SETTINGS) -> list[str]:
 
 def read_state(step_dir: Path) -> dict:
     """The `state` item of one checkpoint step as numpy arrays (no template, any mesh)."""
+    import logging
+
     import jax
     import orbax.checkpoint as ocp
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # "no _CHECKPOINT_METADATA" per item
 
     path = Path(step_dir).absolute() / "state"
     checkpointer = ocp.PyTreeCheckpointer()
@@ -96,7 +100,7 @@ def soak(kills: int, root: Path, data: Path | None = None, seed: int = 0, log=pr
             proc = subprocess.Popen(
                 train_argv(workdir, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
-            at = float(rng.uniform(0.1, 1.0)) * span if landed < kills else None
+            at = float(rng.uniform(0.05, 0.8)) * span if landed < kills else None
             try:
                 _, err = proc.communicate(timeout=at if at is not None else 900)
             except subprocess.TimeoutExpired:

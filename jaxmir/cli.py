@@ -27,6 +27,8 @@ EPILOG = """examples:
   jaxmir train vocal_contour --preset demo --workdir runs/vc
   jaxmir transcribe vocal_contour song.wav --workdir runs/vc -o out/   (song_f0.csv + PNG)
   jaxmir features patch_cnn --dataset mir1k --root MIR-1K/ --out cache/pcnn-mir1k
+  jaxmir train vocal --preset demo --workdir runs/v --set data.unlabelled=my_songs/
+  jaxmir transcribe vocal song.wav --workdir runs/v -o out/   (song.mid, song_notes.csv, PNG)
 """
 
 
@@ -92,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dataset",
         required=True,
         help="dataset layout: beat midi|musicnet; music synth|maestro|maps|musicnet; "
-        "vocal_contour and patch_cnn synth|mir1k|medleydb|tonas",
+        "vocal synth|tonas|mir1k; vocal_contour and patch_cnn synth|mir1k|medleydb|tonas",
     )
     f.add_argument("--root", type=Path, required=True, help="the dataset's folder")
     f.add_argument("--out", type=Path, required=True, help="cache directory to write")
@@ -103,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-TASKS_HELP = "beat | music | vocal_contour | patch_cnn"
+TASKS_HELP = "beat | music | vocal | vocal_contour | patch_cnn"
 
 
 EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: saved, not finished; run again to resume
@@ -152,31 +154,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _restore_for_inference(task, workdir: Path, step: int | None):
-    import jax
+def _restore(task, workdir: Path, step: int | None):
+    from jaxmir.engine.run import RestoreError, restore_for_inference
 
-    from jaxmir.engine.checkpoint import Checkpointer
-    from jaxmir.engine.run import init_state, make_callbacks
-    from jaxmir.engine.sharding import make_mesh
-
-    cfg_path = workdir / "config.json"
-    if not cfg_path.is_file():
-        raise UsageError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
-    cfg = task.config_from_dict(json.loads(cfg_path.read_text()))
-    ckpt_dir = workdir / "checkpoints"
-    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-        raise UsageError(f"{ckpt_dir}: no checkpoint to evaluate")
-    ckpt = Checkpointer(ckpt_dir, monitor=cfg.train.monitor)
-    steps = ckpt.manager.all_steps()
-    step = step if step is not None else ckpt.best_step()
-    if step not in steps:
-        ckpt.close()
-        raise UsageError(f"{ckpt_dir}: no checkpoint at step {step} (saved: {list(steps)})")
-    mesh = make_mesh(jax.devices()[:1])
-    state = init_state(task, cfg, mesh, make_callbacks(cfg))
-    state, meta = ckpt.restore(step, state)
-    ckpt.close()
-    return cfg, mesh, state, step
+    try:
+        return restore_for_inference(task, workdir, step)
+    except RestoreError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_eval(args) -> int:
@@ -184,7 +168,7 @@ def cmd_eval(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
-    cfg, mesh, state, step = _restore_for_inference(task, args.workdir, args.step)
+    cfg, mesh, state, step = _restore(task, args.workdir, args.step)
     data = args.data or _run_json(args.workdir).get("data")
     cache = resolve_data(task, cfg, data)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=True)
@@ -206,7 +190,7 @@ def cmd_transcribe(args) -> int:
             raise UsageError(f"{path}: is a folder, not a file")
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
-    cfg, mesh, state, _ = _restore_for_inference(task, args.workdir, None)
+    cfg, mesh, state, _ = _restore(task, args.workdir, None)
     predict = make_predict(mesh, state)
     for path in args.inputs:
         for written in task.transcribe(predict, path, cfg, args.outdir):

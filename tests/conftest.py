@@ -75,3 +75,8 @@ def contour_cache(mixed_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def patch_cache(mixed_corpus, tmp_path_factory):
     return featurized("patch_cnn", mixed_corpus, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def vocal_cache(mixed_corpus, tmp_path_factory):
+    return featurized("vocal", mixed_corpus, tmp_path_factory)

@@ -89,6 +89,9 @@ def init_state(task, cfg: Config, mesh, callbacks: Sequence) -> TrainState:
     spec = task.input_spec(cfg)
     rng = jax.random.PRNGKey(cfg.train.seed)
     init_rng, state_rng = jax.random.split(rng)
+    impl = getattr(task, "init_rng_impl", None)
+    if impl is not None:  # e.g. "rbg": compiles a deep net's initialisers in seconds, not minutes
+        init_rng = jax.random.key(cfg.train.seed, impl=impl)
     dummy = np.zeros((1, *spec.shape), spec.dtype)
     variables = jax.jit(lambda r, x: model.init(r, x, train=False))(init_rng, dummy)
     state = TrainState.create(
@@ -115,6 +118,34 @@ def make_predict(mesh, state: TrainState, fn=None):
         return np.asarray(jax.device_get(fn(variables, jax.device_put(windows, sharding))))
 
     return predict
+
+
+class RestoreError(ValueError):
+    """A run directory that holds no usable checkpoint (the message names the path)."""
+
+
+def restore_for_inference(task, workdir: Path | str, step: int | None = None):
+    """(cfg, mesh, state, step) of a trained run: its config and the checkpoint at `step`
+    (default: the best one, the latest when none is best) on one device."""
+    workdir = Path(workdir)
+    cfg_path = workdir / "config.json"
+    if not cfg_path.is_file():
+        raise RestoreError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
+    cfg = task.config_from_dict(json.loads(cfg_path.read_text()))
+    ckpt_dir = workdir / "checkpoints"
+    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+        raise RestoreError(f"{ckpt_dir}: no checkpoint to evaluate")
+    ckpt = Checkpointer(ckpt_dir, monitor=cfg.train.monitor)
+    steps = ckpt.manager.all_steps()
+    step = step if step is not None else ckpt.best_step()
+    if step not in steps:
+        ckpt.close()
+        raise RestoreError(f"{ckpt_dir}: no checkpoint at step {step} (saved: {list(steps)})")
+    mesh = make_mesh(jax.devices()[:1])
+    state = init_state(task, cfg, mesh, make_callbacks(cfg))
+    state, _ = ckpt.restore(step, state)
+    ckpt.close()
+    return cfg, mesh, state, step
 
 
 @dataclasses.dataclass

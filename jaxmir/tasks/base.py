@@ -42,6 +42,7 @@ TASK_MODULES = {
     "music": "jaxmir.tasks.music.task",
     "vocal_contour": "jaxmir.tasks.vocal_contour.task",
     "patch_cnn": "jaxmir.tasks.patch_cnn.task",
+    "vocal": "jaxmir.tasks.vocal.task",
 }
 
 EVAL_SEED = 12345
@@ -250,6 +251,7 @@ class PieceTask(Task):
             workers=workers,
             progress=progress,
             split_of=self.piece_split,
+            extra_of=source_of,
         )
         if failures:
             summary["failed"] = failures + summary["failed"]
@@ -293,9 +295,10 @@ class PieceTask(Task):
         )
 
     # -- inference ------------------------------------------------------------------------------
-    def posteriors(self, predict, x: np.ndarray, cfg: Config) -> Any:
+    def posteriors(self, predict, x: np.ndarray, cfg: Config, source: Path | None = None) -> Any:
         """Frame posteriors of a whole piece: windows overlapping by half, combined as
-        `stitch` says, through a sigmoid."""
+        `stitch` says, through a sigmoid. `source`: the piece's audio file, when known (for a
+        task that also runs another model on it)."""
         logits = predict_piece(
             predict,
             np.asarray(self.input_view(cfg, x), np.float32),
@@ -315,7 +318,9 @@ class PieceTask(Task):
             raise CacheError(f"{cache.root}: no pieces in split {split!r}")
         rows = []
         for name in tqdm(names, desc=f"Evaluate {split}", disable=not progress):
-            events = self.decode(self.posteriors(predict, cache.features(name), cfg), cfg)
+            source = cache.entry(name).get("source")
+            probs = self.posteriors(predict, cache.features(name), cfg, source=source)
+            events = self.decode(probs, cfg)
             rows.append(self.score(events, cache.labels(name), cfg))
         keys = list(dict.fromkeys(k for row in rows for k in row))
         return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
@@ -328,11 +333,17 @@ class PieceTask(Task):
 
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
         x = self.input_features(Path(path), cfg)
-        probs = self.posteriors(predict, x, cfg)
+        probs = self.posteriors(predict, x, cfg, source=Path(path))
         events = self.decode(probs, cfg)
         outdir = Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)
         return self.write(events, Path(path).stem, outdir, cfg, x=x, posteriors=probs)
+
+
+def source_of(piece) -> dict:
+    """A cache entry's record of the audio file a piece's features came from."""
+    audio = getattr(piece, "audio", None)
+    return {"source": str(audio)} if audio is not None else {}
 
 
 def schedule(

@@ -127,7 +127,9 @@ class PatchCNNTask(PieceTask):
         return shuffled_examples(index, cfg.train.seed if train else EVAL_SEED, reader)
 
     # -- inference ------------------------------------------------------------------------------
-    def posteriors(self, predict, x: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
+    def posteriors(
+        self, predict, x: np.ndarray, cfg: Config, source: Path | None = None
+    ) -> dict[str, np.ndarray]:
         """The melody posterior of every peak's patch, with the peaks' frames and rows."""
         patches, frames, rows = extract_patches(np.asarray(x, np.float32), PATCH_SIZE)
         b = cfg.train.val_batch_size

@@ -1,0 +1,178 @@
+"""The vocal task: SDT labels, note decoding, VAT, and the whole chain (a tiny model overfits
+two short pieces; train, eval and transcribe through the command line)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmir.cli import main
+from jaxmir.config import apply_overrides
+from jaxmir.data.cache import FeatureCache
+from jaxmir.engine.run import init_state, make_callbacks, make_predict
+from jaxmir.engine.sharding import make_mesh, put_batch
+from jaxmir.engine.step import make_train_step
+from jaxmir.inference import sigmoid
+from jaxmir.tasks.vocal.decode import decode_notes, find_peaks, note_hz, note_intervals
+from jaxmir.tasks.vocal.labels import notes_from_f0, sdt_labels
+from jaxmir.tasks.vocal.task import TASK
+from jaxmir.tasks.vocal.vat import adversarial_perturbation, bernoulli_kl
+
+ONE = jax.devices()[:1]
+
+
+def test_sdt_labels_mark_six_frame_events():
+    y = sdt_labels(np.array([[1.0, 1.5, 60.0]]), 100)
+    assert y.shape == (100, 6)
+    assert np.flatnonzero(y[:, 0]).tolist() == list(range(50, 75))
+    assert np.flatnonzero(y[:, 2]).tolist() == list(range(48, 54))  # [t - 2, t + 4)
+    assert np.flatnonzero(y[:, 4]).tolist() == list(range(73, 79))
+    np.testing.assert_array_equal(y[:, 1], 1 - y[:, 0])
+    np.testing.assert_array_equal(y[:, 3], 1 - y[:, 2])
+    np.testing.assert_array_equal(y[:, 5], 1 - y[:, 4])
+    # a note at the very start clips its onset window; one shorter than a frame is left out
+    y = sdt_labels(np.array([[0.0, 0.2, 60.0], [1.0, 1.005, 62.0]]), 60)
+    assert np.flatnonzero(y[:, 2]).tolist() == [0, 1, 2, 3]
+    assert y[49:52, 0].sum() == 0
+
+
+def test_notes_from_a_semitone_contour():
+    t = np.arange(100) * 0.01
+    hz = np.zeros(100)
+    hz[10:40] = 440.0  # 300 ms of A4
+    hz[40:43] = 466.16  # 30 ms of A#4: shorter than 50 ms, dropped
+    hz[50:80] = 220.0 * 2 ** (0.2 / 12)  # A3, 20 cents sharp: rounds to 57
+    notes = notes_from_f0(np.stack([t, hz], axis=1))
+    np.testing.assert_allclose(notes, [[0.1, 0.4, 69], [0.5, 0.8, 57]], atol=1e-9)
+
+
+def _sdt_posteriors(notes_frames, n):
+    """Posteriors that are the labels themselves, smoothed into peaks."""
+    probs = np.zeros((n, 6))
+    for on, off in notes_frames:
+        probs[on:off, 0] = 0.9
+        probs[on - 1 : on + 2, 2] = [0.6, 0.95, 0.6]
+        probs[off - 1 : off + 2, 4] = [0.6, 0.95, 0.6]
+    probs[:, 1] = 1 - probs[:, 0]
+    return probs
+
+
+def test_decoding_finds_the_notes_and_their_pitch():
+    probs = _sdt_posteriors([(10, 40), (50, 60), (70, 72)], 100)
+    assert find_peaks(probs[:, 2]).tolist() == [10, 50, 70]
+    # the 2-frame note is shorter than 0.1 s
+    assert note_intervals(probs).tolist() == [[10, 40], [50, 60]]
+    f0 = np.zeros(100)
+    f0[10:40] = 440.0
+    f0[25] = 880.0  # an octave glitch in the middle weighs most: the mean moves up
+    f0[50:60] = 261.63
+    notes = decode_notes(probs, f0)
+    np.testing.assert_allclose(notes[:, :2], [[0.2, 0.8], [1.0, 1.2]])
+    assert notes[1, 2] == 60 and notes[0, 2] > 69
+    assert note_hz(np.array([0, 0, 440.0, 0]), 0, 4) == 0.0  # too few voiced frames
+
+
+def _tiny_model_logits(seed=0):
+    cfg = TASK.preset("tiny")
+    model = TASK.model(cfg)
+    x = jax.random.normal(jax.random.PRNGKey(seed), (3, 19, 174, 9))
+    init = jax.jit(lambda key, v: model.init(key, v, train=False))
+    variables = init(jax.random.key(1, impl="rbg"), x)
+    return jax.jit(lambda v: model.apply(variables, v, train=False)), x
+
+
+def test_vat_perturbation_has_norm_epsilon_and_beats_random_directions():
+    logits_fn, x = _tiny_model_logits()
+    eps = 2.0
+    r = adversarial_perturbation(
+        logits_fn, x, jax.random.PRNGKey(2), epsilon=eps, xi=1e-6, iterations=2
+    )
+    norms = jnp.sqrt(jnp.sum(r * r, axis=(1, 2, 3)))
+    np.testing.assert_allclose(norms, eps, rtol=1e-4)
+    clean = logits_fn(x)
+    adversarial = float(bernoulli_kl(clean, logits_fn(x + r)))
+    randoms = []
+    for k in range(8):
+        d = jax.random.normal(jax.random.PRNGKey(10 + k), x.shape)
+        d = eps * d / jnp.sqrt(jnp.sum(d * d, axis=(1, 2, 3), keepdims=True))
+        randoms.append(float(bernoulli_kl(clean, logits_fn(x + d))))
+    assert adversarial > 0 and adversarial > max(randoms), (adversarial, randoms)
+
+
+def test_the_unlabelled_window_rides_with_every_training_example(vocal_cache):
+    cfg = TASK.preset("tiny")
+    cache = FeatureCache(vocal_cache)
+    ds = TASK.dataset(cfg, cache, "train", True)
+    ex = ds[0]
+    assert ex["x"].shape == ex["ux"].shape == (19, 174, 9) and ex["y"].shape == (19, 6)
+    assert np.array_equal(ds[0]["ux"], ex["ux"])  # the same pairing when read again (resume)
+    no_vat = apply_overrides(cfg, ["data.vat=false"])
+    assert "ux" not in TASK.dataset(no_vat, cache, "train", True)[0]
+    assert "ux" not in TASK.dataset(cfg, cache, "val", False)[0]
+
+
+def test_tiny_model_overfits_two_pieces(vocal_cache):
+    """Features -> SDT labels -> loss (with VAT) -> posteriors -> notes -> mir_eval. The notes'
+    pitch comes from the reference here: the chain under test is the segmentation (the
+    pitch source is an input of the decoder, built in or a vocal_contour run; the stitching of
+    overlapping windows is the shared code every task uses)."""
+    cache = FeatureCache(vocal_cache)
+    names = cache.names("train")[:2]
+    cfg = apply_overrides(
+        TASK.preset("tiny"),
+        ["model.alpha=12", "model.stem_channels=8", "model.bn_momentum=0.9"]
+        + ["optim.learning_rate=1e-2"],
+    )
+    reader = TASK.window_reader(cfg, cache, names)
+    windows = [(i, s) for i in range(2) for s in range(0, cache.entry(names[i])["shape"][0], 19)]
+    examples = [reader.random_map(np.array(w), None) for w in windows]
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    assert batch["y"][..., 2].sum() > 10  # onsets of the sung line are in these windows
+    mesh = make_mesh(ONE)
+    state = init_state(TASK, cfg, mesh, make_callbacks(cfg))
+    step = make_train_step(TASK.bind_loss(cfg), mesh)
+    placed = put_batch(batch, mesh)
+    for _ in range(200):
+        state, metrics = step(state, placed)
+    assert np.isfinite(float(metrics["vat"]))
+    # the windows tile each piece: their posteriors, end to end, are the piece's
+    probs = sigmoid(make_predict(mesh, state)(batch["x"]))
+    scores = []
+    for i, name in enumerate(names):
+        x, labels = cache.features(name), cache.labels(name)
+        piece = np.concatenate([p for (j, _), p in zip(windows, probs, strict=True) if j == i])
+        reference = np.zeros(len(x))
+        for onset, offset, pitch, *_ in labels["notes"]:
+            reference[round(onset / 0.02) : round(offset / 0.02)] = 440 * 2 ** ((pitch - 69) / 12)
+        events = TASK.decode((piece[: len(x)], reference), cfg)
+        scores.append(TASK.score(events, labels, cfg))
+    assert np.mean([s["note_f1"] for s in scores]) >= 0.6, scores  # measured: 0.71
+
+
+def test_info_paper_size(capsys):
+    assert main(["info", "vocal", "--preset", "paper"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["params"] == 28_529_666
+    assert info["input_shape"] == [19, 174, 9] and info["output_shape"] == [19, 6]
+
+
+@pytest.mark.parametrize("vat", ["true", "false"])
+def test_train_eval_transcribe(vat, mixed_corpus, vocal_cache, tmp_path, capsys):
+    wd = tmp_path / "run"
+    argv = ["train", "vocal", "--preset", "tiny", "--workdir", str(wd)]
+    argv += ["--data", str(vocal_cache), "--no-progress", "--set", f"data.vat={vat}"]
+    assert main(argv) == 0
+    records = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_note_f1" in r for r in records)
+    assert any("vat" in r for r in records) == (vat == "true")
+    assert main(["eval", "vocal", "--workdir", str(wd), "--split", "test"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"note_f1", "note_with_offset_f1", "note_precision", "note_recall"} <= set(result)
+    stems = (".vocals.wav", ".accompaniment.wav", ".drums.wav")
+    song = next(p for p in sorted(mixed_corpus.glob("*.wav")) if not p.name.endswith(stems))
+    assert main(["transcribe", "vocal", str(song), "--workdir", str(wd), "-o", str(tmp_path)]) == 0
+    stem = song.stem
+    for suffix in (".mid", "_notes.csv", "_notes.png"):
+        assert (tmp_path / f"{stem}{suffix}").is_file()
