@@ -76,6 +76,17 @@ MODELS: dict[str, dict] = {
         "paper_batch": 12,  # omnizart's
         "peers": (),  # no torch or TF vocal_contour model: jaxmir's numbers only
     },
+    "vocal": {
+        "title": "vocal PyramidNet-110 + ShakeDrop + VAT (paper preset)",
+        "input": (19, 174, 9),
+        "output": (19, 6),
+        "params": 28_529_666,
+        "state": 49_226,  # BatchNorm moving statistics
+        "batch": 8,
+        "quick_batch": 4,
+        "paper_batch": 64,  # omnizart's
+        "peers": (),  # no torch or TF PyramidNet: jaxmir's numbers only
+    },
 }
 # Peer frameworks that have a model of each name (`peers_torch`, `peers_tf`); a model without
 # a "peers" entry has all of them. A requested peer is required for the models it has.

@@ -57,7 +57,13 @@ LIGHT_PRESETS: dict[str, dict[str, dict]] = {
     },
 }
 VOCAL_CONTOUR_BINS = 384  # jaxmir.tasks.vocal_contour.labels.N_BINS (352 CFP rows padded)
-LEARNING_RATES = {"music": 1e-3, "beat": 1e-3, "patch_cnn": 1e-5, "vocal_contour": 1e-3}
+LEARNING_RATES = {
+    "music": 1e-3,
+    "beat": 1e-3,
+    "patch_cnn": 1e-5,
+    "vocal_contour": 1e-3,
+    "vocal": 1e-4,
+}
 
 
 def _engine():

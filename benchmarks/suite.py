@@ -66,10 +66,16 @@ from benchmarks.common import (
 
 PEERS = ALL_PEERS
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
-LEARNING_RATES = {"music": 1e-3, "beat": 1e-3, "patch_cnn": 1e-5, "vocal_contour": 1e-3}
-DEFAULT_MODELS = "music,beat,patch_cnn"  # vocal_contour: on request (--models vocal_contour)
+LEARNING_RATES = {
+    "music": 1e-3,
+    "beat": 1e-3,
+    "patch_cnn": 1e-5,
+    "vocal_contour": 1e-3,
+    "vocal": 1e-4,
+}
+DEFAULT_MODELS = "music,beat,patch_cnn"  # vocal_contour, vocal: on request (--models ...)
 # The big U-Nets: two alternation rounds in --quick, no scaling run in full mode.
-HEAVY = ("music", "vocal_contour")
+HEAVY = ("music", "vocal_contour", "vocal")
 
 
 def log(msg: str = "") -> None:
@@ -290,7 +296,7 @@ def lever_variants(model: str, quick: bool) -> list[tuple]:
         v.append(("without per-model XLA flags", [], NO_MODEL_FLAGS, "fp32"))
     else:
         v.append(("ynn fusion off", [], YNN_OFF, "fp32"))
-    if model in ("music", "patch_cnn", "vocal_contour"):
+    if model in ("music", "patch_cnn", "vocal_contour", "vocal"):
         default = _default_conv_impl(model)
         for impl in ("native", "matmul"):
             if impl != default:  # the default row already is this one

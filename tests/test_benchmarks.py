@@ -46,8 +46,9 @@ def test_helpers():
     assert args.models == ["beat", "patch_cnn"] and args.peers == [] and args.name == "quick"
     with pytest.raises(SystemExit):
         parse_args(["--models", "nope"])
-    # vocal_contour is in the model table, on request only, and has no peer
-    assert set(MODELS) == {"music", "beat", "patch_cnn", "vocal_contour"}
+    # vocal_contour and vocal are in the model table, on request only, and have no peer
+    assert set(MODELS) == {"music", "beat", "patch_cnn", "vocal_contour", "vocal"}
+    assert "vocal" not in parse_args([]).models and model_peers("vocal") == ()
     assert "vocal_contour" not in parse_args([]).models
     assert parse_args(["--quick", "--models", "vocal_contour"]).models == ["vocal_contour"]
     assert model_peers("vocal_contour") == () and model_peers("music") == ("torch", "tf")
@@ -86,3 +87,22 @@ def test_a_requested_peer_that_cannot_be_imported_fails_the_run(monkeypatch, cap
     monkeypatch.setattr(suite, "_peer_available", lambda p: (p != "tf", f"{p}: skipped, x"))
     assert suite.main(["--quick", "--models", "patch_cnn", "--peers", "torch,tf"]) == 3
     assert "tf: missing" in capsys.readouterr().out
+
+
+def test_vocal_paper_size():
+    """The vocal PyramidNet-110 as the suite builds it (the task path), from shapes alone."""
+    import jax
+    import numpy as np
+
+    built = build("vocal", "paper", ())
+    spec = MODELS["vocal"]
+    assert built.input_shape == spec["input"] == (19, 174, 9)
+    x = jax.ShapeDtypeStruct((1, *built.input_shape), np.float32)
+    variables = jax.eval_shape(
+        lambda r, x: built.module.init(r, x, train=False), jax.random.PRNGKey(0), x
+    )
+    sizes = {
+        k: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(v)) for k, v in variables.items()
+    }
+    assert sizes == {"params": spec["params"], "batch_stats": spec["state"]}
+    assert built.optim.learning_rate == 1e-4 and built.cfg.data.vat  # the step includes VAT
