@@ -29,6 +29,8 @@ EPILOG = """examples:
   jaxmir features patch_cnn --dataset mir1k --root MIR-1K/ --out cache/pcnn-mir1k
   jaxmir train vocal --preset demo --workdir runs/v --set data.unlabelled=my_songs/
   jaxmir transcribe vocal song.wav --workdir runs/v -o out/   (song.mid, song_notes.csv, PNG)
+  jaxmir eval vocal --workdir runs/v --set decode.contour_workdir=runs/vc   (pitch from a
+                                                          trained vocal_contour run)
 """
 
 
@@ -76,12 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", help="val | test (default test)")
     e.add_argument("--data", type=Path, default=None, help="feature cache (default: the run's)")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
 
     r = sub.add_parser("transcribe", help="run a trained model on input files")
     r.add_argument("task")
     r.add_argument("inputs", nargs="+", type=Path)
     r.add_argument("--workdir", type=Path, required=True)
     r.add_argument("-o", "--outdir", type=Path, default=Path("."))
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
 
     i = sub.add_parser("info", help="model size and shapes of a preset (no compute)")
     i.add_argument("task")
@@ -154,13 +158,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _restore(task, workdir: Path, step: int | None):
+def _restore(task, workdir: Path, step: int | None, overrides: list[str] = ()):
+    """The run's config (with `decode.*` overrides: how to decode may change after training,
+    nothing else may) and its checkpoint."""
     from jaxmir.engine.run import RestoreError, restore_for_inference
 
+    bad = [o for o in overrides if not o.startswith("decode.")]
+    if bad:
+        raise UsageError(f"{bad[0]}: only decode.* keys can change after training")
     try:
-        return restore_for_inference(task, workdir, step)
+        cfg, mesh, state, step = restore_for_inference(task, workdir, step)
     except RestoreError as e:
         raise UsageError(str(e)) from None
+    return validate(apply_overrides(cfg, list(overrides))), mesh, state, step
 
 
 def cmd_eval(args) -> int:
@@ -168,7 +178,7 @@ def cmd_eval(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
-    cfg, mesh, state, step = _restore(task, args.workdir, args.step)
+    cfg, mesh, state, step = _restore(task, args.workdir, args.step, args.overrides)
     data = args.data or _run_json(args.workdir).get("data")
     cache = resolve_data(task, cfg, data)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=True)
@@ -190,7 +200,7 @@ def cmd_transcribe(args) -> int:
             raise UsageError(f"{path}: is a folder, not a file")
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
-    cfg, mesh, state, _ = _restore(task, args.workdir, None)
+    cfg, mesh, state, _ = _restore(task, args.workdir, None, args.overrides)
     predict = make_predict(mesh, state)
     for path in args.inputs:
         for written in task.transcribe(predict, path, cfg, args.outdir):

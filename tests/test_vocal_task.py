@@ -159,7 +159,7 @@ def test_info_paper_size(capsys):
 
 
 @pytest.mark.parametrize("vat", ["true", "false"])
-def test_train_eval_transcribe(vat, mixed_corpus, vocal_cache, tmp_path, capsys):
+def test_train_eval_transcribe(vat, mixed_corpus, vocal_cache, contour_cache, tmp_path, capsys):
     wd = tmp_path / "run"
     argv = ["train", "vocal", "--preset", "tiny", "--workdir", str(wd)]
     argv += ["--data", str(vocal_cache), "--no-progress", "--set", f"data.vat={vat}"]
@@ -170,6 +170,15 @@ def test_train_eval_transcribe(vat, mixed_corpus, vocal_cache, tmp_path, capsys)
     assert main(["eval", "vocal", "--workdir", str(wd), "--split", "test"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"note_f1", "note_with_offset_f1", "note_precision", "note_recall"} <= set(result)
+    if vat == "true":  # the notes' pitch from a trained vocal_contour run, chosen at eval time
+        contour = tmp_path / "contour"
+        argv = ["train", "vocal_contour", "--preset", "tiny", "--workdir", str(contour)]
+        assert main([*argv, "--data", str(contour_cache), "--no-progress"]) == 0
+        capsys.readouterr()
+        argv = ["eval", "vocal", "--workdir", str(wd), "--split", "test"]
+        assert main([*argv, "--set", f"decode.contour_workdir={contour}"]) == 0
+        assert set(result) == set(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+        assert main([*argv, "--set", "model.depth=2"]) == 2  # only decode.* may change
     stems = (".vocals.wav", ".accompaniment.wav", ".drums.wav")
     song = next(p for p in sorted(mixed_corpus.glob("*.wav")) if not p.name.endswith(stems))
     assert main(["transcribe", "vocal", str(song), "--workdir", str(wd), "-o", str(tmp_path)]) == 0
