@@ -88,6 +88,15 @@ MODELS: dict[str, dict] = {
         "peers": (),  # no torch or TF PyramidNet: jaxmir's numbers only
     },
 }
+# The presets' learning rates (the same for jaxmir and its peers).
+LEARNING_RATES = {
+    "music": 1e-3,
+    "beat": 1e-3,
+    "patch_cnn": 1e-5,
+    "vocal_contour": 1e-3,
+    "vocal": 1e-4,
+}
+
 # Peer frameworks that have a model of each name (`peers_torch`, `peers_tf`); a model without
 # a "peers" entry has all of them. A requested peer is required for the models it has.
 ALL_PEERS = ("torch", "tf")

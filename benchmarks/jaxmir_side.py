@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import MODELS, ROOT, peak_rss_mb, stats
+from benchmarks.common import LEARNING_RATES, MODELS, ROOT, peak_rss_mb, stats
 
 NOTES: list[str] = []
 
@@ -57,13 +57,6 @@ LIGHT_PRESETS: dict[str, dict[str, dict]] = {
     },
 }
 VOCAL_CONTOUR_BINS = 384  # jaxmir.tasks.vocal_contour.labels.N_BINS (352 CFP rows padded)
-LEARNING_RATES = {
-    "music": 1e-3,
-    "beat": 1e-3,
-    "patch_cnn": 1e-5,
-    "vocal_contour": 1e-3,
-    "vocal": 1e-4,
-}
 
 
 def _engine():

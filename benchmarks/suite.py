@@ -51,6 +51,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     ALL_PEERS,
+    LEARNING_RATES,
     MODELS,
     RESULTS,
     Worker,
@@ -66,13 +67,6 @@ from benchmarks.common import (
 
 PEERS = ALL_PEERS
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
-LEARNING_RATES = {
-    "music": 1e-3,
-    "beat": 1e-3,
-    "patch_cnn": 1e-5,
-    "vocal_contour": 1e-3,
-    "vocal": 1e-4,
-}
 DEFAULT_MODELS = "music,beat,patch_cnn"  # vocal_contour, vocal: on request (--models ...)
 # The big U-Nets: two alternation rounds in --quick, no scaling run in full mode.
 HEAVY = ("music", "vocal_contour", "vocal")
