@@ -40,15 +40,14 @@ def _run_one_process(workdir, data, epochs: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _run_two_processes(workdir, data, epochs: int) -> list[str]:
-    """Both processes of one job; returns their stdouts."""
-    argv = train_argv(workdir, data, (*SETTINGS, f"train.epochs={epochs}"))
+def _two_processes(argv: list[str], devices: int, timeout: float = 600) -> list[str]:
+    """Run `argv` as processes 0 and 1 of one job (`devices` CPU devices each); their stdouts."""
     port = _free_port()
     procs = [
         subprocess.Popen(
             argv,
             env=_env(
-                4,
+                devices,
                 JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                 JAX_NUM_PROCESSES="2",
                 JAX_PROCESS_ID=str(i),
@@ -61,10 +60,15 @@ def _run_two_processes(workdir, data, epochs: int) -> list[str]:
     ]
     outs = []
     for p in procs:
-        out, err = p.communicate(timeout=600)
+        out, err = p.communicate(timeout=timeout)
         assert p.returncode == 0, err[-3000:]
         outs.append(out)
     return outs
+
+
+def _run_two_processes(workdir, data, epochs: int) -> list[str]:
+    """Both processes of one training job; returns their stdouts."""
+    return _two_processes(train_argv(workdir, data, (*SETTINGS, f"train.epochs={epochs}")), 4)
 
 
 def _close(a: dict, b: dict, rtol: float = 1e-5) -> None:
@@ -128,23 +132,7 @@ print("after", stop.poll())
 
 
 def test_a_signal_to_one_process_stops_every_process(tmp_path):
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", AGREE],
-            env=_env(
-                1,
-                JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                JAX_NUM_PROCESSES="2",
-                JAX_PROCESS_ID=str(i),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    outs = _two_processes([sys.executable, "-c", AGREE], 1, timeout=120)
     for i, out in enumerate(outs):
         lines = [x for x in out.splitlines() if not x.startswith("[Gloo]")]
         expected = "SIGTERM" if i == 1 else "SIGTERM (another process)"
