@@ -213,6 +213,7 @@ def cmd_info(args) -> int:
     import numpy as np
 
     from jaxmir.engine.state import count_params
+    from jaxmir.nn.relative_attention import omnizart_param_count
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -227,10 +228,20 @@ def cmd_info(args) -> int:
         "preset": cfg.preset,
         "model": cfg.model.name,
         "params": count_params(variables["params"]),
+        # as Keras counts the omnizart model: without the relative-position tables, which
+        # jaxmir learns and omnizart re-drew at random on every call (beat, chord)
+        "omnizart_params": omnizart_param_count(variables["params"]),
         "input_shape": list(spec.shape),
         "output_shape": list(np.shape(out)[1:]),
     }
-    print(f"{task.name} / {cfg.preset}: {type(model).__name__}, {info['params']:,} parameters")
+    line = f"{task.name} / {cfg.preset}: {type(model).__name__}, {info['params']:,} parameters"
+    extra = info["params"] - info["omnizart_params"]
+    if extra:
+        line += (
+            f" ({info['omnizart_params']:,} as omnizart counts them: {extra:,} are learned "
+            "relative-position tables that omnizart re-drew at random on every call)"
+        )
+    print(line)
     print(json.dumps(info))
     return 0
 

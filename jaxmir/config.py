@@ -31,9 +31,12 @@ class OptimConfig:
     # Learning-rate control, applied by callbacks at epoch end:
     #   constant | step (x decay_rate every decay_every epochs) | exponential (x decay_rate per
     #   epoch) | plateau (x decay_rate after `plateau_patience` epochs without improvement)
+    # or inside the optimizer, as an optax schedule of the update count:
+    #   exponential_steps (x decay_rate every decay_steps updates, staircase; omnizart chord)
     lr_schedule: str = "constant"
     decay_rate: float = 0.25
     decay_every: int = 3
+    decay_steps: int = 1000
     min_lr: float = 0.0
     plateau_patience: int = 2
     ema_decay: float | None = None  # keep an EMA of the parameters (evaluation uses it)

@@ -80,3 +80,13 @@ def patch_cache(mixed_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def vocal_cache(mixed_corpus, tmp_path_factory):
     return featurized("vocal", mixed_corpus, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def chord_cache(mixed_corpus, tmp_path_factory):
+    return featurized("chord", mixed_corpus, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def drum_cache(mixed_corpus, tmp_path_factory):
+    return featurized("drum", mixed_corpus, tmp_path_factory)

@@ -78,6 +78,23 @@ def replace_hyperparams_state(opt_state: Any, new: Any) -> Any:
     return new
 
 
+def learning_rate_schedule(cfg: OptimConfig) -> Any:
+    """The LR the optimizer starts from: a constant (callbacks may change it between epochs),
+    or for `exponential_steps` an optax schedule of the update count (x `decay_rate` every
+    `decay_steps` updates, staircase, floored at `min_lr`), as Keras' `ExponentialDecay`."""
+    if cfg.lr_schedule != "exponential_steps":
+        return cfg.learning_rate
+    if cfg.decay_steps < 1:
+        raise ConfigError(f"optim.decay_steps must be >= 1, got {cfg.decay_steps}")
+    return optax.exponential_decay(
+        cfg.learning_rate,
+        transition_steps=cfg.decay_steps,
+        decay_rate=cfg.decay_rate,
+        staircase=True,
+        end_value=cfg.min_lr or None,
+    )
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     _chain(cfg.name, cfg.learning_rate, cfg.weight_decay, None, None)  # validate the name early
 
@@ -86,7 +103,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
             cfg.name, learning_rate, cfg.weight_decay, cfg.grad_clip_norm, cfg.grad_clip_value
         )
 
-    tx = optax.inject_hyperparams(build)(learning_rate=cfg.learning_rate)
+    tx = optax.inject_hyperparams(build)(learning_rate=learning_rate_schedule(cfg))
     if cfg.ema_decay is not None:
         tx = with_param_ema(tx, cfg.ema_decay)
     return tx

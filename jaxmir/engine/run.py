@@ -61,9 +61,11 @@ def resolve_data(task, cfg: Config, data: Path | str | None, progress: bool = Tr
     return cache
 
 
-def make_callbacks(cfg: Config) -> list:
+def make_callbacks(cfg: Config, task=None) -> list:
+    """The run's callbacks: the task's own first (e.g. chord's slope annealing, so the state a
+    checkpoint saves has them applied), then NaN check, LR control, early stopping, saving."""
     t, o = cfg.train, cfg.optim
-    out: list = []
+    out: list = list(task.callbacks(cfg)) if task is not None else []
     if t.terminate_on_nan:
         out.append(cb.TerminateOnNaN(every_steps=t.log_every))
     if o.lr_schedule == "step":
@@ -72,10 +74,10 @@ def make_callbacks(cfg: Config) -> list:
         out.append(cb.ExponentialDecay(o.learning_rate, o.decay_rate, o.min_lr))
     elif o.lr_schedule == "plateau":
         out.append(cb.ReduceLROnPlateau(t.monitor, o.decay_rate, o.plateau_patience, o.min_lr))
-    elif o.lr_schedule != "constant":
+    elif o.lr_schedule not in ("constant", "exponential_steps"):
         raise ValueError(
             f"optim.lr_schedule: unknown schedule {o.lr_schedule!r} "
-            "(constant, step, exponential, plateau)"
+            "(constant, step, exponential, plateau, exponential_steps)"
         )
     if t.early_stop_patience is not None:
         out.append(cb.EarlyStopping(t.monitor, t.early_stop_patience, t.early_stop_min_delta))
@@ -142,7 +144,7 @@ def restore_for_inference(task, workdir: Path | str, step: int | None = None):
         ckpt.close()
         raise RestoreError(f"{ckpt_dir}: no checkpoint at step {step} (saved: {list(steps)})")
     mesh = make_mesh(jax.devices()[:1])
-    state = init_state(task, cfg, mesh, make_callbacks(cfg))
+    state = init_state(task, cfg, mesh, make_callbacks(cfg, task))
     state, _ = ckpt.restore(step, state)
     ckpt.close()
     return cfg, mesh, state, step
@@ -247,7 +249,7 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
     if task.needs_cache:
         cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
     mesh = make_mesh(devices)
-    callbacks = make_callbacks(cfg)
+    callbacks = make_callbacks(cfg, task)
     state = init_state(task, cfg, mesh, callbacks)
 
     train_ds = task.dataset(cfg, cache, "train", True)

@@ -43,6 +43,8 @@ TASK_MODULES = {
     "vocal_contour": "jaxmir.tasks.vocal_contour.task",
     "patch_cnn": "jaxmir.tasks.patch_cnn.task",
     "vocal": "jaxmir.tasks.vocal.task",
+    "chord": "jaxmir.tasks.chord.task",
+    "drum": "jaxmir.tasks.drum.task",
 }
 
 EVAL_SEED = 12345
@@ -135,6 +137,10 @@ class Task(abc.ABC):
 
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
         raise ConfigError(f"{self.name}: no transcription")
+
+    def callbacks(self, cfg: Config) -> list:
+        """The task's own pure callbacks, run before the engine's (none by default)."""
+        return []
 
 
 class PieceTask(Task):

@@ -1,0 +1,221 @@
+"""The drum task: decoding, mir_eval onset scores, omnizart's loss, ENST-Drums and MDB-Drums
+folders written the way the real files are, and the whole chain (a tiny model overfits two
+short pieces; train, eval and transcribe through the command line)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmir.cli import main
+from jaxmir.config import ConfigError, apply_overrides
+from jaxmir.data.cache import FeatureCache
+from jaxmir.engine.run import init_state, make_callbacks, make_predict
+from jaxmir.engine.sharding import make_mesh, put_batch
+from jaxmir.engine.step import make_train_step
+from jaxmir.tasks.drum.decode import decode_hits, drum_scores
+from jaxmir.tasks.drum.labels import CLASS_PRIORITY, hinge_l1_loss, omnizart_output
+from jaxmir.tasks.drum.task import TASK
+
+ONE = jax.devices()[:1]
+
+
+def test_decode_takes_peaks_above_threshold():
+    act = np.zeros((8, 13), np.float32)
+    act[1, 0] = 0.9
+    act[2, 0] = 0.7  # the same hit spilling onto the next mini-beat: not a second hit
+    act[5, 0] = 0.6
+    act[3, 4] = 0.4  # under the threshold
+    act[6, 1] = act[7, 1] = 0.8  # a plateau counts once, at its start
+    hits = decode_hits(act, np.arange(8) * 0.1, threshold=0.5)
+    np.testing.assert_allclose(hits, [[0.1, 0], [0.5, 0], [0.6, 1]])
+
+
+def test_scores_per_class_hihat_merged_and_overall():
+    ref = np.array([[0.0, 36], [0.5, 36], [0.25, 38], [0.1, 42], [0.3, 46], [0.6, 44], [0.9, 49]])
+    est = np.array([[0.01, 0], [0.26, 1], [0.1, 4], [0.31, 6], [0.62, 4], [0.8, 11]])
+    s = drum_scores(ref, est)
+    assert s["drum_kick_f1"] == pytest.approx(2 / 3)  # 1 of 2 found, no false alarm
+    assert s["drum_snare_f1"] == 1.0
+    assert s["drum_hihat_f1"] == 1.0  # closed, open and pedal are one hi-hat (0.62 vs 0.6 ok)
+    assert s["drum_pedal_hihat_f1"] == 0.0  # ... but a pedal hit called closed is wrong per class
+    assert "drum_ride_f1" not in s  # no ride in the reference: no per-class score
+    # overall: matches pooled over the 13 classes: 4 of 6 estimates, 4 of 7 references
+    assert s["drum_precision"] == pytest.approx(4 / 6) and s["drum_recall"] == pytest.approx(4 / 7)
+
+
+def test_hinge_loss_is_omnizarts():
+    z = np.zeros((1, 4, 13), np.float32)  # output 50 everywhere
+    y = np.zeros((1, 4, 13), np.float32)
+    y[0, 0, 0] = 1.0  # |100 - 50| - 20 = 30 on one slot of class 0
+    mask = np.ones((1, 4), np.float32)
+    # every other slot: |0 - 50| - 20 = 30 as well: all slots cost 30
+    expected = np.mean(30.0 * CLASS_PRIORITY)
+    assert float(hinge_l1_loss(z, y, mask)) == pytest.approx(expected, rel=1e-6)
+    z_good = np.where(y > 0, 3.0, -3.0).astype(np.float32)  # outputs ~120 / ~-20: inside 20
+    assert float(hinge_l1_loss(z_good, y, mask)) == 0.0
+    assert float(omnizart_output(np.float32(0.0))) == 50.0
+
+
+def test_unknown_loss_is_a_config_error():
+    cfg = apply_overrides(TASK.preset("tiny"), ["model.loss=l2"])
+    with pytest.raises(ConfigError, match="model.loss"):
+        TASK.model(cfg)
+
+
+def test_info_paper_size(capsys):
+    assert main(["info", "drum", "--preset", "paper"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 7_700_000 < info["params"] < 7_800_000
+    assert info["input_shape"] == [4, 120, 120] and info["output_shape"] == [4, 13]
+
+
+def test_tiny_model_overfits_two_pieces(drum_cache):
+    """features -> labels -> loss -> activations -> hits -> mir_eval, on 2 short pieces."""
+    cache = FeatureCache(drum_cache)
+    names = [n for n in cache.names("train") if cache.labels(n)["hits"].sum() > 0][:2]
+    assert len(names) == 2
+    cfg = apply_overrides(TASK.preset("tiny"), ["model.channels=8", "model.dense=64"])
+    reader = TASK.window_reader(cfg, cache, names)
+    windows = [(i, s) for i in range(2) for s in range(0, cache.entry(names[i])["shape"][0], 4)]
+    examples = [reader.random_map(np.array(w), None) for w in windows]
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    mesh = make_mesh(ONE)
+    state = init_state(TASK, cfg, mesh, make_callbacks(cfg, TASK))
+    step = make_train_step(TASK.bind_loss(cfg), mesh)
+    placed = put_batch(batch, mesh)
+    for _ in range(150):
+        state, metrics = step(state, placed)
+    predict = make_predict(mesh, state)
+    scores = []
+    for name in names:
+        x, labels = cache.features(name), cache.labels(name)
+        act = TASK.posteriors(predict, x, cfg)
+        scores.append(TASK.score(TASK.decode((act, labels["mini_beats"]), cfg), labels, cfg))
+    for key in ("drum_kick_f1", "drum_snare_f1", "drum_hihat_f1", "drum_f1"):
+        assert np.mean([s[key] for s in scores if key in s]) >= 0.8, (key, scores)
+
+
+def test_spectral_norm_vectors_are_checkpointed(drum_cache, tmp_path):
+    wd = tmp_path / "run"
+    argv = ["train", "drum", "--preset", "tiny", "--workdir", str(wd), "--data", str(drum_cache)]
+    assert main([*argv, "--no-progress"]) == 0
+    from jaxmir.engine.run import restore_for_inference
+
+    _, _, state, _ = restore_for_inference(TASK, wd)
+    fresh = init_state(TASK, TASK.preset("tiny"), make_mesh(ONE), [])
+    vectors = jax.tree_util.tree_leaves(state.batch_stats)
+    assert vectors, "spectral norm keeps its power-iteration vectors in batch_stats"
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(vectors, jax.tree_util.tree_leaves(fresh.batch_stats), strict=True)
+    ]
+    assert any(moved)  # trained vectors were saved and restored, not re-initialised
+
+
+def test_train_eval_transcribe(mixed_corpus, drum_cache, tmp_path, capsys):
+    wd = tmp_path / "run"
+    argv = ["train", "drum", "--preset", "tiny", "--workdir", str(wd)]
+    assert main([*argv, "--data", str(drum_cache), "--no-progress"]) == 0
+    records = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_drum_f1" in r for r in records)
+    assert main(["eval", "drum", "--workdir", str(wd), "--split", "test"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"drum_f1", "drum_kick_f1", "drum_snare_f1", "drum_hihat_f1"} <= set(result)
+    stems = (".vocals.wav", ".accompaniment.wav", ".drums.wav")
+    song = next(p for p in sorted(mixed_corpus.glob("*.wav")) if not p.name.endswith(stems))
+    out = tmp_path / "out"
+    assert main(["transcribe", "drum", str(song), "--workdir", str(wd), "-o", str(out)]) == 0
+    rows = (out / f"{song.stem}_drums.csv").read_text().splitlines()
+    assert rows[0] == "time,class,gm_note"
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(str(out / f"{song.stem}.mid"))
+    assert all(inst.is_drum for inst in midi.instruments)  # GM channel 10
+    assert (out / f"{song.stem}_drums.png").is_file()
+
+
+# -- ENST-Drums and MDB-Drums, as the real files are ----------------------------------------------
+SR = 44100
+BEAT = 0.5  # 120 BPM
+
+
+def _drum_audio(path, seconds=8.0):
+    """A rock beat: kick on 1 and 3, snare on 2 and 4, closed hi-hat on every eighth."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    y = np.zeros(int(seconds * SR), np.float32)
+    t = np.arange(int(0.2 * SR)) / SR
+    kick = np.sin(2 * np.pi * 60 * t) * np.exp(-t * 25)
+    snare = rng.standard_normal(len(t)) * np.exp(-t * 30) * 0.6
+    hat = np.diff(rng.standard_normal(len(t) + 1)) * np.exp(-t * 120) * 0.2
+    hits = []
+    for k in range(int(seconds / BEAT * 2)):
+        time = k * BEAT / 2
+        hits.append((time, "hat"))
+        if k % 4 == 0:
+            hits.append((time, "kick"))
+        if k % 4 == 2:
+            hits.append((time, "snare"))
+    for time, kind in hits:
+        i = int(time * SR)
+        sound = {"kick": kick, "snare": snare, "hat": hat}[kind]
+        n = min(len(sound), len(y) - i)
+        y[i : i + n] += sound[:n]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), 0.5 * y / np.abs(y).max(), SR)
+    return hits
+
+
+def enst_folder(root):
+    """drummer_<n>/audio/wet_mix/<take>.wav and drummer_<n>/annotation/<take>.txt, whose lines
+    are `<time> \\t<label>` (ENST's labels: bd, sd, chh, ...; times with 4 decimals)."""
+    names = {"kick": "bd", "snare": "sd", "hat": "chh"}
+    for drummer, take in [(1, "001_hits_rock"), (2, "012_phrase_rock"), (2, "045_phrase_disco")]:
+        d = root / f"drummer_{drummer}"
+        hits = _drum_audio(d / "audio" / "wet_mix" / f"{take}.wav")
+        lines = [f"{time:.4f} \t{names[kind]}" for time, kind in sorted(hits)]
+        (d / "annotation").mkdir(parents=True, exist_ok=True)
+        (d / "annotation" / f"{take}.txt").write_text("\n".join(lines) + "\n")
+
+
+def mdb_folder(root):
+    """audio/full_mix/<track>_MIX.wav, annotations/subclass/<track>_subclass.txt and
+    annotations/class/<track>_class.txt (`<time>\\t<label>`, labels KD, SD, CHH / KD, SD, HH)."""
+    sub = {"kick": "KD", "snare": "SD", "hat": "CHH"}
+    cls = {"kick": "KD", "snare": "SD", "hat": "HH"}
+    for track in ("MusicDelta_Disco", "MusicDelta_Rock", "MusicDelta_Zeppelin"):
+        hits = _drum_audio(root / "audio" / "full_mix" / f"{track}_MIX.wav")
+        for level, names in (("subclass", sub), ("class", cls)):
+            folder = root / "annotations" / level
+            folder.mkdir(parents=True, exist_ok=True)
+            lines = [f"{time:.6f}\t{names[kind]}" for time, kind in sorted(hits)]
+            (folder / f"{track}_{level}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("dataset", ["enst", "mdb_drums"])
+def test_drum_dataset_folders_train(dataset, tmp_path, capsys):
+    root = tmp_path / dataset
+    (enst_folder if dataset == "enst" else mdb_folder)(root)
+    cache_dir = tmp_path / "cache"
+    argv = ["features", "drum", "--dataset", dataset, "--root", str(root)]
+    assert main([*argv, "--out", str(cache_dir)]) == 0
+    cache = FeatureCache(cache_dir)
+    assert len(cache.manifest["pieces"]) == 3
+    name = cache.manifest["pieces"][0]["name"]
+    labels = cache.labels(name)
+    # librosa's tracker found the 120-BPM beat: mini-beats every 62.5 ms (+-15 %)
+    step = np.median(np.diff(labels["mini_beats"]))
+    assert 0.053 < step < 0.072, step
+    # every kick (36), snare (38) and closed hi-hat (42) hit is on a mini-beat of its class
+    assert labels["hits"][:, [0, 1, 4]].sum() == len(labels["drum_hits"])
+    assert sorted(p["split"] for p in cache.manifest["pieces"]) == ["test", "train", "val"]
+    wd = tmp_path / "run"
+    argv = ["train", "drum", "--preset", "tiny", "--workdir", str(wd), "--data", str(cache_dir)]
+    assert main([*argv, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "drum", "--workdir", str(wd), "--split", "test"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"drum_kick_f1", "drum_snare_f1", "drum_hihat_f1"} <= set(result)
