@@ -87,6 +87,28 @@ MODELS: dict[str, dict] = {
         "paper_batch": 64,  # omnizart's
         "peers": (),  # no torch or TF PyramidNet: jaxmir's numbers only
     },
+    "chord": {
+        "title": "chord Harmony Transformer (paper preset: 1 decoder block)",
+        "input": (100, 504),
+        "output": (100, 27),  # 26 class logits + the change logit
+        "params": 11_059_050,  # 11,054,610 as omnizart counts + 4,440 learned relative tables
+        "state": 1,  # the change slope
+        "batch": 32,
+        "quick_batch": 8,
+        "paper_batch": 32,  # omnizart's
+        "peers": (),  # no torch or TF Harmony Transformer: jaxmir's numbers only
+    },
+    "drum": {
+        "title": "drum spectral-norm ResNet + self-attention (paper preset)",
+        "input": (4, 120, 120),
+        "output": (4, 13),
+        "params": 7_752_741,  # omnizart's 7,752,740 + the attention's gamma
+        "state": 1_026,  # spectral-norm vectors and norms
+        "batch": 8,
+        "quick_batch": 4,
+        "paper_batch": 32,  # omnizart's
+        "peers": (),  # no torch or TF model: jaxmir's numbers only
+    },
 }
 # The presets' learning rates (the same for jaxmir and its peers).
 LEARNING_RATES = {
@@ -95,6 +117,8 @@ LEARNING_RATES = {
     "patch_cnn": 1e-5,
     "vocal_contour": 1e-3,
     "vocal": 1e-4,
+    "chord": 1e-4,
+    "drum": 2e-5,
 }
 
 # Peer frameworks that have a model of each name (`peers_torch`, `peers_tf`); a model without

@@ -291,6 +291,11 @@ def synthetic_batch(built: Built, batch: int, out_shape: tuple[int, ...], seed: 
     if built.model == "patch_cnn":
         y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, batch)]
         return {"x": x, "y": y}
+    if built.model == "chord":
+        steps = built.input_shape[0]
+        chord = rng.integers(0, 25, (batch, steps)).astype(np.int32)
+        change = rng.integers(0, 2, (batch, steps)).astype(np.float32)
+        return {"x": x, "chord": chord, "change": change, "valid": np.ones_like(change)}
     y = rng.uniform(0.0, 1.0, (batch, *out_shape)).astype(np.float32)
     return {"x": x, "y": y, "mask": np.ones((batch, built.input_shape[0]), np.float32)}
 

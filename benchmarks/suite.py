@@ -69,7 +69,7 @@ PEERS = ALL_PEERS
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 DEFAULT_MODELS = "music,beat,patch_cnn"  # vocal_contour, vocal: on request (--models ...)
 # The big U-Nets: two alternation rounds in --quick, no scaling run in full mode.
-HEAVY = ("music", "vocal_contour", "vocal")
+HEAVY = ("music", "vocal_contour", "vocal", "drum")
 
 
 def log(msg: str = "") -> None:

@@ -35,7 +35,8 @@ def feed(callback, values, key="val_loss", state=None):
 
 def test_monitor_mode_auto():
     assert cb.monitor_mode("val_loss") == "min"
-    for name in ("val_acc", "val_accuracy", "note_f1", "val_beat_f_measure", "precision", "recall"):
+    names = ("val_acc", "val_accuracy", "note_f1", "val_beat_f_measure", "precision", "recall")
+    for name in (*names, "val_chord_majmin", "chord_root", "val_drum_f1"):
         assert cb.monitor_mode(name) == "max"
     assert cb.monitor_mode("val_acc", "min") == "min"
 

@@ -24,11 +24,12 @@ from jaxmir.engine.state import TrainState, learning_rate, with_learning_rate
 
 Logs = dict[str, float]
 
-_MAXIMISE_MARKERS = ("acc", "f1", "f_measure", "precision", "recall", "accuracy")
+_MAXIMISE_MARKERS = ("acc", "f1", "f_measure", "precision", "recall", "accuracy", "chord_")
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
-    """ "max" for names with acc/f1/f_measure/precision/recall/accuracy, else "min" (mode auto)."""
+    """ "max" for names with acc/f1/f_measure/precision/recall/accuracy and mir_eval's chord
+    scores (chord_majmin, chord_root, ...: fractions of time right), else "min" (mode auto)."""
     if mode in ("min", "max"):
         return mode
     if mode != "auto":

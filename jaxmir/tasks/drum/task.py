@@ -2,7 +2,9 @@
 
 Input: CQT patches (`jaxmir.data.features.cqt`: 44.1 kHz, hop 256, 120 bins from MIDI 16, dB
 scaled, L2 per frame) of [t - 0.2, t + 0.5] s around each mini-beat t, resized to 120 x 120;
-4 consecutive mini-beats make one example, (4, 120, 120), the network's (120, 120, 4).
+4 consecutive mini-beats make one example, (4, 120, 120), the network's (120, 120, 4). The
+network scales its input by 100 and appends its difference along time (`model.diff_axis=1`;
+omnizart's `tf_diff2` took it across the CQT bins, which `paper` keeps: `diff_axis=2`).
 Mini-beats: 8 per beat, from the labels' beats (the embedded corpus), else from
 `librosa.beat.beat_track` (ENST, MDB and `transcribe`; omnizart used madmom, which cannot be
 installed here). Output: per mini-beat, 13 class values. Network: the spectral-norm ResNet with
@@ -14,9 +16,9 @@ The loss (`model.loss`):
   averaged and weighted by omnizart's class priorities.
 - `bce` (the default, `tiny` and `demo`): sigmoid cross-entropy on z with the same weights and
   averaging. The hinge's zero-gradient band means an output that has settled anywhere within
-  20 of its target stops learning, and tanh saturates far from it; from a fresh start most
-  slots are silence, and the hinge model learns to call everything silence first (measured in
-  the issue note). The BCE's gradient never vanishes on a wrong slot.
+  20 of its target stops learning, and tanh saturates far from it, so a slot pushed to
+  "silence" early (most slots are silence) gets no gradient back; the BCE's gradient never
+  vanishes on a wrong slot.
 Both are omnizart's shapes made consistent: labels are (mini-beats, classes) everywhere
 (omnizart built (13, 4) targets against a declared (4, 13)).
 """
@@ -62,6 +64,9 @@ class DrumModelConfig:
     # The appended difference of the input: 1 = along time (onsets show there), 2 = across
     # CQT bins, what omnizart's `tf_diff2` on its (time, bins) patches computed (`paper`).
     diff_axis: int = 1
+    # Average-pool each 120 x 120 patch by this factor before the network (tiny: 4, so the
+    # tests' model sees 30 x 30 patches; 1 = omnizart's full patches).
+    input_pool: int = 1
 
 
 @dataclasses.dataclass
@@ -93,7 +98,7 @@ class DrumTask(PieceTask):
         demo = schedule(5, 150, 10, 16, log_every=25, early_stop_patience=None, **watch)
         demo_model = DrumModelConfig(channels=16, dense=256)
         demo_data = DrumDataConfig(corpus_pieces=40, hop=2)
-        tiny_model = DrumModelConfig(channels=4, dense=16)
+        tiny_model = DrumModelConfig(channels=4, dense=16, input_pool=4)
         tiny_data = DrumDataConfig(corpus_pieces=4, corpus_max_seconds=8.0, hop=4)
         return {
             "paper": self.config(
@@ -110,9 +115,18 @@ class DrumTask(PieceTask):
             raise ConfigError(f"model.name: unknown model {m.name!r} (sn_resnet)")
         if m.loss not in LOSSES:
             raise ConfigError(f"model.loss: unknown loss {m.loss!r} ({', '.join(LOSSES)})")
-        return PatchesAsChannels(
-            DrumNet(channels=m.channels, dense_width=m.dense, diff_axis=m.diff_axis)
+        if m.input_pool < 1 or PATCH_SIZE % m.input_pool:
+            raise ConfigError(f"model.input_pool must divide {PATCH_SIZE}, got {m.input_pool}")
+        side = PATCH_SIZE // m.input_pool
+        net = DrumNet(
+            channels=m.channels,
+            dense_width=m.dense,
+            diff_axis=m.diff_axis,
+            frames=side,
+            bins=side,
+            mini_beats=m.timesteps,
         )
+        return PatchesAsChannels(net, m.input_pool)
 
     def input_spec(self, cfg: Config) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((cfg.model.timesteps, PATCH_SIZE, PATCH_SIZE), jnp.float32)
@@ -218,13 +232,18 @@ class DrumTask(PieceTask):
 
 
 class PatchesAsChannels(nn.Module):
-    """(B, mini-beats, time, bins) examples -> the network's (B, time, bins, mini-beats)."""
+    """(B, mini-beats, time, bins) examples -> the network's (B, time, bins, mini-beats),
+    average-pooled by `pool` first when it is above 1."""
 
     net: DrumNet
+    pool: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.net(jnp.transpose(x, (0, 2, 3, 1)), train=train)
+        x = jnp.transpose(x, (0, 2, 3, 1))
+        if self.pool > 1:
+            x = nn.avg_pool(x, (self.pool, self.pool), strides=(self.pool, self.pool))
+        return self.net(x, train=train)
 
 
 def _adam(lr: float) -> OptimConfig:
