@@ -18,7 +18,8 @@ def test_train_tiny_for_all_seven_tasks(tmp_path):
             main(["train", task, "--preset", "tiny", "--workdir", str(wd), "--no-progress"]) == 0
         ), task
         records = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
-        epochs = [r for r in records if r["kind"] == "epoch"]
+        epochs = [r for r in records if r["kind"] == "epoch" and r["split"] == "train"]
         assert [r["epoch"] for r in epochs] == [1, 2], task
         assert all(abs(r["loss"]) < float("inf") for r in epochs), task
+        assert any(r["kind"] == "epoch" and r["split"] == "val" for r in records), task
         assert any(p.name.isdigit() for p in (wd / "checkpoints").iterdir()), task

@@ -47,8 +47,10 @@ def test_helpers():
     with pytest.raises(SystemExit):
         parse_args(["--models", "nope"])
     # vocal_contour and vocal are in the model table, on request only, and have no peer
-    assert set(MODELS) == {"music", "beat", "patch_cnn", "vocal_contour", "vocal"}
+    assert set(MODELS) == {"music", "beat", "patch_cnn", "vocal_contour", "vocal", "chord", "drum"}
     assert "vocal" not in parse_args([]).models and model_peers("vocal") == ()
+    for model in ("chord", "drum"):  # on request only, no peer
+        assert model not in parse_args([]).models and model_peers(model) == ()
     assert "vocal_contour" not in parse_args([]).models
     assert parse_args(["--quick", "--models", "vocal_contour"]).models == ["vocal_contour"]
     assert model_peers("vocal_contour") == () and model_peers("music") == ("torch", "tf")
@@ -106,3 +108,32 @@ def test_vocal_paper_size():
     }
     assert sizes == {"params": spec["params"], "batch_stats": spec["state"]}
     assert built.optim.learning_rate == 1e-4 and built.cfg.data.vat  # the step includes VAT
+
+
+@pytest.mark.parametrize("model", ["chord", "drum"])
+def test_chord_and_drum_paper_steps_are_sized_from_shapes(model):
+    """The suite's chord and drum rows: the task's paper model, its counts as the table says,
+    and the loss runs on the suite's synthetic batch (shapes only, nothing computed)."""
+    import jax
+    import numpy as np
+
+    from benchmarks.jaxmir_side import synthetic_batch
+
+    built = build(model, "paper", ())
+    spec = MODELS[model]
+    assert built.input_shape == spec["input"]
+    x = jax.ShapeDtypeStruct((1, *built.input_shape), np.float32)
+    variables = jax.eval_shape(
+        lambda r, x: built.module.init(r, x, train=False), jax.random.PRNGKey(0), x
+    )
+    sizes = {
+        k: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(v)) for k, v in variables.items()
+    }
+    assert sizes == {"params": spec["params"], "batch_stats": spec["state"]}
+    batch = synthetic_batch(built, 2, spec["output"])
+    loss, _ = jax.eval_shape(
+        lambda v, b: built.loss_fn(built.module.apply, v, b, jax.random.PRNGKey(0), True),
+        variables,
+        batch,
+    )
+    assert loss.shape == ()

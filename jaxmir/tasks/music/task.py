@@ -88,7 +88,7 @@ class MusicTask(PieceTask):
         demo_data = MusicDataConfig(label_mode="note", loss="weighted", corpus_pieces=48)
         tiny_model = MusicModelConfig(timesteps=32, base=8, dropout=0.0)
         tiny_data = MusicDataConfig(label_mode="note", corpus_pieces=4, corpus_max_seconds=8.0)
-        tiny = tiny_schedule(batch_size=2, val_batch_size=2)
+        tiny = tiny_schedule()  # batches of 8: one example per simulated test device
         return {
             "paper": self.config("paper", MusicModelConfig(), paper_data, paper, adam),
             "demo": self.config("demo", demo_model, demo_data, demo, adam),
