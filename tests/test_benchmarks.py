@@ -91,14 +91,12 @@ def test_a_requested_peer_that_cannot_be_imported_fails_the_run(monkeypatch, cap
     assert "tf: missing" in capsys.readouterr().out
 
 
-def test_vocal_paper_size():
-    """The vocal PyramidNet-110 as the suite builds it (the task path), from shapes alone."""
+def _paper_variables(model: str):
+    """(built, variables as shapes, sizes by collection) of the suite's paper-size `model`."""
     import jax
     import numpy as np
 
-    built = build("vocal", "paper", ())
-    spec = MODELS["vocal"]
-    assert built.input_shape == spec["input"] == (19, 174, 9)
+    built = build(model, "paper", ())
     x = jax.ShapeDtypeStruct((1, *built.input_shape), np.float32)
     variables = jax.eval_shape(
         lambda r, x: built.module.init(r, x, train=False), jax.random.PRNGKey(0), x
@@ -106,6 +104,14 @@ def test_vocal_paper_size():
     sizes = {
         k: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(v)) for k, v in variables.items()
     }
+    return built, variables, sizes
+
+
+def test_vocal_paper_size():
+    """The vocal PyramidNet-110 as the suite builds it (the task path), from shapes alone."""
+    built, _, sizes = _paper_variables("vocal")
+    spec = MODELS["vocal"]
+    assert built.input_shape == spec["input"] == (19, 174, 9)
     assert sizes == {"params": spec["params"], "batch_stats": spec["state"]}
     assert built.optim.learning_rate == 1e-4 and built.cfg.data.vat  # the step includes VAT
 
@@ -115,20 +121,12 @@ def test_chord_and_drum_paper_steps_are_sized_from_shapes(model):
     """The suite's chord and drum rows: the task's paper model, its counts as the table says,
     and the loss runs on the suite's synthetic batch (shapes only, nothing computed)."""
     import jax
-    import numpy as np
 
     from benchmarks.jaxmir_side import synthetic_batch
 
-    built = build(model, "paper", ())
+    built, variables, sizes = _paper_variables(model)
     spec = MODELS[model]
     assert built.input_shape == spec["input"]
-    x = jax.ShapeDtypeStruct((1, *built.input_shape), np.float32)
-    variables = jax.eval_shape(
-        lambda r, x: built.module.init(r, x, train=False), jax.random.PRNGKey(0), x
-    )
-    sizes = {
-        k: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(v)) for k, v in variables.items()
-    }
     assert sizes == {"params": spec["params"], "batch_stats": spec["state"]}
     batch = synthetic_batch(built, 2, spec["output"])
     loss, _ = jax.eval_shape(
