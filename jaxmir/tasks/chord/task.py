@@ -19,7 +19,9 @@ Choices, and why:
 - The change slope (the straight-through sigmoid's steepness) is model state (the
   "batch_stats" collection, checkpointed with the run); `AnnealSlope` multiplies it by 1.1 at
   the end of every epoch, as omnizart's `ReduceSlope` meant to (its slope was a Python
-  attribute, fixed once the graph was traced).
+  attribute, fixed once the graph was traced). It changes nothing in training, here as in
+  omnizart: the straight-through round of sigmoid(slope * z) is z > 0 for any positive slope,
+  and no gradient reaches the change logit through the block ids (see `model.py`).
 - L2: on every weight whose name is not `bias`. omnizart's "not bias" also kept LayerNorm's
   shift (Keras calls it `beta`); flax calls it `bias`, and decaying a shift is not what the
   term is for, so it is left out here.
