@@ -48,6 +48,8 @@ def test_scores_per_class_hihat_merged_and_overall():
     assert "drum_ride_f1" not in s  # no ride in the reference: no per-class score
     # overall: matches pooled over the 13 classes: 4 of 6 estimates, 4 of 7 references
     assert s["drum_precision"] == pytest.approx(4 / 6) and s["drum_recall"] == pytest.approx(4 / 7)
+    assert drum_scores(np.zeros((0, 2)), np.zeros((0, 2))) == {}  # no drums, none found
+    assert drum_scores(np.zeros((0, 2)), est)["drum_f1"] == 0.0  # false alarms still count
 
 
 def test_hinge_loss_is_omnizarts():

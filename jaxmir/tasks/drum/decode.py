@@ -43,7 +43,8 @@ def drum_scores(ref_hits: np.ndarray, est_hits: np.ndarray) -> dict[str, float]:
     """mir_eval.onset F-measure (50 ms) for kick, snare and hi-hat (closed, pedal and open
     merged, as omnizart's output), per class for each of the 13 with reference hits, and
     overall (matches of all 13 classes pooled). A class without reference hits in a piece has
-    no per-class score there (its false alarms still count in the overall score).
+    no per-class score there (its false alarms still count in the overall score); a piece with
+    no drums and no hits found has no overall score either.
 
     ref_hits: (H, 2) time, GM note; est_hits: (H, 2) time, class."""
     import mir_eval
@@ -64,6 +65,8 @@ def drum_scores(ref_hits: np.ndarray, est_hits: np.ndarray) -> dict[str, float]:
         n_ref, n_est = n_ref + len(r), n_est + len(e)
         if len(r):
             out[f"drum_{name}_f1"] = float(mir_eval.onset.f_measure(r, e, window=WINDOW)[0])
+    if not n_ref and not n_est:  # no drums, none found: nothing to score
+        return out
     precision = matched / n_est if n_est else 0.0
     recall = matched / n_ref if n_ref else 0.0
     total = precision + recall
