@@ -33,10 +33,12 @@ class OptimConfig:
     #   epoch) | plateau (x decay_rate after `plateau_patience` epochs without improvement)
     # or inside the optimizer, as an optax schedule of the update count:
     #   exponential_steps (x decay_rate every decay_steps updates, staircase; omnizart chord)
+    #   warmup_cosine (linear warm-up over warmup_steps, cosine to min_lr at decay_steps)
     lr_schedule: str = "constant"
     decay_rate: float = 0.25
     decay_every: int = 3
     decay_steps: int = 1000
+    warmup_steps: int = 0
     min_lr: float = 0.0
     plateau_patience: int = 2
     ema_decay: float | None = None  # keep an EMA of the parameters (evaluation uses it)

@@ -81,11 +81,26 @@ def replace_hyperparams_state(opt_state: Any, new: Any) -> Any:
 def learning_rate_schedule(cfg: OptimConfig) -> Any:
     """The LR the optimizer starts from: a constant (callbacks may change it between epochs),
     or for `exponential_steps` an optax schedule of the update count (x `decay_rate` every
-    `decay_steps` updates, staircase, floored at `min_lr`), as Keras' `ExponentialDecay`."""
-    if cfg.lr_schedule != "exponential_steps":
+    `decay_steps` updates, staircase, floored at `min_lr`), as Keras' `ExponentialDecay`; for
+    `warmup_cosine` a linear warm-up over `warmup_steps` to `learning_rate`, then a cosine
+    decay to `min_lr` at update `decay_steps` (the run's total), as optax's schedule."""
+    if cfg.lr_schedule not in ("exponential_steps", "warmup_cosine"):
         return cfg.learning_rate
     if cfg.decay_steps < 1:
         raise ConfigError(f"optim.decay_steps must be >= 1, got {cfg.decay_steps}")
+    if cfg.lr_schedule == "warmup_cosine":
+        if not 0 <= cfg.warmup_steps < cfg.decay_steps:
+            raise ConfigError(
+                f"optim.warmup_steps must be in [0, decay_steps={cfg.decay_steps}), "
+                f"got {cfg.warmup_steps}"
+            )
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=cfg.learning_rate,
+            warmup_steps=cfg.warmup_steps,
+            decay_steps=cfg.decay_steps,
+            end_value=cfg.min_lr,
+        )
     return optax.exponential_decay(
         cfg.learning_rate,
         transition_steps=cfg.decay_steps,

@@ -74,10 +74,10 @@ def make_callbacks(cfg: Config, task=None) -> list:
         out.append(cb.ExponentialDecay(o.learning_rate, o.decay_rate, o.min_lr))
     elif o.lr_schedule == "plateau":
         out.append(cb.ReduceLROnPlateau(t.monitor, o.decay_rate, o.plateau_patience, o.min_lr))
-    elif o.lr_schedule not in ("constant", "exponential_steps"):
+    elif o.lr_schedule not in ("constant", "exponential_steps", "warmup_cosine"):
         raise ValueError(
             f"optim.lr_schedule: unknown schedule {o.lr_schedule!r} "
-            "(constant, step, exponential, plateau, exponential_steps)"
+            "(constant, step, exponential, plateau, exponential_steps, warmup_cosine)"
         )
     if t.early_stop_patience is not None:
         out.append(cb.EarlyStopping(t.monitor, t.early_stop_patience, t.early_stop_min_delta))
@@ -126,14 +126,19 @@ class RestoreError(ValueError):
     """A run directory that holds no usable checkpoint (the message names the path)."""
 
 
-def restore_for_inference(task, workdir: Path | str, step: int | None = None):
-    """(cfg, mesh, state, step) of a trained run: its config and the checkpoint at `step`
-    (default: the best one, the latest when none is best) on one device."""
+def restore_for_inference(
+    task, workdir: Path | str, step: int | None = None, *, calibrated: bool = True
+):
+    """(cfg, mesh, state, step) of a trained run: its config (with the decoding settings of
+    its decode.json, when `calibrated` and it has one) and the checkpoint at `step` (default:
+    the best one, the latest when none is best) on one device."""
     workdir = Path(workdir)
     cfg_path = workdir / "config.json"
     if not cfg_path.is_file():
         raise RestoreError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
     cfg = task.config_from_dict(json.loads(cfg_path.read_text()))
+    if calibrated:
+        cfg = calibrated_config(cfg, workdir)
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
         raise RestoreError(f"{ckpt_dir}: no checkpoint to evaluate")
@@ -354,6 +359,53 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
             writer.close()
     if is_primary():
         plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+        if status.startswith("interrupted") or cache is None:
+            pass
+        elif jax.process_count() > 1:  # restoring on one process alone is not collective
+            log("Decoding not calibrated in a multi-process run (defaults stay in use)")
+        else:
+            calibrate_decoding(task, workdir, cache, progress=progress, log=log)
     seconds = time.time() - t0
     log(f"Run {status} after {seconds:.1f} s; outputs in {workdir}")
     return RunResult(workdir, state, history, status, seconds)
+
+
+DECODE_FILE = "decode.json"
+"""Decoding settings chosen after training (`calibrate_decoding`); eval and transcribe use them
+unless `--set decode.*` says otherwise."""
+
+
+def calibrate_decoding(task, workdir: Path, cache, *, progress: bool = False, log=print) -> dict:
+    """Let the task choose its decoding settings on the validation pieces with the run's best
+    checkpoint (as `eval` restores it), and store them in `workdir/decode.json`. A task without
+    `calibrate`, or a config that turns it off, writes nothing; returns what was written."""
+    calibrate = getattr(task, "calibrate", None)
+    if calibrate is None:
+        return {}
+    cfg, mesh, state, step = restore_for_inference(task, workdir, calibrated=False)
+    result = calibrate(make_predict(mesh, state), cfg, cache, progress=progress)
+    if not result:
+        return {}
+    result = {"step": step, **result}
+    path = Path(workdir) / DECODE_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
+    pieces = result.get("val_pieces", "?")
+    log(f"Decoding calibrated on {pieces} validation pieces: {result['decode']} -> {path}")
+    return result
+
+
+def calibrated_config(cfg: Config, workdir: Path) -> Config:
+    """`cfg` with the decode values of `workdir/decode.json`, when it exists."""
+    path = Path(workdir) / DECODE_FILE
+    if not path.is_file():
+        return cfg
+    try:
+        values = json.loads(path.read_text())["decode"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RestoreError(f"{path}: not a decode calibration ({e})") from None
+    bad = [k for k in values if not hasattr(cfg.decode, k)]
+    if bad:
+        raise RestoreError(f"{path}: unknown decode keys {bad}")
+    return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **values))

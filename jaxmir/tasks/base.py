@@ -383,18 +383,42 @@ class CorpusConfig:
 
     corpus_pieces: int | None = 48  # the first N chorales (None: all 350)
     corpus_seed: int = 0
-    corpus_instruments: str = "piano"  # piano | mixed (random GM programs, a sung line, drums)
+    corpus_instruments: str = "piano"  # piano | mixed (GM programs, a sung line, drums) | both
     corpus_max_seconds: float | None = None  # cut every piece (tests)
     workers: int = 2  # rendering and feature processes
+    # Variety (music): other music21 works, procedural piano textures and random-note pieces
+    # beside the chorales; numpy synthesis voices beside the soundfont; wide velocities; one
+    # engine held out of training for the test_heldout split. All off: the original corpus.
+    corpus_works: int = 0
+    corpus_textures: int = 0
+    corpus_random: int = 0
+    corpus_voices: float | None = None  # probability of a synthesis voice; None: no variety
+    corpus_holdout: str | None = None  # engine kept out of train/val (test_heldout split)
+    corpus_piece_seconds: float = 40.0  # length of procedural pieces, cut of other works
+
+
+_VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seconds")
+
+
+def corpus_variety(d: CorpusConfig):
+    """The corpus builder's `Variety` of a data section (None: the original corpus)."""
+    if d.corpus_voices is None:
+        return None
+    from jaxmir.data.synth.corpus import Variety
+
+    return Variety(d.corpus_voices, d.corpus_holdout, True, d.corpus_piece_seconds)
 
 
 def corpus_params(d: CorpusConfig) -> dict:
-    return {
+    out = {
         "pieces": d.corpus_pieces,
         "seed": d.corpus_seed,
         "instruments": d.corpus_instruments,
         "max_seconds": d.corpus_max_seconds,
     }
+    if corpus_variety(d) is not None:  # absent otherwise: the original corpora keep their digest
+        out.update({k: getattr(d, f"corpus_{k}") for k in _VARIETY_KEYS})
+    return out
 
 
 def params_digest(params: dict) -> str:
@@ -414,6 +438,10 @@ def render_corpus(d: CorpusConfig, cache_root: Path, progress: bool = True) -> P
         progress=progress,
         instruments=d.corpus_instruments,
         max_seconds=d.corpus_max_seconds,
+        variety=corpus_variety(d),
+        works=d.corpus_works,
+        textures=d.corpus_textures,
+        random_pieces=d.corpus_random,
     )
     return audio_dir
 

@@ -92,6 +92,8 @@ STEMS = ("vocals", "accompaniment", "drums")
 
 VOICE_PROGRAMS = (52, 53, 54)  # Choir Aahs, Voice Oohs, Synth Voice
 OMNIZART_PROGRAMS = (0, 6, 40, 41, 42, 43, 60, 68, 70, 71, 73)  # music note-stream classes
+PIANO_PROGRAMS = (0, 1, 2, 3, 4, 5, 6, 7)  # the soundfont's keyboards, for the piano subset
+PIANO_PROGRAM_P = (0.4, 0.15, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05)
 DRUM_KITS = (0, 8, 16, 24, 25, 40, 48)  # the GM kits TimGM6mb.sf2 has
 TRANSPOSE_RANGE = (-5, 5)
 ENSEMBLE_PROB = 0.25
@@ -103,6 +105,58 @@ _MIN_NOTE_MS = 5
 _DRUM_NOTE_MS = 50
 _BEND_MAX = 8191
 _BEND_RANGE_CENTS = 200.0  # GM default pitch-bend range, +-2 semitones
+
+
+PROCEDURAL_KINDS = ("texture", "random")  # ids "texture/0003", "random/0012"
+# Other music21 works (beside the chorales), interleaved folder by folder so that the first
+# few span many composers and styles. Multi-tune song books, demos and exercises are left out.
+WORK_FOLDERS = (
+    "joplin", "schumann_robert", "schumann_clara", "schubert", "chopin", "handel", "corelli",
+    "cpebach", "beach", "johnson_j_r", "liliuokalani", "lusitano", "josquin", "trecento",
+    "ciconia", "luca", "weber", "verdi", "leadSheet", "ryansMammoth", "schoenberg", "webern",
+)  # fmt: skip
+SUBSETS = ("mixed", "piano", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variety:
+    """Timbre and musical variety of a corpus (None on a job: the original chorale corpus).
+
+    voices: the probability that a part (mixed) or a piece (piano) is played by one of the
+    numpy synthesis voices (`voices.py`) instead of the soundfont. holdout: an engine that no
+    train or val piece uses; every test piece then gets one more rendering with only that
+    engine (split `test_heldout`). velocity: wide per-piece velocity ranges. piece_seconds:
+    the length of procedural pieces and the cut of other works."""
+
+    voices: float = 0.5
+    holdout: str | None = "fm"
+    velocity: bool = True
+    piece_seconds: float = 40.0
+
+    def engines(self, split: str) -> tuple[str, ...]:
+        from jaxmir.data.synth.voices import ENGINES
+
+        if split == "test_heldout":
+            return (self.holdout,) if self.holdout else ENGINES
+        return tuple(e for e in ENGINES if e != self.holdout)
+
+
+def work_ids() -> list[str]:
+    """music21 corpus paths of the other works (see `WORK_FOLDERS`), reserved ones never."""
+    from music21 import corpus
+
+    by_folder: dict[str, list[str]] = {f: [] for f in WORK_FOLDERS}
+    for p in corpus.getCorePaths():
+        s = str(p).replace("\\", "/")
+        rel = s[s.rfind("/corpus/") + len("/corpus/") :]
+        head = rel.split("/", 1)[0]
+        if head in by_folder and not is_reserved(rel):
+            by_folder[head].append(rel)
+    lists = [sorted(v) for v in by_folder.values()]
+    out = []
+    for i in range(max((len(v) for v in lists), default=0)):
+        out.extend(v[i] for v in lists if i < len(v))
+    return out
 
 
 def is_reserved(corpus_id: str) -> bool:
@@ -225,11 +279,21 @@ class _Job:
     seed: int
     max_seconds: float | None
     augment: bool
-    instruments: str = "mixed"  # mixed | piano (every part on program 0, no drums)
+    instruments: str = "mixed"  # mixed | piano (every part on program 0, no drums) | both
+    variety: Variety | None = None  # timbre and dynamics variety (None: the original corpus)
+    variant: str = ""  # "" | piano | mixed | heldout: an extra rendering of a test piece
 
     @property
     def name(self) -> str:
-        return _piece_name(self.chorale_id)
+        return _piece_name(self.chorale_id) + (f"__{self.variant}" if self.variant else "")
+
+    @property
+    def kind(self) -> str:
+        """chorale | work (another music21 score) | texture | random (procedural)."""
+        head = self.chorale_id.split("/", 1)[0]
+        if head in PROCEDURAL_KINDS:
+            return head
+        return "chorale" if self.chorale_id.startswith("bach/") else "work"
 
     @property
     def effective_seed(self) -> int:
@@ -242,7 +306,7 @@ class _Job:
         return 1.0 if self.split == "train" else 0.5
 
     def config(self) -> dict:
-        return {
+        out = {
             "version": VERSION,
             "seed": self.effective_seed,
             "max_seconds": self.max_seconds,
@@ -250,6 +314,10 @@ class _Job:
             "instruments": self.instruments,
             "sr": SR,
         }
+        if self.variety is not None:  # absent for the original corpus: its pieces stay valid
+            out["variety"] = dataclasses.asdict(self.variety)
+            out["variant"] = self.variant
+        return out
 
 
 def piece_files(root: Path, name: str) -> dict[str, Path]:
@@ -263,7 +331,7 @@ def piece_files(root: Path, name: str) -> dict[str, Path]:
 
 def _streams(seed: int, chorale_id: str) -> dict[str, np.random.Generator]:
     ss = np.random.SeedSequence([int(seed) % 2**63, zlib.crc32(chorale_id.encode()), 0xA0D10])
-    names = ("tempo", "arrange", "voice", "drums", "audio")
+    names = ("tempo", "arrange", "voice", "drums", "audio", "timbre", "score")  # append only
     return {n: np.random.default_rng(s) for n, s in zip(names, ss.spawn(len(names)), strict=True)}
 
 
@@ -504,7 +572,24 @@ class _Arranged:
     meta: dict
 
 
-def _arrange(score, job: _Job) -> _Arranged:
+def _widen_velocities(vel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Map the chorale-style velocities (about 40-125) onto a random range inside 5-127."""
+    lo = rng.uniform(5.0, 70.0)
+    hi = rng.uniform(min(lo + 30.0, 127.0), 127.0)
+    return np.clip(np.round(lo + (vel - 40.0) / 85.0 * (hi - lo)), 1.0, 127.0)
+
+
+def _limit_ms(job: _Job) -> int | None:
+    limits = [job.max_seconds]
+    if job.variety is not None and job.kind != "chorale":
+        limits.append(job.variety.piece_seconds)
+    limits = [x for x in limits if x is not None]
+    return int(round(min(limits) * 1000)) if limits else None
+
+
+def _arrange(score, job: _Job, subset: str) -> _Arranged:
+    """Arrange a score: tempo, velocities, programs (subset: mixed, or piano / heldout: one
+    keyboard-like part set with no sung line and no drums), vocal bends and drums."""
     grid = _metrical_grid(score)
     notes = _collect_notes(score)
     rs = _streams(job.effective_seed, job.chorale_id)
@@ -513,6 +598,8 @@ def _arrange(score, job: _Job) -> _Arranged:
     on = tmap(notes.onset_q)
     off = tmap(notes.offset_q)
     vel = _velocities(notes, notes.onset_q / grid.bar_q, r)
+    if job.variety is not None and job.variety.velocity:
+        vel = _widen_velocities(vel, rs["score"])
     jit = r.uniform(-ONSET_JITTER_S, ONSET_JITTER_S, size=len(on))
     new_on = np.minimum(np.maximum(on + jit, 0.0), off - _MIN_NOTE_MS / 1000.0)
     on = np.where(new_on >= 0.0, new_on, on)
@@ -520,18 +607,20 @@ def _arrange(score, job: _Job) -> _Arranged:
     ra = rs["arrange"]
     transpose = int(ra.integers(TRANSPOSE_RANGE[0], TRANSPOSE_RANGE[1] + 1))
     n_parts = max(len(_parts(score)), int(notes.part.max()) + 1)
-    vocal = _vocal_part(score)
+    # a sung line only in chorales (a work's top part may hold chords: it keeps them)
+    vocal = _vocal_part(score) if job.variety is None or job.kind == "chorale" else -1
     if ra.uniform() < ENSEMBLE_PROB:
         programs = [int(ra.choice(OMNIZART_PROGRAMS))] * n_parts
     else:
         programs = [int(p) for p in ra.choice(OMNIZART_PROGRAMS, size=n_parts)]
-    programs[vocal] = int(ra.choice(VOICE_PROGRAMS))
-    if job.instruments == "piano":
+    if vocal >= 0:
+        programs[vocal] = int(ra.choice(VOICE_PROGRAMS))
+    if subset != "mixed":
         programs = [0] * n_parts
     pitch = np.clip(notes.pitch + transpose, 0, 127)
     part = notes.part.copy()
 
-    limit_ms = None if job.max_seconds is None else int(round(job.max_seconds * 1000))
+    limit_ms = _limit_ms(job)
     on_ms = np.round(on * 1000).astype(np.int64)
     off_ms = np.round(off * 1000).astype(np.int64)
     if limit_ms is not None:
@@ -563,11 +652,11 @@ def _arrange(score, job: _Job) -> _Arranged:
 
     is_voc = part == vocal
     bend_t, bend_v, vib_meta = _vocal_bends(on_ms[is_voc], off_ms[is_voc], rs["voice"])
-    if job.instruments == "piano":  # a piano does not sing: no vibrato or drift
+    if subset != "mixed":  # a piano does not sing: no vibrato or drift
         bend_t, bend_v = bend_t[:0], bend_v[:0]
 
     hits_q, drum_meta = _drum_pattern(grid, rs["drums"])
-    if job.instruments == "piano":
+    if subset != "mixed":
         hits_q = []
     rd = rs["drums"]
     if hits_q:
@@ -632,27 +721,31 @@ def _new_midi():
     return pretty_midi.PrettyMIDI(resolution=1000, initial_tempo=60.0)  # 1 tick = 1 ms
 
 
-def _midis(a: _Arranged) -> dict[str, object]:
+def _midis(a: _Arranged, synth_parts: Iterable[int] = ()) -> dict[str, object]:
+    """The soundfont's MIDI per stem; parts in `synth_parts` are left to the numpy voices."""
     import pretty_midi
 
     def note(row) -> pretty_midi.Note:
         return pretty_midi.Note(int(row[3]), int(row[2]), row[0] / 1000.0, row[1] / 1000.0)
 
+    skip = set(synth_parts)
     vocals, accomp, drums = _new_midi(), _new_midi(), _new_midi()
-    v = pretty_midi.Instrument(a.programs[a.vocal_part], name="vocals")
-    v.notes = [note(row) for row in a.notes[a.parts == a.vocal_part]]
-    v.pitch_bends = [
-        pretty_midi.PitchBend(int(b), t / 1000.0) for t, b in zip(a.bend_t, a.bend_v, strict=True)
-    ]
-    vocals.instruments.append(v)
+    if a.vocal_part >= 0 and a.vocal_part not in skip:
+        v = pretty_midi.Instrument(a.programs[a.vocal_part], name="vocals")
+        v.notes = [note(row) for row in a.notes[a.parts == a.vocal_part]]
+        v.pitch_bends = [
+            pretty_midi.PitchBend(int(b), t / 1000.0)
+            for t, b in zip(a.bend_t, a.bend_v, strict=True)
+        ]
+        vocals.instruments.append(v)
     for p, prog in enumerate(a.programs):
-        if p == a.vocal_part:
+        if p == a.vocal_part or p in skip:
             continue
         inst = pretty_midi.Instrument(prog, name=f"part{p}")
         inst.notes = [note(row) for row in a.notes[a.parts == p]]
         if inst.notes:
             accomp.instruments.append(inst)
-    d = pretty_midi.Instrument(a.meta["drums"]["kit"], is_drum=True, name="drums")
+    d = pretty_midi.Instrument(a.meta.get("drums", {}).get("kit", 0), is_drum=True, name="drums")
     if len(a.drum_hits):
         h_on = a.drum_hits[:, 0].astype(np.int64)
         h_off = h_on + _DRUM_NOTE_MS
@@ -715,17 +808,147 @@ def _produce(stems: dict[str, np.ndarray], rng: np.random.Generator, strength: f
     return mixture, out, meta
 
 
-def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Render one chorale: ({'mixture', stems...}: audio), labels for the .npz."""
-    from music21 import corpus
+def _subset(job: _Job) -> str:
+    """mixed | piano | heldout: how this piece is orchestrated."""
+    if job.variant:
+        return job.variant
+    if job.instruments != "both":
+        return job.instruments
+    r = np.random.default_rng(zlib.crc32(f"{job.effective_seed}:{job.chorale_id}".encode()))
+    return "piano" if r.uniform() < 0.5 else "mixed"
 
+
+def _arrange_procedural(job: _Job, subset: str) -> _Arranged:
+    """A texture or random piece (`textures.py`) as an arrangement (no sung line, no drums)."""
+    from jaxmir.data.synth import textures
+
+    rs = _streams(job.effective_seed, job.chorale_id)
+    seconds = job.variety.piece_seconds if job.variety is not None else 30.0
+    if job.max_seconds is not None:
+        seconds = min(seconds, job.max_seconds)
+    make = textures.texture_piece if job.kind == "texture" else textures.random_piece
+    piece = make(rs["score"], seconds)
+    limit = _limit_ms(job)
+    n_parts = int(piece.notes[:, 4].max()) + 1 if len(piece.notes) else 1
+    if subset == "mixed":
+        programs = [int(p) for p in rs["arrange"].choice(OMNIZART_PROGRAMS, size=n_parts)]
+    else:
+        programs = [0] * n_parts
+    on_ms = np.round(piece.notes[:, 0] * 1000).astype(np.int64)
+    off_ms = np.round(piece.notes[:, 1] * 1000).astype(np.int64)
+    if limit is not None:
+        keep = on_ms < limit
+        piece_notes = piece.notes[keep]
+        on_ms, off_ms = on_ms[keep], np.minimum(off_ms[keep], limit)
+    else:
+        piece_notes = piece.notes
+    pitch = piece_notes[:, 2]
+    part = piece_notes[:, 4].astype(np.int64)
+    vel = piece_notes[:, 3]
+    ok = _fix_overlaps(on_ms, off_ms, part * 128 + pitch.astype(np.int64))
+    on_ms, off_ms, pitch, vel, part = on_ms[ok], off_ms[ok], pitch[ok], vel[ok], part[ok]
+    order = np.lexsort((part, pitch, on_ms))
+    on_ms, off_ms, pitch, vel, part = (a[order] for a in (on_ms, off_ms, pitch, vel, part))
+    prog = np.asarray(programs, np.float64)[part]
+    arr = np.stack([on_ms, off_ms, pitch, vel, prog], axis=1).astype(np.float64)
+    chords = [(a, b, chord_class(pcs, bass)) for a, b, pcs, bass in piece.chords]
+    end_ms = int(off_ms.max()) if len(off_ms) else 0
+    meta = {
+        "chorale_id": job.chorale_id,
+        "split": job.split,
+        "config": job.config(),
+        "transpose": 0,
+        "vocal_part": -1,
+        "programs": programs,
+        "score": piece.meta,
+    }
+    empty = np.zeros(0, np.int64)
+    return _Arranged(
+        notes=arr,
+        parts=part,
+        vocal_part=-1,
+        programs=programs,
+        drum_hits=np.zeros((0, 3)),
+        bend_t=empty,
+        bend_v=empty,
+        beats=piece.beats,
+        downbeats=piece.downbeats,
+        chords=chords,
+        end_ms=end_ms,
+        meta=meta,
+    )
+
+
+def _choose_voices(a: _Arranged, job: _Job, subset: str) -> dict[int, object]:
+    """part -> `voices.Voice` for the parts the numpy voices play (the rest: the soundfont).
+
+    Mixed: each part but the sung line with probability `variety.voices`. Piano: the whole
+    piece with that probability, else one of the soundfont's keyboards (programs 0-7; the
+    labels keep program 0). Heldout: every part on the held-out engine."""
+    if job.variety is None:
+        return {}
+    from jaxmir.data.synth.voices import random_voice
+
+    r = _streams(job.effective_seed, job.chorale_id)["timbre"]
+    engines = job.variety.engines("test_heldout" if subset == "heldout" else job.split)
+    parts = sorted({int(p) for p in a.parts})
+    out: dict[int, object] = {}
+    if subset == "heldout":
+        for p in parts:
+            out[p] = random_voice(engines[int(r.integers(len(engines)))], r)
+    elif subset == "piano":
+        if r.uniform() < job.variety.voices:
+            voice = random_voice(engines[int(r.integers(len(engines)))], r)
+            out = {p: voice for p in parts}
+        else:
+            keyboard = int(r.choice(PIANO_PROGRAMS, p=PIANO_PROGRAM_P))
+            a.programs[:] = [keyboard] * len(a.programs)  # the MIDI's; labels keep 0
+    else:
+        for p in parts:
+            if p != a.vocal_part and r.uniform() < job.variety.voices:
+                out[p] = random_voice(engines[int(r.integers(len(engines)))], r)
+    return out
+
+
+def _render_voices(a: _Arranged, voices: dict[int, object], n: int, seed_rng) -> dict:
+    """The numpy voices' audio per stem (vocals / accompaniment)."""
+    from jaxmir.data.synth.voices import render_notes
+
+    out = {"vocals": np.zeros(n, np.float32), "accompaniment": np.zeros(n, np.float32)}
+    for p, voice in voices.items():
+        rows = a.notes[a.parts == p]
+        if not len(rows):
+            continue
+        notes = np.stack([rows[:, 0] / 1000.0, rows[:, 1] / 1000.0, rows[:, 2], rows[:, 3]], 1)
+        stem = "vocals" if p == a.vocal_part else "accompaniment"
+        out[stem] += render_notes(voice, notes, SR, n, seed_rng)
+    return out
+
+
+def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Render one piece: ({'mixture', stems...}: audio), labels for the .npz."""
     from jaxmir.data.synth.render import render_midi
 
-    score = corpus.parse(job.chorale_id, forceSource=True)
-    a = _arrange(score, job)
+    subset = _subset(job)
+    if job.kind in PROCEDURAL_KINDS:
+        a = _arrange_procedural(job, subset)
+    else:
+        from music21 import corpus
+
+        a = _arrange(corpus.parse(job.chorale_id, forceSource=True), job, subset)
+    voices = _choose_voices(a, job, subset)
     n = int(round((a.end_ms / 1000.0 + TAIL_S) * SR))
     duration = n / SR
-    stems = {k: _fit(render_midi(pm, SR, tail_s=TAIL_S), n) for k, pm in _midis(a).items()}
+    midis = _midis(a, voices)
+    stems = {k: _fit(render_midi(pm, SR, tail_s=TAIL_S), n) for k, pm in midis.items()}
+    if voices:
+        r = _streams(job.effective_seed, job.chorale_id)["timbre"]
+        for k, x in _render_voices(a, voices, n, r).items():
+            stems[k] = stems[k] + x
+        a.meta["voices"] = {str(p): v.to_json() for p, v in voices.items()}
+    a.meta["subset"] = subset
+    if subset != "mixed":
+        a.notes[:, 4] = 0  # piano-subset labels: program 0 whatever keyboard played them
     rng_audio = _streams(job.effective_seed, job.chorale_id)["audio"]  # untouched by _arrange
     mixture, stems, prod_meta = _produce(stems, rng_audio, job.strength)
 
@@ -741,7 +964,8 @@ def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]
         a.bend_v,
         n_frames,
     )
-    limit = duration if job.max_seconds is None else min(duration, job.max_seconds)
+    limit_ms = _limit_ms(job)
+    limit = duration if limit_ms is None else min(duration, limit_ms / 1000.0)
     beats = a.beats[a.beats < limit - 1e-9]
     downbeats = a.downbeats[a.downbeats < limit - 1e-9]
     chords = _clip_chords(a.chords, limit, duration)
@@ -890,6 +1114,29 @@ def select_chorales(
     return [(cid, split_of(cid, val_fraction, test_fraction)) for cid in ids]
 
 
+def select_pieces(
+    n_pieces: int | None,
+    ids: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    works: int = 0,
+    textures: int = 0,
+    random_pieces: int = 0,
+) -> list[tuple[str, str]]:
+    """(id, split) of the chorales (`select_chorales`), then `works` other music21 works, then
+    the procedural pieces; each kind split by the same stable hash of its ids."""
+    chosen = select_chorales(n_pieces, ids, val_fraction, test_fraction) if n_pieces != 0 else []
+    pools = [(work_ids(), works) if works else ([], 0)]
+    pools += [([f"{k}/{i:04d}" for i in range(100_000)], m) for k, m in
+              (("texture", textures), ("random", random_pieces)) if m]  # fmt: skip
+    for pool, m in pools:
+        for cid in _first_with_every_split(pool, m, val_fraction, test_fraction):
+            if is_reserved(cid):
+                raise ValueError(f"{cid} is reserved for independent evaluation")
+            chosen.append((cid, split_of(cid, val_fraction, test_fraction)))
+    return chosen
+
+
 def _first_with_every_split(
     ids: list[str], n: int, val_fraction: float, test_fraction: float
 ) -> list[str]:
@@ -925,6 +1172,10 @@ def build_corpus(
     instruments: str = "mixed",
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    variety: Variety | None = None,
+    works: int = 0,
+    textures: int = 0,
+    random_pieces: int = 0,
 ) -> dict:
     """Render the chorale audio corpus into `out` and write its manifest `corpus.json`.
 
@@ -933,6 +1184,13 @@ def build_corpus(
     in a spawn-context process pool. max_seconds: cut every piece at that time (for tests).
     augment=False: dry stems and no noise (levels still random). instruments="piano": every
     part on the acoustic grand (program 0), no vibrato and no drums (the piano subset).
+
+    instruments="both": each piece draws piano or mixed, and every test piece is also rendered
+    both ways (splits `test_piano`, `test_mixed`). variety (see `Variety`): numpy synthesis
+    voices beside the soundfont, wide velocities, and with `variety.holdout` one more rendering
+    of every test piece with only the held-out engine (split `test_heldout`). works, textures,
+    random_pieces: that many other music21 works (`work_ids`), piano-texture pieces and
+    random-note pieces (`textures.py`) beside the chorales; each needs a `variety`.
 
     Incremental: a piece whose five files exist and whose labels were made with the same
     config is skipped; any missing file gets the whole piece rebuilt (every file is written to a
@@ -944,13 +1202,25 @@ def build_corpus(
     out.mkdir(parents=True, exist_ok=True)
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
-    chosen = select_chorales(n_pieces, ids, val_fraction, test_fraction)
-    jobs = [
-        _Job(cid, split, str(out), int(seed), max_seconds, bool(augment), instruments)
-        for cid, split in chosen
-    ]
-    if instruments not in ("mixed", "piano"):
-        raise ValueError(f"instruments must be 'mixed' or 'piano', not {instruments!r}")
+    if instruments not in SUBSETS:
+        raise ValueError(f"instruments must be one of {SUBSETS}, not {instruments!r}")
+    if variety is None and (works or textures or random_pieces or instruments == "both"):
+        raise ValueError("works, textures, random pieces and instruments='both' need a variety")
+    chosen = select_pieces(
+        n_pieces, ids, val_fraction, test_fraction, works, textures, random_pieces
+    )
+    jobs = []
+    for cid, split in chosen:
+        job = _Job(
+            cid, split, str(out), int(seed), max_seconds, bool(augment), instruments, variety
+        )
+        jobs.append(job)
+        if split != "test" or variety is None:
+            continue
+        extra = ["piano", "mixed"] if instruments == "both" else []
+        extra += ["heldout"] if variety.holdout else []
+        for v in extra:
+            jobs.append(dataclasses.replace(job, split=f"test_{v}", variant=v))
     results: dict[str, tuple[dict, bool]] = {}
     failures: list[tuple[str, str]] = []
 
@@ -1000,6 +1270,7 @@ def build_corpus(
         "max_seconds": max_seconds,
         "augment": bool(augment),
         "instruments": instruments,
+        "variety": None if variety is None else dataclasses.asdict(variety),
         "summary": summary,
         "failures": [{"chorale_id": c, "reason": r} for c, r in failures],
         "pieces": entries,

@@ -116,7 +116,14 @@ def split_channels(posteriors: np.ndarray, mode: str) -> tuple[np.ndarray, np.nd
         )
     if mode in TRUE_FRAME_MODES:
         return post[:, :, 1:], None
+    if mode == "note-offset":
+        return post[:, :, 1:2], post[:, :, 2:3]
     return post[:, :, 1::2], post[:, :, 2::2]
+
+
+def offset_channel(posteriors: np.ndarray, mode: str) -> np.ndarray | None:
+    """The ``note-offset`` mode's offset probabilities ``(T, 352, 1)``; None for other modes."""
+    return np.asarray(posteriors)[:, :, 3:4] if mode == "note-offset" else None
 
 
 def _norm(data: np.ndarray) -> np.ndarray:
@@ -267,6 +274,7 @@ def decode_notes_simple(
     mode: str,
     onset_threshold: float = 0.5,
     frame_threshold: float = 0.5,
+    offset_threshold: float = 0.5,
 ) -> np.ndarray:
     """Onsets-and-Frames style decoding -> notes ``float64 (N, 5)``.
 
@@ -278,9 +286,13 @@ def decode_notes_simple(
     up to the next onset on that key; at least one frame (two onset runs that touch count as
     one). Velocity ``round(127 * max onset
     probability in the run)`` clipped to 1..127 (true-frame modes: the frame probability).
+    ``note-offset`` mode also ends a note after the first frame past its onset run whose offset
+    probability exceeds `offset_threshold` (the label marks a note's last frame and the next).
     No statistics of the whole piece are used, so confident and dense outputs decode fine.
     """
     dura, onset = split_channels(posteriors, mode)
+    off_ch = offset_channel(posteriors, mode)
+    off_keys = _to_keys(np.asarray(off_ch[..., 0], np.float64)) if off_ch is not None else None
     programs = mode_programs(mode)
     n_frames = len(dura)
     out = []
@@ -294,6 +306,7 @@ def decode_notes_simple(
             frame = _to_keys(dura[..., i]) + on_prob
             on = on_prob > onset_threshold
         alive = (frame > frame_threshold) | on
+        ends = off_keys > offset_threshold if off_keys is not None else None
         on_i8 = on.astype(np.int8)
         rises = np.diff(np.concatenate([np.zeros((1, N_KEYS), np.int8), on_i8]), axis=0) == 1
         for key in np.flatnonzero(rises.any(axis=0)):
@@ -307,6 +320,10 @@ def decode_notes_simple(
                 run_end = s + 1
                 while run_end < n_frames and on[run_end, key]:
                     run_end += 1
+                if ends is not None:  # the first offset frame after the onset run
+                    hit = np.flatnonzero(ends[run_end:end, key])
+                    if len(hit):
+                        end = run_end + int(hit[0]) + 1
                 peak = float(on_prob[s:run_end, key].max())
                 vel = float(np.clip(np.rint(127 * peak), 1, 127))
                 out.append((s * HOP_S, end * HOP_S, key + LOWEST_PITCH, vel, program))

@@ -21,6 +21,7 @@ mode                  channels  layout
 ====================  ========  ========================================================
 note, frame           3         [bg, frame - onset, onset]
 true-frame            2         [bg, frame]
+note-offset           4         [bg, frame - onset, onset, offset] (not in omnizart)
 note-stream,          23        [bg, dura_0, onset_0, ..., dura_10, onset_10] for the 11
 frame-stream                    programs of `STREAM_PROGRAMS` (dura = frame - onset)
 pop-note-stream       13        [bg, dura_0, onset_0, ..., dura_5, onset_5] for the 6
@@ -110,6 +111,7 @@ each group gets its own first program (organ 16, piano 0) and "others" keeps omn
 
 LABEL_MODES = {
     "note": 3,
+    "note-offset": 4,
     "note-stream": 23,
     "pop-note-stream": 13,
     "frame": 3,
@@ -184,14 +186,22 @@ def onset_curve(length: int) -> np.ndarray:
     return curve.astype(np.float32)
 
 
-def _rolls(notes: np.ndarray, n_frames: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-key rolls ``frame`` (0/1) and ``onset`` (decaying), both ``(n_frames, 88, I)``."""
+OFFSET_FRAMES = 2
+"""``note-offset``: the offset channel is 1 on the note's last frame and the frame after it."""
+
+
+def _rolls(
+    notes: np.ndarray, n_frames: int, mode: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-key rolls ``frame`` (0/1), ``onset`` (decaying) and ``offset`` (0/1), each
+    ``(n_frames, 88, I)``."""
     n_inst = len(mode_programs(mode))
     frame = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
     onset = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
+    offset = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
     notes = np.asarray(notes, np.float64).reshape(-1, 5)
     if len(notes) == 0 or n_frames == 0:
-        return frame, onset
+        return frame, onset, offset
     ok = np.all(np.isfinite(notes[:, :3]), axis=1)
     notes = notes[ok]
     start = np.rint(notes[:, 0] * FPS).astype(np.int64)
@@ -208,7 +218,9 @@ def _rolls(notes: np.ndarray, n_frames: int, mode: str) -> tuple[np.ndarray, np.
         frame[lo:hi, k, c] = 1.0
         seg = curve[lo - s : hi - s]
         np.maximum(onset[lo:hi, k, c], seg, out=onset[lo:hi, k, c])
-    return frame, onset
+        a, b = max(e - 1, lo), min(e - 1 + OFFSET_FRAMES, n_frames)
+        offset[a:b, k, c] = 1.0
+    return frame, onset, offset
 
 
 def music_labels(notes: np.ndarray, n_frames: int, mode: str = "note-stream") -> np.ndarray:
@@ -219,14 +231,19 @@ def music_labels(notes: np.ndarray, n_frames: int, mode: str = "note-stream") ->
     """
     check_mode(mode)
     n_frames = int(n_frames)
-    frame, onset = _rolls(notes, n_frames, mode)
+    frame, onset, offset = _rolls(notes, n_frames, mode)
     keys = np.zeros((n_frames, N_KEYS, LABEL_MODES[mode]), np.float32)
     if mode in TRUE_FRAME_MODES:
         keys[..., 1:] = frame
+    elif mode == "note-offset":
+        keys[..., 1:2] = frame - onset
+        keys[..., 2:3] = onset
+        keys[..., 3:4] = offset
     else:
         keys[..., 1::2] = frame - onset
         keys[..., 2::2] = onset
-    keys[..., 0] = np.clip(1.0 - keys[..., 1:].sum(axis=-1), 0.0, 1.0)
+    sounding = keys[..., 1:3] if mode == "note-offset" else keys[..., 1:]  # not the offsets
+    keys[..., 0] = np.clip(1.0 - sounding.sum(axis=-1), 0.0, 1.0)
     return np.repeat(keys, BINS_PER_KEY, axis=1)  # each key fills its 4 bins
 
 

@@ -116,3 +116,20 @@ def note_metrics(
             sub_e = est[np.rint(est[:, 4]) == prog]
             out[f"note_f1/{int(prog)}"] = _prf(sub_r, sub_e, None, **tol)[2]
     return out
+
+
+def note_f1_scores(
+    ref_notes: np.ndarray,
+    est_notes: np.ndarray,
+    *,
+    onset_tolerance: float = 0.05,
+    pitch_tolerance: float = 50.0,
+    offset_ratio: float = 0.2,
+    offset_min_tolerance: float = 0.05,
+) -> dict[str, float]:
+    """Only ``note_f1`` and ``note_with_offset_f1`` (what threshold calibration maximises),
+    with `note_metrics`' conventions; no frame or per-program scores."""
+    ref, est = _clean(ref_notes), _clean(est_notes)
+    tol = {"onset_tolerance": onset_tolerance, "pitch_tolerance": pitch_tolerance}
+    with_off = _prf(ref, est, offset_ratio, offset_min_tolerance=offset_min_tolerance, **tol)
+    return {"note_f1": _prf(ref, est, None, **tol)[2], "note_with_offset_f1": with_off[2]}

@@ -1,0 +1,1 @@
+"""Shipped trained models, one folder per task (see `jaxmir.shipped`)."""

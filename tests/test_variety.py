@@ -1,0 +1,158 @@
+"""The varied corpus: procedural pieces, the held-out engine, the note-offset labels and their
+decoder, and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxmir.config import OptimConfig
+from jaxmir.data.synth import textures as T
+from jaxmir.engine.optim import learning_rate_schedule
+from jaxmir.tasks.music.decode import decode_notes_simple
+from jaxmir.tasks.music.labels import FPS, music_labels
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_texture_pieces_are_valid_and_varied(seed):
+    p = T.texture_piece(np.random.default_rng(seed), seconds=20.0)
+    n = p.notes
+    assert len(n) > 10
+    assert np.all((n[:, 2] >= 21) & (n[:, 2] <= 108))
+    assert np.all(n[:, 1] > n[:, 0]) and np.all(n[:, 0] >= 0)
+    assert np.all((n[:, 3] >= 1) & (n[:, 3] <= 127))
+    assert np.all(np.diff(n[:, 0]) >= 0)
+    assert len(p.beats) >= 4 and np.all(np.diff(p.beats) > 0)
+    assert set(np.round(p.downbeats, 9)) <= set(np.round(p.beats, 9))
+    # a key never sounds twice at once in one hand (the renderer's channels need that)
+    for hand in np.unique(n[:, 4]):
+        for key in np.unique(n[n[:, 4] == hand, 2]):
+            rows = n[(n[:, 4] == hand) & (n[:, 2] == key)]
+            assert np.all(rows[1:, 0] >= rows[:-1, 1] - 1e-9) or len(rows) < 2
+    assert p.meta["meter"] in {f"{a}/{b}" for a, b in T.METERS}
+
+
+def test_textures_cover_meters_tempi_and_the_keyboard():
+    pieces = [T.texture_piece(np.random.default_rng(s), seconds=15.0) for s in range(40)]
+    meters = {p.meta["meter"] for p in pieces}
+    assert {"6/8", "2/2", "3/4", "4/4"} <= meters
+    bpm = [p.meta["bpm"] for p in pieces]
+    assert min(bpm) < 70 and max(bpm) > 160
+    keys = np.concatenate([p.notes[:, 2] for p in pieces])
+    assert keys.min() <= 26 and keys.max() >= 100
+    vel = np.concatenate([p.notes[:, 3] for p in pieces])
+    assert vel.min() < 30 and vel.max() > 110
+
+
+def test_pedal_holds_notes_until_it_lifts_or_the_key_returns():
+    notes = np.array(
+        [[0.0, 0.2, 60, 80, 0], [0.5, 0.6, 64, 80, 0], [0.7, 0.8, 60, 80, 0]], np.float64
+    )
+    out = T._pedal(notes, np.array([1.0, 2.0]))
+    assert out[0, 1] == pytest.approx(0.7)  # held, cut where key 60 is struck again
+    assert out[1, 1] == pytest.approx(1.0)  # held to the lift
+    assert out[2, 1] == pytest.approx(1.0)
+
+
+def test_random_pieces_reach_every_polyphony_and_duration():
+    p = T.random_piece(np.random.default_rng(3), seconds=60.0)
+    polys = {s["polyphony"] for s in p.meta["segments"]}
+    assert polys <= set(range(1, 9)) and len(polys) >= 4
+    dur = p.notes[:, 1] - p.notes[:, 0]
+    assert dur.min() < 0.1 and dur.max() > 1.0
+    assert len(p.beats) == 0
+
+
+def test_note_offset_labels_mark_the_last_frame_and_the_next():
+    notes = np.array([[0.1, 0.5, 60, 90, 0]])  # frames 5 .. 24
+    y = music_labels(notes, 40, "note-offset")
+    assert y.shape == (40, 352, 4)
+    k = (60 - 21) * 4
+    off = y[:, k, 3]
+    assert list(np.flatnonzero(off)) == [24, 25]
+    on = y[:, k, 2]
+    assert on[5] == on[6] == 1.0
+    frame = y[:, k, 1] + y[:, k, 2]
+    assert list(np.flatnonzero(frame > 0.5)) == list(range(5, 25))
+    # the offset channel is not part of the background's complement
+    assert y[25, k, 0] == 1.0 and y[10, k, 0] == 0.0
+
+
+def test_decoder_ends_notes_at_the_offset_channel():
+    notes = np.array([[0.1, 0.5, 60, 90, 0]])
+    post = music_labels(notes, 40, "note-offset")
+    post[:, :, 1] = np.where(np.arange(40)[:, None] < 35, post[:, :, 1] + post[:, :, 3], 0.0)
+    post[24:35, (60 - 21) * 4 : (61 - 21) * 4, 1] = 1.0  # frames say the note goes on to 35
+    est = decode_notes_simple(post, "note-offset", offset_threshold=0.5)
+    assert len(est) == 1
+    assert est[0, 0] == pytest.approx(5 / FPS) and est[0, 1] == pytest.approx(25 / FPS)
+    late = decode_notes_simple(post, "note-offset", offset_threshold=1.1)  # offsets ignored
+    assert late[0, 1] == pytest.approx(35 / FPS)
+
+
+def test_warmup_cosine_schedule():
+    cfg = OptimConfig(
+        learning_rate=1e-3, lr_schedule="warmup_cosine", warmup_steps=10, decay_steps=110
+    )
+    lr = learning_rate_schedule(cfg)
+    assert float(lr(0)) == 0.0
+    assert float(lr(5)) == pytest.approx(5e-4)
+    assert float(lr(10)) == pytest.approx(1e-3)
+    assert float(lr(60)) == pytest.approx(5e-4, rel=1e-4)
+    assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_varied_corpus_holds_one_engine_out_of_training(tmp_path):
+    from jaxmir.data.synth import corpus as C
+
+    variety = C.Variety(voices=1.0, holdout="fm", piece_seconds=3.0)
+    summary = C.build_corpus(
+        tmp_path,
+        3,
+        0,
+        progress=False,
+        max_seconds=3.0,
+        instruments="both",
+        variety=variety,
+        textures=3,
+        random_pieces=3,
+    )
+    assert not summary["failed"]
+    splits = summary["splits"]
+    assert splits["test"] == splits["test_piano"] == splits["test_mixed"] == splits["test_heldout"]
+    manifest = json.loads((tmp_path / "corpus.json").read_text())
+    seen: dict[str, set] = {}
+    for e in manifest["pieces"]:
+        with np.load(tmp_path / e["files"]["labels"]) as z:
+            meta = json.loads(str(z["meta"]))
+            notes = z["notes"]
+        engines = {v["engine"] for v in meta.get("voices", {}).values()}
+        seen.setdefault(e["split"], set()).update(engines)
+        if meta["subset"] != "mixed":
+            assert np.all(notes[:, 4] == 0)  # piano and held-out labels: program 0
+    assert seen["test_heldout"] == {"fm"}
+    assert "fm" not in seen["train"] | seen["val"] | seen["test_mixed"]
+    # rebuilding finds every piece finished
+    again = C.build_corpus(
+        tmp_path,
+        3,
+        0,
+        progress=False,
+        max_seconds=3.0,
+        instruments="both",
+        variety=variety,
+        textures=3,
+        random_pieces=3,
+    )
+    assert again["built"] == 0
+
+
+def test_reserved_works_are_never_chosen():
+    from jaxmir.data.synth import corpus as C
+
+    ids = C.work_ids()
+    assert len(ids) > 50
+    assert not [i for i in ids if C.is_reserved(i)]
+    assert len({i.split("/")[0] for i in ids[:20]}) >= 15  # interleaved across composers
