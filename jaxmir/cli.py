@@ -9,6 +9,7 @@ command to resume (what a pre-emption-aware launcher should do).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ EPILOG = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from jaxmir.inference import AUDIO_SUFFIXES, MIDI_SUFFIXES
+
     p = argparse.ArgumentParser(
         prog="jaxmir",
         description="Train, evaluate and run music-information-retrieval models (JAX/Flax).",
@@ -80,12 +83,33 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
 
-    r = sub.add_parser("transcribe", help="run a trained model on input files")
+    r = sub.add_parser(
+        "transcribe",
+        help="run a trained model on input files or folders",
+        description="Transcribe files, or every file of a folder that the task reads (audio: "
+        + ", ".join(AUDIO_SUFFIXES)
+        + "; beat: "
+        + ", ".join(MIDI_SUFFIXES)
+        + "), in one process: the model compiles once per window shape "
+        "and every file's windows share its batches.",
+    )
     r.add_argument("task")
-    r.add_argument("inputs", nargs="+", type=Path)
-    r.add_argument("--workdir", type=Path, required=True)
+    r.add_argument("inputs", nargs="+", type=Path, help="files and/or folders")
+    r.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="a trained run (default: the model shipped with jaxmir, where the task has one)",
+    )
     r.add_argument("-o", "--outdir", type=Path, default=Path("."))
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
+    r.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per model call (default: 4 on CPU, 16 elsewhere)",
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="model size and shapes of a preset (no compute)")
     i.add_argument("task")
@@ -106,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     from jaxmir.data.synth.cli import add_synth_parser
 
     add_synth_parser(sub)
+
+    x = sub.add_parser(
+        "export",
+        help="write a run's best model as a shipped-model folder (weights, config, thresholds)",
+    )
+    x.add_argument("task")
+    x.add_argument("--workdir", type=Path, required=True)
+    x.add_argument("--out", type=Path, required=True, help="folder to write")
     return p
 
 
@@ -173,6 +205,38 @@ def _restore(task, workdir: Path, step: int | None, overrides: list[str] = ()):
     return validate(apply_overrides(cfg, list(overrides))), mesh, state, step
 
 
+def _shipped(task, overrides: list[str]):
+    """The model shipped with the package for `task` (config, mesh, state)."""
+    from jaxmir.shipped import ShippedModelError, load_model
+
+    bad = [o for o in overrides if not o.startswith("decode.")]
+    if bad:
+        raise UsageError(f"{bad[0]}: only decode.* keys can change after training")
+    try:
+        cfg, mesh, state = load_model(task)
+    except ShippedModelError as e:
+        raise UsageError(str(e)) from None
+    return validate(apply_overrides(cfg, list(overrides))), mesh, state
+
+
+def cmd_export(args) -> int:
+    from jaxmir.shipped import export_model
+    from jaxmir.tasks.base import get_task
+
+    task = get_task(args.task)
+    info = {}
+    for split in ("test", "test_piano", "test_mixed", "test_heldout"):
+        path = args.workdir / "eval" / f"{split}.json"
+        if path.is_file():  # the run's scores, as `jaxmir eval` wrote them
+            info[f"eval_{split}"] = json.loads(path.read_text())
+    try:
+        out = export_model(task, args.workdir, args.out, info)
+    except ValueError as e:  # RestoreError: no run or no checkpoint there
+        raise UsageError(str(e)) from None
+    print(out)
+    return 0
+
+
 def cmd_eval(args) -> int:
     from jaxmir.engine.run import make_predict, resolve_data
     from jaxmir.tasks.base import get_task
@@ -183,6 +247,7 @@ def cmd_eval(args) -> int:
     cache = resolve_data(task, cfg, data)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=True)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
+    result["decode"] = dataclasses.asdict(cfg.decode)  # the settings used (calibrated or --set)
     out = args.workdir / "eval" / f"{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -190,22 +255,121 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def transcribe_inputs(inputs: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
+    """The files to transcribe: each file as given, each folder's files with one of `suffixes`
+    (not recursive, sorted); UsageError naming a missing input, a folder without such files or
+    two inputs that would write the same outputs (same stem)."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+            )
+            if not found:
+                raise UsageError(
+                    f"{path}: is a folder, not a file, and holds no {'/'.join(suffixes)} files"
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such file")
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise UsageError(
+                f"{path}: same name as {seen[path.stem]} (both would write {path.stem}.*)"
+            )
+        seen[path.stem] = path
+    return files
+
+
 def cmd_transcribe(args) -> int:
+    import time
+
+    start = time.perf_counter()
+    startup_s = _process_age()
     from jaxmir.engine.run import make_predict
+    from jaxmir.inference import AUDIO_SUFFIXES, Timings
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
-    for path in args.inputs:  # every input checked before the model is restored
-        if path.is_dir():
-            raise UsageError(f"{path}: is a folder, not a file")
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file")
-    cfg, mesh, state, _ = _restore(task, args.workdir, None, args.overrides)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    suffixes = getattr(task, "input_suffixes", lambda: AUDIO_SUFFIXES)()
+    paths = transcribe_inputs(args.inputs, suffixes)  # all checked before the model is restored
+    if args.workdir is not None:
+        cfg, mesh, state, _ = _restore(task, args.workdir, None, args.overrides)
+    else:
+        cfg, mesh, state = _shipped(task, args.overrides)
+    restore_s = time.perf_counter() - start
     predict = make_predict(mesh, state)
-    for path in args.inputs:
-        for written in task.transcribe(predict, path, cfg, args.outdir):
-            print(written)
+    timings = Timings()
+    progress = not args.no_progress and len(paths) > 1
+    if hasattr(task, "transcribe_iter"):
+        results = task.transcribe_iter(
+            predict,
+            paths,
+            cfg,
+            args.outdir,
+            progress,
+            batch_size=args.batch_size,
+            timings=timings,
+        )
+    else:  # a task of one's own with only `transcribe`
+        results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
+    for _, written in results:
+        for path in written:
+            print(path, flush=True)
+    total_s = startup_s + time.perf_counter() - start
+    print(transcribe_summary(timings, total_s, restore_s, startup_s), file=sys.stderr)
     return 0
+
+
+def transcribe_summary(t, total_s: float, restore_s: float, startup_s: float = 0.0) -> str:
+    """One line: files, minutes of audio, seconds in all, seconds of compute per minute of
+    audio (start-up, restore and compile excluded: they are one-off), its split, the one-off
+    seconds."""
+    minutes = t.audio_s / 60.0
+    compute = max(total_s - startup_s - restore_s - t.compile_s, 0.0)
+
+    def per_min(s: float) -> str:
+        return f"{s / minutes:.2f}" if minutes > 0 else "-"
+
+    return (
+        f"transcribed {t.files} file{'s' if t.files != 1 else ''}, {minutes:.2f} min of audio, "
+        f"in {total_s:.1f} s: {per_min(compute)} s/min (features {per_min(t.features_s)}, "
+        f"model {per_min(t.model_s)}, decode+write {per_min(t.write_s)}); one-off: start-up "
+        f"{startup_s:.1f} s, restore {restore_s:.1f} s, compile {t.compile_s:.1f} s"
+    )
+
+
+def _process_age() -> float:
+    """Seconds since this process started (interpreter, imports, the malloc re-exec: the
+    same PID) when it is the `jaxmir` command (console script or `python -m jaxmir`); 0 in
+    another program (a test, a script calling `main`) or where /proc does not say."""
+    import os
+    import time
+
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    as_command = Path(sys.argv[0]).name == "jaxmir" or (
+        main_spec is not None and main_spec.name == "jaxmir.__main__"
+    )
+    if not as_command:
+        return 0.0
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
+        return max(time.time() - started, 0.0)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
 
 
 def cmd_info(args) -> int:
@@ -267,6 +431,7 @@ def cmd_synth(args) -> int:
 
 
 COMMANDS = {
+    "export": cmd_export,
     "synth": cmd_synth,
     "train": cmd_train,
     "eval": cmd_eval,
@@ -281,13 +446,22 @@ JAX_COMMANDS = ("train", "eval", "transcribe")
 
 
 def _enable_compilation_cache() -> None:
-    """Reuse compiled steps across runs (train, then eval, then transcribe: seconds each)."""
+    """Reuse compiled steps across runs (train, then eval, then transcribe: seconds each).
+
+    Every program is cached, not only those that took a second to compile (jax's default):
+    restoring a run also compiles ~30 small ones (initial optimiser and callback states),
+    1.5 s of a warm `jaxmir transcribe` on a 2-core CPU (8.6 s -> 6.9 s restore; medians
+    of 3). JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, wins."""
+    import os
+
     import jax
 
     from jaxmir.engine.run import cache_root
 
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _start_processes(command: str) -> None:

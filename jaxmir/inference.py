@@ -1,16 +1,51 @@
 """Windowed prediction over whole pieces, shared by every frame-based task.
 
-A piece of any length is cut into fixed-size windows (one jit compile per window shape and
-batch size), the model runs on batches of windows, and the window outputs are stitched back with
-per-frame weights: `centre` keeps each window's centre half (omnizart beat's scheme: a BLSTM's
-edges see little context), `average` averages every overlapping window (omnizart music).
+A piece of any length is cut into fixed-size windows, the model runs on batches of windows, and
+the window outputs are stitched back with per-frame weights: `centre` keeps each window's centre
+(omnizart beat's scheme: a BLSTM's edges see little context), `average` averages every
+overlapping window (omnizart music).
+
+`predict_pieces` streams the windows of *several* pieces through one sequence of fixed-shape
+batches: one compiled shape serves every piece of a command, a piece's windows may share a
+batch with the next piece's, and only the very last batch of the stream is zero-padded. Pieces
+are read lazily (the next one only when a batch needs its windows), so their features can be
+computed one at a time; each piece's stitched output comes out, in input order, as soon as its
+last window has run. `predict_piece` is the one-piece case.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".m4a")
+"""The files a folder given to `jaxmir transcribe` contributes for an audio task (soundfile
+decodes them; librosa/audioread what it does not know)."""
+MIDI_SUFFIXES = (".mid", ".midi")
+"""... and for a task that reads MIDI (beat)."""
+
+DEFAULT_BATCH = {"cpu": 4}
+"""Windows per inference batch by JAX backend (`default_batch_size`). On the 2-core CPU the
+music demo model costs the same per window at 1 to 16 windows a batch (2.3-2.5 CPU-s per
+minute of audio, within noise) and ~40% more at 32 (out of cache: `python -m
+benchmarks.inference --sweep`); 4 keeps memory and the stream's last-batch padding small.
+Other backends (not measured) take `ACCELERATOR_BATCH`."""
+ACCELERATOR_BATCH = 16
+
+
+def default_batch_size(backend: str | None = None) -> int:
+    """The inference batch (windows per model call) for `backend` (default: JAX's)."""
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    return DEFAULT_BATCH.get(backend, ACCELERATOR_BATCH)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -19,20 +54,107 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def window_starts(n_frames: int, timesteps: int, hop: int, front_pad: int) -> np.ndarray:
-    """Starts (in piece frames, may be negative) of windows covering [0, n_frames)."""
+    """Starts (in piece frames, may be negative) of windows covering [0, n_frames); none past
+    the piece's end (a piece shorter than `front_pad` has one window)."""
     last = max(n_frames - timesteps + front_pad, 0)
-    return np.arange(-front_pad, last + hop, hop)
+    starts = np.arange(-front_pad, last + hop, hop)
+    return starts[(starts < n_frames) | (starts == starts[0])]
 
 
-def stitch_weights(timesteps: int, mode: str) -> np.ndarray:
+def resolve_hop(timesteps: int, mode: str, hop: int | None = None) -> tuple[int, int]:
+    """(hop, front padding) of the windows: `hop` frames between window starts (default half a
+    window); `centre` windows start `(timesteps - hop) // 2` frames before the piece, so its
+    first frames fall in a window's kept centre."""
+    hop = max(timesteps // 2, 1) if hop is None else int(hop)
+    if not 1 <= hop <= timesteps:
+        raise ValueError(f"window hop must be in [1, {timesteps}] frames, got {hop}")
+    if mode not in ("centre", "average"):
+        raise ValueError(f"unknown stitch mode {mode!r} (centre, average)")
+    return hop, ((timesteps - hop) // 2 if mode == "centre" else 0)
+
+
+def stitch_weights(timesteps: int, mode: str, hop: int | None = None) -> np.ndarray:
+    """Per-frame weights of a window's outputs. `average`: all 1. `centre`: 1 on the `hop`
+    centre frames (the default hop keeps the centre half), 1e-3 on the trimmed edges (they
+    count only where no other window covers a frame: the piece's ends)."""
+    hop, _ = resolve_hop(timesteps, mode, hop)
     if mode == "average":
         return np.ones(timesteps, np.float32)
-    if mode == "centre":
-        w = np.full(timesteps, 1e-3, np.float32)  # edges count only where nothing else covers
-        q = timesteps // 4
-        w[q : timesteps - q] = 1.0
-        return w
-    raise ValueError(f"unknown stitch mode {mode!r} (centre, average)")
+    w = np.full(timesteps, 1e-3, np.float32)
+    q = (timesteps - hop) // 2
+    w[q : q + hop] = 1.0
+    return w
+
+
+class _Piece:
+    """One piece in the stream: its input, its windows' starts and its running sums."""
+
+    def __init__(self, x: np.ndarray, starts: np.ndarray) -> None:
+        self.x = x
+        self.n = len(x)
+        self.starts = starts
+        self.pending = len(starts)  # windows not yet run
+        self.out: np.ndarray | None = None
+        self.norm = np.zeros(self.n, np.float32)
+
+    def add(self, s: int, y: np.ndarray, weights: np.ndarray) -> None:
+        lo, hi = max(s, 0), min(s + len(weights), self.n)
+        if self.out is None:
+            self.out = np.zeros((self.n, *y.shape[1:]), np.float32)
+        w = weights[lo - s : hi - s]
+        self.out[lo:hi] += y[lo - s : hi - s] * w.reshape(-1, *([1] * (y.ndim - 1)))
+        self.norm[lo:hi] += w
+        self.pending -= 1
+
+    def result(self) -> np.ndarray:
+        out = self.out
+        return out / np.maximum(self.norm, 1e-9).reshape(-1, *([1] * (out.ndim - 1)))
+
+
+def predict_pieces(
+    predict: Callable[[np.ndarray], np.ndarray],
+    pieces: Iterable[np.ndarray],
+    *,
+    timesteps: int,
+    batch_size: int,
+    mode: str = "centre",
+    hop: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Stitched outputs (n_frames, C) float32 of each of `pieces` (each (n_frames, ...)), in
+    order, through `predict` (batch of windows (B, timesteps, ...) -> (B, timesteps, C)).
+
+    Every batch has exactly `batch_size` windows, taken from consecutive pieces; only the last
+    batch of the stream is zero-padded, and its padding is dropped. `hop`: frames between
+    window starts (default half a window)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    hop, front = resolve_hop(timesteps, mode, hop)
+    weights = stitch_weights(timesteps, mode, hop)
+    source = iter(pieces)
+    queue: collections.deque[tuple[_Piece, int]] = collections.deque()  # windows not yet run
+    open_pieces: collections.deque[_Piece] = collections.deque()  # not yet yielded, in order
+    exhausted = False
+    while True:
+        while not exhausted and len(queue) < batch_size:  # read pieces until a batch is full
+            x = next(source, None)
+            if x is None:
+                exhausted = True
+                break
+            piece = _Piece(x, window_starts(len(x), timesteps, hop, front))
+            open_pieces.append(piece)
+            queue.extend((piece, int(s)) for s in piece.starts)
+        if not queue:
+            break
+        chunk = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+        windows = np.zeros((batch_size, timesteps, *chunk[0][0].x.shape[1:]), np.float32)
+        for i, (piece, s) in enumerate(chunk):
+            lo, hi = max(s, 0), min(s + timesteps, piece.n)
+            windows[i, lo - s : hi - s] = piece.x[lo:hi]
+        y = np.asarray(predict(windows), np.float32)
+        for i, (piece, s) in enumerate(chunk):  # rows past len(chunk) are padding: never read
+            piece.add(s, y[i], weights)
+        while open_pieces and open_pieces[0].pending == 0:
+            yield open_pieces.popleft().result()
 
 
 def predict_piece(
@@ -42,31 +164,80 @@ def predict_piece(
     timesteps: int,
     batch_size: int,
     mode: str = "centre",
+    hop: int | None = None,
 ) -> np.ndarray:
-    """Run `predict` (batch of windows (B, timesteps, ...) -> (B, timesteps, C)) over a piece.
+    """`predict_pieces` of one piece: windows `hop` frames apart (default: overlapping by
+    half); its last batch zero-padded to `batch_size`. Returns (n_frames, C) float32."""
+    gen = predict_pieces(
+        predict, [x], timesteps=timesteps, batch_size=batch_size, mode=mode, hop=hop
+    )
+    return next(gen)
 
-    Windows overlap by half; the last batch is zero-padded to `batch_size` so the compiled
-    function is reused. Returns (n_frames, C) float32.
-    """
-    n = len(x)
-    hop = max(timesteps // 2, 1)
-    front = timesteps // 4 if mode == "centre" else 0
-    starts = window_starts(n, timesteps, hop, front)
-    weights = stitch_weights(timesteps, mode)
-    out = None
-    norm = np.zeros(n, np.float32)
-    for b in range(0, len(starts), batch_size):
-        chunk = starts[b : b + batch_size]
-        windows = np.zeros((batch_size, timesteps, *x.shape[1:]), np.float32)
-        for i, s in enumerate(chunk):
-            lo, hi = max(s, 0), min(s + timesteps, n)
-            windows[i, lo - s : hi - s] = x[lo:hi]
-        y = np.asarray(predict(windows), np.float32)
-        if out is None:
-            out = np.zeros((n, *y.shape[2:]), np.float32)
-        for i, s in enumerate(chunk):
-            lo, hi = max(s, 0), min(s + timesteps, n)
-            w = weights[lo - s : hi - s]
-            out[lo:hi] += y[i, lo - s : hi - s] * w.reshape(-1, *([1] * (y.ndim - 2)))
-            norm[lo:hi] += w
-    return out / np.maximum(norm, 1e-9).reshape(-1, *([1] * (out.ndim - 1)))
+
+@dataclasses.dataclass
+class Timings:
+    """Where a transcription's seconds went: features, model calls, decode + write, and the
+    files' audio seconds (`add_file`). `timed(predict)` records every model call; the first
+    call of each batch shape includes its compilation (`compile_s`)."""
+
+    files: int = 0
+    audio_s: float = 0.0  # seconds of audio (or music) transcribed; unknown lengths count 0
+    features_s: float = 0.0
+    write_s: float = 0.0
+    calls: dict = dataclasses.field(default_factory=dict)  # batch shape -> [seconds per call]
+
+    def timed(self, predict: Callable[[np.ndarray], np.ndarray]) -> Callable:
+        if getattr(predict, "timings", None) is self:
+            return predict
+
+        def timed_predict(windows: np.ndarray) -> np.ndarray:
+            start = time.perf_counter()
+            y = np.asarray(predict(windows))
+            key = tuple(np.shape(windows))
+            self.calls.setdefault(key, []).append(time.perf_counter() - start)
+            return y
+
+        timed_predict.timings = self
+        return timed_predict
+
+    def add_file(self, path: Path) -> None:
+        self.files += 1
+        self.audio_s += input_seconds(path) or 0.0
+
+    @property
+    def compile_s(self) -> float:
+        """Each shape's first call minus its typical call (the median of the others; the whole
+        first call when it is the only one)."""
+        total = 0.0
+        for times in self.calls.values():
+            typical = statistics.median(times[1:]) if len(times) > 1 else 0.0
+            total += max(times[0] - typical, 0.0)
+        return total
+
+    @property
+    def model_s(self) -> float:
+        """Seconds in model calls, compilation excluded."""
+        return sum(sum(t) for t in self.calls.values()) - self.compile_s
+
+    @property
+    def batches(self) -> int:
+        return sum(len(t) for t in self.calls.values())
+
+
+def input_seconds(path: Path) -> float | None:
+    """The length of an input file in seconds: audio from its header (soundfile), MIDI from
+    its last note's end; None when unknown."""
+    path = Path(path)
+    if path.suffix.lower() in (".mid", ".midi"):
+        try:
+            import pretty_midi
+
+            return float(pretty_midi.PrettyMIDI(str(path)).get_end_time())
+        except Exception:
+            return None
+    try:
+        import soundfile as sf
+
+        return float(sf.info(str(path)).duration)
+    except Exception:
+        return None

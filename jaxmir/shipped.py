@@ -52,7 +52,7 @@ def export_model(task, workdir: Path | str, out: Path | str, info: dict | None =
     out.mkdir(parents=True, exist_ok=True)
     _write(out / VARIABLES, serialization.to_bytes(variables))
     _write(out / "config.json", cfg.to_json().encode())
-    meta = {"task": task.name, "preset": cfg.preset, "run": str(workdir), "step": step}
+    meta = {"task": task.name, "preset": cfg.preset, "run": workdir.name, "step": step}
     meta.update(info or {})
     _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
     return out

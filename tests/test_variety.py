@@ -156,3 +156,19 @@ def test_reserved_works_are_never_chosen():
     assert len(ids) > 50
     assert not [i for i in ids if C.is_reserved(i)]
     assert len({i.split("/")[0] for i in ids[:20]}) >= 15  # interleaved across composers
+
+
+def test_beat_textures_keep_unseen_meters_and_tempi_out_of_training():
+    from jaxmir.tasks.beat.task import BeatDataConfig, texture_pieces
+
+    d = BeatDataConfig(corpus_textures=24, corpus_unseen=6, corpus_bpm=(40.0, 220.0))
+    pieces = list(texture_pieces(d))
+    assert sum(s == "test_unseen" for _, s in pieces) == 6
+    for piece, split in pieces:
+        ibi = np.median(np.diff(piece.beats))
+        bpm = 60.0 / ibi
+        if split == "test_unseen":
+            assert bpm < 41.0 or bpm > 200.0  # outside the training range (rubato aside)
+        else:
+            assert 30.0 < bpm < 260.0
+        assert len(piece.downbeats) >= 2 and piece.notes.shape[1] == 4

@@ -15,12 +15,14 @@ and transcription of a file (`transcribe`).
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import functools
 import hashlib
 import importlib
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,14 @@ from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, from_di
 from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import WindowReader, windows_dataset
-from jaxmir.inference import predict_piece, sigmoid
+from jaxmir.inference import (
+    AUDIO_SUFFIXES,
+    MIDI_SUFFIXES,
+    Timings,
+    default_batch_size,
+    predict_pieces,
+    sigmoid,
+)
 
 # name -> module that defines `TASK` (imported on first use so `jaxmir info beat` stays light)
 TASK_MODULES = {
@@ -301,18 +310,64 @@ class PieceTask(Task):
         )
 
     # -- inference ------------------------------------------------------------------------------
+    def inference_hop(self, cfg: Config) -> int | None:
+        """Frames between inference windows (None: half a window, `jaxmir.inference`)."""
+        return None
+
+    def window_logits(
+        self, predict, xs: Iterable[np.ndarray], cfg: Config, batch_size: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """The stitched model outputs of each piece's features `xs` (read lazily), in order:
+        all the pieces' windows in one stream of batches of `batch_size` (default
+        `train.val_batch_size`, which splits over the training mesh)."""
+        views = (np.asarray(self.input_view(cfg, x), np.float32) for x in xs)
+        return predict_pieces(
+            predict,
+            views,
+            timesteps=self.timesteps(cfg),
+            batch_size=batch_size or cfg.train.val_batch_size,
+            mode=self.stitch,
+            hop=self.inference_hop(cfg),
+        )
+
+    def logits_posteriors(
+        self, logits: np.ndarray, x: np.ndarray, cfg: Config, source: Path | None = None
+    ) -> Any:
+        """A piece's posteriors from its stitched model outputs (a sigmoid by default)."""
+        return sigmoid(logits)
+
     def posteriors(self, predict, x: np.ndarray, cfg: Config, source: Path | None = None) -> Any:
         """Frame posteriors of a whole piece: windows overlapping by half, combined as
         `stitch` says, through a sigmoid. `source`: the piece's audio file, when known (for a
         task that also runs another model on it)."""
-        logits = predict_piece(
-            predict,
-            np.asarray(self.input_view(cfg, x), np.float32),
-            timesteps=self.timesteps(cfg),
-            batch_size=cfg.train.val_batch_size,
-            mode=self.stitch,
-        )
-        return sigmoid(logits)
+        logits = next(self.window_logits(predict, [x], cfg))
+        return self.logits_posteriors(logits, x, cfg, source)
+
+    def posteriors_many(
+        self,
+        predict,
+        pieces: Iterable[tuple[np.ndarray, Path | None]],
+        cfg: Config,
+        batch_size: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, Any]]:
+        """(features, posteriors) of each (features, source) of `pieces`, in order, read
+        lazily. Evaluation and transcription both come through here. The pieces' windows
+        share one stream of batches (`window_logits`), unless the task overrides `posteriors`
+        (then it is called piece by piece)."""
+        if _overrides(self, "posteriors"):
+            for x, source in pieces:
+                yield x, self.posteriors(predict, x, cfg, source=source)
+            return
+        taken: collections.deque = collections.deque()  # pieces read, not yet yielded
+
+        def xs():
+            for x, source in pieces:
+                taken.append((x, source))
+                yield x
+
+        for logits in self.window_logits(predict, xs(), cfg, batch_size):
+            x, source = taken.popleft()
+            yield x, self.logits_posteriors(logits, x, cfg, source)
 
     def evaluate(
         self, predict, cfg: Config, cache: FeatureCache, split: str, progress: bool = False
@@ -322,12 +377,16 @@ class PieceTask(Task):
         names = cache.names(split)
         if not names:
             raise CacheError(f"{cache.root}: no pieces in split {split!r}")
+        pieces = ((cache.features(n), cache.entry(n).get("source")) for n in names)
         rows = []
-        for name in tqdm(names, desc=f"Evaluate {split}", disable=not progress):
-            source = cache.entry(name).get("source")
-            probs = self.posteriors(predict, cache.features(name), cfg, source=source)
-            events = self.decode(probs, cfg)
-            rows.append(self.score(events, cache.labels(name), cfg))
+        posteriors = self.posteriors_many(predict, pieces, cfg)
+        for name, (_, probs) in tqdm(
+            zip(names, posteriors, strict=True),
+            total=len(names),
+            desc=f"Evaluate {split}",
+            disable=not progress,
+        ):
+            rows.append(self.score(self.decode(probs, cfg), cache.labels(name), cfg))
         keys = list(dict.fromkeys(k for row in rows for k in row))
         return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
@@ -337,13 +396,89 @@ class PieceTask(Task):
 
         return self.piece_features(AudioPiece(name=Path(path).stem, audio=Path(path), split=""))[0]
 
+    def input_suffixes(self) -> tuple[str, ...]:
+        """The file types `transcribe` reads from a folder: MIDI for a task trained on MIDI
+        files (beat), else audio."""
+        return MIDI_SUFFIXES if "midi" in self.datasets else AUDIO_SUFFIXES
+
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
-        x = self.input_features(Path(path), cfg)
-        probs = self.posteriors(predict, x, cfg, source=Path(path))
-        events = self.decode(probs, cfg)
+        return self.transcribe_many(predict, [Path(path)], cfg, outdir, progress=False)
+
+    def transcribe_many(
+        self,
+        predict,
+        paths: Sequence[Path],
+        cfg: Config,
+        outdir: Path,
+        progress: bool = True,
+        *,
+        batch_size: int | None = None,
+        timings: Timings | None = None,
+    ) -> list[Path]:
+        """Transcribe every file of `paths` into `outdir`; returns the paths written (see
+        `transcribe_iter`)."""
+        it = self.transcribe_iter(
+            predict, paths, cfg, outdir, progress, batch_size=batch_size, timings=timings
+        )
+        return [p for _, written in it for p in written]
+
+    def transcribe_iter(
+        self,
+        predict,
+        paths: Sequence[Path],
+        cfg: Config,
+        outdir: Path,
+        progress: bool = True,
+        *,
+        batch_size: int | None = None,
+        timings: Timings | None = None,
+    ) -> Iterator[tuple[Path, list[Path]]]:
+        """(input, paths written) for each file of `paths`, in order, as each is written.
+
+        Features are computed one file at a time (each as its windows are needed); the files'
+        windows run through the model in one stream of fixed-shape batches of `batch_size`
+        (default `jaxmir.inference.default_batch_size()`: `predict` must then run on one
+        device), so one compiled shape serves every file; then each file is decoded and
+        written. A task that overrides `transcribe` is called file by file. `timings`, when
+        given, accumulates the seconds spent in features, model calls and decode + write."""
+        paths = [Path(p) for p in paths]
         outdir = Path(outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
-        return self.write(events, Path(path).stem, outdir, cfg, x=x, posteriors=probs)
+        t = timings if timings is not None else Timings()
+        predict = t.timed(predict)
+        bar = tqdm(total=len(paths), desc="Transcribe", unit="file", disable=not progress)
+        try:
+            if _overrides(self, "transcribe"):
+                for path in paths:
+                    t.add_file(path)
+                    yield path, self.transcribe(predict, path, cfg, outdir)
+                    bar.update()
+                return
+
+            def pieces():
+                for path in paths:
+                    start = time.perf_counter()
+                    x = self.input_features(path, cfg)
+                    t.features_s += time.perf_counter() - start
+                    t.add_file(path)
+                    yield x, path
+
+            batch_size = batch_size or default_batch_size()
+            results = self.posteriors_many(predict, pieces(), cfg, batch_size)
+            for path, (x, probs) in zip(paths, results, strict=True):
+                start = time.perf_counter()
+                events = self.decode(probs, cfg)
+                outdir.mkdir(parents=True, exist_ok=True)  # not before a file has been read
+                written = self.write(events, path.stem, outdir, cfg, x=x, posteriors=probs)
+                t.write_s += time.perf_counter() - start
+                yield path, written
+                bar.update()
+        finally:
+            bar.close()
+
+
+def _overrides(task: PieceTask, method: str) -> bool:
+    """Whether `task`'s class replaces PieceTask's `method`."""
+    return getattr(type(task), method) is not getattr(PieceTask, method)
 
 
 def source_of(piece) -> dict:

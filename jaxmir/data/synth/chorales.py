@@ -253,7 +253,13 @@ def _merge_intervals(on: np.ndarray, off: np.ndarray) -> list[tuple[float, float
     return [(a, b) for a, b in out]
 
 
-def _tempo_map(grid: _Grid, notes: _Notes, rng: np.random.Generator | None, augment: bool):
+def _tempo_map(
+    grid: _Grid,
+    notes: _Notes,
+    rng: np.random.Generator | None,
+    augment: bool,
+    bpm_range: tuple[float, float] = BASE_BPM_RANGE,
+):
     end_q = max(grid.end_q, float(notes.offset_q.max()))
     if not augment:
         spq = 60.0 / UNAUGMENTED_QPM
@@ -267,7 +273,7 @@ def _tempo_map(grid: _Grid, notes: _Notes, rng: np.random.Generator | None, augm
     mid = 0.5 * (knots[:-1] + knots[1:])
     x = mid / grid.bar_q  # position in bars of the first meter
 
-    lo, hi = BASE_BPM_RANGE
+    lo, hi = bpm_range
     bpm_beat = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     base_spq = 60.0 / (bpm_beat * grid.beat_q)
 
@@ -323,7 +329,11 @@ def _velocities(notes: _Notes, x_bars: np.ndarray, rng: np.random.Generator) -> 
 
 
 def score_to_piece(
-    score, name: str, rng: np.random.Generator | None, augment: bool
+    score,
+    name: str,
+    rng: np.random.Generator | None,
+    augment: bool,
+    bpm_range: tuple[float, float] = BASE_BPM_RANGE,
 ) -> SymbolicPiece:
     """Render a music21 score to a `SymbolicPiece`.
 
@@ -334,13 +344,19 @@ def score_to_piece(
     from `rng`, so the output is a function of (score, rng state).
     Raises ValueError when the score has no measures, no time signature or no notes.
     """
-    return _render(_metrical_grid(score), _collect_notes(score), name, rng, augment)
+    grid, notes = _metrical_grid(score), _collect_notes(score)
+    return _render(grid, notes, name, rng, augment, bpm_range)
 
 
 def _render(
-    grid: _Grid, notes: _Notes, name: str, rng: np.random.Generator | None, augment: bool
+    grid: _Grid,
+    notes: _Notes,
+    name: str,
+    rng: np.random.Generator | None,
+    augment: bool,
+    bpm_range: tuple[float, float] = BASE_BPM_RANGE,
 ) -> SymbolicPiece:
-    tmap = _tempo_map(grid, notes, rng, augment)
+    tmap = _tempo_map(grid, notes, rng, augment, bpm_range)
     onset = tmap(notes.onset_q)
     offset = tmap(notes.offset_q)
     beats = tmap(grid.beats_q)
@@ -380,14 +396,17 @@ def build_chorale_pieces(
     augment: bool = True,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    bpm_range: tuple[float, float] = BASE_BPM_RANGE,
+    ids: list[str] | None = None,
 ) -> tuple[list[SymbolicPiece], list[tuple[str, str]]]:
     """Pieces of one split ('train' | 'val' | 'test' | 'all').
 
     Takes the first `n_pieces` chorales of that split in `chorale_ids()` order (None = all), and
     renders each `variants` times with an rng seeded from (seed, id, variant): with augment=True
     (the default, for every split: val/test get varied but fixed tempi) or the plain constant
-    tempo. Names are the corpus id with '/' -> '__' ('bach__bwv269'), plus '__v<k>' when
-    variants > 1. Chorales that fail are skipped with a warning and returned as (id, reason).
+    tempo (base tempo log-uniform in `bpm_range` per beat). `ids`: other music21 works instead
+    of the chorales. Names are the corpus id with '/' -> '__' ('bach__bwv269'), plus '__v<k>'
+    when variants > 1. Chorales that fail are skipped with a warning and returned as (id, reason).
     """
     from music21 import corpus
     from tqdm.auto import tqdm
@@ -398,7 +417,7 @@ def build_chorale_pieces(
         raise ValueError(f"variants must be >= 1, got {variants}")
     ids = [
         c
-        for c in chorale_ids()
+        for c in (chorale_ids() if ids is None else ids)
         if split == "all" or split_of(c, val_fraction, test_fraction) == split
     ]
     if n_pieces is not None:
@@ -413,7 +432,7 @@ def build_chorale_pieces(
             for k in range(variants):
                 name = _piece_name(cid) + (f"__v{k}" if variants > 1 else "")
                 rng = _piece_rng(seed, cid, k) if augment else None
-                rendered.append(_render(grid, notes, name, rng, augment))
+                rendered.append(_render(grid, notes, name, rng, augment, bpm_range))
         except Exception as e:  # one bad chorale must not sink the corpus
             reason = f"{type(e).__name__}: {e}"
             warnings.warn(f"skipping chorale {cid}: {reason}", stacklevel=2)

@@ -29,8 +29,10 @@ import math
 import numpy as np
 
 LOWEST, HIGHEST = 21, 108  # A0 .. C8
-METERS = ((2, 4), (3, 4), (4, 4), (5, 4), (6, 8), (9, 8), (12, 8), (2, 2), (3, 8))
+METERS = ((2, 4), (3, 4), (4, 4), (5, 4), (6, 8), (9, 8), (12, 8), (2, 2), (3, 8), (4, 2))
+UNSEEN_METERS = ((3, 2), (6, 4), (7, 4))  # never in training: the beat task's unseen split
 TEMPO_RANGE = (40.0, 220.0)  # beats per minute at the notated beat level
+UNSEEN_TEMPI = ((28.0, 40.0), (220.0, 260.0))  # outside TEMPO_RANGE: the unseen split
 TEXTURES = ("block", "arpeggio", "alberti", "octaves", "melody_chords", "waltz")
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)
 _MINOR = (0, 2, 3, 5, 7, 8, 11)  # harmonic minor: a major dominant
@@ -49,6 +51,8 @@ def meter_beats(num: int, den: int) -> tuple[int, float]:
     """(beats per bar, beat length in quarter notes): compound meters count dotted beats."""
     if den == 8 and num % 3 == 0:
         return num // 3, 1.5
+    if den == 4 and num in (6, 9, 12):
+        return num // 3, 3.0
     return num, 4.0 / den
 
 
@@ -230,14 +234,21 @@ def _no_overlaps(notes: np.ndarray) -> np.ndarray:
     return out[np.lexsort((out[:, 2], out[:, 0]))]
 
 
-def texture_piece(rng: np.random.Generator, seconds: float = 30.0) -> ProceduralPiece:
-    """A random piano piece (see the module docstring) of about `seconds`."""
-    num, den = METERS[int(rng.integers(len(METERS)))]
+def texture_piece(
+    rng: np.random.Generator,
+    seconds: float = 30.0,
+    meters: tuple[tuple[int, int], ...] = METERS,
+    tempi: tuple[tuple[float, float], ...] = (TEMPO_RANGE,),
+) -> ProceduralPiece:
+    """A random piano piece (see the module docstring) of about `seconds`, in one of `meters`
+    at a tempo (beats per minute) log-uniform in one of the ranges `tempi`."""
+    num, den = meters[int(rng.integers(len(meters)))]
     beats_per_bar, beat_q = meter_beats(num, den)
-    bpm = math.exp(rng.uniform(*np.log(TEMPO_RANGE)))
+    lo, hi = tempi[int(rng.integers(len(tempi)))]
+    bpm = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     spb = 60.0 / bpm
     n_bars = max(2, int(math.ceil(seconds / (beats_per_bar * spb))))
-    compound = beat_q == 1.5
+    compound = beat_q in (1.5, 3.0)
     tonic = int(rng.integers(12))
     minor = bool(rng.uniform() < 0.4)
     scale = _MINOR if minor else _MAJOR

@@ -9,6 +9,7 @@ picking. Scores: `mir_eval.beat.f_measure` (70 ms) on whole pieces, no 5-second 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from pathlib import Path
 
 import jax
@@ -51,13 +52,20 @@ class BeatDataConfig:
     corpus_variants: int = 2  # tempo/velocity renderings of each training chorale
     corpus_seed: int = 0
     corpus_workers: int = 2
+    # Beyond the chorales: base tempi per beat (default omnizart-like 60-160), other music21
+    # works, procedural piano textures (10 meters, pickups, swing, rubato, pedal), and a test
+    # split `test_unseen` of textures in meters and tempi that training never sees.
+    corpus_bpm: tuple[float, float] = (60.0, 160.0)
+    corpus_works: int = 0
+    corpus_textures: int = 0
+    corpus_unseen: int = 0
 
 
 @dataclasses.dataclass
 class BeatDecodeConfig:
     beat_threshold: float = 0.5
     downbeat_threshold: float = 0.3
-    min_distance: float = 0.3  # seconds between peaks
+    min_distance: float = 0.3  # seconds between peaks (0.2 for tempi up to 300 bpm)
 
 
 class BeatTask(PieceTask):
@@ -78,6 +86,8 @@ class BeatTask(PieceTask):
         demo = schedule(8, 150, 10, 32, log_every=10, early_stop_patience=4)
         demo = dataclasses.replace(demo, monitor="val_beat_f_measure")
         demo_data = BeatDataConfig(corpus_train=150, corpus_val=12, corpus_test=24)
+        # Wider (not yet the demo's default): --set data.corpus_bpm=[40,220]
+        # --set data.corpus_works=24 --set data.corpus_textures=160 --set data.corpus_unseen=24
         tiny_model = BeatModelConfig(timesteps=64, hidden=4, num_layers=1, attn_hidden=8)
         tiny_data = BeatDataConfig(corpus_train=3, corpus_val=1, corpus_test=1, corpus_variants=1)
         tiny = tiny_schedule(steps_per_epoch=4, val_steps=2, log_every=2)
@@ -147,7 +157,7 @@ class BeatTask(PieceTask):
 
     def corpus_params(self, cfg: Config) -> dict:
         d = cfg.data
-        return {
+        out = {
             "corpus": "music21-bach-chorales",
             "fps": FPS,
             "train": d.corpus_train,
@@ -157,6 +167,11 @@ class BeatTask(PieceTask):
             "seed": d.corpus_seed,
             "version": 1,
         }
+        wide = {"bpm": list(d.corpus_bpm), "works": d.corpus_works}
+        wide.update(textures=d.corpus_textures, unseen=d.corpus_unseen)
+        if wide != {"bpm": [60.0, 160.0], "works": 0, "textures": 0, "unseen": 0}:
+            out.update(wide)  # absent otherwise: the chorale-only caches keep their digest
+        return out
 
     def build_default(self, cfg: Config, out: Path, cache_root: Path, progress: bool) -> None:
         """The chorales' beats straight from music21 (symbolic: nothing to render)."""
@@ -165,20 +180,33 @@ class BeatTask(PieceTask):
         d = cfg.data
         cache = FeatureCache.create(out, self.name, self.corpus_params(cfg))
         counts = {"train": d.corpus_train, "val": d.corpus_val, "test": d.corpus_test}
-        for split, n in counts.items():
-            pieces, failures = build_chorale_pieces(
-                split,
-                n,
-                d.corpus_seed,
-                variants=d.corpus_variants if split == "train" else 1,
-                progress=progress,
+        sources = [("chorales", None, counts)]
+        if d.corpus_works:
+            from jaxmir.data.synth.corpus import work_ids
+
+            n_eval = max(1, d.corpus_works // 8)
+            sources.append(
+                ("works", work_ids(), {"train": d.corpus_works, "val": n_eval, "test": n_eval})
             )
-            done = set(cache.names())
-            for piece in pieces:
-                if piece.name not in done:
-                    write_piece(cache, piece, split)
-            if failures:
-                print(f"skipped {len(failures)} chorales: {failures}")
+        for label, ids, per_split in sources:
+            for split, n in per_split.items():
+                pieces, failures = build_chorale_pieces(
+                    split,
+                    n,
+                    d.corpus_seed,
+                    variants=d.corpus_variants if split == "train" else 1,
+                    progress=progress,
+                    bpm_range=tuple(d.corpus_bpm),
+                    ids=ids,
+                )
+                done = set(cache.names())
+                for piece in pieces:
+                    if piece.name not in done:
+                        write_piece(cache, piece, split)
+                if failures:
+                    print(f"skipped {len(failures)} {label}: {[c for c, _ in failures]}")
+        for piece, split in texture_pieces(d):
+            write_piece(cache, piece, split)
 
     # -- inference ------------------------------------------------------------------------------
     def decode(self, probs: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +241,27 @@ def weighted_bce(logits, targets, mask, downbeat_weight: float):
     w = jnp.asarray([1.0, downbeat_weight], per.dtype) * mask[..., None]
     loss = jnp.sum(per * w) / jnp.maximum(jnp.sum(mask) * 2.0, 1.0)
     return loss, {"accuracy": binary_accuracy(logits, targets, mask)}
+
+
+def texture_pieces(d: BeatDataConfig):
+    """(piece, split) of the procedural textures: `corpus_textures` in the training meters and
+    tempi (split by a hash of the id, as the chorales), then `corpus_unseen` in meters and
+    tempi training never sees (split `test_unseen`)."""
+    from jaxmir.data.synth import textures as T
+    from jaxmir.data.synth.chorales import split_of
+
+    jobs = [(f"texture/{i:04d}", None) for i in range(d.corpus_textures)]
+    jobs += [(f"unseen/{i:04d}", "test_unseen") for i in range(d.corpus_unseen)]
+    for cid, split in jobs:
+        ss = np.random.SeedSequence([d.corpus_seed, zlib.crc32(cid.encode()), 0xBEA7])
+        rng = np.random.default_rng(ss)
+        if split is None:
+            split = split_of(cid)
+            p = T.texture_piece(rng, 40.0, T.METERS, (tuple(d.corpus_bpm),))
+        else:
+            p = T.texture_piece(rng, 40.0, T.UNSEEN_METERS, T.UNSEEN_TEMPI)
+        name = cid.replace("/", "__")
+        yield SymbolicPiece(name, p.notes[:, :4].copy(), p.beats, p.downbeats), split
 
 
 def write_piece(cache: FeatureCache, piece: SymbolicPiece, split: str) -> None:

@@ -275,6 +275,7 @@ def decode_notes_simple(
     onset_threshold: float = 0.5,
     frame_threshold: float = 0.5,
     offset_threshold: float = 0.5,
+    min_gap: int = 0,
 ) -> np.ndarray:
     """Onsets-and-Frames style decoding -> notes ``float64 (N, 5)``.
 
@@ -288,6 +289,8 @@ def decode_notes_simple(
     probability in the run)`` clipped to 1..127 (true-frame modes: the frame probability).
     ``note-offset`` mode also ends a note after the first frame past its onset run whose offset
     probability exceeds `offset_threshold` (the label marks a note's last frame and the next).
+    An onset run starting less than `min_gap` frames after the previous note's onset on the
+    same key continues that note instead of starting another (a flickering onset is one note).
     No statistics of the whole piece are used, so confident and dense outputs decode fine.
     """
     dura, onset = split_channels(posteriors, mode)
@@ -310,7 +313,7 @@ def decode_notes_simple(
         on_i8 = on.astype(np.int8)
         rises = np.diff(np.concatenate([np.zeros((1, N_KEYS), np.int8), on_i8]), axis=0) == 1
         for key in np.flatnonzero(rises.any(axis=0)):
-            starts = np.flatnonzero(rises[:, key])
+            starts = _spaced(np.flatnonzero(rises[:, key]), min_gap)
             dead = np.flatnonzero(~alive[:, key])
             for k, s in enumerate(starts):
                 nxt = int(starts[k + 1]) if k + 1 < len(starts) else n_frames
@@ -328,6 +331,17 @@ def decode_notes_simple(
                 vel = float(np.clip(np.rint(127 * peak), 1, 127))
                 out.append((s * HOP_S, end * HOP_S, key + LOWEST_PITCH, vel, program))
     return _sorted_notes(np.asarray(out, np.float64) if out else np.zeros((0, 5)))
+
+
+def _spaced(starts: np.ndarray, min_gap: int) -> np.ndarray:
+    """The starts that follow the previous kept one by at least `min_gap` frames."""
+    if min_gap <= 1 or len(starts) < 2:
+        return starts
+    kept = [int(starts[0])]
+    for s in starts[1:]:
+        if s - kept[-1] >= min_gap:
+            kept.append(int(s))
+    return np.asarray(kept, np.int64)
 
 
 def decode_notes(

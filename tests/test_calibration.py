@@ -1,0 +1,119 @@
+"""Decoding thresholds chosen at the end of training: stored in the workdir, used by eval and
+transcribe, overridden by an explicit `--set decode.*`; and the shipped-model round trip."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jaxmir.cli import main
+
+
+@pytest.fixture(scope="module")
+def music_run(music_cache, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("calibrated") / "run"
+    argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--data", str(music_cache)]
+    argv += ["--no-progress", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"]
+    assert main(argv) == 0
+    return wd
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory):
+    t = np.arange(int(16000 * 1.2)) / 16000
+    path = tmp_path_factory.mktemp("audio") / "song.wav"
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 261.63 * t), 16000)
+    return path
+
+
+def _set_thresholds(wd, value: float) -> None:
+    path = wd / "decode.json"
+    saved = json.loads(path.read_text())
+    saved["decode"] = {k: value for k in saved["decode"]}
+    path.write_text(json.dumps(saved))
+
+
+def _n_notes(csv_path) -> int:
+    with open(csv_path) as fh:
+        return len(list(csv.reader(fh))) - 1
+
+
+def test_training_stores_calibrated_thresholds(music_run):
+    saved = json.loads((music_run / "decode.json").read_text())
+    assert set(saved["decode"]) == {"onset_threshold", "frame_threshold", "offset_threshold"}
+    assert saved["val_pieces"] >= 1
+    # coordinate ascent from the configured values (which are on the grids) never loses
+    total = {
+        k: v["note_f1"] + v["note_with_offset_f1"]
+        for k, v in saved.items()
+        if k in ("before", "after")
+    }
+    assert total["after"] >= total["before"] - 1e-9
+    assert isinstance(saved["step"], int)
+
+
+def test_eval_uses_the_stored_thresholds_unless_set(music_run, capsys):
+    _set_thresholds(music_run, 0.37)
+    assert main(["eval", "music", "--workdir", str(music_run)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["decode"]["onset_threshold"] == 0.37
+    assert out["decode"]["frame_threshold"] == 0.37
+    argv = ["eval", "music", "--workdir", str(music_run), "--set", "decode.onset_threshold=0.9"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["decode"]["onset_threshold"] == 0.9  # the explicit value wins
+    assert out["decode"]["frame_threshold"] == 0.37  # the rest stay calibrated
+
+
+def test_transcribe_uses_the_stored_thresholds_unless_set(music_run, song, tmp_path):
+    def notes_with(value: float, *extra: str) -> int:
+        _set_thresholds(music_run, value)
+        out = tmp_path / f"out-{value}-{len(extra)}"
+        argv = ["transcribe", "music", str(song), "--workdir", str(music_run), "-o", str(out)]
+        assert main([*argv, *extra]) == 0
+        return _n_notes(out / "song_notes.csv")
+
+    # probabilities lie in [0, 1]: below -1 everything starts a note, above 1.01 nothing does
+    assert notes_with(-1.0) == 88
+    assert notes_with(1.01) == 0
+    assert notes_with(1.01, "--set", "decode.onset_threshold=-1.0") == 88
+
+
+def test_a_run_exports_as_a_shipped_model(music_run, song, tmp_path):
+    from jaxmir.engine.run import make_predict, restore_for_inference
+    from jaxmir.shipped import load_model
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    folder = tmp_path / "model"
+    argv = ["export", "music", "--workdir", str(music_run), "--out", str(folder)]
+    assert main(argv) == 0
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "variables.msgpack", "model.json"}
+    cfg, mesh, state, _ = restore_for_inference(task, music_run)
+    cfg2, mesh2, state2 = load_model(task, folder)
+    assert cfg2.decode == cfg.decode
+    x = np.random.default_rng(0).normal(size=(8, *task.input_spec(cfg).shape)).astype(np.float32)
+    np.testing.assert_allclose(
+        make_predict(mesh2, state2)(x), make_predict(mesh, state)(x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_transcribe_without_a_workdir_uses_the_shipped_model(song, tmp_path):
+    from jaxmir.shipped import has_model, model_dir
+
+    assert has_model("music"), f"{model_dir('music')}: the package ships a music model"
+    out = tmp_path / "out"
+    assert main(["transcribe", "music", str(song), "-o", str(out)]) == 0
+    for name in ("song.mid", "song_notes.csv", "song_pianoroll.png"):
+        assert (out / name).stat().st_size > 0
+    meta = json.loads((model_dir("music") / "model.json").read_text())
+    assert meta["task"] == "music" and meta["preset"] == "quality"
+
+
+def test_a_task_without_a_shipped_model_asks_for_a_workdir(song, tmp_path, capsys):
+    assert main(["transcribe", "chord", str(song), "-o", str(tmp_path)]) == 2
+    assert "pass --workdir" in capsys.readouterr().err

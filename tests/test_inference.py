@@ -1,0 +1,250 @@
+"""Windowed inference over several pieces (`jaxmir.inference`, `PieceTask.transcribe_many`) and
+`jaxmir transcribe` on several files and folders in one command."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jaxmir.cli import UsageError, main, transcribe_inputs
+from jaxmir.inference import (
+    Timings,
+    predict_piece,
+    predict_pieces,
+    resolve_hop,
+    stitch_weights,
+    window_starts,
+)
+
+T = 16  # window frames
+
+
+def fake_predict(log: list | None = None):
+    """A per-frame function of the input, so any stitching error shows: (B, T, F) -> (B, T, 2).
+    Padding rows (all zero) would come out as exactly 1.0 in channel 1."""
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        if log is not None:
+            log.append(windows.shape)
+        w = np.asarray(windows, np.float32)
+        return np.stack([w.sum(-1), np.cos(w[..., 0]) + w[..., 1] ** 2], axis=-1)
+
+    return predict
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return np.stack([x.sum(-1), np.cos(x[:, 0]) + x[:, 1] ** 2], axis=-1)
+
+
+def pieces(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n, 3)).astype(np.float32) + 1.0 for n in lengths]
+
+
+LENGTHS = (1, 5, 16, 17, 40, 100)
+
+
+@pytest.mark.parametrize("mode", ["average", "centre"])
+@pytest.mark.parametrize("hop", [None, 4, 12, 16])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_pieces_batched_together_equal_one_at_a_time(mode, hop, batch):
+    xs = pieces(LENGTHS)
+    log: list = []
+    together = list(
+        predict_pieces(fake_predict(log), xs, timesteps=T, batch_size=batch, mode=mode, hop=hop)
+    )
+    assert len(together) == len(xs)
+    assert all(shape == (batch, T, 3) for shape in log)  # one shape for the whole stream
+    hop_, front = resolve_hop(T, mode, hop)
+    windows = sum(len(window_starts(len(x), T, hop_, front)) for x in xs)
+    assert len(log) == -(-windows // batch)  # only the very last batch is padded
+    for x, y in zip(xs, together, strict=True):
+        alone = predict_piece(fake_predict(), x, timesteps=T, batch_size=5, mode=mode, hop=hop)
+        np.testing.assert_array_equal(y, alone)
+        # a per-frame model: every stitching scheme gives back exactly the frame's value
+        np.testing.assert_allclose(y, expected(x), rtol=1e-5, atol=1e-5)
+
+
+def test_padding_never_reaches_the_outputs():
+    """Zero rows (window tails past a piece's end, batch padding) must not be stitched in:
+    a model that answers 1e6 on an all-zero frame shows any that are."""
+
+    def predict(w):
+        zero = np.all(w == 0, axis=-1, keepdims=True)
+        return np.where(zero, 1e6, w[..., :1] * 2.0)
+
+    xs = pieces((3, 21, 7))
+    for y, x in zip(
+        predict_pieces(predict, xs, timesteps=T, batch_size=4, mode="average"), xs, strict=True
+    ):
+        np.testing.assert_allclose(y, 2.0 * x[:, :1], rtol=1e-6)
+
+
+def test_pieces_are_read_lazily_and_come_out_in_order():
+    read: list[int] = []
+
+    def source():
+        for i, x in enumerate(pieces((40, 40, 40))):
+            read.append(i)
+            yield x
+
+    gen = predict_pieces(fake_predict(), source(), timesteps=T, batch_size=2, mode="average")
+    first = next(gen)
+    assert len(first) == 40 and read == [0]  # piece 1 not read before piece 0 was done
+    assert [len(y) for y in gen] == [40, 40] and read == [0, 1, 2]
+
+
+def test_stitch_weights_and_hops():
+    assert resolve_hop(128, "average") == (64, 0)
+    assert resolve_hop(128, "centre") == (64, 32)
+    w = stitch_weights(128, "centre")
+    assert w[32:96].min() == 1.0 and w[:32].max() < 0.01 and w[96:].max() < 0.01
+    assert (stitch_weights(128, "centre", hop=96) == 1.0).sum() == 96
+    with pytest.raises(ValueError, match="hop"):
+        resolve_hop(16, "average", 17)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(predict_pieces(fake_predict(), [np.ones((3, 2))], timesteps=T, batch_size=0))
+
+
+def test_timings_split_compile_from_calls():
+    t = Timings()
+    calls = iter([5.0, 1.0, 1.2, 0.8])
+    t.calls[(4, 16)] = list(calls)
+    assert t.compile_s == pytest.approx(4.0)
+    assert t.model_s == pytest.approx(4.0)  # the first call counts as a typical one
+
+
+# -- inputs of `jaxmir transcribe` ---------------------------------------------------------------
+def test_folders_are_expanded_sorted_with_the_tasks_file_types(tmp_path):
+    d = tmp_path / "songs"
+    d.mkdir()
+    for name in ("b.wav", "a.FLAC", "notes.txt", ".hidden.wav", "c.mid"):
+        (d / name).write_bytes(b"x")
+    (d / "sub").mkdir()
+    (d / "sub" / "deeper.wav").write_bytes(b"x")
+    one = tmp_path / "z.ogg"
+    one.write_bytes(b"x")
+    audio = (".wav", ".flac", ".ogg")
+    assert transcribe_inputs([one, d], audio) == [one, d / "a.FLAC", d / "b.wav"]
+    assert transcribe_inputs([d], (".mid", ".midi")) == [d / "c.mid"]
+    with pytest.raises(UsageError, match="not a file, and holds no .mid/.midi"):
+        transcribe_inputs([d / "sub"], (".mid", ".midi"))
+    with pytest.raises(UsageError, match="no such file"):
+        transcribe_inputs([tmp_path / "nosuch.wav"], audio)
+    (tmp_path / "b.flac").write_bytes(b"x")
+    with pytest.raises(UsageError, match="same name as"):
+        transcribe_inputs([d, tmp_path / "b.flac"], audio)
+
+
+def _song(path: Path, f0: float, seconds: float) -> Path:
+    t = np.arange(int(22050 * seconds)) / 22050
+    sf.write(path, 0.3 * np.sin(2 * np.pi * f0 * t), 22050)
+    return path
+
+
+@pytest.fixture(scope="module")
+def music_run(music_cache, tmp_path_factory):
+    """A tiny music model (2 steps), trained once for this module."""
+    wd = tmp_path_factory.mktemp("music-run") / "run"
+    argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--data"]
+    argv += [str(music_cache), "--no-progress", "--set", "train.epochs=1"]
+    argv += ["--set", "train.steps_per_epoch=2"]
+    assert main(argv) == 0
+    return wd
+
+
+def test_cli_transcribes_files_and_folders_in_one_command(music_run, tmp_path, capsys):
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    a = _song(songs / "a.wav", 440.0, 1.5)
+    _song(songs / "b.flac", 330.0, 2.3)
+    c = _song(tmp_path / "c.wav", 262.0, 0.9)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    argv = ["transcribe", "music", str(songs), str(c), "--workdir", str(music_run)]
+    argv += ["-o", str(out), "--batch-size", "3", "--no-progress"]
+    assert main(argv) == 0
+    printed, err = capsys.readouterr()
+    for stem in ("a", "b", "c"):
+        for name in (f"{stem}.mid", f"{stem}_notes.csv", f"{stem}_pianoroll.png"):
+            assert (out / name).stat().st_size > 0
+            assert str(out / name) in printed.splitlines()
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("transcribed 3 files, 0.08 min of audio"), summary
+    assert "s/min" in summary and "compile" in summary and "restore" in summary
+
+    many = task_music().transcribe_many(
+        fake_music_predict, [a, c], music_cfg(), tmp_path / "many", progress=False
+    )
+    assert [p.name for p in many] == [
+        f"{s}{suffix}" for s in "ac" for suffix in (".mid", "_notes.csv", "_pianoroll.png")
+    ]
+
+
+def task_music():
+    from jaxmir.tasks.base import get_task
+
+    return get_task("music")
+
+
+def music_cfg():
+    return task_music().preset("tiny")
+
+
+def fake_music_predict(windows):
+    """(B, T, 352, 2) -> (B, T, 352, 3) "note" logits from Spec (no model needed)."""
+    return np.repeat(windows[..., :1] * 4.0 - 2.0, 3, axis=-1)
+
+
+def test_a_task_that_overrides_transcribe_is_called_file_by_file(tmp_path):
+    calls = []
+    base = type(task_music())
+
+    class OwnTranscribe(base):
+        def transcribe(self, predict, path, cfg, outdir):
+            calls.append(Path(path).name)
+            return [Path(outdir) / f"{Path(path).stem}.txt"]
+
+    t = Timings()
+    written = OwnTranscribe().transcribe_many(
+        fake_music_predict, ["x.wav", "y.wav"], music_cfg(), tmp_path, False, timings=t
+    )
+    assert calls == ["x.wav", "y.wav"] and [p.name for p in written] == ["x.txt", "y.txt"]
+    assert t.files == 2
+
+
+def test_a_task_that_overrides_posteriors_is_called_piece_by_piece():
+    seen = []
+    base = type(task_music())
+
+    class OwnPosteriors(base):
+        def posteriors(self, predict, x, cfg, source=None):
+            seen.append(source)
+            return np.zeros(len(x))
+
+    xs = [(np.zeros((5, 352, 4), np.float32), "a"), (np.zeros((9, 352, 4), np.float32), "b")]
+    out = list(OwnPosteriors().posteriors_many(fake_music_predict, xs, music_cfg(), 4))
+    assert seen == ["a", "b"] and [len(p) for _, p in out] == [5, 9]
+
+
+def test_evaluate_streams_the_split_like_one_piece_at_a_time(music_run, music_cache):
+    """`evaluate` (several pieces in one stream) scores what `posteriors` gives piece by
+    piece."""
+    from jaxmir.data.cache import FeatureCache
+    from jaxmir.engine.run import make_predict, restore_for_inference
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    cfg, mesh, state, _ = restore_for_inference(task, music_run)
+    predict = make_predict(mesh, state)
+    cache = FeatureCache(music_cache)
+    names = cache.names("train")
+    assert len(names) >= 2
+    streamed = list(
+        task.posteriors_many(predict, ((cache.features(n), None) for n in names), cfg, 8)
+    )
+    for name, (x, probs) in zip(names, streamed, strict=True):
+        alone = task.posteriors(predict, cache.features(name), cfg)
+        assert probs.shape == alone.shape == (len(x), *alone.shape[1:])
+        np.testing.assert_allclose(probs, alone, atol=1e-5)
