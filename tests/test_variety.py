@@ -108,17 +108,9 @@ def test_varied_corpus_holds_one_engine_out_of_training(tmp_path):
     from jaxmir.data.synth import corpus as C
 
     variety = C.Variety(voices=1.0, holdout="fm", piece_seconds=3.0)
-    summary = C.build_corpus(
-        tmp_path,
-        3,
-        0,
-        progress=False,
-        max_seconds=3.0,
-        instruments="both",
-        variety=variety,
-        textures=3,
-        random_pieces=3,
-    )
+    kwargs = dict(max_seconds=3.0, instruments="both", variety=variety, textures=3)
+    kwargs.update(random_pieces=3, progress=False)
+    summary = C.build_corpus(tmp_path, 3, 0, **kwargs)
     assert not summary["failed"]
     splits = summary["splits"]
     assert splits["test"] == splits["test_piano"] == splits["test_mixed"] == splits["test_heldout"]
@@ -135,17 +127,7 @@ def test_varied_corpus_holds_one_engine_out_of_training(tmp_path):
     assert seen["test_heldout"] == {"fm"}
     assert "fm" not in seen["train"] | seen["val"] | seen["test_mixed"]
     # rebuilding finds every piece finished
-    again = C.build_corpus(
-        tmp_path,
-        3,
-        0,
-        progress=False,
-        max_seconds=3.0,
-        instruments="both",
-        variety=variety,
-        textures=3,
-        random_pieces=3,
-    )
+    again = C.build_corpus(tmp_path, 3, 0, **kwargs)
     assert again["built"] == 0
 
 
