@@ -63,7 +63,9 @@ def load_model(task, folder: Path | str | None = None):
     `jaxmir.engine.run.make_predict`."""
     from flax import serialization
 
-    from jaxmir.engine.run import init_state, make_callbacks
+    import numpy as np
+
+    from jaxmir.engine.run import abstract_state
     from jaxmir.engine.sharding import make_mesh
 
     folder = Path(folder) if folder is not None else model_dir(task.name)
@@ -74,8 +76,10 @@ def load_model(task, folder: Path | str | None = None):
         )
     cfg = task.config_from_dict(json.loads((folder / "config.json").read_text()))
     mesh = make_mesh(jax.devices()[:1])
-    state = init_state(task, cfg, mesh, make_callbacks(cfg, task))
-    target = jax.device_get(dict(state.variables))
+    # zeros of the state's shapes: only the variables matter for inference, and they are read
+    # next (compiling the model's initialisers would take ~40 s on a CPU)
+    state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state(task, cfg, mesh))
+    target = dict(state.variables)
     try:
         variables = serialization.from_bytes(target, path.read_bytes())
     except (ValueError, KeyError, TypeError) as e:

@@ -248,3 +248,30 @@ def test_evaluate_streams_the_split_like_one_piece_at_a_time(music_run, music_ca
         alone = task.posteriors(predict, cache.features(name), cfg)
         assert probs.shape == alone.shape == (len(x), *alone.shape[1:])
         np.testing.assert_allclose(probs, alone, atol=1e-5)
+
+
+def test_music_transcription_features_skip_only_what_the_model_does_not_read(tmp_path):
+    """Transcription computes a 2-layer CFP when the model reads Spec and Ceps only: those
+    channels equal the training features' exactly; the layers not computed are zero; a model
+    that reads GCoS gets the full CFP."""
+    import dataclasses
+
+    from jaxmir.data.records import AudioPiece
+
+    task = task_music()
+    song = _song(tmp_path / "s.wav", 440.0, 1.2)
+    trained = task.piece_features(AudioPiece(name="s", audio=song, split=""))[0]
+    cfg = music_cfg()
+    assert tuple(cfg.model.channels) == ("Spec", "Ceps")
+    fast = task.input_features(song, cfg)
+    assert fast.shape == trained.shape
+    np.testing.assert_array_equal(fast[..., [1, 3]], trained[..., [1, 3]])
+    assert not fast[..., [0, 2]].any() and trained[..., [0, 2]].any()
+    gcos = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=("GCoS",)))
+    np.testing.assert_array_equal(task.input_features(song, gcos), trained)
+
+
+def test_music_keeps_window_centres_at_three_quarter_hops():
+    cfg = music_cfg()
+    task = task_music()
+    assert task.stitch == "centre" and task.inference_hop(cfg) == cfg.model.timesteps * 3 // 4
