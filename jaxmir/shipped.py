@@ -61,9 +61,8 @@ def export_model(task, workdir: Path | str, out: Path | str, info: dict | None =
 def load_model(task, folder: Path | str | None = None):
     """(cfg, mesh, state) of a shipped model (default: the package's own for `task`), ready for
     `jaxmir.engine.run.make_predict`."""
-    from flax import serialization
-
     import numpy as np
+    from flax import serialization
 
     from jaxmir.engine.run import abstract_state
     from jaxmir.engine.sharding import make_mesh
