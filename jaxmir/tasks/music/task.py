@@ -77,8 +77,23 @@ FRAME_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 OFFSET_GRID = (0.3, 0.5, 0.7, 0.9)
 
 
-VARIED = dict(corpus_instruments="both", corpus_voices=0.5, corpus_holdout="fm")
-"""The varied corpus's settings shared by the demo and quality presets."""
+def varied_data(pieces: int, works: int, textures: int, random: int, **kw) -> MusicDataConfig:
+    """The data of the demo and quality presets: the varied corpus (chorales, other works,
+    piano textures and random notes of 30 s, piano and mixed, soundfont and synthesis voices,
+    FM held out), note labels with an offset channel, weighted BCE."""
+    return MusicDataConfig(
+        label_mode="note-offset",
+        loss="weighted",
+        corpus_pieces=pieces,
+        corpus_works=works,
+        corpus_textures=textures,
+        corpus_random=random,
+        corpus_piece_seconds=30.0,
+        corpus_instruments="both",
+        corpus_voices=0.5,
+        corpus_holdout="fm",
+        **kw,
+    )
 
 
 class MusicTask(PieceTask):
@@ -102,21 +117,11 @@ class MusicTask(PieceTask):
         paper_data = MusicDataConfig(corpus_pieces=None, corpus_instruments="mixed")
         # Same architecture at 1/4 width (base 8) on 128-frame windows, note labels with an
         # offset channel; weighted BCE and BatchNorm momentum 0.9 so it learns notes within
-        # minutes. The corpus is varied (`VARIED`): chorales, other works, piano textures and
-        # random notes, piano and mixed, soundfont and synthesis voices (FM held out).
+        # minutes, on the varied corpus (`varied_data`).
         demo = schedule(6, 150, 10, 4, 8, log_every=10, early_stop_patience=3)
         demo = dataclasses.replace(demo, monitor="val_note_f1")
         demo_model = MusicModelConfig(timesteps=128, base=8, dropout=0.1, bn_momentum=0.9)
-        demo_data = MusicDataConfig(
-            label_mode="note-offset",
-            loss="weighted",
-            corpus_pieces=20,
-            corpus_works=8,
-            corpus_textures=12,
-            corpus_random=8,
-            corpus_piece_seconds=30.0,
-            **VARIED,
-        )
+        demo_data = varied_data(20, 8, 12, 8)
         # The recipe of the shipped model: a larger varied corpus, more and larger batches,
         # warm-up + cosine decay and a parameter EMA; about 100 minutes on a 2-core CPU. The
         # width stays 8: inference on a 2-core CPU must stay under 2.5 s per minute of audio.
@@ -128,17 +133,7 @@ class MusicTask(PieceTask):
         quality = schedule(10, 300, 20, 8, 8, log_every=25, early_stop_patience=None)
         quality = dataclasses.replace(quality, monitor="val_note_f1")
         quality_model = MusicModelConfig(timesteps=128, base=8, dropout=0.1, bn_momentum=0.99)
-        quality_data = MusicDataConfig(
-            label_mode="note-offset",
-            loss="weighted",
-            pos_weight=5.0,
-            corpus_pieces=100,
-            corpus_works=40,
-            corpus_textures=60,
-            corpus_random=40,
-            corpus_piece_seconds=30.0,
-            **VARIED,
-        )
+        quality_data = varied_data(100, 40, 60, 40, pos_weight=5.0)
         cosine = OptimConfig(
             learning_rate=1e-3,
             lr_schedule="warmup_cosine",
