@@ -62,6 +62,9 @@ class TrainConfig:
     keep_best: int = 1  # checkpoints kept by the monitored metric
     terminate_on_nan: bool = True
     eval_pieces_each_epoch: bool = True  # score whole validation pieces with mir_eval each epoch
+    # Other splits of the data scored like the validation pieces each epoch, for their curves
+    # (metrics.jsonl, curves.png); never monitored (no checkpoint or stop depends on them).
+    watch_splits: tuple[str, ...] = ()
     data_threads: int = 2  # Grain read threads
     precision: str = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters and optimizer state)
     grad_accum: int = 1  # split each batch into this many micro-batches, one update per batch
@@ -96,6 +99,7 @@ SCHEDULE_KEYS = (
     "train.val_steps",
     "train.log_every",
     "train.eval_pieces_each_epoch",
+    "train.watch_splits",
     "train.early_stop_patience",
     "train.interrupt_at_step",
     "train.data_threads",

@@ -18,6 +18,7 @@ def music_run(music_cache, tmp_path_factory):
     wd = tmp_path_factory.mktemp("calibrated") / "run"
     argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--data", str(music_cache)]
     argv += ["--no-progress", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"]
+    argv += ["--set", 'train.watch_splits=["train"]']
     assert main(argv) == 0
     return wd
 
@@ -117,3 +118,19 @@ def test_transcribe_without_a_workdir_uses_the_shipped_model(song, tmp_path):
 def test_a_task_without_a_shipped_model_asks_for_a_workdir(song, tmp_path, capsys):
     assert main(["transcribe", "chord", str(song), "-o", str(tmp_path)]) == 2
     assert "pass --workdir" in capsys.readouterr().err
+
+
+def test_watched_splits_are_scored_each_epoch_for_their_curves(music_run, music_cache, capsys):
+    from jaxmir.engine.report import read_metrics
+
+    rows = [r for r in read_metrics(music_run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["split"] for r in rows] == ["train", "train", "val"]  # watched, batches, val
+    watched = rows[0]
+    assert watched["epoch"] == 1 and 0.0 <= watched["train_note_f1"] <= 1.0
+    assert "train_note_with_offset_f1" in watched and "val_note_f1" in rows[2]
+    assert (music_run / "curves.png").stat().st_size > 1000
+    wd = music_run.parent / "no-such-split"
+    argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--data", str(music_cache)]
+    argv += ["--no-progress", "--set", 'train.watch_splits=["test_heldout"]']
+    assert main(argv) == 2
+    assert "train.watch_splits" in capsys.readouterr().err

@@ -104,15 +104,26 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
     records = [r for r in read_metrics(metrics_path) if r["kind"] == "epoch"]
     if not records:
         return None
+    # a split's metrics are named "<split>_<metric>" (the training batches' plainly): one panel
+    # per metric, one line per split (train, val, and any `train.watch_splits`)
     skip = {"kind", "step", "epoch", "split", "time"}
-    names = sorted({k for r in records for k in r if k not in skip})
-    base = sorted({n.removeprefix("val_") for n in names})
-    fig, axes = plt.subplots(len(base), 1, figsize=(7, 2.2 * len(base)), squeeze=False)
-    for ax, name in zip(axes[:, 0], base, strict=True):
-        for key, label in ((name, "train"), ("val_" + name, "val")):
-            pts = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), int | float)]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    curves: dict[str, dict[str, list]] = {}
+    for r in records:
+        split = r["split"]
+        for key, value in r.items():
+            if key in skip or not isinstance(value, int | float):
+                continue
+            if key.startswith(f"{split}_"):
+                key = key.removeprefix(f"{split}_")
+            elif split != "train":
+                continue
+            curves.setdefault(key, {}).setdefault(split, []).append((r["epoch"], value))
+    fig, axes = plt.subplots(len(curves), 1, figsize=(7, 2.2 * len(curves)), squeeze=False)
+    for ax, name in zip(axes[:, 0], sorted(curves), strict=True):
+        for split in splits:
+            if curves[name].get(split):
+                ax.plot(*zip(*curves[name][split], strict=True), marker="o", label=split)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)

@@ -258,6 +258,11 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
     cache = None
     if task.needs_cache:
         cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
+        missing = [s for s in cfg.train.watch_splits if not cache.names(s)]
+        if missing:
+            raise ConfigError(
+                f"train.watch_splits: no pieces in split(s) {missing} of {cache.root}"
+            )
     mesh = make_mesh(devices)
     callbacks = make_callbacks(cfg, task)
     state = init_state(task, cfg, mesh, callbacks)
@@ -326,7 +331,13 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
                 raise Interrupted(stop_signal.agreed)
             return predict(windows)
 
-        return task.evaluate(interruptible, cfg, cache, "val")
+        scores = task.evaluate(interruptible, cfg, cache, "val")
+        for split in cfg.train.watch_splits:  # curves only: the loop's callbacks see val alone
+            row = task.evaluate(interruptible, cfg, cache, split)
+            if writer is not None:
+                row = {f"{split}_{k}": v for k, v in row.items()}
+                writer.write("epoch", int(st.step), int(st.epoch) + 1, split, row)
+        return scores
 
     loss_fn = task.bind_loss(cfg)
     try:
