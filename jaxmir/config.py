@@ -228,8 +228,10 @@ def changed_keys(old: dict, new: dict) -> list[str]:
 
 
 def check_resume_compatible(saved: dict, new: Config) -> None:
-    """Refuse to resume a run whose config changed in anything but schedule keys."""
-    bad = [k for k in changed_keys(saved, json.loads(new.to_json())) if k not in SCHEDULE_KEYS]
+    """Refuse to resume a run whose config changed in anything but schedule keys and the
+    decoding settings (`decode.*`: how validation pieces are scored, not what is trained)."""
+    changed = changed_keys(saved, json.loads(new.to_json()))
+    bad = [k for k in changed if k not in SCHEDULE_KEYS and not k.startswith("decode.")]
     if bad:
         raise ConfigError(
             "cannot resume: config differs from the run's config.json in " + ", ".join(bad)

@@ -440,6 +440,9 @@ def test_missing_config_json_is_taken_from_the_checkpoint(beat_run, beat_cache, 
     base = ["train", "beat", "--workdir", str(wd), "--data", str(beat_cache), *TINY_BEAT]
     assert_one_line_exit_2([*base, "--set", "model.hidden=5"], capsys, "model.hidden")
     assert not (wd / "config.json").exists()
-    assert main([*base, "--set", "train.epochs=3"]) == 0  # a schedule key may change
+    # a schedule key may change, and a decoding setting (how validation pieces are scored)
+    argv = [*base, "--set", "train.epochs=3", "--set", "decode.min_distance=0.25"]
+    assert main(argv) == 0
     resumed = json.loads((wd / "config.json").read_text())
     assert resumed["model"] == saved["model"] and resumed["train"]["epochs"] == 3
+    assert resumed["decode"]["min_distance"] == 0.25
