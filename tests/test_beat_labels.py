@@ -14,6 +14,7 @@ from jaxmir.tasks.beat.decode import (
     DOWNBEAT_PITCH,
     beats_to_midi,
     decode_beats,
+    track_beats,
     write_beat_csv,
 )
 from jaxmir.tasks.beat.labels import (
@@ -244,6 +245,24 @@ def test_decode_thresholds_and_min_distance():
     np.testing.assert_allclose(beats, [0.2, 0.4, 1.5])
     with pytest.raises(ValueError):
         decode_beats(np.zeros((10, 3)))
+
+
+def test_tracking_fills_the_beats_whose_peaks_fell_under_the_threshold():
+    """Pulses every 0.5 s (120 bpm), one in four too weak for the threshold: peak picking finds
+    three quarters of the beats, tracking at the peaks' tempo finds them all."""
+    n, period = 3000, 50
+    truth = np.arange(period, n - period, period)
+    act = np.zeros(n)
+    for i, k in enumerate(truth):
+        width = np.exp(-0.5 * ((np.arange(n) - k) / 2.0) ** 2)
+        act = np.maximum(act, width * (0.2 if i % 4 == 3 else 0.9))
+    probs = np.stack([act, np.zeros(n)], axis=1)
+    peaks, _ = decode_beats(probs, FPS, 0.5, 0.3, 0.3)
+    assert len(peaks) == len(truth) - len(truth[3::4])
+    tracked = track_beats(act, peaks, FPS)
+    assert mir_eval.beat.f_measure(truth / FPS, peaks) < 0.9
+    assert mir_eval.beat.f_measure(truth / FPS, tracked) > 0.97
+    np.testing.assert_array_equal(track_beats(act, peaks[:2], FPS), peaks[:2])  # too few peaks
 
 
 # ----------------------------------------------------------------------------- output

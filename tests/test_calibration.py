@@ -134,3 +134,29 @@ def test_watched_splits_are_scored_each_epoch_for_their_curves(music_run, music_
     argv += ["--no-progress", "--set", 'train.watch_splits=["test_heldout"]']
     assert main(argv) == 2
     assert "train.watch_splits" in capsys.readouterr().err
+
+
+def test_beat_training_calibrates_its_decoding(beat_cache, tmp_path, capsys):
+    """The beat task chooses its method, thresholds and minimum distance on the validation
+    pieces; eval decodes with them, and `--set` still wins."""
+    wd = tmp_path / "beat"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    assert main([*argv, "--no-progress", "--set", "train.eval_pieces_each_epoch=false"]) == 0
+    saved = json.loads((wd / "decode.json").read_text())
+    assert set(saved["decode"]) == {
+        "method",
+        "beat_threshold",
+        "min_distance",
+        "downbeat_threshold",
+    }
+    assert saved["decode"]["method"] in ("peaks", "track")
+    assert saved["after"]["beat_f_measure"] >= saved["before"]["beat_f_measure"] - 1e-9
+    capsys.readouterr()
+    evaluate = ["eval", "beat", "--workdir", str(wd), "--data", str(beat_cache), "--split", "val"]
+    assert main(evaluate) == 0
+    decode = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decode"]
+    assert {k: decode[k] for k in saved["decode"]} == saved["decode"]
+    assert main([*evaluate, "--set", "decode.method=peaks"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decode"]["method"] == (
+        "peaks"
+    )

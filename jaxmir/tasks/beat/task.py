@@ -18,13 +18,13 @@ import mir_eval
 import numpy as np
 import optax
 
-from jaxmir.config import Config, OptimConfig
+from jaxmir.config import Config, ConfigError, OptimConfig
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.pipeline import frames_window
 from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule
-from jaxmir.tasks.beat.decode import beats_to_midi, decode_beats, write_beat_csv
+from jaxmir.tasks.beat.decode import beats_to_midi, decode_beats, track_beats, write_beat_csv
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
 from jaxmir.tasks.beat.model import build_model
 
@@ -63,9 +63,20 @@ class BeatDataConfig:
 
 @dataclasses.dataclass
 class BeatDecodeConfig:
+    method: str = "peaks"  # peaks (omnizart's peak picking) | track (+ dynamic programming)
     beat_threshold: float = 0.5
     downbeat_threshold: float = 0.3
     min_distance: float = 0.3  # seconds between peaks (0.2 for tempi up to 300 bpm)
+    # At the end of training, choose the method and thresholds on the validation pieces
+    # (`calibrate`); stored in the workdir's decode.json and used by eval/transcribe.
+    calibrate: bool = True
+
+
+# What `BeatTask.calibrate` tries (each decode of every validation piece is scored).
+METHODS = ("peaks", "track")
+BEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+DISTANCE_GRID = (0.2, 0.3)
+DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 class BeatTask(PieceTask):
@@ -211,7 +222,50 @@ class BeatTask(PieceTask):
     # -- inference ------------------------------------------------------------------------------
     def decode(self, probs: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         d = cfg.decode
-        return decode_beats(probs, FPS, d.beat_threshold, d.downbeat_threshold, d.min_distance)
+        if d.method not in METHODS:
+            raise ConfigError(f"decode.method: unknown method {d.method!r} ({', '.join(METHODS)})")
+        beats, downbeats = decode_beats(
+            probs, FPS, d.beat_threshold, d.downbeat_threshold, d.min_distance
+        )
+        if d.method == "track":
+            beats = track_beats(probs[:, 0], beats, FPS)
+        return beats, downbeats
+
+    def calibrate(self, predict, cfg: Config, cache, progress: bool = False) -> dict | None:
+        """The decoding that maximises the mean beat F-measure on the validation pieces (method,
+        beat threshold, minimum distance), and the downbeat threshold that maximises the
+        downbeat F-measure (downbeats are picked on their own channel, so the two choices are
+        independent). Posteriors are computed once per piece. Returns the chosen `decode`
+        values plus the validation scores before and after, or None when the config does not
+        ask for it."""
+        d = cfg.decode
+        names = cache.names("val")
+        if not d.calibrate or not names:
+            return None
+        pieces = [
+            (self.posteriors(predict, cache.features(n), cfg), cache.labels(n)) for n in names
+        ]
+
+        def mean(key: str, **values) -> float:
+            c = dataclasses.replace(cfg, decode=dataclasses.replace(d, **values))
+            return float(np.mean([self.score(self.decode(p, c), lab, c)[key] for p, lab in pieces]))
+
+        keys = ("beat_f_measure", "downbeat_f_measure")
+        before = {k: mean(k) for k in keys}
+        grid = [(m, b, g) for m in METHODS for b in BEAT_GRID for g in DISTANCE_GRID]
+        method, beat, gap = max(
+            grid,
+            key=lambda v: mean(
+                "beat_f_measure", method=v[0], beat_threshold=v[1], min_distance=v[2]
+            ),
+        )
+        chosen = {"method": method, "beat_threshold": beat, "min_distance": gap}
+        chosen["downbeat_threshold"] = max(
+            DOWNBEAT_GRID,
+            key=lambda t: mean("downbeat_f_measure", **chosen, downbeat_threshold=t),
+        )
+        after = {k: mean(k, **chosen) for k in keys}
+        return {"decode": chosen, "val_pieces": len(pieces), "before": before, "after": after}
 
     def score(self, events, labels, cfg: Config) -> dict[str, float]:
         beats, downbeats = events
