@@ -5,7 +5,9 @@ A shipped model is a folder `jaxmir/models/<task>/` with:
     config.json     the run's full config (decode values already calibrated)
     variables.msgpack  the evaluation weights (the EMA when the run kept one) and model state,
                     as `flax.serialization` msgpack (no pickle)
-    model.json      provenance: the run, its best step, its test scores, the command to re-train
+    model.json      provenance: the run, its best step, its decoding calibration, its test
+                    scores, the command to re-train
+    metrics.jsonl, curves.png  the run's curves
 
 `export_model` writes one from a trained run (`jaxmir export`); `load_model` restores it onto one
 device for inference, with the same `predict` the CLI uses for a run's checkpoint.
@@ -22,6 +24,7 @@ import jax
 
 MODELS_DIR = Path(__file__).parent / "models"
 VARIABLES = "variables.msgpack"
+CURVES = ("metrics.jsonl", "curves.png")
 
 
 class ShippedModelError(FileNotFoundError):
@@ -41,7 +44,7 @@ def export_model(task, workdir: Path | str, out: Path | str, info: dict | None =
     when kept) as a shipped model folder `out`; `info` is added to its model.json."""
     from flax import serialization
 
-    from jaxmir.engine.run import restore_for_inference
+    from jaxmir.engine.run import DECODE_FILE, restore_for_inference
     from jaxmir.engine.state import eval_variables
 
     workdir, out = Path(workdir), Path(out)
@@ -53,8 +56,14 @@ def export_model(task, workdir: Path | str, out: Path | str, info: dict | None =
     _write(out / VARIABLES, serialization.to_bytes(variables))
     _write(out / "config.json", cfg.to_json().encode())
     meta = {"task": task.name, "preset": cfg.preset, "run": workdir.name, "step": step}
+    calibration = workdir / DECODE_FILE
+    if calibration.is_file():  # how the thresholds were chosen, and what they gained
+        meta["calibration"] = json.loads(calibration.read_text())
     meta.update(info or {})
     _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
+    for name in CURVES:  # the run's curve travels with its model
+        if (workdir / name).is_file():
+            _write(out / name, (workdir / name).read_bytes())
     return out
 
 

@@ -93,7 +93,11 @@ def test_a_run_exports_as_a_shipped_model(music_run, song, tmp_path):
     folder = tmp_path / "model"
     argv = ["export", "music", "--workdir", str(music_run), "--out", str(folder)]
     assert main(argv) == 0
-    assert {p.name for p in folder.iterdir()} >= {"config.json", "variables.msgpack", "model.json"}
+    names = {p.name for p in folder.iterdir()}
+    assert names >= {"config.json", "variables.msgpack", "model.json", "curves.png"}
+    assert (folder / "metrics.jsonl").read_text() == (music_run / "metrics.jsonl").read_text()
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["calibration"] == json.loads((music_run / "decode.json").read_text())
     cfg, mesh, state, _ = restore_for_inference(task, music_run)
     cfg2, mesh2, state2 = load_model(task, folder)
     assert cfg2.decode == cfg.decode
