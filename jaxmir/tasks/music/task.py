@@ -132,7 +132,10 @@ class MusicTask(PieceTask):
         # (over ~10 they follow the last few batches; the first run's validation note F1
         # fell from 0.31 to 0.22 in its last epoch, at a small LR), and the whole cosine.
         quality = schedule(10, 300, 20, 8, 8, log_every=25, early_stop_patience=None)
-        quality = dataclasses.replace(quality, monitor="val_note_f1")
+        # the split of voices training never hears, scored each epoch for its curve
+        quality = dataclasses.replace(
+            quality, monitor="val_note_f1", watch_splits=("test_heldout",)
+        )
         quality_model = MusicModelConfig(timesteps=128, base=8, dropout=0.1, bn_momentum=0.99)
         quality_data = varied_data(100, 40, 60, 40, pos_weight=5.0)
         cosine = OptimConfig(
