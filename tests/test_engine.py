@@ -174,3 +174,4 @@ def test_nan_loss_stops_without_saving_the_nan_state(beat_cache, tmp_path):
     assert "loss is nan" in run.status
     steps = Checkpointer(tmp_path / "nan" / "checkpoints").manager.all_steps()
     assert int(run.state.step) not in steps
+    assert not (tmp_path / "nan" / "decode.json").exists()  # nothing to calibrate: no checkpoint

@@ -398,7 +398,11 @@ def calibrate_decoding(task, workdir: Path, cache, *, progress: bool = False, lo
     calibrate = getattr(task, "calibrate", None)
     if calibrate is None:
         return {}
-    cfg, mesh, state, step = restore_for_inference(task, workdir, calibrated=False)
+    try:
+        cfg, mesh, state, step = restore_for_inference(task, workdir, calibrated=False)
+    except RestoreError as e:  # e.g. a run stopped on a NaN loss before its first save
+        log(f"Decoding not calibrated: {e}")
+        return {}
     result = calibrate(make_predict(mesh, state), cfg, cache, progress=progress)
     if not result:
         return {}
