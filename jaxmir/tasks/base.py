@@ -374,21 +374,37 @@ class PieceTask(Task):
     ) -> dict[str, float]:
         """The mean of `score` over the pieces of `split` (a key missing from a piece's scores,
         such as an instrument it lacks, is averaged over the pieces that have it)."""
-        names = cache.names(split)
-        if not names:
+        if not cache.names(split):
             raise CacheError(f"{cache.root}: no pieces in split {split!r}")
-        pieces = ((cache.features(n), cache.entry(n).get("source")) for n in names)
-        rows = []
-        posteriors = self.posteriors_many(predict, pieces, cfg)
-        for name, (_, probs) in tqdm(
-            zip(names, posteriors, strict=True),
-            total=len(names),
-            desc=f"Evaluate {split}",
-            disable=not progress,
-        ):
-            rows.append(self.score(self.decode(probs, cfg), cache.labels(name), cfg))
+        rows = [
+            self.score(self.decode(probs, cfg), labels, cfg)
+            for probs, labels in self.split_posteriors(
+                predict, cfg, cache, split, desc=f"Evaluate {split}", progress=progress
+            )
+        ]
         keys = list(dict.fromkeys(k for row in rows for k in row))
         return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+    def split_posteriors(
+        self,
+        predict,
+        cfg: Config,
+        cache: FeatureCache,
+        split: str,
+        *,
+        desc: str = "Posteriors",
+        progress: bool = False,
+    ) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
+        """(posteriors, labels) of each piece of `split`, in order, through the shared batched
+        window stream (`posteriors_many`): evaluation and decoding calibration read pieces
+        this way."""
+        names = cache.names(split)
+        pieces = ((cache.features(n), cache.entry(n).get("source")) for n in names)
+        posteriors = self.posteriors_many(predict, pieces, cfg)
+        for name, (_, probs) in tqdm(
+            zip(names, posteriors, strict=True), total=len(names), desc=desc, disable=not progress
+        ):
+            yield probs, cache.labels(name)
 
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
         """The features of an input file, computed exactly as for training."""

@@ -49,12 +49,17 @@ def decode_beats(
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape[1] != 2:
         raise ValueError(f"probs must be (T, 2), got shape {probs.shape}")
+    beats = pick_peaks(probs[:, 0], beat_threshold, min_distance, fps)
+    return beats, pick_peaks(probs[:, 1], downbeat_threshold, min_distance, fps)
+
+
+def pick_peaks(
+    activation: np.ndarray, threshold: float, min_distance: float, fps: int = FPS
+) -> np.ndarray:
+    """Times (s) of one channel's peaks, as `decode_beats` picks them."""
     distance = max(1, round(min_distance * fps))
-    times = []
-    for channel, threshold in enumerate((beat_threshold, downbeat_threshold)):
-        peaks, _ = find_peaks(probs[:, channel], height=threshold, distance=distance)
-        times.append(peaks.astype(np.float64) / fps)
-    return times[0], times[1]
+    peaks, _ = find_peaks(np.asarray(activation), height=threshold, distance=distance)
+    return peaks.astype(np.float64) / fps
 
 
 def track_beats(

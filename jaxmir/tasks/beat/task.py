@@ -24,7 +24,13 @@ from jaxmir.data.pipeline import frames_window
 from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule
-from jaxmir.tasks.beat.decode import beats_to_midi, decode_beats, track_beats, write_beat_csv
+from jaxmir.tasks.beat.decode import (
+    beats_to_midi,
+    decode_beats,
+    pick_peaks,
+    track_beats,
+    write_beat_csv,
+)
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
 from jaxmir.tasks.beat.model import build_model
 
@@ -251,9 +257,11 @@ class BeatTask(PieceTask):
         names = cache.names("val")
         if not d.calibrate or not names:
             return None
-        pieces = [
-            (self.posteriors(predict, cache.features(n), cfg), cache.labels(n)) for n in names
-        ]
+        pieces = list(
+            self.split_posteriors(
+                predict, cfg, cache, "val", desc="Calibrate decoding", progress=progress
+            )
+        )
 
         def mean(key: str, **values) -> float:
             c = dataclasses.replace(cfg, decode=dataclasses.replace(d, **values))
@@ -269,10 +277,20 @@ class BeatTask(PieceTask):
             ),
         )
         chosen = {"method": method, "beat_threshold": beat, "min_distance": gap}
-        chosen["downbeat_threshold"] = max(
-            DOWNBEAT_GRID,
-            key=lambda t: mean("downbeat_f_measure", **chosen, downbeat_threshold=t),
-        )
+
+        def mean_downbeat_f(threshold: float) -> float:  # downbeats only: no beat is decoded
+            return float(
+                np.mean(
+                    [
+                        mir_eval.beat.f_measure(
+                            lab["downbeats"], pick_peaks(p[:, 1], threshold, gap, FPS)
+                        )
+                        for p, lab in pieces
+                    ]
+                )
+            )
+
+        chosen["downbeat_threshold"] = max(DOWNBEAT_GRID, key=mean_downbeat_f)
         after = {k: mean(k, **chosen) for k in keys}
         return {"decode": chosen, "val_pieces": len(pieces), "before": before, "after": after}
 
