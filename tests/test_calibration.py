@@ -34,7 +34,9 @@ def song(tmp_path_factory):
 def _set_thresholds(wd, value: float) -> None:
     path = wd / "decode.json"
     saved = json.loads(path.read_text())
-    saved["decode"] = {k: value for k in saved["decode"]}
+    saved["decode"] = {
+        k: value if k.endswith("threshold") else v for k, v in saved["decode"].items()
+    }
     path.write_text(json.dumps(saved))
 
 
@@ -45,7 +47,9 @@ def _n_notes(csv_path) -> int:
 
 def test_training_stores_calibrated_thresholds(music_run):
     saved = json.loads((music_run / "decode.json").read_text())
-    assert set(saved["decode"]) == {"onset_threshold", "frame_threshold", "offset_threshold"}
+    thresholds = {"onset_threshold", "frame_threshold", "offset_threshold"}
+    assert set(saved["decode"]) == thresholds | {"onset_delay"}
+    assert 0.0 <= saved["decode"]["onset_delay"] <= 0.02
     assert saved["val_pieces"] >= 1
     # coordinate ascent from the configured values (which are on the grids) never loses
     total = {

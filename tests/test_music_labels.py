@@ -204,6 +204,18 @@ def test_simple_decoder_round_trip(mode):
             assert m[f"note_f1/{prog}"] == 1.0
 
 
+def test_simple_decoder_onset_delay_moves_onsets_only():
+    notes = random_notes(np.random.default_rng(3), (0,), n=8)
+    y = music_labels(notes, 260, "note-offset")
+    base = decode_notes(y, "note-offset", method="simple")
+    late = decode_notes(y, "note-offset", method="simple", onset_delay=0.01)
+    np.testing.assert_allclose(late[:, 0], base[:, 0] + 0.01)
+    np.testing.assert_array_equal(late[:, 1:], base[:, 1:])
+    # a note keeps one frame at least, however late its onset is moved
+    very = decode_notes(y, "note-offset", method="simple", onset_delay=10.0)
+    np.testing.assert_allclose(very[:, 1] - very[:, 0], 0.02)
+
+
 @pytest.mark.parametrize(
     "mode", ["note", "note-stream", "pop-note-stream", "frame-stream", "true-frame-stream"]
 )

@@ -65,6 +65,7 @@ class MusicDecodeConfig:
     frame_threshold: float = 0.5  # simple decoder
     offset_threshold: float = 0.5  # simple decoder, note-offset label mode
     min_gap: float = 0.1  # simple decoder: seconds between two onsets of one key, at least
+    onset_delay: float = 0.0  # simple decoder: seconds added to every onset (calibrated)
     onset_th: float | None = None  # omnizart decoder (None: 4 piano modes, 6 stream modes)
     # At the end of training, choose the simple decoder's thresholds on the validation pieces
     # (`calibrate`); they are stored in the workdir's decode.json and used by eval/transcribe.
@@ -75,6 +76,7 @@ class MusicDecodeConfig:
 ONSET_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 FRAME_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 OFFSET_GRID = (0.3, 0.5, 0.7, 0.9)
+DELAY_GRID = (0.0, 0.005, 0.01, 0.015, 0.02)  # seconds: up to one frame
 
 
 def varied_decode() -> MusicDecodeConfig:
@@ -259,6 +261,7 @@ class MusicTask(PieceTask):
                 frame_threshold=d.frame_threshold,
                 offset_threshold=d.offset_threshold,
                 min_gap=int(round(d.min_gap * FPS)),
+                onset_delay=d.onset_delay,
             )
         if d.method == "omnizart":
             return decode_notes(probs, _mode(cfg), th=d.onset_th, method="omnizart")
@@ -267,11 +270,12 @@ class MusicTask(PieceTask):
     def calibrate(self, predict, cfg: Config, cache, progress: bool = False) -> dict | None:
         """The simple decoder's thresholds that maximise note F1 on the validation pieces.
 
-        Two coordinate steps over coarse grids, each maximising the sum of the note F1 with and
-        without offsets (one alone trades the other away: a high onset threshold gains onset F1
-        and loses offsets): the onset threshold (the others as configured), then the frame and
-        offset thresholds together (the offset one only in ``note-offset`` mode). Posteriors
-        are computed once per piece. Returns the chosen `decode` values plus the validation
+        Three coordinate steps over coarse grids, each maximising the sum of the note F1 with
+        and without offsets (one alone trades the other away: a high onset threshold gains onset
+        F1 and loses offsets): the onset threshold (the others as configured), the onset delay
+        (the decoded onsets' systematic lead, up to one frame), then the frame and offset
+        thresholds together (the offset one only in ``note-offset`` mode). Posteriors are
+        computed once per piece. Returns the chosen `decode` values plus the validation
         scores before and after, or None when the config does not ask for it."""
         d = cfg.decode
         if d.method != "simple" or not d.calibrate:
@@ -300,10 +304,14 @@ class MusicTask(PieceTask):
             "onset_threshold": d.onset_threshold,
             "frame_threshold": d.frame_threshold,
             "offset_threshold": d.offset_threshold,
+            "onset_delay": d.onset_delay,
         }
         before = {k: mean_f1(k, **th) for k in ("note_f1", "note_with_offset_f1")}
         th["onset_threshold"] = max(
             ONSET_GRID, key=lambda o: mean_f1("sum", **{**th, "onset_threshold": o})
+        )
+        th["onset_delay"] = max(
+            DELAY_GRID, key=lambda t: mean_f1("sum", **{**th, "onset_delay": t})
         )
         offsets = OFFSET_GRID if mode == "note-offset" else (d.offset_threshold,)
         pairs = [(f, o) for f in FRAME_GRID for o in offsets]
