@@ -78,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score a trained run with mir_eval on whole pieces")
     e.add_argument("task")
     e.add_argument("--workdir", type=Path, required=True)
-    e.add_argument("--split", default="test", help="val | test (default test)")
+    e.add_argument(
+        "--split",
+        default="test",
+        help="a split of the cache (default test): val, test, or another the cache holds, "
+        "e.g. test_piano, test_mixed, test_heldout (music) or test_unseen (beat)",
+    )
     e.add_argument("--data", type=Path, default=None, help="feature cache (default: the run's)")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
