@@ -277,3 +277,16 @@ def test_attention_is_causal():
     apply, params = _attention(False)
     z = apply(params, both)
     assert not np.allclose(z[:2, :t], z[2:, :t])
+
+
+def test_quality_preset_is_the_wide_preset_trained_longer_with_cosine_and_ema():
+    from jaxmir.tasks.beat.task import TASK
+
+    wide, quality = TASK.preset("wide"), TASK.preset("quality")
+    assert quality.data == wide.data and quality.model == wide.model
+    steps = quality.train.epochs * quality.train.steps_per_epoch
+    assert steps == 3000 and steps == 2.5 * wide.train.epochs * wide.train.steps_per_epoch
+    o = quality.optim
+    assert o.lr_schedule == "warmup_cosine" and o.decay_steps == steps and o.ema_decay == 0.99
+    assert quality.train.monitor == "val_beat_f_measure"
+    assert quality.train.early_stop_patience is None
