@@ -518,6 +518,19 @@ def schedule(
     )
 
 
+def warmup_cosine(train: TrainConfig, warmup_steps: int, ema_decay: float) -> OptimConfig:
+    """Adam at 1e-3 with `warmup_steps` of linear warm-up, then a cosine decay to 1e-5 over
+    the whole of `train`, and a parameter EMA (the quality presets' optimiser)."""
+    return OptimConfig(
+        learning_rate=1e-3,
+        lr_schedule="warmup_cosine",
+        warmup_steps=warmup_steps,
+        decay_steps=train.epochs * train.steps_per_epoch,
+        min_lr=1e-5,
+        ema_decay=ema_decay,
+    )
+
+
 def tiny_schedule(**kw: Any) -> TrainConfig:
     """The tiny presets' schedule (tests: seconds): 2 epochs x 3 steps of 8, one validation
     batch, one read thread, no early stopping; fields by name override it."""

@@ -23,7 +23,7 @@ from jaxmir.data.cache import FeatureCache
 from jaxmir.data.pipeline import frames_window
 from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.losses import binary_accuracy
-from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule
+from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
 from jaxmir.tasks.beat.decode import (
     beats_to_midi,
     decode_beats,
@@ -119,14 +119,7 @@ class BeatTask(PieceTask):
             schedule(20, 150, 10, 32, log_every=10, early_stop_patience=None),
             monitor="val_beat_f_measure",
         )
-        cosine = OptimConfig(
-            learning_rate=1e-3,
-            lr_schedule="warmup_cosine",
-            warmup_steps=100,
-            decay_steps=quality.epochs * quality.steps_per_epoch,
-            min_lr=1e-5,
-            ema_decay=0.99,
-        )
+        cosine = warmup_cosine(quality, warmup_steps=100, ema_decay=0.99)
         tiny_model = BeatModelConfig(timesteps=64, hidden=4, num_layers=1, attn_hidden=8)
         tiny_data = BeatDataConfig(corpus_train=3, corpus_val=1, corpus_test=1, corpus_variants=1)
         tiny = tiny_schedule(steps_per_epoch=4, val_steps=2, log_every=2)

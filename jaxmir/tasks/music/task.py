@@ -21,7 +21,7 @@ import numpy as np
 from jaxmir.config import Config, ConfigError, OptimConfig
 from jaxmir.data.features.cfp import CHANNELS, MUSIC, cfp_numpy
 from jaxmir.losses import apply_model, binary_accuracy
-from jaxmir.tasks.base import CorpusConfig, PieceTask, schedule, tiny_schedule
+from jaxmir.tasks.base import CorpusConfig, PieceTask, schedule, tiny_schedule, warmup_cosine
 from jaxmir.tasks.music.decode import decode_notes, notes_to_midi, write_notes_csv
 from jaxmir.tasks.music.labels import (
     FPS,
@@ -151,14 +151,7 @@ class MusicTask(PieceTask):
         )
         quality_model = MusicModelConfig(timesteps=128, base=8, dropout=0.1, bn_momentum=0.99)
         quality_data = varied_data(100, 40, 60, 40)
-        cosine = OptimConfig(
-            learning_rate=1e-3,
-            lr_schedule="warmup_cosine",
-            warmup_steps=200,
-            decay_steps=quality.epochs * quality.steps_per_epoch,
-            min_lr=1e-5,
-            ema_decay=0.995,
-        )
+        cosine = warmup_cosine(quality, warmup_steps=200, ema_decay=0.995)
         tiny_model = MusicModelConfig(timesteps=32, base=8, dropout=0.0)
         tiny_data = MusicDataConfig(label_mode="note", corpus_pieces=4, corpus_max_seconds=8.0)
         tiny = tiny_schedule()  # batches of 8: one example per simulated test device
