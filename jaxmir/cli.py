@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--preset",
         default=None,
-        help="tiny | demo | paper (default: demo, or the workdir's saved config when resuming)",
+        help="tiny | demo | paper for every task; quality for music and beat; wide for beat "
+        "(default: demo, or the workdir's saved config when resuming)",
     )
     t.add_argument(
         "--workdir",
@@ -146,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-TASKS_HELP = "beat | music | vocal | vocal_contour | patch_cnn"
+TASKS_HELP = "beat | music | chord | drum | vocal | vocal_contour | patch_cnn"  # every task
 
 
 EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: saved, not finished; run again to resume

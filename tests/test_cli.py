@@ -168,3 +168,15 @@ def test_sigterm_saves_and_the_same_command_resumes(beat_cache, tmp_path):
     assert second.returncode == 0, second.stderr
     assert "Resuming" in second.stdout and "from step 5" in second.stdout
     assert (wd / "checkpoints" / "8").is_dir()
+
+
+def test_train_help_names_every_task_and_preset():
+    from jaxmir.cli import TASKS_HELP, _parser
+    from jaxmir.tasks.base import TASK_MODULES, get_task
+
+    assert set(TASKS_HELP.split(" | ")) == set(TASK_MODULES)
+    train = _parser()._subparsers._group_actions[0].choices["train"]
+    preset_help = next(a.help for a in train._actions if a.dest == "preset")
+    for name in TASK_MODULES:
+        for preset in get_task(name).presets():
+            assert preset in preset_help, (name, preset)
