@@ -19,6 +19,7 @@ def music_run(music_cache, tmp_path_factory):
     argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--data", str(music_cache)]
     argv += ["--no-progress", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"]
     argv += ["--set", 'train.watch_splits=["train"]']
+    argv += ["--set", "train.monitor=val_note_f1_calibrated"]  # as the quality preset
     assert main(argv) == 0
     return wd
 
@@ -59,6 +60,42 @@ def test_training_stores_calibrated_thresholds(music_run):
     }
     assert total["after"] >= total["before"] - 1e-9
     assert isinstance(saved["step"], int)
+
+
+def test_checkpoints_are_ranked_by_their_calibrated_validation_score(music_run):
+    rows = [json.loads(line) for line in (music_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["kind"] == "epoch" and r["split"] == "val"]
+    assert val and all("val_note_f1_calibrated" in r for r in val)
+    assert all("val_note_with_offset_f1_calibrated" in r for r in val)
+    # the calibration after training, on the one (best) checkpoint, is the one logged for it
+    saved = json.loads((music_run / "decode.json").read_text())
+    assert saved["after"]["note_f1"] == pytest.approx(val[-1]["val_note_f1_calibrated"], abs=1e-6)
+    # the watched split is scored with the thresholds as configured, not calibrated on itself
+    watched = [r for r in rows if r["kind"] == "epoch" and r["split"] == "train"]
+    assert not any(k.endswith("_calibrated") for r in watched for k in r)
+
+
+def test_calibration_finds_notes_that_the_configured_threshold_misses():
+    from jaxmir.config import apply_overrides
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.labels import music_labels
+    from jaxmir.tasks.music.task import calibrate_pieces
+
+    cfg = get_task("music").presets()["demo"]
+    cfg = apply_overrides(cfg, ["decode.onset_threshold=0.5", "decode.onset_delay=0.0"])
+    rng = np.random.default_rng(0)
+    pieces = []
+    for _ in range(3):
+        on = np.sort(rng.uniform(0.0, 8.0, 12))
+        notes = np.column_stack([on, on + 0.5, rng.integers(40, 80, 12), np.full(12, 80), 0 * on])
+        y = music_labels(notes, 500, "note-offset")
+        y[..., 2] *= 0.35  # onsets the model is unsure of: under the configured 0.5
+        pieces.append((y, {"notes": notes}))
+    result = calibrate_pieces(pieces, cfg)
+    assert result["before"]["note_f1"] == 0.0
+    assert result["after"]["note_f1"] > 0.95
+    assert result["decode"]["onset_threshold"] < 0.35
+    assert result["val_pieces"] == 3
 
 
 def test_eval_uses_the_stored_thresholds_unless_set(music_run, capsys):

@@ -376,14 +376,12 @@ class PieceTask(Task):
         such as an instrument it lacks, is averaged over the pieces that have it)."""
         if not cache.names(split):
             raise CacheError(f"{cache.root}: no pieces in split {split!r}")
-        rows = [
+        return mean_scores(
             self.score(self.decode(probs, cfg), labels, cfg)
             for probs, labels in self.split_posteriors(
                 predict, cfg, cache, split, desc=f"Evaluate {split}", progress=progress
             )
-        ]
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+        )
 
     def split_posteriors(
         self,
@@ -501,6 +499,14 @@ def source_of(piece) -> dict:
     """A cache entry's record of the audio file a piece's features came from."""
     audio = getattr(piece, "audio", None)
     return {"source": str(audio)} if audio is not None else {}
+
+
+def mean_scores(rows: Iterable[dict[str, float]]) -> dict[str, float]:
+    """The mean of each score over the pieces' rows (a key missing from a row, such as an
+    instrument that piece lacks, is averaged over the rows that have it)."""
+    rows = list(rows)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
 
 def schedule(
