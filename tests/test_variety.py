@@ -154,38 +154,3 @@ def test_beat_textures_keep_unseen_meters_and_tempi_out_of_training():
         else:
             assert 30.0 < bpm < 260.0
         assert len(piece.downbeats) >= 2 and piece.notes.shape[1] == 4
-
-
-def test_rearticulation_opens_a_gap_before_touching_repeats_only():
-    from jaxmir.data.synth import corpus as C
-
-    on = np.array([0, 500, 1000, 1600, 2000, 2300, 2310])
-    off = np.array([500, 1010, 1500, 2000, 2300, 2310, 2400])
-    key = np.array([60, 60, 60, 60, 61, 62, 62])
-    new = off.copy()
-    C._rearticulate(on, new, key, np.random.default_rng(0), max_ms=80.0)
-    # touching (0-500 / 500) and overlapping (500-1010 / 1000) repeats end 20-80 ms early
-    for i in (0, 1):
-        assert 20 <= on[i + 1] - new[i] <= 80
-    # a gap of 100 ms already, another key, the last note of a key: untouched
-    assert new[2] == off[2] and new[3] == off[3] and new[4] == off[4] and new[6] == off[6]
-    # a note too short to lose 20 ms keeps half its length
-    assert new[5] == on[5] + 5
-
-
-def test_rearticulation_is_for_training_pieces_and_off_by_default():
-    from jaxmir.data.synth import corpus as C
-    from jaxmir.tasks.base import corpus_params, get_task, params_digest
-
-    variety = C.Variety(rearticulate=0.08)
-    on, off, key = np.array([0, 500]), np.array([500, 900]), np.array([60, 60])
-    for split, moved in (("train", True), ("val", False), ("test_piano", False)):
-        job = C._Job("bach/bwv1.6", split, "", 0, None, False, "piano", variety)
-        new = off.copy()
-        C._maybe_rearticulate(job, on, new, key, C._streams(0, "bach/bwv1.6"))
-        assert (new[0] < 500) == moved
-    # off: corpora rendered before the option keep their pieces and their folder
-    assert "rearticulate" not in C.Variety().params()
-    assert C.Variety(rearticulate=0.08).params()["rearticulate"] == 0.08
-    data = get_task("music").presets()["quality"].data
-    assert params_digest(corpus_params(data)) == "af1a37f671"

@@ -565,8 +565,6 @@ class CorpusConfig:
     corpus_voices: float | None = None  # probability of a synthesis voice; None: no variety
     corpus_holdout: str | None = None  # engine kept out of train/val (test_heldout split)
     corpus_piece_seconds: float = 40.0  # length of procedural pieces, cut of other works
-    # training pieces: the longest gap (s) put before a repeated same-key note (0: off)
-    corpus_rearticulate: float = 0.0
 
 
 _VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seconds")
@@ -578,9 +576,7 @@ def corpus_variety(d: CorpusConfig):
         return None
     from jaxmir.data.synth.corpus import Variety
 
-    return Variety(
-        d.corpus_voices, d.corpus_holdout, True, d.corpus_piece_seconds, d.corpus_rearticulate
-    )
+    return Variety(d.corpus_voices, d.corpus_holdout, True, d.corpus_piece_seconds)
 
 
 def corpus_params(d: CorpusConfig) -> dict:
@@ -592,8 +588,6 @@ def corpus_params(d: CorpusConfig) -> dict:
     }
     if corpus_variety(d) is not None:  # absent otherwise: the original corpora keep their digest
         out.update({k: getattr(d, f"corpus_{k}") for k in _VARIETY_KEYS})
-        if d.corpus_rearticulate:  # likewise: the corpora rendered before it keep theirs
-            out["rearticulate"] = d.corpus_rearticulate
     return out
 
 

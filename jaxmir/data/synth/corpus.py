@@ -126,23 +126,12 @@ class Variety:
     numpy synthesis voices (`voices.py`) instead of the soundfont. holdout: an engine that no
     train or val piece uses; every test piece then gets one more rendering with only that
     engine (split `test_heldout`). velocity: wide per-piece velocity ranges. piece_seconds:
-    the length of procedural pieces and the cut of other works. rearticulate: training pieces
-    only, the longest articulation gap (s) put before a note that repeats the sounding key of
-    its part (`_rearticulate`); 0: off."""
+    the length of procedural pieces and the cut of other works."""
 
     voices: float = 0.5
     holdout: str | None = "fm"
     velocity: bool = True
     piece_seconds: float = 40.0
-    rearticulate: float = 0.0
-
-    def params(self) -> dict:
-        """The piece-config form: `rearticulate` only when on, so that corpora rendered before
-        it existed keep their pieces."""
-        out = dataclasses.asdict(self)
-        if not self.rearticulate:
-            del out["rearticulate"]
-        return out
 
     def engines(self, split: str) -> tuple[str, ...]:
         from jaxmir.data.synth.voices import ENGINES
@@ -326,7 +315,7 @@ class _Job:
             "sr": SR,
         }
         if self.variety is not None:  # absent for the original corpus: its pieces stay valid
-            out["variety"] = self.variety.params()
+            out["variety"] = dataclasses.asdict(self.variety)
             out["variant"] = self.variant
         return out
 
@@ -342,8 +331,7 @@ def piece_files(root: Path, name: str) -> dict[str, Path]:
 
 def _streams(seed: int, chorale_id: str) -> dict[str, np.random.Generator]:
     ss = np.random.SeedSequence([int(seed) % 2**63, zlib.crc32(chorale_id.encode()), 0xA0D10])
-    names = ("tempo", "arrange", "voice", "drums", "audio", "timbre", "score", "articulation")
-    # append only: a stream's draws must not move when another stream is added
+    names = ("tempo", "arrange", "voice", "drums", "audio", "timbre", "score")  # append only
     return {n: np.random.default_rng(s) for n, s in zip(names, ss.spawn(len(names)), strict=True)}
 
 
@@ -363,38 +351,6 @@ def _fix_overlaps(on: np.ndarray, off: np.ndarray, key: np.ndarray) -> np.ndarra
         if key[a] == key[b]:
             off[a] = min(off[a], on[b])
     return off - on >= 1
-
-
-REARTICULATE_MIN_MS = 20  # the shortest articulation gap `_rearticulate` puts in
-_TOUCHING_MS = 20  # a same-key note that starts this soon after the previous one ends repeats it
-
-
-def _rearticulate(
-    on: np.ndarray, off: np.ndarray, key: np.ndarray, rng: np.random.Generator, max_ms: float
-) -> None:
-    """Per key (channel * 128 + pitch), end a note that the same key's next note follows within
-    `_TOUCHING_MS` a random 20..`max_ms` ms before that next onset, keeping at least half of
-    it; edits `off` in place. Why: a soundfont re-trigger of a sounding key is near silent for
-    sustained patches (violin, flute, harpsichord: the level does not rise), so a score's
-    touching repeated notes teach the model that a repeated note has no audible onset, and it
-    stops detecting repeated notes altogether (measured: onset posterior about 0.2 on re-struck
-    keys even for clearly struck voices). Players re-articulate a repeated note; with a gap the
-    re-attack is heard, and labels and audio keep agreeing."""
-    order = np.lexsort((on, key))
-    for a, b in zip(order[:-1], order[1:], strict=True):
-        if key[a] != key[b] or on[b] - off[a] > _TOUCHING_MS:
-            continue
-        gap = rng.uniform(REARTICULATE_MIN_MS, max(max_ms, REARTICULATE_MIN_MS))
-        keep = on[a] + max((off[a] - on[a]) // 2, _MIN_NOTE_MS)
-        off[a] = max(min(off[a], int(round(on[b] - gap))), min(keep, off[a]))
-
-
-def _maybe_rearticulate(job, on_ms, off_ms, key, rs) -> None:
-    """`_rearticulate` for training pieces of a corpus that asks for it (test and validation
-    pieces keep the score's touching repeats: they are what users transcribe)."""
-    v = job.variety
-    if v is not None and v.rearticulate > 0 and job.split == "train":
-        _rearticulate(on_ms, off_ms, key, rs["articulation"], v.rearticulate * 1000.0)
 
 
 def _monophonic(on: np.ndarray, off: np.ndarray, pitch: np.ndarray) -> np.ndarray:
@@ -689,7 +645,6 @@ def _arrange(score, job: _Job, subset: str) -> _Arranged:
     # one channel per part: no note may cut off a same-pitch note of its own part
     ok = _fix_overlaps(on_ms, off_ms, part * 128 + pitch.astype(np.int64))
     on_ms, off_ms, pitch, vel, part = on_ms[ok], off_ms[ok], pitch[ok], vel[ok], part[ok]
-    _maybe_rearticulate(job, on_ms, off_ms, part * 128 + pitch.astype(np.int64), rs)
     order = np.lexsort((part, pitch, on_ms))
     on_ms, off_ms, pitch, vel, part = (a[order] for a in (on_ms, off_ms, pitch, vel, part))
     prog = np.asarray(programs, np.float64)[part]
@@ -892,7 +847,6 @@ def _arrange_procedural(job: _Job, subset: str) -> _Arranged:
     vel = piece_notes[:, 3]
     ok = _fix_overlaps(on_ms, off_ms, part * 128 + pitch.astype(np.int64))
     on_ms, off_ms, pitch, vel, part = on_ms[ok], off_ms[ok], pitch[ok], vel[ok], part[ok]
-    _maybe_rearticulate(job, on_ms, off_ms, part * 128 + pitch.astype(np.int64), rs)
     order = np.lexsort((part, pitch, on_ms))
     on_ms, off_ms, pitch, vel, part = (a[order] for a in (on_ms, off_ms, pitch, vel, part))
     prog = np.asarray(programs, np.float64)[part]
