@@ -290,3 +290,34 @@ def test_quality_preset_is_the_wide_preset_trained_longer_with_cosine_and_ema():
     assert o.lr_schedule == "warmup_cosine" and o.decay_steps == steps and o.ema_decay == 0.99
     assert quality.train.monitor == "val_beat_f_measure"
     assert quality.train.early_stop_patience is None
+
+
+def test_frame_heads_read_out_each_frame_with_weights_that_do_not_grow_with_the_window():
+    counts = {}
+    for t in (400, 1600):
+        params = _shapes(BLSTM(timesteps=t, hidden=32, num_layers=3, heads="frame"), (1, t, 178))
+        assert set(params) == {"input_norm", "blstm_0", "blstm_1", "blstm_2", "frame_head"}
+        assert params["frame_head"]["kernel"].shape == (64, 2)
+        counts[t] = count_params(params)
+    assert counts[400] == counts[1600]
+    # the frame heads are one Dense(2) over each frame's state: a frame's logits depend on the
+    # other frames only through the BiLSTM (checked with the LSTMs' outputs replaced by x)
+    from jaxmir.tasks.beat.model import _heads
+
+    import flax.linen as nn
+
+    class Heads(nn.Module):
+        timesteps: int
+
+        @nn.compact
+        def __call__(self, x):
+            return _heads(x, self.timesteps, "frame")
+
+    x = jax.random.normal(jax.random.key(0), (1, 8, 6))
+    model = Heads(timesteps=8)
+    variables = model.init(jax.random.key(1), x)
+    y = model.apply(variables, x)
+    k, b = variables["params"]["frame_head"]["kernel"], variables["params"]["frame_head"]["bias"]
+    np.testing.assert_allclose(y, x @ k + b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="flat, frame"):
+        _heads(x, 8, "pooled")

@@ -135,3 +135,25 @@ def test_chord_and_drum_paper_steps_are_sized_from_shapes(model):
         batch,
     )
     assert loss.shape == ()
+
+
+def test_repeated_notes_measures_first_and_repeated_onsets():
+    import numpy as np
+
+    from benchmarks.repeated_notes import STRIKES, measure, onset_peaks, strike_notes
+    from jaxmir.tasks.music.labels import music_labels
+
+    notes, first = strike_notes(0.0, keys=(48, 60))
+    assert len(notes) == 2 * STRIKES and first.sum() == 2
+    assert np.all(notes[~first, 0] == notes[np.flatnonzero(~first) - 1, 1])  # touching repeats
+    gapped, _ = strike_notes(0.04, keys=(48, 60))
+    assert np.allclose(gapped[~first, 0] - gapped[np.flatnonzero(~first) - 1, 1], 0.04)
+    # the measurement reads label-perfect posteriors as onsets everywhere, repeats included
+    labels = music_labels(np.column_stack([notes, np.zeros(len(notes))]), 400, "note-offset")
+    assert np.all(onset_peaks(labels, notes) == 1.0)
+    # and runs end to end on the shipped model (values are the model's, not asserted)
+    result = measure(None, ["struck"], [0.0], keys=(60,))
+    (row,) = result["rows"]
+    assert row["renderer"] == "struck" and row["gap_s"] == 0.0
+    for key in ("first_median", "repeat_median", "repeats_over_threshold"):
+        assert 0.0 <= row[key] <= 1.0

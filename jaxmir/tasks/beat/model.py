@@ -174,10 +174,23 @@ def _encode(x: jax.Array, hidden: int, num_layers: int, unroll: int, lstm_impl: 
     return x
 
 
-def _heads(x: jax.Array, timesteps: int) -> jax.Array:
-    """Flatten (batch, T, C) and emit (batch, timesteps, 2) logits, [beat, downbeat]."""
+HEADS: tuple[str, ...] = ("flat", "frame")
+
+
+def _heads(x: jax.Array, timesteps: int, heads: str = "flat") -> jax.Array:
+    """(batch, T, C) -> (batch, timesteps, 2) logits, [beat, downbeat].
+
+    ``"flat"`` (omnizart's): two ``Dense(timesteps)`` over the flattened sequence, so their
+    weights grow with the square of the window (16 M at 400 frames). ``"frame"`` (not in
+    omnizart): one ``Dense(2)`` shared by every frame, as madmom's BLSTM beat trackers read
+    out their states; the BiLSTM already carries the whole window's context to each frame, and
+    the window can grow to hold several bars (downbeats need them) at no cost in weights."""
     if x.shape[-2] != timesteps:
         raise ValueError(f"input has {x.shape[-2]} frames, the model was built for {timesteps}")
+    if heads == "frame":
+        return _glorot_dense(2, "frame_head")(x)
+    if heads != "flat":
+        raise ValueError(f"unknown beat heads {heads!r}; choose one of {', '.join(HEADS)}")
     flat = x.reshape(x.shape[0], -1)
     beat = _glorot_dense(timesteps, "beat_head")(flat)
     downbeat = _glorot_dense(timesteps, "downbeat_head")(flat)
@@ -194,12 +207,13 @@ class BLSTM(nn.Module):
     num_layers: int = 2
     unroll: int = 1
     lstm_impl: str = "fused"  # BiLSTM.impl: "fused" or "flax" (same function, speed only)
+    heads: str = "flat"  # flat (omnizart) | frame (`_heads`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
         x = _encode(x, self.hidden, self.num_layers, self.unroll, self.lstm_impl)
-        return _heads(x, self.timesteps)
+        return _heads(x, self.timesteps, self.heads)
 
 
 class BLSTMAttn(nn.Module):
@@ -216,6 +230,7 @@ class BLSTMAttn(nn.Module):
     max_dist: int = 800
     unroll: int = 1
     lstm_impl: str = "fused"  # BiLSTM.impl: "fused" or "flax" (same function, speed only)
+    heads: str = "flat"  # flat (omnizart) | frame (`_heads`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -230,7 +245,7 @@ class BLSTMAttn(nn.Module):
             max_dist=self.max_dist,
             name="attention",
         )(x, x, x, deterministic=not train)
-        return _heads(x, self.timesteps)
+        return _heads(x, self.timesteps, self.heads)
 
 
 def build_model(

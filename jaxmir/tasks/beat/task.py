@@ -45,6 +45,7 @@ class BeatModelConfig:
     unroll: int = 1  # LSTM scan unroll (speed only)
     lstm_impl: str = "fused"  # fused | flax: the same BiLSTM, one loop for both directions or two
     downbeat_weight: float = 5.0  # loss weight of the downbeat channel
+    heads: str = "flat"  # flat: omnizart's Dense(timesteps) over the window | frame: per frame
 
 
 @dataclasses.dataclass
@@ -142,7 +143,7 @@ class BeatTask(PieceTask):
             hidden=m.hidden,
             num_layers=m.num_layers,
             attn_hidden=m.attn_hidden,
-        ).clone(unroll=m.unroll, lstm_impl=m.lstm_impl)
+        ).clone(unroll=m.unroll, lstm_impl=m.lstm_impl, heads=m.heads)
 
     def input_spec(self, cfg: Config) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((cfg.model.timesteps, N_FEATURES), jnp.float32)
