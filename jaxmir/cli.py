@@ -231,10 +231,10 @@ def cmd_export(args) -> int:
 
     task = get_task(args.task)
     info = {}
-    for split in ("test", "test_piano", "test_mixed", "test_heldout"):
-        path = args.workdir / "eval" / f"{split}.json"
-        if path.is_file():  # the run's scores, as `jaxmir eval` wrote them
-            info[f"eval_{split}"] = json.loads(path.read_text())
+    for path in sorted((args.workdir / "eval").glob("*.json")):
+        # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)
+        if path.stem != "val":
+            info[f"eval_{path.stem}"] = json.loads(path.read_text())
     try:
         out = export_model(task, args.workdir, args.out, info)
     except ValueError as e:  # RestoreError: no run or no checkpoint there

@@ -279,13 +279,20 @@ def test_attention_is_causal():
     assert not np.allclose(z[:2, :t], z[2:, :t])
 
 
-def test_quality_preset_is_the_wide_preset_trained_longer_with_cosine_and_ema():
+def test_quality_preset_is_the_wide_data_trained_longer_with_frame_heads_cosine_and_ema():
     from jaxmir.tasks.beat.task import TASK
 
     wide, quality = TASK.preset("wide"), TASK.preset("quality")
-    assert quality.data == wide.data and quality.model == wide.model
+    assert quality.data == wide.data
+    m = quality.model
+    assert (m.name, m.heads, m.timesteps, m.hidden, m.num_layers) == ("blstm", "frame", 800, 32, 3)
+    spec = TASK.input_spec(quality)
+    params = _shapes(TASK.model(quality), (1, *spec.shape))
+    assert count_params(params) == 104_166  # the flat heads' wide model: 16,057,156
     steps = quality.train.epochs * quality.train.steps_per_epoch
     assert steps == 3000 and steps == 2.5 * wide.train.epochs * wide.train.steps_per_epoch
+    # the same frames per step as the wide preset's 32 windows of 400
+    assert quality.train.batch_size * m.timesteps == wide.train.batch_size * wide.model.timesteps
     o = quality.optim
     assert o.lr_schedule == "warmup_cosine" and o.decay_steps == steps and o.ema_decay == 0.99
     assert quality.train.monitor == "val_beat_f_measure"

@@ -132,8 +132,15 @@ def test_a_run_exports_as_a_shipped_model(music_run, song, tmp_path):
 
     task = get_task("music")
     folder = tmp_path / "model"
+    # every split's scores that `jaxmir eval` wrote travel with the model (beat: test_unseen),
+    # validation's not
+    (music_run / "eval").mkdir(exist_ok=True)
+    for split in ("test_unseen", "val"):
+        (music_run / "eval" / f"{split}.json").write_text(json.dumps({"split": split}))
     argv = ["export", "music", "--workdir", str(music_run), "--out", str(folder)]
     assert main(argv) == 0
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["eval_test_unseen"] == {"split": "test_unseen"} and "eval_val" not in meta
     names = {p.name for p in folder.iterdir()}
     assert names >= {"config.json", "variables.msgpack", "model.json", "curves.png"}
     assert (folder / "metrics.jsonl").read_text() == (music_run / "metrics.jsonl").read_text()
@@ -205,3 +212,26 @@ def test_beat_training_calibrates_its_decoding(beat_cache, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decode"]["method"] == (
         "peaks"
     )
+
+
+def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
+    import pretty_midi
+
+    from jaxmir.shipped import has_model, model_dir
+
+    assert has_model("beat"), f"{model_dir('beat')}: the package ships a beat model"
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    piano = pretty_midi.Instrument(0)
+    for i in range(48):  # quarter notes at 120 bpm, a bass note on each bar's first beat
+        piano.notes.append(pretty_midi.Note(70, 60 + i % 5, 0.5 * i, 0.5 * i + 0.4))
+        if i % 4 == 0:
+            piano.notes.append(pretty_midi.Note(90, 36, 0.5 * i, 0.5 * i + 1.9))
+    pm.instruments.append(piano)
+    pm.write(str(tmp_path / "piece.mid"))
+    out = tmp_path / "out"
+    assert main(["transcribe", "beat", str(tmp_path / "piece.mid"), "-o", str(out)]) == 0
+    beats = np.loadtxt(out / "piece_beats.csv", skiprows=1, ndmin=1)
+    assert len(beats) >= 4 and np.all(np.diff(beats) > 0) and beats.max() <= 24.0
+    meta = json.loads((model_dir("beat") / "model.json").read_text())
+    assert meta["task"] == "beat" and meta["preset"] == "quality"
+    assert {"eval_test", "eval_test_unseen"} <= set(meta)

@@ -115,11 +115,15 @@ class BeatTask(PieceTask):
             corpus_unseen=24,
         )
         # The wide data trained 2.5x longer (the wide run's validation beat F was still rising
-        # at its last epoch), with warm-up + cosine decay and a parameter EMA.
+        # at its last epoch), with warm-up + cosine decay and a parameter EMA, by a model that
+        # reads out each frame (`heads="frame"`, not omnizart's) on 8-s windows (2-4 bars):
+        # 104 k weights instead of the flat heads' 16 M at 4 s, and on unseen tempi and meters
+        # beat F 0.78 against 0.75 (test: 0.85 both).
         quality = dataclasses.replace(
-            schedule(20, 150, 10, 32, log_every=10, early_stop_patience=None),
+            schedule(20, 150, 10, 16, log_every=10, early_stop_patience=None),
             monitor="val_beat_f_measure",
         )
+        quality_model = BeatModelConfig(timesteps=800, hidden=32, num_layers=3, heads="frame")
         cosine = warmup_cosine(quality, warmup_steps=100, ema_decay=0.99)
         tiny_model = BeatModelConfig(timesteps=64, hidden=4, num_layers=1, attn_hidden=8)
         tiny_data = BeatDataConfig(corpus_train=3, corpus_val=1, corpus_test=1, corpus_variants=1)
@@ -128,9 +132,7 @@ class BeatTask(PieceTask):
             "paper": self.config("paper", BeatModelConfig(), BeatDataConfig(), paper, adam),
             "demo": self.config("demo", BeatModelConfig(timesteps=400), demo_data, demo, adam),
             "wide": self.config("wide", BeatModelConfig(timesteps=400), wide_data, demo, adam),
-            "quality": self.config(
-                "quality", BeatModelConfig(timesteps=400), wide_data, quality, cosine
-            ),
+            "quality": self.config("quality", quality_model, wide_data, quality, cosine),
             "tiny": self.config("tiny", tiny_model, tiny_data, tiny, adam),
         }
 
