@@ -309,9 +309,9 @@ def test_frame_heads_read_out_each_frame_with_weights_that_do_not_grow_with_the_
     assert counts[400] == counts[1600]
     # the frame heads are one Dense(2) over each frame's state: a frame's logits depend on the
     # other frames only through the BiLSTM (checked with the LSTMs' outputs replaced by x)
-    from jaxmir.tasks.beat.model import _heads
-
     import flax.linen as nn
+
+    from jaxmir.tasks.beat.model import _heads
 
     class Heads(nn.Module):
         timesteps: int
