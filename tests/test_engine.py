@@ -17,6 +17,12 @@ from jaxmir.engine.sharding import make_mesh, put_batch
 from jaxmir.engine.step import make_eval_step, make_train_step
 from jaxmir.tasks.beat.task import TASK
 
+# Adam divides each gradient by its own running RMS, so where a gradient is near zero, a float
+# summation order (8 devices or 4 micro-batches against one batch) moves the parameter by a
+# visible part of a step: 1.2e-5 after 3 steps at lr 1e-3 on one CPU, 1e-5 on another. A tenth
+# of one step bounds it; the losses are compared tightly.
+ADAM_ORDER_ATOL = 1e-4
+
 ONE = jax.devices()[:1]
 
 
@@ -46,7 +52,7 @@ def test_one_vs_eight_devices_agree(beat_cache):
     assert len(jax.devices()) == 8
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1], strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=ADAM_ORDER_ATOL)
 
 
 def test_interrupt_and_resume_is_bit_identical(beat_cache, tmp_path):
