@@ -1,7 +1,9 @@
 """`jaxmir features`: incremental after a kill, bad inputs named and skipped, nothing corrupted."""
 
+import dataclasses
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -75,3 +77,25 @@ def test_damaged_cache_piece_is_rebuilt(music_cache, tmp_path, synth_corpus):
     assert summary["written"] == 1
     x = FeatureCache(out).features(name)
     assert np.isfinite(np.asarray(x)).all()
+
+
+@dataclasses.dataclass
+class _Piece:
+    name: str
+    delay: float
+    split: str = "train"
+
+
+def _slow_when_told(piece: _Piece):
+    """Features of a piece after `piece.delay` seconds (module level: workers unpickle it)."""
+    time.sleep(piece.delay)
+    return np.full((3, 2), len(piece.name), np.float32), {"y": np.zeros(3, np.float32)}
+
+
+def test_parallel_features_are_written_in_the_pieces_order(tmp_path):
+    # the first piece finishes last: the cache's order (a run's data order) is still the input's
+    pieces = [_Piece("a-slow", 1.5)] + [_Piece(f"b{i}", 0.0) for i in range(5)]
+    cache = FeatureCache.create(tmp_path / "cache", "demo", {"v": 1})
+    summary = featurize(pieces, _slow_when_told, cache, workers=2, progress=False)
+    assert summary["written"] == 6 and not summary["failed"]
+    assert FeatureCache(tmp_path / "cache").names() == [p.name for p in pieces]

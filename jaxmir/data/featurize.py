@@ -2,7 +2,9 @@
 
 `featurize(pieces, compute, cache)` runs `compute(piece) -> (features, labels)` for every piece
 not already complete in the cache, in worker processes when `workers > 1`, and writes each
-result from the main process as soon as it arrives (so a kill loses only the pieces in flight).
+result from the main process in the pieces' order (so a kill loses only the pieces in flight,
+at most `2 * workers`, and the cache's order, which is a training run's data order, does not
+depend on which worker finishes first).
 A piece whose input is bad (unreadable, empty, NaN, truncated) is reported by name and skipped;
 the rest continue, and the summary lists the failures. A piece whose audio ends more than
 `LABEL_SLACK_S` before its last label (a truncated download: one MAESTRO wav of 2 s against notes
@@ -12,7 +14,9 @@ end have no audio under them.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
+import itertools
 import multiprocessing
 import warnings
 from collections.abc import Callable, Sequence
@@ -118,9 +122,18 @@ def featurize(
         else:
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_safe_compute, compute, p): p for p in todo}
-                for fut in cf.as_completed(futures):
-                    finish(futures[fut], *fut.result())
+                queue = iter(todo)
+                in_flight = collections.deque(
+                    (p, pool.submit(_safe_compute, compute, p))
+                    for p in itertools.islice(queue, 2 * workers)
+                )
+                while in_flight:
+                    piece, fut = in_flight.popleft()
+                    result = fut.result()
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        in_flight.append((nxt, pool.submit(_safe_compute, compute, nxt)))
+                    finish(piece, *result)
     finally:
         bar.close()
         cache.record_failures(failures)
