@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", type=Path, default=None, help="feature cache (default: the run's)")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = sub.add_parser(
         "transcribe",
@@ -250,8 +251,9 @@ def cmd_eval(args) -> int:
     task = get_task(args.task)
     cfg, mesh, state, step = _restore(task, args.workdir, args.step, args.overrides)
     data = args.data or _run_json(args.workdir).get("data")
-    cache = resolve_data(task, cfg, data)
-    metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=True)
+    progress = not args.no_progress
+    cache = resolve_data(task, cfg, data, progress=progress)
+    metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=progress)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
     result["decode"] = dataclasses.asdict(cfg.decode)  # the settings used (calibrated or --set)
     out = args.workdir / "eval" / f"{args.split}.json"
