@@ -95,7 +95,9 @@ def test_two_processes_match_one_and_resume_in_one(beat_cache, tmp_path):
 
     # process 0 reports, process 1 is silent; one config, one metrics stream, one plot
     assert "Run finished" in outs[0]
-    assert [x for x in outs[1].splitlines() if not x.startswith("[Gloo]")] == []
+    # Gloo's own connection lines ("[Gloo] Rank 1 is connected to 7 peer ranks...") may come
+    # torn by concurrent writes: a fragment without its "[Gloo]" prefix is still Gloo's
+    assert [x for x in outs[1].splitlines() if "[Gloo]" not in x and "peer ranks" not in x] == []
     assert json.loads((multi / "config.json").read_text())["train"]["epochs"] == 2
     assert (multi / "curves.png").is_file()
     # every process saved its own data position, the same one (global batches consumed)
