@@ -99,3 +99,18 @@ def test_parallel_features_are_written_in_the_pieces_order(tmp_path):
     summary = featurize(pieces, _slow_when_told, cache, workers=2, progress=False)
     assert summary["written"] == 6 and not summary["failed"]
     assert FeatureCache(tmp_path / "cache").names() == [p.name for p in pieces]
+
+
+def test_embedded_corpus_cache_is_named_by_its_features_too(tmp_path, monkeypatch):
+    """A change of a task's features (e.g. music's 46-ms channel, cache version 2) names a new
+    default cache: a complete cache of the old features is never reused for the new ones."""
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    cfg = task.presets()["tiny"]
+    new = task.default_cache_dir(cfg, tmp_path)
+    assert task.default_cache_dir(cfg, tmp_path) == new  # stable
+    assert new.parent == tmp_path / "music"
+    old_params = {"feature": "cfp", "params": {}, "version": 1}
+    monkeypatch.setattr(type(task), "cache_params", lambda self, dataset: old_params)
+    assert task.default_cache_dir(cfg, tmp_path) != new

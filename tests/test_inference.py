@@ -251,24 +251,33 @@ def test_evaluate_streams_the_split_like_one_piece_at_a_time(music_run, music_ca
 
 
 def test_music_transcription_features_skip_only_what_the_model_does_not_read(tmp_path):
-    """Transcription computes a 2-layer CFP when the model reads Spec and Ceps only: those
-    channels equal the training features' exactly; the layers not computed are zero; a model
-    that reads GCoS gets the full CFP."""
+    """Transcription computes only the layers the model reads: a 2-layer CFP for Spec and Ceps,
+    the 46-ms spectrum only for SpecShort. Each channel read equals the training features'
+    exactly; the others are zero; a model that reads GCoS gets the full CFP."""
     import dataclasses
 
     from jaxmir.data.records import AudioPiece
+    from jaxmir.tasks.music.task import FEATURE_CHANNELS
 
     task = task_music()
     song = _song(tmp_path / "s.wav", 440.0, 1.2)
     trained = task.piece_features(AudioPiece(name="s", audio=song, split=""))[0]
+    assert trained.shape[-1] == len(FEATURE_CHANNELS) == 5 and trained.any(axis=(0, 1)).all()
     cfg = music_cfg()
+
+    def features(*channels):
+        model = dataclasses.replace(cfg.model, channels=channels)
+        return task.input_features(song, dataclasses.replace(cfg, model=model))
+
     assert tuple(cfg.model.channels) == ("Spec", "Ceps")
-    fast = task.input_features(song, cfg)
-    assert fast.shape == trained.shape
-    np.testing.assert_array_equal(fast[..., [1, 3]], trained[..., [1, 3]])
-    assert not fast[..., [0, 2]].any() and trained[..., [0, 2]].any()
-    gcos = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=("GCoS",)))
-    np.testing.assert_array_equal(task.input_features(song, gcos), trained)
+    for channels in [("Spec", "Ceps"), ("Spec", "Ceps", "SpecShort"), ("SpecShort",)]:
+        fast = features(*channels)
+        read = [FEATURE_CHANNELS[c] for c in channels]
+        rest = [i for i in range(5) if i not in read]
+        assert fast.shape == trained.shape
+        np.testing.assert_array_equal(fast[..., read], trained[..., read])
+        assert not fast[..., rest].any() and trained[..., rest].any()
+    np.testing.assert_array_equal(features("GCoS")[..., :4], trained[..., :4])
 
 
 def test_music_keeps_window_centres_at_three_quarter_hops():

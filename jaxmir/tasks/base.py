@@ -216,9 +216,15 @@ class PieceTask(Task):
         if summary["failed"]:
             print(f"{self.name}: {len(summary['failed'])} pieces failed: {summary['failed']}")
 
+    def default_cache_dir(self, cfg: Config, cache_root: Path) -> Path:
+        """The embedded corpus's feature cache, named by the corpus and the features: a task
+        whose features change gets a new cache (the rendered audio is shared and kept), never
+        an old one with other channels."""
+        key = {"corpus": self.corpus_params(cfg), "features": self.cache_params("synth")}
+        return Path(cache_root) / self.name / f"{self.corpus_kind}-{params_digest(key)}"
+
     def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
-        digest = params_digest(self.corpus_params(cfg))
-        out = Path(cache_root) / self.name / f"{self.corpus_kind}-{digest}"
+        out = self.default_cache_dir(cfg, cache_root)
         if (out / "manifest.json").is_file() and FeatureCache(out).manifest.get("complete"):
             return out
         self.build_default(cfg, out, Path(cache_root), progress)

@@ -154,6 +154,11 @@ class CFPParams:
 
 #: omnizart music (``defaults/music.yaml``): 44.1 kHz, 352 bins from A0.
 MUSIC = CFPParams()
+#: Not in omnizart: the music settings' spectrum layer alone, with a 46-ms window (2047 samples,
+#: 2048-point FFT) on the same frames and 352 bins. The 180-ms window of `MUSIC` smears the attack
+#: of a re-struck key into the note that was already sounding; this one resolves it. omnizart's
+#: vocal model stacks the CFPs of three windows in the same way.
+MUSIC_SHORT = CFPParams(win=2047, fr=44100 / 2048, g=(0.24,))
 #: omnizart vocal_contour: 16 kHz and window 2049, with the music fc/tc (352 bins).
 VOCAL_CONTOUR = CFPParams(fs=16000, win=2049)
 #: omnizart patch_cnn: 16 kHz, window 2049, 80 Hz .. 1 kHz (174 bins).

@@ -1,7 +1,7 @@
 """The music task: piano and multi-instrument note transcription (omnizart's `music`).
 
 Input: CFP features at 44.1 kHz / 20 ms, 352 log-frequency bins, channels [Spec, Ceps] by
-default. Output: per-frame, per-bin logits for the label mode's channels (note-stream: background
+default (omnizart's), or with a short-window spectrum beside them (`FEATURE_CHANNELS`). Output: per-frame, per-bin logits for the label mode's channels (note-stream: background
 + 11 instruments x (duration, onset)). Loss: smooth BCE (default), focal, or label-smoothed BCE.
 Decoding: omnizart's note assembly or a simpler onset/frame decoder. Scores: mir_eval note F1
 (onset only and with offsets), frame F1, per instrument for the stream modes.
@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig
 from jaxmir.data.cache import CacheError
-from jaxmir.data.features.cfp import CHANNELS, MUSIC, cfp_numpy
+from jaxmir.data.features.cfp import CHANNELS, MUSIC, MUSIC_SHORT, cfp_numpy, n_frames
 from jaxmir.losses import apply_model, binary_accuracy
 from jaxmir.tasks.base import (
     CorpusConfig,
@@ -50,7 +50,7 @@ from jaxmir.tasks.music.model import build_model
 class MusicModelConfig:
     name: str = "attn"  # attn (semantic_segmentation_attn) | aspp (semantic_segmentation)
     timesteps: int = 256  # frames per window (20 ms each)
-    channels: tuple[str, ...] = ("Spec", "Ceps")  # CFP channels: Z, Spec, GCoS, Ceps
+    channels: tuple[str, ...] = ("Spec", "Ceps")  # Z, Spec, GCoS, Ceps (CFP), SpecShort
     base: int = 32  # channel width of the first level (paper: 32 attn, 128 aspp)
     dropout: float = 0.4
     conv_impl: str = "auto"  # native | matmul (matmul weight gradient) | auto (matmul on CPU only)
@@ -79,6 +79,10 @@ class MusicDecodeConfig:
     # (`calibrate`); they are stored in the workdir's decode.json and used by eval/transcribe.
     calibrate: bool = True
 
+
+#: The music features' channels: the CFP's four in omnizart's order, then the 46-ms spectrum
+#: (`MUSIC_SHORT`), which lets a model hear a key struck again while it still sounds.
+FEATURE_CHANNELS: dict[str, int] = {**CHANNELS, "SpecShort": 4}
 
 CALIBRATED = "note_f1_calibrated"  # a validation score: note F1 once calibrated (`evaluate`)
 
@@ -222,7 +226,7 @@ class MusicTask(PieceTask):
 
     # -- data -----------------------------------------------------------------------------------
     def input_view(self, cfg: Config, x: np.ndarray) -> np.ndarray:
-        return x[..., [CHANNELS[c] for c in cfg.model.channels]]
+        return x[..., [FEATURE_CHANNELS[c] for c in cfg.model.channels]]
 
     def window_labels(self, cfg, labels, start, mask):
         """Labels built per window from the piece's notes: no (T, 352, 23) array is stored."""
@@ -231,30 +235,26 @@ class MusicTask(PieceTask):
         return {"y": music_labels(notes, len(mask), _mode(cfg)) * mask[:, None, None]}
 
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(CFP (T, 352, 4) float32, {"notes"}) of one audio piece."""
+        """(features (T, 352, 5) float32, {"notes"}) of one audio piece (`music_features`)."""
         return music_features(piece)
 
     def cache_params(self, dataset: str) -> dict:
-        return {"feature": "cfp", "params": dataclasses.asdict(MUSIC), "version": 1}
+        params = {"cfp": dataclasses.asdict(MUSIC), "short": dataclasses.asdict(MUSIC_SHORT)}
+        return {"feature": "cfp+short", "params": params, "version": 2}
 
     # -- inference ------------------------------------------------------------------------------
     def inference_hop(self, cfg: Config) -> int:
         return self.timesteps(cfg) * 3 // 4
 
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
-        """The CFP of an input file, as in training. The GCoS layer (the CFP's third, its
-        costliest) is skipped when the model reads neither it nor Z: Spec and Ceps are then
-        bit-identical and Z and GCoS are left zero."""
+        """The features of an input file, as in training, with only the layers the model reads
+        computed (`music_feature_stack`): GCoS, the CFP's costliest layer, is skipped unless the
+        model reads it or Z."""
         from jaxmir.data.audio import load_audio
 
         audio = load_audio(path, MUSIC.fs)
         workers = min(os.cpu_count() or 1, 8)  # threads over frame chunks (FFTs free the GIL)
-        if not set(cfg.model.channels) <= {"Spec", "Ceps"}:
-            return cfp_numpy(audio, MUSIC, np.float32, workers=workers)
-        params = dataclasses.replace(MUSIC, g=MUSIC.g[:2])
-        x = cfp_numpy(audio, params, np.float32, workers=workers)
-        x[..., [CHANNELS["Z"], CHANNELS["GCoS"]]] = 0.0  # not computed: not left as garbage
-        return x
+        return music_feature_stack(audio, cfg.model.channels, workers=workers)
 
     def decode(self, probs: np.ndarray, cfg: Config) -> np.ndarray:
         d = cfg.decode
@@ -373,12 +373,37 @@ def calibrate_pieces(pieces: list[tuple[np.ndarray, dict]], cfg: Config) -> dict
     return {"decode": th, "val_pieces": len(refs), "before": before, "after": after}
 
 
+def music_feature_stack(
+    audio: np.ndarray, channels=tuple(FEATURE_CHANNELS), workers: int = 1
+) -> np.ndarray:
+    """``(T, 352, 5)`` float32 features of 44.1-kHz audio, channels as `FEATURE_CHANNELS`.
+
+    Only the layers that `channels` need are computed; the others are left zero. Each channel
+    computed is bit-identical to the full stack's: the CFP's layers do not depend on the later
+    ones, so with neither Z nor GCoS the third layer is not run.
+    """
+    _check_channels(channels)
+    need = set(channels)
+    x = np.zeros((n_frames(len(audio), MUSIC), MUSIC.n_bins, len(FEATURE_CHANNELS)), np.float32)
+    if need & {"Z", "GCoS"}:
+        x[..., :4] = cfp_numpy(audio, MUSIC, np.float32, workers=workers)
+    elif need & {"Spec", "Ceps"}:
+        params = dataclasses.replace(MUSIC, g=MUSIC.g[:2])
+        x[..., :4] = cfp_numpy(audio, params, np.float32, workers=workers)
+        x[..., [CHANNELS["Z"], CHANNELS["GCoS"]]] = 0.0  # not computed: not left as garbage
+    if "SpecShort" in need:
+        short = cfp_numpy(audio, MUSIC_SHORT, np.float32, workers=workers)
+        x[..., FEATURE_CHANNELS["SpecShort"]] = short[..., CHANNELS["Spec"]]
+    return x
+
+
 def music_features(piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(CFP (T, 352, 4) float32, {"notes"}) of one audio piece."""
+    """(features (T, 352, 5) float32: the CFP and the 46-ms spectrum, {"notes"}) of one audio
+    piece."""
     from jaxmir.data.audio import load_audio
 
     audio = load_audio(piece.audio, MUSIC.fs)
-    x = cfp_numpy(audio, MUSIC, np.float32)
+    x = music_feature_stack(audio)
     notes = piece.notes if piece.notes is not None else np.zeros((0, 5))
     return x, {"notes": np.asarray(notes, np.float64)}
 
@@ -392,9 +417,10 @@ def _mode(cfg: Config) -> str:
 
 
 def _check_channels(channels) -> None:
-    bad = [c for c in channels if c not in CHANNELS]
+    bad = [c for c in channels if c not in FEATURE_CHANNELS]
     if bad or not channels:
-        raise ConfigError(f"model.channels: unknown CFP channel(s) {bad} ({', '.join(CHANNELS)})")
+        known = ", ".join(FEATURE_CHANNELS)
+        raise ConfigError(f"model.channels: unknown feature channel(s) {bad} ({known})")
 
 
 def plot_piano_roll(probs: np.ndarray, notes: np.ndarray, path: Path, title: str = "") -> Path:
