@@ -321,3 +321,23 @@ def test_load_audio_ok_and_errors(tmp_path):
     with pytest.raises(AudioError, match="inf"):
         validate_audio(np.array([0.0, np.inf]), "arr")
     assert math.isclose(float(validate_audio(np.ones(3), "ok").sum()), 3.0)
+
+
+def test_music_short_window_places_an_attack_where_the_long_one_smears_it():
+    """`MUSIC_SHORT` (46 ms) has the CFP's frames and bins; a tone switched on at 0.5 s (the
+    centre of frame 24) first shows in it within a frame of the onset, while the 180-ms
+    `MUSIC` spectrum shows it 3 frames and more before."""
+    sr = C.MUSIC.fs
+    t = np.arange(int(sr * 1.5)) / sr
+    y = np.where(t >= 0.5, np.sin(2 * np.pi * 440.0 * t), 0.0).astype(np.float32)
+    k = (69 - 21) * 4  # A4's 4 bins
+    short = C.cfp_numpy(y, C.MUSIC_SHORT, np.float32)
+    long = C.cfp_numpy(y, C.MUSIC, np.float32)
+    assert short.shape == long.shape and C.MUSIC_SHORT.n_fft == 2048
+
+    def first_over_tenth(x):
+        v = x[:, k : k + 4, C.CHANNELS["Spec"]].mean(axis=1)
+        return int(np.flatnonzero(v > 0.1 * v[-20])[0])
+
+    assert abs(first_over_tenth(short) - 24) <= 1
+    assert first_over_tenth(long) <= 24 - 3
