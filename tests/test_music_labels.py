@@ -319,3 +319,61 @@ def test_log_sigmoids_equal_both_log_sigmoids():
     np.testing.assert_allclose(log_not_p, jax.nn.log_sigmoid(-x), rtol=1e-5, atol=2e-5)
     g = jax.grad(lambda v: jnp.sum(log_sigmoids(v)[1]))(x)
     np.testing.assert_allclose(g, jax.grad(lambda v: jnp.sum(jax.nn.log_sigmoid(-v)))(x), atol=1e-6)
+
+
+def test_repeat_onsets_mark_keys_struck_again_while_sounding():
+    from jaxmir.tasks.music.labels import repeat_onsets
+
+    notes = np.array(
+        [
+            [0.1, 0.5, 60, 80, 0],  # first note of C4
+            [0.5, 0.9, 60, 80, 0],  # touching repeat: frames 25, 26
+            [0.93, 1.2, 60, 80, 0],  # 30-ms gap: a repeat (frames 46, 47)
+            [1.4, 1.6, 60, 80, 0],  # 200-ms gap: not one
+            [0.2, 0.6, 64, 80, 40],  # E4 ...
+            [0.3, 0.4, 64, 80, 0],  # ... struck by another part while it sounds: frames 15, 16
+            [0.3, 0.4, 67, 80, 0],  # two parts starting one key together: neither repeats
+            [0.3, 0.5, 67, 80, 41],
+        ]
+    )
+    r = repeat_onsets(notes, 100, "note-offset")
+    marked = {int(k) + 21: list(np.flatnonzero(r[:, k])) for k in np.flatnonzero(r.any(axis=0))}
+    assert marked == {60: [25, 26, 46, 47], 64: [15, 16]}
+    assert r.shape == (100, 88) and set(np.unique(r)) == {0.0, 1.0}
+
+
+def test_onset_weighted_bce_weighs_only_the_onset_positives():
+    from jaxmir.tasks.music.labels import onset_weighted_bce, weighted_bce
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
+    targets = jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32)
+    ones = jnp.ones((2, 6, 8))
+    base = weighted_bce(logits, targets, pos_weight=5.0)
+    np.testing.assert_allclose(onset_weighted_bce(logits, targets, ones, pos_weight=5.0), base)
+    w = ones.at[1, 2, 3].set(4.0)
+    diff = onset_weighted_bce(logits, targets, w, pos_weight=5.0) - base
+    one = -5.0 * 3.0 * targets[1, 2, 3, 2] * jax.nn.log_sigmoid(logits[1, 2, 3, 2]) / targets.size
+    np.testing.assert_allclose(diff, one, rtol=1e-4, atol=1e-7)
+
+
+def test_repeat_weight_reaches_the_batches_and_is_checked():
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    cfg = task.presets()["demo"]
+    notes = np.array([[0.1, 0.5, 60, 80, 0], [0.5, 0.9, 60, 80, 0]])
+    mask = np.ones(50, np.float32)
+    assert "w" not in task.window_labels(cfg, {"notes": notes}, 0, mask)
+    rw = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, repeat_weight=4.0))
+    out = task.window_labels(rw, {"notes": notes}, 5, mask)  # the window starts at frame 5
+    k = (60 - 21) * 4
+    assert out["w"].shape == (50, 352)
+    assert list(np.flatnonzero(out["w"][:, k] == 4.0)) == [20, 21]
+    assert (out["w"] == 4.0).sum() == 2 * 4 and out["w"].min() == 1.0
+    bad = dataclasses.replace(rw, data=dataclasses.replace(rw.data, loss="smooth"))
+    with pytest.raises(ConfigError, match="repeat_weight"):
+        task.bind_loss(bad)

@@ -32,6 +32,7 @@ from jaxmir.tasks.base import (
 )
 from jaxmir.tasks.music.decode import decode_notes, notes_to_midi, write_notes_csv
 from jaxmir.tasks.music.labels import (
+    BINS_PER_KEY,
     FPS,
     LABEL_MODES,
     N_BINS,
@@ -39,6 +40,8 @@ from jaxmir.tasks.music.labels import (
     focal_loss,
     music_labels,
     notes_for_mode,
+    onset_weighted_bce,
+    repeat_onsets,
     smooth_bce,
     weighted_bce,
 )
@@ -62,6 +65,9 @@ class MusicDataConfig(CorpusConfig):
     label_mode: str = "note-stream"  # note | note-stream | pop-note-stream | frame | ...
     loss: str = "smooth"  # smooth | focal | bce | weighted (note channels' positives x pos_weight)
     pos_weight: float = 20.0  # weighted loss only
+    # weighted loss, note / note-offset modes: the onsets of notes that re-strike a sounding key
+    # (`repeat_onsets`) weigh this many times more (1: as every onset)
+    repeat_weight: float = 1.0
     hop: int | None = None  # frames between training windows (default: timesteps)
     jitter: bool = True
 
@@ -214,11 +220,16 @@ class MusicTask(PieceTask):
         if kind not in fns:
             raise ConfigError(f"data.loss: unknown loss {kind!r} ({', '.join(fns)})")
         fn = fns[kind]
+        if _repeat_weighted(cfg):
+            fn = functools.partial(onset_weighted_bce, pos_weight=cfg.data.pos_weight)
 
         def loss(apply_fn, variables, batch, rng, train):
             logits, new_state = apply_model(apply_fn, variables, batch["x"], rng, train)
             mask = batch["mask"][:, :, None, None]
-            value = fn(logits, batch["y"], mask=mask)
+            if "w" in batch:
+                value = fn(logits, batch["y"], batch["w"], mask=mask)
+            else:
+                value = fn(logits, batch["y"], mask=mask)
             accuracy = binary_accuracy(logits, batch["y"], batch["mask"])
             return value, ({"accuracy": accuracy}, new_state)
 
@@ -232,7 +243,11 @@ class MusicTask(PieceTask):
         """Labels built per window from the piece's notes: no (T, 352, 23) array is stored."""
         notes = labels["notes"].copy()
         notes[:, :2] -= start / FPS
-        return {"y": music_labels(notes, len(mask), _mode(cfg)) * mask[:, None, None]}
+        out = {"y": music_labels(notes, len(mask), _mode(cfg)) * mask[:, None, None]}
+        if _repeat_weighted(cfg):
+            extra = (cfg.data.repeat_weight - 1.0) * repeat_onsets(notes, len(mask), _mode(cfg))
+            out["w"] = np.repeat(1.0 + extra, BINS_PER_KEY, axis=1)
+        return out
 
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(features (T, 352, 5) float32, {"notes"}) of one audio piece (`music_features`)."""
@@ -414,6 +429,19 @@ def _mode(cfg: Config) -> str:
             f"data.label_mode: unknown mode {cfg.data.label_mode!r} ({', '.join(LABEL_MODES)})"
         )
     return cfg.data.label_mode
+
+
+def _repeat_weighted(cfg: Config) -> bool:
+    """Whether re-struck onsets weigh more (`MusicDataConfig.repeat_weight`); checked here."""
+    d = cfg.data
+    if d.repeat_weight == 1.0:
+        return False
+    if d.loss != "weighted" or _mode(cfg) not in ("note", "note-offset") or d.repeat_weight <= 0:
+        raise ConfigError(
+            "data.repeat_weight: needs data.loss 'weighted', label mode 'note' or 'note-offset' "
+            f"and a positive weight (got {d.loss!r}, {d.label_mode!r}, {d.repeat_weight})"
+        )
+    return True
 
 
 def _check_channels(channels) -> None:
