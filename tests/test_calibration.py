@@ -165,6 +165,13 @@ def test_transcribe_without_a_workdir_uses_the_shipped_model(song, tmp_path):
         assert (out / name).stat().st_size > 0
     meta = json.loads((model_dir("music") / "model.json").read_text())
     assert meta["task"] == "music" and meta["preset"] == "quality"
+    # `jaxmir train music --preset quality` is the recipe that re-trains it (README)
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    shipped = task.config_from_dict(json.loads((model_dir("music") / "config.json").read_text()))
+    preset = task.presets()["quality"]
+    assert (shipped.model, shipped.data, shipped.train) == (preset.model, preset.data, preset.train)
 
 
 def test_a_task_without_a_shipped_model_asks_for_a_workdir(song, tmp_path, capsys):

@@ -364,11 +364,13 @@ def test_repeat_weight_reaches_the_batches_and_is_checked():
     from jaxmir.tasks.base import get_task
 
     task = get_task("music")
-    cfg = task.presets()["demo"]
+    demo = task.presets()["demo"]
+    assert demo.data.repeat_weight == task.presets()["quality"].data.repeat_weight == 4.0
+    cfg = dataclasses.replace(demo, data=dataclasses.replace(demo.data, repeat_weight=1.0))
     notes = np.array([[0.1, 0.5, 60, 80, 0], [0.5, 0.9, 60, 80, 0]])
     mask = np.ones(50, np.float32)
     assert "w" not in task.window_labels(cfg, {"notes": notes}, 0, mask)
-    rw = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, repeat_weight=4.0))
+    rw = demo
     out = task.window_labels(rw, {"notes": notes}, 5, mask)  # the window starts at frame 5
     k = (60 - 21) * 4
     assert out["w"].shape == (50, 352)
