@@ -342,17 +342,19 @@ def test_repeat_onsets_mark_keys_struck_again_while_sounding():
     assert r.shape == (100, 88) and set(np.unique(r)) == {0.0, 1.0}
 
 
-def test_onset_weighted_bce_weighs_only_the_onset_positives():
-    from jaxmir.tasks.music.labels import onset_weighted_bce, weighted_bce
+def test_onset_weight_weighs_only_the_onset_positives():
+    from jaxmir.tasks.music.labels import weighted_bce
 
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
     targets = jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32)
     ones = jnp.ones((2, 6, 8))
     base = weighted_bce(logits, targets, pos_weight=5.0)
-    np.testing.assert_allclose(onset_weighted_bce(logits, targets, ones, pos_weight=5.0), base)
+    np.testing.assert_allclose(
+        weighted_bce(logits, targets, pos_weight=5.0, onset_weight=ones), base
+    )
     w = ones.at[1, 2, 3].set(4.0)
-    diff = onset_weighted_bce(logits, targets, w, pos_weight=5.0) - base
+    diff = weighted_bce(logits, targets, pos_weight=5.0, onset_weight=w) - base
     one = -5.0 * 3.0 * targets[1, 2, 3, 2] * jax.nn.log_sigmoid(logits[1, 2, 3, 2]) / targets.size
     np.testing.assert_allclose(diff, one, rtol=1e-4, atol=1e-7)
 

@@ -333,37 +333,24 @@ def weighted_bce(
     targets: jax.Array,
     mask: jax.Array | None = None,
     pos_weight: float = 20.0,
+    onset_weight: jax.Array | None = None,
+    onset_channel: int = 2,
 ) -> jax.Array:
     """Sigmoid cross-entropy with the positive term of every note channel (not the background,
     channel 0) weighted by `pos_weight`. Not in omnizart: notes cover well under 1% of the
     (frame, bin) grid, and with an unweighted mean a small model needs tens of thousands of
-    steps before any note probability crosses 0.5; the weight makes it learn in hundreds."""
-    logits = jnp.asarray(logits, jnp.float32)
-    targets = jnp.asarray(targets, jnp.float32)
-    w = jnp.full((targets.shape[-1],), pos_weight, jnp.float32).at[0].set(1.0)
-    log_p, log_not_p = log_sigmoids(logits)
-    loss = -w * targets * log_p - (1 - targets) * log_not_p
-    return _reduce(loss, mask)
-
-
-def onset_weighted_bce(
-    logits: jax.Array,
-    targets: jax.Array,
-    onset_weight: jax.Array,
-    mask: jax.Array | None = None,
-    pos_weight: float = 20.0,
-    onset_channel: int = 2,
-) -> jax.Array:
-    """`weighted_bce` with the positive term of the onset channel also multiplied by
-    `onset_weight` ``(B, T, bins)`` (e.g. ``1 + (w - 1) * repeat_onsets``)."""
+    steps before any note probability crosses 0.5; the weight makes it learn in hundreds.
+    `onset_weight` ``(B, T, bins)``, if given, also multiplies the positive term of the onset
+    channel (e.g. ``1 + (w - 1) * repeat_onsets``)."""
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     c = targets.shape[-1]
     w = jnp.full((c,), pos_weight, jnp.float32).at[0].set(1.0)
-    is_onset = jnp.zeros((c,), jnp.float32).at[onset_channel].set(1.0)
-    extra = 1.0 + (jnp.asarray(onset_weight, jnp.float32)[..., None] - 1.0) * is_onset
+    if onset_weight is not None:
+        is_onset = jnp.zeros((c,), jnp.float32).at[onset_channel].set(1.0)
+        w = w * (1.0 + (jnp.asarray(onset_weight, jnp.float32)[..., None] - 1.0) * is_onset)
     log_p, log_not_p = log_sigmoids(logits)
-    loss = -w * extra * targets * log_p - (1 - targets) * log_not_p
+    loss = -w * targets * log_p - (1 - targets) * log_not_p
     return _reduce(loss, mask)
 
 

@@ -1,7 +1,8 @@
 """The music task: piano and multi-instrument note transcription (omnizart's `music`).
 
 Input: CFP features at 44.1 kHz / 20 ms, 352 log-frequency bins, channels [Spec, Ceps] by
-default (omnizart's), or with a short-window spectrum beside them (`FEATURE_CHANNELS`). Output: per-frame, per-bin logits for the label mode's channels (note-stream: background
+default (omnizart's), or with a short-window spectrum beside them (`FEATURE_CHANNELS`).
+Output: per-frame, per-bin logits for the label mode's channels (note-stream: background
 + 11 instruments x (duration, onset)). Loss: smooth BCE (default), focal, or label-smoothed BCE.
 Decoding: omnizart's note assembly or a simpler onset/frame decoder. Scores: mir_eval note F1
 (onset only and with offsets), frame F1, per instrument for the stream modes.
@@ -40,7 +41,6 @@ from jaxmir.tasks.music.labels import (
     focal_loss,
     music_labels,
     notes_for_mode,
-    onset_weighted_bce,
     repeat_onsets,
     smooth_bce,
     weighted_bce,
@@ -231,16 +231,13 @@ class MusicTask(PieceTask):
         if kind not in fns:
             raise ConfigError(f"data.loss: unknown loss {kind!r} ({', '.join(fns)})")
         fn = fns[kind]
-        if _repeat_weighted(cfg):
-            fn = functools.partial(onset_weighted_bce, pos_weight=cfg.data.pos_weight)
+        _repeat_weighted(cfg)  # checked before the first step, not at the first batch
 
         def loss(apply_fn, variables, batch, rng, train):
             logits, new_state = apply_model(apply_fn, variables, batch["x"], rng, train)
             mask = batch["mask"][:, :, None, None]
-            if "w" in batch:
-                value = fn(logits, batch["y"], batch["w"], mask=mask)
-            else:
-                value = fn(logits, batch["y"], mask=mask)
+            weights = {"onset_weight": batch["w"]} if "w" in batch else {}
+            value = fn(logits, batch["y"], mask=mask, **weights)
             accuracy = binary_accuracy(logits, batch["y"], batch["mask"])
             return value, ({"accuracy": accuracy}, new_state)
 
