@@ -381,3 +381,71 @@ def test_repeat_weight_reaches_the_batches_and_is_checked():
     bad = dataclasses.replace(rw, data=dataclasses.replace(rw.data, loss="smooth"))
     with pytest.raises(ConfigError, match="repeat_weight"):
         task.bind_loss(bad)
+
+
+def test_release_frames_mark_the_frames_after_a_note_while_its_key_is_silent():
+    from jaxmir.tasks.music.labels import RELEASE_FRAMES, release_frames
+
+    assert RELEASE_FRAMES == 5
+    notes = np.array(
+        [
+            [0.1, 0.5, 60, 80, 0],  # C4 ends at frame 25: frames 25-29
+            [0.56, 0.9, 60, 80, 0],  # struck again at frame 28: only 25-27 are silent
+            [0.2, 0.4, 64, 80, 0],  # E4 ends at frame 20 ...
+            [0.1, 0.46, 64, 80, 40],  # ... another part holds it to 23, then 23-27 are silent
+            [-0.5, -0.04, 67, 80, 0],  # ended 2 frames before the window: frames 0-2
+            [0.5, 3.0, 72, 80, 0],  # ends after the window: nothing
+            [1.9, 1.96, 50, 80, 0],  # ends at frame 98: frames 98, 99
+        ]
+    )
+    r = release_frames(notes, 100, "note-offset")
+    marked = {int(k) + 21: list(np.flatnonzero(r[:, k])) for k in np.flatnonzero(r.any(axis=0))}
+    assert marked == {
+        60: [25, 26, 27, 45, 46, 47, 48, 49],
+        64: [23, 24, 25, 26, 27],
+        67: [0, 1, 2],
+        50: [98, 99],
+    }
+    assert r.shape == (100, 88) and set(np.unique(r)) == {0.0, 1.0}
+
+
+def test_release_weight_weighs_only_the_frame_negatives():
+    from jaxmir.tasks.music.labels import weighted_bce
+
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
+    targets = jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32)
+    ones = jnp.ones((2, 6, 8))
+    base = weighted_bce(logits, targets, pos_weight=5.0)
+    np.testing.assert_allclose(
+        weighted_bce(logits, targets, pos_weight=5.0, release_weight=ones), base
+    )
+    i = (0, 4, 5)
+    w = ones.at[i].set(3.0)
+    diff = weighted_bce(logits, targets, pos_weight=5.0, release_weight=w) - base
+    neg = -(1.0 - targets[(*i, 1)]) * jax.nn.log_sigmoid(-logits[(*i, 1)])
+    np.testing.assert_allclose(diff, 2.0 * neg / targets.size, rtol=1e-4, atol=1e-7)
+
+
+def test_release_weight_reaches_the_batches_and_is_checked():
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    quality = task.presets()["quality"]
+    cfg = dataclasses.replace(
+        quality, data=dataclasses.replace(quality.data, repeat_weight=1.0, release_weight=3.0)
+    )
+    notes = np.array([[0.1, 0.5, 60, 80, 0], [0.2, 0.3, 62, 80, 0]])
+    mask = np.ones(50, np.float32)
+    out = task.window_labels(cfg, {"notes": notes}, 5, mask)  # the window starts at frame 5
+    assert "w" not in out and out["w_release"].shape == (50, 352)
+    c4, d4 = (60 - 21) * 4, (62 - 21) * 4
+    assert list(np.flatnonzero(out["w_release"][:, c4] == 3.0)) == [20, 21, 22, 23, 24]
+    assert list(np.flatnonzero(out["w_release"][:, d4 + 3] == 3.0)) == [10, 11, 12, 13, 14]
+    assert (out["w_release"] == 3.0).sum() == 2 * 5 * 4 and out["w_release"].min() == 1.0
+    bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_mode="note-stream"))
+    with pytest.raises(ConfigError, match="release_weight"):
+        task.bind_loss(bad)

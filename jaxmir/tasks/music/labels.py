@@ -256,6 +256,39 @@ def repeat_onsets(notes: np.ndarray, n_frames: int, mode: str) -> np.ndarray:
     return out
 
 
+RELEASE_FRAMES = 5
+"""Frames after a note's end (100 ms) that `release_frames` marks."""
+
+
+def release_frames(
+    notes: np.ndarray, n_frames: int, mode: str, frames: int = RELEASE_FRAMES
+) -> np.ndarray:
+    """``float32 (n_frames, 88)``: 1 on the `frames` frames after each note's last frame where
+    no note of that key (and stream) sounds, 0 elsewhere.
+
+    Not in omnizart. These are the frames a model most often keeps "on": the sound of a
+    released key decays over them, and with the note positives weighted (`weighted_bce`) an
+    uncertain frame leans towards "on", so short notes were decoded ending late (README,
+    music). Weighing the negatives here (`weighted_bce`'s `release_weight`) asks the model to
+    hear the release."""
+    out = np.zeros((int(n_frames), N_KEYS), np.float32)
+    notes = np.asarray(notes, np.float64).reshape(-1, 5)
+    notes = notes[np.all(np.isfinite(notes[:, :3]), axis=1)]
+    if len(notes) == 0 or n_frames <= 0:
+        return out
+    frame, _, _ = _rolls(notes, int(n_frames), mode)
+    sounding = frame.any(axis=-1)
+    key = np.rint(notes[:, 2]).astype(np.int64) - LOWEST_PITCH
+    end = np.rint(notes[:, 1] * FPS).astype(np.int64)
+    start = np.rint(notes[:, 0] * FPS).astype(np.int64)
+    chan = program_channels(notes[:, 4], mode)
+    ok = (chan >= 0) & (key >= 0) & (key < N_KEYS) & (end > start) & (end < n_frames)
+    for e, k in zip(end[ok], key[ok], strict=True):  # e < 0: a note ended before the window
+        out[max(e, 0) : max(e + frames, 0), k] = 1.0
+    out[sounding] = 0.0
+    return out
+
+
 def music_labels(notes: np.ndarray, n_frames: int, mode: str = "note-stream") -> np.ndarray:
     """Frame targets ``float32 (n_frames, 352, LABEL_MODES[mode])`` for notes ``(N, 5)``.
 
@@ -335,13 +368,16 @@ def weighted_bce(
     pos_weight: float = 20.0,
     onset_weight: jax.Array | None = None,
     onset_channel: int = 2,
+    release_weight: jax.Array | None = None,
+    frame_channel: int = 1,
 ) -> jax.Array:
     """Sigmoid cross-entropy with the positive term of every note channel (not the background,
     channel 0) weighted by `pos_weight`. Not in omnizart: notes cover well under 1% of the
     (frame, bin) grid, and with an unweighted mean a small model needs tens of thousands of
     steps before any note probability crosses 0.5; the weight makes it learn in hundreds.
     `onset_weight` ``(B, T, bins)``, if given, also multiplies the positive term of the onset
-    channel (e.g. ``1 + (w - 1) * repeat_onsets``)."""
+    channel (e.g. ``1 + (w - 1) * repeat_onsets``); `release_weight` ``(B, T, bins)`` the
+    negative term of the frame channel (e.g. ``1 + (w - 1) * release_frames``)."""
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     c = targets.shape[-1]
@@ -349,8 +385,12 @@ def weighted_bce(
     if onset_weight is not None:
         is_onset = jnp.zeros((c,), jnp.float32).at[onset_channel].set(1.0)
         w = w * (1.0 + (jnp.asarray(onset_weight, jnp.float32)[..., None] - 1.0) * is_onset)
+    neg = jnp.ones((c,), jnp.float32)
+    if release_weight is not None:
+        is_frame = jnp.zeros((c,), jnp.float32).at[frame_channel].set(1.0)
+        neg = 1.0 + (jnp.asarray(release_weight, jnp.float32)[..., None] - 1.0) * is_frame
     log_p, log_not_p = log_sigmoids(logits)
-    loss = -w * targets * log_p - (1 - targets) * log_not_p
+    loss = -w * targets * log_p - neg * (1 - targets) * log_not_p
     return _reduce(loss, mask)
 
 
