@@ -90,6 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    c = sub.add_parser(
+        "calibrate",
+        help="choose a run's decoding thresholds again on its validation pieces",
+        description="Choose the decoding thresholds that maximise the validation score with "
+        "the run's best checkpoint, as training does when it ends, and store them in the "
+        "workdir's decode.json (eval and transcribe use them). For a run trained before the "
+        "threshold grids grew, or one whose calibration was interrupted.",
+    )
+    c.add_argument("task")
+    c.add_argument("--workdir", type=Path, required=True)
+    c.add_argument("--data", type=Path, default=None, help="feature cache (default: the run's)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     r = sub.add_parser(
         "transcribe",
         help="run a trained model on input files or folders",
@@ -260,6 +273,29 @@ def cmd_eval(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from jaxmir.engine.run import RestoreError, calibrate_decoding, resolve_data
+    from jaxmir.tasks.base import get_task
+
+    task = get_task(args.task)
+    if not hasattr(task, "calibrate"):
+        raise UsageError(f"{task.name}: this task has no decoding to calibrate")
+    saved = args.workdir / "config.json"
+    if not saved.is_file():
+        raise UsageError(f"{saved}: no such file (not a training run's workdir)")
+    cfg = task.config_from_dict(json.loads(saved.read_text()))
+    data = args.data or _run_json(args.workdir).get("data")
+    progress = not args.no_progress
+    cache = resolve_data(task, cfg, data, progress=progress)
+    try:
+        result = calibrate_decoding(task, args.workdir, cache, progress=progress, raise_errors=True)
+    except RestoreError as e:
+        raise UsageError(str(e)) from None
+    if not result:
+        raise UsageError(f"{args.workdir}: the run's config turns calibration off")
     return 0
 
 
@@ -440,6 +476,7 @@ def cmd_synth(args) -> int:
 
 COMMANDS = {
     "export": cmd_export,
+    "calibrate": cmd_calibrate,
     "synth": cmd_synth,
     "train": cmd_train,
     "eval": cmd_eval,
@@ -449,7 +486,7 @@ COMMANDS = {
 }
 
 
-JAX_COMMANDS = ("train", "eval", "transcribe")
+JAX_COMMANDS = ("train", "eval", "transcribe", "calibrate")
 """The commands that compile and run JAX steps (compilation cache, malloc tuning)."""
 
 

@@ -242,3 +242,21 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     meta = json.loads((model_dir("beat") / "model.json").read_text())
     assert meta["task"] == "beat" and meta["preset"] == "quality"
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
+
+
+def test_calibrate_chooses_the_thresholds_again(music_run, music_cache, tmp_path, capsys):
+    """`jaxmir calibrate` writes the decode.json that training wrote, from the best checkpoint;
+    a folder that is not a run is a usage error naming the missing file."""
+    import shutil
+
+    wd = tmp_path / "copy"
+    shutil.copytree(music_run, wd)
+    (wd / "decode.json").unlink()
+    argv = ["calibrate", "music", "--workdir", str(wd), "--data", str(music_cache)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert json.loads((wd / "decode.json").read_text()) == json.loads(
+        (music_run / "decode.json").read_text()
+    )
+    capsys.readouterr()
+    assert main(["calibrate", "music", "--workdir", str(tmp_path / "none")]) == 2
+    assert "config.json: no such file" in capsys.readouterr().err

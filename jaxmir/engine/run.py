@@ -391,16 +391,21 @@ DECODE_FILE = "decode.json"
 unless `--set decode.*` says otherwise."""
 
 
-def calibrate_decoding(task, workdir: Path, cache, *, progress: bool = False, log=print) -> dict:
+def calibrate_decoding(
+    task, workdir: Path, cache, *, progress: bool = False, log=print, raise_errors: bool = False
+) -> dict:
     """Let the task choose its decoding settings on the validation pieces with the run's best
     checkpoint (as `eval` restores it), and store them in `workdir/decode.json`. A task without
-    `calibrate`, or a config that turns it off, writes nothing; returns what was written."""
+    `calibrate`, or a config that turns it off, writes nothing; returns what was written. A
+    RestoreError (no checkpoint) is logged, or raised with `raise_errors`."""
     calibrate = getattr(task, "calibrate", None)
     if calibrate is None:
         return {}
     try:
         cfg, mesh, state, step = restore_for_inference(task, workdir, calibrated=False)
     except RestoreError as e:  # e.g. a run stopped on a NaN loss before its first save
+        if raise_errors:
+            raise
         log(f"Decoding not calibrated: {e}")
         return {}
     result = calibrate(make_predict(mesh, state), cfg, cache, progress=progress)
