@@ -260,3 +260,35 @@ def test_calibrate_chooses_the_thresholds_again(music_run, music_cache, tmp_path
     capsys.readouterr()
     assert main(["calibrate", "music", "--workdir", str(tmp_path / "none")]) == 2
     assert "config.json: no such file" in capsys.readouterr().err
+
+
+def test_key_posteriors_decode_and_calibrate_as_the_bins_do():
+    """Calibration keeps each piece's per-key means (a quarter of the memory): the same notes
+    and the same chosen thresholds as from all 352 bins, and omnizart's decoder refuses them."""
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.decode import decode_notes, key_posteriors
+    from jaxmir.tasks.music.labels import music_labels
+    from jaxmir.tasks.music.task import calibrate_pieces
+
+    cfg = get_task("music").presets()["demo"]
+    rng = np.random.default_rng(3)
+    pieces = []
+    for _ in range(2):
+        on = np.sort(rng.uniform(0.0, 8.0, 16))
+        notes = np.column_stack([on, on + rng.uniform(0.1, 1.0, 16), rng.integers(30, 90, 16)])
+        notes = np.column_stack([notes, np.full(16, 80), 0 * on])
+        y = music_labels(notes, 500, "note-offset")
+        noisy = np.clip(y * rng.uniform(0.3, 1.0, y.shape) + rng.uniform(0, 0.3, y.shape), 0, 1)
+        pieces.append((noisy.astype(np.float32), {"notes": notes}))
+    probs = pieces[0][0]
+    keys = key_posteriors(probs)
+    assert keys.shape == (500, 88, 4) and keys.dtype == np.float32
+    th = dict(onset_threshold=0.5, frame_threshold=0.6, offset_threshold=0.7, min_gap=5)
+    a = decode_notes(probs, "note-offset", method="simple", **th)
+    b = decode_notes(keys, "note-offset", method="simple", **th)
+    assert len(a) > 0
+    np.testing.assert_allclose(a, b)
+    per_key = [(key_posteriors(p), labels) for p, labels in pieces]
+    assert calibrate_pieces(per_key, cfg) == calibrate_pieces(pieces, cfg)
+    with pytest.raises(ValueError, match="352 bins"):
+        decode_notes(keys, "note-offset", method="omnizart")
