@@ -193,6 +193,7 @@ def cmd_train(args) -> int:
     task = get_task(args.task)
     cfg = _config_for(task, args.preset, args.overrides, args.workdir)
     check_batch_sizes(cfg, make_mesh())  # before anything is written
+    task.model(cfg), task.bind_loss(cfg)  # their config errors too (no weights are made)
     if args.workdir is None and not is_primary():
         raise UsageError("a multi-process run needs --workdir (a folder every process shares)")
     workdir = args.workdir or default_workdir(cfg)

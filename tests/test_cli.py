@@ -183,3 +183,21 @@ def test_train_help_names_every_task_and_preset():
     for name in TASK_MODULES:
         for preset in get_task(name).presets():
             assert preset in preset_help, (name, preset)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("model.base=12", "attention heads"),
+        ('model.channels=["Foo"]', "model.channels"),
+    ],
+)
+def test_a_model_config_error_stops_training_before_anything_is_written(
+    override, needle, tmp_path, capsys
+):
+    wd = tmp_path / "run"
+    argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--set", override]
+    assert main([*argv, "--no-progress"]) == 2
+    assert needle in capsys.readouterr().err
+    assert not wd.exists()
+    assert main(["info", "music", "--preset", "quality", "--set", override]) == 2

@@ -52,7 +52,7 @@ from jaxmir.tasks.music.labels import (
     weighted_bce,
 )
 from jaxmir.tasks.music.metrics import note_f1_scores, note_metrics
-from jaxmir.tasks.music.model import build_model
+from jaxmir.tasks.music.model import SemanticSegmentationAttn, build_model
 
 
 @dataclasses.dataclass
@@ -214,6 +214,12 @@ class MusicTask(PieceTask):
     def model(self, cfg: Config):
         m = cfg.model
         _check_channels(m.channels)
+        heads = SemanticSegmentationAttn.n_heads
+        if m.name == "attn" and (m.base <= 0 or m.base % heads):
+            raise ConfigError(
+                f"model.base: the attn model's width must be a positive multiple of its "
+                f"{heads} attention heads (got {m.base}; e.g. 8, 16, 32)"
+            )
         kwargs = dict(
             feature_num=N_BINS,
             timesteps=m.timesteps,
