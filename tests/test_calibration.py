@@ -245,8 +245,9 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
 
 
 def test_calibrate_chooses_the_thresholds_again(music_run, music_cache, tmp_path, capsys):
-    """`jaxmir calibrate` writes the decode.json that training wrote, from the best checkpoint;
-    a folder that is not a run is a usage error naming the missing file."""
+    """`jaxmir calibrate` writes the calibration that training ends with, from the best
+    checkpoint (the one its calibrated validation score was logged for; other tests edit the
+    run's own decode.json); a folder that is not a run is a usage error naming the file."""
     import shutil
 
     wd = tmp_path / "copy"
@@ -254,9 +255,20 @@ def test_calibrate_chooses_the_thresholds_again(music_run, music_cache, tmp_path
     (wd / "decode.json").unlink()
     argv = ["calibrate", "music", "--workdir", str(wd), "--data", str(music_cache)]
     assert main([*argv, "--no-progress"]) == 0
-    assert json.loads((wd / "decode.json").read_text()) == json.loads(
-        (music_run / "decode.json").read_text()
+    saved = json.loads((wd / "decode.json").read_text())
+    rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["kind"] == "epoch" and r["split"] == "val"]
+    assert saved["step"] == val[-1]["step"]
+    assert saved["after"]["note_f1"] == pytest.approx(val[-1]["val_note_f1_calibrated"], abs=1e-6)
+    assert saved["after"]["note_with_offset_f1"] == pytest.approx(
+        val[-1]["val_note_with_offset_f1_calibrated"], abs=1e-6
     )
+    assert set(saved["decode"]) == {
+        "onset_threshold",
+        "frame_threshold",
+        "offset_threshold",
+        "onset_delay",
+    }
     capsys.readouterr()
     assert main(["calibrate", "music", "--workdir", str(tmp_path / "none")]) == 2
     assert "config.json: no such file" in capsys.readouterr().err
