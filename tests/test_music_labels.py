@@ -342,19 +342,25 @@ def test_repeat_onsets_mark_keys_struck_again_while_sounding():
     assert r.shape == (100, 88) and set(np.unique(r)) == {0.0, 1.0}
 
 
-def test_onset_weight_weighs_only_the_onset_positives():
+def _one_entry_weighted(keyword: str, index: tuple, value: float, seed: int):
+    """(logits, targets, loss change) when `keyword`'s weight map is `value` at `index` and 1
+    elsewhere; an all-ones map changes nothing."""
     from jaxmir.tasks.music.labels import weighted_bce
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
     targets = jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32)
     ones = jnp.ones((2, 6, 8))
     base = weighted_bce(logits, targets, pos_weight=5.0)
     np.testing.assert_allclose(
-        weighted_bce(logits, targets, pos_weight=5.0, onset_weight=ones), base
+        weighted_bce(logits, targets, pos_weight=5.0, **{keyword: ones}), base
     )
-    w = ones.at[1, 2, 3].set(4.0)
-    diff = weighted_bce(logits, targets, pos_weight=5.0, onset_weight=w) - base
+    w = ones.at[index].set(value)
+    return logits, targets, weighted_bce(logits, targets, pos_weight=5.0, **{keyword: w}) - base
+
+
+def test_onset_weight_weighs_only_the_onset_positives():
+    logits, targets, diff = _one_entry_weighted("onset_weight", (1, 2, 3), 4.0, seed=0)
     one = -5.0 * 3.0 * targets[1, 2, 3, 2] * jax.nn.log_sigmoid(logits[1, 2, 3, 2]) / targets.size
     np.testing.assert_allclose(diff, one, rtol=1e-4, atol=1e-7)
 
@@ -410,19 +416,8 @@ def test_release_frames_mark_the_frames_after_a_note_while_its_key_is_silent():
 
 
 def test_release_weight_weighs_only_the_frame_negatives():
-    from jaxmir.tasks.music.labels import weighted_bce
-
-    rng = np.random.default_rng(1)
-    logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
-    targets = jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32)
-    ones = jnp.ones((2, 6, 8))
-    base = weighted_bce(logits, targets, pos_weight=5.0)
-    np.testing.assert_allclose(
-        weighted_bce(logits, targets, pos_weight=5.0, release_weight=ones), base
-    )
     i = (0, 4, 5)
-    w = ones.at[i].set(3.0)
-    diff = weighted_bce(logits, targets, pos_weight=5.0, release_weight=w) - base
+    logits, targets, diff = _one_entry_weighted("release_weight", i, 3.0, seed=1)
     neg = -(1.0 - targets[(*i, 1)]) * jax.nn.log_sigmoid(-logits[(*i, 1)])
     np.testing.assert_allclose(diff, 2.0 * neg / targets.size, rtol=1e-4, atol=1e-7)
 
