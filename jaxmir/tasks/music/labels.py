@@ -190,6 +190,22 @@ OFFSET_FRAMES = 2
 """``note-offset``: the offset channel is 1 on the note's last frame and the frame after it."""
 
 
+def _writable_notes(
+    notes: np.ndarray, mode: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(notes, start frame, end frame, key 0-87, stream) of the rows of `notes` ``(N, 5)``
+    that `mode` can write: finite times and pitch, a key of the piano, a stream."""
+    notes = np.asarray(notes, np.float64).reshape(-1, 5)
+    notes = notes[np.all(np.isfinite(notes[:, :3]), axis=1)]
+    key = np.rint(notes[:, 2]).astype(np.int64) - LOWEST_PITCH
+    chan = program_channels(notes[:, 4], mode)
+    ok = (chan >= 0) & (key >= 0) & (key < N_KEYS)
+    notes, key, chan = notes[ok], key[ok], chan[ok]
+    start = np.rint(notes[:, 0] * FPS).astype(np.int64)
+    end = np.rint(notes[:, 1] * FPS).astype(np.int64)
+    return notes, start, end, key, chan
+
+
 def _rolls(
     notes: np.ndarray, n_frames: int, mode: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,16 +215,10 @@ def _rolls(
     frame = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
     onset = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
     offset = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
-    notes = np.asarray(notes, np.float64).reshape(-1, 5)
-    if len(notes) == 0 or n_frames == 0:
+    _, start, end, key, chan = _writable_notes(notes, mode)
+    if len(key) == 0 or n_frames == 0:
         return frame, onset, offset
-    ok = np.all(np.isfinite(notes[:, :3]), axis=1)
-    notes = notes[ok]
-    start = np.rint(notes[:, 0] * FPS).astype(np.int64)
-    end = np.rint(notes[:, 1] * FPS).astype(np.int64)
-    key = np.rint(notes[:, 2]).astype(np.int64) - LOWEST_PITCH
-    chan = program_channels(notes[:, 4], mode)
-    keep = (chan >= 0) & (key >= 0) & (key < N_KEYS) & (end > start) & (start < n_frames)
+    keep = (end > start) & (start < n_frames)
     max_len = int((end[keep] - start[keep]).max()) if keep.any() else 0
     curve = onset_curve(max_len)
     for s, e, k, c in zip(start[keep], end[keep], key[keep], chan[keep], strict=True):
@@ -236,14 +246,9 @@ def repeat_onsets(notes: np.ndarray, n_frames: int, mode: str) -> np.ndarray:
     key; their attack is a small rise on a key that is already loud, and a model trained with
     every onset weighted alike learns to miss nearly all of them (README, music)."""
     out = np.zeros((int(n_frames), N_KEYS), np.float32)
-    notes = np.asarray(notes, np.float64).reshape(-1, 5)
-    notes = notes[np.all(np.isfinite(notes[:, :3]), axis=1)]
+    notes, _, _, key, chan = _writable_notes(notes, mode)
     if len(notes) < 2 or n_frames <= 0:
         return out
-    key = np.rint(notes[:, 2]).astype(np.int64) - LOWEST_PITCH
-    chan = program_channels(notes[:, 4], mode)
-    ok = (chan >= 0) & (key >= 0) & (key < N_KEYS)
-    notes, key, chan = notes[ok], key[ok], chan[ok]
     order = np.lexsort((notes[:, 0], key, chan))
     latest_end = -np.inf
     for a, b in zip(order[:-1], order[1:], strict=True):
@@ -272,17 +277,11 @@ def release_frames(
     music). Weighing the negatives here (`weighted_bce`'s `release_weight`) asks the model to
     hear the release."""
     out = np.zeros((int(n_frames), N_KEYS), np.float32)
-    notes = np.asarray(notes, np.float64).reshape(-1, 5)
-    notes = notes[np.all(np.isfinite(notes[:, :3]), axis=1)]
+    notes, start, end, key, _ = _writable_notes(notes, mode)
     if len(notes) == 0 or n_frames <= 0:
         return out
-    frame, _, _ = _rolls(notes, int(n_frames), mode)
-    sounding = frame.any(axis=-1)
-    key = np.rint(notes[:, 2]).astype(np.int64) - LOWEST_PITCH
-    end = np.rint(notes[:, 1] * FPS).astype(np.int64)
-    start = np.rint(notes[:, 0] * FPS).astype(np.int64)
-    chan = program_channels(notes[:, 4], mode)
-    ok = (chan >= 0) & (key >= 0) & (key < N_KEYS) & (end > start) & (end < n_frames)
+    sounding = _rolls(notes, int(n_frames), mode)[0].any(axis=-1)
+    ok = (end > start) & (end < n_frames)
     for e, k in zip(end[ok], key[ok], strict=True):  # e < 0: a note ended before the window
         out[max(e, 0) : max(e + frames, 0), k] = 1.0
     out[sounding] = 0.0
