@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -269,12 +270,22 @@ def cmd_eval(args) -> int:
     cache = resolve_data(task, cfg, data, progress=progress)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=progress)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
-    result["decode"] = dataclasses.asdict(cfg.decode)  # the settings used (calibrated or --set)
+    # the settings used (calibrated or --set); files of the run named relative to it
+    result["decode"] = _relative_to(dataclasses.asdict(cfg.decode), args.workdir)
     out = args.workdir / "eval" / f"{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0
+
+
+def _relative_to(values: dict, folder: Path) -> dict:
+    """`values` with each string that is a path inside `folder` made relative to it."""
+    inside = f"{Path(folder).resolve()}{os.sep}"
+    return {
+        k: v[len(inside) :] if isinstance(v, str) and v.startswith(inside) else v
+        for k, v in values.items()
+    }
 
 
 def cmd_calibrate(args) -> int:
@@ -450,6 +461,9 @@ def cmd_info(args) -> int:
             f" ({info['omnizart_params']:,} as omnizart counts them: {extra:,} are learned "
             "relative-position tables that omnizart re-drew at random on every call)"
         )
+    for name, count in task.extra_params(cfg).items():
+        info[f"{name}_params"] = count
+        line += f"; {name}: {count:,} parameters"
     print(line)
     print(json.dumps(info))
     return 0

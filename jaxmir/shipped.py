@@ -53,6 +53,7 @@ def export_model(task, workdir: Path | str, out: Path | str, info: dict | None =
     # the weights are final: no EMA to keep, no optimizer state
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, ema_decay=None))
     out.mkdir(parents=True, exist_ok=True)
+    cfg = task.export_files(cfg, out)
     _write(out / VARIABLES, serialization.to_bytes(variables))
     _write(out / "config.json", cfg.to_json().encode())
     meta = {"task": task.name, "preset": cfg.preset, "run": workdir.name, "step": step}
@@ -82,7 +83,9 @@ def load_model(task, folder: Path | str | None = None):
         raise ShippedModelError(
             f"{path}: no shipped {task.name} model; pass --workdir RUN (a trained run)"
         )
-    cfg = task.config_from_dict(json.loads((folder / "config.json").read_text()))
+    cfg = task.locate(
+        task.config_from_dict(json.loads((folder / "config.json").read_text())), folder
+    )
     mesh = make_mesh(jax.devices()[:1])
     # zeros of the state's shapes: only the variables matter for inference, and they are read
     # next (compiling the model's initialisers would take ~40 s on a CPU)

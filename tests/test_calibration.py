@@ -206,8 +206,11 @@ def test_beat_training_calibrates_its_decoding(beat_cache, tmp_path, capsys):
         "method",
         "beat_threshold",
         "min_distance",
+        "downbeats",
         "downbeat_threshold",
+        "tagger",
     }
+    assert saved["decode"]["downbeats"] == "peaks"  # the tiny preset has no tagger
     assert saved["decode"]["method"] in ("peaks", "track")
     assert saved["after"]["beat_f_measure"] >= saved["before"]["beat_f_measure"] - 1e-9
     capsys.readouterr()
@@ -239,8 +242,13 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     assert main(["transcribe", "beat", str(tmp_path / "piece.mid"), "-o", str(out)]) == 0
     beats = np.loadtxt(out / "piece_beats.csv", skiprows=1, ndmin=1)
     assert len(beats) >= 4 and np.all(np.diff(beats) > 0) and beats.max() <= 24.0
+    # the shipped model's downbeats come from its tagger: some of the tracked beats
+    downbeats = np.loadtxt(out / "piece_downbeats.csv", skiprows=1, ndmin=1)
+    assert len(downbeats) >= 1 and set(downbeats) <= set(np.round(beats, 6))
     meta = json.loads((model_dir("beat") / "model.json").read_text())
     assert meta["task"] == "beat" and meta["preset"] == "quality"
+    assert meta["calibration"]["decode"]["downbeats"] == "tagger"
+    assert (model_dir("beat") / "tagger" / "variables.msgpack").is_file()
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
 
 

@@ -145,6 +145,7 @@ def restore_for_inference(
     cfg = task.config_from_dict(json.loads(cfg_path.read_text()))
     if calibrated:
         cfg = calibrated_config(cfg, workdir)
+    cfg = task.locate(cfg, workdir)
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
         raise RestoreError(f"{ckpt_dir}: no checkpoint to evaluate")
@@ -408,7 +409,7 @@ def calibrate_decoding(
             raise
         log(f"Decoding not calibrated: {e}")
         return {}
-    result = calibrate(make_predict(mesh, state), cfg, cache, progress=progress)
+    result = calibrate(make_predict(mesh, state), cfg, cache, progress=progress, workdir=workdir)
     if not result:
         return {}
     result = {"step": step, **result}

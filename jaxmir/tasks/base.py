@@ -129,6 +129,22 @@ class Task(abc.ABC):
     ) -> grain.MapDataset:
         """Unbatched examples {"x", ...} of this process; endless (and shuffled) when `train`."""
 
+    # -- files beside the weights (optional) ----------------------------------------------------
+    def locate(self, cfg: Config, folder: Path) -> Config:
+        """`cfg` with the paths it holds relative to the run or model `folder` it was read
+        from made whole (beat: its downbeat tagger). Nothing by default."""
+        return cfg
+
+    def extra_params(self, cfg: Config) -> dict[str, int]:
+        """Parameter counts of models the task trains beside its main one, by name (beat: its
+        downbeat tagger), for `jaxmir info`. None by default."""
+        return {}
+
+    def export_files(self, cfg: Config, out: Path) -> Config:
+        """Copy the files `cfg` refers to into the shipped model folder `out`; returns `cfg`
+        referring to them there, relatively. Nothing by default."""
+        return cfg
+
     # -- optional -----------------------------------------------------------------------------
     def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
         raise ConfigError(f"{self.name}: no embedded corpus; pass --data CACHE")

@@ -186,9 +186,10 @@ class MusicTask(PieceTask):
         # step 2400, test_piano note F1 0.56 (0.57 at its last step) against 0.62 for this one.
         quality = schedule(10, 300, 20, 8, 8, log_every=25, early_stop_patience=None)
         # The best checkpoint is the one that decodes best once calibrated (`evaluate`); the
-        # split of voices training never hears is scored each epoch for its curve.
+        # split of voices training never hears is scored each epoch for its curve. Seed 2:
+        # of seeds 0, 1, 2 it scored highest on validation (0.71 against 0.67 and 0.50).
         quality = dataclasses.replace(
-            quality, monitor=f"val_{CALIBRATED}", watch_splits=("test_heldout",)
+            quality, monitor=f"val_{CALIBRATED}", watch_splits=("test_heldout",), seed=2
         )
         quality_model = MusicModelConfig(
             timesteps=128, base=8, dropout=0.1, bn_momentum=0.99, channels=WITH_SHORT
@@ -322,10 +323,13 @@ class MusicTask(PieceTask):
     def calibrates(self, cfg: Config) -> bool:
         return cfg.decode.method == "simple" and cfg.decode.calibrate
 
-    def calibrate(self, predict, cfg: Config, cache, progress: bool = False) -> dict | None:
+    def calibrate(
+        self, predict, cfg: Config, cache, progress: bool = False, workdir: Path | None = None
+    ) -> dict | None:
         """The simple decoder's thresholds that maximise note F1 on the validation pieces
-        (`calibrate_pieces`). Returns the chosen `decode` values plus the validation scores
-        before and after, or None when the config does not ask for it."""
+        (`calibrate_pieces`); `workdir` (the run's) is not needed. Returns the chosen `decode`
+        values plus the validation scores before and after, or None when the config does not
+        ask for it."""
         if not self.calibrates(cfg) or not cache.names("val"):
             return None
         pieces = self.split_posteriors(

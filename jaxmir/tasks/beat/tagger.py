@@ -1,0 +1,210 @@
+"""Training, storing and running the downbeat tagger (:class:`jaxmir.tasks.beat.bars.BarTagger`).
+
+The tagger is the beat run's second stage. Once the frame model is trained and its beat
+decoding calibrated, the tagger trains through the engine (`jaxmir.engine.fitting`) in the run's
+``tagger/run`` folder on the training pieces' beat sequences, twice over: the true beats, and
+the beats the frame model tracks (so it learns to place bars on the beats it will be given,
+errors included). Its weights are then stored as ``tagger/variables.msgpack`` beside
+``tagger/tagger.json`` (its size), which is also the folder a shipped model carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmir.config import Config, OptimConfig, TrainConfig
+from jaxmir.engine.fitting import CustomTask
+from jaxmir.tasks.base import NoConfig
+from jaxmir.tasks.beat.bars import (
+    N_BAR_FEATURES,
+    WINDOW,
+    BarTagger,
+    bar_features,
+    downbeat_targets,
+    transpose,
+    windows,
+)
+
+TAGGER_DIR = "tagger"
+"""The tagger's folder inside a run's workdir or a shipped model folder."""
+
+TAGGER_VARIABLES = "variables.msgpack"
+TAGGER_SIZE_FILE = "tagger.json"
+
+POSITIVE_WEIGHT = 3.0
+"""Loss weight of a downbeat against another beat (about one beat in three is a downbeat)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaggerSize:
+    hidden: int = 32
+    num_layers: int = 2
+
+    def module(self) -> BarTagger:
+        return BarTagger(hidden=self.hidden, num_layers=self.num_layers)
+
+    def param_count(self) -> int:
+        shapes = jax.eval_shape(
+            lambda: self.module().init(jax.random.PRNGKey(0), jnp.zeros((1, 2, N_BAR_FEATURES)))
+        )
+        return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
+
+
+def tagger_loss(apply_fn, variables, batch, rng, train):
+    """Masked BCE over the beats of each window, downbeats weighted `POSITIVE_WEIGHT`."""
+    logits = apply_fn(variables, batch["x"], train=train)
+    y, mask = batch["y"], batch["mask"]
+    weight = mask * (1.0 + (POSITIVE_WEIGHT - 1.0) * y)
+    loss = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, y) * weight) / jnp.maximum(
+        jnp.sum(weight), 1.0
+    )
+    hits = ((logits > 0) == (y > 0.5)) * mask
+    return loss, ({"accuracy": jnp.sum(hits) / jnp.maximum(jnp.sum(mask), 1.0)}, {})
+
+
+@dataclasses.dataclass
+class RandomTranspose(grain.transforms.RandomMap):
+    """Each training window moved by a random 0-11 semitones (pitch classes only)."""
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        return {**element, "x": transpose(element["x"], int(rng.integers(12)))}
+
+
+class TaggerTask(CustomTask):
+    """`CustomTask` whose training windows are transposed anew on every pass."""
+
+    name = "beat-tagger"
+
+    def dataset(self, cfg: Config, cache, split: str, train: bool) -> grain.MapDataset:
+        ds = super().dataset(cfg, cache, split, train)
+        return ds.random_map(RandomTranspose()) if train else ds
+
+
+def piece_examples(
+    notes: np.ndarray, beat_lists: Iterable[np.ndarray], downbeats: np.ndarray
+) -> list[dict[str, np.ndarray]]:
+    """The tagger's training windows of one piece, for each list of beats given."""
+    out = []
+    for beats in beat_lists:
+        beats = np.asarray(beats, np.float64)
+        if len(beats) >= 2:
+            out += windows(bar_features(notes, beats), downbeat_targets(beats, downbeats))
+    return out
+
+
+def train_tagger(
+    train_examples: list[dict],
+    val_examples: list[dict],
+    folder: Path,
+    size: TaggerSize,
+    steps: int,
+    seed: int = 0,
+    *,
+    progress: bool = False,
+    log=print,
+) -> Path:
+    """Train a tagger on the examples through the engine (in ``folder/run``, started afresh)
+    and store its final weights in `folder`; returns `folder`."""
+    from flax import serialization
+
+    from jaxmir.engine.run import train as run_train
+
+    if not train_examples:
+        raise ValueError("no training pieces with two or more beats for the downbeat tagger")
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # derived from the frame model: never resumed
+    epochs = 4
+    train_cfg = TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=max(1, steps // epochs),
+        val_steps=max(1, min(10, len(val_examples) // 32)),
+        batch_size=32,
+        val_batch_size=32,
+        seed=seed,
+        log_every=50,
+        early_stop_patience=None,
+        eval_pieces_each_epoch=False,
+        data_threads=1,
+    )
+    optim = OptimConfig(
+        learning_rate=2e-3,
+        lr_schedule="warmup_cosine",
+        warmup_steps=min(100, steps // 10),
+        decay_steps=train_cfg.epochs * train_cfg.steps_per_epoch,
+        min_lr=1e-5,
+    )
+    cfg = Config(
+        task=TaggerTask.name,
+        preset="tagger",
+        model=size,
+        data=NoConfig(),
+        decode=NoConfig(),
+        train=train_cfg,
+        optim=optim,
+    )
+    source = grain.MapDataset.source
+    task = TaggerTask(
+        size.module(), tagger_loss, source(train_examples), source(val_examples or train_examples)
+    )
+    result = run_train(task, cfg, folder / "run", progress=progress, log=log)
+    variables = jax.device_get({"params": result.state.params})
+    (folder / TAGGER_VARIABLES).write_bytes(serialization.to_bytes(variables))
+    (folder / TAGGER_SIZE_FILE).write_text(json.dumps(dataclasses.asdict(size)) + "\n")
+    return folder
+
+
+@functools.lru_cache(maxsize=4)
+def load_tagger(folder: str) -> Callable[[np.ndarray], np.ndarray]:
+    """`tag(features (beats, N_BAR_FEATURES)) -> downbeat probabilities (beats,)` of the tagger
+    stored in `folder`. Sequences are padded to a multiple of `WINDOW` beats, so a handful of
+    shapes compile however many pieces are tagged."""
+    from flax import serialization
+
+    path = Path(folder)
+    weights, size_file = path / TAGGER_VARIABLES, path / TAGGER_SIZE_FILE
+    for f in (weights, size_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: no downbeat tagger here (decode.tagger)")
+    size = TaggerSize(**json.loads(size_file.read_text()))
+    model = size.module()
+    target = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, WINDOW, N_BAR_FEATURES)))
+    )
+    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), target)
+    try:
+        variables = serialization.from_bytes(target, weights.read_bytes())
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{weights}: does not fit a tagger of {size} ({e})") from None
+    apply = jax.jit(lambda x: jax.nn.sigmoid(model.apply(variables, x)))
+
+    def tag(features: np.ndarray) -> np.ndarray:
+        n = len(features)
+        if n == 0:
+            return np.zeros(0, np.float32)
+        padded = np.zeros((-(-n // WINDOW) * WINDOW, N_BAR_FEATURES), np.float32)
+        padded[:n] = features
+        return np.asarray(apply(padded[None]))[0, :n]
+
+    return tag
+
+
+def tag_downbeats(
+    folder: str, notes: np.ndarray, beats: np.ndarray, threshold: float
+) -> np.ndarray:
+    """The beats the tagger in `folder` marks as downbeats (probability >= `threshold`)."""
+    beats = np.asarray(beats, np.float64)
+    if len(beats) < 2:
+        return beats[:0]
+    probs = load_tagger(str(folder))(bar_features(notes, beats))
+    return beats[probs >= threshold]

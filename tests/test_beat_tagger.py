@@ -1,0 +1,216 @@
+"""The beat task's downbeat tagger: beat-synchronous features, targets, network, training,
+calibration, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import mir_eval
+import numpy as np
+import pytest
+
+from jaxmir.cli import main
+from jaxmir.tasks.beat.bars import (
+    N_BAR_FEATURES,
+    PITCH_CLASS_BLOCKS,
+    WINDOW,
+    BarTagger,
+    bar_features,
+    downbeat_targets,
+    notes_from_features,
+    transpose,
+    windows,
+)
+from jaxmir.tasks.beat.labels import beat_features
+from jaxmir.tasks.beat.tagger import (
+    TAGGER_SIZE_FILE,
+    TAGGER_VARIABLES,
+    TaggerSize,
+    piece_examples,
+    tag_downbeats,
+    train_tagger,
+)
+
+
+def test_notes_come_back_from_the_features_at_frame_resolution():
+    notes = np.array(
+        [
+            [0.004, 0.5, 60],  # onset rounds to frame 0
+            [0.25, 0.30, 60],  # re-struck while the first still sounds: the first ends here
+            [1.0, 1.002, 72],  # shorter than a frame: sounds one frame
+            [0.5, 2.0, 21],  # lowest key
+            [0.7, 0.9, 20],  # below the roll: dropped by the features
+        ]
+    )
+    x = beat_features(notes, 220)
+    got = notes_from_features(x)
+    # the duration roll is the union of a key's notes: the re-struck note lasts to 0.5 s
+    expected = np.array([[0.0, 0.25, 60], [0.25, 0.5, 60], [0.5, 2.0, 21], [1.0, 1.01, 72]])
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert notes_from_features(np.zeros((10, 178), np.float32)).shape == (0, 3)
+
+
+def _piece():
+    """Three beats at 1 s: a C major chord with a C2 bass held 2 beats, then G over C held,
+    then silence."""
+    notes = [[0.0, 2.0, 36], [0.0, 0.9, 60], [0.0, 0.9, 64], [0.0, 0.9, 67], [1.02, 1.5, 67]]
+    return np.array(notes, np.float64), np.array([0.0, 1.0, 2.0])
+
+
+def test_bar_features_describe_each_beat():
+    notes, beats = _piece()
+    f = bar_features(notes, beats)
+    assert f.shape == (3, N_BAR_FEATURES) and f.dtype == np.float32
+    # beat 0: C, E, G and the bass start; the bass (2 beats) weighs most
+    assert f[0, 0] == 1.0 and 0 < f[0, 4] < 1 and f[0, 4] == f[0, 7]
+    np.testing.assert_array_equal(np.flatnonzero(f[0, 12:24]), [0, 4, 7])
+    np.testing.assert_array_equal(np.flatnonzero(f[0, 24:36]), [0])  # C bass
+    np.testing.assert_allclose(f[0, 36:39], np.log1p([4, 4, 0]))
+    np.testing.assert_allclose(f[0, 39], np.log1p(2.0), rtol=1e-6)
+    # beat 1: a G starts 20 ms late (inside the tolerance) over the held bass
+    np.testing.assert_array_equal(np.flatnonzero(f[1, 0:12]), [7])
+    np.testing.assert_array_equal(np.flatnonzero(f[1, 12:24]), [0, 7])
+    np.testing.assert_allclose(f[1, 36:39], np.log1p([1, 1, 1]))
+    assert f[1, 44] == 0.0 and 0 < f[1, 45] < 1  # harmony moved, not wholly
+    # beat 2: nothing starts or sounds
+    assert f[2, 44] == 1.0 and not f[2, :36].any() and f[2, 45] == 1.0
+    np.testing.assert_allclose(f[:, 43], 0.0, atol=1e-6)  # even intervals
+    assert bar_features(np.zeros((0, 3)), beats)[:, 44].tolist() == [1.0, 1.0, 1.0]
+    assert bar_features(notes, np.zeros(0)).shape == (0, N_BAR_FEATURES)
+
+
+def test_transposing_the_notes_rotates_the_pitch_class_columns():
+    notes, beats = _piece()
+    moved = notes.copy()
+    moved[:, 2] += 5
+    a, b = transpose(bar_features(notes, beats), 5), bar_features(moved, beats)
+    register = [41, 42]
+    keep = [c for c in range(N_BAR_FEATURES) if c not in register]
+    np.testing.assert_allclose(a[:, keep], b[:, keep], atol=1e-6)
+    assert not np.allclose(a[:, register], b[:, register])
+    assert sum(s.stop - s.start for s in PITCH_CLASS_BLOCKS) == 36
+
+
+def test_downbeat_targets_mark_the_nearest_beat_within_the_tolerance():
+    beats = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    downbeats = np.array([0.03, 1.46, 2.3])  # 2.3 s: no beat within 70 ms
+    np.testing.assert_array_equal(downbeat_targets(beats, downbeats), [1, 0, 0, 1, 0, 0])
+    assert downbeat_targets(beats, []).sum() == 0 and len(downbeat_targets([], downbeats)) == 0
+
+
+def test_windows_cover_every_beat_and_pad_the_last():
+    f = np.random.default_rng(0).normal(size=(100, N_BAR_FEATURES)).astype(np.float32)
+    y = (np.arange(100) % 3 == 0).astype(np.float32)
+    ws = windows(f, y, window=WINDOW)
+    assert len(ws) == 3 and all(w["x"].shape == (WINDOW, N_BAR_FEATURES) for w in ws)
+    np.testing.assert_array_equal(ws[1]["x"][:WINDOW], f[32:96])
+    np.testing.assert_array_equal(ws[2]["mask"], np.r_[np.ones(36), np.zeros(28)])
+    assert ws[2]["y"][:36].tolist() == y[64:].tolist()
+    assert len(windows(f[:5], y[:5])) == 1
+
+
+def test_tagger_shape_and_parameter_count():
+    model = BarTagger(hidden=32, num_layers=2)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, WINDOW, N_BAR_FEATURES)))
+    )
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
+    lstm = lambda n_in, h: 2 * 4 * (h * (n_in + h) + h)  # noqa: E731 (Keras' count, both ways)
+    expected = 2 * N_BAR_FEATURES + (N_BAR_FEATURES * 32 + 32) + lstm(32, 32) + lstm(64, 32) + 65
+    assert count == expected == 43_133
+    out = jax.eval_shape(model.apply, shapes, jnp.zeros((2, WINDOW, N_BAR_FEATURES)))
+    assert out.shape == (2, WINDOW)
+    assert TaggerSize(32, 2).param_count() == 43_133
+
+
+def test_info_counts_the_quality_presets_tagger(capsys):
+    assert main(["info", "beat", "--preset", "quality"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["downbeat_tagger_params"] == 168_093  # 2 x 64 units
+    assert main(["info", "beat", "--preset", "tiny"]) == 0
+    assert "downbeat_tagger_params" not in capsys.readouterr().out
+
+
+def _waltz(rng: np.random.Generator, bars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 3/4 piece at a random tempo: a long low note on each bar's first beat, short high
+    chords on the others (the tagger has to find the bar starts from that alone)."""
+    period = rng.uniform(0.35, 0.8)
+    beats = np.arange(bars * 3) * period
+    notes = []
+    for i, t in enumerate(beats):
+        if i % 3 == 0:
+            notes.append([t, t + 2.5 * period, rng.integers(36, 48)])
+        else:
+            notes += [[t, t + 0.4 * period, p] for p in rng.integers(60, 80, size=2)]
+    return np.array(notes, np.float64), beats, beats[::3]
+
+
+def test_a_trained_tagger_finds_the_bars_of_a_simple_meter(tmp_path):
+    rng = np.random.default_rng(0)
+    pieces = [_waltz(rng, 12) for _ in range(24)]
+    train = [w for n, b, d in pieces[:20] for w in piece_examples(n, [b], d)]
+    val = [w for n, b, d in pieces[20:] for w in piece_examples(n, [b], d)]
+    folder = train_tagger(train, val, tmp_path / "tagger", TaggerSize(8, 1), steps=160)
+    assert (folder / TAGGER_VARIABLES).is_file() and (folder / TAGGER_SIZE_FILE).is_file()
+    assert (folder / "run" / "metrics.jsonl").is_file()  # trained through the engine
+    scores = []
+    for notes, beats, downbeats in pieces[20:]:
+        found = tag_downbeats(str(folder), notes, beats, 0.5)
+        scores.append(mir_eval.beat.f_measure(downbeats, found))
+    assert np.mean(scores) > 0.9, scores
+
+
+def test_a_tagger_folder_that_is_missing_is_named(tmp_path):
+    from jaxmir.tasks.beat.tagger import load_tagger
+
+    with pytest.raises(FileNotFoundError, match="no downbeat tagger"):
+        load_tagger(str(tmp_path / "nowhere"))
+
+
+def test_training_with_a_tagger_calibrates_it_and_export_carries_it(beat_cache, tmp_path, capsys):
+    """A beat run asked for a tagger trains it after the frame model, calibration scores it
+    against the frame model's downbeat peaks, eval decodes with it when asked (the folder in
+    decode.json is relative to the run), and the exported model carries it."""
+    from jaxmir.shipped import load_model
+    from jaxmir.tasks.beat.task import TASK
+
+    wd = tmp_path / "beat"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    argv += ["--no-progress", "--set", "model.tagger_hidden=4", "--set", "model.tagger_steps=8"]
+    assert main(argv) == 0
+    assert (wd / "tagger" / TAGGER_VARIABLES).is_file()
+    saved = json.loads((wd / "decode.json").read_text())
+    assert set(saved["val_downbeat_f_by_source"]) == {"peaks", "tagger"}
+    assert saved["decode"]["downbeats"] in ("peaks", "tagger")
+    # decode with the tagger whatever calibration chose: relative to the run folder
+    saved["decode"].update(downbeats="tagger", tagger="tagger", tagger_threshold=0.0)
+    (wd / "decode.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    evaluate = ["eval", "beat", "--workdir", str(wd), "--data", str(beat_cache), "--split", "val"]
+    assert main(evaluate) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["decode"]["tagger"] == "tagger"  # the eval record names it inside the run
+    # the tagger's downbeats are tracked beats: all of them at threshold 0, fewer at 0.5
+    from jaxmir.data.cache import FeatureCache
+    from jaxmir.engine.run import make_predict, restore_for_inference
+
+    cfg, mesh, state, _ = restore_for_inference(TASK, wd)
+    posteriors, _ = next(
+        TASK.split_posteriors(make_predict(mesh, state), cfg, FeatureCache(beat_cache), "val")
+    )
+    beats, downbeats = TASK.decode(posteriors, cfg)
+    assert len(beats) >= 2 and np.array_equal(beats, downbeats)
+    half = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, tagger_threshold=0.5))
+    assert set(TASK.decode(posteriors, half)[1]) <= set(beats)
+    with pytest.raises(ValueError, match="needs BeatPosteriors"):
+        TASK.decode(posteriors.frames, cfg)
+    out = tmp_path / "shipped"
+    assert main(["export", "beat", "--workdir", str(wd), "--out", str(out)]) == 0
+    shipped_cfg = json.loads((out / "config.json").read_text())
+    assert shipped_cfg["decode"]["tagger"] == "tagger"
+    assert (out / "tagger" / TAGGER_VARIABLES).is_file()
+    cfg, _, _ = load_model(TASK, out)
+    assert cfg.decode.tagger == str(out / "tagger")
