@@ -157,6 +157,38 @@ def test_real_chorale_downbeats():
     np.testing.assert_allclose(np.diff(piece.beats), SPQ)
 
 
+def test_a_part_subset_rendering_thins_the_parts_and_keeps_the_rest():
+    """A rendering that keeps some parts: a strict, non-empty subset of the chorale's voices,
+    the same beats, tempo and (for the notes kept) the same times as the full rendering; the
+    corpus names it with its suffix."""
+    cid = "bach/bwv66.6"
+    score = music21.corpus.parse(cid, forceSource=True)
+    grid, notes = chorales._metrical_grid(score), chorales._collect_notes(score)
+    for variant in range(4):
+        thin = chorales._render(
+            grid, notes, "t", chorales._piece_rng(0, cid, variant), True, part_subsets=1.0
+        )
+        ref = chorales._render(grid, notes, "r", chorales._piece_rng(0, cid, variant), True)
+        np.testing.assert_array_equal(thin.beats, ref.beats)
+        np.testing.assert_array_equal(thin.downbeats, ref.downbeats)
+        assert 0 < len(thin.notes) < len(ref.notes)
+        rows = {tuple(r) for r in ref.notes}
+        assert all(tuple(r) in rows for r in thin.notes)  # a subset of the same notes
+    rng = np.random.default_rng(0)
+    part = np.repeat(np.arange(4), 5)
+    kept = [chorales._part_subset(part, rng, 1.0) for _ in range(200)]
+    voices = [len(set(part[k])) for k in kept]
+    assert min(voices) == 1 and max(voices) == 3  # one to three of four voices
+    for k in kept:  # whole parts: all of a part's notes or none
+        assert all(k[part == p].all() or not k[part == p].any() for p in range(4))
+    assert chorales._part_subset(np.zeros(6, int), rng, 1.0).all()  # one part: all kept
+    assert chorales._part_subset(part, rng, 0.0).all()
+    pieces, _ = chorales.build_chorale_pieces(
+        "all", 1, progress=False, ids=[cid], part_subsets=1.0, suffix="__sparse"
+    )
+    assert pieces[0].name == "bach__bwv66.6__sparse"
+
+
 # ---- MIDI folder ---------------------------------------------------------------------------
 
 

@@ -355,6 +355,7 @@ def _render(
     rng: np.random.Generator | None,
     augment: bool,
     bpm_range: tuple[float, float] = BASE_BPM_RANGE,
+    part_subsets: float = 0.0,
 ) -> SymbolicPiece:
     tmap = _tempo_map(grid, notes, rng, augment, bpm_range)
     onset = tmap(notes.onset_q)
@@ -371,11 +372,24 @@ def _render(
         keep = rng.uniform(size=len(onset)) >= NOTE_DROP_PROB
         if keep.any():
             onset, offset, pitch, vel = onset[keep], offset[keep], pitch[keep], vel[keep]
+        if part_subsets > 0.0:  # drawn last: the other draws stay those of a full rendering
+            parts = _part_subset(notes.part[keep] if keep.any() else notes.part, rng, part_subsets)
+            onset, offset, pitch, vel = onset[parts], offset[parts], pitch[parts], vel[parts]
     else:
         vel = np.full(len(onset), UNAUGMENTED_VELOCITY)
     arr = np.stack([onset, offset, pitch, vel], axis=1).astype(np.float64)
     arr = arr[np.lexsort((arr[:, 2], arr[:, 0]))]
     return SymbolicPiece(name=name, notes=arr, beats=beats, downbeats=downbeats)
+
+
+def _part_subset(part: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
+    """Which notes to keep: with `probability`, those of a random 1 to n-1 of the n parts
+    (a melody alone, a melody and its bass, ...), else all. A score of one part keeps all."""
+    n_parts = int(part.max()) + 1 if len(part) else 0
+    if n_parts < 2 or rng.uniform() >= probability:
+        return np.ones(len(part), bool)
+    chosen = rng.choice(n_parts, size=int(rng.integers(1, n_parts)), replace=False)
+    return np.isin(part, chosen)
 
 
 def _piece_rng(seed: int, chorale_id: str, variant: int) -> np.random.Generator:
@@ -398,6 +412,8 @@ def build_chorale_pieces(
     test_fraction: float = 0.1,
     bpm_range: tuple[float, float] = BASE_BPM_RANGE,
     ids: list[str] | None = None,
+    part_subsets: float = 0.0,
+    suffix: str = "",
 ) -> tuple[list[SymbolicPiece], list[tuple[str, str]]]:
     """Pieces of one split ('train' | 'val' | 'test' | 'all').
 
@@ -405,8 +421,9 @@ def build_chorale_pieces(
     renders each `variants` times with an rng seeded from (seed, id, variant): with augment=True
     (the default, for every split: val/test get varied but fixed tempi) or the plain constant
     tempo (base tempo log-uniform in `bpm_range` per beat). `ids`: other music21 works instead
-    of the chorales. Names are the corpus id with '/' -> '__' ('bach__bwv269'), plus '__v<k>'
-    when variants > 1. Chorales that fail are skipped with a warning and returned as (id, reason).
+    of the chorales. `part_subsets`: the probability that a rendering keeps only some of the
+    score's parts (`_part_subset`). Names are the corpus id with '/' -> '__' ('bach__bwv269'),
+    plus '__v<k>' when variants > 1, plus `suffix`. Chorales that fail are skipped with a warning and returned as (id, reason).
     """
     from music21 import corpus
     from tqdm.auto import tqdm
@@ -430,9 +447,9 @@ def build_chorale_pieces(
             grid, notes = _metrical_grid(score), _collect_notes(score)  # once per chorale
             rendered = []
             for k in range(variants):
-                name = _piece_name(cid) + (f"__v{k}" if variants > 1 else "")
+                name = _piece_name(cid) + (f"__v{k}" if variants > 1 else "") + suffix
                 rng = _piece_rng(seed, cid, k) if augment else None
-                rendered.append(_render(grid, notes, name, rng, augment, bpm_range))
+                rendered.append(_render(grid, notes, name, rng, augment, bpm_range, part_subsets))
         except Exception as e:  # one bad chorale must not sink the corpus
             reason = f"{type(e).__name__}: {e}"
             warnings.warn(f"skipping chorale {cid}: {reason}", stacklevel=2)
