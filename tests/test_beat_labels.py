@@ -289,3 +289,20 @@ def test_write_beat_csv(tmp_path):
     assert path.read_text() == "time\n0.500000\n1.000000\n1.234568\n"
     write_beat_csv(path, np.array([]))
     assert path.read_text() == "time\n"
+
+
+def test_score_tells_a_tempo_octave_from_a_wrong_tempo():
+    from jaxmir.tasks.beat.task import TASK
+
+    cfg = TASK.preset("tiny")
+    beats = np.arange(0.0, 60.0, 0.5)
+    labels = {"beats": beats, "downbeats": beats[::4]}
+    exact = TASK.score((beats, beats[::4]), labels, cfg)
+    assert exact["beat_f_measure"] == exact["beat_cmlt"] == exact["beat_amlt"] == 1.0
+    # every other beat: half the F-measure's recall, right at the next metrical level
+    half = TASK.score((beats[::2], beats[::4]), labels, cfg)
+    assert half["beat_f_measure"] == pytest.approx(2 / 3)
+    assert half["beat_cmlt"] == 0.0 and half["beat_amlt"] == 1.0
+    # a tempo 10 % off drifts through every beat: no metrical level saves it
+    drift = TASK.score((np.arange(0.0, 60.0, 0.55), beats[::4]), labels, cfg)
+    assert drift["beat_amlt"] < 0.3 and drift["downbeat_f_measure"] == 1.0

@@ -124,7 +124,7 @@ def test_train_eval_transcribe(beat_cache, tmp_path, capsys):
     )
     assert main(["eval", "beat", "--workdir", str(wd), "--split", "test"]) == 0
     metrics = last_json(capsys)
-    assert {"beat_f_measure", "downbeat_f_measure"} <= set(metrics)
+    assert {"beat_f_measure", "downbeat_f_measure", "beat_cmlt", "beat_amlt"} <= set(metrics)
     assert main(["eval", "beat", "--workdir", str(wd), "--split", "test", "--no-progress"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1]) == metrics and "Evaluate test" not in err

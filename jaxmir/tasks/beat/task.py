@@ -394,7 +394,7 @@ class BeatTask(PieceTask):
 
         def mean(key: str, **values) -> float:
             c = with_decode(**values)
-            return float(np.mean([self.score(self.decode(p, c), lab, c)[key] for p, lab in pieces]))
+            return float(np.mean([f_measures(self.decode(p, c), lab)[key] for p, lab in pieces]))
 
         keys = ("beat_f_measure", "downbeat_f_measure")
         before = {k: mean(k) for k in keys}
@@ -471,11 +471,12 @@ class BeatTask(PieceTask):
         )
 
     def score(self, events, labels, cfg: Config) -> dict[str, float]:
-        beats, downbeats = events
-        return {
-            "beat_f_measure": mir_eval.beat.f_measure(labels["beats"], beats),
-            "downbeat_f_measure": mir_eval.beat.f_measure(labels["downbeats"], downbeats),
-        }
+        """Beat and downbeat F-measure (70 ms), and the beats' continuity scores: CMLt (the
+        annotated metrical level) and AMLt (also at double or half tempo, or off-beat), which
+        tell tempo-octave errors from others."""
+        beats, _ = events
+        _, cmlt, _, amlt = mir_eval.beat.continuity(labels["beats"], beats)
+        return {**f_measures(events, labels), "beat_cmlt": cmlt, "beat_amlt": amlt}
 
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
         from jaxmir.data.datasets.midi import read_midi_notes
@@ -490,6 +491,15 @@ class BeatTask(PieceTask):
         write_beat_csv(outdir / f"{stem}_beats.csv", beats)
         write_beat_csv(outdir / f"{stem}_downbeats.csv", downbeats)
         return [midi_path, outdir / f"{stem}_beats.csv", outdir / f"{stem}_downbeats.csv"]
+
+
+def f_measures(events, labels) -> dict[str, float]:
+    """Beat and downbeat F-measure of (beats, downbeats) against a piece's labels."""
+    beats, downbeats = events
+    return {
+        "beat_f_measure": mir_eval.beat.f_measure(labels["beats"], beats),
+        "downbeat_f_measure": mir_eval.beat.f_measure(labels["downbeats"], downbeats),
+    }
 
 
 def weighted_bce(logits, targets, mask, downbeat_weight: float):
