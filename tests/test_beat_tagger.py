@@ -170,6 +170,23 @@ def test_a_tagger_folder_that_is_missing_is_named(tmp_path):
         load_tagger(str(tmp_path / "nowhere"))
 
 
+def test_a_tagger_re_written_in_its_folder_is_read_again(tmp_path):
+    """`jaxmir calibrate beat` re-trains the tagger in the run's folder: a process that has
+    loaded it before must tag with the new weights, not its cached copy."""
+    from jaxmir.tasks.beat.tagger import load_tagger, save_tagger
+
+    size = TaggerSize(8, 1)
+    x = np.random.default_rng(0).normal(size=(WINDOW, N_BAR_FEATURES)).astype(np.float32)
+    outputs = []
+    for seed in (0, 1):
+        save_tagger(
+            tmp_path, size.module().init(jax.random.PRNGKey(seed), jnp.asarray(x[None])), size
+        )
+        outputs.append(load_tagger(str(tmp_path))(x))
+        np.testing.assert_array_equal(load_tagger(str(tmp_path))(x), outputs[-1])
+    assert not np.allclose(outputs[0], outputs[1])
+
+
 def test_training_with_a_tagger_calibrates_it_and_export_carries_it(beat_cache, tmp_path, capsys):
     """A beat run asked for a tagger trains it after the frame model, calibration scores it
     against the frame model's downbeat peaks, eval decodes with it when asked (the folder in

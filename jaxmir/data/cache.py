@@ -44,6 +44,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write_bytes(path, lambda f: f.write(data))
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

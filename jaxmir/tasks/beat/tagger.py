@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxmir.config import Config, OptimConfig, TrainConfig
+from jaxmir.data.cache import atomic_write_bytes, atomic_write_text
 from jaxmir.engine.fitting import CustomTask
 from jaxmir.tasks.base import NoConfig
 from jaxmir.tasks.beat.bars import (
@@ -116,8 +117,6 @@ def train_tagger(
 ) -> Path:
     """Train a tagger on the examples through the engine (in ``folder/run``, started afresh)
     and store its final weights in `folder`; returns `folder`."""
-    from flax import serialization
-
     from jaxmir.engine.run import train as run_train
 
     if not train_examples:
@@ -158,24 +157,40 @@ def train_tagger(
         size.module(), tagger_loss, source(train_examples), source(val_examples or train_examples)
     )
     result = run_train(task, cfg, folder / "run", progress=progress, log=log)
-    variables = jax.device_get({"params": result.state.params})
-    (folder / TAGGER_VARIABLES).write_bytes(serialization.to_bytes(variables))
-    (folder / TAGGER_SIZE_FILE).write_text(json.dumps(dataclasses.asdict(size)) + "\n")
+    save_tagger(folder, jax.device_get({"params": result.state.params}), size)
     return folder
 
 
-@functools.lru_cache(maxsize=4)
+def save_tagger(folder: Path, variables: dict, size: TaggerSize) -> None:
+    """Write a tagger's weights and size into `folder`, each file replaced atomically (a new
+    file, so `load_tagger` sees a new version even within one timestamp tick)."""
+    from flax import serialization
+
+    atomic_write_bytes(Path(folder) / TAGGER_VARIABLES, serialization.to_bytes(variables))
+    atomic_write_text(Path(folder) / TAGGER_SIZE_FILE, json.dumps(dataclasses.asdict(size)) + "\n")
+
+
 def load_tagger(folder: str) -> Callable[[np.ndarray], np.ndarray]:
     """`tag(features (beats, N_BAR_FEATURES)) -> downbeat probabilities (beats,)` of the tagger
     stored in `folder`. Sequences are padded to a multiple of `WINDOW` beats, so a handful of
-    shapes compile however many pieces are tagged."""
-    from flax import serialization
-
+    shapes compile however many pieces are tagged. Loaded once per process and version of the
+    weights: a tagger re-trained in the same folder (`jaxmir calibrate beat`) is read again."""
     path = Path(folder)
     weights, size_file = path / TAGGER_VARIABLES, path / TAGGER_SIZE_FILE
     for f in (weights, size_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f}: no downbeat tagger here (decode.tagger)")
+    stamps = [f.stat() for f in (weights, size_file)]
+    stamp = tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stamps)
+    return _load_tagger(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tagger(folder: str, stamp: tuple) -> Callable[[np.ndarray], np.ndarray]:
+    from flax import serialization
+
+    path = Path(folder)
+    weights, size_file = path / TAGGER_VARIABLES, path / TAGGER_SIZE_FILE
     size = TaggerSize(**json.loads(size_file.read_text()))
     model = size.module()
     target = jax.eval_shape(
