@@ -18,6 +18,7 @@ from jaxmir.tasks.beat.bars import (
     PITCH_CLASS_BLOCKS,
     WINDOW,
     BarTagger,
+    TaggerEnsemble,
     bar_features,
     downbeat_targets,
     notes_from_features,
@@ -29,8 +30,11 @@ from jaxmir.tasks.beat.tagger import (
     TAGGER_SIZE_FILE,
     TAGGER_VARIABLES,
     TaggerSize,
+    load_tagger,
     piece_examples,
+    save_tagger,
     tag_downbeats,
+    tagger_loss,
     train_tagger,
 )
 
@@ -126,6 +130,41 @@ def test_tagger_shape_and_parameter_count():
     assert TaggerSize(32, 2).param_count() == 43_133
 
 
+def test_an_ensemble_is_its_members_side_by_side_and_tags_with_their_mean(tmp_path):
+    """Each member is a BarTagger with weights of its own; the stored ensemble tags a beat
+    with the mean of the members' probabilities, and its loss is the mean of theirs."""
+    size = TaggerSize(8, 1, members=3)
+    x = np.random.default_rng(0).normal(size=(WINDOW, N_BAR_FEATURES)).astype(np.float32)
+    variables = size.module().init(jax.random.PRNGKey(0), jnp.asarray(x[None]))
+    assert isinstance(size.module(), TaggerEnsemble)
+    assert size.param_count() == 3 * TaggerSize(8, 1).param_count()
+    members = [
+        {"params": jax.tree.map(lambda a, k=k: a[k], variables["params"]["members"])}
+        for k in range(3)
+    ]
+    logits = [np.asarray(BarTagger(8, 1).apply(v, x[None]))[0] for v in members]
+    assert not np.allclose(logits[0], logits[1])  # initialised apart
+    save_tagger(tmp_path, variables, size)
+    assert json.loads((tmp_path / TAGGER_SIZE_FILE).read_text())["members"] == 3
+    expected = np.mean([1 / (1 + np.exp(-z)) for z in logits], axis=0)
+    np.testing.assert_allclose(load_tagger(str(tmp_path))(x), expected, rtol=1e-5, atol=1e-6)
+
+    y = (np.arange(WINDOW) % 3 == 0).astype(np.float32)[None]
+    batch = {"x": jnp.asarray(x[None]), "y": jnp.asarray(y), "mask": jnp.ones_like(y)}
+    one = lambda v: tagger_loss(BarTagger(8, 1).apply, v, batch, None, False)[0]  # noqa: E731
+    loss, _ = tagger_loss(size.module().apply, variables, batch, None, False)
+    np.testing.assert_allclose(loss, np.mean([one(v) for v in members]), rtol=1e-5)
+
+
+def test_a_tagger_stored_before_ensembles_loads_as_one_tagger(tmp_path):
+    """tagger.json without `members` (the format before ensembles) is a single tagger."""
+    size = TaggerSize(8, 1)
+    x = np.zeros((WINDOW, N_BAR_FEATURES), np.float32)
+    save_tagger(tmp_path, size.module().init(jax.random.PRNGKey(0), jnp.asarray(x[None])), size)
+    (tmp_path / TAGGER_SIZE_FILE).write_text(json.dumps({"hidden": 8, "num_layers": 1}) + "\n")
+    assert load_tagger(str(tmp_path))(x).shape == (WINDOW,)
+
+
 def test_info_counts_the_quality_presets_tagger(capsys):
     assert main(["info", "beat", "--preset", "quality"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -164,7 +203,6 @@ def test_a_trained_tagger_finds_the_bars_of_a_simple_meter(tmp_path):
 
 
 def test_a_tagger_folder_that_is_missing_is_named(tmp_path):
-    from jaxmir.tasks.beat.tagger import load_tagger
 
     with pytest.raises(FileNotFoundError, match="no downbeat tagger"):
         load_tagger(str(tmp_path / "nowhere"))
@@ -173,7 +211,6 @@ def test_a_tagger_folder_that_is_missing_is_named(tmp_path):
 def test_a_tagger_re_written_in_its_folder_is_read_again(tmp_path):
     """`jaxmir calibrate beat` re-trains the tagger in the run's folder: a process that has
     loaded it before must tag with the new weights, not its cached copy."""
-    from jaxmir.tasks.beat.tagger import load_tagger, save_tagger
 
     size = TaggerSize(8, 1)
     x = np.random.default_rng(0).normal(size=(WINDOW, N_BAR_FEATURES)).astype(np.float32)
@@ -197,6 +234,7 @@ def test_training_with_a_tagger_calibrates_it_and_export_carries_it(beat_cache, 
     wd = tmp_path / "beat"
     argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
     argv += ["--no-progress", "--set", "model.tagger_hidden=4", "--set", "model.tagger_steps=8"]
+    argv += ["--set", "model.tagger_members=2"]  # an ensemble, through to the shipped model
     assert main(argv) == 0
     assert (wd / "tagger" / TAGGER_VARIABLES).is_file()
     saved = json.loads((wd / "decode.json").read_text())
@@ -231,3 +269,4 @@ def test_training_with_a_tagger_calibrates_it_and_export_carries_it(beat_cache, 
     assert (out / "tagger" / TAGGER_VARIABLES).is_file()
     cfg, _, _ = load_model(TASK, out)
     assert cfg.decode.tagger == str(out / "tagger")
+    assert json.loads((out / "tagger" / TAGGER_SIZE_FILE).read_text())["members"] == 2

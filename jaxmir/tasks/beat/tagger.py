@@ -31,8 +31,10 @@ from jaxmir.tasks.beat.bars import (
     N_BAR_FEATURES,
     WINDOW,
     BarTagger,
+    TaggerEnsemble,
     bar_features,
     downbeat_targets,
+    ensemble_probs,
     transpose,
     windows,
 )
@@ -51,8 +53,11 @@ POSITIVE_WEIGHT = 3.0
 class TaggerSize:
     hidden: int = 32
     num_layers: int = 2
+    members: int = 1  # > 1: a `TaggerEnsemble` of that many taggers
 
-    def module(self) -> BarTagger:
+    def module(self) -> BarTagger | TaggerEnsemble:
+        if self.members > 1:
+            return TaggerEnsemble(self.members, self.hidden, self.num_layers)
         return BarTagger(hidden=self.hidden, num_layers=self.num_layers)
 
     def param_count(self) -> int:
@@ -63,14 +68,17 @@ class TaggerSize:
 
 
 def tagger_loss(apply_fn, variables, batch, rng, train):
-    """Masked BCE over the beats of each window, downbeats weighted `POSITIVE_WEIGHT`."""
+    """Masked BCE over the beats of each window, downbeats weighted `POSITIVE_WEIGHT`; an
+    ensemble's members each by their own logits (the mean of their losses, so each member's
+    gradient is that of its own loss, scaled by 1 / members). Accuracy: of the mean
+    probability."""
     logits = apply_fn(variables, batch["x"], train=train)
     y, mask = batch["y"], batch["mask"]
     weight = mask * (1.0 + (POSITIVE_WEIGHT - 1.0) * y)
-    loss = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, y) * weight) / jnp.maximum(
-        jnp.sum(weight), 1.0
-    )
-    hits = ((logits > 0) == (y > 0.5)) * mask
+    members = 1 if logits.ndim == 2 else logits.shape[0]
+    bce = optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(y, logits.shape))
+    loss = jnp.sum(bce * weight) / jnp.maximum(members * jnp.sum(weight), 1.0)
+    hits = ((ensemble_probs(logits) > 0.5) == (y > 0.5)) * mask
     return loss, ({"accuracy": jnp.sum(hits) / jnp.maximum(jnp.sum(mask), 1.0)}, {})
 
 
@@ -201,7 +209,7 @@ def _load_tagger(folder: str, stamp: tuple) -> Callable[[np.ndarray], np.ndarray
         variables = serialization.from_bytes(target, weights.read_bytes())
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{weights}: does not fit a tagger of {size} ({e})") from None
-    apply = jax.jit(lambda x: jax.nn.sigmoid(model.apply(variables, x)))
+    apply = jax.jit(lambda x: ensemble_probs(model.apply(variables, x)))
 
     def tag(features: np.ndarray) -> np.ndarray:
         n = len(features)

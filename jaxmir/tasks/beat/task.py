@@ -64,6 +64,7 @@ class BeatModelConfig:
     tagger_hidden: int = 0
     tagger_layers: int = 2
     tagger_steps: int = 2000
+    tagger_members: int = 1  # > 1: that many taggers, their probabilities averaged
 
 
 @dataclasses.dataclass
@@ -349,7 +350,7 @@ class BeatTask(PieceTask):
         m = cfg.model
         if m.tagger_hidden <= 0:
             return {}
-        size = TaggerSize(hidden=m.tagger_hidden, num_layers=m.tagger_layers)
+        size = TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
         return {"downbeat_tagger": size.param_count()}
 
     def export_files(self, cfg: Config, out: Path) -> Config:
@@ -464,7 +465,7 @@ class BeatTask(PieceTask):
 
         train, val = examples("train", True), examples("val", False)
         log(f"Downbeat tagger: {len(train)} training windows, {len(val)} validation windows")
-        size = TaggerSize(hidden=m.tagger_hidden, num_layers=m.tagger_layers)
+        size = TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
         folder = Path(workdir) / TAGGER_DIR
         return train_tagger(
             train, val, folder, size, m.tagger_steps, cfg.train.seed, progress=progress, log=log
