@@ -138,10 +138,7 @@ def test_an_ensemble_is_its_members_side_by_side_and_tags_with_their_mean(tmp_pa
     variables = size.module().init(jax.random.PRNGKey(0), jnp.asarray(x[None]))
     assert isinstance(size.module(), TaggerEnsemble)
     assert size.param_count() == 3 * TaggerSize(8, 1).param_count()
-    members = [
-        {"params": jax.tree.map(lambda a, k=k: a[k], variables["params"]["members"])}
-        for k in range(3)
-    ]
+    members = [{"params": variables["params"][f"member_{k}"]} for k in range(3)]
     logits = [np.asarray(BarTagger(8, 1).apply(v, x[None]))[0] for v in members]
     assert not np.allclose(logits[0], logits[1])  # initialised apart
     save_tagger(tmp_path, variables, size)

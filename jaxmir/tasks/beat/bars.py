@@ -19,6 +19,7 @@ Pure functions and the Flax module live here; training and loading are in
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
@@ -208,14 +209,17 @@ class TaggerEnsemble(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        stacked = nn.vmap(
-            BarTagger,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            axis_size=self.members,
+        # Separate submodules, not `nn.vmap`: the jitted initialisation of vmapped 64-unit
+        # taggers never finished on the CPU backend (jax 0.10.2; 8 units did), and the
+        # members are independent computations for XLA either way.
+        return jnp.stack(
+            [
+                BarTagger(self.hidden, self.num_layers, self.lstm_impl, name=f"member_{k}")(
+                    x, train
+                )
+                for k in range(self.members)
+            ]
         )
-        return stacked(self.hidden, self.num_layers, self.lstm_impl, name="members")(x, train)
 
 
 def ensemble_probs(logits: jax.Array) -> jax.Array:
