@@ -114,3 +114,23 @@ def test_embedded_corpus_cache_is_named_by_its_features_too(tmp_path, monkeypatc
     old_params = {"feature": "cfp", "params": {}, "version": 1}
     monkeypatch.setattr(type(task), "cache_params", lambda self, dataset: old_params)
     assert task.default_cache_dir(cfg, tmp_path) != new
+
+
+def test_files_written_atomically_are_as_readable_as_any_other_new_file(tmp_path):
+    """The temporary file behind an atomic write is created private (0600); the file in place
+    must have the mode the process gives new files, so a cache or a model folder shared with
+    other users stays readable."""
+    import os
+    import stat
+
+    from jaxmir.data.cache import atomic_write_bytes, atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    atomic_write_bytes(tmp_path / "a.bin", b"\x00")
+    atomic_write_text(tmp_path / "a.json", "{}")
+    cache = FeatureCache.create(tmp_path / "cache", "beat", {"version": 1})
+    for path in [tmp_path / "a.bin", tmp_path / "a.json", cache.root / "manifest.json"]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == expected, path
+    assert expected & stat.S_IROTH  # the default umask (022): readable by others

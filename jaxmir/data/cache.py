@@ -26,10 +26,24 @@ class CacheError(ValueError):
     """A missing, unreadable or mismatched cache (the message names the path and the reason)."""
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_process_umask()
+"""What `open(path, "w")` would give a new file. Read once, at import: reading the umask means
+setting it, which is not safe once threads write files."""
+
+
 def _atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file private (0600); a cache or a model folder shared with other
+        # users must stay readable as any other file written there would be
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
