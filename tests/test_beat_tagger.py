@@ -165,7 +165,7 @@ def test_a_tagger_stored_before_ensembles_loads_as_one_tagger(tmp_path):
 def test_info_counts_the_quality_presets_tagger(capsys):
     assert main(["info", "beat", "--preset", "quality"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert info["downbeat_tagger_params"] == 168_093  # 2 x 64 units
+    assert info["downbeat_tagger_params"] == 4 * 168_093  # 4 taggers of 2 x 64 units
     assert main(["info", "beat", "--preset", "tiny"]) == 0
     assert "downbeat_tagger_params" not in capsys.readouterr().out
 

@@ -250,6 +250,15 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     assert meta["calibration"]["decode"]["downbeats"] == "tagger"
     assert (model_dir("beat") / "tagger" / "variables.msgpack").is_file()
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
+    # `jaxmir train beat --preset quality` is the recipe that re-trains it (README)
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("beat")
+    shipped = task.config_from_dict(json.loads((model_dir("beat") / "config.json").read_text()))
+    preset = task.presets()["quality"]
+    assert (shipped.model, shipped.data, shipped.train) == (preset.model, preset.data, preset.train)
+    tagger = json.loads((model_dir("beat") / "tagger" / "tagger.json").read_text())
+    assert tagger["members"] == preset.model.tagger_members
 
 
 def test_calibrate_chooses_the_thresholds_again(music_run, music_cache, tmp_path, capsys):
