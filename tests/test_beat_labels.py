@@ -14,6 +14,8 @@ from jaxmir.tasks.beat.decode import (
     DOWNBEAT_PITCH,
     beats_to_midi,
     decode_beats,
+    faster_period,
+    pick_peaks,
     track_beats,
     write_beat_csv,
 )
@@ -263,6 +265,43 @@ def test_tracking_fills_the_beats_whose_peaks_fell_under_the_threshold():
     assert mir_eval.beat.f_measure(truth / FPS, peaks) < 0.9
     assert mir_eval.beat.f_measure(truth / FPS, tracked) > 0.97
     np.testing.assert_array_equal(track_beats(act, peaks[:2], FPS), peaks[:2])  # too few peaks
+
+
+def _pulses(n: int, times, heights) -> np.ndarray:
+    """An activation of Gaussian pulses (2 frames wide) at frames `times`."""
+    act = np.zeros(n)
+    for k, h in zip(times, heights, strict=True):
+        act = np.maximum(act, h * np.exp(-0.5 * ((np.arange(n) - k) / 2.0) ** 2))
+    return act
+
+
+def test_tracking_finds_the_faster_level_when_every_other_beat_is_weak():
+    """Beats every 0.4 s whose activation hovers around the peak threshold (0.3), as the frame
+    model's does at tempi it never trained on: every other one peaks at 0.4, the others at 0.28.
+    The peaks' median interval is 0.8 s, and tracking at it finds half the beats. The weak
+    beats still recur, so `faster_period` goes back to 0.4 s and tracking finds them all."""
+    n, period = 4000, 40
+    truth = np.arange(period, n - period, period)
+    act = _pulses(n, truth, [0.4 if i % 2 == 0 else 0.28 for i in range(len(truth))])
+    peaks = pick_peaks(act, 0.3, 0.2, FPS)
+    assert np.median(np.diff(peaks)) == pytest.approx(0.8)
+    assert faster_period(act, 0.8, 0.9, FPS) == pytest.approx(0.4)
+    slow = track_beats(act, peaks, FPS)
+    fast = track_beats(act, peaks, FPS, faster_level=0.9)
+    assert mir_eval.beat.f_measure(truth / FPS, slow) < 0.7
+    assert mir_eval.beat.f_measure(truth / FPS, fast) > 0.97
+
+
+def test_faster_level_keeps_the_period_when_nothing_recurs_in_between():
+    """Beats every 0.8 s with nothing between them, or with a faint pulse at only some of the
+    half-way points: no autocorrelation peak at 0.4 s reaches 0.9 of the one at 0.8 s."""
+    n, period = 4000, 80
+    beats = np.arange(period, n - period, period)
+    assert faster_period(_pulses(n, beats, [0.9] * len(beats)), 0.8, 0.9, FPS) == 0.8
+    between = beats[::3] + period // 2
+    act = _pulses(n, np.concatenate([beats, between]), [0.9] * len(beats) + [0.2] * len(between))
+    assert faster_period(act, 0.8, 0.9, FPS) == 0.8
+    assert faster_period(act, 0.8, 0.0001, FPS) == pytest.approx(0.4)  # a low enough level
 
 
 # ----------------------------------------------------------------------------- output

@@ -63,13 +63,18 @@ def pick_peaks(
 
 
 def track_beats(
-    activation: np.ndarray, peaks: np.ndarray, fps: int = FPS, tightness: float = 100.0
+    activation: np.ndarray,
+    peaks: np.ndarray,
+    fps: int = FPS,
+    tightness: float = 100.0,
+    faster_level: float = 0.0,
 ) -> np.ndarray:
     """Beat times (s) by dynamic programming over the beat activation (T,), at the tempo of the
     picked `peaks`' median interval: `librosa.beat.beat_track` (Ellis 2007) with that tempo
     given, so its 120-bpm prior plays no part. A beat whose peak fell under the threshold is
     filled in where the tempo puts it. Fewer than three peaks (no interval to trust): the
-    peaks themselves.
+    peaks themselves. With `faster_level` > 0 the period is first checked for a faster beat
+    level (`faster_period`).
 
     Not in omnizart. On the wide beat corpus's test pieces (a `demo` model), against peak
     picking at threshold 0.2: beat F 0.83 vs 0.81 on the corpus's own split and 0.78 vs 0.70 on
@@ -79,17 +84,61 @@ def track_beats(
     peaks = np.asarray(peaks, np.float64)
     if len(peaks) < 3:
         return peaks
-    bpm = 60.0 / float(np.median(np.diff(peaks)))
+    period = float(np.median(np.diff(peaks)))
+    if faster_level > 0:
+        period = faster_period(activation, period, faster_level, fps)
     _, beats = librosa.beat.beat_track(
         onset_envelope=np.asarray(activation, np.float32),
         sr=fps,
         hop_length=1,
-        bpm=bpm,
+        bpm=60.0 / period,
         tightness=tightness,
         trim=False,
         units="time",
     )
     return np.asarray(beats, np.float64)
+
+
+#: `faster_period` looks for periods from this fraction of the peaks' median interval (a
+#: level up to about twice as fast) to 0.8 of it. From 0.3 (three times as fast) it found
+#: sub-beats too: validation beat F 0.865 against 0.886 at 0.45.
+FASTEST_FRACTION = 0.45
+SHORTEST_PERIOD = 0.15  # seconds: 400 beats per minute
+
+
+def faster_period(activation: np.ndarray, period: float, level: float, fps: int = FPS) -> float:
+    """The beat period (s) to track: `period` (the picked peaks' median interval), or the
+    shortest lag between 0.45 and 0.8 of it at which the activation's autocorrelation has a
+    local maximum of at least `level` times its maximum around `period` (within 10 %).
+
+    Why: the median interval of the picked peaks is biased to slow levels. When the frame model
+    leaves every other beat under the peak threshold, as it does on thin textures and at tempi
+    it never trained on, the median interval is two beats (or a mix of one and two: 1.2-1.5
+    times the period), and tracking at that tempo finds half the beats. The weak beats still
+    recur in the activation, so its autocorrelation peaks at the true period as well. Beats
+    with nothing between them have no such peak, and the period stays. On the shipped beat
+    model at level 1.0, beat F: validation 0.886 (unchanged), test 0.862 -> 0.856, unseen
+    tempi and meters 0.766 -> 0.834, thin textures 0.746 -> 0.815 (README, beat)."""
+    x = np.asarray(activation, np.float64)
+    x = x - x.mean()
+    n = len(x)
+    lag = int(round(period * fps))
+    if n < 2 * lag or lag < 4:
+        return period
+    spectrum = np.fft.rfft(x, 2 * n)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum))[:n]
+    if acf[0] <= 0:
+        return period
+    acf /= acf[0]
+    width = max(2, lag // 10)
+    at_period = acf[max(1, lag - width) : lag + width + 1].max()
+    lo = max(int(SHORTEST_PERIOD * fps), int(FASTEST_FRACTION * lag))
+    hi = int(0.8 * lag)
+    for k in range(lo, hi + 1):
+        is_peak = acf[k] >= acf[k - 1] and acf[k] > acf[k + 1]
+        if is_peak and acf[k] > 0 and acf[k] >= level * at_period:
+            return k / fps
+    return period
 
 
 def _drum_track(name: str, pitch: int, times: np.ndarray) -> pretty_midi.Instrument:

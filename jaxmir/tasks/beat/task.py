@@ -97,6 +97,9 @@ class BeatDecodeConfig:
     beat_threshold: float = 0.5
     downbeat_threshold: float = 0.3
     min_distance: float = 0.3  # seconds between peaks (0.2 for tempi up to 300 bpm)
+    # method "track": prefer a faster beat level whose autocorrelation reaches this fraction
+    # of the picked peaks' period's (`faster_period`); 0 tracks at the peaks' median interval.
+    faster_level: float = 1.0
     # Downbeats: "peaks" of the frame model's downbeat channel, or "tagger": the beats that the
     # downbeat tagger stored in folder `tagger` (relative: to the run or model folder) marks
     # with a probability of at least `tagger_threshold`.
@@ -335,7 +338,7 @@ class BeatTask(PieceTask):
             probs, FPS, d.beat_threshold, d.downbeat_threshold, d.min_distance
         )
         if d.method == "track":
-            beats = track_beats(probs[:, 0], beats, FPS)
+            beats = track_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
         if d.downbeats == "tagger":
             if not isinstance(posteriors, BeatPosteriors):
                 raise ValueError("decode.downbeats=tagger needs BeatPosteriors (the notes)")
