@@ -361,8 +361,7 @@ class BeatTask(PieceTask):
         m = cfg.model
         if m.tagger_hidden <= 0:
             return {}
-        size = TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
-        return {"downbeat_tagger": size.param_count()}
+        return {"downbeat_tagger": tagger_size(m).param_count()}
 
     def export_files(self, cfg: Config, out: Path) -> Config:
         """A shipped model carries its tagger (`TAGGER_DIR`), referred to relatively."""
@@ -476,10 +475,16 @@ class BeatTask(PieceTask):
 
         train, val = examples("train", True), examples("val", False)
         log(f"Downbeat tagger: {len(train)} training windows, {len(val)} validation windows")
-        size = TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
         folder = Path(workdir) / TAGGER_DIR
         return train_tagger(
-            train, val, folder, size, m.tagger_steps, cfg.train.seed, progress=progress, log=log
+            train,
+            val,
+            folder,
+            tagger_size(m),
+            m.tagger_steps,
+            cfg.train.seed,
+            progress=progress,
+            log=log,
         )
 
     def score(self, events, labels, cfg: Config) -> dict[str, float]:
@@ -512,6 +517,11 @@ def f_measures(events, labels) -> dict[str, float]:
         "beat_f_measure": mir_eval.beat.f_measure(labels["beats"], beats),
         "downbeat_f_measure": mir_eval.beat.f_measure(labels["downbeats"], downbeats),
     }
+
+
+def tagger_size(m: BeatModelConfig) -> TaggerSize:
+    """The downbeat tagger that model config `m` asks for."""
+    return TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
 
 
 def weighted_bce(logits, targets, mask, downbeat_weight: float):
