@@ -159,6 +159,18 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("task")
     x.add_argument("--workdir", type=Path, required=True)
     x.add_argument("--out", type=Path, required=True, help="folder to write")
+    x.add_argument(
+        "--member",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="another run of the same model config to average with (repeatable): the folder "
+        "holds an ensemble, whose decoding is calibrated again and whose test splits are scored "
+        "on the first run's data (or --data)",
+    )
+    x.add_argument("--data", type=Path, default=None, help="feature cache for --member's scoring")
+    x.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -251,9 +263,18 @@ def cmd_export(args) -> int:
         # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)
         if path.stem != "val":
             info[f"eval_{path.stem}"] = json.loads(path.read_text())
+    data = args.data or _run_json(args.workdir).get("data")
     try:
-        out = export_model(task, args.workdir, args.out, info)
-    except ValueError as e:  # RestoreError: no run or no checkpoint there
+        out = export_model(
+            task,
+            args.workdir,
+            args.out,
+            info,
+            members=args.member,
+            data=data,
+            progress=not args.no_progress,
+        )
+    except ValueError as e:  # RestoreError (no run or checkpoint there), members that differ
         raise UsageError(str(e)) from None
     print(out)
     return 0
@@ -501,7 +522,7 @@ COMMANDS = {
 }
 
 
-JAX_COMMANDS = ("train", "eval", "transcribe", "calibrate")
+JAX_COMMANDS = ("train", "eval", "transcribe", "calibrate", "export")
 """The commands that compile and run JAX steps (compilation cache, malloc tuning)."""
 
 

@@ -8,6 +8,8 @@ A shipped model is a folder `jaxmir/models/<task>/` with:
     model.json      provenance: the run, its best step, its decoding calibration, its test
                     scores, the command to re-train
     metrics.jsonl, curves.png  the run's curves
+    variables-1.msgpack, ...   an ensemble's other members (`export_model(members=...)`): the
+                    model averages its members' outputs (`jaxmir.engine.ensemble`)
 
 `export_model` writes one from a trained run (`jaxmir export`); `load_model` restores it onto one
 device for inference, with the same `predict` the CLI uses for a run's checkpoint.
@@ -18,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 
 MODELS_DIR = Path(__file__).parent / "models"
 VARIABLES = "variables.msgpack"
+MEMBER = "variables-{}.msgpack"  # an ensemble's members after the first
 CURVES = ("metrics.jsonl", "curves.png")
 
 
@@ -39,17 +43,29 @@ def has_model(task_name: str) -> bool:
     return (model_dir(task_name) / VARIABLES).is_file()
 
 
-def export_model(task, workdir: Path | str, out: Path | str, info: dict | None = None) -> Path:
+def export_model(
+    task,
+    workdir: Path | str,
+    out: Path | str,
+    info: dict | None = None,
+    members: Sequence[Path | str] = (),
+    data: Path | str | None = None,
+    progress: bool = False,
+    log=print,
+) -> Path:
     """Write the best checkpoint of the run in `workdir` (decode calibration applied, EMA weights
-    when kept) as a shipped model folder `out`; `info` is added to its model.json."""
+    when kept) as a shipped model folder `out`; `info` is added to its model.json.
+
+    `members`: other runs of the same model config whose best checkpoints join it as an
+    ensemble (`export_members`); its decoding is then calibrated again, and its test splits
+    scored, on the data `data` (default: the run's own)."""
     from flax import serialization
 
     from jaxmir.engine.run import DECODE_FILE, restore_for_inference
-    from jaxmir.engine.state import eval_variables
 
     workdir, out = Path(workdir), Path(out)
     cfg, _mesh, state, step = restore_for_inference(task, workdir)
-    variables = jax.device_get(eval_variables(state))
+    variables = _final_variables(state)
     # the weights are final: no EMA to keep, no optimizer state
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, ema_decay=None))
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +81,82 @@ def export_model(task, workdir: Path | str, out: Path | str, info: dict | None =
     for name in CURVES:  # the run's curve travels with its model
         if (workdir / name).is_file():
             _write(out / name, (workdir / name).read_bytes())
+    for stale in out.glob(MEMBER.format("*")):  # members of an ensemble exported here before
+        stale.unlink()
+    if members:
+        export_members(task, workdir, out, members, data, progress=progress, log=log)
     return out
+
+
+def _final_variables(state) -> dict:
+    from jaxmir.engine.state import eval_variables
+
+    return jax.device_get(eval_variables(state))
+
+
+def export_members(
+    task,
+    workdir: Path,
+    out: Path,
+    members: Sequence[Path | str],
+    data: Path | str | None = None,
+    progress: bool = False,
+    log=print,
+) -> None:
+    """Add the best checkpoints of the runs `members` to the model exported from `workdir` in
+    `out`, then choose the ensemble's decoding on the validation pieces (`task.calibrate`, from
+    the run's uncalibrated settings, as at the end of training) and score every test split
+    with it; both go into config.json and model.json (the test scores replace the first
+    run's). Each member must have the first run's model config and label mode."""
+    from flax import serialization
+
+    from jaxmir.engine.run import make_predict, resolve_data, restore_for_inference
+
+    base, _mesh, _state, _ = restore_for_inference(task, workdir, calibrated=False)
+    runs = [{"run": workdir.name}]
+    for k, member in enumerate(members, start=1):
+        member = Path(member)
+        cfg_k, _mesh, state_k, step_k = restore_for_inference(task, member)
+        for section in ("model", "data"):
+            mine, theirs = getattr(base, section), getattr(cfg_k, section)
+            if section == "data":  # the labels must mean the same; the corpus may differ
+                mine, theirs = _label_fields(mine), _label_fields(theirs)
+            if mine != theirs:
+                raise ValueError(
+                    f"{member}: its {section} config differs from {workdir}'s ({mine} vs {theirs})"
+                )
+        _write(out / MEMBER.format(k), serialization.to_bytes(_final_variables(state_k)))
+        runs.append({"run": member.name, "step": step_k})
+    cfg, mesh, state = load_model(task, out)
+    cfg = dataclasses.replace(cfg, decode=base.decode)  # the run's uncalibrated settings
+    cfg = task.locate(cfg, out)
+    cache = resolve_data(task, cfg, data, progress=progress)
+    predict = make_predict(mesh, state)
+    meta = json.loads((out / "model.json").read_text())
+    meta = {k: v for k, v in meta.items() if not k.startswith("eval_")}
+    meta["members"] = runs
+    calibration = task.calibrate(predict, cfg, cache, progress=progress, workdir=out)
+    if calibration:
+        meta["calibration"] = calibration
+        cfg = dataclasses.replace(
+            cfg, decode=dataclasses.replace(cfg.decode, **calibration["decode"])
+        )
+        log(f"Ensemble of {len(runs)}: decoding calibrated: {calibration['decode']}")
+    for split in sorted({piece["split"] for piece in cache.pieces()}):
+        if split.startswith("test"):
+            scores = task.evaluate(predict, cfg, cache, split, progress=progress)
+            meta[f"eval_{split}"] = {"task": task.name, "split": split, **scores}
+            log(f"Ensemble of {len(runs)} on {split}: {scores}")
+    stored = json.loads((out / "config.json").read_text())
+    stored["decode"] = {**stored["decode"], **(calibration or {}).get("decode", {})}
+    _write(out / "config.json", json.dumps(stored, indent=2, sort_keys=True).encode())
+    _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def _label_fields(data_config) -> dict:
+    """The data config's fields that decide what the model's outputs mean."""
+    values = dataclasses.asdict(data_config)
+    return {k: values[k] for k in ("label_mode",) if k in values}
 
 
 def load_model(task, folder: Path | str | None = None):
@@ -98,6 +189,19 @@ def load_model(task, folder: Path | str | None = None):
     state = state.replace(
         params=variables["params"], batch_stats=variables.get("batch_stats", state.batch_stats)
     )
+    extra = []
+    k = 1
+    while (folder / MEMBER.format(k)).is_file():
+        member = folder / MEMBER.format(k)
+        try:
+            extra.append(serialization.from_bytes(target, member.read_bytes()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ShippedModelError(f"{member}: does not fit the {task.name} model ({e})") from None
+        k += 1
+    if extra:
+        from jaxmir.engine.ensemble import ensemble_state
+
+        state = ensemble_state(state, [variables, *extra])
     return cfg, mesh, state
 
 

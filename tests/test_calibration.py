@@ -155,6 +155,62 @@ def test_a_run_exports_as_a_shipped_model(music_run, song, tmp_path):
     )
 
 
+def test_runs_export_as_an_ensemble_that_averages_their_outputs(
+    music_run, music_cache, tmp_path, capsys
+):
+    """`jaxmir export --member RUN` adds another run's best model; the folder then loads as
+    one model whose output is the mean of both, with decoding calibrated again and the test
+    splits scored for the ensemble. A run of another model config is refused by name, and a
+    later export without members leaves no stale member behind."""
+    import shutil
+
+    from jaxmir.engine.ensemble import members_of
+    from jaxmir.engine.run import make_predict, restore_for_inference
+    from jaxmir.shipped import load_model
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    other = tmp_path / "seed1"
+    argv = ["train", "music", "--preset", "tiny", "--workdir", str(other), "--data"]
+    argv += [str(music_cache), "--no-progress", "--set", "train.epochs=1"]
+    argv += ["--set", "train.steps_per_epoch=2", "--set", "train.seed=1"]
+    assert main(argv) == 0
+    folder = tmp_path / "ensemble"
+    argv = ["export", "music", "--workdir", str(music_run), "--out", str(folder), "--no-progress"]
+    assert main([*argv, "--member", str(other)]) == 0
+    assert (folder / "variables-1.msgpack").is_file()
+    meta = json.loads((folder / "model.json").read_text())
+    assert [m["run"] for m in meta["members"]] == ["run", "seed1"]
+    assert set(meta["calibration"]["decode"]) >= {"onset_threshold", "frame_threshold"}
+    assert "eval_test_unseen" not in meta  # the first run's scores are not the ensemble's
+    assert 0.0 <= meta["eval_test"]["note_f1"] <= 1.0
+    cfg, mesh, state = load_model(task, folder)
+    assert members_of(state) == 2
+    saved = {k: cfg.decode.__dict__[k] for k in meta["calibration"]["decode"]}
+    assert saved == meta["calibration"]["decode"]
+    x = np.random.default_rng(0).normal(size=(8, *task.input_spec(cfg).shape)).astype(np.float32)
+    outs = []
+    for run in (music_run, other):
+        _, mesh_k, state_k, _ = restore_for_inference(task, run)
+        outs.append(make_predict(mesh_k, state_k)(x))
+    np.testing.assert_allclose(
+        make_predict(mesh, state)(x), (outs[0] + outs[1]) / 2, rtol=1e-5, atol=1e-5
+    )
+
+    odd = tmp_path / "odd"
+    shutil.copytree(other, odd)
+    stored = json.loads((odd / "config.json").read_text())
+    stored["model"]["dropout"] = 0.5
+    (odd / "config.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert main([*argv, "--member", str(odd)]) == 2
+    assert f"{odd}: its model config differs" in capsys.readouterr().err
+
+    assert main(argv) == 0
+    assert not (folder / "variables-1.msgpack").exists()
+    assert members_of(load_model(task, folder)[2]) == 1
+
+
 def test_transcribe_without_a_workdir_uses_the_shipped_model(song, tmp_path):
     from jaxmir.shipped import has_model, model_dir
 
