@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="RUN",
-        help="another run of the same model config to average with (repeatable): the folder "
+        help="another run (or exported model folder) of the same model config to average with "
+        "(repeatable): the folder "
         "holds an ensemble, whose decoding is calibrated again and whose test splits are scored "
         "on the first run's data (or --data)",
     )

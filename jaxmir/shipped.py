@@ -103,8 +103,8 @@ def export_members(
     progress: bool = False,
     log=print,
 ) -> None:
-    """Add the best checkpoints of the runs `members` to the model exported from `workdir` in
-    `out`, then choose the ensemble's decoding on the validation pieces (`task.calibrate`, from
+    """Add `members` (runs, whose best checkpoints join; or exported model folders, whose models
+    join) to the model exported from `workdir` in `out`, then choose the ensemble's decoding on the validation pieces (`task.calibrate`, from
     the run's uncalibrated settings, as at the end of training) and score every test split
     with it; both go into config.json and model.json (the test scores replace the first
     run's). Each member must have the first run's model config and label mode."""
@@ -114,9 +114,8 @@ def export_members(
 
     base, _mesh, _state, _ = restore_for_inference(task, workdir, calibrated=False)
     runs = [{"run": workdir.name}]
-    for k, member in enumerate(members, start=1):
-        member = Path(member)
-        cfg_k, _mesh, state_k, step_k = restore_for_inference(task, member)
+    for member in map(Path, members):
+        cfg_k, found, source = _member_models(task, member)
         for section in ("model", "data"):
             mine, theirs = getattr(base, section), getattr(cfg_k, section)
             if section == "data":  # the labels must mean the same; the corpus may differ
@@ -125,8 +124,9 @@ def export_members(
                 raise ValueError(
                     f"{member}: its {section} config differs from {workdir}'s ({mine} vs {theirs})"
                 )
-        _write(out / MEMBER.format(k), serialization.to_bytes(_final_variables(state_k)))
-        runs.append({"run": member.name, "step": step_k})
+        for variables in found:
+            _write(out / MEMBER.format(len(runs)), serialization.to_bytes(variables))
+            runs.append(source)
     cfg, mesh, state = load_model(task, out)
     cfg = dataclasses.replace(cfg, decode=base.decode)  # the run's uncalibrated settings
     cfg = task.locate(cfg, out)
@@ -151,6 +151,25 @@ def export_members(
     stored["decode"] = {**stored["decode"], **(calibration or {}).get("decode", {})}
     _write(out / "config.json", json.dumps(stored, indent=2, sort_keys=True).encode())
     _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def _member_models(task, path: Path) -> tuple:
+    """(config, [variables], provenance) of an ensemble member: a run's best checkpoint, or
+    the model(s) of an exported model folder."""
+    from jaxmir.engine.ensemble import members_of
+    from jaxmir.engine.run import restore_for_inference
+    from jaxmir.engine.state import eval_variables
+
+    if (path / VARIABLES).is_file():
+        cfg, _mesh, state = load_model(task, path)
+        meta_path = path / "model.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        source = {"model": str(path), "run": meta.get("run"), "step": meta.get("step")}
+        if members_of(state) > 1:
+            return cfg, list(jax.device_get(state.params)), source
+        return cfg, [jax.device_get(eval_variables(state))], source
+    cfg, _mesh, state, step = restore_for_inference(task, path)
+    return cfg, [_final_variables(state)], {"run": path.name, "step": step}
 
 
 def _label_fields(data_config) -> dict:

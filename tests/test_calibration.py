@@ -210,6 +210,16 @@ def test_runs_export_as_an_ensemble_that_averages_their_outputs(
     assert not (folder / "variables-1.msgpack").exists()
     assert members_of(load_model(task, folder)[2]) == 1
 
+    # a member may also be an exported model folder: here the first run's, re-exported alone
+    both = tmp_path / "from-a-folder"
+    argv = ["export", "music", "--workdir", str(other), "--out", str(both), "--no-progress"]
+    assert main([*argv, "--member", str(folder)]) == 0
+    _, mesh, state = load_model(task, both)
+    np.testing.assert_allclose(
+        make_predict(mesh, state)(x), (outs[0] + outs[1]) / 2, rtol=1e-5, atol=1e-5
+    )
+    assert json.loads((both / "model.json").read_text())["members"][1]["run"] == "run"
+
 
 def test_transcribe_without_a_workdir_uses_the_shipped_model(song, tmp_path):
     from jaxmir.shipped import has_model, model_dir
