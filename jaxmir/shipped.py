@@ -164,7 +164,7 @@ def _member_models(task, path: Path) -> tuple:
         cfg, _mesh, state = load_model(task, path)
         meta_path = path / "model.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        source = {"model": str(path), "run": meta.get("run"), "step": meta.get("step")}
+        source = {"run": meta.get("run"), "step": meta.get("step"), "from": "model folder"}
         if members_of(state) > 1:
             return cfg, list(jax.device_get(state.params)), source
         return cfg, [jax.device_get(eval_variables(state))], source
