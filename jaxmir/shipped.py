@@ -112,8 +112,8 @@ def export_members(
 
     from jaxmir.engine.run import make_predict, resolve_data, restore_for_inference
 
-    base, _mesh, _state, _ = restore_for_inference(task, workdir, calibrated=False)
-    runs = [{"run": workdir.name}]
+    base, _mesh, _state, step = restore_for_inference(task, workdir, calibrated=False)
+    runs = [{"run": workdir.name, "step": step}]
     for member in map(Path, members):
         cfg_k, found, source = _member_models(task, member)
         for section in ("model", "data"):
