@@ -103,10 +103,11 @@ def export_members(
     progress: bool = False,
     log=print,
 ) -> None:
-    """Add `members` (runs, whose best checkpoints join; or exported model folders, whose models
-    join) to the model exported from `workdir` in `out`, then choose the ensemble's decoding on the validation pieces (`task.calibrate`, from
-    the run's uncalibrated settings, as at the end of training) and score every test split
-    with it; both go into config.json and model.json (the test scores replace the first
+    """Add `members` (runs, whose best checkpoints join; or exported model folders, whose
+    models join) to the model exported from `workdir` in `out`, then choose the ensemble's
+    decoding on the validation pieces (`task.calibrate`, from the run's uncalibrated settings,
+    as at the end of training; a task without calibration keeps the run's settings) and score
+    every test split with it; both go into config.json and model.json (replacing the first
     run's). Each member must have the first run's model config and label mode."""
     from flax import serialization
 
@@ -127,19 +128,21 @@ def export_members(
         for variables in found:
             _write(out / MEMBER.format(len(runs)), serialization.to_bytes(variables))
             runs.append(source)
-    cfg, mesh, state = load_model(task, out)
-    cfg = dataclasses.replace(cfg, decode=base.decode)  # the run's uncalibrated settings
-    cfg = task.locate(cfg, out)
+    cfg, mesh, state = load_model(task, out)  # decoding: the first run's calibrated settings
     cache = resolve_data(task, cfg, data, progress=progress)
     predict = make_predict(mesh, state)
     meta = json.loads((out / "model.json").read_text())
-    meta = {k: v for k, v in meta.items() if not k.startswith("eval_")}
+    meta = {k: v for k, v in meta.items() if k != "calibration" and not k.startswith("eval_")}
     meta["members"] = runs
-    calibration = task.calibrate(predict, cfg, cache, progress=progress, workdir=out)
+    calibrate = getattr(task, "calibrate", None)
+    start = task.locate(dataclasses.replace(cfg, decode=base.decode), out)  # uncalibrated
+    calibration = None
+    if calibrate is not None:
+        calibration = calibrate(predict, start, cache, progress=progress, workdir=out)
     if calibration:
         meta["calibration"] = calibration
         cfg = dataclasses.replace(
-            cfg, decode=dataclasses.replace(cfg.decode, **calibration["decode"])
+            start, decode=dataclasses.replace(start.decode, **calibration["decode"])
         )
         log(f"Ensemble of {len(runs)}: decoding calibrated: {calibration['decode']}")
     for split in sorted({piece["split"] for piece in cache.pieces()}):

@@ -173,6 +173,36 @@ def test_train_eval_transcribe(mixed_corpus, chord_cache, tmp_path, capsys):
     assert (out / f"{song.stem}.mid").is_file() and (out / f"{song.stem}_chords.png").is_file()
 
 
+def test_an_ensemble_of_a_task_without_calibration_keeps_the_run_decoding(chord_cache, tmp_path):
+    """`jaxmir export --member` for a task that does not calibrate: the folder averages both
+    runs' outputs, keeps the first run's decoding and scores the test split for the ensemble."""
+    import numpy as np
+
+    from jaxmir.engine.ensemble import members_of
+    from jaxmir.engine.run import make_predict, restore_for_inference
+    from jaxmir.shipped import load_model
+    from jaxmir.tasks.base import get_task
+
+    runs = [tmp_path / "seed0", tmp_path / "seed1"]
+    for seed, wd in enumerate(runs):
+        argv = ["train", "chord", "--preset", "tiny", "--workdir", str(wd), "--no-progress"]
+        assert main([*argv, "--data", str(chord_cache), "--set", f"train.seed={seed}"]) == 0
+    folder = tmp_path / "ensemble"
+    argv = ["export", "chord", "--workdir", str(runs[0]), "--member", str(runs[1])]
+    assert main([*argv, "--out", str(folder), "--no-progress"]) == 0
+    task = get_task("chord")
+    cfg, mesh, state = load_model(task, folder)
+    first = restore_for_inference(task, runs[0])
+    assert members_of(state) == 2 and cfg.decode == first[0].decode
+    meta = json.loads((folder / "model.json").read_text())
+    assert "calibration" not in meta and 0.0 <= meta["eval_test"]["chord_majmin"] <= 1.0
+    x = np.random.default_rng(0).normal(size=(2, *task.input_spec(cfg).shape)).astype(np.float32)
+    outs = [make_predict(m, st)(x) for _, m, st, _ in (first, restore_for_inference(task, runs[1]))]
+    np.testing.assert_allclose(
+        make_predict(mesh, state)(x), (outs[0] + outs[1]) / 2, rtol=1e-5, atol=1e-5
+    )
+
+
 # -- McGill Billboard, as the real files are ------------------------------------------------------
 TRIADS = {"C:maj": (3, 7, 10), "A:min": (0, 3, 7), "G:maj": (10, 2, 5), "F:maj": (8, 0, 3)}
 
