@@ -166,9 +166,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="RUN",
         help="another run (or exported model folder) of the same model config to average with "
-        "(repeatable): the folder "
-        "holds an ensemble, whose decoding is calibrated again and whose test splits are scored "
-        "on the first run's data (or --data)",
+        "(repeatable): the folder holds an ensemble, whose decoding is calibrated again and "
+        "whose test splits are scored on the first run's data (or --data)",
     )
     x.add_argument("--data", type=Path, default=None, help="feature cache for --member's scoring")
     x.add_argument("--no-progress", action="store_true")

@@ -161,7 +161,6 @@ def _member_models(task, path: Path) -> tuple:
     the model(s) of an exported model folder."""
     from jaxmir.engine.ensemble import members_of
     from jaxmir.engine.run import restore_for_inference
-    from jaxmir.engine.state import eval_variables
 
     if (path / VARIABLES).is_file():
         cfg, _mesh, state = load_model(task, path)
@@ -170,7 +169,7 @@ def _member_models(task, path: Path) -> tuple:
         source = {"run": meta.get("run"), "step": meta.get("step"), "from": "model folder"}
         if members_of(state) > 1:
             return cfg, list(jax.device_get(state.params)), source
-        return cfg, [jax.device_get(eval_variables(state))], source
+        return cfg, [_final_variables(state)], source
     cfg, _mesh, state, step = restore_for_inference(task, path)
     return cfg, [_final_variables(state)], {"run": path.name, "step": step}
 
@@ -204,22 +203,20 @@ def load_model(task, folder: Path | str | None = None):
     # next (compiling the model's initialisers would take ~40 s on a CPU)
     state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state(task, cfg, mesh))
     target = dict(state.variables)
-    try:
-        variables = serialization.from_bytes(target, path.read_bytes())
-    except (ValueError, KeyError, TypeError) as e:
-        raise ShippedModelError(f"{path}: does not fit the {task.name} model ({e})") from None
+
+    def read(file: Path) -> dict:
+        try:
+            return serialization.from_bytes(target, file.read_bytes())
+        except (ValueError, KeyError, TypeError) as e:
+            raise ShippedModelError(f"{file}: does not fit the {task.name} model ({e})") from None
+
+    variables = read(path)
     state = state.replace(
         params=variables["params"], batch_stats=variables.get("batch_stats", state.batch_stats)
     )
     extra = []
-    k = 1
-    while (folder / MEMBER.format(k)).is_file():
-        member = folder / MEMBER.format(k)
-        try:
-            extra.append(serialization.from_bytes(target, member.read_bytes()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ShippedModelError(f"{member}: does not fit the {task.name} model ({e})") from None
-        k += 1
+    while (folder / MEMBER.format(len(extra) + 1)).is_file():
+        extra.append(read(folder / MEMBER.format(len(extra) + 1)))
     if extra:
         from jaxmir.engine.ensemble import ensemble_state
 
