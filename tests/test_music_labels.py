@@ -444,3 +444,43 @@ def test_release_weight_reaches_the_batches_and_is_checked():
     bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_mode="note-stream"))
     with pytest.raises(ConfigError, match="release_weight"):
         task.bind_loss(bad)
+
+
+def test_onset_weight_scales_every_onset_on_top_of_the_repeat_weight():
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.labels import weighted_bce
+
+    task = get_task("music")
+    quality = task.presets()["quality"]
+    assert quality.data.onset_weight == 1.0
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
+    batch = {
+        "x": jnp.zeros((2, 6, 8, 1)),
+        "y": jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32),
+        "mask": jnp.ones((2, 6)),
+        "w": jnp.asarray(rng.choice([1.0, 4.0], size=(2, 6, 8)), jnp.float32),
+    }
+
+    def apply_fn(variables, x, train):  # the model's output is fixed: only the loss is tested
+        return logits
+
+    def bound(onset_weight: float) -> jax.Array:
+        data = dataclasses.replace(quality.data, onset_weight=onset_weight)
+        loss = task.bind_loss(dataclasses.replace(quality, data=data))
+        return loss(apply_fn, {}, batch, None, False)[0]
+
+    def expected(onset_weight) -> jax.Array:
+        return weighted_bce(logits, batch["y"], pos_weight=5.0, onset_weight=onset_weight)
+
+    np.testing.assert_allclose(bound(1.0), expected(batch["w"]), rtol=1e-6)
+    np.testing.assert_allclose(bound(3.0), expected(3.0 * batch["w"]), rtol=1e-6)
+    assert bound(3.0) > bound(1.0)
+    stream = dataclasses.replace(quality.data, onset_weight=3.0, label_mode="note-stream")
+    with pytest.raises(ConfigError, match="onset_weight"):
+        task.bind_loss(
+            dataclasses.replace(quality, data=dataclasses.replace(stream, repeat_weight=1.0))
+        )

@@ -74,6 +74,9 @@ class MusicDataConfig(CorpusConfig):
     # weighted loss, note / note-offset modes: the onsets of notes that re-strike a sounding key
     # (`repeat_onsets`) weigh this many times more (1: as every onset)
     repeat_weight: float = 1.0
+    # weighted loss, note / note-offset modes: every onset's positive term weighs this many times
+    # more (on top of `repeat_weight`); 1 weighs onsets as the other note channels
+    onset_weight: float = 1.0
     # weighted loss, note / note-offset modes: the frame channel's negatives on the frames just
     # after a note ends (`release_frames`) weigh this many times more (1: as every negative)
     release_weight: float = 1.0
@@ -251,11 +254,14 @@ class MusicTask(PieceTask):
         fn = fns[kind]
         _repeat_weighted(cfg)  # checked before the first step, not at the first batch
         _release_weighted(cfg)
+        onset_scale = cfg.data.onset_weight if _extra_weight(cfg, "onset_weight") else None
 
         def loss(apply_fn, variables, batch, rng, train):
             logits, new_state = apply_model(apply_fn, variables, batch["x"], rng, train)
             mask = batch["mask"][:, :, None, None]
             weights = {"onset_weight": batch["w"]} if "w" in batch else {}
+            if onset_scale is not None:
+                weights["onset_weight"] = weights.get("onset_weight", 1.0) * onset_scale
             if "w_release" in batch:
                 weights["release_weight"] = batch["w_release"]
             value = fn(logits, batch["y"], mask=mask, **weights)
