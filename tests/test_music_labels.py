@@ -484,3 +484,27 @@ def test_onset_weight_scales_every_onset_on_top_of_the_repeat_weight():
         task.bind_loss(
             dataclasses.replace(quality, data=dataclasses.replace(stream, repeat_weight=1.0))
         )
+
+
+def test_peak_onsets_start_at_the_onset_runs_maximum_between_frames():
+    from jaxmir.tasks.music.decode import onset_peak
+
+    # a parabola sampled at frames, vertex at frame 10.3: recovered exactly
+    prob = np.clip(0.9 - 0.05 * (np.arange(30) - 10.3) ** 2, 0.0, None)
+    assert onset_peak(prob, 7, 14) == pytest.approx(10.3)
+    assert onset_peak(prob, 0, 9) == 8.5  # a maximum still rising: moved half a frame at most
+    assert onset_peak(np.array([0.9, 0.5, 0.1]), 0, 3) == 0.0  # at the edge: the frame itself
+    assert onset_peak(np.array([0.1, 0.7, 0.7, 0.1]), 1, 3) == 1.5  # flat top: half-way
+
+    notes = np.array([[0.2, 0.6, 60, 80, 0]])  # frames 10-29
+    y = music_labels(notes, 100, "note-offset")
+    k = (60 - 21) * 4
+    y[..., 2] = 0.0
+    y[:30, k : k + 4, 2] = prob[:, None]  # the onset run: frames 8-13 over 0.5
+    first = decode_notes(y, "note-offset", method="simple", onset_time="first")
+    peak = decode_notes(y, "note-offset", method="simple", onset_time="peak", onset_delay=-0.03)
+    assert first[0, 0] == pytest.approx(0.16)
+    assert peak[0, 0] == pytest.approx(10.3 * 0.02 - 0.03)
+    np.testing.assert_array_equal(peak[:, 1:], first[:, 1:])
+    with pytest.raises(ValueError, match="onset_time"):
+        decode_notes(y, "note-offset", method="simple", onset_time="last")

@@ -32,6 +32,7 @@ from jaxmir.tasks.base import (
     warmup_cosine,
 )
 from jaxmir.tasks.music.decode import (
+    ONSET_TIMES,
     decode_notes,
     key_posteriors,
     notes_to_midi,
@@ -92,6 +93,9 @@ class MusicDecodeConfig:
     offset_threshold: float = 0.5  # simple decoder, note-offset label mode
     min_gap: float = 0.1  # simple decoder: seconds between two onsets of one key, at least
     onset_delay: float = 0.0  # simple decoder: seconds added to every onset (calibrated)
+    # simple decoder: a note starts at its onset run's first frame over the threshold ("first")
+    # or at the run's maximum ("peak"); calibrated with the delay
+    onset_time: str = "first"
     onset_th: float | None = None  # omnizart decoder (None: 4 piano modes, 6 stream modes)
     # At the end of training, choose the simple decoder's thresholds on the validation pieces
     # (`calibrate`); they are stored in the workdir's decode.json and used by eval/transcribe.
@@ -116,6 +120,9 @@ ONSET_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 FRAME_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 OFFSET_GRID = (0.3, 0.5, 0.7, 0.9)
 DELAY_GRID = (0.0, 0.005, 0.01, 0.015, 0.02)  # seconds: up to one frame
+# With onsets at the run's peak (`onset_peak`), which comes about 30 ms after the onset.
+PEAK_DELAY_GRID = (-0.05, -0.04, -0.035, -0.03, -0.025, -0.02, -0.01, 0.0)
+TIMINGS = [("first", t) for t in DELAY_GRID] + [("peak", t) for t in PEAK_DELAY_GRID]
 
 
 def varied_decode() -> MusicDecodeConfig:
@@ -311,6 +318,10 @@ class MusicTask(PieceTask):
 
     def decode(self, probs: np.ndarray, cfg: Config) -> np.ndarray:
         d = cfg.decode
+        if d.onset_time not in ONSET_TIMES:
+            raise ConfigError(
+                f"decode.onset_time: unknown {d.onset_time!r} ({', '.join(ONSET_TIMES)})"
+            )
         if d.method == "simple":
             return decode_notes(
                 probs,
@@ -321,6 +332,7 @@ class MusicTask(PieceTask):
                 offset_threshold=d.offset_threshold,
                 min_gap=int(round(d.min_gap * FPS)),
                 onset_delay=d.onset_delay,
+                onset_time=d.onset_time,
             )
         if d.method == "omnizart":
             return decode_notes(probs, _mode(cfg), th=d.onset_th, method="omnizart")
@@ -394,8 +406,9 @@ def calibrate_pieces(pieces: list[tuple[np.ndarray, dict]], cfg: Config) -> dict
 
     Three coordinate steps over coarse grids, each maximising the sum of the note F1 with
     and without offsets (one alone trades the other away: a high onset threshold gains onset
-    F1 and loses offsets): the onset threshold (the others as configured), the onset delay
-    (the decoded onsets' systematic lead, up to one frame), then the frame and offset
+    F1 and loses offsets): the onset threshold (the others as configured), where onsets start
+    and the delay together (`TIMINGS`: the first frame over the threshold, whose systematic
+    lead is up to one frame, or the run's peak, about 30 ms late), then the frame and offset
     thresholds together (the offset one only in ``note-offset`` mode)."""
     d = cfg.decode
     mode = _mode(cfg)
@@ -414,12 +427,15 @@ def calibrate_pieces(pieces: list[tuple[np.ndarray, dict]], cfg: Config) -> dict
         "frame_threshold": d.frame_threshold,
         "offset_threshold": d.offset_threshold,
         "onset_delay": d.onset_delay,
+        "onset_time": d.onset_time,
     }
     before = {k: mean_f1(k, **th) for k in ("note_f1", "note_with_offset_f1")}
     th["onset_threshold"] = max(
         ONSET_GRID, key=lambda o: mean_f1("sum", **{**th, "onset_threshold": o})
     )
-    th["onset_delay"] = max(DELAY_GRID, key=lambda t: mean_f1("sum", **{**th, "onset_delay": t}))
+    th["onset_time"], th["onset_delay"] = max(
+        TIMINGS, key=lambda v: mean_f1("sum", **{**th, "onset_time": v[0], "onset_delay": v[1]})
+    )
     offsets = OFFSET_GRID if mode == "note-offset" else (d.offset_threshold,)
     pairs = [(f, o) for f in FRAME_GRID for o in offsets]
     best = max(
