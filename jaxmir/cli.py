@@ -93,15 +93,20 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "calibrate",
-        help="choose a run's decoding thresholds again on its validation pieces",
+        help="choose a run's (or a model folder's) decoding again on its validation pieces",
         description="Choose the decoding thresholds that maximise the validation score with "
         "the run's best checkpoint, as training does when it ends, and store them in the "
         "workdir's decode.json (eval and transcribe use them). For a run trained before the "
-        "threshold grids grew, or one whose calibration was interrupted.",
+        "threshold grids grew, or one whose calibration was interrupted. --workdir may also "
+        "be an exported model folder (`jaxmir export`, or the package's own, "
+        "jaxmir/models/TASK): its decoding is chosen again from its stored settings, and its "
+        "config.json and model.json (calibration and test scores) are rewritten.",
     )
     c.add_argument("task")
-    c.add_argument("--workdir", type=Path, required=True)
-    c.add_argument("--data", type=Path, default=None, help="feature cache (default: the run's)")
+    c.add_argument("--workdir", type=Path, required=True, metavar="RUN_OR_MODEL_FOLDER")
+    c.add_argument(
+        "--data", type=Path, default=None, help="feature cache (default: the run's or model's)"
+    )
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = sub.add_parser(
@@ -311,6 +316,7 @@ def _relative_to(values: dict, folder: Path) -> dict:
 
 def cmd_calibrate(args) -> int:
     from jaxmir.engine.run import RestoreError, calibrate_decoding, resolve_data
+    from jaxmir.shipped import VARIABLES, calibrate_folder
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -319,6 +325,9 @@ def cmd_calibrate(args) -> int:
     saved = args.workdir / "config.json"
     if not saved.is_file():
         raise UsageError(f"{saved}: no such file (not a training run's workdir)")
+    if (args.workdir / VARIABLES).is_file():  # an exported model folder
+        calibrate_folder(task, args.workdir, data=args.data, progress=not args.no_progress)
+        return 0
     cfg = task.config_from_dict(json.loads(saved.read_text()))
     data = args.data or _run_json(args.workdir).get("data")
     progress = not args.no_progress

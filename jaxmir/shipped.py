@@ -111,7 +111,7 @@ def export_members(
     run's). Each member must have the first run's model config and label mode."""
     from flax import serialization
 
-    from jaxmir.engine.run import make_predict, resolve_data, restore_for_inference
+    from jaxmir.engine.run import restore_for_inference
 
     base, _mesh, _state, step = restore_for_inference(task, workdir, calibrated=False)
     runs = [{"run": workdir.name, "step": step}]
@@ -128,32 +128,60 @@ def export_members(
         for variables in found:
             _write(out / MEMBER.format(len(runs)), serialization.to_bytes(variables))
             runs.append(source)
-    cfg, mesh, state = load_model(task, out)  # decoding: the first run's calibrated settings
+    meta = {**json.loads((out / "model.json").read_text()), "members": runs}
+    _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
+    calibrate_folder(
+        task, out, base.decode, data, progress=progress, log=log, name=f"Ensemble of {len(runs)}"
+    )
+
+
+def calibrate_folder(
+    task,
+    folder: Path | str,
+    start=None,
+    data: Path | str | None = None,
+    progress: bool = False,
+    log=print,
+    name: str | None = None,
+) -> dict:
+    """Choose the decoding of the model folder `folder` again on the validation pieces of
+    `data` (default: its config's corpus), from the decode config `start` (default: its
+    stored settings), and score every test split with it; both replace the folder's
+    calibration, decode settings and test scores in config.json and model.json. A task
+    without calibration keeps its settings (its test splits are still scored). Returns the
+    calibration record (empty without one)."""
+    from jaxmir.engine.run import make_predict, resolve_data
+
+    folder = Path(folder)
+    name = name or str(folder)
+    cfg, mesh, state = load_model(task, folder)
     cache = resolve_data(task, cfg, data, progress=progress)
     predict = make_predict(mesh, state)
-    meta = json.loads((out / "model.json").read_text())
+    meta_path = folder / "model.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     meta = {k: v for k, v in meta.items() if k != "calibration" and not k.startswith("eval_")}
-    meta["members"] = runs
     calibrate = getattr(task, "calibrate", None)
-    start = task.locate(dataclasses.replace(cfg, decode=base.decode), out)  # uncalibrated
+    if start is not None:
+        cfg = task.locate(dataclasses.replace(cfg, decode=start), folder)
     calibration = None
     if calibrate is not None:
-        calibration = calibrate(predict, start, cache, progress=progress, workdir=out)
+        calibration = calibrate(predict, cfg, cache, progress=progress, workdir=folder)
     if calibration:
         meta["calibration"] = calibration
         cfg = dataclasses.replace(
-            start, decode=dataclasses.replace(start.decode, **calibration["decode"])
+            cfg, decode=dataclasses.replace(cfg.decode, **calibration["decode"])
         )
-        log(f"Ensemble of {len(runs)}: decoding calibrated: {calibration['decode']}")
+        log(f"{name}: decoding calibrated: {calibration['decode']}")
     for split in sorted({piece["split"] for piece in cache.pieces()}):
         if split.startswith("test"):
             scores = task.evaluate(predict, cfg, cache, split, progress=progress)
             meta[f"eval_{split}"] = {"task": task.name, "split": split, **scores}
-            log(f"Ensemble of {len(runs)} on {split}: {scores}")
-    stored = json.loads((out / "config.json").read_text())
+            log(f"{name} on {split}: {scores}")
+    stored = json.loads((folder / "config.json").read_text())
     stored["decode"] = {**stored["decode"], **(calibration or {}).get("decode", {})}
-    _write(out / "config.json", json.dumps(stored, indent=2, sort_keys=True).encode())
-    _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
+    _write(folder / "config.json", json.dumps(stored, indent=2, sort_keys=True).encode())
+    _write(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
+    return calibration or {}
 
 
 def _member_models(task, path: Path) -> tuple:

@@ -360,6 +360,44 @@ def test_calibrate_chooses_the_thresholds_again(music_run, music_cache, tmp_path
     assert "config.json: no such file" in capsys.readouterr().err
 
 
+def test_calibrate_chooses_a_model_folders_decoding_again(music_run, music_cache, tmp_path):
+    """`jaxmir calibrate --workdir MODEL_FOLDER`: from the folder's stored settings, the
+    decoding is chosen again and written to config.json (load_model then decodes with it)
+    and model.json, with test scores of that decoding in place of the old ones."""
+    from jaxmir.shipped import load_model
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    folder = tmp_path / "model"
+    assert main(["export", "music", "--workdir", str(music_run), "--out", str(folder)]) == 0
+    stored = json.loads((folder / "config.json").read_text())
+    stored["decode"].update(onset_threshold=0.8, onset_delay=0.0, onset_time="first")
+    (folder / "config.json").write_text(json.dumps(stored))
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "eval_test_old": {"note_f1": 1.0}}))
+    argv = ["calibrate", "music", "--workdir", str(folder), "--data", str(music_cache)]
+    assert main([*argv, "--no-progress"]) == 0
+    meta = json.loads((folder / "model.json").read_text())
+    chosen = meta["calibration"]["decode"]
+    assert set(chosen) == {
+        "onset_threshold",
+        "frame_threshold",
+        "offset_threshold",
+        "onset_delay",
+        "onset_time",
+    }
+    cfg, _mesh, _state = load_model(task, folder)
+    assert {k: getattr(cfg.decode, k) for k in chosen} == chosen
+    assert "eval_test_old" not in meta and set(meta["eval_test"]) >= {"note_f1", "frame_f1"}
+    assert meta["run"] == music_run.name  # provenance stays
+    total = {
+        k: v["note_f1"] + v["note_with_offset_f1"]
+        for k, v in meta["calibration"].items()
+        if k in ("before", "after")
+    }
+    assert total["after"] >= total["before"] - 1e-9
+
+
 def test_key_posteriors_decode_and_calibrate_as_the_bins_do():
     """Calibration keeps each piece's per-key means (a quarter of the memory): the same notes
     and the same chosen thresholds as from all 352 bins, and omnizart's decoder refuses them."""
