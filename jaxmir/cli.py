@@ -287,6 +287,7 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     from jaxmir.engine.run import make_predict, resolve_data
+    from jaxmir.shipped import relative_to
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -297,21 +298,12 @@ def cmd_eval(args) -> int:
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=progress)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
     # the settings used (calibrated or --set); files of the run named relative to it
-    result["decode"] = _relative_to(dataclasses.asdict(cfg.decode), args.workdir)
+    result["decode"] = relative_to(dataclasses.asdict(cfg.decode), args.workdir)
     out = args.workdir / "eval" / f"{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0
-
-
-def _relative_to(values: dict, folder: Path) -> dict:
-    """`values` with each string that is a path inside `folder` made relative to it."""
-    inside = f"{Path(folder).resolve()}{os.sep}"
-    return {
-        k: v[len(inside) :] if isinstance(v, str) and v.startswith(inside) else v
-        for k, v in values.items()
-    }
 
 
 def cmd_calibrate(args) -> int:
@@ -436,7 +428,6 @@ def _process_age() -> float:
     """Seconds since this process started (interpreter, imports, the malloc re-exec: the
     same PID) when it is the `jaxmir` command (console script or `python -m jaxmir`); 0 in
     another program (a test, a script calling `main`) or where /proc does not say."""
-    import os
     import time
 
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
@@ -542,7 +533,6 @@ def _enable_compilation_cache() -> None:
     restoring a run also compiles ~30 small ones (initial optimiser and callback states),
     1.5 s of a warm `jaxmir transcribe` on a 2-core CPU (8.6 s -> 6.9 s restore; medians
     of 3). JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, wins."""
-    import os
 
     import jax
 

@@ -166,8 +166,9 @@ def calibrate_folder(
     calibration = None
     if calibrate is not None:
         calibration = calibrate(predict, cfg, cache, progress=progress, workdir=folder)
+    step = meta.get("step")
     if calibration:
-        meta["calibration"] = calibration
+        meta["calibration"] = {"step": step, **calibration}
         cfg = dataclasses.replace(
             cfg, decode=dataclasses.replace(cfg.decode, **calibration["decode"])
         )
@@ -175,13 +176,24 @@ def calibrate_folder(
     for split in sorted({piece["split"] for piece in cache.pieces()}):
         if split.startswith("test"):
             scores = task.evaluate(predict, cfg, cache, split, progress=progress)
-            meta[f"eval_{split}"] = {"task": task.name, "split": split, **scores}
+            record = {"task": task.name, "split": split, "step": step, **scores}
+            record["decode"] = relative_to(dataclasses.asdict(cfg.decode), folder)  # as `eval`
+            meta[f"eval_{split}"] = record
             log(f"{name} on {split}: {scores}")
     stored = json.loads((folder / "config.json").read_text())
     stored["decode"] = {**stored["decode"], **(calibration or {}).get("decode", {})}
     _write(folder / "config.json", json.dumps(stored, indent=2, sort_keys=True).encode())
     _write(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
     return calibration or {}
+
+
+def relative_to(values: dict, folder: Path) -> dict:
+    """`values` with each string that is a path inside `folder` made relative to it."""
+    inside = f"{Path(folder).resolve()}{os.sep}"
+    return {
+        k: v[len(inside) :] if isinstance(v, str) and v.startswith(inside) else v
+        for k, v in values.items()
+    }
 
 
 def _member_models(task, path: Path) -> tuple:
