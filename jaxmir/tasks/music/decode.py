@@ -286,6 +286,9 @@ def decode_notes_omnizart(
     return _assemble(per_inst)
 
 
+ONSET_TIMES = ("first", "peak")  # where a note starts in its onset run (`decode_notes_simple`)
+
+
 def decode_notes_simple(
     posteriors: np.ndarray,
     mode: str,
@@ -368,9 +371,6 @@ def decode_notes_simple(
                 stop = max(end * HOP_S, start + HOP_S)
                 out.append((start, stop, key + LOWEST_PITCH, vel, program))
     return _sorted_notes(np.asarray(out, np.float64) if out else np.zeros((0, 5)))
-
-
-ONSET_TIMES = ("first", "peak")
 
 
 def onset_peak(prob: np.ndarray, start: int, stop: int) -> float:
