@@ -455,7 +455,7 @@ def test_onset_weight_scales_every_onset_on_top_of_the_repeat_weight():
 
     task = get_task("music")
     quality = task.presets()["quality"]
-    assert quality.data.onset_weight == 1.0
+    assert quality.data.onset_weight == 3.0
     rng = np.random.default_rng(3)
     logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
     batch = {
