@@ -486,6 +486,39 @@ def test_onset_weight_scales_every_onset_on_top_of_the_repeat_weight():
         )
 
 
+def test_offset_weight_weighs_only_the_offset_positives_and_is_checked():
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.labels import weighted_bce
+
+    rng = np.random.default_rng(4)
+    logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
+    targets = jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32)
+    base = weighted_bce(logits, targets, pos_weight=5.0)
+    diff = weighted_bce(logits, targets, pos_weight=5.0, offset_weight=3.0) - base
+    one = -5.0 * targets[..., 3] * jax.nn.log_sigmoid(logits[..., 3])
+    np.testing.assert_allclose(diff, 2.0 * one.sum() / targets.size, rtol=1e-4, atol=1e-7)
+
+    task = get_task("music")
+    quality = task.presets()["quality"]
+    assert quality.data.offset_weight == 1.0
+    batch = {"x": jnp.zeros((2, 6, 8, 1)), "y": targets, "mask": jnp.ones((2, 6))}
+
+    def bound(data) -> jax.Array:
+        loss = task.bind_loss(dataclasses.replace(quality, data=data))
+        return loss(lambda variables, x, train: logits, {}, batch, None, False)[0]
+
+    weighted = dataclasses.replace(quality.data, offset_weight=3.0)
+    expected = weighted_bce(logits, targets, pos_weight=5.0, onset_weight=3.0, offset_weight=3.0)
+    np.testing.assert_allclose(bound(weighted), expected, rtol=1e-6)
+    assert bound(weighted) > bound(quality.data)
+    no_offsets = dataclasses.replace(weighted, label_mode="note", repeat_weight=1.0)
+    with pytest.raises(ConfigError, match="offset_weight.*note-offset"):
+        bound(no_offsets)
+
+
 def test_peak_onsets_start_at_the_onset_runs_maximum_between_frames():
     from jaxmir.tasks.music.decode import onset_peak
 

@@ -369,6 +369,8 @@ def weighted_bce(
     onset_channel: int = 2,
     release_weight: jax.Array | None = None,
     frame_channel: int = 1,
+    offset_weight: float | None = None,
+    offset_channel: int = 3,
 ) -> jax.Array:
     """Sigmoid cross-entropy with the positive term of every note channel (not the background,
     channel 0) weighted by `pos_weight`. Not in omnizart: notes cover well under 1% of the
@@ -376,7 +378,8 @@ def weighted_bce(
     steps before any note probability crosses 0.5; the weight makes it learn in hundreds.
     `onset_weight` ``(B, T, bins)``, if given, also multiplies the positive term of the onset
     channel (e.g. ``1 + (w - 1) * repeat_onsets``); `release_weight` ``(B, T, bins)`` the
-    negative term of the frame channel (e.g. ``1 + (w - 1) * release_frames``)."""
+    negative term of the frame channel (e.g. ``1 + (w - 1) * release_frames``); `offset_weight`
+    the positive term of the offset channel (``note-offset`` mode)."""
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     c = targets.shape[-1]
@@ -384,6 +387,8 @@ def weighted_bce(
     if onset_weight is not None:
         is_onset = jnp.zeros((c,), jnp.float32).at[onset_channel].set(1.0)
         w = w * (1.0 + (jnp.asarray(onset_weight, jnp.float32)[..., None] - 1.0) * is_onset)
+    if offset_weight is not None:
+        w = w * jnp.ones((c,), jnp.float32).at[offset_channel].set(offset_weight)
     neg = jnp.ones((c,), jnp.float32)
     if release_weight is not None:
         is_frame = jnp.zeros((c,), jnp.float32).at[frame_channel].set(1.0)

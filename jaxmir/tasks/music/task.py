@@ -78,6 +78,8 @@ class MusicDataConfig(CorpusConfig):
     # weighted loss, note / note-offset modes: every onset's positive term weighs this many times
     # more (on top of `repeat_weight`); 1 weighs onsets as the other note channels
     onset_weight: float = 1.0
+    # weighted loss, note-offset mode: the offset channel's positives weigh this many times more
+    offset_weight: float = 1.0
     # weighted loss, note / note-offset modes: the frame channel's negatives on the frames just
     # after a note ends (`release_frames`) weigh this many times more (1: as every negative)
     release_weight: float = 1.0
@@ -266,6 +268,7 @@ class MusicTask(PieceTask):
         _repeat_weighted(cfg)  # checked before the first step, not at the first batch
         _release_weighted(cfg)
         onset_scale = cfg.data.onset_weight if _extra_weight(cfg, "onset_weight") else None
+        offset_scale = cfg.data.offset_weight if _offset_weighted(cfg) else None
 
         def loss(apply_fn, variables, batch, rng, train):
             logits, new_state = apply_model(apply_fn, variables, batch["x"], rng, train)
@@ -275,6 +278,8 @@ class MusicTask(PieceTask):
                 weights["onset_weight"] = weights.get("onset_weight", 1.0) * onset_scale
             if "w_release" in batch:
                 weights["release_weight"] = batch["w_release"]
+            if offset_scale is not None:
+                weights["offset_weight"] = offset_scale
             value = fn(logits, batch["y"], mask=mask, **weights)
             accuracy = binary_accuracy(logits, batch["y"], batch["mask"])
             return value, ({"accuracy": accuracy}, new_state)
@@ -502,6 +507,16 @@ def _repeat_weighted(cfg: Config) -> bool:
 def _release_weighted(cfg: Config) -> bool:
     """Whether the frames after a note's end weigh more (`MusicDataConfig.release_weight`)."""
     return _extra_weight(cfg, "release_weight")
+
+
+def _offset_weighted(cfg: Config) -> bool:
+    """Whether the offset channel's positives weigh more (`MusicDataConfig.offset_weight`)."""
+    if _extra_weight(cfg, "offset_weight") and _mode(cfg) != "note-offset":
+        raise ConfigError(
+            f"data.offset_weight: needs label mode 'note-offset', the one with an offset channel "
+            f"(got {cfg.data.label_mode!r})"
+        )
+    return cfg.data.offset_weight != 1.0
 
 
 def _extra_weight(cfg: Config, key: str) -> bool:
