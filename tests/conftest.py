@@ -1,9 +1,13 @@
 """Test set-up: 8 simulated CPU devices, a private cache dir, and a tiny beat feature cache."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("JAXMIR_CACHE", tempfile.mkdtemp(prefix="jaxmir-test-cache-"))
+if "JAXMIR_CACHE" not in os.environ:  # a private cache, removed when the session ends
+    os.environ["JAXMIR_CACHE"] = tempfile.mkdtemp(prefix="jaxmir-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAXMIR_CACHE"], ignore_errors=True)
 
 import jax  # noqa: E402
 
