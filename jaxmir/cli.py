@@ -1,4 +1,4 @@
-"""The `jaxmir` command: train, eval, transcribe, info, features.
+"""The `jaxmir` command: train, eval, calibrate, transcribe, export, info, features, synth.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad usage (unknown task, preset, config key or
 value; missing, empty or unreadable data), with one clear line on stderr; 75 (EX_TEMPFAIL)
@@ -77,16 +77,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("eval", help="score a trained run with mir_eval on whole pieces")
+    e = sub.add_parser(
+        "eval",
+        help="score a trained run (or a model folder) with mir_eval on whole pieces",
+        description="Score the run's best checkpoint (or --step) on a split, with its "
+        "calibrated decoding unless --set decode.* says otherwise, and write "
+        "WORKDIR/eval/SPLIT.json. --workdir may also be an exported model folder (`jaxmir "
+        "export`, or the package's own, jaxmir/models/TASK): its model is scored with its "
+        "stored decoding and, without --set, the scores replace that split's in its "
+        "model.json (nothing is re-trained or re-calibrated).",
+    )
     e.add_argument("task")
-    e.add_argument("--workdir", type=Path, required=True)
+    e.add_argument("--workdir", type=Path, required=True, metavar="RUN_OR_MODEL_FOLDER")
     e.add_argument(
         "--split",
         default="test",
         help="a split of the cache (default test): val, test, or another the cache holds, "
         "e.g. test_piano, test_mixed, test_heldout (music) or test_unseen (beat)",
     )
-    e.add_argument("--data", type=Path, default=None, help="feature cache (default: the run's)")
+    e.add_argument(
+        "--data", type=Path, default=None, help="feature cache (default: the run's or model's)"
+    )
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -148,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         "--dataset",
         required=True,
         help="dataset layout: beat midi|musicnet; music synth|maestro|maps|musicnet; "
-        "vocal synth|tonas|mir1k; vocal_contour and patch_cnn synth|mir1k|medleydb|tonas",
+        "vocal synth|tonas|mir1k; vocal_contour and patch_cnn synth|mir1k|medleydb|tonas; "
+        "chord synth|billboard; drum synth|enst|mdb_drums",
     )
     f.add_argument("--root", type=Path, required=True, help="the dataset's folder")
     f.add_argument("--out", type=Path, required=True, help="cache directory to write")
@@ -244,15 +256,16 @@ def _restore(task, workdir: Path, step: int | None, overrides: list[str] = ()):
     return validate(apply_overrides(cfg, list(overrides))), mesh, state, step
 
 
-def _shipped(task, overrides: list[str]):
-    """The model shipped with the package for `task` (config, mesh, state)."""
+def _shipped(task, overrides: list[str], folder: Path | None = None):
+    """The model shipped with the package for `task`, or the exported model folder `folder`
+    (config, mesh, state)."""
     from jaxmir.shipped import ShippedModelError, load_model
 
     bad = [o for o in overrides if not o.startswith("decode.")]
     if bad:
         raise UsageError(f"{bad[0]}: only decode.* keys can change after training")
     try:
-        cfg, mesh, state = load_model(task)
+        cfg, mesh, state = load_model(task, folder)
     except ShippedModelError as e:
         raise UsageError(str(e)) from None
     return validate(apply_overrides(cfg, list(overrides))), mesh, state
@@ -287,13 +300,29 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     from jaxmir.engine.run import make_predict, resolve_data
-    from jaxmir.shipped import relative_to
+    from jaxmir.shipped import VARIABLES, eval_folder, relative_to
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
+    progress = not args.no_progress
+    if (args.workdir / VARIABLES).is_file():  # an exported model folder
+        if args.step is not None:
+            raise UsageError(f"--step: {args.workdir} is a model folder (one step, no checkpoints)")
+        cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
+        result = eval_folder(
+            task,
+            args.workdir,
+            args.split,
+            cfg,
+            make_predict(mesh, state),
+            args.data,
+            record=not args.overrides,
+            progress=progress,
+        )
+        print(json.dumps(result))
+        return 0
     cfg, mesh, state, step = _restore(task, args.workdir, args.step, args.overrides)
     data = args.data or _run_json(args.workdir).get("data")
-    progress = not args.no_progress
     cache = resolve_data(task, cfg, data, progress=progress)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=progress)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}

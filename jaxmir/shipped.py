@@ -175,16 +175,54 @@ def calibrate_folder(
         log(f"{name}: decoding calibrated: {calibration['decode']}")
     for split in sorted({piece["split"] for piece in cache.pieces()}):
         if split.startswith("test"):
-            scores = task.evaluate(predict, cfg, cache, split, progress=progress)
-            record = {"task": task.name, "split": split, "step": step, **scores}
-            record["decode"] = relative_to(dataclasses.asdict(cfg.decode), folder)  # as `eval`
+            record = _score(task, predict, cfg, cache, split, step, folder, progress)
             meta[f"eval_{split}"] = record
-            log(f"{name} on {split}: {scores}")
+            log(f"{name} on {split}: {_scores(record)}")
     stored = json.loads((folder / "config.json").read_text())
     stored["decode"] = {**stored["decode"], **(calibration or {}).get("decode", {})}
     _write(folder / "config.json", json.dumps(stored, indent=2, sort_keys=True).encode())
     _write(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
     return calibration or {}
+
+
+def eval_folder(
+    task,
+    folder: Path | str,
+    split: str,
+    cfg,
+    predict,
+    data: Path | str | None = None,
+    record: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Score the model of the model folder `folder` (`predict`, decoding by `cfg`) on `split`
+    of `data` (default: its config's corpus). With `record`, the result replaces the
+    folder's test score for that split in model.json, so the scores that ship with a model
+    can follow a change of decoding without choosing it again (`calibrate_folder`) or
+    re-training anything. Returns the record, as `jaxmir eval` writes for a run."""
+    from jaxmir.engine.run import resolve_data
+
+    folder = Path(folder)
+    cache = resolve_data(task, cfg, data, progress=progress)
+    meta_path = folder / "model.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    result = _score(task, predict, cfg, cache, split, meta.get("step"), folder, progress)
+    if record:
+        _write(meta_path, (json.dumps({**meta, f"eval_{split}": result}, indent=1) + "\n").encode())
+    return result
+
+
+def _score(task, predict, cfg, cache, split: str, step, folder: Path, progress: bool) -> dict:
+    """One split's scores with the decoding they were made with (paths inside `folder` made
+    relative to it, as `eval` writes them)."""
+    scores = task.evaluate(predict, cfg, cache, split, progress=progress)
+    record = {"task": task.name, "split": split, "step": step, **scores}
+    record["decode"] = relative_to(dataclasses.asdict(cfg.decode), folder)
+    return record
+
+
+def _scores(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("task", "split", "step", "decode")}
 
 
 def relative_to(values: dict, folder: Path) -> dict:

@@ -398,6 +398,38 @@ def test_calibrate_chooses_a_model_folders_decoding_again(music_run, music_cache
     assert total["after"] >= total["before"] - 1e-9
 
 
+def test_eval_scores_a_model_folder_and_records_its_test_scores(
+    music_run, music_cache, tmp_path, capsys
+):
+    """`jaxmir eval --workdir MODEL_FOLDER` scores the folder's model with its stored decoding
+    (the run's scores: the same model) and writes them over that split's in model.json; with
+    --set decode.* it prints them and records nothing."""
+    folder = tmp_path / "model"
+    assert main(["export", "music", "--workdir", str(music_run), "--out", str(folder)]) == 0
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "eval_test": {"note_f1": -1.0}}))
+    data = ["--data", str(music_cache), "--no-progress"]
+
+    def last_json() -> dict:
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert main(["eval", "music", "--workdir", str(music_run), *data]) == 0
+    run_scores = last_json()
+    assert main(["eval", "music", "--workdir", str(folder), *data]) == 0
+    printed = last_json()
+    recorded = json.loads((folder / "model.json").read_text())
+    assert recorded["eval_test"] == printed and recorded["run"] == meta["run"]
+    assert printed["decode"] == run_scores["decode"]
+    for key in ("note_f1", "note_with_offset_f1", "frame_f1"):
+        assert printed[key] == pytest.approx(run_scores[key], abs=1e-6)
+    nothing = ["--set", "decode.onset_threshold=1.01"]  # probabilities never exceed 1
+    assert main(["eval", "music", "--workdir", str(folder), *data, *nothing]) == 0
+    assert last_json()["decode"]["onset_threshold"] == 1.01
+    assert json.loads((folder / "model.json").read_text())["eval_test"] == printed
+    assert main(["eval", "music", "--workdir", str(folder), "--step", "2", *data]) == 2
+    assert "model folder" in capsys.readouterr().err
+
+
 def test_key_posteriors_decode_and_calibrate_as_the_bins_do():
     """Calibration keeps each piece's per-key means (a quarter of the memory): the same notes
     and the same chosen thresholds as from all 352 bins, and omnizart's decoder refuses them."""
