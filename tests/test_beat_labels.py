@@ -292,6 +292,32 @@ def test_tracking_finds_the_faster_level_when_every_other_beat_is_weak():
     assert mir_eval.beat.f_measure(truth / FPS, fast) > 0.97
 
 
+def test_decoding_tracks_at_the_configured_faster_level():
+    """`BeatTask.decode` hands `decode.faster_level` to the tracker: on the activation above,
+    a level of 0.9 finds every beat and 0 (off) every other one. The presets leave it at its
+    default, 1.0, as the shipped model's config does."""
+    import dataclasses
+
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("beat")
+    cfg = task.presets()["quality"]
+    assert cfg.decode.faster_level == 1.0
+    n, period = 4000, 40
+    truth = np.arange(period, n - period, period)
+    act = _pulses(n, truth, [0.4 if i % 2 == 0 else 0.28 for i in range(len(truth))])
+    probs = np.stack([act, np.zeros(n)], axis=1)
+
+    def f_measure(level: float) -> float:
+        decode = dict(method="track", downbeats="peaks", beat_threshold=0.3, min_distance=0.2)
+        d = dataclasses.replace(cfg.decode, faster_level=level, **decode)
+        beats, _ = task.decode(probs, dataclasses.replace(cfg, decode=d))
+        return mir_eval.beat.f_measure(truth / FPS, beats)
+
+    assert f_measure(0.9) > 0.97
+    assert f_measure(0.0) < 0.7
+
+
 def test_faster_level_keeps_the_period_when_nothing_recurs_in_between():
     """Beats every 0.8 s with nothing between them, or with a faint pulse at only some of the
     half-way points: no autocorrelation peak at 0.4 s reaches 0.9 of the one at 0.8 s."""
