@@ -446,6 +446,72 @@ def test_release_weight_reaches_the_batches_and_is_checked():
         task.bind_loss(bad)
 
 
+def test_tail_frames_mark_a_notes_frames_from_half_a_second_after_its_onset():
+    from jaxmir.tasks.music.labels import TAIL_START, tail_frames
+
+    assert TAIL_START == 25
+    notes = np.array(
+        [
+            [0.1, 1.0, 60, 80, 0],  # C4, frames 5-49: its tail 30-49
+            [0.2, 0.5, 64, 80, 0],  # E4, 0.3 s: no tail
+            [-1.0, 0.2, 67, 80, 0],  # G4 began a second before the window: tail to frame 9
+            [1.5, 3.0, 72, 80, 0],  # C5, tail from frame 100: after the window
+            [1.0, 1.7, 40, 80, 40],  # another part: its tail 75-84
+        ]
+    )
+    t = tail_frames(notes, 100, "note-offset")
+    marked = {int(k) + 21: list(np.flatnonzero(t[:, k])) for k in np.flatnonzero(t.any(axis=0))}
+    assert marked == {60: list(range(30, 50)), 67: list(range(10)), 40: list(range(75, 85))}
+    assert t.shape == (100, 88) and set(np.unique(t)) == {0.0, 1.0}
+
+
+def test_tail_weight_weighs_only_the_frame_positives_and_reaches_the_batches():
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.labels import weighted_bce
+
+    i = (0, 1, 6)
+    logits, targets, diff = _one_entry_weighted("tail_weight", i, 3.0, seed=1)
+    assert targets[(*i, 1)] == 1.0
+    pos = -5.0 * jax.nn.log_sigmoid(logits[(*i, 1)])
+    np.testing.assert_allclose(diff, 2.0 * pos / targets.size, rtol=1e-4, atol=1e-7)
+
+    task = get_task("music")
+    quality = task.presets()["quality"]
+    assert quality.data.tail_weight == 1.0
+    cfg = dataclasses.replace(quality, data=dataclasses.replace(quality.data, tail_weight=3.0))
+    notes = np.array([[0.1, 1.0, 60, 80, 0], [0.2, 0.3, 62, 80, 0]])
+    mask = np.ones(60, np.float32)
+    out = task.window_labels(cfg, {"notes": notes}, 5, mask)  # the window starts at frame 5
+    c4 = (60 - 21) * 4
+    assert list(np.flatnonzero(out["w_tail"][:, c4 + 2] == 3.0)) == list(range(25, 45))
+    assert (out["w_tail"] == 3.0).sum() == 20 * 4 and out["w_tail"].min() == 1.0
+    assert "w_tail" not in task.window_labels(quality, {"notes": notes}, 5, mask)
+    rng = np.random.default_rng(2)  # the loss reads the batch's map
+    batch = {
+        "x": jnp.zeros((2, 6, 8, 1)),
+        "y": jnp.asarray(rng.uniform(size=(2, 6, 8, 4)) > 0.7, jnp.float32),
+        "mask": jnp.ones((2, 6)),
+        "w": jnp.ones((2, 6, 8)),
+        "w_tail": jnp.asarray(rng.choice([1.0, 3.0], size=(2, 6, 8)), jnp.float32),
+    }
+    logits = jnp.asarray(rng.normal(size=(2, 6, 8, 4)), jnp.float32)
+    value = task.bind_loss(cfg)(lambda variables, x, train: logits, {}, batch, None, False)[0]
+    expected = weighted_bce(
+        logits,
+        batch["y"],
+        pos_weight=5.0,
+        onset_weight=3.0 * batch["w"],
+        tail_weight=batch["w_tail"],
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    smooth = dataclasses.replace(cfg.data, loss="smooth", repeat_weight=1.0)
+    with pytest.raises(ConfigError, match="tail_weight"):
+        task.bind_loss(dataclasses.replace(cfg, data=smooth))
+
+
 def test_onset_weight_scales_every_onset_on_top_of_the_repeat_weight():
     import dataclasses
 

@@ -288,6 +288,27 @@ def release_frames(
     return out
 
 
+TAIL_START = 25
+"""Frames after a note's onset (0.5 s) where `tail_frames` starts marking it."""
+
+
+def tail_frames(notes: np.ndarray, n_frames: int, mode: str, start: int = TAIL_START) -> np.ndarray:
+    """``float32 (n_frames, 88)``: 1 on each note's frames from `start` frames after its onset
+    to its end, 0 elsewhere.
+
+    Not in omnizart. A long note's last frames are the ones a model most often calls "off": a
+    struck or plucked note decays towards silence before its key is released, and on the
+    shipped model most long notes that end early end where the frame posterior falls, not at
+    the offset channel (README, music). Weighing these frames' positives (`weighted_bce`'s
+    `tail_weight`) asks the model to hold a note it can barely hear."""
+    out = np.zeros((int(n_frames), N_KEYS), np.float32)
+    _, first, end, key, _ = _writable_notes(notes, mode)
+    for s, e, k in zip(first + start, end, key, strict=True):
+        lo, hi = max(s, 0), min(e, int(n_frames))
+        out[lo:hi, k] = 1.0
+    return out
+
+
 def music_labels(notes: np.ndarray, n_frames: int, mode: str = "note-stream") -> np.ndarray:
     """Frame targets ``float32 (n_frames, 352, LABEL_MODES[mode])`` for notes ``(N, 5)``.
 
@@ -371,6 +392,7 @@ def weighted_bce(
     frame_channel: int = 1,
     offset_weight: float | None = None,
     offset_channel: int = 3,
+    tail_weight: jax.Array | None = None,
 ) -> jax.Array:
     """Sigmoid cross-entropy with the positive term of every note channel (not the background,
     channel 0) weighted by `pos_weight`. Not in omnizart: notes cover well under 1% of the
@@ -379,7 +401,9 @@ def weighted_bce(
     `onset_weight` ``(B, T, bins)``, if given, also multiplies the positive term of the onset
     channel (e.g. ``1 + (w - 1) * repeat_onsets``); `release_weight` ``(B, T, bins)`` the
     negative term of the frame channel (e.g. ``1 + (w - 1) * release_frames``); `offset_weight`
-    the positive term of the offset channel (``note-offset`` mode)."""
+    the positive term of the offset channel (``note-offset`` mode); `tail_weight`
+    ``(B, T, bins)`` the positive term of the frame channel (e.g. ``1 + (w - 1) *
+    tail_frames``)."""
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     c = targets.shape[-1]
@@ -389,6 +413,9 @@ def weighted_bce(
         w = w * (1.0 + (jnp.asarray(onset_weight, jnp.float32)[..., None] - 1.0) * is_onset)
     if offset_weight is not None:
         w = w * jnp.ones((c,), jnp.float32).at[offset_channel].set(offset_weight)
+    if tail_weight is not None:
+        is_frame = jnp.zeros((c,), jnp.float32).at[frame_channel].set(1.0)
+        w = w * (1.0 + (jnp.asarray(tail_weight, jnp.float32)[..., None] - 1.0) * is_frame)
     neg = jnp.ones((c,), jnp.float32)
     if release_weight is not None:
         is_frame = jnp.zeros((c,), jnp.float32).at[frame_channel].set(1.0)

@@ -50,6 +50,7 @@ from jaxmir.tasks.music.labels import (
     release_frames,
     repeat_onsets,
     smooth_bce,
+    tail_frames,
     weighted_bce,
 )
 from jaxmir.tasks.music.metrics import note_f1_scores, note_metrics
@@ -83,6 +84,9 @@ class MusicDataConfig(CorpusConfig):
     # weighted loss, note / note-offset modes: the frame channel's negatives on the frames just
     # after a note ends (`release_frames`) weigh this many times more (1: as every negative)
     release_weight: float = 1.0
+    # weighted loss, note / note-offset modes: the frame channel's positives on a note's frames
+    # from 0.5 s after its onset (`tail_frames`) weigh this many times more (1: as every frame)
+    tail_weight: float = 1.0
     hop: int | None = None  # frames between training windows (default: timesteps)
     jitter: bool = True
 
@@ -267,6 +271,7 @@ class MusicTask(PieceTask):
         fn = fns[kind]
         _repeat_weighted(cfg)  # checked before the first step, not at the first batch
         _release_weighted(cfg)
+        _tail_weighted(cfg)
         onset_scale = cfg.data.onset_weight if _extra_weight(cfg, "onset_weight") else None
         offset_scale = cfg.data.offset_weight if _offset_weighted(cfg) else None
 
@@ -278,6 +283,8 @@ class MusicTask(PieceTask):
                 weights["onset_weight"] = weights.get("onset_weight", 1.0) * onset_scale
             if "w_release" in batch:
                 weights["release_weight"] = batch["w_release"]
+            if "w_tail" in batch:
+                weights["tail_weight"] = batch["w_tail"]
             if offset_scale is not None:
                 weights["offset_weight"] = offset_scale
             value = fn(logits, batch["y"], mask=mask, **weights)
@@ -301,6 +308,9 @@ class MusicTask(PieceTask):
         if _release_weighted(cfg):
             extra = (cfg.data.release_weight - 1.0) * release_frames(notes, len(mask), _mode(cfg))
             out["w_release"] = np.repeat(1.0 + extra, BINS_PER_KEY, axis=1)
+        if _tail_weighted(cfg):
+            extra = (cfg.data.tail_weight - 1.0) * tail_frames(notes, len(mask), _mode(cfg))
+            out["w_tail"] = np.repeat(1.0 + extra, BINS_PER_KEY, axis=1)
         return out
 
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -507,6 +517,11 @@ def _repeat_weighted(cfg: Config) -> bool:
 def _release_weighted(cfg: Config) -> bool:
     """Whether the frames after a note's end weigh more (`MusicDataConfig.release_weight`)."""
     return _extra_weight(cfg, "release_weight")
+
+
+def _tail_weighted(cfg: Config) -> bool:
+    """Whether long notes' later frames weigh more (`MusicDataConfig.tail_weight`)."""
+    return _extra_weight(cfg, "tail_weight")
 
 
 def _offset_weighted(cfg: Config) -> bool:
