@@ -407,19 +407,23 @@ def weighted_bce(
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     c = targets.shape[-1]
+
+    def on_channel(weight, channel: int) -> jax.Array:
+        """`weight` (a scalar or a (B, T, bins) map) on `channel`, 1 on the others."""
+        one_hot = jnp.zeros((c,), jnp.float32).at[channel].set(1.0)
+        return 1.0 + (jnp.asarray(weight, jnp.float32)[..., None] - 1.0) * one_hot
+
     w = jnp.full((c,), pos_weight, jnp.float32).at[0].set(1.0)
-    if onset_weight is not None:
-        is_onset = jnp.zeros((c,), jnp.float32).at[onset_channel].set(1.0)
-        w = w * (1.0 + (jnp.asarray(onset_weight, jnp.float32)[..., None] - 1.0) * is_onset)
-    if offset_weight is not None:
-        w = w * jnp.ones((c,), jnp.float32).at[offset_channel].set(offset_weight)
-    if tail_weight is not None:
-        is_frame = jnp.zeros((c,), jnp.float32).at[frame_channel].set(1.0)
-        w = w * (1.0 + (jnp.asarray(tail_weight, jnp.float32)[..., None] - 1.0) * is_frame)
     neg = jnp.ones((c,), jnp.float32)
+    for weight, channel in (
+        (onset_weight, onset_channel),
+        (offset_weight, offset_channel),
+        (tail_weight, frame_channel),
+    ):
+        if weight is not None:
+            w = w * on_channel(weight, channel)
     if release_weight is not None:
-        is_frame = jnp.zeros((c,), jnp.float32).at[frame_channel].set(1.0)
-        neg = 1.0 + (jnp.asarray(release_weight, jnp.float32)[..., None] - 1.0) * is_frame
+        neg = on_channel(release_weight, frame_channel)
     log_p, log_not_p = log_sigmoids(logits)
     loss = -w * targets * log_p - neg * (1 - targets) * log_not_p
     return _reduce(loss, mask)
