@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,9 @@ MODELS_DIR = Path(__file__).parent / "models"
 VARIABLES = "variables.msgpack"
 MEMBER = "variables-{}.msgpack"  # an ensemble's members after the first
 CURVES = ("metrics.jsonl", "curves.png")
+#: A helper model trained inside a run or model folder (the beat task's downbeat tagger) keeps
+#: its own training run in this subfolder of its folder; a model folder is cleared of them.
+HELPER_RUN = "run"
 
 
 class ShippedModelError(FileNotFoundError):
@@ -169,10 +173,12 @@ def calibrate_folder(
     step = meta.get("step")
     if calibration:
         meta["calibration"] = {"step": step, **calibration}
-        cfg = dataclasses.replace(
-            cfg, decode=dataclasses.replace(cfg.decode, **calibration["decode"])
-        )
+        decode = dataclasses.replace(cfg.decode, **calibration["decode"])
+        # paths in the calibration (beat: its tagger) are relative to the folder
+        cfg = task.locate(dataclasses.replace(cfg, decode=decode), folder)
         log(f"{name}: decoding calibrated: {calibration['decode']}")
+    for leftover in folder.glob(f"*/{HELPER_RUN}"):  # a model folder holds no training runs
+        shutil.rmtree(leftover)
     for split in sorted({piece["split"] for piece in cache.pieces()}):
         if split.startswith("test"):
             record = _score(task, predict, cfg, cache, split, step, folder, progress)

@@ -267,3 +267,35 @@ def test_training_with_a_tagger_calibrates_it_and_export_carries_it(beat_cache, 
     cfg, _, _ = load_model(TASK, out)
     assert cfg.decode.tagger == str(out / "tagger")
     assert json.loads((out / "tagger" / TAGGER_SIZE_FILE).read_text())["members"] == 2
+
+
+def test_calibrating_a_model_folder_keeps_its_tagger_inside_it(
+    beat_cache, tmp_path, monkeypatch, capsys
+):
+    """`jaxmir calibrate beat --workdir MODEL_FOLDER` trains the tagger again inside the folder,
+    scores every test split with the tagger that calibration names relative to the folder
+    (here always the tagger, whatever the tiny model's scores prefer), and leaves no tagger
+    training run behind in the folder."""
+    from jaxmir.tasks.beat.task import TASK
+
+    wd, out = tmp_path / "beat", tmp_path / "shipped"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    argv += ["--no-progress", "--set", "model.tagger_hidden=4", "--set", "model.tagger_steps=8"]
+    assert main(argv) == 0
+    assert main(["export", "beat", "--workdir", str(wd), "--out", str(out)]) == 0
+    calibrate = TASK.calibrate
+
+    def with_the_tagger(*args, **kwargs):
+        chosen = calibrate(*args, **kwargs)
+        chosen["decode"].update(downbeats="tagger", tagger="tagger", tagger_threshold=0.0)
+        return chosen
+
+    monkeypatch.setattr(TASK, "calibrate", with_the_tagger)
+    calibrate_it = ["calibrate", "beat", "--workdir", str(out), "--data", str(beat_cache)]
+    assert main([*calibrate_it, "--no-progress"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["calibration"]["decode"]["tagger"] == "tagger"
+    assert meta["eval_test"]["decode"]["downbeats"] == "tagger"
+    assert json.loads((out / "config.json").read_text())["decode"]["tagger"] == "tagger"
+    assert (out / "tagger" / TAGGER_VARIABLES).is_file()
+    assert not (out / "tagger" / "run").exists()

@@ -26,6 +26,7 @@ import optax
 from jaxmir.config import Config, OptimConfig, TrainConfig
 from jaxmir.data.cache import atomic_write_bytes, atomic_write_text
 from jaxmir.engine.fitting import CustomTask
+from jaxmir.shipped import HELPER_RUN
 from jaxmir.tasks.base import NoConfig
 from jaxmir.tasks.beat.bars import (
     N_BAR_FEATURES,
@@ -164,7 +165,7 @@ def train_tagger(
     task = TaggerTask(
         size.module(), tagger_loss, source(train_examples), source(val_examples or train_examples)
     )
-    result = run_train(task, cfg, folder / "run", progress=progress, log=log)
+    result = run_train(task, cfg, folder / HELPER_RUN, progress=progress, log=log)
     save_tagger(folder, jax.device_get({"params": result.state.params}), size)
     return folder
 
