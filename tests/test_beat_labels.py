@@ -13,6 +13,7 @@ from jaxmir.tasks.beat.decode import (
     BEAT_PITCH,
     DOWNBEAT_PITCH,
     beats_to_midi,
+    dbn_beats,
     decode_beats,
     faster_period,
     pick_peaks,
@@ -328,6 +329,48 @@ def test_faster_level_keeps_the_period_when_nothing_recurs_in_between():
     act = _pulses(n, np.concatenate([beats, between]), [0.9] * len(beats) + [0.2] * len(between))
     assert faster_period(act, 0.8, 0.9, FPS) == 0.8
     assert faster_period(act, 0.8, 0.0001, FPS) == pytest.approx(0.4)  # a low enough level
+
+
+def test_dbn_follows_a_ritardando_that_one_tempo_cannot():
+    """Sixty beats slowing from 0.4 s to 0.7 s apart, every fifth too weak for the threshold.
+    Tracking at one tempo (the peaks' period) drifts off the beats where the tempo is far from it;
+    the tempo-and-phase model (`decode.method=dbn`, through `BeatTask.decode`) follows the
+    slowing and fills the weak beats. Too few peaks: the peaks themselves."""
+    import dataclasses
+
+    from jaxmir.tasks.base import get_task
+
+    truth = np.round(50 + np.cumsum(np.geomspace(40, 70, 60))).astype(int)
+    n = int(truth[-1]) + 100
+    act = _pulses(n, truth, [0.2 if i % 5 == 2 else 0.8 for i in range(len(truth))])
+    probs = np.stack([act, np.zeros(n)], axis=1)
+    task = get_task("beat")
+    cfg = task.presets()["quality"]
+
+    def f_measure(method: str) -> float:
+        decode = dict(method=method, downbeats="peaks", beat_threshold=0.5, min_distance=0.2)
+        d = dataclasses.replace(cfg.decode, **decode)
+        beats, _ = task.decode(probs, dataclasses.replace(cfg, decode=d))
+        return mir_eval.beat.f_measure(truth / FPS, beats)
+
+    assert f_measure("track") < 0.9
+    assert f_measure("dbn") > 0.97
+    peaks = pick_peaks(act, 0.5, 0.2, FPS)
+    np.testing.assert_array_equal(dbn_beats(act, peaks[:2], FPS), peaks[:2])
+
+
+def test_dbn_keeps_the_beat_level_that_tracking_chose():
+    """The model's periods lie within 1.5 times the tracking period either way, so it never
+    moves a tempo octave: on beats every 0.4 s whose every other one stays under the peak
+    threshold it keeps the peaks' 0.8 s (half the beats) unless the faster-level check
+    (`faster_period`) goes back to 0.4 s, as tracking does."""
+    n, period = 4000, 40
+    truth = np.arange(period, n - period, period)
+    act = _pulses(n, truth, [0.4 if i % 2 == 0 else 0.28 for i in range(len(truth))])
+    peaks = pick_peaks(act, 0.3, 0.2, FPS)
+    slow = dbn_beats(act, peaks, FPS)
+    assert np.median(np.diff(slow)) == pytest.approx(0.8, abs=0.02)
+    assert mir_eval.beat.f_measure(truth / FPS, dbn_beats(act, peaks, FPS, 0.9)) > 0.97
 
 
 # ----------------------------------------------------------------------------- output

@@ -30,6 +30,7 @@ from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
 from jaxmir.tasks.beat.bars import notes_from_features
 from jaxmir.tasks.beat.decode import (
     beats_to_midi,
+    dbn_beats,
     decode_beats,
     pick_peaks,
     track_beats,
@@ -93,11 +94,13 @@ class BeatDataConfig:
 
 @dataclasses.dataclass
 class BeatDecodeConfig:
-    method: str = "peaks"  # peaks (omnizart's peak picking) | track (+ dynamic programming)
+    # peaks (omnizart's peak picking) | track (+ dynamic programming at one tempo) | dbn (+ a
+    # hidden Markov model whose tempo drifts from beat to beat, `dbn_beats`)
+    method: str = "peaks"
     beat_threshold: float = 0.5
     downbeat_threshold: float = 0.3
     min_distance: float = 0.3  # seconds between peaks (0.2 for tempi up to 300 bpm)
-    # method "track": prefer a faster beat level whose autocorrelation reaches this fraction
+    # methods "track", "dbn": prefer a faster beat level whose autocorrelation reaches this fraction
     # of the picked peaks' period's (`faster_period`); 0 tracks at the peaks' median interval.
     faster_level: float = 1.0
     # Downbeats: "peaks" of the frame model's downbeat channel, or "tagger": the beats that the
@@ -112,7 +115,7 @@ class BeatDecodeConfig:
 
 
 # What `BeatTask.calibrate` tries (each decode of every validation piece is scored).
-METHODS = ("peaks", "track")
+METHODS = ("peaks", "track", "dbn")
 BEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 DISTANCE_GRID = (0.2, 0.3)
 DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -339,6 +342,8 @@ class BeatTask(PieceTask):
         )
         if d.method == "track":
             beats = track_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
+        elif d.method == "dbn":
+            beats = dbn_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
         if d.downbeats == "tagger":
             if not isinstance(posteriors, BeatPosteriors):
                 raise ValueError("decode.downbeats=tagger needs BeatPosteriors (the notes)")
