@@ -373,6 +373,19 @@ def test_dbn_keeps_the_beat_level_that_tracking_chose():
     assert mir_eval.beat.f_measure(truth / FPS, dbn_beats(act, peaks, FPS, 0.9)) > 0.97
 
 
+def test_calibration_breaks_ties_towards_the_shorter_minimum_distance():
+    """Validation scores within 0.001 are a tie, and the shorter minimum distance wins it (the
+    longer one hides every other beat above 200 bpm); a clear winner is kept."""
+    from jaxmir.tasks.beat.task import best_tracking
+
+    tie = {("track", 0.3, 0.2): 0.886, ("dbn", 0.3, 0.3): 0.92328, ("dbn", 0.3, 0.2): 0.92313}
+    assert best_tracking(tie) == ("dbn", 0.3, 0.2)
+    clear = {("dbn", 0.3, 0.3): 0.93, ("dbn", 0.3, 0.2): 0.92}
+    assert best_tracking(clear) == ("dbn", 0.3, 0.3)
+    shorter_but_worse = {("dbn", 0.4, 0.2): 0.9225, ("dbn", 0.3, 0.2): 0.9228}
+    assert best_tracking({**shorter_but_worse, ("dbn", 0.3, 0.3): 0.923}) == ("dbn", 0.3, 0.2)
+
+
 # ----------------------------------------------------------------------------- output
 
 
