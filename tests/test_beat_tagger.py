@@ -221,10 +221,13 @@ def test_a_tagger_re_written_in_its_folder_is_read_again(tmp_path):
     assert not np.allclose(outputs[0], outputs[1])
 
 
-def test_training_with_a_tagger_calibrates_it_and_export_carries_it(beat_cache, tmp_path, capsys):
+def test_training_with_a_tagger_calibrates_it_and_export_carries_it(
+    beat_cache, tmp_path, monkeypatch, capsys
+):
     """A beat run asked for a tagger trains it after the frame model, calibration scores it
     against the frame model's downbeat peaks, eval decodes with it when asked (the folder in
-    decode.json is relative to the run), and the exported model carries it."""
+    decode.json is relative to the run), the exported model carries it, and calibrating that
+    model folder keeps the tagger inside it."""
     from jaxmir.shipped import load_model
     from jaxmir.tasks.beat.task import TASK
 
@@ -268,21 +271,10 @@ def test_training_with_a_tagger_calibrates_it_and_export_carries_it(beat_cache, 
     assert cfg.decode.tagger == str(out / "tagger")
     assert json.loads((out / "tagger" / TAGGER_SIZE_FILE).read_text())["members"] == 2
 
-
-def test_calibrating_a_model_folder_keeps_its_tagger_inside_it(
-    beat_cache, tmp_path, monkeypatch, capsys
-):
-    """`jaxmir calibrate beat --workdir MODEL_FOLDER` trains the tagger again inside the folder,
-    scores every test split with the tagger that calibration names relative to the folder
-    (here always the tagger, whatever the tiny model's scores prefer), and leaves no tagger
-    training run behind in the folder."""
-    from jaxmir.tasks.beat.task import TASK
-
-    wd, out = tmp_path / "beat", tmp_path / "shipped"
-    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
-    argv += ["--no-progress", "--set", "model.tagger_hidden=4", "--set", "model.tagger_steps=8"]
-    assert main(argv) == 0
-    assert main(["export", "beat", "--workdir", str(wd), "--out", str(out)]) == 0
+    # `jaxmir calibrate beat --workdir MODEL_FOLDER` trains the tagger again inside the folder,
+    # scores every test split with the tagger that calibration names relative to the folder
+    # (here always the tagger, whatever the tiny model's scores prefer), and leaves no tagger
+    # training run behind in the folder
     calibrate = TASK.calibrate
 
     def with_the_tagger(*args, **kwargs):
