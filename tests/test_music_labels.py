@@ -586,14 +586,14 @@ def test_offset_weight_weighs_only_the_offset_positives_and_is_checked():
 
 
 def test_peak_onsets_start_at_the_onset_runs_maximum_between_frames():
-    from jaxmir.tasks.music.decode import onset_peak
+    from jaxmir.tasks.music.decode import run_peak
 
     # a parabola sampled at frames, vertex at frame 10.3: recovered exactly
     prob = np.clip(0.9 - 0.05 * (np.arange(30) - 10.3) ** 2, 0.0, None)
-    assert onset_peak(prob, 7, 14) == pytest.approx(10.3)
-    assert onset_peak(prob, 0, 9) == 8.5  # a maximum still rising: moved half a frame at most
-    assert onset_peak(np.array([0.9, 0.5, 0.1]), 0, 3) == 0.0  # at the edge: the frame itself
-    assert onset_peak(np.array([0.1, 0.7, 0.7, 0.1]), 1, 3) == 1.5  # flat top: half-way
+    assert run_peak(prob, 7, 14) == pytest.approx(10.3)
+    assert run_peak(prob, 0, 9) == 8.5  # a maximum still rising: moved half a frame at most
+    assert run_peak(np.array([0.9, 0.5, 0.1]), 0, 3) == 0.0  # at the edge: the frame itself
+    assert run_peak(np.array([0.1, 0.7, 0.7, 0.1]), 1, 3) == 1.5  # flat top: half-way
 
     notes = np.array([[0.2, 0.6, 60, 80, 0]])  # frames 10-29
     y = music_labels(notes, 100, "note-offset")
@@ -607,3 +607,57 @@ def test_peak_onsets_start_at_the_onset_runs_maximum_between_frames():
     np.testing.assert_array_equal(peak[:, 1:], first[:, 1:])
     with pytest.raises(ValueError, match="onset_time"):
         decode_notes(y, "note-offset", method="simple", onset_time="last")
+
+
+def test_offset_triangles_peak_at_the_exact_end_and_the_peak_decoder_finds_it():
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+
+    # ends off the 20-ms grid: 0.513 s is frame 25.65
+    notes = np.array([[0.10, 0.513, 60, 100, 0], [0.30, 1.207, 64, 100, 0]], np.float64)
+    y = music_labels(notes, 80, "note-offset", offset_spread=3.0)
+    frames = np.arange(80)
+    expected = np.maximum(0.0, 1.0 - np.abs(frames - 25.65) / 3.0)
+    expected[:5] = 0.0  # nothing before the note's first frame
+    np.testing.assert_allclose(y[:, C4, 3], np.repeat(expected[:, None], 4, axis=1), atol=1e-6)
+    assert np.argmax(y[:, 172, 3]) == 60  # 1.207 s: frame 60.35
+    np.testing.assert_array_equal(y[..., :3], music_labels(notes, 80, "note-offset")[..., :3])
+
+    # decoded at the offset run's peak, the ends come back within a fraction of a frame; after
+    # the run's first frame over the threshold (binary labels' rule), on the frame grid
+    rng = np.random.default_rng(7)
+    many = random_notes(rng, (0,), n=16)
+    many[:, 1] += rng.uniform(-0.009, 0.009, len(many))
+    y = music_labels(many, 260, "note-offset", offset_spread=3.0)
+    peak = decode_notes(y, "note-offset", method="simple", offset_time="peak")
+    first = decode_notes(y, "note-offset", method="simple")
+    order = np.argsort(many[:, 2])
+    peak, first, ref = peak[np.argsort(peak[:, 2])], first[np.argsort(first[:, 2])], many[order]
+    assert np.abs(peak[:, 1] - ref[:, 1]).max() < 0.005
+    assert np.abs(peak[:, 1] - ref[:, 1]).mean() < 0.5 * np.abs(first[:, 1] - ref[:, 1]).mean()
+    with pytest.raises(ValueError, match="offset_time"):
+        decode_notes(y, "note-offset", method="simple", offset_time="last")
+    with pytest.raises(ValueError, match="offset_spread"):
+        music_labels(notes, 80, "note", offset_spread=3.0)
+
+    # the config reaches the training windows and the decoder, and is checked
+    task = get_task("music")
+    quality = task.presets()["quality"]
+    assert quality.data.offset_spread == 0.0 and quality.decode.offset_time == "first"
+    soft = dataclasses.replace(
+        quality,
+        data=dataclasses.replace(quality.data, offset_spread=3.0),
+        decode=dataclasses.replace(quality.decode, offset_time="peak"),
+    )
+    window = task.window_labels(soft, {"notes": notes}, 0, np.ones(80, np.float32))
+    np.testing.assert_allclose(window["y"][:, 156, 3], expected, atol=1e-6)
+    ends = np.sort(task.decode(y, soft)[:, 1])
+    assert len(ends) == len(many) and np.abs(ends - np.sort(many[:, 1])).max() < 0.005
+    hard = dataclasses.replace(soft.data, label_mode="note", repeat_weight=1.0)
+    with pytest.raises(ConfigError, match="offset_spread.*note-offset"):
+        task.bind_loss(dataclasses.replace(soft, data=hard))
+    bad = dataclasses.replace(soft, decode=dataclasses.replace(soft.decode, offset_time="last"))
+    with pytest.raises(ConfigError, match="decode.offset_time"):
+        task.decode(y, bad)

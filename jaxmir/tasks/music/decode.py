@@ -287,6 +287,7 @@ def decode_notes_omnizart(
 
 
 ONSET_TIMES = ("first", "peak")  # where a note starts in its onset run (`decode_notes_simple`)
+OFFSET_TIMES = ("first", "peak")  # where a note ends in its offset run (`decode_notes_simple`)
 
 
 def decode_notes_simple(
@@ -298,6 +299,7 @@ def decode_notes_simple(
     min_gap: int = 0,
     onset_delay: float = 0.0,
     onset_time: str = "first",
+    offset_time: str = "first",
 ) -> np.ndarray:
     """Onsets-and-Frames style decoding -> notes ``float64 (N, 5)``.
 
@@ -322,14 +324,21 @@ def decode_notes_simple(
 
     `onset_time` says where in its onset run a note starts: ``"first"`` (the first frame over
     the threshold, as above) or ``"peak"`` (the run's most probable frame, refined between
-    frames by a parabola through it and its neighbours; `onset_peak`). Not in omnizart. How
+    frames by a parabola through it and its neighbours; `run_peak`). Not in omnizart. How
     early the first frame comes depends on the attack (sharp piano attacks 50-70 ms early,
     slow bowed and blown ones late), so no one delay fits both; the peak moves less. With
     peaks the onset labels' two leading frames put the posterior's maximum about 30 ms after
     the onset, which calibration's delay takes back.
+
+    `offset_time` says where a ``note-offset`` note ends once its offset probability exceeds
+    `offset_threshold`: ``"first"`` (after the first frame over it, for labels that mark a
+    note's last frame and the next) or ``"peak"`` (at the maximum of that run of frames, refined
+    as onsets are, for the soft `offset_triangle` labels whose peak is the end itself).
     """
     if onset_time not in ONSET_TIMES:
         raise ValueError(f"onset_time must be one of {ONSET_TIMES}, got {onset_time!r}")
+    if offset_time not in OFFSET_TIMES:
+        raise ValueError(f"offset_time must be one of {OFFSET_TIMES}, got {offset_time!r}")
     dura, onset = split_channels(posteriors, mode)
     off_ch = offset_channel(posteriors, mode)
     off_keys = _to_keys(np.asarray(off_ch[..., 0], np.float64)) if off_ch is not None else None
@@ -360,23 +369,29 @@ def decode_notes_simple(
                 run_end = s + 1
                 while run_end < n_frames and on[run_end, key]:
                     run_end += 1
+                stop_frame = float(end)
                 if ends is not None:  # the first offset frame after the onset run
                     hit = np.flatnonzero(ends[run_end:end, key])
                     if len(hit):
-                        end = run_end + int(hit[0]) + 1
+                        first = run_end + int(hit[0])
+                        stop_frame = float(first + 1)
+                        if offset_time == "peak":
+                            over = np.flatnonzero(~ends[first:nxt, key])
+                            last = first + (int(over[0]) if len(over) else nxt - first)
+                            stop_frame = run_peak(off_keys[:, key], first, last)
                 peak = float(on_prob[s:run_end, key].max())
                 vel = float(np.clip(np.rint(127 * peak), 1, 127))
-                at = onset_peak(on_prob[:, key], s, run_end) if onset_time == "peak" else s
+                at = run_peak(on_prob[:, key], s, run_end) if onset_time == "peak" else s
                 start = at * HOP_S + onset_delay
-                stop = max(end * HOP_S, start + HOP_S)
+                stop = max(stop_frame * HOP_S, start + HOP_S)
                 out.append((start, stop, key + LOWEST_PITCH, vel, program))
     return _sorted_notes(np.asarray(out, np.float64) if out else np.zeros((0, 5)))
 
 
-def onset_peak(prob: np.ndarray, start: int, stop: int) -> float:
-    """The (fractional) frame of the maximum of ``prob[start:stop]`` (one key's onset run):
-    the vertex of the parabola through the maximum and its two neighbours, moved by at most
-    half a frame; the frame itself where the maximum is at the edge of `prob` or flat."""
+def run_peak(prob: np.ndarray, start: int, stop: int) -> float:
+    """The (fractional) frame of the maximum of ``prob[start:stop]`` (one key's onset or offset
+    run): the vertex of the parabola through the maximum and its two neighbours, moved by at
+    most half a frame; the frame itself where the maximum is at the edge of `prob` or flat."""
     i = start + int(np.argmax(prob[start:stop]))
     if i == 0 or i == len(prob) - 1:
         return float(i)

@@ -190,6 +190,18 @@ OFFSET_FRAMES = 2
 """``note-offset``: the offset channel is 1 on the note's last frame and the frame after it."""
 
 
+def offset_triangle(end_s: float, lo: int, hi: int, spread: float) -> np.ndarray:
+    """The ``note-offset`` channel's soft target on frames ``lo .. hi - 1`` of a note that ends
+    at `end_s` seconds: ``max(0, 1 - |frame - end_s * FPS| / spread)``, 1 at the exact end
+    (a frame ``f`` begins at ``f / FPS``; a note's decoded end is the frame where it stops).
+
+    Not in omnizart: the regression-style targets of high-resolution piano transcription
+    (Kong et al., 2021). Two frames of 1 ask a model to place the end to the frame; a triangle
+    grades a near miss, and its peak, found between frames by a parabola, gives the end."""
+    frames = np.arange(lo, hi, dtype=np.float64)
+    return np.maximum(0.0, 1.0 - np.abs(frames - end_s * FPS) / spread).astype(np.float32)
+
+
 def _writable_notes(
     notes: np.ndarray, mode: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -207,27 +219,35 @@ def _writable_notes(
 
 
 def _rolls(
-    notes: np.ndarray, n_frames: int, mode: str
+    notes: np.ndarray, n_frames: int, mode: str, offset_spread: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-key rolls ``frame`` (0/1), ``onset`` (decaying) and ``offset`` (0/1), each
-    ``(n_frames, 88, I)``."""
+    """Per-key rolls ``frame`` (0/1), ``onset`` (decaying) and ``offset`` (0/1, or with
+    `offset_spread` > 0 frames the soft `offset_triangle`), each ``(n_frames, 88, I)``."""
     n_inst = len(mode_programs(mode))
     frame = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
     onset = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
     offset = np.zeros((n_frames, N_KEYS, n_inst), np.float32)
-    _, start, end, key, chan = _writable_notes(notes, mode)
+    written, start, end, key, chan = _writable_notes(notes, mode)
     if len(key) == 0 or n_frames == 0:
         return frame, onset, offset
     keep = (end > start) & (start < n_frames)
     max_len = int((end[keep] - start[keep]).max()) if keep.any() else 0
     curve = onset_curve(max_len)
-    for s, e, k, c in zip(start[keep], end[keep], key[keep], chan[keep], strict=True):
+    rows = zip(start[keep], end[keep], key[keep], chan[keep], written[keep, 1], strict=True)
+    for s, e, k, c, end_s in rows:
         lo, hi = max(s, 0), min(e, n_frames)
         if hi <= lo:
             continue
         frame[lo:hi, k, c] = 1.0
         seg = curve[lo - s : hi - s]
         np.maximum(onset[lo:hi, k, c], seg, out=onset[lo:hi, k, c])
+        if offset_spread > 0:  # the triangle's frames, within the note's first frame on
+            a = max(lo, int(np.ceil(end_s * FPS - offset_spread)))
+            b = min(int(np.floor(end_s * FPS + offset_spread)) + 1, n_frames)
+            if b > a:
+                tri = offset_triangle(end_s, a, b, offset_spread)
+                np.maximum(offset[a:b, k, c], tri, out=offset[a:b, k, c])
+            continue
         a, b = max(e - 1, lo), min(e - 1 + OFFSET_FRAMES, n_frames)
         offset[a:b, k, c] = 1.0
     return frame, onset, offset
@@ -309,15 +329,21 @@ def tail_frames(notes: np.ndarray, n_frames: int, mode: str, start: int = TAIL_S
     return out
 
 
-def music_labels(notes: np.ndarray, n_frames: int, mode: str = "note-stream") -> np.ndarray:
+def music_labels(
+    notes: np.ndarray, n_frames: int, mode: str = "note-stream", offset_spread: float = 0.0
+) -> np.ndarray:
     """Frame targets ``float32 (n_frames, 352, LABEL_MODES[mode])`` for notes ``(N, 5)``.
 
     `notes` rows are ``onset_s, offset_s, MIDI pitch, velocity, GM program`` (velocity unused).
     See the module docstring for the channel layouts and the differences from omnizart.
+    `offset_spread` (frames, ``note-offset`` mode): 0 marks a note's last frame and the next
+    (`OFFSET_FRAMES`); above 0, the soft `offset_triangle` of that half-width.
     """
     check_mode(mode)
+    if offset_spread < 0 or (offset_spread > 0 and mode != "note-offset"):
+        raise ValueError(f"offset_spread {offset_spread} needs mode 'note-offset' and >= 0")
     n_frames = int(n_frames)
-    frame, onset, offset = _rolls(notes, n_frames, mode)
+    frame, onset, offset = _rolls(notes, n_frames, mode, offset_spread)
     keys = np.zeros((n_frames, N_KEYS, LABEL_MODES[mode]), np.float32)
     if mode in TRUE_FRAME_MODES:
         keys[..., 1:] = frame

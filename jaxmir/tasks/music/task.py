@@ -32,6 +32,7 @@ from jaxmir.tasks.base import (
     warmup_cosine,
 )
 from jaxmir.tasks.music.decode import (
+    OFFSET_TIMES,
     ONSET_TIMES,
     decode_notes,
     key_posteriors,
@@ -87,6 +88,10 @@ class MusicDataConfig(CorpusConfig):
     # weighted loss, note / note-offset modes: the frame channel's positives on a note's frames
     # from 0.5 s after its onset (`tail_frames`) weigh this many times more (1: as every frame)
     tail_weight: float = 1.0
+    # note-offset mode: 0 marks a note's last frame and the next in the offset channel; above 0,
+    # a soft triangle of this half-width (frames) peaking at the exact end (`offset_triangle`),
+    # to decode with decode.offset_time "peak"
+    offset_spread: float = 0.0
     hop: int | None = None  # frames between training windows (default: timesteps)
     jitter: bool = True
 
@@ -102,6 +107,10 @@ class MusicDecodeConfig:
     # simple decoder: a note starts at its onset run's first frame over the threshold ("first")
     # or at the run's maximum ("peak"); calibrated with the delay
     onset_time: str = "first"
+    # simple decoder, note-offset mode: a note ends after the first frame whose offset
+    # probability is over the threshold ("first") or at that run's maximum ("peak", for
+    # data.offset_spread > 0); not calibrated
+    offset_time: str = "first"
     onset_th: float | None = None  # omnizart decoder (None: 4 piano modes, 6 stream modes)
     # At the end of training, choose the simple decoder's thresholds on the validation pieces
     # (`calibrate`); they are stored in the workdir's decode.json and used by eval/transcribe.
@@ -128,7 +137,7 @@ ONSET_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FRAME_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 OFFSET_GRID = (0.3, 0.5, 0.7, 0.9)
 DELAY_GRID = (0.0, 0.005, 0.01, 0.015, 0.02)  # seconds: up to one frame
-# With onsets at the run's peak (`onset_peak`), which comes about 30 ms after the onset.
+# With onsets at the run's peak (`run_peak`), which comes about 30 ms after the onset.
 PEAK_DELAY_GRID = (-0.05, -0.04, -0.035, -0.03, -0.025, -0.02, -0.01, 0.0)
 TIMINGS = [("first", t) for t in DELAY_GRID] + [("peak", t) for t in PEAK_DELAY_GRID]
 
@@ -272,6 +281,7 @@ class MusicTask(PieceTask):
         _repeat_weighted(cfg)  # checked before the first step, not at the first batch
         _release_weighted(cfg)
         _tail_weighted(cfg)
+        _offset_spread(cfg)
         onset_scale = cfg.data.onset_weight if _extra_weight(cfg, "onset_weight") else None
         offset_scale = cfg.data.offset_weight if _offset_weighted(cfg) else None
 
@@ -301,7 +311,8 @@ class MusicTask(PieceTask):
         """Labels built per window from the piece's notes: no (T, 352, 23) array is stored."""
         notes = labels["notes"].copy()
         notes[:, :2] -= start / FPS
-        out = {"y": music_labels(notes, len(mask), _mode(cfg)) * mask[:, None, None]}
+        y = music_labels(notes, len(mask), _mode(cfg), _offset_spread(cfg))
+        out = {"y": y * mask[:, None, None]}
         if _repeat_weighted(cfg):
             extra = (cfg.data.repeat_weight - 1.0) * repeat_onsets(notes, len(mask), _mode(cfg))
             out["w"] = np.repeat(1.0 + extra, BINS_PER_KEY, axis=1)
@@ -341,6 +352,10 @@ class MusicTask(PieceTask):
             raise ConfigError(
                 f"decode.onset_time: unknown {d.onset_time!r} ({', '.join(ONSET_TIMES)})"
             )
+        if d.offset_time not in OFFSET_TIMES:
+            raise ConfigError(
+                f"decode.offset_time: unknown {d.offset_time!r} ({', '.join(OFFSET_TIMES)})"
+            )
         if d.method == "simple":
             return decode_notes(
                 probs,
@@ -352,6 +367,7 @@ class MusicTask(PieceTask):
                 min_gap=int(round(d.min_gap * FPS)),
                 onset_delay=d.onset_delay,
                 onset_time=d.onset_time,
+                offset_time=d.offset_time,
             )
         if d.method == "omnizart":
             return decode_notes(probs, _mode(cfg), th=d.onset_th, method="omnizart")
@@ -433,11 +449,13 @@ def calibrate_pieces(pieces: list[tuple[np.ndarray, dict]], cfg: Config) -> dict
     mode = _mode(cfg)
     refs = [(probs, notes_for_mode(labels["notes"], mode)) for probs, labels in pieces]
     gap = int(round(d.min_gap * FPS))
+    ends = d.offset_time  # as configured: it follows the offset labels' shape
 
     def mean_f1(key: str, **th) -> float:
         rows = []
         for probs, ref in refs:
-            f1 = note_f1_scores(ref, decode_notes(probs, mode, method="simple", min_gap=gap, **th))
+            est = decode_notes(probs, mode, method="simple", min_gap=gap, offset_time=ends, **th)
+            f1 = note_f1_scores(ref, est)
             rows.append(f1["note_f1"] + f1["note_with_offset_f1"] if key == "sum" else f1[key])
         return float(np.mean(rows))
 
@@ -532,6 +550,17 @@ def _offset_weighted(cfg: Config) -> bool:
             f"(got {cfg.data.label_mode!r})"
         )
     return cfg.data.offset_weight != 1.0
+
+
+def _offset_spread(cfg: Config) -> float:
+    """The offset targets' half-width (`MusicDataConfig.offset_spread`); checked here."""
+    spread = cfg.data.offset_spread
+    if spread < 0 or (spread > 0 and _mode(cfg) != "note-offset"):
+        raise ConfigError(
+            f"data.offset_spread: needs label mode 'note-offset' and a width >= 0 frames "
+            f"(got {cfg.data.label_mode!r}, {spread})"
+        )
+    return float(spread)
 
 
 def _extra_weight(cfg: Config, key: str) -> bool:
