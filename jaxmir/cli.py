@@ -136,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
         "--workdir",
         type=Path,
         default=None,
-        help="a trained run (default: the model shipped with jaxmir, where the task has one)",
+        help="a trained run or an exported model folder (`jaxmir export`; default: the model "
+        "shipped with jaxmir, where the task has one)",
     )
     r.add_argument("-o", "--outdir", type=Path, default=Path("."))
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
@@ -400,6 +401,7 @@ def cmd_transcribe(args) -> int:
     startup_s = _process_age()
     from jaxmir.engine.run import make_predict
     from jaxmir.inference import AUDIO_SUFFIXES, Timings
+    from jaxmir.shipped import VARIABLES
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -407,10 +409,12 @@ def cmd_transcribe(args) -> int:
         raise UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
     suffixes = getattr(task, "input_suffixes", lambda: AUDIO_SUFFIXES)()
     paths = transcribe_inputs(args.inputs, suffixes)  # all checked before the model is restored
-    if args.workdir is not None:
-        cfg, mesh, state, _ = _restore(task, args.workdir, None, args.overrides)
-    else:
+    if args.workdir is None:
         cfg, mesh, state = _shipped(task, args.overrides)
+    elif (args.workdir / VARIABLES).is_file():  # an exported model folder
+        cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
+    else:
+        cfg, mesh, state, _ = _restore(task, args.workdir, None, args.overrides)
     restore_s = time.perf_counter() - start
     predict = make_predict(mesh, state)
     timings = Timings()

@@ -11,7 +11,25 @@ import pytest
 import soundfile as sf
 
 from jaxmir.cli import main
+from jaxmir.tasks.music.decode import OFFSET_TIMES
 from jaxmir.tasks.music.task import TIMINGS
+
+# the overrides of the `quality` preset that trained the shipped music ensemble's first member
+# (README, music: "The shipped model")
+SHIPPED_MUSIC_FIRST_MEMBER = [
+    "train.seed=3",
+    "data.offset_spread=3.0",
+    "decode.offset_time=peak",
+]
+# what a music calibration chooses (`calibrate_pieces`)
+CALIBRATED_KEYS = {
+    "onset_threshold",
+    "frame_threshold",
+    "offset_threshold",
+    "onset_delay",
+    "onset_time",
+    "offset_time",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +67,8 @@ def _n_notes(csv_path) -> int:
 
 def test_training_stores_calibrated_thresholds(music_run):
     saved = json.loads((music_run / "decode.json").read_text())
-    thresholds = {"onset_threshold", "frame_threshold", "offset_threshold"}
-    assert set(saved["decode"]) == thresholds | {"onset_delay", "onset_time"}
+    assert set(saved["decode"]) == CALIBRATED_KEYS
+    assert saved["decode"]["offset_time"] in OFFSET_TIMES
     timing = (saved["decode"]["onset_time"], saved["decode"]["onset_delay"])
     assert timing in [(t, pytest.approx(d)) for t, d in TIMINGS]
     assert saved["val_pieces"] >= 1
@@ -155,6 +173,16 @@ def test_a_run_exports_as_a_shipped_model(music_run, song, tmp_path):
     np.testing.assert_allclose(
         make_predict(mesh2, state2)(x), make_predict(mesh, state)(x), rtol=1e-5, atol=1e-5
     )
+    # `transcribe --workdir` takes the folder as it takes the run, with the same notes (every
+    # key starts one; where each ends follows the model's frame posteriors)
+    for source in (music_run, folder):
+        out = tmp_path / f"out-{source.name}"
+        argv = ["transcribe", "music", str(song), "--workdir", str(source), "-o", str(out)]
+        argv += ["--set", "decode.onset_threshold=-1.0", "--no-progress"]
+        assert main(argv) == 0
+    run_csv, folder_csv = (tmp_path / f"out-{n}" / "song_notes.csv" for n in ("run", "model"))
+    assert _n_notes(folder_csv) == 88
+    assert folder_csv.read_text() == run_csv.read_text()
 
 
 def test_runs_export_as_an_ensemble_that_averages_their_outputs(
@@ -233,13 +261,17 @@ def test_transcribe_without_a_workdir_uses_the_shipped_model(song, tmp_path):
         assert (out / name).stat().st_size > 0
     meta = json.loads((model_dir("music") / "model.json").read_text())
     assert meta["task"] == "music" and meta["preset"] == "quality"
-    # `jaxmir train music --preset quality` is the recipe that re-trains it (README)
+    # the README's recipe re-trains it: an ensemble of the `quality` preset (seed 2) and, first,
+    # the same preset with offset triangles (seed 3); the config is the first member's
+    from jaxmir.config import apply_overrides
     from jaxmir.tasks.base import get_task
 
     task = get_task("music")
     shipped = task.config_from_dict(json.loads((model_dir("music") / "config.json").read_text()))
-    preset = task.presets()["quality"]
-    assert (shipped.model, shipped.data, shipped.train) == (preset.model, preset.data, preset.train)
+    first = apply_overrides(task.presets()["quality"], SHIPPED_MUSIC_FIRST_MEMBER)
+    assert (shipped.model, shipped.data, shipped.train) == (first.model, first.data, first.train)
+    assert [m["run"] for m in meta["members"]] == ["music-tri-seed3", "music-q-seed2-on3"]
+    assert (model_dir("music") / "variables-1.msgpack").is_file()
 
 
 def test_a_task_without_a_shipped_model_asks_for_a_workdir(song, tmp_path, capsys):
@@ -348,13 +380,7 @@ def test_calibrate_chooses_the_thresholds_again(music_run, music_cache, tmp_path
     assert saved["after"]["note_with_offset_f1"] == pytest.approx(
         val[-1]["val_note_with_offset_f1_calibrated"], abs=1e-6
     )
-    assert set(saved["decode"]) == {
-        "onset_threshold",
-        "frame_threshold",
-        "offset_threshold",
-        "onset_delay",
-        "onset_time",
-    }
+    assert set(saved["decode"]) == CALIBRATED_KEYS
     capsys.readouterr()
     assert main(["calibrate", "music", "--workdir", str(tmp_path / "none")]) == 2
     assert "config.json: no such file" in capsys.readouterr().err
@@ -379,13 +405,7 @@ def test_calibrate_chooses_a_model_folders_decoding_again(music_run, music_cache
     assert main([*argv, "--no-progress"]) == 0
     meta = json.loads((folder / "model.json").read_text())
     chosen = meta["calibration"]["decode"]
-    assert set(chosen) == {
-        "onset_threshold",
-        "frame_threshold",
-        "offset_threshold",
-        "onset_delay",
-        "onset_time",
-    }
+    assert set(chosen) == CALIBRATED_KEYS
     cfg, _mesh, _state = load_model(task, folder)
     assert {k: getattr(cfg.decode, k) for k in chosen} == chosen
     assert "eval_test_old" not in meta and set(meta["eval_test"]) >= {"note_f1", "frame_f1"}
@@ -493,3 +513,44 @@ def test_calibration_starts_notes_at_onset_peaks_when_the_attacks_vary():
     assert result["decode"]["onset_time"] == "peak"
     assert -0.05 <= result["decode"]["onset_delay"] <= 0.0
     assert result["after"]["note_f1"] == 1.0 > result["before"]["note_f1"] + 0.1
+
+
+def test_calibration_chooses_where_notes_end_in_their_offset_runs():
+    """Soft offset triangles (half-width 8 frames) of heights 0.35-1.0 peaking at each note's
+    end, on 0.3-s notes whose frames sound on 0.3 s past it (so only the offset channel ends
+    them): a threshold low enough for the weakest triangle is crossed by the strongest 5.6
+    frames early, beyond the 50-ms tolerance, so the first frame over it loses offsets that
+    the run's peak keeps. Two-frame binary offsets are found by either rule, and the
+    configured one stays."""
+    from jaxmir.config import apply_overrides
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.labels import music_labels
+    from jaxmir.tasks.music.task import calibrate_pieces
+
+    cfg = get_task("music").presets()["quality"]
+    assert cfg.decode.offset_time == "first"
+    rng = np.random.default_rng(2)
+
+    def pieces(spread: float) -> list:
+        out = []
+        for _ in range(3):
+            on = np.arange(1.0, 11.0)
+            pitch = rng.integers(40, 80, len(on))
+            notes = np.column_stack([on, on + 0.3, pitch, np.full(len(on), 80), 0 * on])
+            y = music_labels(notes, 600, "note-offset", offset_spread=spread)
+            for start, end, p, _, _ in notes:
+                k = (int(p) - 21) * 4
+                key = y[int(round(start * 50)) : int(round(end * 50)) + 15, k : k + 4]  # a view
+                key[..., 3] *= rng.uniform(0.35, 1.0)
+                key[..., 1] = np.maximum(key[..., 1], 1.0 - key[..., 2])
+            out.append((y, {"notes": notes}))
+        return out
+
+    soft = calibrate_pieces(pieces(8.0), cfg)
+    assert soft["decode"]["offset_time"] == "peak"
+    assert soft["after"]["note_with_offset_f1"] == 1.0
+    first = apply_overrides(cfg, [f"decode.{k}={v}" for k, v in soft["decode"].items()])
+    first = apply_overrides(first, ["decode.offset_time=first", "decode.calibrate=false"])
+    ends = calibrate_pieces(pieces(8.0), first)  # the thresholds chosen, the old rule kept
+    assert ends["before"]["note_with_offset_f1"] < 0.9
+    assert calibrate_pieces(pieces(0.0), cfg)["decode"]["offset_time"] == "first"

@@ -109,7 +109,7 @@ class MusicDecodeConfig:
     onset_time: str = "first"
     # simple decoder, note-offset mode: a note ends after the first frame whose offset
     # probability is over the threshold ("first") or at that run's maximum ("peak", for
-    # data.offset_spread > 0); not calibrated
+    # data.offset_spread > 0); calibrated after the thresholds (the configured rule wins ties)
     offset_time: str = "first"
     onset_th: float | None = None  # omnizart decoder (None: 4 piano modes, 6 stream modes)
     # At the end of training, choose the simple decoder's thresholds on the validation pieces
@@ -444,17 +444,20 @@ def calibrate_pieces(pieces: list[tuple[np.ndarray, dict]], cfg: Config) -> dict
     F1 and loses offsets): the onset threshold (the others as configured), where onsets start
     and the delay together (`TIMINGS`: the first frame over the threshold, whose systematic
     lead is up to one frame, or the run's peak, about 30 ms late), then the frame and offset
-    thresholds together (the offset one only in ``note-offset`` mode)."""
+    thresholds together, then where a note ends in its offset run (`OFFSET_TIMES`) together
+    with the offset threshold again, the frame threshold kept (the offset steps in
+    ``note-offset`` mode only; the configured rule wins a tie). The end rule is measured, not
+    assumed from the labels: an ensemble may average a model whose offset labels mark two
+    frames with one whose labels are triangles (`data.offset_spread`)."""
     d = cfg.decode
     mode = _mode(cfg)
     refs = [(probs, notes_for_mode(labels["notes"], mode)) for probs, labels in pieces]
     gap = int(round(d.min_gap * FPS))
-    ends = d.offset_time  # as configured: it follows the offset labels' shape
 
     def mean_f1(key: str, **th) -> float:
         rows = []
         for probs, ref in refs:
-            est = decode_notes(probs, mode, method="simple", min_gap=gap, offset_time=ends, **th)
+            est = decode_notes(probs, mode, method="simple", min_gap=gap, **th)
             f1 = note_f1_scores(ref, est)
             rows.append(f1["note_f1"] + f1["note_with_offset_f1"] if key == "sum" else f1[key])
         return float(np.mean(rows))
@@ -465,6 +468,7 @@ def calibrate_pieces(pieces: list[tuple[np.ndarray, dict]], cfg: Config) -> dict
         "offset_threshold": d.offset_threshold,
         "onset_delay": d.onset_delay,
         "onset_time": d.onset_time,
+        "offset_time": d.offset_time,
     }
     before = {k: mean_f1(k, **th) for k in ("note_f1", "note_with_offset_f1")}
     th["onset_threshold"] = max(
@@ -480,6 +484,13 @@ def calibrate_pieces(pieces: list[tuple[np.ndarray, dict]], cfg: Config) -> dict
         key=lambda p: mean_f1("sum", **{**th, "frame_threshold": p[0], "offset_threshold": p[1]}),
     )
     th["frame_threshold"], th["offset_threshold"] = best
+    if mode == "note-offset":
+        rules = [d.offset_time] + [r for r in OFFSET_TIMES if r != d.offset_time]
+        ends = [(r, o) for r in rules for o in OFFSET_GRID]
+        th["offset_time"], th["offset_threshold"] = max(
+            ends,
+            key=lambda e: mean_f1("sum", **{**th, "offset_time": e[0], "offset_threshold": e[1]}),
+        )
     after = {k: mean_f1(k, **th) for k in ("note_f1", "note_with_offset_f1")}
     return {"decode": th, "val_pieces": len(refs), "before": before, "after": after}
 
