@@ -301,12 +301,12 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     from jaxmir.engine.run import make_predict, resolve_data
-    from jaxmir.shipped import VARIABLES, eval_folder, relative_to
+    from jaxmir.shipped import eval_folder, is_model_folder, relative_to
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
     progress = not args.no_progress
-    if (args.workdir / VARIABLES).is_file():  # an exported model folder
+    if is_model_folder(args.workdir):  # an exported model folder
         if args.step is not None:
             raise UsageError(f"--step: {args.workdir} is a model folder (one step, no checkpoints)")
         cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
@@ -338,7 +338,7 @@ def cmd_eval(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from jaxmir.engine.run import RestoreError, calibrate_decoding, resolve_data
-    from jaxmir.shipped import VARIABLES, calibrate_folder
+    from jaxmir.shipped import calibrate_folder, is_model_folder
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -347,7 +347,7 @@ def cmd_calibrate(args) -> int:
     saved = args.workdir / "config.json"
     if not saved.is_file():
         raise UsageError(f"{saved}: no such file (not a training run's workdir)")
-    if (args.workdir / VARIABLES).is_file():  # an exported model folder
+    if is_model_folder(args.workdir):  # an exported model folder
         calibrate_folder(task, args.workdir, data=args.data, progress=not args.no_progress)
         return 0
     cfg = task.config_from_dict(json.loads(saved.read_text()))
@@ -401,7 +401,7 @@ def cmd_transcribe(args) -> int:
     startup_s = _process_age()
     from jaxmir.engine.run import make_predict
     from jaxmir.inference import AUDIO_SUFFIXES, Timings
-    from jaxmir.shipped import VARIABLES
+    from jaxmir.shipped import is_model_folder
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -411,7 +411,7 @@ def cmd_transcribe(args) -> int:
     paths = transcribe_inputs(args.inputs, suffixes)  # all checked before the model is restored
     if args.workdir is None:
         cfg, mesh, state = _shipped(task, args.overrides)
-    elif (args.workdir / VARIABLES).is_file():  # an exported model folder
+    elif is_model_folder(args.workdir):  # an exported model folder
         cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
     else:
         cfg, mesh, state, _ = _restore(task, args.workdir, None, args.overrides)

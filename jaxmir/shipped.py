@@ -43,8 +43,13 @@ def model_dir(task_name: str) -> Path:
     return MODELS_DIR / task_name
 
 
+def is_model_folder(path: Path | str) -> bool:
+    """Whether `path` is an exported model folder (`export_model`), not a training run."""
+    return (Path(path) / VARIABLES).is_file()
+
+
 def has_model(task_name: str) -> bool:
-    return (model_dir(task_name) / VARIABLES).is_file()
+    return is_model_folder(model_dir(task_name))
 
 
 def export_model(
@@ -246,7 +251,7 @@ def _member_models(task, path: Path) -> tuple:
     from jaxmir.engine.ensemble import members_of
     from jaxmir.engine.run import restore_for_inference
 
-    if (path / VARIABLES).is_file():
+    if is_model_folder(path):
         cfg, _mesh, state = load_model(task, path)
         meta_path = path / "model.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
