@@ -29,6 +29,7 @@ CALIBRATED_KEYS = {
     "onset_delay",
     "onset_time",
     "offset_time",
+    "offset_gate",
 }
 
 
@@ -549,8 +550,33 @@ def test_calibration_chooses_where_notes_end_in_their_offset_runs():
     soft = calibrate_pieces(pieces(8.0), cfg)
     assert soft["decode"]["offset_time"] == "peak"
     assert soft["after"]["note_with_offset_f1"] == 1.0
-    first = apply_overrides(cfg, [f"decode.{k}={v}" for k, v in soft["decode"].items()])
+    first = apply_overrides(cfg, [f"decode.{k}={json.dumps(v)}" for k, v in soft["decode"].items()])
     first = apply_overrides(first, ["decode.offset_time=first", "decode.calibrate=false"])
     ends = calibrate_pieces(pieces(8.0), first)  # the thresholds chosen, the old rule kept
     assert ends["before"]["note_with_offset_f1"] < 0.9
     assert calibrate_pieces(pieces(0.0), cfg)["decode"]["offset_time"] == "first"
+
+
+def test_calibration_gates_offsets_that_rise_inside_sounding_notes():
+    """Posteriors whose offset channel bumps (0.6) inside each sounding note and marks the true
+    end faintly (0.25), with a frame tail no frame threshold cuts: no offset threshold ends
+    the notes right without the gate (too low: cut at the bump; too high: 0.3 s late), so
+    calibration gates them, and ends every note right."""
+    from test_music_labels import gated_offset_posteriors
+
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.decode import decode_notes
+    from jaxmir.tasks.music.metrics import note_f1_scores
+    from jaxmir.tasks.music.task import GATE_GRID, calibrate_pieces
+
+    cfg = get_task("music").presets()["quality"]
+    rng = np.random.default_rng(3)
+    pieces = [gated_offset_posteriors(8, rng) for _ in range(3)]
+    result = calibrate_pieces([(y, {"notes": notes}) for y, notes in pieces], cfg)
+    chosen = result["decode"]
+    assert chosen["offset_gate"] in GATE_GRID and 1.0 < chosen["offset_gate"] < 1.4
+    assert result["after"]["note_with_offset_f1"] == 1.0
+    ungated = {**chosen, "offset_gate": None, "min_gap": 5}
+    for y, notes in pieces:
+        est = decode_notes(y, "note-offset", method="simple", **ungated)
+        assert note_f1_scores(notes, est)["note_with_offset_f1"] == 0.0

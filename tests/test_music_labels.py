@@ -661,3 +661,63 @@ def test_offset_triangles_peak_at_the_exact_end_and_the_peak_decoder_finds_it():
     bad = dataclasses.replace(soft, decode=dataclasses.replace(soft.decode, offset_time="last"))
     with pytest.raises(ConfigError, match="decode.offset_time"):
         task.decode(y, bad)
+
+
+def gated_offset_posteriors(n_notes: int = 10, rng=None) -> tuple[np.ndarray, np.ndarray]:
+    """Note-offset posteriors ``(T, 352, 4)`` of 1-s notes one per 1.2 s as a model hearing a
+    sustained tone gives them: the onset probability lingers at 0.4 inside each note (frame =
+    duration + onset = 1.4), the duration channel sounds on at 1.0 for 0.3 s past the end (a
+    tail no frame threshold on the grid cuts), the true offset is a faint 0.25, and a 0.6
+    offset bump rises at each note's middle while it sounds on. The onset probability comes
+    back after a 120-ms gap, so an onset threshold under 0.4 strikes each note twice."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    on = 0.5 + 1.2 * np.arange(n_notes)
+    pitch = rng.integers(40, 80, n_notes)
+    notes = np.column_stack([on, on + 1.0, pitch, np.full(n_notes, 80), 0 * on])
+    y = music_labels(notes, int((on[-1] + 2.0) * 50), "note-offset")
+    y[..., 3] *= 0.25
+    for start, end, p, _, _ in notes:
+        k, s, e = (int(p) - 21) * 4, int(round(start * 50)), int(round(end * 50))
+        y[s + 8 : e, k : k + 4, 2] = 0.4
+        y[e : e + 15, k : k + 4, 1] = 1.0
+        y[(s + e) // 2 : (s + e) // 2 + 2, k : k + 4, 3] = 0.6
+    return y, notes
+
+
+def test_an_offset_gate_lets_notes_end_only_where_the_frame_falls():
+    import dataclasses
+
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.decode import OFFSET_GATE_FRAMES, offset_gated
+    from jaxmir.tasks.music.metrics import note_f1_scores
+
+    y, notes = gated_offset_posteriors()
+    kw = dict(onset_threshold=0.5, frame_threshold=0.95, offset_threshold=0.2)
+    plain = decode_notes(y, "note-offset", method="simple", **kw)
+    gated = decode_notes(y, "note-offset", method="simple", offset_gate=1.2, **kw)
+    assert len(plain) == len(gated) == len(notes)
+    # ungated, the bump in each note's middle ends it; gated, the faint true offset does
+    np.testing.assert_allclose(plain[:, 1] - plain[:, 0], 0.52, atol=0.03)
+    np.testing.assert_allclose(gated[:, 1], notes[:, 1], atol=1e-9)
+    assert note_f1_scores(notes, gated)["note_with_offset_f1"] == 1.0
+    assert note_f1_scores(notes, plain)["note_with_offset_f1"] == 0.0
+    # without the offset channel's help the tail ends each note 0.3 s late
+    late = decode_notes(y, "note-offset", method="simple", **{**kw, "offset_threshold": 0.9})
+    np.testing.assert_allclose(late[:, 1] - notes[:, 1], 0.3, atol=1e-9)
+
+    # the gate reads the mean of the next OFFSET_GATE_FRAMES frames; none after the last
+    frame = np.array([[2.0], [1.0], [1.0], [1.0], [3.0], [0.0]])
+    ends = np.ones_like(frame, bool)
+    assert OFFSET_GATE_FRAMES == 3
+    kept = offset_gated(ends, frame, 1.5)[:, 0].tolist()
+    # means of the next frames: 1, 5/3, 4/3, 3/2 (two left), 0 (one), none (kept)
+    assert kept == [True, False, True, False, True, True]
+    assert not offset_gated(~ends, frame, 9.0).any()  # it only removes offset frames
+
+    # the config reaches the decoder
+    cfg = get_task("music").presets()["quality"]
+    assert cfg.decode.offset_gate is None
+    on = dataclasses.replace(cfg.decode, offset_gate=1.2, **kw)
+    np.testing.assert_array_equal(
+        get_task("music").decode(y, dataclasses.replace(cfg, decode=on)), gated
+    )
