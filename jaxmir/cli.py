@@ -409,9 +409,7 @@ def cmd_transcribe(args) -> int:
         raise UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
     suffixes = getattr(task, "input_suffixes", lambda: AUDIO_SUFFIXES)()
     paths = transcribe_inputs(args.inputs, suffixes)  # all checked before the model is restored
-    if args.workdir is None:
-        cfg, mesh, state = _shipped(task, args.overrides)
-    elif is_model_folder(args.workdir):  # an exported model folder
+    if args.workdir is None or is_model_folder(args.workdir):  # shipped, or exported
         cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
     else:
         cfg, mesh, state, _ = _restore(task, args.workdir, None, args.overrides)
