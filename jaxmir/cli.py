@@ -128,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
         + "; beat: "
         + ", ".join(MIDI_SUFFIXES)
         + "), in one process: the model compiles once per window shape "
-        "and every file's windows share its batches.",
+        "and every file's windows share its batches. Of several inputs, a file that cannot be "
+        "read is skipped with its reason and the others are transcribed; the command then "
+        "exits 1 (2 when no input could be read).",
     )
     r.add_argument("task")
     r.add_argument("inputs", nargs="+", type=Path, help="files and/or folders")
@@ -399,6 +401,8 @@ def cmd_transcribe(args) -> int:
 
     start = time.perf_counter()
     startup_s = _process_age()
+    from tqdm import tqdm
+
     from jaxmir.engine.run import make_predict
     from jaxmir.inference import AUDIO_SUFFIXES, Timings
     from jaxmir.shipped import is_model_folder
@@ -417,6 +421,12 @@ def cmd_transcribe(args) -> int:
     predict = make_predict(mesh, state)
     timings = Timings()
     progress = not args.no_progress and len(paths) > 1
+    skipped: list[Path] = []
+
+    def skip(path: Path, error: Exception) -> None:  # one bad file among several
+        skipped.append(path)
+        tqdm.write(f"jaxmir transcribe: skipped {error}", file=sys.stderr)
+
     if hasattr(task, "transcribe_iter"):
         results = task.transcribe_iter(
             predict,
@@ -426,6 +436,7 @@ def cmd_transcribe(args) -> int:
             progress,
             batch_size=args.batch_size,
             timings=timings,
+            on_unreadable=skip if len(paths) > 1 else None,
         )
     else:  # a task of one's own with only `transcribe`
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
@@ -433,7 +444,15 @@ def cmd_transcribe(args) -> int:
         for path in written:
             print(path, flush=True)
     total_s = startup_s + time.perf_counter() - start
-    print(transcribe_summary(timings, total_s, restore_s, startup_s), file=sys.stderr)
+    if len(skipped) < len(paths):
+        print(transcribe_summary(timings, total_s, restore_s, startup_s), file=sys.stderr)
+    if skipped:
+        print(
+            f"jaxmir transcribe: error: {len(skipped)} of {len(paths)} inputs could not be read "
+            "(named above)",
+            file=sys.stderr,
+        )
+        return 2 if len(skipped) == len(paths) else 1
     return 0
 
 

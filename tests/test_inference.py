@@ -182,6 +182,69 @@ def test_cli_transcribes_files_and_folders_in_one_command(music_run, tmp_path, c
     ]
 
 
+def test_an_unreadable_file_among_several_is_skipped_and_the_others_transcribed(
+    music_run, tmp_path, capsys
+):
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    _song(songs / "a.wav", 440.0, 1.5)
+    (songs / "b.wav").write_text("not audio")  # sorted between the two good ones
+    _song(songs / "c.flac", 330.0, 1.1)
+    out = tmp_path / "out"
+    base = ["--workdir", str(music_run), "-o", str(out), "--no-progress"]
+    capsys.readouterr()
+    assert main(["transcribe", "music", str(songs), *base]) == 1
+    printed, err = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}{x}" for s in "ac" for x in (".mid", "_notes.csv", "_pianoroll.png")
+    )
+    assert len(printed.splitlines()) == 6
+    lines = err.strip().splitlines()
+    skipped = [line for line in lines if line.startswith("jaxmir transcribe: skipped ")]
+    assert len(skipped) == 1 and "b.wav" in skipped[0] and "cannot decode" in skipped[0]
+    assert any(line.startswith("transcribed 2 files") for line in lines), lines
+    assert lines[-1] == ("jaxmir transcribe: error: 1 of 3 inputs could not be read (named above)")
+    # none readable: exit 2, nothing written; one input alone: its error, as before
+    (songs / "d.wav").write_bytes(b"")
+    none = tmp_path / "none"
+    argv = ["transcribe", "music", str(songs / "b.wav"), str(songs / "d.wav"), *base[:2]]
+    assert main([*argv, "-o", str(none), "--no-progress"]) == 2
+    assert not none.exists()
+    assert "2 of 2 inputs" in capsys.readouterr().err
+    assert main(["transcribe", "music", str(songs / "b.wav"), *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxmir transcribe: error: ") and "b.wav" in err[0]
+
+
+def test_skipping_a_bad_file_keeps_each_file_with_its_own_posteriors(tmp_path):
+    """The files after a skipped one get their own windows' outputs (the stream of windows
+    is not shifted), and without `on_unreadable` the error is raised."""
+    from jaxmir.data.audio import AudioError
+
+    a, c = _song(tmp_path / "a.wav", 440.0, 1.2), _song(tmp_path / "c.wav", 262.0, 0.7)
+    bad = tmp_path / "b.wav"
+    bad.write_text("junk")
+    task, cfg = task_music(), music_cfg()
+    alone = task.transcribe_many(fake_music_predict, [a, c], cfg, tmp_path / "alone", False)
+    seen = []
+    got = list(
+        task.transcribe_iter(
+            fake_music_predict,
+            [a, bad, c],
+            cfg,
+            tmp_path / "with-bad",
+            False,
+            on_unreadable=lambda path, e: seen.append((path, type(e))),
+        )
+    )
+    assert seen == [(bad, AudioError)] and [p for p, _ in got] == [a, c]
+    for written in (p for _, paths in got for p in paths if p.suffix == ".csv"):
+        assert written.read_text() == (tmp_path / "alone" / written.name).read_text()
+    assert [p.name for p in alone if p.suffix == ".csv"] == ["a_notes.csv", "c_notes.csv"]
+    with pytest.raises(AudioError, match="b.wav"):
+        task.transcribe_many(fake_music_predict, [a, bad, c], cfg, tmp_path / "raises", False)
+
+
 def task_music():
     from jaxmir.tasks.base import get_task
 

@@ -33,7 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, from_dict
+from jaxmir.data.audio import AudioError
 from jaxmir.data.cache import CacheError, FeatureCache
+from jaxmir.data.datasets.midi import MidiError
 from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import WindowReader, windows_dataset
 from jaxmir.inference import (
@@ -44,6 +46,9 @@ from jaxmir.inference import (
     predict_pieces,
     sigmoid,
 )
+
+UNREADABLE = (AudioError, MidiError)
+"""The errors that say an input file cannot be read (each names the file and the reason)."""
 
 # name -> module that defines `TASK` (imported on first use so `jaxmir info beat` stays light)
 TASK_MODULES = {
@@ -468,6 +473,7 @@ class PieceTask(Task):
         *,
         batch_size: int | None = None,
         timings: Timings | None = None,
+        on_unreadable: Callable[[Path, Exception], None] | None = None,
     ) -> Iterator[tuple[Path, list[Path]]]:
         """(input, paths written) for each file of `paths`, in order, as each is written.
 
@@ -476,31 +482,55 @@ class PieceTask(Task):
         (default `jaxmir.inference.default_batch_size()`: `predict` must then run on one
         device), so one compiled shape serves every file; then each file is decoded and
         written. A task that overrides `transcribe` is called file by file. `timings`, when
-        given, accumulates the seconds spent in features, model calls and decode + write."""
+        given, accumulates the seconds spent in features, model calls and decode + write.
+
+        A file that cannot be read (`UNREADABLE`: undecodable audio, a corrupt MIDI file)
+        raises, unless `on_unreadable` is given: then it is called with the path and the
+        error, the file is skipped and the others are transcribed (one bad file in a folder
+        of hundreds does not lose the rest)."""
         paths = [Path(p) for p in paths]
         outdir = Path(outdir)
         t = timings if timings is not None else Timings()
         predict = t.timed(predict)
         bar = tqdm(total=len(paths), desc="Transcribe", unit="file", disable=not progress)
+
+        def unreadable(path: Path, error: Exception) -> None:
+            if on_unreadable is None:
+                raise error
+            on_unreadable(path, error)
+            bar.update()
+
         try:
             if _overrides(self, "transcribe"):
                 for path in paths:
+                    try:
+                        written = self.transcribe(predict, path, cfg, outdir)
+                    except UNREADABLE as e:
+                        unreadable(path, e)
+                        continue
                     t.add_file(path)
-                    yield path, self.transcribe(predict, path, cfg, outdir)
+                    yield path, written
                     bar.update()
                 return
+
+            read: collections.deque = collections.deque()  # files read, not yet written
 
             def pieces():
                 for path in paths:
                     start = time.perf_counter()
-                    x = self.input_features(path, cfg)
+                    try:
+                        x = self.input_features(path, cfg)
+                    except UNREADABLE as e:
+                        unreadable(path, e)
+                        continue
                     t.features_s += time.perf_counter() - start
                     t.add_file(path)
+                    read.append(path)
                     yield x, path
 
             batch_size = batch_size or default_batch_size()
-            results = self.posteriors_many(predict, pieces(), cfg, batch_size)
-            for path, (x, probs) in zip(paths, results, strict=True):
+            for x, probs in self.posteriors_many(predict, pieces(), cfg, batch_size):
+                path = read.popleft()
                 start = time.perf_counter()
                 events = self.decode(probs, cfg)
                 outdir.mkdir(parents=True, exist_ok=True)  # not before a file has been read

@@ -625,7 +625,7 @@ def plot_piano_roll(probs: np.ndarray, notes: np.ndarray, path: Path, title: str
         origin="lower",
         aspect="auto",
         cmap="Greys",
-        extent=(0, len(probs) / FPS, 20.5, 108.5),
+        extent=(0, max(len(probs), 1) / FPS, 20.5, 108.5),  # 1 frame at least: no warning
         vmin=0,
         vmax=1,
         interpolation="nearest",
