@@ -23,6 +23,7 @@ import importlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -528,16 +529,28 @@ class PieceTask(Task):
                     read.append(path)
                     yield x, path
 
-            batch_size = batch_size or default_batch_size()
-            for x, probs in self.posteriors_many(predict, pieces(), cfg, batch_size):
-                path = read.popleft()
+            def finish(path: Path, x, probs) -> tuple[Path, list[Path]]:
                 start = time.perf_counter()
                 events = self.decode(probs, cfg)
                 outdir.mkdir(parents=True, exist_ok=True)  # not before a file has been read
                 written = self.write(events, path.stem, outdir, cfg, x=x, posteriors=probs)
-                t.write_s += time.perf_counter() - start
-                yield path, written
-                bar.update()
+                t.write_s += time.perf_counter() - start  # this thread alone adds to it
+                return path, written
+
+            # Each file is decoded and written in a thread of its own while the model runs on
+            # the next file's windows (XLA frees the GIL while it computes): at most one file
+            # waits to be written, so memory holds two files' posteriors at most.
+            batch_size = batch_size or default_batch_size()
+            pending: collections.deque = collections.deque()
+            with ThreadPoolExecutor(1, thread_name_prefix="jaxmir-write") as writer:
+                for x, probs in self.posteriors_many(predict, pieces(), cfg, batch_size):
+                    pending.append(writer.submit(finish, read.popleft(), x, probs))
+                    while len(pending) > 1 or (pending and pending[0].done()):
+                        yield pending.popleft().result()
+                        bar.update()
+                while pending:
+                    yield pending.popleft().result()
+                    bar.update()
         finally:
             bar.close()
 

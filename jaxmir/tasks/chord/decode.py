@@ -86,16 +86,13 @@ def plot_chords(
 ) -> Path:
     """A PNG of the bass and treble chroma with the chord segments named above them."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: safe in `transcribe`'s writer thread
 
     from jaxmir.data.features.chroma import CHROMA_PITCH_CLASSES
 
     end = float(frame_times[-1]) if len(frame_times) else 1.0
-    fig, (top, ax) = plt.subplots(
-        2, 1, figsize=(14, 5), sharex=True, gridspec_kw={"height_ratios": [1, 5]}
-    )
+    fig = Figure(figsize=(14, 5))
+    top, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 5]})
     ax.imshow(
         np.asarray(chroma).T,
         origin="lower",
@@ -111,7 +108,7 @@ def plot_chords(
         [f"bass {n}" if i < 12 else n for i, n in enumerate(names + names)],
         fontsize=6,
     )
-    colours = plt.get_cmap("tab20")
+    colours = matplotlib.colormaps["tab20"]
     for k, ((start, stop), label) in enumerate(zip(intervals, labels, strict=True)):
         top.axvspan(start, stop, color=colours(k % 20), alpha=0.6)
         if stop - start > end / 80:
@@ -129,5 +126,4 @@ def plot_chords(
     ax.set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -102,13 +102,11 @@ def plot_hits(
     act: np.ndarray, mini_beats: np.ndarray, hits: np.ndarray, path: Path, title: str = ""
 ) -> Path:
     """A PNG of the 13 classes' activations on the mini-beats, the decoded hits marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: safe in `transcribe`'s writer thread
 
     mini_beats = np.asarray(mini_beats, np.float64)
-    fig, ax = plt.subplots(figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    ax = fig.subplots()
     end = float(mini_beats[-1]) if len(mini_beats) else 1.0
     ax.imshow(
         np.asarray(act).T,
@@ -126,5 +124,4 @@ def plot_hits(
     ax.set(xlabel="time (s)", title=title or path.stem)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

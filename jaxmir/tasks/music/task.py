@@ -612,14 +612,12 @@ def _check_channels(channels) -> None:
 
 def plot_piano_roll(probs: np.ndarray, notes: np.ndarray, path: Path, title: str = "") -> Path:
     """A PNG of the frame posteriors (max over note channels) with the decoded notes on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure  # no pyplot: safe in `transcribe`'s writer thread
 
     act = probs[..., 1:].max(axis=-1).reshape(len(probs), 88, 4).mean(axis=-1)
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4))
+    ax = fig.subplots()
     ax.imshow(
         act.T,
         origin="lower",
@@ -638,7 +636,6 @@ def plot_piano_roll(probs: np.ndarray, notes: np.ndarray, path: Path, title: str
     ax.set_title(title or "transcription")
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.92)  # tight_layout: +0.1 s
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -357,14 +357,12 @@ def contour_f0(workdir: str, audio: Path, n_frames: int) -> np.ndarray:
 
 def plot_notes(x: np.ndarray, notes: np.ndarray, path: Path, title: str = "") -> Path:
     """A PNG of the feature's Z with the transcribed notes drawn on it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: safe in `transcribe`'s writer thread
 
     from jaxmir.melody import hz_to_bin
 
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4))
+    ax = fig.subplots()
     extent = (0.0, len(x) * FRAME_S, 0, x.shape[1])
     ax.imshow(x[..., Z_CHANNEL].T, origin="lower", aspect="auto", cmap="magma", extent=extent)
     for onset, offset, pitch, *_ in notes:
@@ -373,7 +371,6 @@ def plot_notes(x: np.ndarray, notes: np.ndarray, path: Path, title: str = "") ->
     ax.set(xlabel="time (s)", ylabel="CFP bin (80 Hz - 1 kHz)", title=title or path.stem)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
