@@ -420,7 +420,8 @@ def cmd_transcribe(args) -> int:
     restore_s = time.perf_counter() - start
     predict = make_predict(mesh, state)
     timings = Timings()
-    progress = not args.no_progress and len(paths) > 1
+    # one file: a bar (seconds of audio) where someone watches; a folder: always
+    progress = not args.no_progress and (len(paths) > 1 or sys.stderr.isatty())
     skipped: list[Path] = []
 
     def skip(path: Path, error: Exception) -> None:  # one bad file among several

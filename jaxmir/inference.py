@@ -241,3 +241,58 @@ def input_seconds(path: Path) -> float | None:
         return float(sf.info(str(path)).duration)
     except Exception:
         return None
+
+
+class AudioProgress:
+    """`transcribe`'s progress bar, in seconds of input audio (or music): it moves with every
+    model call, so one long recording shows progress too, not only a folder of files.
+
+    Each file's seconds (from its header) are spread evenly over its windows (`file_read`);
+    a model call of n windows (`windows_done`) advances the bar by the seconds of the next n
+    windows queued, never past the files read so far; a file written (`file_done`) or skipped
+    (`file_skipped`) settles the bar at the seconds of the files done."""
+
+    def __init__(self, paths: list[Path], enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.seconds = [input_seconds(p) or 0.0 for p in paths] if enabled else [0.0] * len(paths)
+        self.bar = tqdm(
+            total=sum(self.seconds),
+            desc="Transcribe",
+            unit="s",
+            disable=not enabled,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
+        )
+        self.queued: collections.deque[list[float]] = collections.deque()  # [windows, s each]
+        self.read_s = 0.0  # seconds of the files read (their windows queued)
+        self.done_s = 0.0  # seconds of the files written or skipped
+
+    def file_read(self, index: int, windows: int) -> None:
+        self.queued.append([windows, self.seconds[index] / max(windows, 1)])
+        self.read_s += self.seconds[index]
+
+    def windows_done(self, n: int) -> None:
+        step = 0.0
+        while n > 0 and self.queued:
+            head = self.queued[0]
+            take = min(n, int(head[0]))
+            step, n, head[0] = step + take * head[1], n - take, head[0] - take
+            if head[0] <= 0:
+                self.queued.popleft()
+        self._advance(min(self.bar.n + step, self.read_s))
+
+    def file_done(self, index: int) -> None:
+        self.done_s += self.seconds[index]
+        self._advance(max(self.bar.n, self.done_s))
+
+    def file_skipped(self, index: int) -> None:
+        self.read_s += self.seconds[index]
+        self.file_done(index)
+
+    def _advance(self, to: float) -> None:
+        to = min(to, self.bar.total)
+        if to > self.bar.n:
+            self.bar.update(to - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -9,6 +9,7 @@ import soundfile as sf
 
 from jaxmir.cli import UsageError, main, transcribe_inputs
 from jaxmir.inference import (
+    AudioProgress,
     Timings,
     predict_piece,
     predict_pieces,
@@ -243,6 +244,33 @@ def test_skipping_a_bad_file_keeps_each_file_with_its_own_posteriors(tmp_path):
     assert [p.name for p in alone if p.suffix == ".csv"] == ["a_notes.csv", "c_notes.csv"]
     with pytest.raises(AudioError, match="b.wav"):
         task.transcribe_many(fake_music_predict, [a, bad, c], cfg, tmp_path / "raises", False)
+
+
+def test_the_progress_bar_moves_with_the_windows_in_seconds_of_audio(tmp_path):
+    """Seconds spread over each file's windows, never past the files read; a file written or
+    skipped settles the bar at the seconds done."""
+    a, b = _song(tmp_path / "a.wav", 440.0, 1.0), _song(tmp_path / "b.wav", 330.0, 2.0)
+    bad = tmp_path / "bad.wav"
+    bad.write_text("junk")  # no header: 0 s
+    bar = AudioProgress([a, bad, b], enabled=True)
+    assert bar.seconds == pytest.approx([1.0, 0.0, 2.0]) and bar.bar.total == pytest.approx(3.0)
+    bar.file_read(0, 4)
+    bar.windows_done(3)
+    assert bar.bar.n == pytest.approx(0.75)
+    bar.windows_done(4)  # one window of a, then nothing read yet: capped at a's end
+    assert bar.bar.n == pytest.approx(1.0)
+    bar.file_skipped(1)
+    bar.file_read(2, 2)
+    bar.windows_done(1)  # half of b
+    assert bar.bar.n == pytest.approx(2.0)
+    bar.file_done(0)
+    assert bar.bar.n == pytest.approx(2.0)
+    bar.windows_done(4)  # the last batch's padding counts nothing past the total
+    bar.file_done(2)
+    assert bar.bar.n == pytest.approx(3.0)
+    bar.close()
+    off = AudioProgress([a, b], enabled=False)  # no headers read for a bar nobody sees
+    assert off.seconds == [0.0, 0.0] and off.bar.disable
 
 
 def task_music():

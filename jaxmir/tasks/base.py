@@ -42,10 +42,13 @@ from jaxmir.data.pipeline import WindowReader, windows_dataset
 from jaxmir.inference import (
     AUDIO_SUFFIXES,
     MIDI_SUFFIXES,
+    AudioProgress,
     Timings,
     default_batch_size,
     predict_pieces,
+    resolve_hop,
     sigmoid,
+    window_starts,
 )
 
 UNREADABLE = (AudioError, MidiError)
@@ -492,49 +495,67 @@ class PieceTask(Task):
         paths = [Path(p) for p in paths]
         outdir = Path(outdir)
         t = timings if timings is not None else Timings()
-        predict = t.timed(predict)
-        bar = tqdm(total=len(paths), desc="Transcribe", unit="file", disable=not progress)
+        bar = AudioProgress(paths, progress)
+        timed = t.timed(predict)
 
-        def unreadable(path: Path, error: Exception) -> None:
+        def predict(windows: np.ndarray) -> np.ndarray:
+            y = timed(windows)
+            bar.windows_done(len(windows))
+            return y
+
+        def unreadable(index: int, error: Exception) -> None:
             if on_unreadable is None:
                 raise error
-            on_unreadable(path, error)
-            bar.update()
+            on_unreadable(paths[index], error)
+            bar.file_skipped(index)
 
         try:
             if _overrides(self, "transcribe"):
-                for path in paths:
+                for i, path in enumerate(paths):
                     try:
                         written = self.transcribe(predict, path, cfg, outdir)
                     except UNREADABLE as e:
-                        unreadable(path, e)
+                        unreadable(i, e)
                         continue
                     t.add_file(path)
                     yield path, written
-                    bar.update()
+                    bar.file_done(i)
                 return
 
-            read: collections.deque = collections.deque()  # files read, not yet written
+            read: collections.deque = collections.deque()  # (index, file) read, not yet written
+
+            def windows_of(x: np.ndarray) -> int:  # the bar's unit of progress per file
+                if _overrides(self, "posteriors"):  # a task's own windows (or none): one
+                    return 1
+                steps = self.timesteps(cfg)
+                hop, front = resolve_hop(steps, self.stitch, self.inference_hop(cfg))
+                return len(window_starts(len(x), steps, hop, front))
 
             def pieces():
-                for path in paths:
+                for i, path in enumerate(paths):
                     start = time.perf_counter()
                     try:
                         x = self.input_features(path, cfg)
                     except UNREADABLE as e:
-                        unreadable(path, e)
+                        unreadable(i, e)
                         continue
                     t.features_s += time.perf_counter() - start
                     t.add_file(path)
-                    read.append(path)
+                    read.append((i, path))
+                    bar.file_read(i, windows_of(x))
                     yield x, path
 
-            def finish(path: Path, x, probs) -> tuple[Path, list[Path]]:
+            def finish(i: int, path: Path, x, probs) -> tuple[int, Path, list[Path]]:
                 start = time.perf_counter()
                 events = self.decode(probs, cfg)
                 outdir.mkdir(parents=True, exist_ok=True)  # not before a file has been read
                 written = self.write(events, path.stem, outdir, cfg, x=x, posteriors=probs)
                 t.write_s += time.perf_counter() - start  # this thread alone adds to it
+                return i, path, written
+
+            def done(future) -> tuple[Path, list[Path]]:
+                i, path, written = future.result()
+                bar.file_done(i)
                 return path, written
 
             # Each file is decoded and written in a thread of its own while the model runs on
@@ -544,13 +565,11 @@ class PieceTask(Task):
             pending: collections.deque = collections.deque()
             with ThreadPoolExecutor(1, thread_name_prefix="jaxmir-write") as writer:
                 for x, probs in self.posteriors_many(predict, pieces(), cfg, batch_size):
-                    pending.append(writer.submit(finish, read.popleft(), x, probs))
+                    pending.append(writer.submit(finish, *read.popleft(), x, probs))
                     while len(pending) > 1 or (pending and pending[0].done()):
-                        yield pending.popleft().result()
-                        bar.update()
+                        yield done(pending.popleft())
                 while pending:
-                    yield pending.popleft().result()
-                    bar.update()
+                    yield done(pending.popleft())
         finally:
             bar.close()
 
