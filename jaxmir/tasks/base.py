@@ -485,8 +485,10 @@ class PieceTask(Task):
         windows run through the model in one stream of fixed-shape batches of `batch_size`
         (default `jaxmir.inference.default_batch_size()`: `predict` must then run on one
         device), so one compiled shape serves every file; then each file is decoded and
-        written. A task that overrides `transcribe` is called file by file. `timings`, when
-        given, accumulates the seconds spent in features, model calls and decode + write.
+        written, in a writer thread while the model runs on the next file's windows. A task
+        that overrides `transcribe` is called file by file. `timings`, when given, accumulates
+        the seconds spent in features, model calls and decode + write (which overlap).
+        `progress`: a bar in seconds of input (`AudioProgress`).
 
         A file that cannot be read (`UNREADABLE`: undecodable audio, a corrupt MIDI file)
         raises, unless `on_unreadable` is given: then it is called with the path and the
