@@ -200,9 +200,10 @@ class Timings:
         timed_predict.timings = self
         return timed_predict
 
-    def add_file(self, path: Path) -> None:
+    def add_file(self, path: Path, seconds: float | None = None) -> None:
+        """Count a file and its seconds (`seconds` when already known, else its header's)."""
         self.files += 1
-        self.audio_s += input_seconds(path) or 0.0
+        self.audio_s += (input_seconds(path) or 0.0) if seconds is None else seconds
 
     @property
     def compile_s(self) -> float:
@@ -266,6 +267,10 @@ class AudioProgress:
         self.queued: collections.deque[list[float]] = collections.deque()  # [windows, s each]
         self.read_s = 0.0  # seconds of the files read (their windows queued)
         self.done_s = 0.0  # seconds of the files written or skipped
+
+    def known_seconds(self, index: int) -> float | None:
+        """The file's seconds as read for the bar (None when the bar is off: not read)."""
+        return None if self.bar.disable else self.seconds[index]
 
     def file_read(self, index: int, windows: int) -> None:
         self.queued.append([windows, self.seconds[index] / max(windows, 1)])

@@ -519,7 +519,7 @@ class PieceTask(Task):
                     except UNREADABLE as e:
                         unreadable(i, e)
                         continue
-                    t.add_file(path)
+                    t.add_file(path, bar.known_seconds(i))
                     yield path, written
                     bar.file_done(i)
                 return
@@ -542,7 +542,7 @@ class PieceTask(Task):
                         unreadable(i, e)
                         continue
                     t.features_s += time.perf_counter() - start
-                    t.add_file(path)
+                    t.add_file(path, bar.known_seconds(i))
                     read.append((i, path))
                     bar.file_read(i, windows_of(x))
                     yield x, path
