@@ -93,12 +93,22 @@ def _parser() -> argparse.ArgumentParser:
         "--split",
         default="test",
         help="a split of the cache (default test): val, test, or another the cache holds, "
-        "e.g. test_piano, test_mixed, test_heldout (music) or test_unseen (beat)",
+        "e.g. test_piano, test_mixed, test_heldout, test_sf_piano with --test-soundfont (music) "
+        "or test_unseen (beat)",
     )
     e.add_argument(
         "--data", type=Path, default=None, help="feature cache (default: the run's or model's)"
     )
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best)")
+    e.add_argument(
+        "--test-soundfont",
+        type=Path,
+        default=None,
+        metavar="SF2",
+        help="music: render the embedded corpus's test pieces again with this SoundFont 2 file "
+        "alone, piano and mixed (splits test_sf_piano, test_sf_mixed), to see how the model "
+        "holds up on instruments it never heard; the corpus gets its own cache (rendered once)",
+    )
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -308,10 +318,12 @@ def cmd_eval(args) -> int:
 
     task = get_task(args.task)
     progress = not args.no_progress
+    _check_test_soundfont(args)
     if is_model_folder(args.workdir):  # an exported model folder
         if args.step is not None:
             raise UsageError(f"--step: {args.workdir} is a model folder (one step, no checkpoints)")
         cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
+        cfg = _with_test_soundfont(cfg, args)
         result = eval_folder(
             task,
             args.workdir,
@@ -324,11 +336,17 @@ def cmd_eval(args) -> int:
         )
         print(json.dumps(result))
         return 0
+    from jaxmir.tasks.base import test_soundfont_record
+
     cfg, mesh, state, step = _restore(task, args.workdir, args.step, args.overrides)
-    data = args.data or _run_json(args.workdir).get("data")
+    cfg = _with_test_soundfont(cfg, args)
+    data = args.data
+    if data is None and args.test_soundfont is None:
+        data = _run_json(args.workdir).get("data")
     cache = resolve_data(task, cfg, data, progress=progress)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=progress)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
+    result.update(test_soundfont_record(cfg.data))
     # the settings used (calibrated or --set); files of the run named relative to it
     result["decode"] = relative_to(dataclasses.asdict(cfg.decode), args.workdir)
     out = args.workdir / "eval" / f"{args.split}.json"
@@ -336,6 +354,30 @@ def cmd_eval(args) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0
+
+
+def _check_test_soundfont(args) -> None:
+    """Fail early (before any model loads) on a `--test-soundfont` that cannot be used."""
+    if args.test_soundfont is None:
+        return
+    if args.data is not None:
+        raise UsageError("--test-soundfont renders the embedded corpus: leave out --data")
+    from jaxmir.data.synth.render import soundfont_digest
+
+    soundfont_digest(args.test_soundfont)  # SoundfontError: not there, or not a soundfont
+
+
+def _with_test_soundfont(cfg, args):
+    """`cfg` whose corpus also renders the test pieces with `--test-soundfont` (if given)."""
+    if args.test_soundfont is None:
+        return cfg
+    if not hasattr(cfg.data, "corpus_test_soundfont") or cfg.data.corpus_voices is None:
+        raise UsageError(
+            f"--test-soundfont: this {args.task} model was not trained on the varied corpus "
+            "(music's demo and quality presets), whose test pieces it renders again"
+        )
+    path = str(args.test_soundfont.resolve())
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, corpus_test_soundfont=path))
 
 
 def cmd_calibrate(args) -> int:
@@ -616,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxmir.data.cache import CacheError
     from jaxmir.data.datasets.midi import MidiError
     from jaxmir.data.records import AnnotationError
+    from jaxmir.data.synth.render import SoundfontError
     from jaxmir.engine.checkpoint import CheckpointError
 
     if args.command in JAX_COMMANDS:
@@ -637,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         MidiError,
         AnnotationError,
         CheckpointError,
+        SoundfontError,
     ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2

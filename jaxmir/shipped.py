@@ -227,9 +227,11 @@ def _score(task, predict, cfg, cache, split: str, step, folder: Path, progress: 
     """One split's scores with the decoding they were made with (paths inside `folder` made
     relative to it, as `eval` writes them)."""
     scores = task.evaluate(predict, cfg, cache, split, progress=progress)
+    from jaxmir.tasks.base import test_soundfont_record
+
     record = {"task": task.name, "split": split, "step": step, **scores}
     record["decode"] = relative_to(dataclasses.asdict(cfg.decode), folder)
-    return record
+    return {**record, **test_soundfont_record(cfg.data)}
 
 
 def _scores(record: dict) -> dict:

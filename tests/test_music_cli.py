@@ -1,11 +1,15 @@
 """The music task through the command line: info, train, eval, transcribe (any audio file)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+import jaxmir
 from jaxmir.cli import main
+
+BEAT_MODEL = Path(jaxmir.__file__).parent / "models" / "beat"
 
 
 def test_info_music_paper_and_aspp(capsys):
@@ -62,3 +66,45 @@ def test_music_train_eval_transcribe(music_cache, tmp_path, capsys):
     for name in ("song.mid", "song_notes.csv", "song_pianoroll.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "song_notes.csv").read_text().startswith("onset,offset,pitch")
+
+
+def test_eval_on_the_test_pieces_rendered_by_another_soundfont(tmp_path, capsys):
+    from sine_soundfont import write_sine_soundfont
+
+    sine = write_sine_soundfont(tmp_path / "sine.sf2")
+    wd = tmp_path / "run"
+    varied = ["corpus_voices=0.5", "corpus_instruments=both", "corpus_pieces=3"]
+    varied += ["corpus_max_seconds=4.0", "corpus_piece_seconds=4.0"]
+    argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--no-progress"]
+    for key in varied + ["train.epochs=1", "train.steps_per_epoch=1"]:
+        argv += ["--set", key if key.startswith("train.") else f"data.{key}"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    for split in ("test_sf_piano", "test_sf_mixed"):
+        argv = ["eval", "music", "--workdir", str(wd), "--split", split, "--no-progress"]
+        assert main(argv + ["--test-soundfont", str(sine)]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert {"note_f1", "note_with_offset_f1", "frame_f1"} <= set(result)
+        assert result["test_soundfont"]["file"] == "sine.sf2"
+        assert json.loads((wd / "eval" / f"{split}.json").read_text()) == result
+    # without it, the run's own corpus has no such split
+    assert main(["eval", "music", "--workdir", str(wd), "--split", "test_sf_piano"]) == 2
+    assert "test_sf_piano" in capsys.readouterr().err
+
+    # a file that is not a soundfont, --data beside it, a model without the varied corpus:
+    # one line each, before any model loads
+    text = tmp_path / "notes.txt"
+    text.write_text("not a soundfont")
+    bad = [
+        (["music", "--workdir", str(wd), "--test-soundfont", str(text)], "not a SoundFont 2"),
+        (["music", "--workdir", str(wd), "--test-soundfont", str(tmp_path / "x.sf2")], "x.sf2"),
+        (
+            ["music", "--workdir", str(wd), "--data", str(wd), "--test-soundfont", str(sine)],
+            "--data",
+        ),
+        (["beat", "--workdir", str(BEAT_MODEL), "--test-soundfont", str(sine)], "varied corpus"),
+    ]
+    for args, why in bad:
+        assert main(["eval", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and why in err, err

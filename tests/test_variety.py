@@ -3,6 +3,7 @@ decoder, and the warm-up + cosine schedule."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -154,3 +155,102 @@ def test_beat_textures_keep_unseen_meters_and_tempi_out_of_training():
         else:
             assert 30.0 < bpm < 260.0
         assert len(piece.downbeats) >= 2 and piece.notes.shape[1] == 4
+
+
+def _overtone_share(audio: np.ndarray, notes: np.ndarray, sr: int) -> float:
+    """The share of the spectrum's energy near the sounding notes' overtones (2-6 times the
+    fundamental) and not near the fundamental of a note sounding or ringing out, over 93-ms frames in the middle of
+    notes: about 0 for pure sines, clearly more for instruments."""
+    n = 4096
+    window = np.hanning(n)
+    freqs = np.fft.rfftfreq(n, 1 / sr)[1:, None]
+    shares = []
+    for t in np.arange(0.2, len(audio) / sr - 0.2, 0.25):
+        sounding = notes[(notes[:, 0] < t - 0.1) & (notes[:, 1] > t + 0.1)]
+        if not len(sounding):
+            continue
+        i = int(t * sr) - n // 2
+        power = np.abs(np.fft.rfft(audio[i : i + n] * window))[1:] ** 2
+        f0 = 440.0 * 2 ** ((sounding[:, 2] - 69) / 12)
+        partials = (f0[:, None] * np.arange(2, 7)).ravel()
+        around = notes[(notes[:, 0] < t + 0.3) & (notes[:, 1] > t - 0.3)]  # releases too
+        fundamentals = 440.0 * 2 ** ((around[:, 2] - 69) / 12)
+
+        def near(f):  # within a quarter tone, or the window's main lobe (25 Hz)
+            width = np.maximum(f * (2 ** (1 / 24) - 1), 25.0)
+            return np.any(np.abs(freqs - f[None, :]) < width[None, :], axis=1)
+
+        shares.append(power[near(partials) & ~near(fundamentals)].sum() / power.sum())
+    return float(np.mean(shares))
+
+
+def test_a_test_soundfont_plays_its_own_renderings_of_the_test_pieces(tmp_path):
+    import soundfile as sf
+    from sine_soundfont import write_sine_soundfont
+
+    from jaxmir.data.synth import corpus as C
+    from jaxmir.data.synth.render import soundfont_digest
+
+    sine = write_sine_soundfont(tmp_path / "sine.sf2")
+    variety = C.Variety(voices=0.5, holdout=None, piece_seconds=4.0, test_soundfont=str(sine))
+    kwargs = dict(max_seconds=4.0, instruments="both", variety=variety, progress=False)
+    kwargs.update(augment=False)  # dry: no reverb or noise to blur the spectra
+    summary = C.build_corpus(tmp_path / "corpus", 3, 0, **kwargs)
+    assert not summary["failed"]
+    splits = summary["splits"]
+    assert splits["test"] == splits["test_sf_piano"] == splits["test_sf_mixed"] == 1
+    manifest = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
+    by_split = {e["split"]: e for e in manifest["pieces"] if e["split"].startswith("test")}
+    share = {}
+    for split, e in by_split.items():
+        with np.load(tmp_path / "corpus" / e["files"]["labels"]) as z:
+            meta = json.loads(str(z["meta"]))
+            notes = z["notes"]
+        audio, sr = sf.read(tmp_path / "corpus" / e["files"]["mixture"])
+        share[split] = _overtone_share(audio, notes, sr)
+        if split.startswith("test_sf_"):
+            assert "voices" not in meta  # the soundfont alone
+            assert meta["config"]["soundfont"] == soundfont_digest(sine)
+        else:
+            assert "soundfont" not in meta["config"]
+    # only the sine soundfont's renderings have no overtones
+    assert share["test_sf_piano"] < 0.01 and share["test_sf_mixed"] < 0.01, share
+    assert share["test_piano"] > 0.05 and share["test_mixed"] > 0.05, share
+
+
+def test_a_test_soundfont_leaves_every_other_rendering_as_it_was(tmp_path):
+    from sine_soundfont import write_sine_soundfont
+
+    from jaxmir.data.synth import corpus as C
+    from jaxmir.data.synth.render import SoundfontError
+    from jaxmir.tasks.base import ConfigError, corpus_params, params_digest
+    from jaxmir.tasks.music.task import TASK
+
+    sine = write_sine_soundfont(tmp_path / "sine.sf2")
+    plain = C._Job("bach/bwv66.6", "train", "out", 0, None, True, "both", C.Variety())
+    with_sf = C._Job(
+        "bach/bwv66.6", "train", "out", 0, None, True, "both", C.Variety(test_soundfont=str(sine))
+    )
+    assert plain.config() == with_sf.config()  # the pieces already rendered stay valid
+    assert "test_soundfont" not in plain.config()["variety"]
+
+    quality = TASK.preset("quality").data
+    digest = params_digest(corpus_params(quality))
+    moved = tmp_path / "elsewhere.sf2"
+    moved.write_bytes(sine.read_bytes())
+    sf_params = [
+        corpus_params(dataclasses.replace(quality, corpus_test_soundfont=str(p)))
+        for p in (sine, moved)
+    ]
+    assert sf_params[0] == sf_params[1]  # the file's content names the corpus, not its path
+    assert params_digest(sf_params[0]) != digest
+
+    not_sf2 = tmp_path / "notes.txt"
+    not_sf2.write_text("not a soundfont")
+    for bad, why in ((not_sf2, "not a SoundFont 2 file"), (tmp_path / "none.sf2", "cannot read")):
+        with pytest.raises(SoundfontError, match=why) as e:
+            corpus_params(dataclasses.replace(quality, corpus_test_soundfont=str(bad)))
+        assert str(bad) in str(e.value)
+    chorales = TASK.preset("paper").data
+    with pytest.raises(ConfigError, match="varied corpus"):
+        corpus_params(dataclasses.replace(chorales, corpus_test_soundfont=str(sine)))

@@ -651,6 +651,9 @@ class CorpusConfig:
     corpus_voices: float | None = None  # probability of a synthesis voice; None: no variety
     corpus_holdout: str | None = None  # engine kept out of train/val (test_heldout split)
     corpus_piece_seconds: float = 40.0  # length of procedural pieces, cut of other works
+    # A SoundFont 2 file only the test pieces hear (splits test_sf_piano, test_sf_mixed): how a
+    # model holds up on instruments sampled by someone else. None: no such splits.
+    corpus_test_soundfont: str | None = None
 
 
 _VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seconds")
@@ -659,10 +662,21 @@ _VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seco
 def corpus_variety(d: CorpusConfig):
     """The corpus builder's `Variety` of a data section (None: the original corpus)."""
     if d.corpus_voices is None:
+        if d.corpus_test_soundfont is not None:
+            raise ConfigError(
+                "data.corpus_test_soundfont: only the varied corpus (data.corpus_voices set, as "
+                "music's demo and quality presets) renders test pieces with another soundfont"
+            )
         return None
     from jaxmir.data.synth.corpus import Variety
 
-    return Variety(d.corpus_voices, d.corpus_holdout, True, d.corpus_piece_seconds)
+    return Variety(
+        d.corpus_voices,
+        d.corpus_holdout,
+        True,
+        d.corpus_piece_seconds,
+        None if d.corpus_test_soundfont is None else str(Path(d.corpus_test_soundfont).resolve()),
+    )
 
 
 def corpus_params(d: CorpusConfig) -> dict:
@@ -674,7 +688,22 @@ def corpus_params(d: CorpusConfig) -> dict:
     }
     if corpus_variety(d) is not None:  # absent otherwise: the original corpora keep their digest
         out.update({k: getattr(d, f"corpus_{k}") for k in _VARIETY_KEYS})
+        if d.corpus_test_soundfont is not None:  # its content, not where the file lies
+            from jaxmir.data.synth.render import soundfont_digest
+
+            out["test_soundfont"] = soundfont_digest(d.corpus_test_soundfont)
     return out
+
+
+def test_soundfont_record(d) -> dict:
+    """What a score on the test-soundfont splits was made with: {} for a data section without
+    `corpus_test_soundfont`, else {"test_soundfont": {"file": name, "sha1": content hash}}."""
+    path = getattr(d, "corpus_test_soundfont", None)
+    if path is None:
+        return {}
+    from jaxmir.data.synth.render import soundfont_digest
+
+    return {"test_soundfont": {"file": Path(path).name, "sha1": soundfont_digest(path)}}
 
 
 def params_digest(params: dict) -> str:

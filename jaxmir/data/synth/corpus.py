@@ -79,6 +79,7 @@ from jaxmir.data.synth.chorales import (
     chorale_ids,
     split_of,
 )
+from jaxmir.data.synth.render import soundfont_digest
 
 VERSION = 1
 SR = 44100
@@ -116,6 +117,7 @@ WORK_FOLDERS = (
     "ciconia", "luca", "weber", "verdi", "leadSheet", "ryansMammoth", "schoenberg", "webern",
 )  # fmt: skip
 SUBSETS = ("mixed", "piano", "both")
+SOUNDFONT_VARIANT = "sf_"  # prefix of the test renderings with `Variety.test_soundfont`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +128,15 @@ class Variety:
     numpy synthesis voices (`voices.py`) instead of the soundfont. holdout: an engine that no
     train or val piece uses; every test piece then gets one more rendering with only that
     engine (split `test_heldout`). velocity: wide per-piece velocity ranges. piece_seconds:
-    the length of procedural pieces and the cut of other works."""
+    the length of procedural pieces and the cut of other works. test_soundfont: a SoundFont 2
+    file that only the test pieces hear: every test piece gets two more renderings played by it
+    alone, no numpy voices (splits `test_sf_piano`, `test_sf_mixed`)."""
 
     voices: float = 0.5
     holdout: str | None = "fm"
     velocity: bool = True
     piece_seconds: float = 40.0
+    test_soundfont: str | None = None
 
     def engines(self, split: str) -> tuple[str, ...]:
         from jaxmir.data.synth.voices import ENGINES
@@ -281,7 +286,7 @@ class _Job:
     augment: bool
     instruments: str = "mixed"  # mixed | piano (every part on program 0, no drums) | both
     variety: Variety | None = None  # timbre and dynamics variety (None: the original corpus)
-    variant: str = ""  # "" | piano | mixed | heldout: an extra rendering of a test piece
+    variant: str = ""  # "" | piano | mixed | heldout | sf_piano | sf_mixed: a test rendering
 
     @property
     def name(self) -> str:
@@ -315,9 +320,20 @@ class _Job:
             "sr": SR,
         }
         if self.variety is not None:  # absent for the original corpus: its pieces stay valid
-            out["variety"] = dataclasses.asdict(self.variety)
+            variety = dataclasses.asdict(self.variety)
+            del variety["test_soundfont"]  # only its own renderings depend on it
+            out["variety"] = variety
             out["variant"] = self.variant
+            if self.soundfont is not None:
+                out["soundfont"] = soundfont_digest(self.soundfont)
         return out
+
+    @property
+    def soundfont(self) -> str | None:
+        """The soundfont this rendering plays (None: the corpus's own, TimGM6mb)."""
+        if self.variant.startswith(SOUNDFONT_VARIANT) and self.variety is not None:
+            return self.variety.test_soundfont
+        return None
 
 
 def piece_files(root: Path, name: str) -> dict[str, Path]:
@@ -811,7 +827,7 @@ def _produce(stems: dict[str, np.ndarray], rng: np.random.Generator, strength: f
 def _subset(job: _Job) -> str:
     """mixed | piano | heldout: how this piece is orchestrated."""
     if job.variant:
-        return job.variant
+        return job.variant.removeprefix(SOUNDFONT_VARIANT)
     if job.instruments != "both":
         return job.instruments
     r = np.random.default_rng(zlib.crc32(f"{job.effective_seed}:{job.chorale_id}".encode()))
@@ -884,11 +900,13 @@ def _choose_voices(a: _Arranged, job: _Job, subset: str) -> dict[int, object]:
 
     Mixed: each part but the sung line with probability `variety.voices`. Piano: the whole
     piece with that probability, else one of the soundfont's keyboards (programs 0-7; the
-    labels keep program 0). Heldout: every part on the held-out engine."""
+    labels keep program 0). Heldout: every part on the held-out engine. A rendering with the
+    test soundfont draws as the others but plays no voice."""
     if job.variety is None:
         return {}
     from jaxmir.data.synth.voices import random_voice
 
+    p_voice = 0.0 if job.soundfont is not None else job.variety.voices
     r = _streams(job.effective_seed, job.chorale_id)["timbre"]
     engines = job.variety.engines("test_heldout" if subset == "heldout" else job.split)
     parts = sorted({int(p) for p in a.parts})
@@ -897,7 +915,7 @@ def _choose_voices(a: _Arranged, job: _Job, subset: str) -> dict[int, object]:
         for p in parts:
             out[p] = random_voice(engines[int(r.integers(len(engines)))], r)
     elif subset == "piano":
-        if r.uniform() < job.variety.voices:
+        if r.uniform() < p_voice:
             voice = random_voice(engines[int(r.integers(len(engines)))], r)
             out = {p: voice for p in parts}
         else:
@@ -905,7 +923,7 @@ def _choose_voices(a: _Arranged, job: _Job, subset: str) -> dict[int, object]:
             a.programs[:] = [keyboard] * len(a.programs)  # the MIDI's; labels keep 0
     else:
         for p in parts:
-            if p != a.vocal_part and r.uniform() < job.variety.voices:
+            if p != a.vocal_part and r.uniform() < p_voice:
                 out[p] = random_voice(engines[int(r.integers(len(engines)))], r)
     return out
 
@@ -940,7 +958,10 @@ def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]
     n = int(round((a.end_ms / 1000.0 + TAIL_S) * SR))
     duration = n / SR
     midis = _midis(a, voices)
-    stems = {k: _fit(render_midi(pm, SR, tail_s=TAIL_S), n) for k, pm in midis.items()}
+    stems = {
+        k: _fit(render_midi(pm, SR, tail_s=TAIL_S, soundfont=job.soundfont), n)
+        for k, pm in midis.items()
+    }
     if voices:
         r = _streams(job.effective_seed, job.chorale_id)["timbre"]
         for k, x in _render_voices(a, voices, n, r).items():
@@ -1188,8 +1209,9 @@ def build_corpus(
     instruments="both": each piece draws piano or mixed, and every test piece is also rendered
     both ways (splits `test_piano`, `test_mixed`). variety (see `Variety`): numpy synthesis
     voices beside the soundfont, wide velocities, and with `variety.holdout` one more rendering
-    of every test piece with only the held-out engine (split `test_heldout`). works, textures,
-    random_pieces: that many other music21 works (`work_ids`), piano-texture pieces and
+    of every test piece with only the held-out engine (split `test_heldout`), and with
+    `variety.test_soundfont` two more with only that soundfont (`test_sf_piano`,
+    `test_sf_mixed`). works, textures, random_pieces: that many other music21 works (`work_ids`), piano-texture pieces and
     random-note pieces (`textures.py`) beside the chorales; each needs a `variety`.
 
     Incremental: a piece whose five files exist and whose labels were made with the same
@@ -1206,6 +1228,8 @@ def build_corpus(
         raise ValueError(f"instruments must be one of {SUBSETS}, not {instruments!r}")
     if variety is None and (works or textures or random_pieces or instruments == "both"):
         raise ValueError("works, textures, random pieces and instruments='both' need a variety")
+    if variety is not None and variety.test_soundfont is not None:
+        soundfont_digest(variety.test_soundfont)  # a bad file fails now, not in every piece
     chosen = select_pieces(
         n_pieces, ids, val_fraction, test_fraction, works, textures, random_pieces
     )
@@ -1219,6 +1243,8 @@ def build_corpus(
             continue
         extra = ["piano", "mixed"] if instruments == "both" else []
         extra += ["heldout"] if variety.holdout else []
+        if variety.test_soundfont is not None:
+            extra += [SOUNDFONT_VARIANT + v for v in ("piano", "mixed")]
         for v in extra:
             jobs.append(dataclasses.replace(job, split=f"test_{v}", variant=v))
     results: dict[str, tuple[dict, bool]] = {}
@@ -1230,7 +1256,7 @@ def build_corpus(
 
     def failed(job: _Job, e: BaseException) -> None:
         reason = f"{type(e).__name__}: {e}"
-        warnings.warn(f"skipping chorale {job.chorale_id}: {reason}", stacklevel=3)
+        warnings.warn(f"skipping {job.kind} {job.chorale_id}: {reason}", stacklevel=3)
         failures.append((job.chorale_id, reason))
 
     try:

@@ -26,7 +26,9 @@ Speed: 40 s of audio (three-part accompaniment, or a vocal line with 8k pitch be
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import os
 import pathlib
 
 import numpy as np
@@ -43,9 +45,27 @@ def soundfont_path() -> pathlib.Path:
     return pathlib.Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
 
 
-@functools.lru_cache(maxsize=1)
-def _soundfont_bytes() -> bytes:
-    return soundfont_path().read_bytes()
+class SoundfontError(ValueError):
+    """A soundfont file that cannot be used (missing, unreadable, not a SoundFont 2 file)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _soundfont_bytes(path: str | None = None) -> bytes:
+    if path is None:
+        return soundfont_path().read_bytes()
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as e:
+        raise SoundfontError(f"{path}: cannot read the soundfont ({e.strerror or e})") from None
+    if data[:4] != b"RIFF" or data[8:12] != b"sfbk":
+        raise SoundfontError(f"{path}: not a SoundFont 2 file (no RIFF 'sfbk' header)")
+    return data
+
+
+def soundfont_digest(path: str | os.PathLike) -> str:
+    """A short content hash of a soundfont file: what a rendering depends on, not where the
+    file lies."""
+    return hashlib.sha1(_soundfont_bytes(str(path))).hexdigest()[:12]
 
 
 def midi_bytes(pm) -> bytes:
@@ -72,15 +92,20 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return np.asarray(soxr.resample(x, sr_in, sr_out, quality="HQ"), np.float32)
 
 
-def render_midi(pm, sr: int = 44100, tail_s: float = 1.0) -> np.ndarray:
+def render_midi(
+    pm, sr: int = 44100, tail_s: float = 1.0, soundfont: str | os.PathLike | None = None
+) -> np.ndarray:
     """Render a `pretty_midi.PrettyMIDI` to float32 mono audio at `sr`.
 
     The result starts at MIDI time 0 and lasts until `pm`'s last event plus `tail_s` seconds
     (rounded to samples). `pm` is left as it was. Percussion instruments (is_drum) play the GM
-    kit of their program on channel 10.
+    kit of their program on channel 10. soundfont: a SoundFont 2 file to play it with
+    (default: pretty_midi's TimGM6mb).
     """
     import pretty_midi
 
+    sf2 = None if soundfont is None else str(soundfont)
+    _soundfont_bytes(sf2)  # a bad file fails here, before any work
     if tail_s < 0:
         raise ValueError(f"tail_s must be >= 0, got {tail_s}")
     end = float(pm.get_end_time()) + float(tail_s)
@@ -100,7 +125,7 @@ def render_midi(pm, sr: int = 44100, tail_s: float = 1.0) -> np.ndarray:
             pm.instruments.remove(marker_inst)
     import midirenderer
 
-    wav, sr_in = decode_wav(midirenderer.render_wave_from(_soundfont_bytes(), data))
+    wav, sr_in = decode_wav(midirenderer.render_wave_from(_soundfont_bytes(sf2), data))
     mono = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
     y = resample(mono, sr_in, sr)
     n = int(round(end * sr))
