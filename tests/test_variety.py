@@ -254,3 +254,40 @@ def test_a_test_soundfont_leaves_every_other_rendering_as_it_was(tmp_path):
     chorales = TASK.preset("paper").data
     with pytest.raises(ConfigError, match="varied corpus"):
         corpus_params(dataclasses.replace(chorales, corpus_test_soundfont=str(sine)))
+
+
+def test_wide_programs_reach_beyond_omnizarts_classes_in_training_only():
+    from jaxmir.data.synth import corpus as C
+    from jaxmir.tasks.base import ConfigError, corpus_params
+    from jaxmir.tasks.music.task import TASK
+
+    wide = C.Variety(programs="wide", piece_seconds=5.0)
+    drawn = {}
+    for split in ("train", "val", "test"):
+        programs = set()
+        for i in range(30):
+            job = C._Job(f"texture/{i:04d}", split, "out", i, 5.0, True, "mixed", wide)
+            programs |= set(C._arrange_procedural(job, "mixed").programs)
+        drawn[split] = programs
+    assert drawn["train"] <= set(C.WIDE_PROGRAMS) and drawn["val"] <= set(C.WIDE_PROGRAMS)
+    assert len(drawn["train"] - set(C.OMNIZART_PROGRAMS)) > 20
+    assert drawn["test"] <= set(C.OMNIZART_PROGRAMS)  # the test splits stay as they were
+    assert not {47, 55, *range(96, 104), *range(112, 128)} & (drawn["train"] | drawn["val"])
+    # the default leaves every piece's config as it was before the choice existed
+    job = C._Job("bach/bwv66.6", "train", "out", 0, None, True, "both", C.Variety())
+    assert "programs" not in job.config()["variety"]
+    assert dataclasses.replace(job, variety=wide).config()["variety"]["programs"] == "wide"
+
+    quality = TASK.preset("quality")
+    as_wide = dataclasses.replace(quality.data, corpus_programs="wide")
+    assert corpus_params(as_wide)["programs"] == "wide"
+    assert "programs" not in corpus_params(quality.data)
+    streams = dataclasses.replace(
+        quality, data=dataclasses.replace(as_wide, label_mode="note-stream")
+    )
+    with pytest.raises(ConfigError, match="note-stream"):
+        TASK.corpus_params(streams)
+    with pytest.raises(ConfigError, match="unknown set 'all'"):
+        corpus_params(dataclasses.replace(quality.data, corpus_programs="all"))
+    with pytest.raises(ConfigError, match="varied corpus"):
+        corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_programs="wide"))

@@ -654,6 +654,9 @@ class CorpusConfig:
     # A SoundFont 2 file only the test pieces hear (splits test_sf_piano, test_sf_mixed): how a
     # model holds up on instruments sampled by someone else. None: no such splits.
     corpus_test_soundfont: str | None = None
+    # The GM programs of mixed train/val pieces: omnizart (its 11 instrument classes) | wide
+    # (every pitched program: more sampled timbres; label modes without instrument streams).
+    corpus_programs: str = "omnizart"
 
 
 _VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seconds")
@@ -661,7 +664,18 @@ _VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seco
 
 def corpus_variety(d: CorpusConfig):
     """The corpus builder's `Variety` of a data section (None: the original corpus)."""
+    from jaxmir.data.synth.corpus import PROGRAM_SETS
+
+    if d.corpus_programs not in PROGRAM_SETS:
+        raise ConfigError(
+            f"data.corpus_programs: unknown set {d.corpus_programs!r} ({', '.join(PROGRAM_SETS)})"
+        )
     if d.corpus_voices is None:
+        if d.corpus_programs != "omnizart":
+            raise ConfigError(
+                "data.corpus_programs: only the varied corpus (data.corpus_voices set) draws "
+                "programs beyond omnizart's"
+            )
         if d.corpus_test_soundfont is not None:
             raise ConfigError(
                 "data.corpus_test_soundfont: only the varied corpus (data.corpus_voices set, as "
@@ -676,6 +690,7 @@ def corpus_variety(d: CorpusConfig):
         True,
         d.corpus_piece_seconds,
         None if d.corpus_test_soundfont is None else str(Path(d.corpus_test_soundfont).resolve()),
+        d.corpus_programs,
     )
 
 
@@ -688,6 +703,8 @@ def corpus_params(d: CorpusConfig) -> dict:
     }
     if corpus_variety(d) is not None:  # absent otherwise: the original corpora keep their digest
         out.update({k: getattr(d, f"corpus_{k}") for k in _VARIETY_KEYS})
+        if d.corpus_programs != "omnizart":  # absent by default: earlier corpora keep theirs
+            out["programs"] = d.corpus_programs
         if d.corpus_test_soundfont is not None:  # its content, not where the file lies
             from jaxmir.data.synth.render import soundfont_digest
 

@@ -93,6 +93,10 @@ STEMS = ("vocals", "accompaniment", "drums")
 
 VOICE_PROGRAMS = (52, 53, 54)  # Choir Aahs, Voice Oohs, Synth Voice
 OMNIZART_PROGRAMS = (0, 6, 40, 41, 42, 43, 60, 68, 70, 71, 73)  # music note-stream classes
+# Every pitched General MIDI program but timpani (47), orchestra hit (55), the sound effects
+# (96-103) and the percussive ones (112-127): `Variety.programs = "wide"`.
+WIDE_PROGRAMS = (*range(0, 47), *range(48, 55), *range(56, 96), *range(104, 112))
+PROGRAM_SETS = ("omnizart", "wide")
 PIANO_PROGRAMS = (0, 1, 2, 3, 4, 5, 6, 7)  # the soundfont's keyboards, for the piano subset
 PIANO_PROGRAM_P = (0.4, 0.15, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05)
 DRUM_KITS = (0, 8, 16, 24, 25, 40, 48)  # the GM kits TimGM6mb.sf2 has
@@ -130,13 +134,22 @@ class Variety:
     engine (split `test_heldout`). velocity: wide per-piece velocity ranges. piece_seconds:
     the length of procedural pieces and the cut of other works. test_soundfont: a SoundFont 2
     file that only the test pieces hear: every test piece gets two more renderings played by it
-    alone, no numpy voices (splits `test_sf_piano`, `test_sf_mixed`)."""
+    alone, no numpy voices (splits `test_sf_piano`, `test_sf_mixed`). programs: the GM
+    programs the soundfont plays in mixed train and val pieces: omnizart's 11 instrument classes
+    ("omnizart", what its stream label modes name) or every pitched one (`WIDE_PROGRAMS`,
+    "wide": more sampled timbres); test pieces keep omnizart's, so test splits stay the same."""
 
     voices: float = 0.5
     holdout: str | None = "fm"
     velocity: bool = True
     piece_seconds: float = 40.0
     test_soundfont: str | None = None
+    programs: str = "omnizart"
+
+    def program_pool(self, split: str) -> tuple[int, ...]:
+        """The GM programs a mixed piece of `split` draws its parts from."""
+        wide = self.programs == "wide" and split in ("train", "val")
+        return WIDE_PROGRAMS if wide else OMNIZART_PROGRAMS
 
     def engines(self, split: str) -> tuple[str, ...]:
         from jaxmir.data.synth.voices import ENGINES
@@ -322,6 +335,8 @@ class _Job:
         if self.variety is not None:  # absent for the original corpus: its pieces stay valid
             variety = dataclasses.asdict(self.variety)
             del variety["test_soundfont"]  # only its own renderings depend on it
+            if variety["programs"] == "omnizart":  # as before the choice: corpora stay valid
+                del variety["programs"]
             out["variety"] = variety
             out["variant"] = self.variant
             if self.soundfont is not None:
@@ -603,6 +618,12 @@ def _limit_ms(job: _Job) -> int | None:
     return int(round(min(limits) * 1000)) if limits else None
 
 
+def _program_pool(job: _Job) -> tuple[int, ...]:
+    if job.variety is None:
+        return OMNIZART_PROGRAMS
+    return job.variety.program_pool(job.split)
+
+
 def _arrange(score, job: _Job, subset: str) -> _Arranged:
     """Arrange a score: tempo, velocities, programs (subset: mixed, or piano / heldout: one
     keyboard-like part set with no sung line and no drums), vocal bends and drums."""
@@ -625,10 +646,11 @@ def _arrange(score, job: _Job, subset: str) -> _Arranged:
     n_parts = max(len(_parts(score)), int(notes.part.max()) + 1)
     # a sung line only in chorales (a work's top part may hold chords: it keeps them)
     vocal = _vocal_part(score) if job.variety is None or job.kind == "chorale" else -1
+    pool = _program_pool(job)
     if ra.uniform() < ENSEMBLE_PROB:
-        programs = [int(ra.choice(OMNIZART_PROGRAMS))] * n_parts
+        programs = [int(ra.choice(pool))] * n_parts
     else:
-        programs = [int(p) for p in ra.choice(OMNIZART_PROGRAMS, size=n_parts)]
+        programs = [int(p) for p in ra.choice(pool, size=n_parts)]
     if vocal >= 0:
         programs[vocal] = int(ra.choice(VOICE_PROGRAMS))
     if subset != "mixed":
@@ -847,7 +869,7 @@ def _arrange_procedural(job: _Job, subset: str) -> _Arranged:
     limit = _limit_ms(job)
     n_parts = int(piece.notes[:, 4].max()) + 1 if len(piece.notes) else 1
     if subset == "mixed":
-        programs = [int(p) for p in rs["arrange"].choice(OMNIZART_PROGRAMS, size=n_parts)]
+        programs = [int(p) for p in rs["arrange"].choice(_program_pool(job), size=n_parts)]
     else:
         programs = [0] * n_parts
     on_ms = np.round(piece.notes[:, 0] * 1000).astype(np.int64)
@@ -1228,6 +1250,8 @@ def build_corpus(
         raise ValueError(f"instruments must be one of {SUBSETS}, not {instruments!r}")
     if variety is None and (works or textures or random_pieces or instruments == "both"):
         raise ValueError("works, textures, random pieces and instruments='both' need a variety")
+    if variety is not None and variety.programs not in PROGRAM_SETS:
+        raise ValueError(f"programs must be one of {PROGRAM_SETS}, not {variety.programs!r}")
     if variety is not None and variety.test_soundfont is not None:
         soundfont_digest(variety.test_soundfont)  # a bad file fails now, not in every piece
     chosen = select_pieces(

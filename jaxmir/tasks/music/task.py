@@ -192,6 +192,14 @@ class MusicTask(PieceTask):
     decode_config = MusicDecodeConfig
     datasets = ("synth", "maestro", "maps", "musicnet")  # the readers that give notes
 
+    def corpus_params(self, cfg: Config) -> dict:
+        if cfg.data.corpus_programs != "omnizart" and "stream" in _mode(cfg):
+            raise ConfigError(
+                f"data.corpus_programs: {cfg.data.corpus_programs!r} plays programs outside "
+                f"omnizart's instrument classes, which label mode {cfg.data.label_mode!r} names"
+            )
+        return super().corpus_params(cfg)
+
     def presets(self) -> dict[str, Config]:
         adam = OptimConfig(
             learning_rate=1e-3, lr_schedule="step", decay_rate=0.25, decay_every=3, min_lr=5e-8
