@@ -178,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--root", type=Path, required=True, help="the dataset's folder")
     f.add_argument("--out", type=Path, required=True, help="cache directory to write")
     f.add_argument("-j", "--workers", type=int, default=1)
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
     from jaxmir.data.synth.cli import add_synth_parser
 
     add_synth_parser(sub)
@@ -587,7 +588,9 @@ def cmd_features(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
-    summary = task.featurize(args.dataset, args.root, args.out, workers=args.workers)
+    summary = task.featurize(
+        args.dataset, args.root, args.out, workers=args.workers, progress=not args.no_progress
+    )
     for path, reason in summary["failed"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(

@@ -73,11 +73,11 @@ def test_features_midi_skips_and_names_bad_files(tmp_path, capsys):
     (root / "broken.mid").write_bytes(b"MThd\x00\x00garbage" + bytes(range(50)))
     write_meterless_midi(root / "nometer.mid")
     out = tmp_path / "cache"
-    assert (
-        main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
-    )
+    argv = ["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "broken.mid" in captured.err and "nometer.mid" in captured.err
+    assert "features:" not in captured.err  # no bar
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p["name"] for p in manifest["pieces"]) == ["good0", "good1", "good2"]
     assert len(manifest["failures"]) == 2
