@@ -80,6 +80,11 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     cfg = task.export_files(cfg, out)
     _write(out / VARIABLES, serialization.to_bytes(variables))
+    if getattr(cfg.data, "corpus_test_soundfont", None) is not None:
+        # a file on this machine, for test splits only: `jaxmir eval --test-soundfont` again
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, corpus_test_soundfont=None)
+        )
     _write(out / "config.json", cfg.to_json().encode())
     meta = {"task": task.name, "preset": cfg.preset, "run": workdir.name, "step": step}
     calibration = workdir / DECODE_FILE

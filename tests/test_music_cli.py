@@ -72,24 +72,34 @@ def test_eval_on_the_test_pieces_rendered_by_another_soundfont(tmp_path, capsys)
     from sine_soundfont import write_sine_soundfont
 
     sine = write_sine_soundfont(tmp_path / "sine.sf2")
-    wd = tmp_path / "run"
+    wd, folder = tmp_path / "run", tmp_path / "model"
     varied = ["corpus_voices=0.5", "corpus_instruments=both", "corpus_pieces=3"]
     varied += ["corpus_max_seconds=4.0", "corpus_piece_seconds=4.0"]
+    varied += [f"corpus_test_soundfont={sine}"]
     argv = ["train", "music", "--preset", "tiny", "--workdir", str(wd), "--no-progress"]
     for key in varied + ["train.epochs=1", "train.steps_per_epoch=1"]:
         argv += ["--set", key if key.startswith("train.") else f"data.{key}"]
     assert main(argv) == 0
     capsys.readouterr()
-    for split in ("test_sf_piano", "test_sf_mixed"):
-        argv = ["eval", "music", "--workdir", str(wd), "--split", split, "--no-progress"]
-        assert main(argv + ["--test-soundfont", str(sine)]) == 0
-        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert {"note_f1", "note_with_offset_f1", "frame_f1"} <= set(result)
-        assert result["test_soundfont"]["file"] == "sine.sf2"
-        assert json.loads((wd / "eval" / f"{split}.json").read_text()) == result
-    # without it, the run's own corpus has no such split
-    assert main(["eval", "music", "--workdir", str(wd), "--split", "test_sf_piano"]) == 2
-    assert "test_sf_piano" in capsys.readouterr().err
+    # the run's own corpus holds the two splits
+    assert main(["eval", "music", "--workdir", str(wd), "--split", "test_sf_piano"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"note_f1", "note_with_offset_f1", "frame_f1"} <= set(result)
+    assert result["test_soundfont"]["file"] == "sine.sf2"
+    assert json.loads((wd / "eval" / "test_sf_piano.json").read_text()) == result
+
+    # an exported folder does not keep the file's path; --test-soundfont brings the splits back
+    assert main(["export", "music", "--workdir", str(wd), "--out", str(folder)]) == 0
+    stored = json.loads((folder / "config.json").read_text())
+    assert stored["data"]["corpus_test_soundfont"] is None
+    capsys.readouterr()
+    argv = ["eval", "music", "--workdir", str(folder), "--split", "test_sf_mixed"]
+    assert main(argv) == 2
+    assert "test_sf_mixed" in capsys.readouterr().err
+    assert main([*argv, "--test-soundfont", str(sine), "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["test_soundfont"]["file"] == "sine.sf2"
+    assert json.loads((folder / "model.json").read_text())["eval_test_sf_mixed"] == result
 
     # a file that is not a soundfont, --data beside it, a model without the varied corpus:
     # one line each, before any model loads
