@@ -1233,8 +1233,9 @@ def build_corpus(
     voices beside the soundfont, wide velocities, and with `variety.holdout` one more rendering
     of every test piece with only the held-out engine (split `test_heldout`), and with
     `variety.test_soundfont` two more with only that soundfont (`test_sf_piano`,
-    `test_sf_mixed`). works, textures, random_pieces: that many other music21 works (`work_ids`), piano-texture pieces and
-    random-note pieces (`textures.py`) beside the chorales; each needs a `variety`.
+    `test_sf_mixed`). works, textures, random_pieces: that many other music21 works
+    (`work_ids`), piano-texture pieces and random-note pieces (`textures.py`) beside the
+    chorales; each needs a `variety`.
 
     Incremental: a piece whose five files exist and whose labels were made with the same
     config is skipped; any missing file gets the whole piece rebuilt (every file is written to a

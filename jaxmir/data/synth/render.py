@@ -62,6 +62,7 @@ def _soundfont_bytes(path: str | None = None) -> bytes:
     return data
 
 
+@functools.lru_cache(maxsize=8)
 def soundfont_digest(path: str | os.PathLike) -> str:
     """A short content hash of a soundfont file: what a rendering depends on, not where the
     file lies."""
