@@ -26,6 +26,8 @@ from pathlib import Path
 
 import jax
 
+from jaxmir.tasks.base import test_soundfont_record
+
 MODELS_DIR = Path(__file__).parent / "models"
 VARIABLES = "variables.msgpack"
 MEMBER = "variables-{}.msgpack"  # an ensemble's members after the first
@@ -80,13 +82,14 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     cfg = task.export_files(cfg, out)
     _write(out / VARIABLES, serialization.to_bytes(variables))
-    if getattr(cfg.data, "corpus_test_soundfont", None) is not None:
-        # a file on this machine, for test splits only: `jaxmir eval --test-soundfont` again
-        cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, corpus_test_soundfont=None)
-        )
-    _write(out / "config.json", cfg.to_json().encode())
     meta = {"task": task.name, "preset": cfg.preset, "run": workdir.name, "step": step}
+    if getattr(cfg.data, "corpus_test_soundfont", None) is not None:
+        # a file on this machine, for test splits only: its name and hash stay with the
+        # scores; `jaxmir eval --test-soundfont` renders those splits again elsewhere
+        meta.update(test_soundfont_record(cfg.data))
+        data_cfg = dataclasses.replace(cfg.data, corpus_test_soundfont=None)
+        cfg = dataclasses.replace(cfg, data=data_cfg)
+    _write(out / "config.json", cfg.to_json().encode())
     calibration = workdir / DECODE_FILE
     if calibration.is_file():  # how the thresholds were chosen, and what they gained
         meta["calibration"] = json.loads(calibration.read_text())
@@ -232,11 +235,15 @@ def _score(task, predict, cfg, cache, split: str, step, folder: Path, progress: 
     """One split's scores with the decoding they were made with (paths inside `folder` made
     relative to it, as `eval` writes them)."""
     scores = task.evaluate(predict, cfg, cache, split, progress=progress)
-    from jaxmir.tasks.base import test_soundfont_record
-
     record = {"task": task.name, "split": split, "step": step, **scores}
     record["decode"] = relative_to(dataclasses.asdict(cfg.decode), folder)
-    return {**record, **test_soundfont_record(cfg.data)}
+    soundfont = test_soundfont_record(cfg.data)
+    meta_path = folder / "model.json"
+    if not soundfont and split.startswith("test_sf_") and meta_path.is_file():
+        # the run's test soundfont, whose path the folder's config does not keep
+        meta = json.loads(meta_path.read_text())
+        soundfont = {k: v for k, v in meta.items() if k == "test_soundfont"}
+    return {**record, **soundfont}
 
 
 def _scores(record: dict) -> dict:

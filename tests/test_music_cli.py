@@ -92,6 +92,9 @@ def test_eval_on_the_test_pieces_rendered_by_another_soundfont(tmp_path, capsys)
     assert main(["export", "music", "--workdir", str(wd), "--out", str(folder)]) == 0
     stored = json.loads((folder / "config.json").read_text())
     assert stored["data"]["corpus_test_soundfont"] is None
+    exported = json.loads((folder / "model.json").read_text())
+    assert exported["test_soundfont"]["file"] == "sine.sf2"  # the scores' provenance
+    assert exported["eval_test_sf_piano"]["test_soundfont"]["file"] == "sine.sf2"
     capsys.readouterr()
     argv = ["eval", "music", "--workdir", str(folder), "--split", "test_sf_mixed"]
     assert main(argv) == 2
