@@ -315,7 +315,7 @@ def cmd_export(args) -> int:
 def cmd_eval(args) -> int:
     from jaxmir.engine.run import make_predict, resolve_data
     from jaxmir.shipped import eval_folder, is_model_folder, relative_to
-    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.base import get_task, test_soundfont_record
 
     task = get_task(args.task)
     progress = not args.no_progress
@@ -337,8 +337,6 @@ def cmd_eval(args) -> int:
         )
         print(json.dumps(result))
         return 0
-    from jaxmir.tasks.base import test_soundfont_record
-
     cfg, mesh, state, step = _restore(task, args.workdir, args.step, args.overrides)
     cfg = _with_test_soundfont(cfg, args)
     data = args.data

@@ -194,7 +194,7 @@ def calibrate_folder(
         shutil.rmtree(leftover)
     for split in sorted({piece["split"] for piece in cache.pieces()}):
         if split.startswith("test"):
-            record = _score(task, predict, cfg, cache, split, step, folder, progress)
+            record = _score(task, predict, cfg, cache, split, meta, folder, progress)
             meta[f"eval_{split}"] = record
             log(f"{name} on {split}: {_scores(record)}")
     stored = json.loads((folder / "config.json").read_text())
@@ -225,24 +225,23 @@ def eval_folder(
     cache = resolve_data(task, cfg, data, progress=progress)
     meta_path = folder / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    result = _score(task, predict, cfg, cache, split, meta.get("step"), folder, progress)
+    result = _score(task, predict, cfg, cache, split, meta, folder, progress)
     if record:
         _write(meta_path, (json.dumps({**meta, f"eval_{split}": result}, indent=1) + "\n").encode())
     return result
 
 
-def _score(task, predict, cfg, cache, split: str, step, folder: Path, progress: bool) -> dict:
+def _score(task, predict, cfg, cache, split: str, meta: dict, folder: Path, progress: bool) -> dict:
     """One split's scores with the decoding they were made with (paths inside `folder` made
-    relative to it, as `eval` writes them)."""
+    relative to it, as `eval` writes them), at the step of the folder's `meta` (model.json);
+    a test-soundfont split names its soundfont (from `cfg`, else from `meta`: a run's, whose
+    path the folder's config does not keep)."""
     scores = task.evaluate(predict, cfg, cache, split, progress=progress)
-    record = {"task": task.name, "split": split, "step": step, **scores}
+    record = {"task": task.name, "split": split, "step": meta.get("step"), **scores}
     record["decode"] = relative_to(dataclasses.asdict(cfg.decode), folder)
     soundfont = test_soundfont_record(cfg.data)
-    meta_path = folder / "model.json"
-    if not soundfont and split.startswith("test_sf_") and meta_path.is_file():
-        # the run's test soundfont, whose path the folder's config does not keep
-        meta = json.loads(meta_path.read_text())
-        soundfont = {k: v for k, v in meta.items() if k == "test_soundfont"}
+    if not soundfont and split.startswith("test_sf_") and "test_soundfont" in meta:
+        soundfont = {"test_soundfont": meta["test_soundfont"]}
     return {**record, **soundfont}
 
 

@@ -106,7 +106,6 @@ def render_midi(
     import pretty_midi
 
     sf2 = None if soundfont is None else str(soundfont)
-    _soundfont_bytes(sf2)  # a bad file fails here, before any work
     if tail_s < 0:
         raise ValueError(f"tail_s must be >= 0, got {tail_s}")
     end = float(pm.get_end_time()) + float(tail_s)
