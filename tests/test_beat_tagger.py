@@ -291,3 +291,53 @@ def test_training_with_a_tagger_calibrates_it_and_export_carries_it(
     assert json.loads((out / "config.json").read_text())["decode"]["tagger"] == "tagger"
     assert (out / "tagger" / TAGGER_VARIABLES).is_file()
     assert not (out / "tagger" / "run").exists()
+
+
+def _constant_tagger(folder, logit: float) -> bytes:
+    """Store a tagger that gives every beat the downbeat logit `logit`; returns its weights."""
+    size = TaggerSize(4, 1)
+    variables = size.module().init(jax.random.PRNGKey(0), jnp.zeros((1, WINDOW, N_BAR_FEATURES)))
+    head = variables["params"]["head"]
+    head = {"kernel": jnp.zeros_like(head["kernel"]), "bias": jnp.full_like(head["bias"], logit)}
+    variables = {"params": {**variables["params"], "head": head}}
+    save_tagger(folder, variables, size)
+    return (folder / TAGGER_VARIABLES).read_bytes()
+
+
+def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_beats_it(
+    beat_cache, tmp_path, monkeypatch
+):
+    """Where the run or model folder holds a tagger, calibration re-trains one beside it and
+    keeps whichever scores the higher validation downbeat F: a tagger that marks every
+    tracked beat (downbeat F > 0) against one that marks none (F = 0), each way round."""
+    from jaxmir.data.cache import FeatureCache
+    from jaxmir.engine.run import make_predict, restore_for_inference
+    from jaxmir.tasks.beat.task import TASK
+
+    wd = tmp_path / "beat"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    assert main([*argv, "--no-progress"]) == 0
+    cfg, mesh, state, _ = restore_for_inference(TASK, wd)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tagger_hidden=4))
+    predict, cache = make_predict(mesh, state), FeatureCache(beat_cache)
+    home = wd / "tagger"
+    new = {}  # the logit of the next re-trained tagger, then its weights
+
+    def fit_tagger(predict, cfg, cache, workdir, progress, log, candidate):
+        assert candidate  # a tagger is there: the new one is trained beside it
+        folder = workdir / "tagger.new"
+        new["weights"] = _constant_tagger(folder, new["logit"])
+        return folder
+
+    monkeypatch.setattr(TASK, "fit_tagger", fit_tagger)
+    for old_logit, new_logit in ((50.0, -50.0), (-50.0, 50.0)):
+        old = _constant_tagger(home, old_logit)
+        new["logit"] = new_logit
+        chosen = TASK.calibrate(predict, cfg, cache, workdir=wd, log=lambda *_: None)
+        scores = chosen["val_downbeat_f_by_source"]
+        marks_all = max(old_logit, new_logit)
+        assert scores["tagger"] == max(scores["tagger_before"], scores["tagger_retrained"]) > 0
+        assert min(scores["tagger_before"], scores["tagger_retrained"]) == 0.0
+        winner = old if old_logit == marks_all else new["weights"]
+        assert (home / TAGGER_VARIABLES).read_bytes() == winner
+        assert sorted(p.name for p in wd.iterdir() if p.name.startswith("tagger")) == ["tagger"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -177,6 +178,18 @@ def save_tagger(folder: Path, variables: dict, size: TaggerSize) -> None:
 
     atomic_write_bytes(Path(folder) / TAGGER_VARIABLES, serialization.to_bytes(variables))
     atomic_write_text(Path(folder) / TAGGER_SIZE_FILE, json.dumps(dataclasses.asdict(size)) + "\n")
+
+
+def replace_folder(new: Path, old: Path) -> None:
+    """Put the tagger folder `new` in the place of `old`. `old` moves aside first and is
+    deleted only once `new` is in place, so a crash between the steps leaves a whole tagger
+    under one of the two names (``old.old`` for the one set aside)."""
+    new, old = Path(new), Path(old)
+    aside = old.with_name(old.name + ".old")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(old, aside)
+    os.replace(new, old)
+    shutil.rmtree(aside)
 
 
 def load_tagger(folder: str) -> Callable[[np.ndarray], np.ndarray]:

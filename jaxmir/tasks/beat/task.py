@@ -44,6 +44,7 @@ from jaxmir.tasks.beat.tagger import (
     TAGGER_VARIABLES,
     TaggerSize,
     piece_examples,
+    replace_folder,
     tag_downbeats,
     train_tagger,
 )
@@ -127,6 +128,7 @@ TIE = 1e-3
 DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 DOWNBEAT_SOURCES = ("peaks", "tagger")
 TAGGER_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+CANDIDATE_SUFFIX = ".new"  # a re-trained tagger waits here until it has scored
 
 
 class BeatPosteriors(NamedTuple):
@@ -398,9 +400,12 @@ class BeatTask(PieceTask):
         F-measure: the frame model's peaks at the best threshold, or, when the model config
         asks for a tagger (and `workdir` is given to store it), the tagger trained here on the
         training pieces' true and tracked beats at its best threshold, whichever scores
-        higher. Posteriors are computed once per piece. Returns the chosen `decode` values
-        plus the validation scores before and after, or None when the config does not ask
-        for it."""
+        higher. Where the folder holds a tagger already (a model folder, a run calibrated
+        again), the re-trained one replaces it only if it scores higher on these beats: a
+        tagger's seed alone moves downbeat F by 0.05-0.09, so calibrating again must not
+        swap a good draw for a worse one. Posteriors are computed once per piece. Returns the
+        chosen `decode` values plus the validation scores before and after, or None when the
+        config does not ask for it."""
         d = cfg.decode
         names = cache.names("val")
         if not d.calibrate or not names:
@@ -444,14 +449,36 @@ class BeatTask(PieceTask):
         chosen.update(downbeats="peaks", downbeat_threshold=peak_threshold, tagger="")
         scores = {"peaks": mean_downbeat_f(peak_threshold)}
         if cfg.model.tagger_hidden > 0 and workdir is not None:
-            folder = self.fit_tagger(predict, with_decode(**chosen), cache, workdir, progress, log)
-            tagged = dict(chosen, downbeats="tagger", tagger=str(folder))
-            threshold = max(
-                TAGGER_GRID, key=lambda t: mean("downbeat_f_measure", **tagged, tagger_threshold=t)
+
+            def best_threshold(folder: Path) -> tuple[float, float]:
+                tagged = dict(chosen, downbeats="tagger", tagger=str(folder))
+                f = {
+                    t: mean("downbeat_f_measure", **tagged, tagger_threshold=t) for t in TAGGER_GRID
+                }
+                threshold = max(f, key=f.get)
+                return threshold, f[threshold]
+
+            home = Path(workdir) / TAGGER_DIR
+            kept = None  # calibrated before: the tagger there competes with the re-trained one
+            if (home / TAGGER_VARIABLES).is_file():
+                kept = best_threshold(home)
+                scores["tagger_before"] = kept[1]
+            trained = self.fit_tagger(
+                predict, with_decode(**chosen), cache, workdir, progress, log, kept is not None
             )
-            scores["tagger"] = mean("downbeat_f_measure", **tagged, tagger_threshold=threshold)
+            threshold, scores["tagger"] = best_threshold(trained)
+            if kept is not None:
+                scores["tagger_retrained"] = scores["tagger"]
+                if kept[1] >= scores["tagger"]:  # a tie keeps the tagger already there
+                    shutil.rmtree(trained)
+                    threshold, scores["tagger"] = kept
+                    log("Downbeat tagger: the re-trained one scores no higher; the old one stays")
+                else:
+                    replace_folder(trained, home)
+                    log("Downbeat tagger: the re-trained one scores higher; it replaces the old")
             if scores["tagger"] > scores["peaks"]:
-                chosen = dict(tagged, tagger_threshold=threshold)
+                chosen = dict(chosen, downbeats="tagger", tagger=str(home))
+                chosen["tagger_threshold"] = threshold
             log(f"Validation downbeat F by source: {scores} (using {chosen['downbeats']})")
         after = {k: mean(k, **chosen) for k in keys}
         if chosen["downbeats"] == "tagger":
@@ -465,9 +492,17 @@ class BeatTask(PieceTask):
         }
 
     def fit_tagger(
-        self, predict, cfg: Config, cache, workdir: Path, progress: bool = False, log=print
+        self,
+        predict,
+        cfg: Config,
+        cache,
+        workdir: Path,
+        progress: bool = False,
+        log=print,
+        candidate: bool = False,
     ) -> Path:
-        """Train the downbeat tagger of `cfg.model` in ``workdir/tagger`` on the training
+        """Train the downbeat tagger of `cfg.model` in ``workdir/tagger`` (`candidate`: in
+        ``workdir/tagger.new``, beside a tagger that it must beat to replace) on the training
         pieces' true and tracked beats (tracked as `cfg.decode` says) and validate it on the
         validation pieces' tracked beats; returns its folder."""
         m = cfg.model
@@ -485,7 +520,7 @@ class BeatTask(PieceTask):
 
         train, val = examples("train", True), examples("val", False)
         log(f"Downbeat tagger: {len(train)} training windows, {len(val)} validation windows")
-        folder = Path(workdir) / TAGGER_DIR
+        folder = Path(workdir) / (TAGGER_DIR + CANDIDATE_SUFFIX if candidate else TAGGER_DIR)
         return train_tagger(
             train,
             val,
