@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -293,10 +294,12 @@ def test_training_with_a_tagger_calibrates_it_and_export_carries_it(
     assert not (out / "tagger" / "run").exists()
 
 
-def _constant_tagger(folder, logit: float) -> bytes:
-    """Store a tagger that gives every beat the downbeat logit `logit`; returns its weights."""
+def _constant_tagger(folder, logit: float, key: int = 0) -> bytes:
+    """Store a tagger (4 units, 1 layer) that gives every beat the downbeat logit `logit`
+    whatever its other weights (drawn from `key`); returns its weights."""
     size = TaggerSize(4, 1)
-    variables = size.module().init(jax.random.PRNGKey(0), jnp.zeros((1, WINDOW, N_BAR_FEATURES)))
+    init = jax.random.PRNGKey(key)
+    variables = size.module().init(init, jnp.zeros((1, WINDOW, N_BAR_FEATURES)))
     head = variables["params"]["head"]
     head = {"kernel": jnp.zeros_like(head["kernel"]), "bias": jnp.full_like(head["bias"], logit)}
     variables = {"params": {**variables["params"], "head": head}}
@@ -309,7 +312,9 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
 ):
     """Where the run or model folder holds a tagger, calibration re-trains one beside it and
     keeps whichever scores the higher validation downbeat F: a tagger that marks every
-    tracked beat (downbeat F > 0) against one that marks none (F = 0), each way round."""
+    tracked beat (downbeat F > 0) against one that marks none (F = 0), each way round; a
+    tie keeps the old. What a crash left beside the folder is put right first, and a tagger
+    that cannot be read, or of another size than the config's, is simply replaced."""
     from jaxmir.data.cache import FeatureCache
     from jaxmir.engine.run import make_predict, restore_for_inference
     from jaxmir.tasks.beat.task import TASK
@@ -318,26 +323,67 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
     argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
     assert main([*argv, "--no-progress"]) == 0
     cfg, mesh, state, _ = restore_for_inference(TASK, wd)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tagger_hidden=4))
+    tagger = {"tagger_hidden": 4, "tagger_layers": 1, "tagger_members": 1}  # `_constant_tagger`
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **tagger))
     predict, cache = make_predict(mesh, state), FeatureCache(beat_cache)
     home = wd / "tagger"
-    new = {}  # the logit of the next re-trained tagger, then its weights
+    new = {}  # what the next re-trained tagger is, then its weights and where it was trained
 
     def fit_tagger(predict, cfg, cache, workdir, progress, log, candidate):
-        assert candidate  # a tagger is there: the new one is trained beside it
-        folder = workdir / "tagger.new"
-        new["weights"] = _constant_tagger(folder, new["logit"])
+        folder = workdir / ("tagger.new" if candidate else "tagger")
+        new.update(candidate=candidate, weights=_constant_tagger(folder, *new["draw"]))
         return folder
+
+    def calibrate(new_draw):
+        new["draw"] = new_draw
+        chosen = TASK.calibrate(predict, cfg, cache, workdir=wd, log=lambda *_: None)
+        assert sorted(p.name for p in wd.iterdir() if p.name.startswith("tagger")) == ["tagger"]
+        if chosen["decode"]["downbeats"] == "tagger":  # decoded with the folder kept
+            assert chosen["decode"]["tagger"] == "tagger"
+            scores = chosen["val_downbeat_f_by_source"]
+            assert chosen["after"]["downbeat_f_measure"] == pytest.approx(scores["tagger"])
+        return chosen["val_downbeat_f_by_source"]
 
     monkeypatch.setattr(TASK, "fit_tagger", fit_tagger)
     for old_logit, new_logit in ((50.0, -50.0), (-50.0, 50.0)):
         old = _constant_tagger(home, old_logit)
-        new["logit"] = new_logit
-        chosen = TASK.calibrate(predict, cfg, cache, workdir=wd, log=lambda *_: None)
-        scores = chosen["val_downbeat_f_by_source"]
-        marks_all = max(old_logit, new_logit)
+        scores = calibrate((new_logit, 0))
+        assert new["candidate"]  # trained beside the tagger already there
         assert scores["tagger"] == max(scores["tagger_before"], scores["tagger_retrained"]) > 0
         assert min(scores["tagger_before"], scores["tagger_retrained"]) == 0.0
-        winner = old if old_logit == marks_all else new["weights"]
+        winner = old if old_logit > new_logit else new["weights"]
         assert (home / TAGGER_VARIABLES).read_bytes() == winner
-        assert sorted(p.name for p in wd.iterdir() if p.name.startswith("tagger")) == ["tagger"]
+
+    old = _constant_tagger(home, 50.0, key=1)  # the same scores, other weights: a tie
+    scores = calibrate((50.0, 2))
+    assert scores["tagger_before"] == scores["tagger_retrained"] > 0
+    assert (home / TAGGER_VARIABLES).read_bytes() == old != new["weights"]
+
+    # a crash inside the swap: the old tagger set aside, a candidate half written
+    old = _constant_tagger(wd / "tagger.old", 50.0)
+    shutil.rmtree(home)
+    (wd / "tagger.new").mkdir()
+    calibrate((-50.0, 0))
+    assert new["candidate"] and (home / TAGGER_VARIABLES).read_bytes() == old
+
+    for spoil in ("unreadable", "another size"):
+        if spoil == "unreadable":
+            (home / TAGGER_SIZE_FILE).unlink()
+        else:
+            save_tagger(
+                home,
+                TaggerSize(4, 2)
+                .module()
+                .init(jax.random.PRNGKey(0), jnp.zeros((1, WINDOW, N_BAR_FEATURES))),
+                TaggerSize(4, 2),
+            )
+        scores = calibrate((-50.0, 0))
+        assert not new["candidate"] and "tagger_before" not in scores
+        assert (home / TAGGER_VARIABLES).read_bytes() == new["weights"]
+
+    # a run that decodes without a tagger, exported over a model folder that held one
+    out = tmp_path / "model"
+    _constant_tagger(out / "tagger", 50.0)
+    assert main(["export", "beat", "--workdir", str(wd), "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["decode"]["downbeats"] == "peaks"
+    assert not (out / "tagger").exists()

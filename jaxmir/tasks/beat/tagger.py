@@ -180,16 +180,40 @@ def save_tagger(folder: Path, variables: dict, size: TaggerSize) -> None:
     atomic_write_text(Path(folder) / TAGGER_SIZE_FILE, json.dumps(dataclasses.asdict(size)) + "\n")
 
 
+CANDIDATE_SUFFIX = ".new"
+"""`TAGGER_DIR` + this: a re-trained tagger waits here until it has scored."""
+ASIDE_SUFFIX = ".old"
+"""`TAGGER_DIR` + this: the tagger set aside while a better one takes its name."""
+
+
 def replace_folder(new: Path, old: Path) -> None:
     """Put the tagger folder `new` in the place of `old`. `old` moves aside first and is
     deleted only once `new` is in place, so a crash between the steps leaves a whole tagger
-    under one of the two names (``old.old`` for the one set aside)."""
+    under one of the two names (`recover_folder` puts it back)."""
     new, old = Path(new), Path(old)
-    aside = old.with_name(old.name + ".old")
+    aside = old.with_name(old.name + ASIDE_SUFFIX)
     shutil.rmtree(aside, ignore_errors=True)
     os.replace(old, aside)
     os.replace(new, old)
     shutil.rmtree(aside)
+
+
+def recover_folder(home: Path) -> None:
+    """Undo what a crash left beside the tagger folder `home`: the tagger set aside by
+    `replace_folder` goes back under its name if `home` has none, and neither that nor a
+    half-trained candidate is left behind."""
+    home = Path(home)
+    aside = home.with_name(home.name + ASIDE_SUFFIX)
+    if (aside / TAGGER_VARIABLES).is_file() and not (home / TAGGER_VARIABLES).is_file():
+        shutil.rmtree(home, ignore_errors=True)
+        os.replace(aside, home)
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(home.with_name(home.name + CANDIDATE_SUFFIX), ignore_errors=True)
+
+
+def stored_size(folder: Path) -> TaggerSize:
+    """The size of the tagger stored in `folder` (its `TAGGER_SIZE_FILE`)."""
+    return TaggerSize(**json.loads((Path(folder) / TAGGER_SIZE_FILE).read_text()))
 
 
 def load_tagger(folder: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -212,8 +236,8 @@ def _load_tagger(folder: str, stamp: tuple) -> Callable[[np.ndarray], np.ndarray
     from flax import serialization
 
     path = Path(folder)
-    weights, size_file = path / TAGGER_VARIABLES, path / TAGGER_SIZE_FILE
-    size = TaggerSize(**json.loads(size_file.read_text()))
+    weights = path / TAGGER_VARIABLES
+    size = stored_size(path)
     model = size.module()
     target = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, WINDOW, N_BAR_FEATURES)))

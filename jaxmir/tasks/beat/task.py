@@ -39,12 +39,15 @@ from jaxmir.tasks.beat.decode import (
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
 from jaxmir.tasks.beat.model import build_model
 from jaxmir.tasks.beat.tagger import (
+    CANDIDATE_SUFFIX,
     TAGGER_DIR,
     TAGGER_SIZE_FILE,
     TAGGER_VARIABLES,
     TaggerSize,
     piece_examples,
+    recover_folder,
     replace_folder,
+    stored_size,
     tag_downbeats,
     train_tagger,
 )
@@ -128,7 +131,6 @@ TIE = 1e-3
 DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 DOWNBEAT_SOURCES = ("peaks", "tagger")
 TAGGER_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-CANDIDATE_SUFFIX = ".new"  # a re-trained tagger waits here until it has scored
 
 
 class BeatPosteriors(NamedTuple):
@@ -377,10 +379,13 @@ class BeatTask(PieceTask):
         return {"downbeat_tagger": tagger_size(m).param_count()}
 
     def export_files(self, cfg: Config, out: Path) -> Config:
-        """A shipped model carries its tagger (`TAGGER_DIR`), referred to relatively."""
-        if cfg.decode.downbeats != "tagger" or not cfg.decode.tagger:
-            return cfg
+        """A shipped model carries its tagger (`TAGGER_DIR`), referred to relatively; a model
+        that decodes without one leaves none in `out` (a tagger left there by a model
+        exported before would compete when the folder is calibrated)."""
         target = Path(out) / TAGGER_DIR
+        if cfg.decode.downbeats != "tagger" or not cfg.decode.tagger:
+            shutil.rmtree(target, ignore_errors=True)
+            return cfg
         target.mkdir(parents=True, exist_ok=True)
         for name in (TAGGER_VARIABLES, TAGGER_SIZE_FILE):
             shutil.copyfile(Path(cfg.decode.tagger) / name, target / name)
@@ -401,11 +406,13 @@ class BeatTask(PieceTask):
         asks for a tagger (and `workdir` is given to store it), the tagger trained here on the
         training pieces' true and tracked beats at its best threshold, whichever scores
         higher. Where the folder holds a tagger already (a model folder, a run calibrated
-        again), the re-trained one replaces it only if it scores higher on these beats: a
-        tagger's seed alone moves downbeat F by 0.05-0.09, so calibrating again must not
-        swap a good draw for a worse one. Posteriors are computed once per piece. Returns the
-        chosen `decode` values plus the validation scores before and after, or None when the
-        config does not ask for it."""
+        again), the re-trained one (trained beside it) replaces it only if it scores higher
+        on these beats by more than `TIE`: taggers of one recipe differ by up to 0.09
+        downbeat F from draw to draw, so calibrating again must not swap the folder's for one
+        that scores lower on validation. A stored tagger of another size than the config's,
+        or one that cannot be read, is replaced. Posteriors are computed once per piece.
+        Returns the chosen `decode` values plus the validation scores before and after, or
+        None when the config does not ask for it."""
         d = cfg.decode
         names = cache.names("val")
         if not d.calibrate or not names:
@@ -459,17 +466,25 @@ class BeatTask(PieceTask):
                 return threshold, f[threshold]
 
             home = Path(workdir) / TAGGER_DIR
+            recover_folder(home)
             kept = None  # calibrated before: the tagger there competes with the re-trained one
             if (home / TAGGER_VARIABLES).is_file():
-                kept = best_threshold(home)
-                scores["tagger_before"] = kept[1]
+                try:
+                    size = stored_size(home)
+                    if size == tagger_size(cfg.model):
+                        kept = best_threshold(home)
+                        scores["tagger_before"] = kept[1]
+                    else:
+                        log(f"Downbeat tagger in {home} is {size}, not the config's: replaced")
+                except (OSError, ValueError, TypeError) as e:
+                    log(f"Downbeat tagger in {home} cannot be read ({e}): replaced")
             trained = self.fit_tagger(
                 predict, with_decode(**chosen), cache, workdir, progress, log, kept is not None
             )
             threshold, scores["tagger"] = best_threshold(trained)
             if kept is not None:
                 scores["tagger_retrained"] = scores["tagger"]
-                if kept[1] >= scores["tagger"]:  # a tie keeps the tagger already there
+                if kept[1] >= scores["tagger"] - TIE:  # a tie keeps the tagger already there
                     shutil.rmtree(trained)
                     threshold, scores["tagger"] = kept
                     log("Downbeat tagger: the re-trained one scores no higher; the old one stays")
