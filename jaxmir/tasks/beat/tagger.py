@@ -216,6 +216,17 @@ def stored_size(folder: Path) -> TaggerSize:
     return TaggerSize(**json.loads((Path(folder) / TAGGER_SIZE_FILE).read_text()))
 
 
+def stored_tagger_problem(folder: Path, size: TaggerSize) -> str | None:
+    """Why the tagger stored in `folder` cannot stand for a tagger of `size` (unreadable, or
+    of another size); None where it can (then it is loaded, as `load_tagger` keeps it)."""
+    try:
+        stored = stored_size(folder)
+        load_tagger(str(folder))
+    except (OSError, ValueError, TypeError) as e:
+        return f"cannot be read ({e})"
+    return None if stored == size else f"is {stored}, not the config's"
+
+
 def load_tagger(folder: str) -> Callable[[np.ndarray], np.ndarray]:
     """`tag(features (beats, N_BAR_FEATURES)) -> downbeat probabilities (beats,)` of the tagger
     stored in `folder`. Sequences are padded to a multiple of `WINDOW` beats, so a handful of

@@ -47,7 +47,7 @@ from jaxmir.tasks.beat.tagger import (
     piece_examples,
     recover_folder,
     replace_folder,
-    stored_size,
+    stored_tagger_problem,
     tag_downbeats,
     train_tagger,
 )
@@ -469,15 +469,12 @@ class BeatTask(PieceTask):
             recover_folder(home)
             kept = None  # calibrated before: the tagger there competes with the re-trained one
             if (home / TAGGER_VARIABLES).is_file():
-                try:
-                    size = stored_size(home)
-                    if size == tagger_size(cfg.model):
-                        kept = best_threshold(home)
-                        scores["tagger_before"] = kept[1]
-                    else:
-                        log(f"Downbeat tagger in {home} is {size}, not the config's: replaced")
-                except (OSError, ValueError, TypeError) as e:
-                    log(f"Downbeat tagger in {home} cannot be read ({e}): replaced")
+                problem = stored_tagger_problem(home, tagger_size(cfg.model))
+                if problem:
+                    log(f"Downbeat tagger in {home} {problem}: replaced")
+                else:
+                    kept = best_threshold(home)
+                    scores["tagger_before"] = kept[1]
             trained = self.fit_tagger(
                 predict, with_decode(**chosen), cache, workdir, progress, log, kept is not None
             )
