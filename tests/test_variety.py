@@ -291,3 +291,58 @@ def test_wide_programs_reach_beyond_omnizarts_classes_in_training_only():
         corpus_params(dataclasses.replace(quality.data, corpus_programs="all"))
     with pytest.raises(ConfigError, match="varied corpus"):
         corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_programs="wide"))
+
+
+def test_part_eq_gives_training_parts_their_own_instrument_body_and_leaves_test_pieces_alone():
+    from jaxmir.data.synth import augment as aug
+    from jaxmir.data.synth import corpus as C
+    from jaxmir.tasks.base import ConfigError, corpus_params
+    from jaxmir.tasks.music.task import TASK
+
+    def render(split: str, part_eq: float):
+        variety = C.Variety(voices=0.0, holdout=None, piece_seconds=4.0, part_eq=part_eq)
+        job = C._Job("texture/0003", split, "out", 0, 4.0, False, "mixed", variety)
+        audio, labels = C._synthesize(job)
+        return job, audio["accompaniment"], labels
+
+    def band_db(x: np.ndarray) -> np.ndarray:  # energy in 12 log-spaced bands, 150 Hz-5 kHz
+        spec = np.abs(np.fft.rfft(x)) ** 2
+        f = np.fft.rfftfreq(len(x), 1.0 / C.SR)
+        edges = np.geomspace(150.0, 5000.0, 13)
+        return np.array(
+            [
+                10 * np.log10(spec[(f >= lo) & (f < hi)].sum() + 1e-12)
+                for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+            ]
+        )
+
+    job0, plain, labels0 = render("train", 0.0)
+    job1, shaped, labels1 = render("train", 1.0)
+    meta1 = json.loads(str(labels1["meta"]))
+    n_parts = len(meta1["programs"])
+    assert n_parts >= 2 and len(meta1["part_eq"]) == n_parts  # p = 1: every part
+    assert "part_eq" not in json.loads(str(labels0["meta"]))
+    np.testing.assert_array_equal(labels0["notes"], labels1["notes"])  # the labels stay exact
+    # each part keeps its level; its spectrum is re-weighted, not scaled
+    assert abs(C._rms_db(shaped) - C._rms_db(plain)) < 3.0
+    change = band_db(shaped) - band_db(plain)
+    assert np.ptp(change) > 3.0, change
+    assert job1.config()["variety"]["part_eq"] == 1.0 and "part_eq" not in job0.config()["variety"]
+
+    job_t, test_audio, test_labels = render("test", 1.0)
+    _, test_plain, _ = render("test", 0.0)
+    np.testing.assert_array_equal(test_audio, test_plain)  # test pieces never
+    assert "part_eq" not in json.loads(str(test_labels["meta"]))
+    assert "part_eq" not in job_t.config()["variety"]  # the rendered test pieces stay valid
+
+    sos = aug.timbre_eq_sos(C.SR, np.random.default_rng(0))
+    np.testing.assert_array_equal(sos, aug.timbre_eq_sos(C.SR, np.random.default_rng(0)))
+    assert all(np.all(np.abs(np.roots([1.0, *s[4:]])) < 1.0) for s in sos)  # stable
+
+    quality = TASK.preset("quality").data
+    assert "part_eq" not in corpus_params(quality)  # corpora built before keep their digest
+    assert corpus_params(dataclasses.replace(quality, corpus_part_eq=0.5))["part_eq"] == 0.5
+    with pytest.raises(ConfigError, match="probability"):
+        corpus_params(dataclasses.replace(quality, corpus_part_eq=1.5))
+    with pytest.raises(ConfigError, match="varied corpus"):
+        corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_part_eq=0.5))

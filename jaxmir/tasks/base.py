@@ -657,6 +657,9 @@ class CorpusConfig:
     # The GM programs of mixed train/val pieces: omnizart (its 11 instrument classes) | wide
     # (every pitched program: more sampled timbres; label modes without instrument streams).
     corpus_programs: str = "omnizart"
+    # The probability that a soundfont part of a train/val piece plays through its own random
+    # instrument body (a spectral tilt and resonances); test pieces never. 0: off.
+    corpus_part_eq: float = 0.0
 
 
 _VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seconds")
@@ -681,7 +684,14 @@ def corpus_variety(d: CorpusConfig):
                 "data.corpus_test_soundfont: only the varied corpus (data.corpus_voices set, as "
                 "music's demo and quality presets) renders test pieces with another soundfont"
             )
+        if d.corpus_part_eq:
+            raise ConfigError(
+                "data.corpus_part_eq: only the varied corpus (data.corpus_voices set) "
+                "re-shapes its soundfont parts"
+            )
         return None
+    if not 0.0 <= d.corpus_part_eq <= 1.0:
+        raise ConfigError(f"data.corpus_part_eq: a probability in [0, 1], got {d.corpus_part_eq}")
     from jaxmir.data.synth.corpus import Variety
 
     return Variety(
@@ -691,6 +701,7 @@ def corpus_variety(d: CorpusConfig):
         d.corpus_piece_seconds,
         None if d.corpus_test_soundfont is None else str(Path(d.corpus_test_soundfont).resolve()),
         d.corpus_programs,
+        float(d.corpus_part_eq),
     )
 
 
@@ -705,6 +716,8 @@ def corpus_params(d: CorpusConfig) -> dict:
         out.update({k: getattr(d, f"corpus_{k}") for k in _VARIETY_KEYS})
         if d.corpus_programs != "omnizart":  # absent by default: earlier corpora keep theirs
             out["programs"] = d.corpus_programs
+        if d.corpus_part_eq:  # absent by default, as programs
+            out["part_eq"] = float(d.corpus_part_eq)
         if d.corpus_test_soundfont is not None:  # its content, not where the file lies
             from jaxmir.data.synth.render import soundfont_digest
 

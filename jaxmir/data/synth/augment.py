@@ -2,6 +2,7 @@
 
 Building blocks (each keeps the input length and returns float32):
 - `random_eq`: a few RBJ-cookbook biquads (peaking, low/high shelf) with random settings;
+- `timbre_eq_sos`: a stronger random tilt and resonances, for one instrument at a time;
 - `room_impulse_response` + `reverb`: a synthetic room (exponentially decaying noise whose
   envelope falls 60 dB in RT60, brighter at first and darker later) mixed in wet/dry;
 - `colored_noise` + `add_noise`: white, pink (1/f) or brown (1/f^2) noise at a given SNR;
@@ -82,6 +83,25 @@ def random_eq_sos(sr: int, rng: np.random.Generator, strength: float = 1.0) -> n
         sections.append(shelf_sos("low", rng.uniform(80.0, 300.0), rng.uniform(-g, g), sr))
     if rng.uniform() < 0.5:
         sections.append(shelf_sos("high", rng.uniform(2500.0, 8000.0), rng.uniform(-g, g), sr))
+    return np.concatenate(sections, axis=0)
+
+
+TIMBRE_GAIN_DB = 10.0  # max |gain| of a timbre EQ's tilt and resonances
+
+
+def timbre_eq_sos(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A random instrument body: a spectral tilt (a low shelf at 150-500 Hz and a high shelf
+    at 1.5-5 kHz) and 1-3 resonances (peaking, 150 Hz-5 kHz, Q 1-6), gains uniform in
+    +-`TIMBRE_GAIN_DB`. Stronger and narrower than `random_eq_sos`: it re-weights one
+    instrument's partials the way another maker's body or microphone would."""
+    g = TIMBRE_GAIN_DB
+    sections = [
+        shelf_sos("low", rng.uniform(150.0, 500.0), rng.uniform(-g, g), sr),
+        shelf_sos("high", rng.uniform(1500.0, 5000.0), rng.uniform(-g, g), sr),
+    ]
+    for _ in range(int(rng.integers(1, 4))):
+        f0 = math.exp(rng.uniform(math.log(150.0), math.log(5000.0)))
+        sections.append(peaking_sos(f0, rng.uniform(-g, g), rng.uniform(1.0, 6.0), sr))
     return np.concatenate(sections, axis=0)
 
 

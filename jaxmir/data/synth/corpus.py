@@ -121,6 +121,7 @@ WORK_FOLDERS = (
     "ciconia", "luca", "weber", "verdi", "leadSheet", "ryansMammoth", "schoenberg", "webern",
 )  # fmt: skip
 SUBSETS = ("mixed", "piano", "both")
+PART_EQ_SPLITS = ("train", "val")  # the splits `Variety.part_eq` plays in
 SOUNDFONT_VARIANT = "sf_"  # prefix of the test renderings with `Variety.test_soundfont`
 
 
@@ -137,7 +138,10 @@ class Variety:
     alone, no numpy voices (splits `test_sf_piano`, `test_sf_mixed`). programs: the GM
     programs the soundfont plays in mixed train and val pieces: omnizart's 11 instrument classes
     ("omnizart", what its stream label modes name) or every pitched one (`WIDE_PROGRAMS`,
-    "wide": more sampled timbres); test pieces keep omnizart's, so test splits stay the same."""
+    "wide": more sampled timbres); test pieces keep omnizart's, so test splits stay the same.
+    part_eq: the probability that a soundfont part of a train or val piece is rendered alone
+    and through its own random instrument body (`augment.timbre_eq_sos`): the soundfont's
+    instruments as another maker or another microphone would give them; test pieces never."""
 
     voices: float = 0.5
     holdout: str | None = "fm"
@@ -145,6 +149,7 @@ class Variety:
     piece_seconds: float = 40.0
     test_soundfont: str | None = None
     programs: str = "omnizart"
+    part_eq: float = 0.0
 
     def program_pool(self, split: str) -> tuple[int, ...]:
         """The GM programs a mixed piece of `split` draws its parts from."""
@@ -337,6 +342,8 @@ class _Job:
             del variety["test_soundfont"]  # only its own renderings depend on it
             if variety["programs"] == "omnizart":  # as before the choice: corpora stay valid
                 del variety["programs"]
+            if not variety["part_eq"] or self.split not in PART_EQ_SPLITS:
+                del variety["part_eq"]  # where it plays no part, pieces stay valid
             out["variety"] = variety
             out["variant"] = self.variant
             if self.soundfont is not None:
@@ -362,7 +369,8 @@ def piece_files(root: Path, name: str) -> dict[str, Path]:
 
 def _streams(seed: int, chorale_id: str) -> dict[str, np.random.Generator]:
     ss = np.random.SeedSequence([int(seed) % 2**63, zlib.crc32(chorale_id.encode()), 0xA0D10])
-    names = ("tempo", "arrange", "voice", "drums", "audio", "timbre", "score")  # append only
+    names = ("tempo", "arrange", "voice", "drums", "audio", "timbre", "score", "part_eq")
+    # append only: a name's stream stays the same whatever follows it
     return {n: np.random.default_rng(s) for n, s in zip(names, ss.spawn(len(names)), strict=True)}
 
 
@@ -794,6 +802,35 @@ def _midis(a: _Arranged, synth_parts: Iterable[int] = ()) -> dict[str, object]:
     return {"vocals": vocals, "accompaniment": accomp, "drums": drums}
 
 
+def _render_stem(pm, job: _Job, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """A stem's soundfont audio (n samples). With `Variety.part_eq` (train and val), each
+    part drawn with that probability is rendered alone and through its own
+    `augment.timbre_eq_sos`, its RMS kept; returns (audio, the names of the parts so treated)."""
+    from jaxmir.data.synth.render import render_midi
+
+    def render(midi) -> np.ndarray:
+        return _fit(render_midi(midi, SR, tail_s=TAIL_S, soundfont=job.soundfont), n)
+
+    p = job.variety.part_eq if job.variety is not None else 0.0
+    drawn = []
+    if p > 0 and job.split in PART_EQ_SPLITS:
+        drawn = [inst for inst in pm.instruments if not inst.is_drum and rng.uniform() < p]
+    if not drawn:
+        return render(pm), []
+    rest = _new_midi()
+    rest.instruments = [inst for inst in pm.instruments if all(inst is not d for d in drawn)]
+    out = render(rest) if rest.instruments else np.zeros(n, np.float32)
+    for inst in drawn:
+        alone = _new_midi()
+        alone.instruments = [inst]
+        x = render(alone)
+        y = aug.apply_sos(x, aug.timbre_eq_sos(SR, rng))
+        level = math.sqrt(float(np.mean(np.square(x, dtype=np.float64))))
+        y_level = math.sqrt(float(np.mean(np.square(y, dtype=np.float64))))
+        out = out + y * np.float32(level / y_level if y_level > 0 else 0.0)
+    return out.astype(np.float32), [inst.name for inst in drawn]
+
+
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
     return np.pad(x, (0, n - len(x))) if len(x) < n else x[:n]
 
@@ -967,8 +1004,6 @@ def _render_voices(a: _Arranged, voices: dict[int, object], n: int, seed_rng) ->
 
 def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Render one piece: ({'mixture', stems...}: audio), labels for the .npz."""
-    from jaxmir.data.synth.render import render_midi
-
     subset = _subset(job)
     if job.kind in PROCEDURAL_KINDS:
         a = _arrange_procedural(job, subset)
@@ -980,10 +1015,13 @@ def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]
     n = int(round((a.end_ms / 1000.0 + TAIL_S) * SR))
     duration = n / SR
     midis = _midis(a, voices)
-    stems = {
-        k: _fit(render_midi(pm, SR, tail_s=TAIL_S, soundfont=job.soundfont), n)
-        for k, pm in midis.items()
-    }
+    eq_rng = _streams(job.effective_seed, job.chorale_id)["part_eq"]
+    stems, bodies = {}, []
+    for k, pm in midis.items():
+        stems[k], names = _render_stem(pm, job, n, eq_rng)
+        bodies += names
+    if bodies:
+        a.meta["part_eq"] = bodies
     if voices:
         r = _streams(job.effective_seed, job.chorale_id)["timbre"]
         for k, x in _render_voices(a, voices, n, r).items():
