@@ -271,6 +271,15 @@ def _load_tagger(folder: str, stamp: tuple) -> Callable[[np.ndarray], np.ndarray
     return tag
 
 
+def downbeat_probs(folder: str, notes: np.ndarray, beats: np.ndarray) -> np.ndarray:
+    """The tagger in `folder`'s downbeat probability of each beat (0 for fewer than 2 beats:
+    a lone beat has no span to describe)."""
+    beats = np.asarray(beats, np.float64)
+    if len(beats) < 2:
+        return np.zeros(len(beats), np.float32)
+    return load_tagger(str(folder))(bar_features(notes, beats))
+
+
 def tag_downbeats(
     folder: str, notes: np.ndarray, beats: np.ndarray, threshold: float
 ) -> np.ndarray:
@@ -278,5 +287,4 @@ def tag_downbeats(
     beats = np.asarray(beats, np.float64)
     if len(beats) < 2:
         return beats[:0]
-    probs = load_tagger(str(folder))(bar_features(notes, beats))
-    return beats[probs >= threshold]
+    return beats[downbeat_probs(folder, notes, beats) >= threshold]

@@ -44,6 +44,7 @@ from jaxmir.tasks.beat.tagger import (
     TAGGER_SIZE_FILE,
     TAGGER_VARIABLES,
     TaggerSize,
+    downbeat_probs,
     piece_examples,
     recover_folder,
     replace_folder,
@@ -433,8 +434,14 @@ class BeatTask(PieceTask):
         keys = ("beat_f_measure", "downbeat_f_measure")
         before = {k: mean(k) for k in keys}
         grid = [(m, b, g) for m in METHODS for b in BEAT_GRID for g in DISTANCE_GRID]
-        beat_f = {
-            v: mean("beat_f_measure", method=v[0], beat_threshold=v[1], min_distance=v[2])
+        beat_f = {  # beats only: the frame model's peaks stand in for a tagger's downbeats
+            v: mean(
+                "beat_f_measure",
+                method=v[0],
+                beat_threshold=v[1],
+                min_distance=v[2],
+                downbeats="peaks",
+            )
             for v in grid
         }
         method, beat, gap = best_tracking(beat_f)
@@ -456,11 +463,25 @@ class BeatTask(PieceTask):
         chosen.update(downbeats="peaks", downbeat_threshold=peak_threshold, tagger="")
         scores = {"peaks": mean_downbeat_f(peak_threshold)}
         if cfg.model.tagger_hidden > 0 and workdir is not None:
+            tracked = [self.decode(p, with_decode(**chosen))[0] for p, _ in pieces]
 
             def best_threshold(folder: Path) -> tuple[float, float]:
-                tagged = dict(chosen, downbeats="tagger", tagger=str(folder))
+                """The tagger's best threshold on the beats tracked once above, and its score
+                (as `decode` would tag them at each threshold)."""
+                probs = [
+                    downbeat_probs(str(folder), p.notes, b)
+                    for (p, _), b in zip(pieces, tracked, strict=True)
+                ]
                 f = {
-                    t: mean("downbeat_f_measure", **tagged, tagger_threshold=t) for t in TAGGER_GRID
+                    t: float(
+                        np.mean(
+                            [
+                                mir_eval.beat.f_measure(lab["downbeats"], b[q >= t])
+                                for (_, lab), b, q in zip(pieces, tracked, probs, strict=True)
+                            ]
+                        )
+                    )
+                    for t in TAGGER_GRID
                 }
                 threshold = max(f, key=f.get)
                 return threshold, f[threshold]
