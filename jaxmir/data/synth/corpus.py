@@ -825,9 +825,8 @@ def _render_stem(pm, job: _Job, n: int, rng: np.random.Generator) -> tuple[np.nd
         alone.instruments = [inst]
         x = render(alone)
         y = aug.apply_sos(x, aug.timbre_eq_sos(SR, rng))
-        level = math.sqrt(float(np.mean(np.square(x, dtype=np.float64))))
-        y_level = math.sqrt(float(np.mean(np.square(y, dtype=np.float64))))
-        out = out + y * np.float32(level / y_level if y_level > 0 else 0.0)
+        change_db = _rms_db(x) - _rms_db(y)
+        out = out + y * np.float32(aug.db_to_gain(change_db) if np.isfinite(change_db) else 0.0)
     return out.astype(np.float32), [inst.name for inst in drawn]
 
 
