@@ -381,6 +381,25 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
         assert not new["candidate"] and "tagger_before" not in scores
         assert (home / TAGGER_VARIABLES).read_bytes() == new["weights"]
 
+    # a model folder decodes with its tagger: what a crash left is put right before the
+    # folder's decoding is scored, and a tagger that cannot be read is scored as the peaks
+    as_model = dataclasses.replace(
+        cfg, decode=dataclasses.replace(cfg.decode, downbeats="tagger", tagger=str(home))
+    )
+    logged = []
+    new["draw"] = (-50.0, 0)
+    old = _constant_tagger(wd / "tagger.old", 50.0)
+    shutil.rmtree(home)
+    chosen = TASK.calibrate(predict, as_model, cache, workdir=wd, log=logged.append)
+    assert (home / TAGGER_VARIABLES).read_bytes() == old and new["candidate"]
+    assert chosen["before"]["downbeat_f_measure"] == pytest.approx(
+        chosen["val_downbeat_f_by_source"]["tagger_before"]
+    )
+    (home / TAGGER_SIZE_FILE).unlink()
+    chosen = TASK.calibrate(predict, as_model, cache, workdir=wd, log=logged.append)
+    assert any("scored before with the peaks" in str(m) for m in logged)
+    assert (home / TAGGER_VARIABLES).read_bytes() == new["weights"]
+
     # a run that decodes without a tagger, exported over a model folder that held one
     out = tmp_path / "model"
     _constant_tagger(out / "tagger", 50.0)

@@ -294,8 +294,11 @@ def test_wide_programs_reach_beyond_omnizarts_classes_in_training_only():
 
 
 def test_part_eq_gives_training_parts_their_own_instrument_body_and_leaves_test_pieces_alone():
+    import pretty_midi
+
     from jaxmir.data.synth import augment as aug
     from jaxmir.data.synth import corpus as C
+    from jaxmir.data.synth.render import render_midi
     from jaxmir.tasks.base import ConfigError, corpus_params
     from jaxmir.tasks.music.task import TASK
 
@@ -323,10 +326,18 @@ def test_part_eq_gives_training_parts_their_own_instrument_body_and_leaves_test_
     assert n_parts >= 2 and len(meta1["part_eq"]) == n_parts  # p = 1: every part
     assert "part_eq" not in json.loads(str(labels0["meta"]))
     np.testing.assert_array_equal(labels0["notes"], labels1["notes"])  # the labels stay exact
-    # each part keeps its level; its spectrum is re-weighted, not scaled
-    assert abs(C._rms_db(shaped) - C._rms_db(plain)) < 3.0
-    change = band_db(shaped) - band_db(plain)
-    assert np.ptp(change) > 3.0, change
+    assert not np.array_equal(shaped, plain)
+    # a part keeps its level through its body; its spectrum is re-weighted, not scaled
+    part = pretty_midi.PrettyMIDI(resolution=1000, initial_tempo=60.0)
+    inst = pretty_midi.Instrument(40, name="part0")
+    inst.notes = [pretty_midi.Note(90, 48 + 7 * i, 0.5 * i, 0.5 * i + 0.4) for i in range(6)]
+    part.instruments.append(inst)
+    n = int(4.0 * C.SR)
+    alone = C._fit(render_midi(part, C.SR, tail_s=C.TAIL_S), n)
+    bodied, names = C._render_stem(part, job1, n, np.random.default_rng(0))
+    assert names == ["part0"]
+    assert abs(C._rms_db(bodied) - C._rms_db(alone)) < 0.01
+    assert np.ptp(band_db(bodied) - band_db(alone)) > 3.0
     assert job1.config()["variety"]["part_eq"] == 1.0 and "part_eq" not in job0.config()["variety"]
 
     job_t, test_audio, test_labels = render("test", 1.0)

@@ -812,13 +812,12 @@ def _render_stem(pm, job: _Job, n: int, rng: np.random.Generator) -> tuple[np.nd
         return _fit(render_midi(midi, SR, tail_s=TAIL_S, soundfont=job.soundfont), n)
 
     p = job.variety.part_eq if job.variety is not None else 0.0
-    drawn = []
-    if p > 0 and job.split in PART_EQ_SPLITS:
-        drawn = [inst for inst in pm.instruments if not inst.is_drum and rng.uniform() < p]
+    drawn, rest = [], _new_midi()
+    for inst in pm.instruments:
+        gets_body = p > 0 and job.split in PART_EQ_SPLITS and not inst.is_drum
+        (drawn if gets_body and rng.uniform() < p else rest.instruments).append(inst)
     if not drawn:
         return render(pm), []
-    rest = _new_midi()
-    rest.instruments = [inst for inst in pm.instruments if all(inst is not d for d in drawn)]
     out = render(rest) if rest.instruments else np.zeros(n, np.float32)
     for inst in drawn:
         alone = _new_midi()

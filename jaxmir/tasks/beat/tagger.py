@@ -280,11 +280,15 @@ def downbeat_probs(folder: str, notes: np.ndarray, beats: np.ndarray) -> np.ndar
     return load_tagger(str(folder))(bar_features(notes, beats))
 
 
+def marked_downbeats(beats: np.ndarray, probs: np.ndarray, threshold: float) -> np.ndarray:
+    """The beats whose downbeat probability (`downbeat_probs`) is >= `threshold`; none of
+    fewer than 2 beats, whatever the threshold."""
+    beats = np.asarray(beats, np.float64)
+    return beats[probs >= threshold] if len(beats) >= 2 else beats[:0]
+
+
 def tag_downbeats(
     folder: str, notes: np.ndarray, beats: np.ndarray, threshold: float
 ) -> np.ndarray:
     """The beats the tagger in `folder` marks as downbeats (probability >= `threshold`)."""
-    beats = np.asarray(beats, np.float64)
-    if len(beats) < 2:
-        return beats[:0]
-    return beats[downbeat_probs(folder, notes, beats) >= threshold]
+    return marked_downbeats(beats, downbeat_probs(folder, notes, beats), threshold)

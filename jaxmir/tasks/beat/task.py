@@ -45,6 +45,7 @@ from jaxmir.tasks.beat.tagger import (
     TAGGER_VARIABLES,
     TaggerSize,
     downbeat_probs,
+    marked_downbeats,
     piece_examples,
     recover_folder,
     replace_folder,
@@ -119,7 +120,7 @@ class BeatDecodeConfig:
     calibrate: bool = True
 
 
-# What `BeatTask.calibrate` tries (each decode of every validation piece is scored).
+# What `BeatTask.calibrate` tries, each on every validation piece.
 METHODS = ("peaks", "track", "dbn")
 BEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 DISTANCE_GRID = (0.2, 0.3)
@@ -431,8 +432,17 @@ class BeatTask(PieceTask):
             c = with_decode(**values)
             return float(np.mean([f_measures(self.decode(p, c), lab)[key] for p, lab in pieces]))
 
+        home = None if workdir is None else Path(workdir) / TAGGER_DIR
+        if home is not None:
+            recover_folder(home)  # what a crash left, put right before anything decodes with it
+        as_stored = {}  # the folder's decoding, but for a stored tagger that cannot be used
+        if d.downbeats == "tagger" and d.tagger:
+            problem = stored_tagger_problem(Path(d.tagger), tagger_size(cfg.model))
+            if problem:
+                log(f"Downbeat tagger in {d.tagger} {problem}: scored before with the peaks")
+                as_stored = {"downbeats": "peaks"}
         keys = ("beat_f_measure", "downbeat_f_measure")
-        before = {k: mean(k) for k in keys}
+        before = {k: mean(k, **as_stored) for k in keys}
         grid = [(m, b, g) for m in METHODS for b in BEAT_GRID for g in DISTANCE_GRID]
         beat_f = {  # beats only: the frame model's peaks stand in for a tagger's downbeats
             v: mean(
@@ -476,7 +486,7 @@ class BeatTask(PieceTask):
                     t: float(
                         np.mean(
                             [
-                                mir_eval.beat.f_measure(lab["downbeats"], b[q >= t])
+                                mir_eval.beat.f_measure(lab["downbeats"], marked_downbeats(b, q, t))
                                 for (_, lab), b, q in zip(pieces, tracked, probs, strict=True)
                             ]
                         )
@@ -486,8 +496,6 @@ class BeatTask(PieceTask):
                 threshold = max(f, key=f.get)
                 return threshold, f[threshold]
 
-            home = Path(workdir) / TAGGER_DIR
-            recover_folder(home)
             kept = None  # calibrated before: the tagger there competes with the re-trained one
             if (home / TAGGER_VARIABLES).is_file():
                 problem = stored_tagger_problem(home, tagger_size(cfg.model))
