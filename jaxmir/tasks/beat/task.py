@@ -457,17 +457,17 @@ class BeatTask(PieceTask):
         method, beat, gap = best_tracking(beat_f)
         chosen = {"method": method, "beat_threshold": beat, "min_distance": gap}
 
-        def mean_downbeat_f(threshold: float) -> float:  # downbeats only: no beat is decoded
+        def downbeat_f(estimates: list[np.ndarray]) -> float:
+            """Mean validation downbeat F of one estimate per piece."""
+            refs = [lab["downbeats"] for _, lab in pieces]
             return float(
                 np.mean(
-                    [
-                        mir_eval.beat.f_measure(
-                            lab["downbeats"], pick_peaks(p.frames[:, 1], threshold, gap, FPS)
-                        )
-                        for p, lab in pieces
-                    ]
+                    [mir_eval.beat.f_measure(r, e) for r, e in zip(refs, estimates, strict=True)]
                 )
             )
+
+        def mean_downbeat_f(threshold: float) -> float:  # downbeats only: no beat is decoded
+            return downbeat_f([pick_peaks(p.frames[:, 1], threshold, gap, FPS) for p, _ in pieces])
 
         peak_threshold = max(DOWNBEAT_GRID, key=mean_downbeat_f)
         chosen.update(downbeats="peaks", downbeat_threshold=peak_threshold, tagger="")
@@ -483,13 +483,8 @@ class BeatTask(PieceTask):
                     for (p, _), b in zip(pieces, tracked, strict=True)
                 ]
                 f = {
-                    t: float(
-                        np.mean(
-                            [
-                                mir_eval.beat.f_measure(lab["downbeats"], marked_downbeats(b, q, t))
-                                for (_, lab), b, q in zip(pieces, tracked, probs, strict=True)
-                            ]
-                        )
+                    t: downbeat_f(
+                        [marked_downbeats(b, q, t) for b, q in zip(tracked, probs, strict=True)]
                     )
                     for t in TAGGER_GRID
                 }
