@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from jaxmir.data.audio import AudioError, load_audio, validate_audio
+from jaxmir.data.audio import (
+    AudioError,
+    active_level_db,
+    load_audio,
+    normalise_level,
+    validate_audio,
+)
 from jaxmir.data.features import cfp as C
 from jaxmir.data.features.vocal import (
     VOCAL_WINDOWS,
@@ -341,3 +347,40 @@ def test_music_short_window_places_an_attack_where_the_long_one_smears_it():
 
     assert abs(first_over_tenth(short) - 24) <= 1
     assert first_over_tenth(long) <= 24 - 3
+
+
+def test_level_reads_loud_passages_and_leaves_silence_alone():
+    sr = 16000
+    t = np.arange(sr * 2) / sr
+    sine = np.sin(2 * np.pi * 440.0 * t)
+    assert abs(active_level_db(sine, sr) + 3.01) < 0.01  # a full-scale sine
+    # rests do not pull the level down: 1.5 s of silence after 0.5 s of the sine
+    assert abs(active_level_db(np.where(t < 0.5, sine, 0.0), sr) + 3.01) < 0.01
+    y = normalise_level(0.001 * sine, sr, -20.0)
+    assert y.dtype == np.float32 and abs(active_level_db(y, sr) + 20.0) < 0.01
+    short = normalise_level(0.5 * sine[:100], sr, -20.0)  # shorter than a 100-ms frame
+    assert abs(active_level_db(short, sr) + 20.0) < 0.01
+    silence = np.zeros(sr, np.float32)
+    assert np.array_equal(normalise_level(silence, sr, -20.0), silence)
+    assert active_level_db(np.zeros(0), sr) == float("-inf")
+
+
+def test_music_features_read_a_recording_the_same_at_any_level():
+    """A recording 40 dB quieter or 12 dB louder gives the features it gives at its own level;
+    the CFP alone would not (its power-law layers follow the level), and the music cache's
+    parameters name the level so caches of features read before are not reused."""
+    from jaxmir.tasks.music.task import LEVEL_DB, TASK, WITH_SHORT, music_feature_stack
+
+    sr = C.MUSIC.fs
+    t = np.arange(int(sr * 0.8)) / sr
+    y = sum(np.exp(-3.0 * t) * np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6, 660.0))
+    y = (0.05 * y * (t > 0.1)).astype(np.float32)
+    at_level = music_feature_stack(y, WITH_SHORT)
+    for gain in (0.01, 4.0):
+        other = music_feature_stack((gain * y).astype(np.float32), WITH_SHORT)
+        # float32 rounding of a 40-dB-quieter input leaves at most 0.4 % of a channel's range
+        scale = np.abs(at_level).max(axis=(0, 1))
+        assert np.all(np.abs(other - at_level).max(axis=(0, 1)) <= 0.01 * scale)
+    raw, raw_quiet = (C.cfp_numpy(g * y, C.MUSIC, np.float32) for g in (1.0, 0.01))
+    assert np.max(np.abs(raw - raw_quiet)) > 0.1 * np.max(np.abs(raw))
+    assert TASK.cache_params("synth")["level_db"] == LEVEL_DB

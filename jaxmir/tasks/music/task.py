@@ -130,6 +130,10 @@ FEATURE_CHANNELS: dict[str, int] = {**CHANNELS, "SpecShort": 4}
 #: (mixed) and 0.61 to 0.62 (held-out voices) (README, music).
 WITH_SHORT = ("Spec", "Ceps", "SpecShort")
 
+#: dB re full scale at which every input's loud passages are read (`music_feature_stack`): the
+#: median of the embedded corpus's renderings.
+LEVEL_DB = -20.0
+
 CALIBRATED = "note_f1_calibrated"  # a validation score: note F1 once calibrated (`evaluate`)
 
 # The thresholds `calibrate` tries (coarse: each decode of every validation piece is scored).
@@ -347,7 +351,7 @@ class MusicTask(PieceTask):
 
     def cache_params(self, dataset: str) -> dict:
         params = {"cfp": dataclasses.asdict(MUSIC), "short": dataclasses.asdict(MUSIC_SHORT)}
-        return {"feature": "cfp+short", "params": params, "version": 2}
+        return {"feature": "cfp+short", "params": params, "level_db": LEVEL_DB, "version": 3}
 
     # -- inference ------------------------------------------------------------------------------
     def inference_hop(self, cfg: Config) -> int:
@@ -523,11 +527,18 @@ def music_feature_stack(
 ) -> np.ndarray:
     """``(T, 352, 5)`` float32 features of 44.1-kHz audio, channels as `FEATURE_CHANNELS`.
 
+    The audio is first brought to one level (`LEVEL_DB`, `normalise_level`), so a recording
+    reads the same at any gain: the corpus's renderings sit at -29 to -12 dB (median -20), and
+    another synthesiser or a recording may be 20 dB quieter or louder.
+
     Only the layers that `channels` need are computed; the others are left zero. Each channel
     computed is bit-identical to the full stack's: the CFP's layers do not depend on the later
     ones, so with neither Z nor GCoS the third layer is not run.
     """
     _check_channels(channels)
+    from jaxmir.data.audio import normalise_level
+
+    audio = normalise_level(audio, MUSIC.fs, LEVEL_DB)
     need = set(channels)
     x = np.zeros((n_frames(len(audio), MUSIC), MUSIC.n_bins, len(FEATURE_CHANNELS)), np.float32)
     if need & {"Z", "GCoS"}:
