@@ -157,3 +157,49 @@ def test_repeated_notes_measures_first_and_repeated_onsets():
     assert row["renderer"] == "struck" and row["gap_s"] == 0.0
     for key in ("first_median", "repeat_median", "repeats_over_threshold"):
         assert 0.0 <= row[key] <= 1.0
+
+
+def test_robustness_changes_the_audio_as_named_and_a_gain_leaves_the_notes(music_cache):
+    import numpy as np
+
+    from benchmarks.robustness import apply_change, measure, parse_change
+
+    for bad in ("gain", "as-rendered:3", "echo:1", "noise:loud"):
+        with pytest.raises(ValueError):
+            parse_change(bad)
+    sr = 16000
+    t = np.arange(sr) / sr
+    x = (0.1 * np.sin(2 * np.pi * 50.0 * t) + 0.1 * np.sin(2 * np.pi * 2000.0 * t)).astype(
+        np.float32
+    )
+    rng = np.random.default_rng(0)
+    quiet, rate = apply_change(x, sr, "gain:-20", rng)
+    assert rate == sr and np.allclose(quiet, 0.1 * x, rtol=1e-6)
+    noisy, _ = apply_change(x, sr, "noise:20", rng)
+    snr = 10 * np.log10(np.mean(x**2) / np.mean((noisy - x) ** 2))
+    assert abs(snr - 20.0) < 0.5
+
+    def band_db(y, f):
+        spec = np.abs(np.fft.rfft(y[sr // 4 :]))  # past the filter's start-up
+        k = int(round(f * len(y[sr // 4 :]) / sr))
+        return 20 * np.log10(spec[k - 2 : k + 3].max())
+
+    cut, _ = apply_change(x, sr, "highpass:200", rng)
+    assert band_db(x, 50) - band_db(cut, 50) > 30 and abs(band_db(x, 2000) - band_db(cut, 2000)) < 1
+    dull, _ = apply_change(x, sr, "lowpass:500", rng)
+    assert (
+        band_db(x, 2000) - band_db(dull, 2000) > 30 and abs(band_db(x, 50) - band_db(dull, 50)) < 1
+    )
+    low, rate = apply_change(x, sr, "resample:8000", rng)
+    assert rate == 8000 and abs(len(low) - sr // 2) <= 1
+    roomy, _ = apply_change(x, sr, "room:1.0", rng)
+    assert len(roomy) == len(x) and not np.allclose(roomy, x)
+    # end to end on the shipped model: its features read every input at one level, so a
+    # recording 30 dB quieter scores as it did (the scores themselves are the model's)
+    result = measure(music_cache, None, ["test"], ["as-rendered", "gain:-30"])
+    plain, quieter = result["rows"]
+    assert (plain["change"], quieter["change"]) == ("as-rendered", "gain:-30")
+    assert {k: v for k, v in plain.items() if k != "change"} == {
+        k: v for k, v in quieter.items() if k != "change"
+    }
+    assert plain["pieces"] == 1 and 0.0 <= plain["note_f1"] <= 1.0
