@@ -357,3 +357,44 @@ def test_part_eq_gives_training_parts_their_own_instrument_body_and_leaves_test_
         corpus_params(dataclasses.replace(quality, corpus_part_eq=1.5))
     with pytest.raises(ConfigError, match="varied corpus"):
         corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_part_eq=0.5))
+
+
+def test_rt60_max_gives_training_pieces_longer_rooms_and_leaves_test_pieces_alone():
+    """With `Variety.rt60_max` a train or val piece's room is drawn from 0.2 s to that many
+    seconds from the same random draw (the same piece gets its room's time stretched; the
+    draws after it, wet mix and noise, follow from the longer response); test pieces are
+    bit-identical with and without."""
+    from jaxmir.data.synth import augment as aug
+    from jaxmir.data.synth import corpus as C
+    from jaxmir.tasks.base import ConfigError, corpus_params
+    from jaxmir.tasks.music.task import TASK
+
+    def render(split: str, rt60_max: float | None, seed: int = 1):
+        variety = C.Variety(voices=0.0, holdout=None, piece_seconds=3.0, rt60_max=rt60_max)
+        job = C._Job("texture/0003", split, "out", seed, 3.0, True, "mixed", variety)
+        audio, labels = C._synthesize(job)
+        return job, audio["mixture"], json.loads(str(labels["meta"]))
+
+    job0, plain, meta0 = render("train", None)
+    job1, roomy, meta1 = render("train", 3.0)
+    lo, hi = aug.RT60_RANGE
+    assert "rt60" in meta0["audio"]  # this piece is reverberated (80 % are)
+    u = (meta0["audio"]["rt60"] - lo) / (hi - lo)
+    assert abs(meta1["audio"]["rt60"] - (lo + u * (3.0 - lo))) < 1e-9
+    assert not np.array_equal(plain, roomy)
+    assert (
+        job1.config()["variety"]["rt60_max"] == 3.0 and "rt60_max" not in job0.config()["variety"]
+    )
+
+    job_t, test_roomy, _ = render("test", 3.0)
+    _, test_plain, _ = render("test", None)
+    np.testing.assert_array_equal(test_roomy, test_plain)  # test pieces never
+    assert "rt60_max" not in job_t.config()["variety"]  # the rendered test pieces stay valid
+
+    quality = TASK.preset("quality").data
+    assert "rt60_max" not in corpus_params(quality)  # corpora built before keep their digest
+    assert corpus_params(dataclasses.replace(quality, corpus_rt60_max=3.0))["rt60_max"] == 3.0
+    with pytest.raises(ConfigError, match="seconds"):
+        corpus_params(dataclasses.replace(quality, corpus_rt60_max=0.1))
+    with pytest.raises(ConfigError, match="varied corpus"):
+        corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_rt60_max=3.0))

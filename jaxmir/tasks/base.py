@@ -660,6 +660,9 @@ class CorpusConfig:
     # The probability that a soundfont part of a train/val piece plays through its own random
     # instrument body (a spectral tilt and resonances); test pieces never. 0: off.
     corpus_part_eq: float = 0.0
+    # The longest reverberation time (s) of a train/val piece's room, drawn uniform from 0.2 s;
+    # test pieces keep 0.2-1.5 s. None: 0.2-1.5 s everywhere.
+    corpus_rt60_max: float | None = None
 
 
 _VARIETY_KEYS = ("works", "textures", "random", "voices", "holdout", "piece_seconds")
@@ -689,7 +692,14 @@ def corpus_variety(d: CorpusConfig):
                 "data.corpus_part_eq: only the varied corpus (data.corpus_voices set) "
                 "re-shapes its soundfont parts"
             )
+        if d.corpus_rt60_max is not None:
+            raise ConfigError(
+                "data.corpus_rt60_max: only the varied corpus (data.corpus_voices set) "
+                "widens its rooms"
+            )
         return None
+    if d.corpus_rt60_max is not None and not 0.2 < d.corpus_rt60_max <= 10.0:
+        raise ConfigError(f"data.corpus_rt60_max: seconds in (0.2, 10], got {d.corpus_rt60_max}")
     if not 0.0 <= d.corpus_part_eq <= 1.0:
         raise ConfigError(f"data.corpus_part_eq: a probability in [0, 1], got {d.corpus_part_eq}")
     from jaxmir.data.synth.corpus import Variety
@@ -702,6 +712,7 @@ def corpus_variety(d: CorpusConfig):
         None if d.corpus_test_soundfont is None else str(Path(d.corpus_test_soundfont).resolve()),
         d.corpus_programs,
         float(d.corpus_part_eq),
+        None if d.corpus_rt60_max is None else float(d.corpus_rt60_max),
     )
 
 
@@ -718,6 +729,8 @@ def corpus_params(d: CorpusConfig) -> dict:
             out["programs"] = d.corpus_programs
         if d.corpus_part_eq:  # absent by default, as programs
             out["part_eq"] = float(d.corpus_part_eq)
+        if d.corpus_rt60_max is not None:  # absent by default, as programs
+            out["rt60_max"] = float(d.corpus_rt60_max)
         if d.corpus_test_soundfont is not None:  # its content, not where the file lies
             from jaxmir.data.synth.render import soundfont_digest
 

@@ -121,7 +121,7 @@ WORK_FOLDERS = (
     "ciconia", "luca", "weber", "verdi", "leadSheet", "ryansMammoth", "schoenberg", "webern",
 )  # fmt: skip
 SUBSETS = ("mixed", "piano", "both")
-PART_EQ_SPLITS = ("train", "val")  # the splits `Variety.part_eq` plays in
+FIT_SPLITS = ("train", "val")  # the splits `Variety.part_eq` and `.rt60_max` play in
 SOUNDFONT_VARIANT = "sf_"  # prefix of the test renderings with `Variety.test_soundfont`
 
 
@@ -141,7 +141,9 @@ class Variety:
     "wide": more sampled timbres); test pieces keep omnizart's, so test splits stay the same.
     part_eq: the probability that a soundfont part of a train or val piece is rendered alone
     and through its own random instrument body (`augment.timbre_eq_sos`): the soundfont's
-    instruments as another maker or another microphone would give them; test pieces never."""
+    instruments as another maker or another microphone would give them; test pieces never.
+    rt60_max: the longest reverberation time (s) of a train or val piece's room, drawn uniform
+    from 0.2 s (None: `augment.RT60_RANGE`, 0.2-1.5 s, as test pieces always)."""
 
     voices: float = 0.5
     holdout: str | None = "fm"
@@ -150,6 +152,13 @@ class Variety:
     test_soundfont: str | None = None
     programs: str = "omnizart"
     part_eq: float = 0.0
+    rt60_max: float | None = None
+
+    def rt60_range(self, split: str) -> tuple[float, float]:
+        """The reverberation times a piece of `split` draws its room's from."""
+        if self.rt60_max is None or split not in FIT_SPLITS:
+            return aug.RT60_RANGE
+        return (aug.RT60_RANGE[0], float(self.rt60_max))
 
     def program_pool(self, split: str) -> tuple[int, ...]:
         """The GM programs a mixed piece of `split` draws its parts from."""
@@ -342,8 +351,10 @@ class _Job:
             del variety["test_soundfont"]  # only its own renderings depend on it
             if variety["programs"] == "omnizart":  # as before the choice: corpora stay valid
                 del variety["programs"]
-            if not variety["part_eq"] or self.split not in PART_EQ_SPLITS:
+            if not variety["part_eq"] or self.split not in FIT_SPLITS:
                 del variety["part_eq"]  # where it plays no part, pieces stay valid
+            if variety["rt60_max"] is None or self.split not in FIT_SPLITS:
+                del variety["rt60_max"]  # as part_eq
             out["variety"] = variety
             out["variant"] = self.variant
             if self.soundfont is not None:
@@ -814,7 +825,7 @@ def _render_stem(pm, job: _Job, n: int, rng: np.random.Generator) -> tuple[np.nd
     p = job.variety.part_eq if job.variety is not None else 0.0
     drawn, rest = [], _new_midi()
     for inst in pm.instruments:
-        gets_body = p > 0 and job.split in PART_EQ_SPLITS and not inst.is_drum
+        gets_body = p > 0 and job.split in FIT_SPLITS and not inst.is_drum
         (drawn if gets_body and rng.uniform() < p else rest.instruments).append(inst)
     if not drawn:
         return render(pm), []
@@ -838,8 +849,14 @@ def _rms_db(x: np.ndarray) -> float:
     return 10.0 * math.log10(p) if p > 1e-20 else -np.inf
 
 
-def _produce(stems: dict[str, np.ndarray], rng: np.random.Generator, strength: float):
-    """Level, EQ and reverb the stems; mixture = sum + noise; returns (mixture, stems, meta)."""
+def _produce(
+    stems: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    strength: float,
+    rt60_range: tuple[float, float] = aug.RT60_RANGE,
+):
+    """Level, EQ and reverb the stems (a room whose RT60 is uniform in `rt60_range`); mixture =
+    sum + noise; returns (mixture, stems, meta)."""
     gains = {
         "vocals": rng.uniform(-3.0, 3.0),
         "accompaniment": rng.uniform(-6.0, 0.0),
@@ -857,7 +874,7 @@ def _produce(stems: dict[str, np.ndarray], rng: np.random.Generator, strength: f
         for name in out:
             out[name] = aug.apply_sos(out[name], aug.random_eq_sos(SR, rng, strength))
         if rng.uniform() < 0.8:
-            rt60 = float(rng.uniform(*aug.RT60_RANGE))
+            rt60 = float(rng.uniform(*rt60_range))
             ir = aug.room_impulse_response(SR, rng, rt60)
             wets = {}
             for name in out:
@@ -1029,7 +1046,8 @@ def _synthesize(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]
     if subset != "mixed":
         a.notes[:, 4] = 0  # piano-subset labels: program 0 whatever keyboard played them
     rng_audio = _streams(job.effective_seed, job.chorale_id)["audio"]  # untouched by _arrange
-    mixture, stems, prod_meta = _produce(stems, rng_audio, job.strength)
+    rooms = job.variety.rt60_range(job.split) if job.variety is not None else aug.RT60_RANGE
+    mixture, stems, prod_meta = _produce(stems, rng_audio, job.strength, rooms)
 
     notes = a.notes.copy()
     notes[:, :2] /= 1000.0
