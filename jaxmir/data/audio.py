@@ -14,6 +14,9 @@ A bad file raises `AudioError` (a ``ValueError``) naming the file and the reason
 `normalise_level` scales a recording so its loud passages sit at one level: models trained on
 renderings at one level read a recording 20 dB quieter as a different input (the music task's
 shipped model lost 0.10 note F1 at -20 dB and 0.5 at -40 dB before its features did this).
+The music, vocal_contour, patch_cnn and drum tasks read their inputs so (`load_levelled`; music
+inside `music_feature_stack`); the vocal task's CFP and the chord task's per-frame chroma do not
+depend on the level to begin with.
 """
 
 from __future__ import annotations
@@ -174,6 +177,9 @@ def load_audio(path: str | os.PathLike, sr: int, mono: bool = True) -> np.ndarra
     return np.ascontiguousarray(out, np.float32)
 
 
+#: dB re full scale at which the audio tasks read every input's loud passages: the median of
+#: the embedded corpus's renderings.
+LEVEL_DB = -20.0
 LEVEL_FRAME_S = 0.1  # frames over which power is averaged before the percentile
 LEVEL_PERCENTILE = 95.0  # the loud passages: robust to silences, rests and a few transients
 SILENT_DB = -100.0  # below this the input is treated as silence and left as it is
@@ -200,3 +206,8 @@ def normalise_level(x: np.ndarray, sr: int, target_db: float) -> np.ndarray:
     if not level > SILENT_DB:
         return x.copy()
     return (x * np.float32(10.0 ** ((target_db - level) / 20.0))).astype(np.float32)
+
+
+def load_levelled(path: str | os.PathLike, sr: int) -> np.ndarray:
+    """`load_audio` (mono) brought to `LEVEL_DB` (`normalise_level`): what the audio tasks read."""
+    return normalise_level(load_audio(path, sr), sr, LEVEL_DB)

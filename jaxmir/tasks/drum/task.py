@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig
+from jaxmir.data.audio import LEVEL_DB, load_levelled
 from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.features.cqt import DRUM_CLASSES, PATCH_SIZE, drum_input, drum_labels
 from jaxmir.data.pipeline import frames_window
@@ -153,14 +154,19 @@ class DrumTask(PieceTask):
     # -- data -----------------------------------------------------------------------------------
     def cache_params(self, dataset: str) -> dict:
         beats = "labels" if dataset == "synth" else "librosa"
-        return {"feature": "drum-cqt-patches", "beats": beats, "dtype": "float16", "version": 1}
+        return {
+            "feature": "drum-cqt-patches",
+            "beats": beats,
+            "dtype": "float16",
+            "level_db": LEVEL_DB,
+            "version": 2,
+        }
 
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(patches (M, 120, 120) float16, {"hits" (M, 13), "mini_beats" (M,), "drum_hits"})."""
-        from jaxmir.data.audio import load_audio
         from jaxmir.data.features.cqt import SR
 
-        audio = load_audio(piece.audio, SR)
+        audio = load_levelled(piece.audio, SR)
         beats = piece.beats if piece.beats is not None and len(piece.beats) >= 2 else None
         patches, mini = drum_input(audio, SR, beats=beats)
         labels = {"mini_beats": mini}

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig
+from jaxmir.data.audio import LEVEL_DB, normalise_level
 from jaxmir.data.cache import CacheError
 from jaxmir.data.features.cfp import CHANNELS, MUSIC, MUSIC_SHORT, cfp_numpy, n_frames
 from jaxmir.losses import apply_model, binary_accuracy
@@ -130,9 +131,6 @@ FEATURE_CHANNELS: dict[str, int] = {**CHANNELS, "SpecShort": 4}
 #: (mixed) and 0.61 to 0.62 (held-out voices) (README, music).
 WITH_SHORT = ("Spec", "Ceps", "SpecShort")
 
-#: dB re full scale at which every input's loud passages are read (`music_feature_stack`): the
-#: median of the embedded corpus's renderings.
-LEVEL_DB = -20.0
 
 CALIBRATED = "note_f1_calibrated"  # a validation score: note F1 once calibrated (`evaluate`)
 
@@ -536,8 +534,6 @@ def music_feature_stack(
     ones, so with neither Z nor GCoS the third layer is not run.
     """
     _check_channels(channels)
-    from jaxmir.data.audio import normalise_level
-
     audio = normalise_level(audio, MUSIC.fs, LEVEL_DB)
     need = set(channels)
     x = np.zeros((n_frames(len(audio), MUSIC), MUSIC.n_bins, len(FEATURE_CHANNELS)), np.float32)
