@@ -131,7 +131,6 @@ FEATURE_CHANNELS: dict[str, int] = {**CHANNELS, "SpecShort": 4}
 #: (mixed) and 0.61 to 0.62 (held-out voices) (README, music).
 WITH_SHORT = ("Spec", "Ceps", "SpecShort")
 
-
 CALIBRATED = "note_f1_calibrated"  # a validation score: note F1 once calibrated (`evaluate`)
 
 # The thresholds `calibrate` tries (coarse: each decode of every validation piece is scored).
