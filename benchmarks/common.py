@@ -126,6 +126,15 @@ LEARNING_RATES = {
 ALL_PEERS = ("torch", "tf")
 
 
+def save_result(name: str, result: dict) -> Path:
+    """Write `result` to ``results/<name>.json`` and print where."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(out)
+    return out
+
+
 def model_peers(model: str) -> tuple[str, ...]:
     """The peer frameworks with an implementation of `model` ("torch", "tf")."""
     return tuple(MODELS[model].get("peers", ALL_PEERS))

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import save_result
 
 KEYS = (43, 48, 55, 60, 64, 67, 72, 79)
 STRIKES = 4
@@ -127,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(
         args.workdir, args.renderers.split(","), [float(g) for g in args.gaps.split(",")]
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{args.name}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(out)
+    save_result(args.name, result)
     return 0
 
 

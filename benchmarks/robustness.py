@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import save_result
+
 KINDS = ("as-rendered", "gain", "noise", "room", "highpass", "lowpass", "resample")
 ROOM_WET = 0.4
 SCORES = ("note_f1", "note_precision", "note_recall", "note_with_offset_f1", "frame_f1")
@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(args.data, args.workdir, args.splits.split(","), args.changes.split(","))
     except ValueError as e:
         p.error(str(e))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{args.name}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(out)
+    save_result(args.name, result)
     return 0
 
 

@@ -293,14 +293,29 @@ def test_wide_programs_reach_beyond_omnizarts_classes_in_training_only():
         corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_programs="wide"))
 
 
+def check_corpus_option(key: str, value: float, bad: float, bad_reason: str) -> None:
+    """A corpus option of the varied corpus (`data.corpus_<key>`): absent from the corpus
+    parameters by default (corpora built before keep their digest), named when set, `bad`
+    refused with `bad_reason`, and refused on the chorale-only corpus."""
+    from jaxmir.tasks.base import ConfigError, corpus_params
+    from jaxmir.tasks.music.task import TASK
+
+    field = f"corpus_{key}"
+    quality = TASK.preset("quality").data
+    assert key not in corpus_params(quality)
+    assert corpus_params(dataclasses.replace(quality, **{field: value}))[key] == value
+    with pytest.raises(ConfigError, match=bad_reason):
+        corpus_params(dataclasses.replace(quality, **{field: bad}))
+    with pytest.raises(ConfigError, match="varied corpus"):
+        corpus_params(dataclasses.replace(TASK.preset("paper").data, **{field: value}))
+
+
 def test_part_eq_gives_training_parts_their_own_instrument_body_and_leaves_test_pieces_alone():
     import pretty_midi
 
     from jaxmir.data.synth import augment as aug
     from jaxmir.data.synth import corpus as C
     from jaxmir.data.synth.render import render_midi
-    from jaxmir.tasks.base import ConfigError, corpus_params
-    from jaxmir.tasks.music.task import TASK
 
     def render(split: str, part_eq: float):
         variety = C.Variety(voices=0.0, holdout=None, piece_seconds=4.0, part_eq=part_eq)
@@ -350,13 +365,7 @@ def test_part_eq_gives_training_parts_their_own_instrument_body_and_leaves_test_
     np.testing.assert_array_equal(sos, aug.timbre_eq_sos(C.SR, np.random.default_rng(0)))
     assert all(np.all(np.abs(np.roots([1.0, *s[4:]])) < 1.0) for s in sos)  # stable
 
-    quality = TASK.preset("quality").data
-    assert "part_eq" not in corpus_params(quality)  # corpora built before keep their digest
-    assert corpus_params(dataclasses.replace(quality, corpus_part_eq=0.5))["part_eq"] == 0.5
-    with pytest.raises(ConfigError, match="probability"):
-        corpus_params(dataclasses.replace(quality, corpus_part_eq=1.5))
-    with pytest.raises(ConfigError, match="varied corpus"):
-        corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_part_eq=0.5))
+    check_corpus_option("part_eq", 0.5, 1.5, "probability")
 
 
 def test_rt60_max_gives_training_pieces_longer_rooms_and_leaves_test_pieces_alone():
@@ -366,8 +375,6 @@ def test_rt60_max_gives_training_pieces_longer_rooms_and_leaves_test_pieces_alon
     bit-identical with and without."""
     from jaxmir.data.synth import augment as aug
     from jaxmir.data.synth import corpus as C
-    from jaxmir.tasks.base import ConfigError, corpus_params
-    from jaxmir.tasks.music.task import TASK
 
     def render(split: str, rt60_max: float | None, seed: int = 1):
         variety = C.Variety(voices=0.0, holdout=None, piece_seconds=3.0, rt60_max=rt60_max)
@@ -391,10 +398,4 @@ def test_rt60_max_gives_training_pieces_longer_rooms_and_leaves_test_pieces_alon
     np.testing.assert_array_equal(test_roomy, test_plain)  # test pieces never
     assert "rt60_max" not in job_t.config()["variety"]  # the rendered test pieces stay valid
 
-    quality = TASK.preset("quality").data
-    assert "rt60_max" not in corpus_params(quality)  # corpora built before keep their digest
-    assert corpus_params(dataclasses.replace(quality, corpus_rt60_max=3.0))["rt60_max"] == 3.0
-    with pytest.raises(ConfigError, match="seconds"):
-        corpus_params(dataclasses.replace(quality, corpus_rt60_max=0.1))
-    with pytest.raises(ConfigError, match="varied corpus"):
-        corpus_params(dataclasses.replace(TASK.preset("paper").data, corpus_rt60_max=3.0))
+    check_corpus_option("rt60_max", 3.0, 0.1, "seconds")
