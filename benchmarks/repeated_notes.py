@@ -9,7 +9,8 @@ before the repeat (0: touching, as in a score). ``sfN`` is the soundfont's GM pr
 other names are the numpy synthesis voices (`jaxmir.data.synth.voices.ENGINES`). For each
 renderer and gap: the median onset posterior (the mean of the key's 4 bins, the highest within
 2 frames of the note's onset) of the first notes and of the repeats, and the share of repeats
-over the decoding's onset threshold. The model is the run in `RUN` (default: the shipped one).
+over the decoding's onset threshold. The model is the run or model folder in `RUN` (default: the
+shipped one).
 
 A model that hears onsets but not re-struck keys shows high first-note and low repeat values;
 on the corpus's `test_piano` split such repeats are about a fifth of the notes (README, music).
@@ -79,15 +80,12 @@ def onset_peaks(probs: np.ndarray, notes: np.ndarray, fps: int = 50) -> np.ndarr
 def measure(workdir: Path | None, renderers: list[str], gaps: list[float], keys=KEYS) -> dict:
     import soundfile as sf
 
-    from jaxmir.engine.run import make_predict, restore_for_inference
-    from jaxmir.shipped import load_model
+    from jaxmir.engine.run import make_predict
+    from jaxmir.shipped import load_for_inference
     from jaxmir.tasks.base import get_task
 
     task = get_task("music")
-    if workdir is not None:
-        cfg, mesh, state, _ = restore_for_inference(task, workdir)
-    else:
-        cfg, mesh, state = load_model(task)
+    cfg, mesh, state = load_for_inference(task, workdir)
     if cfg.data.label_mode not in ("note", "note-offset"):
         raise SystemExit(
             f"label mode {cfg.data.label_mode!r}: onsets are channel 2 only in note modes"
@@ -118,7 +116,9 @@ def measure(workdir: Path | None, renderers: list[str], gaps: list[float], keys=
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", type=Path, default=None, help="a trained run (default: shipped)")
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="a run or model folder (default: shipped)"
+    )
     p.add_argument("--renderers", default="sf0,sf6,sf40,struck,pluck,additive")
     p.add_argument("--gaps", default="0,0.04", help="seconds of silence before each repeat")
     p.add_argument("--name", default="repeated-notes")

@@ -76,17 +76,14 @@ def measure(cache_dir: Path, workdir: Path | None, splits: list[str], changes: l
 
     from jaxmir.data.audio import load_audio
     from jaxmir.data.cache import FeatureCache
-    from jaxmir.engine.run import make_predict, restore_for_inference
-    from jaxmir.shipped import is_model_folder, load_model
+    from jaxmir.engine.run import make_predict
+    from jaxmir.shipped import load_for_inference
     from jaxmir.tasks.base import get_task, mean_scores
 
     for change in changes:
         parse_change(change)  # every change checked before the model is restored
     task = get_task("music")
-    if workdir is None or is_model_folder(workdir):
-        cfg, mesh, state = load_model(task, workdir)
-    else:
-        cfg, mesh, state, _ = restore_for_inference(task, workdir)
+    cfg, mesh, state = load_for_inference(task, workdir)
     predict = make_predict(mesh, state)
     cache = FeatureCache(cache_dir)
     sr = 44100

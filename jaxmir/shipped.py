@@ -282,6 +282,17 @@ def _label_fields(data_config) -> dict:
     return {k: values[k] for k in ("label_mode",) if k in values}
 
 
+def load_for_inference(task, path: Path | str | None = None):
+    """(cfg, mesh, state) for inference from a trained run (its best checkpoint), an exported
+    model folder, or, for None, the model shipped with the package."""
+    if path is None or is_model_folder(path):
+        return load_model(task, path)
+    from jaxmir.engine.run import restore_for_inference
+
+    cfg, mesh, state, _ = restore_for_inference(task, Path(path))
+    return cfg, mesh, state
+
+
 def load_model(task, folder: Path | str | None = None):
     """(cfg, mesh, state) of a shipped model (default: the package's own for `task`), ready for
     `jaxmir.engine.run.make_predict`."""

@@ -457,9 +457,10 @@ class BeatTask(PieceTask):
         method, beat, gap = best_tracking(beat_f)
         chosen = {"method": method, "beat_threshold": beat, "min_distance": gap}
 
+        refs = [lab["downbeats"] for _, lab in pieces]
+
         def downbeat_f(estimates: list[np.ndarray]) -> float:
             """Mean validation downbeat F of one estimate per piece."""
-            refs = [lab["downbeats"] for _, lab in pieces]
             return float(
                 np.mean(
                     [mir_eval.beat.f_measure(r, e) for r, e in zip(refs, estimates, strict=True)]
