@@ -159,6 +159,25 @@ def downbeat_targets(
     return out
 
 
+SUBDIVISIONS = (2, 3)
+"""How many steps the level tagger learns to find in one beat: a beat sequence with the
+midpoint, or the two thirds, of each interval inserted (`subdivided`)."""
+
+
+def subdivided(beats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(times, is_beat): `beats` with `k` - 1 evenly spaced points inserted into each interval,
+    and float32 1 at the beats, 0 at the points: what a tracker gives when it follows a
+    sub-beat (eighth notes under quarter-note beats, say). The level tagger learns from it."""
+    beats = np.asarray(beats, np.float64).ravel()
+    if len(beats) < 2 or k < 2:
+        return beats, np.ones(len(beats), np.float32)
+    steps = beats[:-1, None] + np.diff(beats)[:, None] * (np.arange(k) / k)[None, :]
+    times = np.append(steps.ravel(), beats[-1])
+    is_beat = np.zeros(len(times), np.float32)
+    is_beat[::k] = 1.0
+    return times, is_beat
+
+
 def windows(
     features: np.ndarray, targets: np.ndarray, window: int = WINDOW
 ) -> list[dict[str, np.ndarray]]:

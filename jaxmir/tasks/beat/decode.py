@@ -187,6 +187,39 @@ def viterbi_beats(activation: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return np.asarray(beats[::-1], np.float64)
 
 
+#: `slower_level` judges a phase only where each of the k phases has this many beats.
+LEVEL_MIN_BEATS = 4
+
+
+def slower_level(
+    beats: np.ndarray, probs: np.ndarray, threshold: float, factors: tuple[int, ...]
+) -> np.ndarray:
+    """`beats`, or every k-th of them where the level tagger says the rest are no beats.
+
+    `probs` (len(beats),): the level tagger's probability that each tracked beat is a beat
+    (`jaxmir.tasks.beat.bars.subdivided` is what it learned from). For each k of `factors` in
+    turn, the beats split into k phases (every k-th beat from the first, from the second,
+    ...); where the mean probability of the phases other than the most probable one is under
+    `threshold`, the tracker followed a sub-beat, k steps to the beat, and only the most
+    probable phase is kept.
+
+    Why: the frame model's beat activation rises on sub-beats too, more so at tempi it never
+    trained on, and the tracker then follows the eighth notes under a slow quarter-note beat.
+    The period and the activation alone cannot tell the levels apart (README, beat); the notes
+    can (what starts on a beat, what the bass and harmony do), and the tagger reads them in
+    beats, never in seconds, so a tempo that training never saw looks like one it did."""
+    beats = np.asarray(beats, np.float64)
+    probs = np.asarray(probs, np.float64)
+    for k in factors:
+        if len(beats) < LEVEL_MIN_BEATS * k:
+            continue
+        means = np.array([probs[i::k].mean() for i in range(k)])
+        strongest = int(np.argmax(means))
+        if np.delete(means, strongest).mean() < threshold:
+            return beats[strongest::k]
+    return beats
+
+
 #: `faster_period` looks for periods from this fraction of the peaks' median interval (a
 #: level up to about twice as fast) to 0.8 of it. From 0.3 (three times as fast) it found
 #: sub-beats too: validation beat F 0.865 against 0.886 at 0.45.

@@ -31,18 +31,24 @@ from jaxmir.shipped import HELPER_RUN
 from jaxmir.tasks.base import NoConfig
 from jaxmir.tasks.beat.bars import (
     N_BAR_FEATURES,
+    SUBDIVISIONS,
     WINDOW,
     BarTagger,
     TaggerEnsemble,
     bar_features,
     downbeat_targets,
     ensemble_probs,
+    subdivided,
     transpose,
     windows,
 )
 
 TAGGER_DIR = "tagger"
 """The tagger's folder inside a run's workdir or a shipped model folder."""
+
+LEVEL_DIR = "level"
+"""The level tagger's folder (beats or sub-beats, `jaxmir.tasks.beat.decode.slower_level`),
+beside `TAGGER_DIR`."""
 
 TAGGER_VARIABLES = "variables.msgpack"
 TAGGER_SIZE_FILE = "tagger.json"
@@ -111,6 +117,27 @@ def piece_examples(
         beats = np.asarray(beats, np.float64)
         if len(beats) >= 2:
             out += windows(bar_features(notes, beats), downbeat_targets(beats, downbeats))
+    return out
+
+
+def level_examples(
+    notes: np.ndarray, true_beats: np.ndarray, tracked: np.ndarray
+) -> list[dict[str, np.ndarray]]:
+    """The level tagger's training windows of one piece, targets 1 at beats and 0 elsewhere:
+    its true beats (all beats), the same with each interval cut into 2 and into 3 steps
+    (`subdivided`), and the beats the frame model tracks there (a beat where it lies within
+    70 ms of a true one: the sequences it will be given, errors included)."""
+    true_beats = np.asarray(true_beats, np.float64)
+    if len(true_beats) < 2:
+        return []
+    sequences = [(true_beats, np.ones(len(true_beats), np.float32))]
+    sequences += [subdivided(true_beats, k) for k in SUBDIVISIONS]
+    tracked = np.asarray(tracked, np.float64)
+    if len(tracked) >= 2:  # the targets mark the tracked beat nearest each true beat
+        sequences.append((tracked, downbeat_targets(tracked, true_beats)))
+    out = []
+    for beats, targets in sequences:
+        out += windows(bar_features(notes, beats), targets)
     return out
 
 
@@ -271,9 +298,10 @@ def _load_tagger(folder: str, stamp: tuple) -> Callable[[np.ndarray], np.ndarray
     return tag
 
 
-def downbeat_probs(folder: str, notes: np.ndarray, beats: np.ndarray) -> np.ndarray:
-    """The tagger in `folder`'s downbeat probability of each beat (0 for fewer than 2 beats:
-    a lone beat has no span to describe)."""
+def tagger_probs(folder: str, notes: np.ndarray, beats: np.ndarray) -> np.ndarray:
+    """The probability the tagger in `folder` gives each beat: that it starts a bar (a
+    downbeat tagger) or that it is a beat (a level tagger); 0 for fewer than 2 beats: a lone
+    beat has no span to describe."""
     beats = np.asarray(beats, np.float64)
     if len(beats) < 2:
         return np.zeros(len(beats), np.float32)
@@ -281,7 +309,7 @@ def downbeat_probs(folder: str, notes: np.ndarray, beats: np.ndarray) -> np.ndar
 
 
 def marked_downbeats(beats: np.ndarray, probs: np.ndarray, threshold: float) -> np.ndarray:
-    """The beats whose downbeat probability (`downbeat_probs`) is >= `threshold`; none of
+    """The beats whose downbeat probability (`tagger_probs`) is >= `threshold`; none of
     fewer than 2 beats, whatever the threshold."""
     beats = np.asarray(beats, np.float64)
     return beats[probs >= threshold] if len(beats) >= 2 else beats[:0]
@@ -291,4 +319,4 @@ def tag_downbeats(
     folder: str, notes: np.ndarray, beats: np.ndarray, threshold: float
 ) -> np.ndarray:
     """The beats the tagger in `folder` marks as downbeats (probability >= `threshold`)."""
-    return marked_downbeats(beats, downbeat_probs(folder, notes, beats), threshold)
+    return marked_downbeats(beats, tagger_probs(folder, notes, beats), threshold)

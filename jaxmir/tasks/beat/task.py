@@ -27,12 +27,13 @@ from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.inference import sigmoid
 from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
-from jaxmir.tasks.beat.bars import notes_from_features
+from jaxmir.tasks.beat.bars import SUBDIVISIONS, notes_from_features, subdivided
 from jaxmir.tasks.beat.decode import (
     beats_to_midi,
     dbn_beats,
     decode_beats,
     pick_peaks,
+    slower_level,
     track_beats,
     write_beat_csv,
 )
@@ -40,17 +41,19 @@ from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels
 from jaxmir.tasks.beat.model import build_model
 from jaxmir.tasks.beat.tagger import (
     CANDIDATE_SUFFIX,
+    LEVEL_DIR,
     TAGGER_DIR,
     TAGGER_SIZE_FILE,
     TAGGER_VARIABLES,
     TaggerSize,
-    downbeat_probs,
+    level_examples,
     marked_downbeats,
     piece_examples,
     recover_folder,
     replace_folder,
     stored_tagger_problem,
     tag_downbeats,
+    tagger_probs,
     train_tagger,
 )
 
@@ -72,6 +75,12 @@ class BeatModelConfig:
     tagger_layers: int = 2
     tagger_steps: int = 2000
     tagger_members: int = 1  # > 1: that many taggers, their probabilities averaged
+    # The level tagger (not in omnizart; `slower_level`): a BiLSTM over the tracked beats, of the
+    # downbeat tagger's kind, that tells beats from sub-beats (0 units: none).
+    level_hidden: int = 0
+    level_layers: int = 2
+    level_steps: int = 2000
+    level_members: int = 1  # > 1: that many, their probabilities averaged (as tagger_members)
 
 
 @dataclasses.dataclass
@@ -115,6 +124,12 @@ class BeatDecodeConfig:
     downbeats: str = "peaks"
     tagger: str = ""
     tagger_threshold: float = 0.5
+    # Methods "track", "dbn": where the level tagger stored in folder `level_tagger` (relative,
+    # as `tagger`) gives every other tracked beat (or every second and third) a mean
+    # probability under `level_threshold`, the tracker followed a sub-beat and only the beats
+    # are kept (`slower_level`); "" or 0: no check.
+    level_tagger: str = ""
+    level_threshold: float = 0.0
     # At the end of training, choose the method and thresholds on the validation pieces
     # (`calibrate`); stored in the workdir's decode.json and used by eval/transcribe.
     calibrate: bool = True
@@ -133,6 +148,7 @@ TIE = 1e-3
 DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 DOWNBEAT_SOURCES = ("peaks", "tagger")
 TAGGER_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+LEVEL_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 
 class BeatPosteriors(NamedTuple):
@@ -356,42 +372,57 @@ class BeatTask(PieceTask):
             beats = track_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
         elif d.method == "dbn":
             beats = dbn_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
+        if d.method != "peaks" and d.level_tagger and d.level_threshold > 0:
+            probs_of_beats = tagger_probs(d.level_tagger, _notes(posteriors, "level_tagger"), beats)
+            beats = slower_level(beats, probs_of_beats, d.level_threshold, SUBDIVISIONS)
         if d.downbeats == "tagger":
-            if not isinstance(posteriors, BeatPosteriors):
-                raise ValueError("decode.downbeats=tagger needs BeatPosteriors (the notes)")
             if not d.tagger:
                 raise ConfigError("decode.downbeats=tagger: decode.tagger names no folder")
-            downbeats = tag_downbeats(d.tagger, posteriors.notes, beats, d.tagger_threshold)
+            notes = _notes(posteriors, "downbeats=tagger")
+            downbeats = tag_downbeats(d.tagger, notes, beats, d.tagger_threshold)
         return beats, downbeats
 
     def locate(self, cfg: Config, folder: Path) -> Config:
-        """A relative `decode.tagger` is inside the run or model `folder`."""
-        tagger = cfg.decode.tagger
-        if not tagger or Path(tagger).is_absolute():
+        """A relative `decode.tagger` or `decode.level_tagger` is inside the run or model
+        `folder`."""
+        found = {}
+        for key in ("tagger", "level_tagger"):
+            path = getattr(cfg.decode, key)
+            if path and not Path(path).is_absolute():
+                found[key] = str((Path(folder) / path).resolve())
+        if not found:
             return cfg
-        return dataclasses.replace(
-            cfg,
-            decode=dataclasses.replace(cfg.decode, tagger=str((Path(folder) / tagger).resolve())),
-        )
+        return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **found))
 
     def extra_params(self, cfg: Config) -> dict[str, int]:
         m = cfg.model
-        if m.tagger_hidden <= 0:
-            return {}
-        return {"downbeat_tagger": tagger_size(m).param_count()}
+        out = {}
+        if m.tagger_hidden > 0:
+            out["downbeat_tagger"] = tagger_size(m).param_count()
+        if m.level_hidden > 0:
+            out["level_tagger"] = level_size(m).param_count()
+        return out
 
     def export_files(self, cfg: Config, out: Path) -> Config:
-        """A shipped model carries its tagger (`TAGGER_DIR`), referred to relatively; a model
-        that decodes without one leaves none in `out` (a tagger left there by a model
-        exported before would compete when the folder is calibrated)."""
-        target = Path(out) / TAGGER_DIR
-        if cfg.decode.downbeats != "tagger" or not cfg.decode.tagger:
-            shutil.rmtree(target, ignore_errors=True)
-            return cfg
-        target.mkdir(parents=True, exist_ok=True)
-        for name in (TAGGER_VARIABLES, TAGGER_SIZE_FILE):
-            shutil.copyfile(Path(cfg.decode.tagger) / name, target / name)
-        return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, tagger=TAGGER_DIR))
+        """A shipped model carries its taggers (`TAGGER_DIR`, `LEVEL_DIR`), referred to
+        relatively; a model that decodes without one leaves none in `out` (a tagger left there
+        by a model exported before would compete when the folder is calibrated)."""
+        d = cfg.decode
+        uses = {
+            "tagger": (TAGGER_DIR, d.downbeats == "tagger" and bool(d.tagger)),
+            "level_tagger": (LEVEL_DIR, bool(d.level_tagger) and d.level_threshold > 0),
+        }
+        moved = {}
+        for key, (name, used) in uses.items():
+            target = Path(out) / name
+            if not used:
+                shutil.rmtree(target, ignore_errors=True)
+                continue
+            target.mkdir(parents=True, exist_ok=True)
+            for file in (TAGGER_VARIABLES, TAGGER_SIZE_FILE):
+                shutil.copyfile(Path(getattr(d, key)) / file, target / file)
+            moved[key] = name
+        return dataclasses.replace(cfg, decode=dataclasses.replace(d, **moved))
 
     def calibrate(
         self,
@@ -441,6 +472,11 @@ class BeatTask(PieceTask):
             if problem:
                 log(f"Downbeat tagger in {d.tagger} {problem}: scored before with the peaks")
                 as_stored = {"downbeats": "peaks"}
+        if d.level_tagger and d.level_threshold > 0:
+            problem = stored_tagger_problem(Path(d.level_tagger), level_size(cfg.model))
+            if problem:
+                log(f"Level tagger in {d.level_tagger} {problem}: scored before without it")
+                as_stored["level_tagger"] = ""
         keys = ("beat_f_measure", "downbeat_f_measure")
         before = {k: mean(k, **as_stored) for k in keys}
         grid = [(m, b, g) for m in METHODS for b in BEAT_GRID for g in DISTANCE_GRID]
@@ -451,11 +487,20 @@ class BeatTask(PieceTask):
                 beat_threshold=v[1],
                 min_distance=v[2],
                 downbeats="peaks",
+                level_tagger="",
             )
             for v in grid
         }
         method, beat, gap = best_tracking(beat_f)
         chosen = {"method": method, "beat_threshold": beat, "min_distance": gap}
+        chosen.update(level_tagger="", level_threshold=0.0)
+        level = {}
+        if cfg.model.level_hidden > 0 and workdir is not None:
+            plain = with_decode(**chosen, downbeats="peaks")
+            level = self.calibrate_level(
+                predict, plain, cache, pieces, Path(workdir), progress, log
+            )
+            chosen.update(level_tagger=level["folder"], level_threshold=level["threshold"])
 
         refs = [lab["downbeats"] for _, lab in pieces]
 
@@ -480,7 +525,7 @@ class BeatTask(PieceTask):
                 """The tagger's best threshold on the beats tracked once above, and its score
                 (as `decode` would tag them at each threshold)."""
                 probs = [
-                    downbeat_probs(str(folder), p.notes, b)
+                    tagger_probs(str(folder), p.notes, b)
                     for (p, _), b in zip(pieces, tracked, strict=True)
                 ]
                 f = {
@@ -520,13 +565,89 @@ class BeatTask(PieceTask):
         after = {k: mean(k, **chosen) for k in keys}
         if chosen["downbeats"] == "tagger":
             chosen["tagger"] = TAGGER_DIR  # stored relative to the run folder (`locate`)
-        return {
+        if chosen["level_tagger"]:
+            chosen["level_tagger"] = LEVEL_DIR
+        out = {
             "decode": chosen,
             "val_pieces": len(pieces),
             "before": before,
             "after": after,
             "val_downbeat_f_by_source": scores,
         }
+        if level:
+            out["level"] = {k: v for k, v in level.items() if k != "folder"}
+        return out
+
+    def calibrate_level(
+        self, predict, cfg: Config, cache, pieces: list, workdir: Path, progress: bool, log
+    ) -> dict:
+        """Train the level tagger (`fit_level_tagger`) and choose its threshold on the
+        validation `pieces` ((posteriors, labels), beats tracked as `cfg.decode` says): the
+        `LEVEL_GRID` value of highest mean of two validation beat F, of the tracked beats and
+        of the true beats cut into 2 and into 3 steps (`subdivided`: a tracker that followed a
+        sub-beat). The validation pieces are rarely tracked at a sub-beat, so the cut beats
+        stand for those; without them every threshold low enough to leave the tracked beats
+        alone would tie. Among the thresholds within `TIE` of the best, the middle one; none
+        (0, no check) where no threshold beats it by more than `TIE`. Returns the folder, the
+        threshold and the score of each threshold tried."""
+        folder = str(self.fit_level_tagger(predict, cfg, cache, workdir, progress, log))
+        tracked, cut = [], []  # (beats, true beats, the level tagger's probability of each)
+        for p, lab in pieces:
+            beats = self.decode(p, cfg)[0]
+            tracked.append((beats, lab["beats"], tagger_probs(folder, p.notes, beats)))
+            for k in SUBDIVISIONS:
+                beats = subdivided(lab["beats"], k)[0]
+                cut.append((beats, lab["beats"], tagger_probs(folder, p.notes, beats)))
+
+        def mean_f(cases: list, threshold: float) -> float:
+            return float(
+                np.mean(
+                    [
+                        mir_eval.beat.f_measure(ref, slower_level(b, q, threshold, SUBDIVISIONS))
+                        for b, ref, q in cases
+                    ]
+                )
+            )
+
+        score = {t: (mean_f(tracked, t) + mean_f(cut, t)) / 2 for t in (0.0, *LEVEL_GRID)}
+        threshold = middle_of_best(score)
+        log(f"Level tagger: validation beat F by threshold {score} (using {threshold})")
+        return {"folder": folder, "threshold": threshold, "val_score_by_threshold": score}
+
+    def fit_level_tagger(
+        self, predict, cfg: Config, cache, workdir: Path, progress: bool = False, log=print
+    ) -> Path:
+        """Train the level tagger of `cfg.model` on the training pieces (`level_examples`,
+        beats tracked as `cfg.decode` says), validated on the validation pieces alike, in
+        ``workdir/level.new``; once trained it takes the place of ``workdir/level`` (a tagger
+        there before is replaced: its threshold is chosen anew either way). Returns that
+        folder."""
+
+        def examples(split: str) -> list[dict]:
+            out = []
+            posteriors = self.split_posteriors(
+                predict, cfg, cache, split, desc=f"Level tagger data ({split})", progress=progress
+            )
+            for p, lab in posteriors:
+                out += level_examples(p.notes, lab["beats"], self.decode(p, cfg)[0])
+            return out
+
+        train, val = examples("train"), examples("val")
+        log(f"Level tagger: {len(train)} training windows, {len(val)} validation windows")
+        home = Path(workdir) / LEVEL_DIR
+        recover_folder(home)
+        candidate = home.with_name(home.name + CANDIDATE_SUFFIX)
+        m = cfg.model
+        train_tagger(
+            train, val, candidate, level_size(m), m.level_steps, cfg.train.seed,
+            progress=progress, log=log,
+        )  # fmt: skip
+        if (home / TAGGER_VARIABLES).is_file():
+            replace_folder(candidate, home)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+            candidate.rename(home)
+        return home
 
     def fit_tagger(
         self,
@@ -550,7 +671,7 @@ class BeatTask(PieceTask):
                 predict, cfg, cache, split, desc=f"Tagger data ({split})", progress=progress
             )
             for p, lab in posteriors:
-                tracked, _ = self.decode(p.frames, cfg)
+                tracked, _ = self.decode(p, cfg)
                 beat_lists = [lab["beats"], tracked] if with_true_beats else [tracked]
                 out += piece_examples(p.notes, beat_lists, lab["downbeats"])
             return out
@@ -610,9 +731,31 @@ def best_tracking(beat_f: dict[tuple[str, float, float], float]) -> tuple[str, f
     return min(ties, key=lambda v: (v[2], -beat_f[v]))
 
 
+def middle_of_best(score: dict[float, float]) -> float:
+    """The level threshold to use from the validation score of each (`calibrate_level`): 0 (no
+    check) unless another scores more than `TIE` above it; else the middle one of those within
+    `TIE` of the best (the lower of two middles)."""
+    top = max(score.values())
+    if top <= score[0.0] + TIE:
+        return 0.0
+    ties = sorted(t for t, f in score.items() if f >= top - TIE)
+    return ties[(len(ties) - 1) // 2]
+
+
 def tagger_size(m: BeatModelConfig) -> TaggerSize:
     """The downbeat tagger that model config `m` asks for."""
     return TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
+
+
+def level_size(m: BeatModelConfig) -> TaggerSize:
+    """The level tagger that model config `m` asks for."""
+    return TaggerSize(m.level_hidden, m.level_layers, m.level_members)
+
+
+def _notes(posteriors, what: str) -> np.ndarray:
+    if not isinstance(posteriors, BeatPosteriors):
+        raise ValueError(f"decode.{what} needs BeatPosteriors (the notes)")
+    return posteriors.notes
 
 
 def weighted_bce(logits, targets, mask, downbeat_weight: float):
