@@ -310,8 +310,11 @@ def test_beat_training_calibrates_its_decoding(beat_cache, tmp_path, capsys):
         "downbeats",
         "downbeat_threshold",
         "tagger",
+        "level_tagger",
+        "level_threshold",
     }
     assert saved["decode"]["downbeats"] == "peaks"  # the tiny preset has no tagger
+    assert saved["decode"]["level_tagger"] == "" and saved["decode"]["level_threshold"] == 0
     assert saved["decode"]["method"] in ("peaks", "track", "dbn")
     assert saved["after"]["beat_f_measure"] >= saved["before"]["beat_f_measure"] - 1e-9
     capsys.readouterr()
@@ -350,6 +353,10 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     assert meta["task"] == "beat" and meta["preset"] == "quality"
     assert meta["calibration"]["decode"]["downbeats"] == "tagger"
     assert (model_dir("beat") / "tagger" / "variables.msgpack").is_file()
+    # and its beats are checked for sub-beats by its level tagger
+    assert meta["calibration"]["decode"]["level_tagger"] == "level"
+    assert meta["calibration"]["decode"]["level_threshold"] > 0
+    assert (model_dir("beat") / "level" / "variables.msgpack").is_file()
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
     # `jaxmir train beat --preset quality` is the recipe that re-trains it (README)
     from jaxmir.tasks.base import get_task
