@@ -208,8 +208,8 @@ class BeatTask(PieceTask):
         # with four seeds on the same tracked beats scored 0.73-0.82 test downbeat F, their
         # mean 0.83 (test_unseen 0.77-0.79 -> 0.80).
         # A level tagger (four 2 x 32 members) checks the tracked beats for sub-beats
-        # (`slower_level`): on the shipped frame model, beat F test 0.885 -> 0.894 and
-        # test_unseen 0.849 -> 0.890 (a script before the option; README, beat).
+        # (`slower_level`): on the shipped frame model, beat F test 0.885 -> 0.893 and
+        # test_unseen 0.849 -> 0.890 (README, beat).
         quality_model = BeatModelConfig(
             timesteps=800,
             hidden=32,
