@@ -148,11 +148,3 @@ def test_training_with_a_level_tagger_calibrates_it_decodes_with_it_and_export_c
     assert (out / "level" / TAGGER_SIZE_FILE).is_file() and not (out / "tagger").exists()
     cfg, _, _ = load_model(TASK, out)
     assert cfg.decode.level_tagger == str(out / "level")
-
-
-def test_info_counts_the_quality_presets_level_tagger(capsys):
-    assert main(["info", "beat", "--preset", "quality"]) == 0
-    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert info["level_tagger_params"] == 4 * 43_133  # 4 taggers of 2 x 32 units
-    assert main(["info", "beat", "--preset", "tiny"]) == 0
-    assert "level_tagger_params" not in capsys.readouterr().out

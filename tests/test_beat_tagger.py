@@ -163,12 +163,14 @@ def test_a_tagger_stored_before_ensembles_loads_as_one_tagger(tmp_path):
     assert load_tagger(str(tmp_path))(x).shape == (WINDOW,)
 
 
-def test_info_counts_the_quality_presets_tagger(capsys):
+def test_info_counts_the_quality_presets_taggers(capsys):
     assert main(["info", "beat", "--preset", "quality"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["downbeat_tagger_params"] == 4 * 168_093  # 4 taggers of 2 x 64 units
+    assert info["level_tagger_params"] == 4 * 43_133  # and 4 level taggers of 2 x 32
     assert main(["info", "beat", "--preset", "tiny"]) == 0
-    assert "downbeat_tagger_params" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "downbeat_tagger_params" not in out and "level_tagger_params" not in out
 
 
 def _waltz(rng: np.random.Generator, bars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
