@@ -505,7 +505,8 @@ class BeatTask(PieceTask):
             level = self.calibrate_level(
                 predict, plain, cache, pieces, Path(workdir), progress, log
             )
-            chosen.update(level_tagger=level["folder"], level_threshold=level["threshold"])
+            used = level["folder"] if level["threshold"] > 0 else ""  # none: no folder named
+            chosen.update(level_tagger=used, level_threshold=level["threshold"])
 
         refs = [lab["downbeats"] for _, lab in pieces]
 
