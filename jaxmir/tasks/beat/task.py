@@ -377,7 +377,7 @@ class BeatTask(PieceTask):
             beats = track_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
         elif d.method == "dbn":
             beats = dbn_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
-        if d.method != "peaks" and d.level_tagger and d.level_threshold > 0:
+        if d.method != "peaks" and checks_level(d):
             probs_of_beats = tagger_probs(d.level_tagger, _notes(posteriors, "level_tagger"), beats)
             beats = slower_level(beats, probs_of_beats, d.level_threshold, SUBDIVISIONS)
         if d.downbeats == "tagger":
@@ -415,7 +415,7 @@ class BeatTask(PieceTask):
         d = cfg.decode
         uses = {
             "tagger": (TAGGER_DIR, d.downbeats == "tagger" and bool(d.tagger)),
-            "level_tagger": (LEVEL_DIR, bool(d.level_tagger) and d.level_threshold > 0),
+            "level_tagger": (LEVEL_DIR, checks_level(d)),
         }
         moved = {}
         for key, (name, used) in uses.items():
@@ -477,7 +477,7 @@ class BeatTask(PieceTask):
             if problem:
                 log(f"Downbeat tagger in {d.tagger} {problem}: scored before with the peaks")
                 as_stored = {"downbeats": "peaks"}
-        if d.level_tagger and d.level_threshold > 0:
+        if checks_level(d):
             problem = stored_tagger_problem(Path(d.level_tagger), level_size(cfg.model))
             if problem:
                 log(f"Level tagger in {d.level_tagger} {problem}: scored before without it")
@@ -751,6 +751,12 @@ def middle_of_best(score: dict[float, float]) -> float:
 def tagger_size(m: BeatModelConfig) -> TaggerSize:
     """The downbeat tagger that model config `m` asks for."""
     return TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
+
+
+def checks_level(d: BeatDecodeConfig) -> bool:
+    """Whether decoding `d` checks tracked beats with a level tagger (a folder and a threshold
+    above 0; `decode` does so for the tracking methods)."""
+    return bool(d.level_tagger) and d.level_threshold > 0
 
 
 def level_size(m: BeatModelConfig) -> TaggerSize:
