@@ -8,6 +8,7 @@ code under test.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -365,36 +366,45 @@ def test_level_reads_loud_passages_and_leaves_silence_alone():
     assert active_level_db(np.zeros(0), sr) == float("-inf")
 
 
-def test_music_features_read_a_recording_the_same_at_any_level():
-    """A recording 40 dB quieter or 12 dB louder gives the features it gives at its own level;
-    the CFP alone would not (its power-law layers follow the level), and the music cache's
-    parameters name the level so caches of features read before are not reused."""
-    from jaxmir.tasks.music.task import LEVEL_DB, TASK, WITH_SHORT, music_feature_stack
+def test_music_reads_files_to_transcribe_at_one_level_and_training_data_as_rendered(tmp_path):
+    """A file 40 dB quieter or 12 dB louder gives, when transcribed (`input_features`, through
+    `load_audio(..., level_db=LEVEL_DB)`), the features it gives at its own level; the CFP alone
+    would not (its power-law layers follow the level). Training pieces are read as rendered (a
+    gain augmentation): the same files give different training features, and the cache's
+    parameters are those of features read as rendered (caches from before are reused)."""
+    sf = pytest.importorskip("soundfile")
+    from jaxmir.data.records import AudioPiece
+    from jaxmir.tasks.music.task import TASK, WITH_SHORT, music_features
 
     sr = C.MUSIC.fs
     t = np.arange(int(sr * 0.8)) / sr
     y = sum(np.exp(-3.0 * t) * np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6, 660.0))
     y = (0.05 * y * (t > 0.1)).astype(np.float32)
-    at_level = music_feature_stack(y, WITH_SHORT)
-    for gain in (0.01, 4.0):
-        other = music_feature_stack((gain * y).astype(np.float32), WITH_SHORT)
+    tiny = TASK.preset("tiny")
+    cfg = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, channels=WITH_SHORT))
+    paths = []
+    for gain in (1.0, 0.01, 4.0):
+        paths.append(tmp_path / f"{gain}.wav")
+        sf.write(paths[-1], (gain * y).astype(np.float32), sr, subtype="FLOAT")
+    at_level, *others = (TASK.input_features(p, cfg) for p in paths)
+    scale = np.abs(at_level).max(axis=(0, 1))
+    for other in others:
         # float32 rounding of a 40-dB-quieter input leaves at most 0.4 % of a channel's range
-        scale = np.abs(at_level).max(axis=(0, 1))
         assert np.all(np.abs(other - at_level).max(axis=(0, 1)) <= 0.01 * scale)
-    raw, raw_quiet = (C.cfp_numpy(g * y, C.MUSIC, np.float32) for g in (1.0, 0.01))
+    raw, raw_quiet = (music_features(AudioPiece(p.stem, p, "train"))[0] for p in paths[:2])
     assert np.max(np.abs(raw - raw_quiet)) > 0.1 * np.max(np.abs(raw))
-    assert TASK.cache_params("synth")["level_db"] == LEVEL_DB
+    assert "level_db" not in TASK.cache_params("synth")
 
 
 @pytest.mark.parametrize("task_name", ["vocal", "vocal_contour", "patch_cnn", "drum", "chord"])
 def test_every_audio_task_reads_a_recording_the_same_at_any_level(task_name, tmp_path):
-    """Each audio task's features of a file 30 dB quieter match its own. vocal_contour,
-    patch_cnn and drum level their input first (`load_levelled`; without it their features
-    differ by 60-170 % on average here) and name the level in their cache parameters; vocal's
-    CFP and chord's per-frame chroma are level-free by construction (their differences here,
-    0.1 % and 1.6 %, are float rounding, the chroma's in near-silent frames)."""
+    """Each audio task's features of a file to transcribe 30 dB quieter match its own.
+    vocal_contour, patch_cnn and drum level such a file first (`AudioPiece.input`) and read their
+    training data as recorded (there the two files' features differ by 60-170 % on average);
+    vocal's CFP and chord's per-frame chroma are level-free by construction (their differences
+    here, 0.1 % and 1.6 %, are float rounding, the chroma's in near-silent frames)."""
     sf = pytest.importorskip("soundfile")
-    from jaxmir.data.audio import LEVEL_DB
+    from jaxmir.data.records import AudioPiece
     from jaxmir.tasks.base import get_task
 
     task = get_task(task_name)
@@ -416,5 +426,8 @@ def test_every_audio_task_reads_a_recording_the_same_at_any_level(task_name, tmp
     loud, quiet = (np.asarray(task.input_features(p, None), np.float32) for p in paths)
     assert loud.shape == quiet.shape and np.abs(loud).max() > 0
     assert np.abs(loud - quiet).mean() <= 0.03 * np.abs(loud).mean()
-    if task_name in ("vocal_contour", "patch_cnn", "drum"):
-        assert task.cache_params("synth")["level_db"] == LEVEL_DB
+    if task_name in ("vocal_contour", "patch_cnn", "drum"):  # training reads as recorded
+        trained = (task.piece_features(AudioPiece(p.stem, p, "train"))[0] for p in paths)
+        loud, quiet = (np.asarray(x, np.float32) for x in trained)
+        assert np.abs(loud - quiet).mean() > 0.3 * np.abs(loud).mean()
+        assert "level_db" not in task.cache_params("synth")

@@ -343,8 +343,9 @@ def test_evaluate_streams_the_split_like_one_piece_at_a_time(music_run, music_ca
 
 def test_music_transcription_features_skip_only_what_the_model_does_not_read(tmp_path):
     """Transcription computes only the layers the model reads: a 2-layer CFP for Spec and Ceps,
-    the 46-ms spectrum only for SpecShort. Each channel read equals the training features'
-    exactly; the others are zero; a model that reads GCoS gets the full CFP."""
+    the 46-ms spectrum only for SpecShort. Each channel read equals the training features' of
+    the file read at one level (`AudioPiece.input`) exactly; the others are zero; a model that
+    reads GCoS gets the full CFP."""
     import dataclasses
 
     from jaxmir.data.records import AudioPiece
@@ -352,7 +353,7 @@ def test_music_transcription_features_skip_only_what_the_model_does_not_read(tmp
 
     task = task_music()
     song = _song(tmp_path / "s.wav", 440.0, 1.2)
-    trained = task.piece_features(AudioPiece(name="s", audio=song, split=""))[0]
+    trained = task.piece_features(AudioPiece.input(song))[0]
     assert trained.shape[-1] == len(FEATURE_CHANNELS) == 5 and trained.any(axis=(0, 1)).all()
     cfg = music_cfg()
 

@@ -13,10 +13,12 @@ A bad file raises `AudioError` (a ``ValueError``) naming the file and the reason
 
 `normalise_level` scales a recording so its loud passages sit at one level: models trained on
 renderings at one level read a recording 20 dB quieter as a different input (the music task's
-shipped model lost 0.10 note F1 at -20 dB and 0.5 at -40 dB before its features did this).
-The music, vocal_contour, patch_cnn and drum tasks read their inputs so (`load_levelled`; music
-inside `music_feature_stack`); the vocal task's CFP and the chord task's per-frame chroma do not
-depend on the level to begin with.
+shipped model lost 0.10 note F1 at -20 dB and 0.5 at -40 dB when read as recorded). Files to
+transcribe are read so (`load_audio(..., level_db=LEVEL_DB)`, through `AudioPiece.input`) by
+the music, vocal_contour, patch_cnn and drum tasks; their training data is read as rendered or
+recorded, which works as a gain augmentation (levelling it cost the music task 0.06-0.10 note
+F1). The vocal task's CFP and the chord task's per-frame chroma do not depend on the level to
+begin with.
 """
 
 from __future__ import annotations
@@ -151,10 +153,13 @@ def resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
         return np.asarray(y.T, np.float32)
 
 
-def load_audio(path: str | os.PathLike, sr: int, mono: bool = True) -> np.ndarray:
+def load_audio(
+    path: str | os.PathLike, sr: int, mono: bool = True, level_db: float | None = None
+) -> np.ndarray:
     """Decode ``path`` and resample it to ``sr`` Hz as float32.
 
-    Returns ``(samples,)`` if ``mono`` (the channel mean), else ``(channels, samples)``.
+    Returns ``(samples,)`` if ``mono`` (the channel mean), else ``(channels, samples)``. With
+    ``level_db`` (mono only) the audio is brought to that level (`normalise_level`).
 
     Raises:
         AudioError: Missing, unreadable, undecodable, truncated, empty, or non-finite audio.
@@ -173,6 +178,10 @@ def load_audio(path: str | os.PathLike, sr: int, mono: bool = True) -> np.ndarra
     data = resample(np.ascontiguousarray(data, np.float32), rate, int(sr))
     if data.shape[0] == 0:
         raise AudioError(path, f"empty audio after resampling {rate} -> {sr} Hz")
+    if level_db is not None:
+        if not mono:
+            raise ValueError("load_audio: level_db needs mono=True")
+        return normalise_level(data, sr, level_db)
     out = data if mono else data.T
     return np.ascontiguousarray(out, np.float32)
 
@@ -206,8 +215,3 @@ def normalise_level(x: np.ndarray, sr: int, target_db: float) -> np.ndarray:
     if not level > SILENT_DB:
         return x.copy()
     return (x * np.float32(10.0 ** ((target_db - level) / 20.0))).astype(np.float32)
-
-
-def load_levelled(path: str | os.PathLike, sr: int) -> np.ndarray:
-    """`load_audio` (mono) brought to `LEVEL_DB` (`normalise_level`): what the audio tasks read."""
-    return normalise_level(load_audio(path, sr), sr, LEVEL_DB)

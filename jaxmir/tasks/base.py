@@ -436,10 +436,11 @@ class PieceTask(Task):
             yield probs, cache.labels(name)
 
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
-        """The features of an input file, computed exactly as for training."""
+        """The features of an input file, computed as for training but read at one level
+        (`AudioPiece.input`)."""
         from jaxmir.data.records import AudioPiece
 
-        return self.piece_features(AudioPiece(name=Path(path).stem, audio=Path(path), split=""))[0]
+        return self.piece_features(AudioPiece.input(path))[0]
 
     def input_suffixes(self) -> tuple[str, ...]:
         """The file types `transcribe` reads from a folder: MIDI for a task trained on MIDI

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.audio import LEVEL_DB, load_levelled
+from jaxmir.data.audio import load_audio
 from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.features.cqt import DRUM_CLASSES, PATCH_SIZE, drum_input, drum_labels
 from jaxmir.data.pipeline import frames_window
@@ -158,15 +158,14 @@ class DrumTask(PieceTask):
             "feature": "drum-cqt-patches",
             "beats": beats,
             "dtype": "float16",
-            "level_db": LEVEL_DB,
-            "version": 2,
+            "version": 1,
         }
 
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(patches (M, 120, 120) float16, {"hits" (M, 13), "mini_beats" (M,), "drum_hits"})."""
         from jaxmir.data.features.cqt import SR
 
-        audio = load_levelled(piece.audio, SR)
+        audio = load_audio(piece.audio, SR, level_db=piece.level_db)
         beats = piece.beats if piece.beats is not None and len(piece.beats) >= 2 else None
         patches, mini = drum_input(audio, SR, beats=beats)
         labels = {"mini_beats": mini}
@@ -219,9 +218,7 @@ class DrumTask(PieceTask):
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
         from jaxmir.data.records import AudioPiece
 
-        x, labels = self.piece_features(
-            AudioPiece(name=Path(path).stem, audio=Path(path), split="")
-        )
+        x, labels = self.piece_features(AudioPiece.input(path))
         posteriors = (self.posteriors(predict, x, cfg), labels["mini_beats"])
         outdir = Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)

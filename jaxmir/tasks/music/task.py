@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.audio import LEVEL_DB, normalise_level
+from jaxmir.data.audio import LEVEL_DB
 from jaxmir.data.cache import CacheError
 from jaxmir.data.features.cfp import CHANNELS, MUSIC, MUSIC_SHORT, cfp_numpy, n_frames
 from jaxmir.losses import apply_model, binary_accuracy
@@ -348,19 +348,19 @@ class MusicTask(PieceTask):
 
     def cache_params(self, dataset: str) -> dict:
         params = {"cfp": dataclasses.asdict(MUSIC), "short": dataclasses.asdict(MUSIC_SHORT)}
-        return {"feature": "cfp+short", "params": params, "level_db": LEVEL_DB, "version": 3}
+        return {"feature": "cfp+short", "params": params, "version": 2}
 
     # -- inference ------------------------------------------------------------------------------
     def inference_hop(self, cfg: Config) -> int:
         return self.timesteps(cfg) * 3 // 4
 
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
-        """The features of an input file, as in training, with only the layers the model reads
-        computed (`music_feature_stack`): GCoS, the CFP's costliest layer, is skipped unless the
-        model reads it or Z."""
+        """The features of an input file, as in training but read at one level (`LEVEL_DB`), with
+        only the layers the model reads computed (`music_feature_stack`): GCoS, the CFP's
+        costliest layer, is skipped unless the model reads it or Z."""
         from jaxmir.data.audio import load_audio
 
-        audio = load_audio(path, MUSIC.fs)
+        audio = load_audio(path, MUSIC.fs, level_db=LEVEL_DB)
         workers = min(os.cpu_count() or 1, 8)  # threads over frame chunks (FFTs free the GIL)
         return music_feature_stack(audio, cfg.model.channels, workers=workers)
 
@@ -524,16 +524,11 @@ def music_feature_stack(
 ) -> np.ndarray:
     """``(T, 352, 5)`` float32 features of 44.1-kHz audio, channels as `FEATURE_CHANNELS`.
 
-    The audio is first brought to one level (`LEVEL_DB`, `normalise_level`), so a recording
-    reads the same at any gain: the corpus's renderings sit at -29 to -12 dB (median -20), and
-    another synthesiser or a recording may be 20 dB quieter or louder.
-
     Only the layers that `channels` need are computed; the others are left zero. Each channel
     computed is bit-identical to the full stack's: the CFP's layers do not depend on the later
     ones, so with neither Z nor GCoS the third layer is not run.
     """
     _check_channels(channels)
-    audio = normalise_level(audio, MUSIC.fs, LEVEL_DB)
     need = set(channels)
     x = np.zeros((n_frames(len(audio), MUSIC), MUSIC.n_bins, len(FEATURE_CHANNELS)), np.float32)
     if need & {"Z", "GCoS"}:
@@ -553,7 +548,7 @@ def music_features(piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     piece."""
     from jaxmir.data.audio import load_audio
 
-    audio = load_audio(piece.audio, MUSIC.fs)
+    audio = load_audio(piece.audio, MUSIC.fs, level_db=piece.level_db)
     x = music_feature_stack(audio)
     notes = piece.notes if piece.notes is not None else np.zeros((0, 5))
     return x, {"notes": np.asarray(notes, np.float64)}

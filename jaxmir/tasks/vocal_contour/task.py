@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.audio import LEVEL_DB, load_levelled
+from jaxmir.data.audio import load_audio
 from jaxmir.data.features.cfp import VOCAL_CONTOUR, cfp_numpy
 from jaxmir.losses import apply_model, binary_accuracy
 from jaxmir.melody import bin_freqs, frame_times, write_melody
@@ -134,14 +134,14 @@ class VocalContourTask(PieceTask):
     # -- data -----------------------------------------------------------------------------------
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(Z (T, 352) float32, {"bins": voice row per frame (-1 unvoiced), "f0"})."""
-        audio = load_levelled(piece.audio, VOCAL_CONTOUR.fs)
+        audio = load_audio(piece.audio, VOCAL_CONTOUR.fs, level_db=piece.level_db)
         z = cfp_numpy(audio, VOCAL_CONTOUR, np.float32)[..., 0]
         f0 = piece.f0 if piece.f0 is not None else np.zeros((0, 2))
         return z, {"bins": contour_bins(f0, len(z)), "f0": np.asarray(f0, np.float64)}
 
     def cache_params(self, dataset: str) -> dict:
         params = dataclasses.asdict(VOCAL_CONTOUR)
-        return {"feature": "cfp-z", "params": params, "level_db": LEVEL_DB, "version": 2}
+        return {"feature": "cfp-z", "params": params, "version": 1}
 
     def input_view(self, cfg: Config, x: np.ndarray) -> np.ndarray:
         return pad_rows(x)[..., None]
