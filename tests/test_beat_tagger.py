@@ -331,7 +331,7 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
     home = wd / "tagger"
     new = {}  # what the next re-trained tagger is, then its weights and where it was trained
 
-    def fit_tagger(predict, cfg, cache, workdir, progress, log, candidate):
+    def fit_tagger(cfg, train, val, workdir, progress, log, candidate):
         folder = workdir / ("tagger.new" if candidate else "tagger")
         new.update(candidate=candidate, weights=_constant_tagger(folder, *new["draw"]))
         return folder

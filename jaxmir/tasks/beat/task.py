@@ -9,6 +9,7 @@ picking. Scores: `mir_eval.beat.f_measure` (70 ms) on whole pieces, no 5-second 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import zlib
 from pathlib import Path
@@ -448,7 +449,8 @@ class BeatTask(PieceTask):
         on these beats by more than `TIE`: taggers of one recipe differ by up to 0.09
         downbeat F from draw to draw, so calibrating again must not swap the folder's for one
         that scores lower on validation. A stored tagger of another size than the config's,
-        or one that cannot be read, is replaced. Posteriors are computed once per piece.
+        or one that cannot be read, is replaced. Posteriors are computed once per piece (the
+        training pieces' only when a tagger is trained, once for both taggers).
         Returns the chosen `decode` values plus the validation scores before and after, or
         None when the config does not ask for it."""
         d = cfg.decode
@@ -460,6 +462,14 @@ class BeatTask(PieceTask):
                 predict, cfg, cache, "val", desc="Calibrate decoding", progress=progress
             )
         )
+
+        @functools.cache
+        def train_pieces() -> list:
+            return list(
+                self.split_posteriors(
+                    predict, cfg, cache, "train", desc="Tagger data (train)", progress=progress
+                )
+            )
 
         def with_decode(**values) -> Config:
             return dataclasses.replace(cfg, decode=dataclasses.replace(d, **values))
@@ -503,7 +513,7 @@ class BeatTask(PieceTask):
         if cfg.model.level_hidden > 0 and workdir is not None:
             plain = with_decode(**chosen, downbeats="peaks")
             level = self.calibrate_level(
-                predict, plain, cache, pieces, Path(workdir), progress, log
+                plain, train_pieces(), pieces, Path(workdir), progress, log
             )
             used = level["folder"] if level["threshold"] > 0 else ""  # none: no folder named
             chosen.update(level_tagger=used, level_threshold=level["threshold"])
@@ -552,7 +562,13 @@ class BeatTask(PieceTask):
                     kept = best_threshold(home)
                     scores["tagger_before"] = kept[1]
             trained = self.fit_tagger(
-                predict, with_decode(**chosen), cache, workdir, progress, log, kept is not None
+                with_decode(**chosen),
+                train_pieces(),
+                pieces,
+                workdir,
+                progress,
+                log,
+                kept is not None,
             )
             threshold, scores["tagger"] = best_threshold(trained)
             if kept is not None:
@@ -585,18 +601,18 @@ class BeatTask(PieceTask):
         return out
 
     def calibrate_level(
-        self, predict, cfg: Config, cache, pieces: list, workdir: Path, progress: bool, log
+        self, cfg: Config, train: list, pieces: list, workdir: Path, progress=False, log=print
     ) -> dict:
-        """Train the level tagger (`fit_level_tagger`) and choose its threshold on the
-        validation `pieces` ((posteriors, labels), beats tracked as `cfg.decode` says): the
-        `LEVEL_GRID` value of highest mean of two validation beat F, of the tracked beats and
-        of the true beats cut into 2 and into 3 steps (`subdivided`: a tracker that followed a
-        sub-beat). The validation pieces are rarely tracked at a sub-beat, so the cut beats
+        """Train the level tagger (`fit_level_tagger`) on the `train` pieces and choose its
+        threshold on the validation `pieces` (each (posteriors, labels); beats tracked as
+        `cfg.decode` says): the `LEVEL_GRID` value of highest mean of two validation beat F,
+        of the tracked beats and of the true beats cut into 2 and into 3 steps (`subdivided`:
+        a tracker that followed a sub-beat). The validation pieces are rarely tracked at a sub-beat, so the cut beats
         stand for those; without them every threshold low enough to leave the tracked beats
         alone would tie. Among the thresholds within `TIE` of the best, the middle one; none
         (0, no check) where no threshold beats it by more than `TIE`. Returns the folder, the
         threshold and the score of each threshold tried."""
-        folder = str(self.fit_level_tagger(predict, cfg, cache, workdir, progress, log))
+        folder = str(self.fit_level_tagger(cfg, train, pieces, workdir, progress, log))
         tracked, cut = [], []  # (beats, true beats, the level tagger's probability of each)
         for p, lab in pieces:
             beats = self.decode(p, cfg)[0]
@@ -621,24 +637,27 @@ class BeatTask(PieceTask):
         return {"folder": folder, "threshold": threshold, "val_score_by_threshold": score}
 
     def fit_level_tagger(
-        self, predict, cfg: Config, cache, workdir: Path, progress: bool = False, log=print
+        self,
+        cfg: Config,
+        train_pieces: list,
+        val_pieces: list,
+        workdir: Path,
+        progress: bool = False,
+        log=print,
     ) -> Path:
         """Train the level tagger of `cfg.model` on the training pieces (`level_examples`,
-        beats tracked as `cfg.decode` says), validated on the validation pieces alike, in
-        ``workdir/level.new``; once trained it takes the place of ``workdir/level`` (a tagger
-        there before is replaced: its threshold is chosen anew either way). Returns that
-        folder."""
+        beats tracked as `cfg.decode` says), validated on the validation pieces alike (each
+        (posteriors, labels)), in ``workdir/level.new``; once trained it takes the place of
+        ``workdir/level`` (a tagger there before is replaced: its threshold is chosen anew
+        either way). Returns that folder."""
 
-        def examples(split: str) -> list[dict]:
+        def examples(pieces: list) -> list[dict]:
             out = []
-            posteriors = self.split_posteriors(
-                predict, cfg, cache, split, desc=f"Level tagger data ({split})", progress=progress
-            )
-            for p, lab in posteriors:
+            for p, lab in pieces:
                 out += level_examples(p.notes, lab["beats"], self.decode(p, cfg)[0])
             return out
 
-        train, val = examples("train"), examples("val")
+        train, val = examples(train_pieces), examples(val_pieces)
         log(f"Level tagger: {len(train)} training windows, {len(val)} validation windows")
         home = Path(workdir) / LEVEL_DIR
         recover_folder(home)
@@ -657,9 +676,9 @@ class BeatTask(PieceTask):
 
     def fit_tagger(
         self,
-        predict,
         cfg: Config,
-        cache,
+        train_pieces: list,
+        val_pieces: list,
         workdir: Path,
         progress: bool = False,
         log=print,
@@ -668,21 +687,19 @@ class BeatTask(PieceTask):
         """Train the downbeat tagger of `cfg.model` in ``workdir/tagger`` (`candidate`: in
         ``workdir/tagger.new``, beside a tagger that it must beat to replace) on the training
         pieces' true and tracked beats (tracked as `cfg.decode` says) and validate it on the
-        validation pieces' tracked beats; returns its folder."""
+        validation pieces' tracked beats (each piece (posteriors, labels)); returns its
+        folder."""
         m = cfg.model
 
-        def examples(split: str, with_true_beats: bool) -> list[dict]:
+        def examples(pieces: list, with_true_beats: bool) -> list[dict]:
             out = []
-            posteriors = self.split_posteriors(
-                predict, cfg, cache, split, desc=f"Tagger data ({split})", progress=progress
-            )
-            for p, lab in posteriors:
+            for p, lab in pieces:
                 tracked, _ = self.decode(p, cfg)
                 beat_lists = [lab["beats"], tracked] if with_true_beats else [tracked]
                 out += piece_examples(p.notes, beat_lists, lab["downbeats"])
             return out
 
-        train, val = examples("train", True), examples("val", False)
+        train, val = examples(train_pieces, True), examples(val_pieces, False)
         log(f"Downbeat tagger: {len(train)} training windows, {len(val)} validation windows")
         folder = Path(workdir) / (TAGGER_DIR + CANDIDATE_SUFFIX if candidate else TAGGER_DIR)
         return train_tagger(
