@@ -431,3 +431,23 @@ def test_every_audio_task_reads_a_recording_the_same_at_any_level(task_name, tmp
         loud, quiet = (np.asarray(x, np.float32) for x in trained)
         assert np.abs(loud - quiet).mean() > 0.3 * np.abs(loud).mean()
         assert "level_db" not in task.cache_params("synth")
+
+
+@pytest.mark.parametrize("params", ["MUSIC", "MUSIC_SHORT", "VOCAL_CONTOUR"])
+def test_a_gain_on_the_audio_is_a_power_of_it_on_each_cfp_channel(params):
+    """`gain_exponents`: the CFP of the audio times a equals each channel times a**e, for a
+    gain 20 dB down and 10 dB up, within float rounding of each channel's range."""
+    p = getattr(C, params)
+    rng = np.random.default_rng(3)
+    t = np.arange(int(p.fs * 0.5)) / p.fs
+    y = 0.1 * np.sin(2 * np.pi * 330.0 * t) + 0.01 * rng.standard_normal(len(t))
+    x = C.cfp_numpy(y.astype(np.float32), p, np.float64)
+    e = C.gain_exponents(p)
+    for a in (0.1, 10**0.5):
+        scaled = C.cfp_numpy((a * y).astype(np.float32), p, np.float64)
+        for name, c in C.CHANNELS.items():
+            if not x[..., c].any():
+                continue  # a one-layer CFP has no Ceps (nor Z)
+            err = np.abs(scaled[..., c] - x[..., c] * a ** e[name]).max()
+            assert err <= 1e-4 * np.abs(scaled[..., c]).max(), (name, a)
+    assert e["Spec"] == p.g[0] and e["Z"] == pytest.approx(e["GCoS"] + e["Ceps"])

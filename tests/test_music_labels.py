@@ -721,3 +721,47 @@ def test_an_offset_gate_lets_notes_end_only_where_the_frame_falls():
     np.testing.assert_array_equal(
         get_task("music").decode(y, dataclasses.replace(cfg, decode=on)), gated
     )
+
+
+def test_a_random_gain_reaches_training_windows_only_and_is_checked(music_cache):
+    """`data.gain_db`: each training window is its features as read at one random gain within
+    the range (every channel by the same gain, `feature_gain_exponents`); validation windows
+    and runs without it are untouched, and a negative range is refused."""
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.data.cache import FeatureCache
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.music.task import WITH_SHORT, feature_gain_exponents
+
+    task = get_task("music")
+    tiny = task.preset("tiny")
+    model = dataclasses.replace(tiny.model, channels=WITH_SHORT)
+    plain = dataclasses.replace(tiny, model=model)
+
+    def with_gain(db):
+        return dataclasses.replace(plain, data=dataclasses.replace(plain.data, gain_db=db))
+
+    cache = FeatureCache(music_cache)
+    base = task.dataset(plain, cache, "train", True)
+    gained = task.dataset(with_gain(12.0), cache, "train", True)
+    e = feature_gain_exponents(WITH_SHORT)
+    gains = []
+    for i in range(6):
+        x, y = base[i]["x"], gained[i]["x"]
+        np.testing.assert_array_equal(base[i]["y"], gained[i]["y"])
+        big = x > 1e-3 * x.max()
+        # one gain a for the whole window: y = x * a**e[c] on every channel c
+        a_per_channel = [
+            np.median(y[..., c][big[..., c]] / x[..., c][big[..., c]]) ** (1 / e[c])
+            for c in range(len(e))
+        ]
+        assert np.ptp(a_per_channel) < 1e-3 * a_per_channel[0]
+        a = a_per_channel[0]
+        np.testing.assert_allclose(y, x * a**e, rtol=1e-5, atol=1e-7)
+        gains.append(20 * np.log10(a))
+    assert max(abs(g) for g in gains) <= 12.0 and np.ptp(gains) > 1.0
+    val = task.dataset(with_gain(12.0), cache, "val", False)[0]["x"]
+    np.testing.assert_array_equal(val, task.dataset(plain, cache, "val", False)[0]["x"])
+    with pytest.raises(ConfigError, match="gain_db"):
+        task.dataset(with_gain(-1.0), cache, "train", True)

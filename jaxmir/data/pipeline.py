@@ -68,13 +68,15 @@ class WindowReader(PieceReader):
     `view(x[lo:hi])` turns cached frames into the model's input (channel choice, padding);
     `labels(piece_labels, start, mask)` gives the window's targets from the piece's cached label
     arrays. With `jitter`, the start moves by a random number of frames in [-jitter, jitter];
-    frames past a piece's ends are zero with mask 0 (the loss ignores them).
+    frames past a piece's ends are zero with mask 0 (the loss ignores them). `augment(x, rng)`,
+    where given (training), changes the window's input after that, labels untouched.
     """
 
     timesteps: int
     jitter: int
     view: Callable[[np.ndarray], np.ndarray]
     labels: Callable[[dict, int, np.ndarray], dict]
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         piece, start = int(element[0]), int(element[1])
@@ -82,6 +84,8 @@ class WindowReader(PieceReader):
             start += int(rng.integers(-self.jitter, self.jitter + 1))
         x_all, labels = self.arrays(piece)
         x, mask = read_frames(x_all, start, self.timesteps, self.view)
+        if self.augment is not None:
+            x = self.augment(x, rng)
         return {"x": x, "mask": mask, **self.labels(labels, start, mask)}
 
 

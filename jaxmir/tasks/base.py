@@ -318,17 +318,23 @@ class PieceTask(Task):
         t = self.timesteps(cfg)
         hop = cfg.data.hop or self.default_hop(cfg)
         jitter = hop // 2 if (train and cfg.data.jitter) else 0
+        augment = self.train_augment(cfg) if train else None
         return windows_dataset(
             cache,
             split,
             timesteps=t,
             hop=hop,
             seed=cfg.train.seed if train else EVAL_SEED,
-            make_reader=lambda names: self.window_reader(cfg, cache, names, jitter),
+            make_reader=lambda names: self.window_reader(cfg, cache, names, jitter, augment),
         )
 
+    def train_augment(self, cfg: Config):
+        """What changes a training window's input (``(x, rng) -> x``, labels untouched), or
+        None: nothing."""
+        return None
+
     def window_reader(
-        self, cfg: Config, cache: FeatureCache, names: list[str], jitter: int = 0
+        self, cfg: Config, cache: FeatureCache, names: list[str], jitter: int = 0, augment=None
     ) -> WindowReader:
         """The transform (piece index, start) -> one example of the pieces `names`."""
         return WindowReader(
@@ -338,6 +344,7 @@ class PieceTask(Task):
             jitter,
             view=functools.partial(self.input_view, cfg),
             labels=functools.partial(self.window_labels, cfg),
+            augment=augment,
         )
 
     # -- inference ------------------------------------------------------------------------------

@@ -554,6 +554,19 @@ def cfp_numpy(
     return out
 
 
+def gain_exponents(params: CFPParams = MUSIC) -> dict[str, float]:
+    """How each CFP channel follows the audio's amplitude: audio times ``a`` gives the channel
+    times ``a ** e``. Each layer is linear maps, a ReLU and a power ``g``, so a layer scales as
+    the product of the powers up to it and Z (GCoS times Ceps) as their sum: a gain can be put on
+    cached features exactly, up to float rounding (`tests/test_features_cfp.py`)."""
+    plan = _plan(params)
+    power = np.cumprod(params.g)
+    spec = float(power[0])
+    ceps = float(power[plan.ceps_layer]) if plan.ceps_layer else 0.0
+    gcos = float(power[plan.gcos_layer])
+    return {"Z": gcos + ceps, "Spec": spec, "GCoS": gcos, "Ceps": ceps}
+
+
 def music_cfp_channels(cfp: Any, names: Sequence[str] = ("Spec", "Ceps")) -> Any:
     """Select CFP channels by omnizart's names (``Z``, ``Spec``, ``GCoS``, ``Ceps``), in order."""
     if isinstance(names, str):

@@ -22,7 +22,14 @@ import numpy as np
 from jaxmir.config import Config, ConfigError, OptimConfig
 from jaxmir.data.audio import LEVEL_DB
 from jaxmir.data.cache import CacheError
-from jaxmir.data.features.cfp import CHANNELS, MUSIC, MUSIC_SHORT, cfp_numpy, n_frames
+from jaxmir.data.features.cfp import (
+    CHANNELS,
+    MUSIC,
+    MUSIC_SHORT,
+    cfp_numpy,
+    gain_exponents,
+    n_frames,
+)
 from jaxmir.losses import apply_model, binary_accuracy
 from jaxmir.tasks.base import (
     CorpusConfig,
@@ -95,6 +102,9 @@ class MusicDataConfig(CorpusConfig):
     offset_spread: float = 0.0
     hop: int | None = None  # frames between training windows (default: timesteps)
     jitter: bool = True
+    # each training window read as if its audio had a random gain, uniform in +-gain_db dB (put
+    # on the cached features exactly: `feature_gain_exponents`); 0: as rendered
+    gain_db: float = 0.0
 
 
 @dataclasses.dataclass
@@ -325,6 +335,16 @@ class MusicTask(PieceTask):
     def input_view(self, cfg: Config, x: np.ndarray) -> np.ndarray:
         return x[..., [FEATURE_CHANNELS[c] for c in cfg.model.channels]]
 
+    def train_augment(self, cfg: Config):
+        """A random gain on each training window (`data.gain_db`), or None."""
+        gain = cfg.data.gain_db
+        if not gain >= 0:
+            raise ConfigError(f"data.gain_db: a range in dB, 0 or more (got {gain})")
+        if gain == 0:
+            return None
+        exponents = feature_gain_exponents(tuple(cfg.model.channels))
+        return functools.partial(random_gain, gain_db=gain, exponents=exponents)
+
     def window_labels(self, cfg, labels, start, mask):
         """Labels built per window from the piece's notes: no (T, 352, 23) array is stored."""
         notes = labels["notes"].copy()
@@ -541,6 +561,23 @@ def music_feature_stack(
         short = cfp_numpy(audio, MUSIC_SHORT, np.float32, workers=workers)
         x[..., FEATURE_CHANNELS["SpecShort"]] = short[..., CHANNELS["Spec"]]
     return x
+
+
+def feature_gain_exponents(channels: tuple[str, ...]) -> np.ndarray:
+    """Per input channel (`FEATURE_CHANNELS` names), how it follows the audio's amplitude
+    (`gain_exponents`)."""
+    _check_channels(channels)
+    e = {**gain_exponents(MUSIC), "SpecShort": gain_exponents(MUSIC_SHORT)["Spec"]}
+    return np.array([e[c] for c in channels], np.float32)
+
+
+def random_gain(
+    x: np.ndarray, rng: np.random.Generator, gain_db: float, exponents: np.ndarray
+) -> np.ndarray:
+    """A window of features ``(T, bins, C)`` as its audio would give them at a random gain,
+    uniform in +-`gain_db` dB: channel c times ``a ** exponents[c]``."""
+    a = 10.0 ** (rng.uniform(-gain_db, gain_db) / 20.0)
+    return (x * np.power(a, exponents, dtype=np.float32)).astype(np.float32)
 
 
 def music_features(piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
