@@ -637,16 +637,10 @@ class BeatTask(PieceTask):
         return {"folder": folder, "threshold": threshold, "val_score_by_threshold": score}
 
     def fit_level_tagger(
-        self,
-        cfg: Config,
-        train_pieces: list,
-        val_pieces: list,
-        workdir: Path,
-        progress: bool = False,
-        log=print,
+        self, cfg: Config, train: list, val: list, workdir: Path, progress=False, log=print
     ) -> Path:
-        """Train the level tagger of `cfg.model` on the training pieces (`level_examples`,
-        beats tracked as `cfg.decode` says), validated on the validation pieces alike (each
+        """Train the level tagger of `cfg.model` on the `train` pieces (`level_examples`,
+        beats tracked as `cfg.decode` says), validated on the `val` pieces alike (each
         (posteriors, labels)), in ``workdir/level.new``; once trained it takes the place of
         ``workdir/level`` (a tagger there before is replaced: its threshold is chosen anew
         either way). Returns that folder."""
@@ -657,7 +651,7 @@ class BeatTask(PieceTask):
                 out += level_examples(p.notes, lab["beats"], self.decode(p, cfg)[0])
             return out
 
-        train, val = examples(train_pieces), examples(val_pieces)
+        train, val = examples(train), examples(val)
         log(f"Level tagger: {len(train)} training windows, {len(val)} validation windows")
         home = Path(workdir) / LEVEL_DIR
         recover_folder(home)
