@@ -16,8 +16,8 @@ renderings at one level read a recording 20 dB quieter as a different input (the
 shipped model lost 0.10 note F1 at -20 dB and 0.5 at -40 dB when read as recorded). Files to
 transcribe are read so (`load_audio(..., level_db=LEVEL_DB)`, through `AudioPiece.input`) by
 the music, vocal_contour, patch_cnn and drum tasks; their training data is read as rendered or
-recorded (levelling it cost the music task 0.06-0.10 note F1). The vocal task's CFP and the chord task's per-frame chroma do not depend on the level to
-begin with.
+recorded (levelling it cost the music task 0.06-0.10 note F1). The vocal task's CFP and the
+chord task's per-frame chroma do not depend on the level to begin with.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ class AudioPiece:
     level_db:   dB re full scale at which the audio's loud passages are read before its features
                 (`jaxmir.data.audio.normalise_level`); None reads it as recorded. Datasets leave
                 it None, so training sees each recording at its own level (training the music
-                task at one level cost 0.06-0.10 note F1); `input` sets
-                `LEVEL_DB`, so a file to transcribe reads the same at any gain.
+                task at one level cost 0.06-0.10 note F1); `input` sets `LEVEL_DB`, so a file to
+                transcribe reads the same at any gain.
     """
 
     name: str

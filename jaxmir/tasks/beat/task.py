@@ -607,11 +607,11 @@ class BeatTask(PieceTask):
         threshold on the validation `pieces` (each (posteriors, labels); beats tracked as
         `cfg.decode` says): the `LEVEL_GRID` value of highest mean of two validation beat F,
         of the tracked beats and of the true beats cut into 2 and into 3 steps (`subdivided`:
-        a tracker that followed a sub-beat). The validation pieces are rarely tracked at a sub-beat, so the cut beats
-        stand for those; without them every threshold low enough to leave the tracked beats
-        alone would tie. Among the thresholds within `TIE` of the best, the middle one; none
-        (0, no check) where no threshold beats it by more than `TIE`. Returns the folder, the
-        threshold and the score of each threshold tried."""
+        a tracker that followed a sub-beat). The validation pieces are rarely tracked at a
+        sub-beat, so the cut beats stand for those; without them every threshold low enough to
+        leave the tracked beats alone would tie. Among the thresholds within `TIE` of the best,
+        the middle one; none (0, no check) where no threshold beats it by more than `TIE`.
+        Returns the folder, the threshold and the score of each threshold tried."""
         folder = str(self.fit_level_tagger(cfg, train, pieces, workdir, progress, log))
         tracked, cut = [], []  # (beats, true beats, the level tagger's probability of each)
         for p, lab in pieces:

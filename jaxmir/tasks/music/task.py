@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.audio import LEVEL_DB
 from jaxmir.data.cache import CacheError
 from jaxmir.data.features.cfp import (
     CHANNELS,
@@ -375,12 +374,15 @@ class MusicTask(PieceTask):
         return self.timesteps(cfg) * 3 // 4
 
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
-        """The features of an input file, as in training but read at one level (`LEVEL_DB`), with
-        only the layers the model reads computed (`music_feature_stack`): GCoS, the CFP's
-        costliest layer, is skipped unless the model reads it or Z."""
+        """The features of an input file, as in training but read at one level
+        (`AudioPiece.input`), with only the layers the model reads computed
+        (`music_feature_stack`): GCoS, the CFP's costliest layer, is skipped unless the model
+        reads it or Z."""
         from jaxmir.data.audio import load_audio
+        from jaxmir.data.records import AudioPiece
 
-        audio = load_audio(path, MUSIC.fs, level_db=LEVEL_DB)
+        piece = AudioPiece.input(path)
+        audio = load_audio(piece.audio, MUSIC.fs, level_db=piece.level_db)
         workers = min(os.cpu_count() or 1, 8)  # threads over frame chunks (FFTs free the GIL)
         return music_feature_stack(audio, cfg.model.channels, workers=workers)
 
@@ -577,7 +579,7 @@ def random_gain(
     """A window of features ``(T, bins, C)`` as its audio would give them at a random gain,
     uniform in +-`gain_db` dB: channel c times ``a ** exponents[c]``."""
     a = 10.0 ** (rng.uniform(-gain_db, gain_db) / 20.0)
-    return (x * np.power(a, exponents, dtype=np.float32)).astype(np.float32)
+    return x * np.power(a, exponents, dtype=np.float32)  # x is float32 (`read_frames`)
 
 
 def music_features(piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
