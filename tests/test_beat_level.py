@@ -1,9 +1,11 @@
 """The beat task's level tagger: beats told from sub-beats in a tracked beat sequence
-(`subdivided`, `level_examples`, `slower_level`), its calibration, decoding and export."""
+(`subdivided`, `level_examples`, `slower_level`, `filled_level`), its calibration, decoding and
+export."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import mir_eval
@@ -12,7 +14,7 @@ import pytest
 
 from jaxmir.cli import main
 from jaxmir.tasks.beat.bars import SUBDIVISIONS, subdivided
-from jaxmir.tasks.beat.decode import slower_level
+from jaxmir.tasks.beat.decode import checked_level, filled_level, slower_level
 from jaxmir.tasks.beat.tagger import (
     TAGGER_SIZE_FILE,
     TAGGER_VARIABLES,
@@ -50,6 +52,44 @@ def test_slower_level_keeps_the_likely_phase_only_where_the_rest_are_no_beats():
     np.testing.assert_array_equal(slower_level(beats, on_odd, 0.0, (2, 3)), beats)
 
 
+def _on_grid(period: float):
+    """`probs_of` of a tagger that calls every multiple of `period` s a beat (0.95), and
+    anything else not (0.05)."""
+
+    def probs_of(times: np.ndarray) -> np.ndarray:
+        steps = np.asarray(times) / period
+        return np.where(np.abs(steps - np.round(steps)) < 1e-6, 0.95, 0.05)
+
+    return probs_of
+
+
+def test_filled_level_adds_the_missed_beats_where_the_tagger_calls_them_beats():
+    truth = np.arange(24) * 0.25
+    beat = _on_grid(0.25)
+    # every other beat tracked: the midpoints are beats
+    np.testing.assert_allclose(filled_level(truth[::2], beat, 0.3, (2, 3), 0.2), truth[:23])
+    # every third: the midpoints are not, the two thirds are
+    np.testing.assert_allclose(filled_level(truth[::3], beat, 0.3, (2, 3), 0.2), truth[:22])
+    np.testing.assert_array_equal(filled_level(truth[::3], beat, 0.3, (2,), 0.2), truth[::3])
+    # the right level: the midpoints are sub-beats, nothing is added
+    np.testing.assert_array_equal(filled_level(truth, beat, 0.3, (2, 3), 0.2), truth)
+    # never closer than the shortest interval, never above the tagger's mirror threshold
+    np.testing.assert_array_equal(filled_level(truth[::2], beat, 0.3, (2,), 0.3), truth[::2])
+    np.testing.assert_array_equal(filled_level(truth[::2], beat, 0.04, (2,), 0.2), truth[::2])
+    np.testing.assert_array_equal(filled_level(truth[:6:2], beat, 0.3, (2,), 0.2), truth[:6:2])
+
+
+def test_checked_level_goes_slower_or_faster_or_leaves_the_beats():
+    truth = np.arange(24) * 0.5
+    beat = _on_grid(0.5)
+    eighths = subdivided(truth, 2)[0]
+    np.testing.assert_allclose(checked_level(eighths, beat, 0.3, (2, 3), 0.2), truth)
+    np.testing.assert_allclose(checked_level(truth[::2], beat, 0.3, (2, 3), 0.2), truth[:23])
+    np.testing.assert_array_equal(checked_level(truth, beat, 0.3, (2, 3), 0.2), truth)
+    np.testing.assert_array_equal(checked_level(eighths, beat, 0.0, (2, 3), 0.2), eighths)
+    np.testing.assert_array_equal(checked_level(truth[::2], beat, 0.0, (2, 3), 0.2), truth[::2])
+
+
 def test_level_examples_are_the_true_beats_cut_into_steps_and_the_tracked_beats():
     notes = np.array([[0.0, 0.4, 60.0], [1.0, 1.4, 64.0]])
     truth = np.arange(8) * 0.5
@@ -80,8 +120,9 @@ def _march(rng: np.random.Generator, beats: int, period: float) -> tuple[np.ndar
 
 def test_a_level_tagger_finds_the_beats_under_sub_beats_at_tempi_it_never_trained_on(tmp_path):
     """Trained on pieces with beats of 0.4-0.8 s, it tells the beats of pieces with beats of
-    1.6-2.4 s from the eighth notes a tracker would follow there: it reads the music in
-    beats, not seconds, so a piece played 3 times slower gets the same probabilities."""
+    1.6-2.4 s from the eighth notes a tracker would follow there, and finds the beats a
+    tracker at half their tempo missed: it reads the music in beats, not seconds, so a piece
+    played 3 times slower gets the same probabilities."""
     rng = np.random.default_rng(0)
     train = [_march(rng, 24, rng.uniform(0.4, 0.8)) for _ in range(24)]
     examples = [w for notes, beats in train for w in level_examples(notes, beats, beats)]
@@ -93,6 +134,11 @@ def test_a_level_tagger_finds_the_beats_under_sub_beats_at_tempi_it_never_traine
         assert mir_eval.beat.f_measure(beats, found) == 1.0
         kept = slower_level(beats, tagger_probs(str(folder), notes, beats), 0.5, (2, 3))
         np.testing.assert_array_equal(kept, beats)
+        # tracked at half the tempo: the midpoints are found to be beats
+        filled = filled_level(
+            beats[::2], functools.partial(tagger_probs, str(folder), notes), 0.5, (2, 3), 0.2
+        )
+        np.testing.assert_allclose(filled, beats[:-1])
         fast = notes.copy()
         fast[:, :2] /= 3.0
         np.testing.assert_allclose(tagger_probs(str(folder), fast, eighths / 3), probs, atol=1e-5)
