@@ -1,5 +1,5 @@
 """The beat task's level tagger: beats told from sub-beats in a tracked beat sequence
-(`subdivided`, `level_examples`, `slower_level`, `filled_level`), its calibration, decoding and
+(`subdivided`, `level_examples`, `slower_level`, `checked_level`), its calibration, decoding and
 export."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from jaxmir.cli import main
 from jaxmir.tasks.beat.bars import SUBDIVISIONS, subdivided
-from jaxmir.tasks.beat.decode import checked_level, filled_level, slower_level
+from jaxmir.tasks.beat.decode import checked_level, slower_level
 from jaxmir.tasks.beat.tagger import (
     TAGGER_SIZE_FILE,
     TAGGER_VARIABLES,
@@ -63,20 +63,20 @@ def _on_grid(period: float):
     return probs_of
 
 
-def test_filled_level_adds_the_missed_beats_where_the_tagger_calls_them_beats():
+def test_checked_level_fills_in_missed_beats_where_the_tagger_calls_them_beats():
     truth = np.arange(24) * 0.25
     beat = _on_grid(0.25)
     # every other beat tracked: the midpoints are beats
-    np.testing.assert_allclose(filled_level(truth[::2], beat, 0.3, (2, 3), 0.2), truth[:23])
+    np.testing.assert_allclose(checked_level(truth[::2], beat, 0.3, (2, 3), 0.2), truth[:23])
     # every third: the midpoints are not, the two thirds are
-    np.testing.assert_allclose(filled_level(truth[::3], beat, 0.3, (2, 3), 0.2), truth[:22])
-    np.testing.assert_array_equal(filled_level(truth[::3], beat, 0.3, (2,), 0.2), truth[::3])
+    np.testing.assert_allclose(checked_level(truth[::3], beat, 0.3, (2, 3), 0.2), truth[:22])
+    np.testing.assert_array_equal(checked_level(truth[::3], beat, 0.3, (2,), 0.2), truth[::3])
     # the right level: the midpoints are sub-beats, nothing is added
-    np.testing.assert_array_equal(filled_level(truth, beat, 0.3, (2, 3), 0.2), truth)
+    np.testing.assert_array_equal(checked_level(truth, beat, 0.3, (2, 3), 0.2), truth)
     # never closer than the shortest interval, never above the tagger's mirror threshold
-    np.testing.assert_array_equal(filled_level(truth[::2], beat, 0.3, (2,), 0.3), truth[::2])
-    np.testing.assert_array_equal(filled_level(truth[::2], beat, 0.04, (2,), 0.2), truth[::2])
-    np.testing.assert_array_equal(filled_level(truth[:6:2], beat, 0.3, (2,), 0.2), truth[:6:2])
+    np.testing.assert_array_equal(checked_level(truth[::2], beat, 0.3, (2,), 0.3), truth[::2])
+    np.testing.assert_array_equal(checked_level(truth[::2], beat, 0.04, (2,), 0.2), truth[::2])
+    np.testing.assert_array_equal(checked_level(truth[:6:2], beat, 0.3, (2,), 0.2), truth[:6:2])
 
 
 def test_checked_level_goes_slower_or_faster_or_leaves_the_beats():
@@ -135,7 +135,7 @@ def test_a_level_tagger_finds_the_beats_under_sub_beats_at_tempi_it_never_traine
         kept = slower_level(beats, tagger_probs(str(folder), notes, beats), 0.5, (2, 3))
         np.testing.assert_array_equal(kept, beats)
         # tracked at half the tempo: the midpoints are found to be beats
-        filled = filled_level(
+        filled = checked_level(
             beats[::2], functools.partial(tagger_probs, str(folder), notes), 0.5, (2, 3), 0.2
         )
         np.testing.assert_allclose(filled, beats[:-1])

@@ -222,38 +222,6 @@ def slower_level(
     return beats
 
 
-def filled_level(
-    beats: np.ndarray,
-    probs_of: Callable[[np.ndarray], np.ndarray],
-    threshold: float,
-    factors: tuple[int, ...],
-    shortest: float,
-) -> np.ndarray:
-    """`beats` with k - 1 points inserted into each interval (`subdivided`), where the level
-    tagger calls those points beats; else `beats`.
-
-    `probs_of(times)`: the level tagger's probability that each of `times` is a beat. For each
-    k of `factors` in turn, the points are inserted; where their mean probability is at least
-    1 - `threshold` (the mirror of `slower_level`'s test) and the intervals that result are no
-    shorter than `shortest` seconds (the decoding's `min_distance`: beats closer than that are
-    never picked either), the tracker followed every k-th beat and the filled sequence is kept.
-
-    Why: the opposite error to the one `slower_level` mends. At tempi above those it trained
-    on the frame model's activation leaves every other beat low, and tracking follows half the
-    beats; the tagger, which reads the notes in beats and was trained on true beats cut into
-    steps, sees that the midpoints of such a sequence are beats (README, beat)."""
-    beats = np.asarray(beats, np.float64)
-    for k in factors:
-        if len(beats) < LEVEL_MIN_BEATS:
-            break
-        times, is_beat = subdivided(beats, k)
-        if np.median(np.diff(times)) < shortest:
-            continue
-        if np.asarray(probs_of(times))[is_beat == 0].mean() >= 1.0 - threshold:
-            return times
-    return beats
-
-
 def checked_level(
     beats: np.ndarray,
     probs_of: Callable[[np.ndarray], np.ndarray],
@@ -261,16 +229,35 @@ def checked_level(
     factors: tuple[int, ...],
     shortest: float,
 ) -> np.ndarray:
-    """The tracked `beats` at the level the level tagger (`probs_of`) calls the beat: every
-    k-th of them (`slower_level`), else, where it keeps them all, with the missed beats
-    filled in (`filled_level`). A `threshold` of 0 checks nothing."""
+    """The tracked `beats` at the level the level tagger calls the beat: every k-th of them
+    (`slower_level`), else the beats with the ones the tracker skipped filled in, else `beats`.
+    A `threshold` of 0 checks nothing.
+
+    `probs_of(times)`: the level tagger's probability that each of `times` is a beat. Where
+    `slower_level` keeps every beat, for each k of `factors` in turn k - 1 points are inserted
+    into each interval (`subdivided`); where their mean probability is at least 1 - `threshold`
+    (the mirror of `slower_level`'s test) and the intervals that result are no shorter than
+    `shortest` seconds (the decoding's `min_distance`: beats closer than that are never picked
+    either), the tracker followed every k-th beat and the filled sequence is returned.
+
+    Why the filling: the opposite error to the one `slower_level` mends. At tempi above those
+    it trained on the frame model's activation leaves every other beat low, and tracking
+    follows half the beats; the tagger, which reads the notes in beats and was trained on true
+    beats cut into steps, sees that the midpoints of such a sequence are beats (README, beat:
+    "Missed beats")."""
     beats = np.asarray(beats, np.float64)
     if threshold <= 0:
         return beats
     slower = slower_level(beats, probs_of(beats), threshold, factors)
-    if len(slower) < len(beats):
+    if len(slower) < len(beats) or len(beats) < LEVEL_MIN_BEATS:
         return slower
-    return filled_level(beats, probs_of, threshold, factors, shortest)
+    for k in factors:
+        times, is_beat = subdivided(beats, k)
+        if np.median(np.diff(times)) < shortest:
+            continue
+        if np.asarray(probs_of(times))[is_beat == 0].mean() >= 1.0 - threshold:
+            return times
+    return beats
 
 
 #: `faster_period` looks for periods from this fraction of the peaks' median interval (a

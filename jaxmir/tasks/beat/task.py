@@ -130,7 +130,7 @@ class BeatDecodeConfig:
     # probability under `level_threshold`, the tracker followed a sub-beat and only the beats
     # are kept (`slower_level`); where it gives points inserted between the tracked beats a
     # mean of at least 1 - `level_threshold`, the tracker followed every other (or third) beat
-    # and the points are added (`filled_level`, never closer than `min_distance`); "" or 0: no
+    # and the points are added (`checked_level`, never closer than `min_distance`); "" or 0: no
     # check.
     level_tagger: str = ""
     level_threshold: float = 0.0
@@ -213,7 +213,7 @@ class BeatTask(PieceTask):
         # mean 0.83 (test_unseen 0.77-0.79 -> 0.80).
         # A level tagger (four 2 x 32 members) checks the tracked beats for sub-beats
         # (`slower_level`): on the shipped frame model, beat F test 0.885 -> 0.893 and
-        # test_unseen 0.849 -> 0.890 (README, beat); and for missed beats (`filled_level`):
+        # test_unseen 0.849 -> 0.890 (README, beat); and for missed beats (`checked_level`):
         # validation 0.923 -> 0.933, test_unseen 0.890 -> 0.903, test unchanged.
         quality_model = BeatModelConfig(
             timesteps=800,
