@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -757,7 +758,7 @@ def best_tracking(beat_f: dict[tuple[str, float, float], float]) -> tuple[str, f
     return min(ties, key=lambda v: (v[2], -beat_f[v]))
 
 
-def level_probs(folder: str, notes: np.ndarray):
+def level_probs(folder: str, notes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """`probs_of(times)` for `checked_level`: the probability that the level tagger in
     `folder` gives each of `times` of a piece with these `notes`, computed once per sequence
     (calibration asks again for each threshold)."""
