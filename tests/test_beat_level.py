@@ -88,6 +88,11 @@ def test_checked_level_goes_slower_or_faster_or_leaves_the_beats():
     np.testing.assert_array_equal(checked_level(truth, beat, 0.3, (2, 3), 0.2), truth)
     np.testing.assert_array_equal(checked_level(eighths, beat, 0.0, (2, 3), 0.2), eighths)
     np.testing.assert_array_equal(checked_level(truth[::2], beat, 0.0, (2, 3), 0.2), truth[::2])
+    # decode.fill_level=false: only the slower check
+    np.testing.assert_allclose(checked_level(eighths, beat, 0.3, (2, 3), 0.2, False), truth)
+    np.testing.assert_array_equal(
+        checked_level(truth[::2], beat, 0.3, (2,), 0.2, False), truth[::2]
+    )
 
 
 def test_level_examples_are_the_true_beats_cut_into_steps_and_the_tracked_beats():

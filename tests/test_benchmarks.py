@@ -203,3 +203,33 @@ def test_robustness_changes_the_audio_as_named_and_a_gain_leaves_the_notes(music
         k: v for k, v in quieter.items() if k != "change"
     }
     assert plain["pieces"] == 1 and 0.0 <= plain["note_f1"] <= 1.0
+
+
+def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scores_variants():
+    import json
+
+    import numpy as np
+
+    from benchmarks.beat_unseen import fresh_pieces, measure, parse_variant
+    from jaxmir.data.synth.textures import TEMPO_RANGE, UNSEEN_METERS
+
+    for bad in ("fill", "fill:", ":decode.fill_level=false", "x:train.seed=1"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)
+    assert parse_variant("a:decode.x=1,decode.y=2") == ("a", ["decode.x=1", "decode.y=2"])
+    pieces = list(fresh_pieces(6))
+    assert [p.name for p, _, _ in pieces] == [f"select__{i:04d}" for i in range(6)]
+    for piece, meter, pace in pieces:
+        assert tuple(int(v) for v in meter.split("/")) in UNSEEN_METERS
+        bpm = 60.0 / np.median(np.diff(piece.beats))
+        assert (bpm < TEMPO_RANGE[0]) if pace == "slow" else (bpm > TEMPO_RANGE[1])
+    # the same ids give the same pieces: a decision made on them can be checked again
+    np.testing.assert_array_equal(next(fresh_pieces(1))[0].notes, pieces[0][0].notes)
+    # end to end on the shipped beat model: the stored decoding and a variant, per group
+    result = measure(None, 2, [parse_variant("no-level:decode.level_threshold=0")])
+    rows = result["rows"]
+    assert {r["variant"] for r in rows} == {"stored", "no-level"}
+    overall = [r for r in rows if r["pieces"] == "all"]
+    assert [r["n"] for r in overall] == [2, 2]
+    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("beat_f_measure", "beat_amlt"))
+    assert json.loads(json.dumps(result)) == result

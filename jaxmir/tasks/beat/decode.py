@@ -228,10 +228,11 @@ def checked_level(
     threshold: float,
     factors: tuple[int, ...],
     shortest: float,
+    fill: bool = True,
 ) -> np.ndarray:
     """The tracked `beats` at the level the level tagger calls the beat: every k-th of them
-    (`slower_level`), else the beats with the ones the tracker skipped filled in, else `beats`.
-    A `threshold` of 0 checks nothing.
+    (`slower_level`), else (with `fill`) the beats with the ones the tracker skipped filled in,
+    else `beats`. A `threshold` of 0 checks nothing.
 
     `probs_of(times)`: the level tagger's probability that each of `times` is a beat. Where
     `slower_level` keeps every beat, for each k of `factors` in turn k - 1 points are inserted
@@ -249,7 +250,7 @@ def checked_level(
     if threshold <= 0:
         return beats
     slower = slower_level(beats, probs_of(beats), threshold, factors)
-    if len(slower) < len(beats) or len(beats) < LEVEL_MIN_BEATS:
+    if not fill or len(slower) < len(beats) or len(beats) < LEVEL_MIN_BEATS:
         return slower
     for k in factors:
         times, is_beat = subdivided(beats, k)

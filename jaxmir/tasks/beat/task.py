@@ -135,6 +135,7 @@ class BeatDecodeConfig:
     # check.
     level_tagger: str = ""
     level_threshold: float = 0.0
+    fill_level: bool = True  # False: the level check only goes slower (`slower_level`)
     # At the end of training, choose the method and thresholds on the validation pieces
     # (`calibrate`); stored in the workdir's decode.json and used by eval/transcribe.
     calibrate: bool = True
@@ -386,7 +387,9 @@ class BeatTask(PieceTask):
             beats = dbn_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
         if d.method != "peaks" and checks_level(d):
             probs_of = level_probs(d.level_tagger, _notes(posteriors, "level_tagger"))
-            beats = checked_level(beats, probs_of, d.level_threshold, SUBDIVISIONS, d.min_distance)
+            beats = checked_level(
+                beats, probs_of, d.level_threshold, SUBDIVISIONS, d.min_distance, d.fill_level
+            )
         if d.downbeats == "tagger":
             if not d.tagger:
                 raise ConfigError("decode.downbeats=tagger: decode.tagger names no folder")
@@ -621,7 +624,7 @@ class BeatTask(PieceTask):
         threshold beats it by more than `TIE`. Returns the folder, the threshold and the score
         of each threshold tried."""
         folder = str(self.fit_level_tagger(cfg, train, pieces, workdir, progress, log))
-        shortest = cfg.decode.min_distance
+        shortest, fill = cfg.decode.min_distance, cfg.decode.fill_level
         tracked, other = [], []  # (beats, true beats, the level tagger's probabilities)
         for p, lab in pieces:
             probs_of = level_probs(folder, p.notes)
@@ -635,7 +638,7 @@ class BeatTask(PieceTask):
                 np.mean(
                     [
                         mir_eval.beat.f_measure(
-                            ref, checked_level(b, q, threshold, SUBDIVISIONS, shortest)
+                            ref, checked_level(b, q, threshold, SUBDIVISIONS, shortest, fill)
                         )
                         for b, ref, q in cases
                     ]

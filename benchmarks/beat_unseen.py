@@ -1,0 +1,123 @@
+"""How a beat model does in meters and tempi that training never saw, on as many fresh pieces as
+asked, so that decoding choices can be judged without looking at the `test_unseen` split.
+
+    python -m benchmarks.beat_unseen [--workdir RUN_OR_MODEL] [--pieces 48]
+                                     [--variant NAME:decode.KEY=V,decode.KEY=V ...] [--name NAME]
+
+The pieces are the corpus's procedural piano textures in the unseen split's meters (3/2, 6/4,
+7/4) and tempi (28-40 and 220-260 beats per minute), with ids the corpus never uses
+(``select/NNNN``), so no run has trained, calibrated or been tested on them. The model (a run
+or model folder, default the shipped one) computes each piece's posteriors once; every variant
+decodes them ("stored": the model's own decoding; others override it, as `jaxmir eval --set`
+does) and is scored as `jaxmir eval beat` scores. Mean scores overall, per meter and per tempo
+range are printed and written to ``benchmarks/results/<name>.json`` (default ``beat-unseen``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import save_result
+
+SCORES = ("beat_f_measure", "downbeat_f_measure", "beat_cmlt", "beat_amlt")
+SPLIT = "select"
+
+
+def fresh_pieces(n: int):
+    """(SymbolicPiece, meter, tempo range) of `n` textures in the unseen meters and tempi."""
+    from jaxmir.data.symbolic import SymbolicPiece
+    from jaxmir.data.synth import textures as T
+
+    for i in range(n):
+        cid = f"select/{i:04d}"
+        rng = np.random.default_rng(np.random.SeedSequence([0, zlib.crc32(cid.encode()), 0xBEA7]))
+        p = T.texture_piece(rng, 40.0, T.UNSEEN_METERS, T.UNSEEN_TEMPI)
+        piece = SymbolicPiece(cid.replace("/", "__"), p.notes[:, :4].copy(), p.beats, p.downbeats)
+        bpm = 60.0 / float(np.median(np.diff(p.beats)))
+        yield piece, p.meta["meter"], "slow" if bpm < T.TEMPO_RANGE[0] else "fast"
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """("fill-off", ["decode.fill_level=false"]) from "fill-off:decode.fill_level=false"."""
+    name, sep, rest = text.partition(":")
+    overrides = [o for o in rest.split(",") if o]
+    if not name or not sep or not overrides or not all(o.startswith("decode.") for o in overrides):
+        raise ValueError(f"{text!r}: not a variant (NAME:decode.KEY=V[,decode.KEY=V...])")
+    return name, overrides
+
+
+def measure(workdir: Path | None, n: int, variants: list[tuple[str, list[str]]]) -> dict:
+    from jaxmir.config import apply_overrides
+    from jaxmir.data.cache import FeatureCache
+    from jaxmir.engine.run import make_predict
+    from jaxmir.shipped import load_for_inference
+    from jaxmir.tasks.base import mean_scores
+    from jaxmir.tasks.beat.task import TASK
+
+    cfg, mesh, state = load_for_inference(TASK, workdir)
+    configs = [("stored", cfg)] + [(name, apply_overrides(cfg, o)) for name, o in variants]
+    groups = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache.create(Path(tmp) / "cache", "beat", {"pieces": n})
+        for piece, meter, pace in fresh_pieces(n):
+            x, labels = TASK.piece_features(piece)
+            cache.write_piece(piece.name, SPLIT, x, labels)
+            groups[piece.name] = (meter, pace)
+        cache = FeatureCache(cache.root)
+        names = cache.names(SPLIT)
+        posteriors = list(TASK.split_posteriors(make_predict(mesh, state), cfg, cache, SPLIT))
+    rows = []
+    for name, c in configs:
+        scored = [
+            (groups[piece], TASK.score(TASK.decode(post, c), labels, c))
+            for piece, (post, labels) in zip(names, posteriors, strict=True)
+        ]
+        keys = [("all", None)] + sorted({("meter", g[0]) for g, _ in scored})
+        keys += sorted({("tempo", g[1]) for g, _ in scored})
+        for kind, value in keys:
+            chosen = [
+                s for g, s in scored if kind == "all" or g[0 if kind == "meter" else 1] == value
+            ]
+            mean = mean_scores(chosen)
+            row = {"variant": name, "pieces": kind if value is None else f"{kind} {value}"}
+            row.update(n=len(chosen), **{k: round(mean[k], 4) for k in SCORES})
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return {
+        "model": str(workdir or "shipped"),
+        "pieces": n,
+        "variants": dict(variants),
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", type=Path, default=None, help="a beat run or model folder")
+    p.add_argument("--pieces", type=int, default=48, help="how many fresh pieces (default 48)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:decode.KEY=V[,decode.KEY=V...], decoded beside the stored decoding",
+    )
+    p.add_argument("--name", default="beat-unseen")
+    args = p.parse_args(argv)
+    if args.pieces < 1:
+        p.error("--pieces: at least 1")
+    try:
+        variants = [parse_variant(v) for v in args.variant]
+    except ValueError as e:
+        p.error(str(e))
+    save_result(args.name, measure(args.workdir, args.pieces, variants))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
