@@ -18,29 +18,31 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks.common import save_result
 
+if TYPE_CHECKING:
+    from jaxmir.data.symbolic import SymbolicPiece
+
 SCORES = ("beat_f_measure", "downbeat_f_measure", "beat_cmlt", "beat_amlt")
 SPLIT = "select"
 
 
-def fresh_pieces(n: int):
-    """(SymbolicPiece, meter, tempo range) of `n` textures in the unseen meters and tempi."""
-    from jaxmir.data.symbolic import SymbolicPiece
-    from jaxmir.data.synth import textures as T
+def fresh_pieces(n: int) -> Iterator[tuple[SymbolicPiece, str, str]]:
+    """(piece, meter, "slow" or "fast") of `n` textures in the unseen meters and tempi, built as
+    the corpus builds `test_unseen` (`texture_piece_of`) from ids it never uses."""
+    from jaxmir.data.synth.textures import TEMPO_RANGE
+    from jaxmir.tasks.beat.task import BeatDataConfig, texture_piece_of
 
     for i in range(n):
-        cid = f"select/{i:04d}"
-        rng = np.random.default_rng(np.random.SeedSequence([0, zlib.crc32(cid.encode()), 0xBEA7]))
-        p = T.texture_piece(rng, 40.0, T.UNSEEN_METERS, T.UNSEEN_TEMPI)
-        piece = SymbolicPiece(cid.replace("/", "__"), p.notes[:, :4].copy(), p.beats, p.downbeats)
-        bpm = 60.0 / float(np.median(np.diff(p.beats)))
-        yield piece, p.meta["meter"], "slow" if bpm < T.TEMPO_RANGE[0] else "fast"
+        piece, meta = texture_piece_of(f"select/{i:04d}", BeatDataConfig(), unseen=True)
+        bpm = 60.0 / float(np.median(np.diff(piece.beats)))
+        yield piece, meta["meter"], "slow" if bpm < TEMPO_RANGE[0] else "fast"
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = [parse_variant(v) for v in args.variant]
     except ValueError as e:
         p.error(str(e))
+    names = ["stored"] + [name for name, _ in variants]
+    if len(set(names)) < len(names):
+        p.error(f"--variant: names must differ from each other and from 'stored' ({names})")
     save_result(args.name, measure(args.workdir, args.pieces, variants))
     return 0
 

@@ -157,7 +157,7 @@ def test_the_level_threshold_is_the_middle_of_the_best_and_none_without_a_gain()
 
 
 def test_training_with_a_level_tagger_calibrates_it_decodes_with_it_and_export_carries_it(
-    beat_cache, tmp_path
+    beat_cache, tmp_path, monkeypatch
 ):
     """A beat run asked for a level tagger trains it after the frame model (in
     ``level/``), calibration records the validation score of each threshold, decoding with
@@ -191,6 +191,16 @@ def test_training_with_a_level_tagger_calibrates_it_decodes_with_it_and_export_c
     beats = TASK.decode(posteriors, cfg)[0]
     assert len(tracked) >= 8 and set(beats) < set(tracked)
     assert len(beats) == len(tracked[::2]) or len(beats) == len(tracked[1::2])
+    # decode.fill_level reaches the level check
+    import jaxmir.tasks.beat.task as beat_task
+
+    fills = []
+    real = beat_task.checked_level
+    monkeypatch.setattr(beat_task, "checked_level", lambda *a: fills.append(a[-1]) or real(*a))
+    no_fill = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, fill_level=False))
+    TASK.decode(posteriors, no_fill)
+    TASK.decode(posteriors, cfg)
+    assert fills == [False, True]
     with pytest.raises(ValueError, match="level_tagger needs BeatPosteriors"):
         TASK.decode(posteriors.frames, cfg)
     out = tmp_path / "shipped"

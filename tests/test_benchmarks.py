@@ -210,8 +210,8 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
 
     import numpy as np
 
-    from benchmarks.beat_unseen import fresh_pieces, measure, parse_variant
-    from jaxmir.data.synth.textures import TEMPO_RANGE, UNSEEN_METERS
+    from benchmarks.beat_unseen import fresh_pieces, main, measure, parse_variant
+    from jaxmir.data.synth.textures import UNSEEN_METERS, UNSEEN_TEMPI
 
     for bad in ("fill", "fill:", ":decode.fill_level=false", "x:train.seed=1"):
         with pytest.raises(ValueError):
@@ -222,7 +222,9 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     for piece, meter, pace in pieces:
         assert tuple(int(v) for v in meter.split("/")) in UNSEEN_METERS
         bpm = 60.0 / np.median(np.diff(piece.beats))
-        assert (bpm < TEMPO_RANGE[0]) if pace == "slow" else (bpm > TEMPO_RANGE[1])
+        lo, hi = UNSEEN_TEMPI[0] if pace == "slow" else UNSEEN_TEMPI[1]
+        assert 0.85 * lo < bpm < 1.15 * hi  # drawn in that range, with rubato
+    assert {pace for _, _, pace in pieces} == {"slow", "fast"}
     # the same ids give the same pieces: a decision made on them can be checked again
     np.testing.assert_array_equal(next(fresh_pieces(1))[0].notes, pieces[0][0].notes)
     # end to end on the shipped beat model: the stored decoding and a variant, per group
@@ -233,3 +235,6 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     assert [r["n"] for r in overall] == [2, 2]
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("beat_f_measure", "beat_amlt"))
     assert json.loads(json.dumps(result)) == result
+    for names in (["stored:decode.fill_level=false"], ["a:decode.x=1", "a:decode.y=2"]):
+        with pytest.raises(SystemExit):  # refused before any piece is built
+            main(["--pieces", "1", *(f"--variant={v}" for v in names)])

@@ -189,7 +189,8 @@ def viterbi_beats(activation: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return np.asarray(beats[::-1], np.float64)
 
 
-#: `slower_level` judges a phase only where each of the k phases has this many beats.
+#: `slower_level` judges a phase only where each of the k phases has this many beats;
+#: `checked_level` fills in beats only where at least this many points would be inserted.
 LEVEL_MIN_BEATS = 4
 
 
@@ -237,9 +238,11 @@ def checked_level(
     `probs_of(times)`: the level tagger's probability that each of `times` is a beat. Where
     `slower_level` keeps every beat, for each k of `factors` in turn k - 1 points are inserted
     into each interval (`subdivided`); where their mean probability is at least 1 - `threshold`
-    (the mirror of `slower_level`'s test) and the intervals that result are no shorter than
-    `shortest` seconds (the decoding's `min_distance`: beats closer than that are never picked
+    (the mirror of `slower_level`'s test) and no interval that results is shorter than
+    `shortest` seconds (the decoding's `min_distance`: peak picking never picks closer beats
     either), the tracker followed every k-th beat and the filled sequence is returned.
+    Thresholds above 0.5 make the fill's test (1 - `threshold`) easier to pass than the slower
+    one; calibration tries 0.05-0.5.
 
     Why the filling: the opposite error to the one `slower_level` mends. At tempi above those
     it trained on the frame model's activation leaves every other beat low, and tracking
@@ -250,11 +253,13 @@ def checked_level(
     if threshold <= 0:
         return beats
     slower = slower_level(beats, probs_of(beats), threshold, factors)
-    if not fill or len(slower) < len(beats) or len(beats) < LEVEL_MIN_BEATS:
+    if not fill or len(slower) < len(beats) or len(beats) <= LEVEL_MIN_BEATS:
         return slower
     for k in factors:
+        if k < 2:
+            continue
         times, is_beat = subdivided(beats, k)
-        if np.median(np.diff(times)) < shortest:
+        if np.diff(times).min() < shortest:
             continue
         if np.asarray(probs_of(times))[is_beat == 0].mean() >= 1.0 - threshold:
             return times

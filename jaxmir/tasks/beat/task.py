@@ -132,10 +132,14 @@ class BeatDecodeConfig:
     # are kept (`slower_level`); where it gives points inserted between the tracked beats a
     # mean of at least 1 - `level_threshold`, the tracker followed every other (or third) beat
     # and the points are added (`checked_level`, never closer than `min_distance`); "" or 0: no
-    # check.
+    # check. Calibration tries thresholds 0.05-0.5 (above 0.5 the fill passes more easily
+    # than the slower test).
     level_tagger: str = ""
     level_threshold: float = 0.0
-    fill_level: bool = True  # False: the level check only goes slower (`slower_level`)
+    # False: the level check only goes slower (`slower_level`). A run calibrated before the
+    # fill existed decodes with it too (its threshold was chosen without it); False restores
+    # its old decoding, `jaxmir calibrate` chooses the threshold for both.
+    fill_level: bool = True
     # At the end of training, choose the method and thresholds on the validation pieces
     # (`calibrate`); stored in the workdir's decode.json and used by eval/transcribe.
     calibrate: bool = True
@@ -822,21 +826,30 @@ def texture_pieces(d: BeatDataConfig):
     """(piece, split) of the procedural textures: `corpus_textures` in the training meters and
     tempi (split by a hash of the id, as the chorales), then `corpus_unseen` in meters and
     tempi training never sees (split `test_unseen`)."""
-    from jaxmir.data.synth import textures as T
     from jaxmir.data.synth.chorales import split_of
 
     jobs = [(f"texture/{i:04d}", None) for i in range(d.corpus_textures)]
     jobs += [(f"unseen/{i:04d}", "test_unseen") for i in range(d.corpus_unseen)]
     for cid, split in jobs:
-        ss = np.random.SeedSequence([d.corpus_seed, zlib.crc32(cid.encode()), 0xBEA7])
-        rng = np.random.default_rng(ss)
-        if split is None:
-            split = split_of(cid)
-            p = T.texture_piece(rng, 40.0, T.METERS, (tuple(d.corpus_bpm),))
-        else:
-            p = T.texture_piece(rng, 40.0, T.UNSEEN_METERS, T.UNSEEN_TEMPI)
-        name = cid.replace("/", "__")
-        yield SymbolicPiece(name, p.notes[:, :4].copy(), p.beats, p.downbeats), split
+        piece, _ = texture_piece_of(cid, d, unseen=split is not None)
+        yield piece, split or split_of(cid)
+
+
+def texture_piece_of(cid: str, d: BeatDataConfig, unseen: bool) -> tuple[SymbolicPiece, dict]:
+    """(piece, its meta: meter, tempo, ...) of the procedural texture with id `cid`, drawn from
+    `d.corpus_seed` and the id, in training's meters and tempi (`d.corpus_bpm`) or, `unseen`,
+    in those training never sees. Ids the corpus never uses give pieces no split holds
+    (`benchmarks.beat_unseen`)."""
+    from jaxmir.data.synth import textures as T
+
+    ss = np.random.SeedSequence([d.corpus_seed, zlib.crc32(cid.encode()), 0xBEA7])
+    rng = np.random.default_rng(ss)
+    if unseen:
+        p = T.texture_piece(rng, 40.0, T.UNSEEN_METERS, T.UNSEEN_TEMPI)
+    else:
+        p = T.texture_piece(rng, 40.0, T.METERS, (tuple(d.corpus_bpm),))
+    name = cid.replace("/", "__")
+    return SymbolicPiece(name, p.notes[:, :4].copy(), p.beats, p.downbeats), p.meta
 
 
 def write_piece(cache: FeatureCache, piece: SymbolicPiece, split: str) -> None:
