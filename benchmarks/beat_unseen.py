@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from jaxmir.data.symbolic import SymbolicPiece
 
 SCORES = ("beat_f_measure", "downbeat_f_measure", "beat_cmlt", "beat_amlt")
-SPLIT = "select"
 
 
 def fresh_pieces(n: int) -> Iterator[tuple[SymbolicPiece, str, str]]:
@@ -56,7 +54,6 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def measure(workdir: Path | None, n: int, variants: list[tuple[str, list[str]]]) -> dict:
     from jaxmir.config import apply_overrides
-    from jaxmir.data.cache import FeatureCache
     from jaxmir.engine.run import make_predict
     from jaxmir.shipped import load_for_inference
     from jaxmir.tasks.base import mean_scores
@@ -64,21 +61,15 @@ def measure(workdir: Path | None, n: int, variants: list[tuple[str, list[str]]])
 
     cfg, mesh, state = load_for_inference(TASK, workdir)
     configs = [("stored", cfg)] + [(name, apply_overrides(cfg, o)) for name, o in variants]
-    groups = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = FeatureCache.create(Path(tmp) / "cache", "beat", {"pieces": n})
-        for piece, meter, pace in fresh_pieces(n):
-            x, labels = TASK.piece_features(piece)
-            cache.write_piece(piece.name, SPLIT, x, labels)
-            groups[piece.name] = (meter, pace)
-        cache = FeatureCache(cache.root)
-        names = cache.names(SPLIT)
-        posteriors = list(TASK.split_posteriors(make_predict(mesh, state), cfg, cache, SPLIT))
+    built = [(TASK.piece_features(p), (meter, pace)) for p, meter, pace in fresh_pieces(n)]
+    features = ((x, None) for (x, _), _ in built)
+    predict = make_predict(mesh, state)
+    posteriors = [post for _, post in TASK.posteriors_many(predict, features, cfg)]
     rows = []
     for name, c in configs:
         scored = [
-            (groups[piece], TASK.score(TASK.decode(post, c), labels, c))
-            for piece, (post, labels) in zip(names, posteriors, strict=True)
+            (group, TASK.score(TASK.decode(post, c), labels, c))
+            for ((_, labels), group), post in zip(built, posteriors, strict=True)
         ]
         keys = [("all", None)] + sorted({("meter", g[0]) for g, _ in scored})
         keys += sorted({("tempo", g[1]) for g, _ in scored})

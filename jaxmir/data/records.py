@@ -59,6 +59,12 @@ class AudioPiece:
 
         return cls(name=Path(path).stem, audio=Path(path), split="", level_db=LEVEL_DB)
 
+    def samples(self, sr: int) -> np.ndarray:
+        """The mixture as mono float32 at `sr` Hz, read at `level_db` (None: as recorded)."""
+        from jaxmir.data.audio import load_audio
+
+        return load_audio(self.audio, sr, level_db=self.level_db)
+
     def label_arrays(self) -> dict[str, np.ndarray]:
         """The labels present, as arrays for an `.npz` (chord labels as a unicode array)."""
         out = {}

@@ -35,7 +35,6 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.audio import load_audio
 from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.features.cqt import DRUM_CLASSES, PATCH_SIZE, drum_input, drum_labels
 from jaxmir.data.pipeline import frames_window
@@ -165,7 +164,7 @@ class DrumTask(PieceTask):
         """(patches (M, 120, 120) float16, {"hits" (M, 13), "mini_beats" (M,), "drum_hits"})."""
         from jaxmir.data.features.cqt import SR
 
-        audio = load_audio(piece.audio, SR, level_db=piece.level_db)
+        audio = piece.samples(SR)
         beats = piece.beats if piece.beats is not None and len(piece.beats) >= 2 else None
         patches, mini = drum_input(audio, SR, beats=beats)
         labels = {"mini_beats": mini}

@@ -378,11 +378,9 @@ class MusicTask(PieceTask):
         (`AudioPiece.input`), with only the layers the model reads computed
         (`music_feature_stack`): GCoS, the CFP's costliest layer, is skipped unless the model
         reads it or Z."""
-        from jaxmir.data.audio import load_audio
         from jaxmir.data.records import AudioPiece
 
-        piece = AudioPiece.input(path)
-        audio = load_audio(piece.audio, MUSIC.fs, level_db=piece.level_db)
+        audio = AudioPiece.input(path).samples(MUSIC.fs)
         workers = min(os.cpu_count() or 1, 8)  # threads over frame chunks (FFTs free the GIL)
         return music_feature_stack(audio, cfg.model.channels, workers=workers)
 
@@ -585,9 +583,7 @@ def random_gain(
 def music_features(piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(features (T, 352, 5) float32: the CFP and the 46-ms spectrum, {"notes"}) of one audio
     piece."""
-    from jaxmir.data.audio import load_audio
-
-    audio = load_audio(piece.audio, MUSIC.fs, level_db=piece.level_db)
+    audio = piece.samples(MUSIC.fs)
     x = music_feature_stack(audio)
     notes = piece.notes if piece.notes is not None else np.zeros((0, 5))
     return x, {"notes": np.asarray(notes, np.float64)}

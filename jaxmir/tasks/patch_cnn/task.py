@@ -22,7 +22,6 @@ import numpy as np
 import optax
 
 from jaxmir.config import Config, OptimConfig
-from jaxmir.data.audio import load_audio
 from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.features.cfp import PATCH_CNN, cfp_numpy
 from jaxmir.data.features.vocal import extract_patches, patch_at, peak_mask
@@ -99,7 +98,7 @@ class PatchCNNTask(PieceTask):
     # -- data -----------------------------------------------------------------------------------
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(Z (T, 174) float32, {"peaks": (n, 2) frame/row, "ref_bins", "f0"})."""
-        audio = load_audio(piece.audio, PATCH_CNN.fs, level_db=piece.level_db)
+        audio = piece.samples(PATCH_CNN.fs)
         z = cfp_numpy(audio, PATCH_CNN, np.float32)[..., 0]
         peaks = np.stack(np.nonzero(peak_mask(z, min_bin=PATCH_SIZE // 2)), axis=1)
         f0 = piece.f0 if piece.f0 is not None else np.zeros((0, 2))

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.audio import load_audio
 from jaxmir.data.features.cfp import VOCAL_CONTOUR, cfp_numpy
 from jaxmir.losses import apply_model, binary_accuracy
 from jaxmir.melody import bin_freqs, frame_times, write_melody
@@ -134,7 +133,7 @@ class VocalContourTask(PieceTask):
     # -- data -----------------------------------------------------------------------------------
     def piece_features(self, piece) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(Z (T, 352) float32, {"bins": voice row per frame (-1 unvoiced), "f0"})."""
-        audio = load_audio(piece.audio, VOCAL_CONTOUR.fs, level_db=piece.level_db)
+        audio = piece.samples(VOCAL_CONTOUR.fs)
         z = cfp_numpy(audio, VOCAL_CONTOUR, np.float32)[..., 0]
         f0 = piece.f0 if piece.f0 is not None else np.zeros((0, 2))
         return z, {"bins": contour_bins(f0, len(z)), "f0": np.asarray(f0, np.float64)}
