@@ -365,7 +365,12 @@ def sweep(workdir: str, clips: list[str], repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", type=Path, required=True, help="a trained run")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        required=True,
+        help="a trained run or a model folder (--sweep: a run only)",
+    )
     p.add_argument("--clips", type=Path, required=True, help="folder of audio clips")
     p.add_argument("--name", default="inference", help="results/<name>.json")
     p.add_argument("--code", type=Path, default=ROOT, help="checkout whose jaxmir runs")

@@ -554,7 +554,7 @@ def parse_args(argv: list[str] | None):
         "--models",
         default=DEFAULT_MODELS,
         help=f"comma-separated, of {','.join(MODELS)} (default {DEFAULT_MODELS}; "
-        "vocal_contour only on request: --models vocal_contour)",
+        "vocal_contour, vocal, chord, drum only on request, e.g. --models music,vocal)",
     )
     ap.add_argument("--peers", default="torch,tf", help="torch,tf or none")
     ap.add_argument("--devices", default="1,2,4,8", help="simulated CPU devices for scaling")

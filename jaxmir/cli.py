@@ -230,7 +230,7 @@ def _run_json(workdir: Path) -> dict:
 
 
 def cmd_train(args) -> int:
-    from jaxmir.engine.run import default_workdir, resolve_data, train
+    from jaxmir.engine.run import check_watch_splits, default_workdir, resolve_data, train
     from jaxmir.engine.sharding import check_batch_sizes, is_primary, make_mesh, primary_first
     from jaxmir.tasks.base import get_task
 
@@ -244,6 +244,7 @@ def cmd_train(args) -> int:
     data = args.data or _run_json(workdir).get("data")
     progress = not args.no_progress and is_primary()
     cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
+    check_watch_splits(cfg, cache)  # before the workdir is made
     if is_primary():
         workdir.mkdir(parents=True, exist_ok=True)
         run_json = json.dumps({"data": str(cache.root.absolute())})

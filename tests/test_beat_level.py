@@ -196,11 +196,12 @@ def test_training_with_a_level_tagger_calibrates_it_decodes_with_it_and_export_c
 
     fills = []
     real = beat_task.checked_level
-    monkeypatch.setattr(beat_task, "checked_level", lambda *a: fills.append(a[-1]) or real(*a))
+    monkeypatch.setattr(beat_task, "checked_level", lambda *a: fills.append(a[-2:]) or real(*a))
     no_fill = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, fill_level=False))
     TASK.decode(posteriors, no_fill)
     TASK.decode(posteriors, cfg)
-    assert fills == [False, True]
+    # (shortest interval, fill): decode.min_distance guards the fill
+    assert fills == [(cfg.decode.min_distance, False), (cfg.decode.min_distance, True)]
     with pytest.raises(ValueError, match="level_tagger needs BeatPosteriors"):
         TASK.decode(posteriors.frames, cfg)
     out = tmp_path / "shipped"

@@ -294,6 +294,7 @@ def test_watched_splits_are_scored_each_epoch_for_their_curves(music_run, music_
     argv += ["--no-progress", "--set", 'train.watch_splits=["test_heldout"]']
     assert main(argv) == 2
     assert "train.watch_splits" in capsys.readouterr().err
+    assert not wd.exists()  # refused before anything is written
 
 
 def test_beat_training_calibrates_its_decoding(beat_cache, tmp_path, capsys):
@@ -357,6 +358,14 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     assert meta["calibration"]["decode"]["level_tagger"] == "level"
     assert meta["calibration"]["decode"]["level_threshold"] > 0
     assert (model_dir("beat") / "level" / "variables.msgpack").is_file()
+    # the decoding the README's beat section gives for it ("Missed beats", "A tempo that drifts")
+    stored = json.loads((model_dir("beat") / "config.json").read_text())["decode"]
+    assert {k: stored[k] for k in ("method", "beat_threshold", "min_distance")} == {
+        "method": "dbn",
+        "beat_threshold": 0.3,
+        "min_distance": 0.2,
+    }
+    assert (stored["tagger_threshold"], stored["level_threshold"]) == (0.5, 0.15)
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
     # `jaxmir train beat --preset quality` is the recipe that re-trains it (README)
     from jaxmir.tasks.base import get_task

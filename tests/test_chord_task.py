@@ -94,6 +94,54 @@ def test_l2_skips_biases():
     assert float(weight_l2(params)) == pytest.approx(0.5 * (6 + 8))
 
 
+def test_training_loss_is_change_ce_x3_plus_smoothed_chord_ce_plus_l2():
+    """omnizart's chord loss written out: 3 x the change's sigmoid-CE + the chord's softmax-CE
+    with labels smoothed by 0.1 (both means over the segments that are not X) + 2e-4 x the
+    weights' l2 (biases skipped)."""
+    cfg = TASK.preset("tiny")
+    classes = cfg.model.classes
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(1, 4, classes + 1)).astype(np.float32)
+    chord = np.array([[0, 5, 3, 7]], np.int32)
+    change = np.array([[1.0, 0.0, 1.0, 0.0]], np.float32)
+    valid = np.array([[1.0, 1.0, 0.0, 1.0]], np.float32)  # segment 2: X or padding
+    params = {"Dense_0": {"kernel": np.full((2, 2), 0.5, np.float32), "bias": np.ones(2)}}
+    batch = {"x": np.zeros((1, 4, 1), np.float32), "chord": chord, "change": change, "valid": valid}
+    value, (metrics, _) = TASK.bind_loss(cfg)(
+        lambda variables, x, train: out, {"params": params}, batch, None, False
+    )
+    logits, z = out[..., :classes], out[..., classes]
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    smoothed = np.eye(classes)[chord] * 0.9 + 0.1 / classes
+    chord_ce = (-(smoothed * log_p).sum(-1) * valid).sum() / 3
+    change_ce = ((np.maximum(z, 0) - z * change + np.log1p(np.exp(-np.abs(z)))) * valid).sum() / 3
+    l2 = 0.5 * 4 * 0.25
+    assert float(value) == pytest.approx(chord_ce + 3 * change_ce + 2e-4 * l2, rel=1e-5)
+    assert float(metrics["chord_change_loss"]) == pytest.approx(change_ce, rel=1e-5)
+
+
+def test_transposition_is_on_for_training_only_and_switched_by_data_transpose(chord_cache):
+    cfg = TASK.preset("tiny")
+    off = apply_overrides(cfg, ["data.transpose=false"])
+    cache = FeatureCache(chord_cache)
+
+    def first(c, train):
+        ds = TASK.dataset(c, cache, "train", train)
+        return [ds[i] for i in range(8)]
+
+    plain = first(off, True)
+    moved = first(cfg, True)
+    same = [np.array_equal(a["x"], b["x"]) for a, b in zip(plain, moved, strict=True)]
+    assert not all(same)  # 8 draws of 0-11 semitones: some move
+    for a, b, kept in zip(plain, moved, same, strict=True):
+        if not kept:  # moved: the chroma's pitch classes rolled, the labels moved with them
+            assert not np.array_equal(a["chord"], b["chord"]) or not (a["valid"] > 0).any()
+    assert all(
+        np.array_equal(a["x"], b["x"])
+        for a, b in zip(first(cfg, False), first(off, False), strict=True)
+    )
+
+
 def test_exponential_steps_is_an_optax_staircase():
     tx = make_optimizer(
         OptimConfig(

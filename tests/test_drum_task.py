@@ -20,6 +20,7 @@ from jaxmir.tasks.drum.labels import (
     activations,
     hinge_l1_loss,
     omnizart_output,
+    weighted_bce_loss,
 )
 from jaxmir.tasks.drum.task import TASK
 
@@ -63,6 +64,24 @@ def test_hinge_loss_is_omnizarts():
     z_good = np.where(y > 0, 3.0, -3.0).astype(np.float32)  # outputs ~120 / ~-20: inside 20
     assert float(hinge_l1_loss(z_good, y, mask)) == 0.0
     assert float(omnizart_output(np.float32(0.0))) == 50.0
+
+
+def _bce(z, y):
+    """Sigmoid cross-entropy written out (numerically stable form)."""
+    return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+
+def test_bce_loss_has_the_hinge_losss_class_weights_and_averaging():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, 4, 13)).astype(np.float32)
+    y = (rng.uniform(size=(2, 4, 13)) < 0.3).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float32)  # 5 slots inside the pieces
+    per_class = (_bce(z, y) * mask[..., None]).sum(axis=(0, 1)) / 5.0
+    expected = np.mean(per_class * CLASS_PRIORITY)
+    assert float(weighted_bce_loss(z, y, mask)) == pytest.approx(expected, rel=1e-5)
+    z_masked = z.copy()
+    z_masked[0, 3] = 50.0  # a padded slot: no effect
+    assert float(weighted_bce_loss(z_masked, y, mask)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_unknown_loss_is_a_config_error():
@@ -230,3 +249,15 @@ def test_drum_dataset_folders_train(dataset, tmp_path, capsys):
     assert main(["eval", "drum", "--workdir", str(wd), "--split", "test"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"drum_kick_f1", "drum_snare_f1", "drum_hihat_f1"} <= set(result)
+
+
+def test_conv_impl_reaches_the_network_and_both_paths_agree():
+    cfg = TASK.preset("tiny")
+    x = np.random.default_rng(0).normal(size=(2, *TASK.input_spec(cfg).shape)).astype(np.float32)
+    outputs = []
+    for impl in ("native", "matmul"):
+        model = TASK.model(apply_overrides(cfg, [f"model.conv_impl={impl}"]))
+        assert model.net.conv_impl == impl
+        variables = model.init(jax.random.key(0), x)
+        outputs.append(np.asarray(model.apply(variables, x)))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)

@@ -17,7 +17,7 @@ from jaxmir.engine.step import make_train_step
 from jaxmir.inference import sigmoid
 from jaxmir.tasks.vocal.decode import decode_notes, find_peaks, note_hz, note_intervals
 from jaxmir.tasks.vocal.labels import notes_from_f0, sdt_labels
-from jaxmir.tasks.vocal.task import TASK
+from jaxmir.tasks.vocal.task import TASK, sdt_loss
 from jaxmir.tasks.vocal.vat import adversarial_perturbation, bernoulli_kl
 
 ONE = jax.devices()[:1]
@@ -185,3 +185,31 @@ def test_train_eval_transcribe(vat, mixed_corpus, vocal_cache, contour_cache, tm
     stem = song.stem
     for suffix in (".mid", "_notes.csv", "_notes.png"):
         assert (tmp_path / f"{stem}{suffix}").is_file()
+
+
+def test_sdt_loss_weighs_the_onset_offset_and_activity_channels_as_omnizart():
+    """0.3 x the mean BCE of all six channels + 0.7 x the BCE of channels 1, 2 and 4 (each a
+    mean over the frames inside the pieces): written out here, and checked by how much one
+    channel's logits move the loss."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    y = (rng.uniform(size=(2, 5, 6)) < 0.4).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], np.float32)  # 7 frames
+    bce = (np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))) * mask[..., None]
+    expected = 0.3 * bce.sum() / (7 * 6) + 0.7 * sum(bce[..., c].sum() / 7 for c in (1, 2, 4))
+    assert float(sdt_loss(z, y, mask)) == pytest.approx(expected, rel=1e-5)
+
+    def moved(channel: int) -> float:  # the loss's change when one frame's logit drops by 1
+        z2 = z.copy()
+        z2[0, 0, channel] -= 1.0
+        return float(sdt_loss(z2, y, mask)) - float(sdt_loss(z, y, mask))
+
+    def bce_moved(channel: int) -> float:
+        a, t = z[0, 0, channel], y[0, 0, channel]
+        one = lambda v: max(v, 0) - v * t + np.log1p(np.exp(-abs(v)))  # noqa: E731
+        return one(a - 1.0) - one(a)
+
+    for c in (0, 3, 5):  # only in the mean over all channels
+        assert moved(c) == pytest.approx(0.3 / 42 * bce_moved(c), rel=1e-3)
+    for c in (1, 2, 4):
+        assert moved(c) == pytest.approx((0.3 / 42 + 0.7 / 7) * bce_moved(c), rel=1e-3)

@@ -170,6 +170,13 @@ class RunResult:
     seconds: float
 
 
+def check_watch_splits(cfg: Config, cache: FeatureCache) -> None:
+    """ConfigError naming the `train.watch_splits` that `cache` holds no pieces of."""
+    missing = [s for s in cfg.train.watch_splits if not cache.names(s)]
+    if missing:
+        raise ConfigError(f"train.watch_splits: no pieces in split(s) {missing} of {cache.root}")
+
+
 def train(
     task,
     cfg: Config,
@@ -259,11 +266,7 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
     cache = None
     if task.needs_cache:
         cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
-        missing = [s for s in cfg.train.watch_splits if not cache.names(s)]
-        if missing:
-            raise ConfigError(
-                f"train.watch_splits: no pieces in split(s) {missing} of {cache.root}"
-            )
+        check_watch_splits(cfg, cache)
     mesh = make_mesh(devices)
     callbacks = make_callbacks(cfg, task)
     state = init_state(task, cfg, mesh, callbacks)

@@ -67,6 +67,7 @@ class DrumModelConfig:
     # Average-pool each 120 x 120 patch by this factor before the network (tiny: 4, so the
     # tests' model sees 30 x 30 patches; 1 = omnizart's full patches).
     input_pool: int = 1
+    conv_impl: str = "auto"  # native | matmul (matmul weight gradient) | auto (matmul on CPU only)
 
 
 @dataclasses.dataclass
@@ -125,6 +126,7 @@ class DrumTask(PieceTask):
             frames=side,
             bins=side,
             mini_beats=m.timesteps,
+            conv_impl=m.conv_impl,
         )
         return PatchesAsChannels(net, m.input_pool)
 
