@@ -201,3 +201,34 @@ def test_a_model_config_error_stops_training_before_anything_is_written(
     assert needle in capsys.readouterr().err
     assert not wd.exists()
     assert main(["info", "music", "--preset", "quality", "--set", override]) == 2
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_become_the_loops_stop_flag(name):
+    """Both signals stop training at the next step (the loop polls this flag); the handlers
+    before are put back afterwards."""
+    import os
+    import signal
+
+    from jaxmir.engine.loop import StopSignal
+
+    sig = getattr(signal, name)
+    before = signal.getsignal(sig)
+    with StopSignal() as stop:
+        assert stop.poll() is None
+        os.kill(os.getpid(), sig)
+        assert stop.poll() == name
+    assert signal.getsignal(sig) == before
+
+
+def test_default_workdir_and_cache(monkeypatch, tmp_path):
+    from jaxmir.engine.run import cache_root, default_workdir
+    from jaxmir.tasks.base import get_task
+
+    wd = default_workdir(get_task("beat").preset("demo"))
+    assert wd.parent.as_posix() == "runs" and wd.name.startswith("beat-demo-")
+    monkeypatch.setenv("JAXMIR_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.delenv("JAXMIR_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "jaxmir"

@@ -167,9 +167,22 @@ def test_a_signal_to_one_process_stops_every_process(tmp_path):
         assert lines == ["before None", f"after {expected}"], out
 
 
-@pytest.mark.parametrize("command", [["info", "beat"], ["eval", "beat", "--workdir", "x"]])
-def test_single_process_commands_refuse_a_multi_process_environment(command, monkeypatch, capsys):
-    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["info", "beat"],
+        ["eval", "beat", "--workdir", "x"],
+        ["transcribe", "beat", "x.mid", "-o", "out"],
+        ["features", "beat", "--dataset", "midi", "--root", "x", "--out", "y"],
+    ],
+)
+@pytest.mark.parametrize(
+    "env", [("JAX_COORDINATOR_ADDRESS", "localhost:1"), ("JAXMIR_DISTRIBUTED", "1")]
+)
+def test_single_process_commands_refuse_a_multi_process_environment(
+    command, env, monkeypatch, capsys
+):
+    monkeypatch.setenv(*env)
     assert main(command) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runs in one process" in err[0]

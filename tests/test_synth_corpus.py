@@ -282,3 +282,19 @@ def test_cli_parser(tmp_path):
     assert args.pieces != C.DEFAULT_PIECES
     bad = p.parse_args(["synth", "--out", str(tmp_path), "--pieces", "-1"])
     assert cmd_synth(bad) == 2
+
+
+def test_the_synth_command_renders_a_piano_corpus(tmp_path, capsys):
+    from jaxmir.cli import main
+
+    out = tmp_path / "corpus"
+    argv = ["synth", "--out", str(out), "--pieces", "1", "--instruments", "piano"]
+    assert main(argv + ["--max-seconds", "3", "--no-progress"]) == 0
+    assert '"failed": []' in capsys.readouterr().out  # the summary on stdout
+    index = json.loads((out / "corpus.json").read_text())
+    assert index["instruments"] == "piano" and index["summary"]["pieces"] == 1
+    (piece,) = index["pieces"]
+    labels = np.load(out / f"{piece['name']}.labels.npz")
+    assert len(labels["notes"]) > 0 and set(labels["notes"][:, 4]) <= set(range(8))  # GM pianos
+    assert len(labels["drum_hits"]) == 0  # piano: no drum kit
+    assert sf.info(out / f"{piece['name']}.wav").duration <= index["max_seconds"] + 2.0

@@ -399,3 +399,48 @@ def test_rt60_max_gives_training_pieces_longer_rooms_and_leaves_test_pieces_alon
     assert "rt60_max" not in job_t.config()["variety"]  # the rendered test pieces stay valid
 
     check_corpus_option("rt60_max", 3.0, 0.1, "seconds")
+
+
+def test_the_wide_beat_corpus_writes_works_textures_and_both_extra_test_splits(tmp_path):
+    """`BeatTask.build_default` with every source on: chorales, other music21 works (an eighth
+    as many again for validation and test), textures, `test_sparse` (each test score thinned)
+    and `test_unseen` (textures in meters no training piece has)."""
+    from jaxmir.config import apply_overrides
+    from jaxmir.data.cache import FeatureCache
+    from jaxmir.tasks.beat.task import TASK
+
+    sizes = {"train": 2, "val": 1, "test": 1, "works": 8, "textures": 4, "unseen": 2}
+    overrides = [f"data.corpus_{k}={v}" for k, v in sizes.items()]
+    overrides += ["data.corpus_part_subsets=0.5", "data.corpus_variants=1"]
+    cfg = apply_overrides(TASK.preset("tiny"), overrides)
+    cache = FeatureCache(TASK.default_data(cfg, tmp_path, progress=False))
+    names = {s: cache.names(s) for s in ("train", "val", "test", "test_sparse", "test_unseen")}
+    chorales = {s: [n for n in v if n.startswith("bach__")] for s, v in names.items()}
+    assert [len(chorales[s]) for s in ("train", "val", "test")] == [2, 1, 1]
+    works = {
+        s: [n for n in v if not n.startswith(("bach__", "texture__"))] for s, v in names.items()
+    }
+    assert [len(works[s]) for s in ("train", "val", "test")] == [8, 1, 1]
+    assert sum(n.startswith("texture__") for s in ("train", "val", "test") for n in names[s]) == 4
+    assert sorted(names["test_sparse"]) == sorted(
+        f"{n}__sparse" for n in names["test"] if not n.startswith("texture__")
+    )
+    assert names["test_unseen"] == ["unseen__0000", "unseen__0001"]
+
+    def beats_per_bar(name: str) -> int:
+        labels = cache.labels(name)
+        beats, downbeats = labels["beats"], labels["downbeats"]
+        return int(np.median(np.diff(np.searchsorted(beats, downbeats))))
+
+    trained = {
+        beats_per_bar(n)
+        for s in ("train", "val", "test")
+        for n in names[s]
+        if n.startswith("texture__")
+    }
+    assert trained <= {1, 2, 3, 4, 5}
+    assert {beats_per_bar(n) for n in names["test_unseen"]} <= {2, 3, 7}
+    for name in names["test_sparse"]:  # the same score, some parts left out
+        assert len(cache.labels(name)["notes"]) < len(
+            cache.labels(name[: -len("__sparse")])["notes"]
+        )
