@@ -4,6 +4,7 @@ transcribe, overridden by an explicit `--set decode.*`; and the shipped-model ro
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -236,6 +237,11 @@ def test_runs_export_as_an_ensemble_that_averages_their_outputs(
     capsys.readouterr()
     assert main([*argv, "--member", str(odd)]) == 2
     assert f"{odd}: its model config differs" in capsys.readouterr().err
+    stored["model"]["dropout"] = json.loads((other / "config.json").read_text())["model"]["dropout"]
+    stored["data"]["label_mode"] = "frame"  # outputs that mean something else
+    (odd / "config.json").write_text(json.dumps(stored))
+    assert main([*argv, "--member", str(odd)]) == 2
+    assert f"{odd}: its data config differs" in capsys.readouterr().err
 
     assert main(argv) == 0
     assert not (folder / "variables-1.msgpack").exists()
@@ -596,3 +602,13 @@ def test_calibration_gates_offsets_that_rise_inside_sounding_notes():
     for y, notes in pieces:
         est = decode_notes(y, "note-offset", method="simple", **ungated)
         assert note_f1_scores(notes, est)["note_with_offset_f1"] == 0.0
+
+
+def test_ensemble_members_must_share_the_label_mode_not_the_corpus():
+    from jaxmir.shipped import _label_fields
+    from jaxmir.tasks.music.task import TASK as MUSIC
+
+    data = MUSIC.preset("quality").data
+    other_corpus = dataclasses.replace(data, offset_spread=data.offset_spread + 1, corpus_seed=7)
+    assert _label_fields(other_corpus) == _label_fields(data) == {"label_mode": data.label_mode}
+    assert _label_fields(dataclasses.replace(data, label_mode="frame")) != _label_fields(data)

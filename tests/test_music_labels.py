@@ -15,6 +15,7 @@ from jaxmir.tasks.music.decode import (
     write_notes_csv,
 )
 from jaxmir.tasks.music.labels import (
+    FPS,
     LABEL_MODES,
     N_BINS,
     POP_PROGRAMS,
@@ -214,6 +215,19 @@ def test_simple_decoder_onset_delay_moves_onsets_only():
     # a note keeps one frame at least, however late its onset is moved
     very = decode_notes(y, "note-offset", method="simple", onset_delay=10.0)
     np.testing.assert_allclose(very[:, 1] - very[:, 0], 0.02)
+
+
+def test_simple_decoder_min_gap_merges_a_flickering_onset_into_its_note():
+    """`decode.min_gap`: an onset run less than `min_gap` frames after the key's last onset
+    continues that note; a later one (a re-strike) still starts a new note."""
+    post = np.zeros((60, N_BINS, 3), np.float32)
+    key = slice((60 - 21) * 4, (61 - 21) * 4)
+    post[10:50, key, 1] = 0.9  # sounding from frame 10 to 50
+    for start in (10, 14, 35):  # the onset, a flicker 80 ms after it, a re-strike
+        post[start : start + 2, key, 1], post[start : start + 2, key, 2] = 0.0, 0.9
+    frames = lambda notes: (notes[:, :2] * FPS).round().tolist()  # noqa: E731
+    assert frames(decode_notes_simple(post, "note")) == [[10, 14], [14, 35], [35, 50]]
+    assert frames(decode_notes_simple(post, "note", min_gap=5)) == [[10, 35], [35, 50]]
 
 
 @pytest.mark.parametrize(
