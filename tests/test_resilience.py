@@ -35,9 +35,27 @@ def assert_identical(a, b):
 
 @pytest.fixture(scope="module")
 def full(beat_cache, tmp_path_factory):
-    """An undisturbed 3-epoch run (4 steps an epoch), monitoring the train loss."""
+    """An undisturbed 3-epoch run (4 steps an epoch), monitoring the train loss; trained
+    through the Python API the README shows (`jaxmir.tasks.beat.train`)."""
+    import jaxmir.tasks.beat as beat
+
     cfg = tiny("train.epochs=3", "train.monitor=loss")
-    return run(cfg, tmp_path_factory.mktemp("full") / "run", beat_cache)
+    workdir = tmp_path_factory.mktemp("full") / "run"
+    result = beat.train(cfg, workdir=workdir, data=beat_cache, devices=ONE, progress=False)
+    assert result.workdir == workdir and result.status == "finished"
+    return result
+
+
+def test_every_task_module_has_the_train_entry_point():
+    import importlib
+
+    from jaxmir.tasks.base import TASK_MODULES
+
+    for name in TASK_MODULES:
+        train_fn = importlib.import_module(f"jaxmir.tasks.{name}").train
+        assert (
+            train_fn.__doc__ == f"Train the {name} model described by `cfg`; returns a RunResult."
+        )
 
 
 def test_stop_signal_at_the_last_step_of_an_epoch(full, beat_cache, tmp_path):
