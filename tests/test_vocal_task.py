@@ -113,6 +113,32 @@ def test_the_unlabelled_window_rides_with_every_training_example(vocal_cache):
     assert "ux" not in TASK.dataset(cfg, cache, "val", False)[0]
 
 
+def test_unlabelled_windows_come_from_the_data_unlabelled_folder(vocal_cache, tmp_path):
+    """`data.unlabelled=DIR`: any folder of audio, featurised once, gives VAT its windows."""
+    import soundfile as sf
+
+    from jaxmir.config import ConfigError
+
+    folder = tmp_path / "songs"
+    (folder / "disc").mkdir(parents=True)
+    t = np.arange(3 * 16000) / 16000
+    sf.write(folder / "disc" / "hum.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+    (folder / "notes.txt").write_text("not audio")
+    cfg = apply_overrides(TASK.preset("tiny"), [f"data.unlabelled={folder}"])
+    cache = FeatureCache(vocal_cache)
+    source = TASK.unlabelled_cache(cfg, cache)
+    assert source.names("train") == ["disc/hum.wav"]
+    assert TASK.unlabelled_cache(cfg, cache).root == source.root  # featurised once
+    x = source.features("disc/hum.wav")
+    ux = TASK.dataset(cfg, cache, "train", True)[0]["ux"]
+    n = len(ux)
+    assert any(np.array_equal(ux, x[s : s + n]) for s in range(len(x) - n + 1))
+    (tmp_path / "empty").mkdir()
+    empty = apply_overrides(cfg, [f"data.unlabelled={tmp_path / 'empty'}"])
+    with pytest.raises(ConfigError, match="no audio files"):
+        TASK.unlabelled_cache(empty, cache)
+
+
 def test_tiny_model_overfits_two_pieces(vocal_cache):
     """Features -> SDT labels -> loss (with VAT) -> posteriors -> notes -> mir_eval. The notes'
     pitch comes from the reference here: the chain under test is the segmentation (the

@@ -1,0 +1,41 @@
+"""The presets' hyperparameters that the README states, one row per statement: a preset that
+changes without its README line fails here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from jaxmir.config import flatten
+from jaxmir.tasks.base import get_task
+
+STATED = [
+    # README, the melody tasks: "focal loss, Adam 1e-3, 5 x 6000 steps of 12"
+    ("vocal_contour", "paper", {"data.loss": "focal", "optim.learning_rate": 1e-3}),
+    ("vocal_contour", "paper", {"train.epochs": 5, "train.steps_per_epoch": 6000}),
+    ("vocal_contour", "paper", {"train.batch_size": 12}),
+    # "Adam 1e-5 (demo: 1e-3)"
+    ("patch_cnn", "paper", {"optim.learning_rate": 1e-5}),
+    ("patch_cnn", "demo", {"optim.learning_rate": 1e-3}),
+    # the vocal task: "Adam 3e-3, 6 x 200 steps of 16, VAT epsilon = 1, weight 0.3"
+    ("vocal", "demo", {"optim.learning_rate": 3e-3, "train.epochs": 6}),
+    ("vocal", "demo", {"train.steps_per_epoch": 200, "train.batch_size": 16}),
+    ("vocal", "demo", {"data.vat": True, "data.vat_epsilon": 1.0, "data.vat_weight": 0.3}),
+    ("vocal", "paper", {"data.vat_epsilon": 8.0, "optim.learning_rate": 1e-4}),
+    # the chord task: "x0.96 every 1000 steps"; demo "Adam 1e-3 x 0.96 every 150 steps"
+    ("chord", "paper", {"optim.lr_schedule": "exponential_steps", "optim.decay_rate": 0.96}),
+    ("chord", "paper", {"optim.decay_steps": 1000, "optim.grad_clip_value": 1.0}),
+    ("chord", "demo", {"optim.learning_rate": 1e-3, "optim.decay_steps": 150}),
+    ("chord", "demo", {"train.epochs": 6, "train.steps_per_epoch": 150, "train.batch_size": 16}),
+    # the drum task: demo "16 channels, head 256, 5 x 150 of 16"; paper omnizart's diff, hinge
+    ("drum", "demo", {"model.channels": 16, "model.dense": 256, "train.epochs": 5}),
+    ("drum", "demo", {"train.steps_per_epoch": 150, "train.batch_size": 16}),
+    ("drum", "paper", {"model.diff_axis": 2, "model.loss": "hinge"}),
+]
+
+
+@pytest.mark.parametrize(("task", "preset", "values"), STATED)
+def test_preset_values_are_the_readmes(task, preset, values):
+    cfg = flatten(dataclasses.asdict(get_task(task).preset(preset)))
+    assert {k: cfg[k] for k in values} == values
