@@ -11,6 +11,7 @@ from jaxmir.cli import UsageError, main, transcribe_inputs
 from jaxmir.inference import (
     AudioProgress,
     Timings,
+    default_batch_size,
     predict_piece,
     predict_pieces,
     resolve_hop,
@@ -376,3 +377,11 @@ def test_music_keeps_window_centres_at_three_quarter_hops():
     cfg = music_cfg()
     task = task_music()
     assert task.stitch == "centre" and task.inference_hop(cfg) == cfg.model.timesteps * 3 // 4
+
+
+def test_default_inference_batch_is_4_windows_on_cpu_and_16_elsewhere():
+    import jax
+
+    assert default_batch_size("cpu") == 4
+    assert default_batch_size("gpu") == default_batch_size("tpu") == 16
+    assert default_batch_size() == default_batch_size(jax.default_backend())
