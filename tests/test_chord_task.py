@@ -209,6 +209,13 @@ def test_train_eval_transcribe(mixed_corpus, chord_cache, tmp_path, capsys):
     assert main([*argv, "--data", str(chord_cache), "--no-progress"]) == 0
     records = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
     assert any("val_chord_majmin" in r for r in records)
+    # the change slope is model state: the checkpoint holds its annealed value (1.1 per epoch)
+    from jaxmir.engine.run import restore_for_inference
+
+    cfg, _, state, _ = restore_for_inference(TASK, wd)
+    (slope,) = jax.tree_util.tree_leaves(state.batch_stats)
+    epochs = np.log(float(slope)) / np.log(1.1)
+    assert 1 <= round(epochs) <= cfg.train.epochs and epochs == pytest.approx(round(epochs))
     assert main(["eval", "chord", "--workdir", str(wd), "--split", "test"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"chord_majmin", "chord_root", "chord_thirds", "chord_mirex"} <= set(result)
