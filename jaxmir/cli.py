@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "stored decoding and, without --set, the scores replace that split's in its "
         "model.json (nothing is re-trained or re-calibrated).",
     )
-    e.add_argument("task")
+    e.add_argument("task", help=TASKS_HELP)
     e.add_argument("--workdir", type=Path, required=True, metavar="RUN_OR_MODEL_FOLDER")
     e.add_argument(
         "--split",
@@ -109,7 +109,14 @@ def _parser() -> argparse.ArgumentParser:
         "alone, piano and mixed (splits test_sf_piano, test_sf_mixed), to see how the model "
         "holds up on instruments it never heard; the corpus gets its own cache (rendered once)",
     )
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
+    e.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="decode.KEY=V",
+        help=DECODE_HELP,
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     c = sub.add_parser(
@@ -123,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         "jaxmir/models/TASK): its decoding is chosen again from its stored settings, and its "
         "config.json and model.json (calibration and test scores) are rewritten.",
     )
-    c.add_argument("task")
+    c.add_argument("task", help=TASKS_HELP)
     c.add_argument("--workdir", type=Path, required=True, metavar="RUN_OR_MODEL_FOLDER")
     c.add_argument(
         "--data", type=Path, default=None, help="feature cache (default: the run's or model's)"
@@ -142,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "read is skipped with its reason and the others are transcribed; the command then "
         "exits 1 (2 when no input could be read).",
     )
-    r.add_argument("task")
+    r.add_argument("task", help=TASKS_HELP)
     r.add_argument("inputs", nargs="+", type=Path, help="files and/or folders")
     r.add_argument(
         "--workdir",
@@ -151,8 +158,17 @@ def _parser() -> argparse.ArgumentParser:
         help="a trained run or an exported model folder (`jaxmir export`; default: the model "
         "shipped with jaxmir, where the task has one)",
     )
-    r.add_argument("-o", "--outdir", type=Path, default=Path("."))
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="decode.KEY=V")
+    r.add_argument(
+        "-o", "--outdir", type=Path, default=Path("."), help="folder to write (default: here)"
+    )
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="decode.KEY=V",
+        help=DECODE_HELP,
+    )
     r.add_argument(
         "--batch-size",
         type=int,
@@ -161,13 +177,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    i = sub.add_parser("info", help="model size and shapes of a preset (no compute)")
-    i.add_argument("task")
-    i.add_argument("--preset", default="paper")
-    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    i = sub.add_parser(
+        "info",
+        help="model size and shapes of a preset (no compute)",
+        description="Print a preset's model: its parameter count (and omnizart's count, where "
+        "they differ), input and output shapes, as one line and as JSON. Nothing is trained, "
+        "read or compiled (jax.eval_shape).",
+    )
+    i.add_argument("task", help=TASKS_HELP)
+    i.add_argument(
+        "--preset", default="paper", help="the preset to describe (default: paper, omnizart's size)"
+    )
+    i.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. model.base=128",
+    )
 
-    f = sub.add_parser("features", help="turn a dataset folder into a feature cache")
-    f.add_argument("task")
+    f = sub.add_parser(
+        "features",
+        help="turn a dataset folder into a feature cache",
+        description="Read a dataset folder in its official layout, compute the task's features "
+        "and labels for every piece, and write them as a cache that `jaxmir train --data` and "
+        "`jaxmir eval --data` read. Pieces already in the cache are kept; a file that cannot be "
+        "read is skipped with its reason (exit 2 when none could be read).",
+    )
+    f.add_argument("task", help=TASKS_HELP)
     f.add_argument(
         "--dataset",
         required=True,
@@ -177,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--root", type=Path, required=True, help="the dataset's folder")
     f.add_argument("--out", type=Path, required=True, help="cache directory to write")
-    f.add_argument("-j", "--workers", type=int, default=1)
+    f.add_argument("-j", "--workers", type=int, default=1, help="worker processes (default 1)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     from jaxmir.data.synth.cli import add_synth_parser
 
@@ -186,9 +224,13 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser(
         "export",
         help="write a run's best model as a shipped-model folder (weights, config, thresholds)",
+        description="Write the run's best checkpoint as a model folder: its weights "
+        "(msgpack), config, calibrated decoding and test scores. `jaxmir transcribe` and "
+        "`jaxmir eval` take the folder as --workdir; the package's own models are such folders "
+        "(jaxmir/models/TASK).",
     )
-    x.add_argument("task")
-    x.add_argument("--workdir", type=Path, required=True)
+    x.add_argument("task", help=TASKS_HELP)
+    x.add_argument("--workdir", type=Path, required=True, metavar="RUN", help="a training run")
     x.add_argument("--out", type=Path, required=True, help="folder to write")
     x.add_argument(
         "--member",
@@ -201,11 +243,12 @@ def _parser() -> argparse.ArgumentParser:
         "whose test splits are scored on the first run's data (or --data)",
     )
     x.add_argument("--data", type=Path, default=None, help="feature cache for --member's scoring")
-    x.add_argument("--no-progress", action="store_true")
+    x.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
 TASKS_HELP = "beat | music | chord | drum | vocal | vocal_contour | patch_cnn"  # every task
+DECODE_HELP = "override how the model decodes, e.g. decode.onset_threshold=0.4 (repeatable)"
 
 
 EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: saved, not finished; run again to resume
@@ -215,10 +258,23 @@ class UsageError(Exception):
     pass
 
 
+def check_output_folder(path: Path | None, flag: str) -> None:
+    """UsageError where `path` (a folder the command will write) is a file or lies under one:
+    said before any work, not as an OS error after it."""
+    if path is None:
+        return
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == Path(path) else f"holds {path}, but {p} is"
+                raise UsageError(f"{flag} {path}: must be a folder ({what} a file)")
+            return
+
+
 def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | None):
     saved = workdir / "config.json" if workdir is not None else None
     if preset is None and saved is not None and saved.is_file():
-        cfg = task.config_from_dict(json.loads(saved.read_text()))
+        cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
     else:
         cfg = task.preset(preset or "demo")
     return validate(apply_overrides(cfg, overrides))
@@ -238,6 +294,7 @@ def cmd_train(args) -> int:
     cfg = _config_for(task, args.preset, args.overrides, args.workdir)
     check_batch_sizes(cfg, make_mesh())  # before anything is written
     task.model(cfg), task.bind_loss(cfg)  # their config errors too (no weights are made)
+    check_output_folder(args.workdir, "--workdir")
     if args.workdir is None and not is_primary():
         raise UsageError("a multi-process run needs --workdir (a folder every process shares)")
     workdir = args.workdir or default_workdir(cfg)
@@ -291,6 +348,7 @@ def cmd_export(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
+    check_output_folder(args.out, "--out")
     info = {}
     for path in sorted((args.workdir / "eval").glob("*.json")):
         # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)
@@ -394,7 +452,7 @@ def cmd_calibrate(args) -> int:
     if is_model_folder(args.workdir):  # an exported model folder
         calibrate_folder(task, args.workdir, data=args.data, progress=not args.no_progress)
         return 0
-    cfg = task.config_from_dict(json.loads(saved.read_text()))
+    cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
     data = args.data or _run_json(args.workdir).get("data")
     progress = not args.no_progress
     cache = resolve_data(task, cfg, data, progress=progress)
@@ -455,6 +513,7 @@ def cmd_transcribe(args) -> int:
         raise UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
     suffixes = getattr(task, "input_suffixes", lambda: AUDIO_SUFFIXES)()
     paths = transcribe_inputs(args.inputs, suffixes)  # all checked before the model is restored
+    check_output_folder(args.outdir, "-o")
     if args.workdir is None or is_model_folder(args.workdir):  # shipped, or exported
         cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
     else:
@@ -551,7 +610,7 @@ def cmd_info(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
-    cfg = apply_overrides(task.preset(args.preset), args.overrides)
+    cfg = validate(apply_overrides(task.preset(args.preset), args.overrides))
     model = task.model(cfg)
     spec = task.input_spec(cfg)
     x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
@@ -587,15 +646,25 @@ def cmd_features(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
+    if args.workers < 1:
+        raise UsageError(f"-j: must be >= 1, got {args.workers}")
+    check_output_folder(args.out, "--out")
     summary = task.featurize(
         args.dataset, args.root, args.out, workers=args.workers, progress=not args.no_progress
     )
     for path, reason in summary["failed"]:
+        reason = str(reason).removeprefix(f"{path}: ")  # readers' errors often name the file
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(
         f"{summary['written']} pieces written, {summary['skipped']} already cached, "
         f"{len(summary['failed'])} failed -> {summary['out']}"
     )
+    if summary["failed"] and not summary["written"] and not summary["skipped"]:
+        print(
+            f"jaxmir features: error: none of the pieces under {args.root} could be read",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
@@ -685,6 +754,10 @@ def main(argv: list[str] | None = None) -> int:
         SoundfontError,
     ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that is a file, no permission, a full disk: one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"jaxmir {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -309,7 +309,10 @@ def load_model(task, folder: Path | str | None = None):
             f"{path}: no shipped {task.name} model; pass --workdir RUN (a trained run)"
         )
     cfg = task.locate(
-        task.config_from_dict(json.loads((folder / "config.json").read_text())), folder
+        task.config_from_dict(
+            json.loads((folder / "config.json").read_text()), folder / "config.json"
+        ),
+        folder,
     )
     mesh = make_mesh(jax.devices()[:1])
     # zeros of the state's shapes: only the variables matter for inference, and they are read

@@ -152,6 +152,19 @@ class Fx:
         shutil.copy(self.beat_run / "config.json", wd / "config.json")
         return str(wd)
 
+    def a_file(self) -> str:
+        """A regular file where a command is told to write a folder."""
+        path = self.tmp / "afile"
+        path.write_text("not a folder\n")
+        return str(path)
+
+    def shipped(self, task: str) -> str:
+        from jaxmir.shipped import model_dir
+
+        path = model_dir(task)
+        self.touched.append(path)
+        return str(path)
+
     def broken_manifest_cache(self) -> str:
         cache = self.tmp / "cache"
         cache.mkdir()
@@ -166,6 +179,59 @@ def case(name: str, argv: Callable[[Fx], list[str]], *needles: str) -> Any:
 
 
 CASES = [
+    # -- a folder to write that is a file: said before any work
+    case(
+        "transcribe-out-is-a-file",
+        lambda f: ["transcribe", "patch_cnn", f.bad("audio.wav"), "-o", f.a_file()],
+        "-o {tmp}/afile",
+        "must be a folder",
+    ),
+    case(
+        "train-workdir-is-a-file",
+        lambda f: ["train", "beat", "--workdir", f.a_file(), *TINY_BEAT],
+        "--workdir {tmp}/afile",
+        "must be a folder",
+    ),
+    case(
+        "features-out-under-a-file",
+        lambda f: (
+            ["features", "beat", "--dataset", "midi", "--root", str(f.tmp)]
+            + ["--out", f.a_file() + "/cache"]
+        ),
+        "--out {tmp}/afile/cache",
+        "is a file",
+    ),
+    case(
+        "features-no-workers",
+        lambda f: (
+            ["features", "beat", "--dataset", "midi", "--root", str(f.tmp)]
+            + ["--out", str(f.tmp / "out"), "-j", "0"]
+        ),
+        "-j",
+        ">= 1",
+    ),
+    # -- configs `info` describes are checked as training checks them
+    case(
+        "info-music-model-name", lambda f: ["info", "music", "--set", "model.name=x"], "model.name"
+    ),
+    case("info-beat-model-name", lambda f: ["info", "beat", "--set", "model.name=x"], "model.name"),
+    case("info-epochs", lambda f: ["info", "beat", "--set", "train.epochs=-1"], "train.epochs"),
+    # -- a model folder where a run is needed, or another task's model
+    case(
+        "export-a-model-folder",
+        lambda f: ["export", "beat", "--workdir", f.shipped("beat"), "--out", str(f.tmp / "e")],
+        "no checkpoint to restore",
+        "exported model folder",
+    ),
+    case(
+        "transcribe-with-another-tasks-model",
+        lambda f: (
+            ["transcribe", "beat", f.bad("no-notes.mid"), "--workdir", f.shipped("music")]
+            + ["-o", str(f.tmp / "out")]
+        ),
+        "music/config.json",
+        "'music', not 'beat'",
+    ),
     # -- audio and MIDI files given to `transcribe`
     case(
         "empty-wav",
@@ -339,6 +405,7 @@ CASES = [
         lambda f: ["eval", "beat", "--workdir", str(f.beat_run), "--split", "nosuch"],
         "nosuch",
         "no pieces",
+        "(it holds test, train, val)",
     ),
     case(
         "eval-not-a-run",
@@ -446,3 +513,17 @@ def test_missing_config_json_is_taken_from_the_checkpoint(beat_run, beat_cache, 
     resumed = json.loads((wd / "config.json").read_text())
     assert resumed["model"] == saved["model"] and resumed["train"]["epochs"] == 3
     assert resumed["decode"]["min_distance"] == 0.25
+
+
+def test_features_exit_2_when_no_file_could_be_read(tmp_path, capsys):
+    """Every file skipped (each named once, with its reason): exit 2, not an empty cache."""
+    root = tmp_path / "midi"
+    root.mkdir()
+    make_bad_file("corrupt.mid", root)
+    (root / "good.mid").unlink()
+    argv = ["features", "beat", "--dataset", "midi", "--root", str(root)]
+    assert main([*argv, "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith(f"skipped {root / 'corrupt.mid'}: ")
+    assert str(root) not in err[0].split(": ", 1)[1]  # the path once
+    assert "none of the pieces" in err[1]

@@ -241,8 +241,7 @@ def test_read_midi_piece_six_eight(midi_folder):
 
 
 def test_read_midi_folder(midi_folder):
-    with pytest.warns(UserWarning, match="skipping"):
-        pieces, failures = read_midi_folder(midi_folder)
+    pieces, failures = read_midi_folder(midi_folder)  # failures returned, not also warned
     assert [p.name for p in pieces] == ["a_four", "sub__six_eight"]
     four = pieces[0]
     np.testing.assert_allclose(four.beats, np.arange(12) * 0.5)

@@ -137,6 +137,9 @@ def test_unlabelled_windows_come_from_the_data_unlabelled_folder(vocal_cache, tm
     empty = apply_overrides(cfg, [f"data.unlabelled={tmp_path / 'empty'}"])
     with pytest.raises(ConfigError, match="no audio files"):
         TASK.unlabelled_cache(empty, cache)
+    missing = apply_overrides(cfg, [f"data.unlabelled={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match="not a folder"):
+        TASK.bind_loss(missing)  # training checks it before building any data
 
 
 def test_tiny_model_overfits_two_pieces(vocal_cache):

@@ -25,7 +25,7 @@ def window_index(
     """Rows (piece, start) of the windows that tile each piece of `split` every `hop` frames."""
     names = cache.names(split)
     if not names:
-        raise ValueError(f"{cache.root}: no pieces in split {split!r}")
+        raise cache.no_split(split)
     rows = []
     for i, name in enumerate(names):
         n = cache.entry(name)["shape"][0]

@@ -142,13 +142,16 @@ def restore_for_inference(
     cfg_path = workdir / "config.json"
     if not cfg_path.is_file():
         raise RestoreError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
-    cfg = task.config_from_dict(json.loads(cfg_path.read_text()))
+    cfg = task.config_from_dict(json.loads(cfg_path.read_text()), cfg_path)
     if calibrated:
         cfg = calibrated_config(cfg, workdir)
     cfg = task.locate(cfg, workdir)
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-        raise RestoreError(f"{ckpt_dir}: no checkpoint to evaluate")
+        from jaxmir.shipped import is_model_folder
+
+        exported = " (an exported model folder has none)" if is_model_folder(workdir) else ""
+        raise RestoreError(f"{ckpt_dir}: no checkpoint to restore{exported}")
     ckpt = Checkpointer(ckpt_dir, monitor=cfg.train.monitor)
     steps = ckpt.manager.all_steps()
     step = step if step is not None else ckpt.best_step()

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, from_dict
 from jaxmir.data.audio import AudioError
-from jaxmir.data.cache import CacheError, FeatureCache
+from jaxmir.data.cache import FeatureCache
 from jaxmir.data.datasets.midi import MidiError
 from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import WindowReader, windows_dataset
@@ -104,10 +104,12 @@ class Task(abc.ABC):
         optim = optim if optim is not None else OptimConfig()
         return Config(self.name, preset, model, data, self.decode_config(), train, optim)
 
-    def config_from_dict(self, data: dict) -> Config:
+    def config_from_dict(self, data: dict, source: Path | str | None = None) -> Config:
+        """The Config stored as `data` (a run's or model folder's config.json, `source`)."""
         data = dict(data)
         if data.get("task") != self.name:
-            raise ConfigError(f"config is for task {data.get('task')!r}, not {self.name!r}")
+            where = f"{source}: " if source is not None else ""
+            raise ConfigError(f"{where}a config of task {data.get('task')!r}, not {self.name!r}")
         return Config(
             task=self.name,
             preset=str(data["preset"]),
@@ -413,7 +415,7 @@ class PieceTask(Task):
         """The mean of `score` over the pieces of `split` (a key missing from a piece's scores,
         such as an instrument it lacks, is averaged over the pieces that have it)."""
         if not cache.names(split):
-            raise CacheError(f"{cache.root}: no pieces in split {split!r}")
+            raise cache.no_split(split)
         return mean_scores(
             self.score(self.decode(probs, cfg), labels, cfg)
             for probs, labels in self.split_posteriors(

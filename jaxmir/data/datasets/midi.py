@@ -225,8 +225,7 @@ def read_midi_folder(root: Path) -> tuple[list[SymbolicPiece], list[tuple[str, s
             name = f"{base}__{k}"
         try:
             piece = read_midi_piece(path, name=name)
-        except ValueError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
+        except ValueError as e:  # returned, not warned: the caller reports each failure once
             failures.append((str(path), str(e)))
             continue
         used.add(name)

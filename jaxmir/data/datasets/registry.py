@@ -8,6 +8,7 @@ beats per bar); call the module's `read` directly for other settings.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,9 @@ from jaxmir.data.symbolic import SymbolicPiece
 
 def _midi_folder(root: Path) -> list[SymbolicPiece]:
     """A folder of MIDI files with meter events; files that fail are skipped with a warning."""
-    pieces, _failures = midi.read_midi_folder(root)
+    pieces, failures = midi.read_midi_folder(root)
+    for _path, reason in failures:
+        warnings.warn(f"skipping {reason}", stacklevel=2)
     return pieces
 
 

@@ -53,11 +53,18 @@ def cmd_synth(args) -> int:
     """Run `jaxmir synth`; prints the summary as JSON on stdout."""
     from jaxmir.data.synth.corpus import build_corpus
 
-    if args.pieces < 0 or args.workers < 1:
-        print("jaxmir synth: --pieces must be >= 0 and -j >= 1", file=sys.stderr)
-        return 2
+    problems = []
+    if args.pieces < 0:
+        problems.append(f"--pieces: must be >= 0, got {args.pieces}")
+    if args.workers < 1:
+        problems.append(f"-j: must be >= 1, got {args.workers}")
     if args.max_seconds is not None and args.max_seconds <= 0:
-        print("jaxmir synth: --max-seconds must be > 0", file=sys.stderr)
+        problems.append(f"--max-seconds: must be > 0, got {args.max_seconds}")
+    out = Path(args.out)
+    if any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
+        problems.append(f"--out {out}: must be a folder (a file is in the way)")
+    if problems:  # the first, as argparse reports one error
+        print(f"jaxmir synth: error: {problems[0]}", file=sys.stderr)
         return 2
     summary = build_corpus(
         Path(args.out),

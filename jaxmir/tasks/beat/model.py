@@ -41,6 +41,7 @@ from flax.linen.dtypes import promote_dtype
 from flax.linen.recurrent import DenseParams
 from flax.typing import Initializer
 
+from jaxmir.config import ConfigError
 from jaxmir.nn.lstm import bilstm
 from jaxmir.nn.relative_attention import MultiHeadAttention
 
@@ -153,8 +154,9 @@ class BiLSTM(nn.Module):
             backward = nn.RNN(KerasLSTMCell(self.hidden, name="backward"), unroll=self.unroll)
             return nn.Bidirectional(forward, backward)(x)
         if self.impl != "fused":
-            raise ValueError(
-                f"unknown LSTM impl {self.impl!r}; choose one of {', '.join(LSTM_IMPLS)}"
+            raise ConfigError(
+                f"model.lstm_impl: unknown LSTM impl {self.impl!r}; "
+                f"choose one of {', '.join(LSTM_IMPLS)}"
             )
         weights = [LSTMWeights(self.hidden, name=d)(x.shape[-1]) for d in ("forward", "backward")]
         kernels_i, kernels_h, biases = (jnp.stack(w) for w in zip(*weights, strict=True))
@@ -190,7 +192,9 @@ def _heads(x: jax.Array, timesteps: int, heads: str = "flat") -> jax.Array:
     if heads == "frame":
         return _glorot_dense(2, "frame_head")(x)
     if heads != "flat":
-        raise ValueError(f"unknown beat heads {heads!r}; choose one of {', '.join(HEADS)}")
+        raise ConfigError(
+            f"model.heads: unknown beat heads {heads!r}; choose one of {', '.join(HEADS)}"
+        )
     flat = x.reshape(x.shape[0], -1)
     beat = _glorot_dense(timesteps, "beat_head")(flat)
     downbeat = _glorot_dense(timesteps, "downbeat_head")(flat)
@@ -259,7 +263,9 @@ def build_model(
         return BLSTMAttn(
             timesteps=timesteps, hidden=hidden, num_layers=num_layers, attn_hidden=attn_hidden
         )
-    raise ValueError(f"unknown beat model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    raise ConfigError(
+        f"model.name: unknown beat model {name!r}; choose one of {', '.join(MODEL_NAMES)}"
+    )
 
 
 def count_params(params: object) -> int:

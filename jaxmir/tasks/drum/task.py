@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.cache import CacheError, FeatureCache
+from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cqt import DRUM_CLASSES, PATCH_SIZE, drum_input, drum_labels
 from jaxmir.data.pipeline import frames_window
 from jaxmir.inference import predict_piece
@@ -207,7 +207,7 @@ class DrumTask(PieceTask):
         which the cache keeps with its labels)."""
         names = cache.names(split)
         if not names:
-            raise CacheError(f"{cache.root}: no pieces in split {split!r}")
+            raise cache.no_split(split)
         rows = []
         for name in tqdm(names, desc=f"Evaluate {split}", disable=not progress):
             labels = cache.labels(name)

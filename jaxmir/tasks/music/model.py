@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxmir.config import ConfigError
 from jaxmir.nn.conv import ConvTranspose, conv_fn
 from jaxmir.nn.dropout import Dropout
 from jaxmir.nn.local_attention import LocalMultiHeadAttention2D
@@ -422,7 +423,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         return SemanticSegmentationAttn(**kwargs)
     if name == "aspp":
         return SemanticSegmentation(**kwargs)
-    raise ValueError(f"unknown music model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    raise ConfigError(
+        f"model.name: unknown music model {name!r}; choose one of {', '.join(MODEL_NAMES)}"
+    )
 
 
 def abstract_variables(model: nn.Module, batch: int = 1) -> dict[str, Any]:

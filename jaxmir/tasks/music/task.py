@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmir.config import Config, ConfigError, OptimConfig
-from jaxmir.data.cache import CacheError
 from jaxmir.data.features.cfp import (
     CHANNELS,
     MUSIC,
@@ -444,7 +443,7 @@ class MusicTask(PieceTask):
         if split != "val" or not wanted or not self.calibrates(cfg):
             return super().evaluate(predict, cfg, cache, split, progress)
         if not cache.names(split):
-            raise CacheError(f"{cache.root}: no pieces in split {split!r}")
+            raise cache.no_split(split)
         pieces = [
             (key_posteriors(p), labels)  # every piece is held: a quarter of the memory
             for p, labels in self.split_posteriors(

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from jaxmir.config import Config, OptimConfig
-from jaxmir.data.cache import CacheError, FeatureCache
+from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import PATCH_CNN, cfp_numpy
 from jaxmir.data.features.vocal import extract_patches, patch_at, peak_mask
 from jaxmir.data.pipeline import PieceReader, shuffled_examples
@@ -117,7 +117,7 @@ class PatchCNNTask(PieceTask):
     ) -> grain.MapDataset:
         names = cache.names(split)
         if not names:
-            raise CacheError(f"{cache.root}: no pieces in split {split!r}")
+            raise cache.no_split(split)
         rows = []
         for i, name in enumerate(names):
             peaks = cache.labels(name)["peaks"]

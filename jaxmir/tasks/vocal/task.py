@@ -147,6 +147,9 @@ class VocalTask(PieceTask):
 
     def bind_loss(self, cfg: Config):
         d = cfg.data
+        if d.vat and d.unlabelled is not None and not Path(d.unlabelled).is_dir():
+            # said before the corpus is built, not when VAT first reads it
+            raise ConfigError(f"data.unlabelled: {d.unlabelled}: not a folder")
 
         def loss(apply_fn, variables, batch, rng, train):
             logits, new_state = _apply(apply_fn, variables, batch["x"], rng, train)
