@@ -294,10 +294,10 @@ def cmd_train(args) -> int:
     cfg = _config_for(task, args.preset, args.overrides, args.workdir)
     check_batch_sizes(cfg, make_mesh())  # before anything is written
     task.model(cfg), task.bind_loss(cfg)  # their config errors too (no weights are made)
-    check_output_folder(args.workdir, "--workdir")
     if args.workdir is None and not is_primary():
         raise UsageError("a multi-process run needs --workdir (a folder every process shares)")
     workdir = args.workdir or default_workdir(cfg)
+    check_output_folder(workdir, "--workdir")
     data = args.data or _run_json(workdir).get("data")
     progress = not args.no_progress and is_primary()
     cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")

@@ -60,9 +60,12 @@ def cmd_synth(args) -> int:
         problems.append(f"-j: must be >= 1, got {args.workers}")
     if args.max_seconds is not None and args.max_seconds <= 0:
         problems.append(f"--max-seconds: must be > 0, got {args.max_seconds}")
-    out = Path(args.out)
-    if any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
-        problems.append(f"--out {out}: must be a folder (a file is in the way)")
+    from jaxmir.cli import UsageError, check_output_folder
+
+    try:
+        check_output_folder(Path(args.out), "--out")
+    except UsageError as e:
+        problems.append(str(e))
     if problems:  # the first, as argparse reports one error
         print(f"jaxmir synth: error: {problems[0]}", file=sys.stderr)
         return 2
