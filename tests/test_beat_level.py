@@ -23,7 +23,7 @@ from jaxmir.tasks.beat.tagger import (
     tagger_probs,
     train_tagger,
 )
-from jaxmir.tasks.beat.task import middle_of_best
+from jaxmir.tasks.beat.task import middle_of_best, other_levels
 
 
 def test_subdivided_inserts_even_steps_that_are_no_beats():
@@ -210,3 +210,12 @@ def test_training_with_a_level_tagger_calibrates_it_decodes_with_it_and_export_c
     assert (out / "level" / TAGGER_SIZE_FILE).is_file() and not (out / "tagger").exists()
     cfg, _, _ = load_model(TASK, out)
     assert cfg.decode.level_tagger == str(out / "level")
+
+
+def test_calibration_scores_the_true_beats_cut_and_thinned_at_each_level():
+    beats = np.arange(7) * 0.5
+    cut2, thin2, cut3, thin3 = other_levels(beats)
+    np.testing.assert_allclose(cut2, np.arange(13) * 0.25)
+    np.testing.assert_allclose(thin2, [0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(cut3, np.arange(19) * 0.5 / 3)
+    np.testing.assert_allclose(thin3, [0.0, 1.5, 3.0])

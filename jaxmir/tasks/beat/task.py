@@ -633,9 +633,7 @@ class BeatTask(PieceTask):
         for p, lab in pieces:
             probs_of = level_probs(folder, p.notes)
             tracked.append((self.decode(p, cfg)[0], lab["beats"], probs_of))
-            for k in SUBDIVISIONS:
-                other.append((subdivided(lab["beats"], k)[0], lab["beats"], probs_of))
-                other.append((np.asarray(lab["beats"])[::k], lab["beats"], probs_of))
+            other += [(b, lab["beats"], probs_of) for b in other_levels(lab["beats"])]
 
         def mean_f(cases: list, threshold: float) -> float:
             return float(
@@ -764,6 +762,14 @@ def best_tracking(beat_f: dict[tuple[str, float, float], float]) -> tuple[str, f
     top = max(beat_f.values())
     ties = [v for v, f in beat_f.items() if f >= top - TIE]
     return min(ties, key=lambda v: (v[2], -beat_f[v]))
+
+
+def other_levels(beats: np.ndarray) -> list[np.ndarray]:
+    """What a tracker at another metrical level gives for the true `beats`: each interval cut
+    into k steps (`subdivided`) and every k-th beat, for each k of `SUBDIVISIONS`; the level
+    check's calibration scores both directions on them (`BeatTask.calibrate_level`)."""
+    beats = np.asarray(beats, np.float64)
+    return [b for k in SUBDIVISIONS for b in (subdivided(beats, k)[0], beats[::k])]
 
 
 def level_probs(folder: str, notes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
