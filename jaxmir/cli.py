@@ -109,14 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "alone, piano and mixed (splits test_sf_piano, test_sf_mixed), to see how the model "
         "holds up on instruments it never heard; the corpus gets its own cache (rendered once)",
     )
-    e.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="decode.KEY=V",
-        help=DECODE_HELP,
-    )
+    _add_decode_set(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     c = sub.add_parser(
@@ -161,14 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "-o", "--outdir", type=Path, default=Path("."), help="folder to write (default: here)"
     )
-    r.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="decode.KEY=V",
-        help=DECODE_HELP,
-    )
+    _add_decode_set(r)
     r.add_argument(
         "--batch-size",
         type=int,
@@ -248,7 +234,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 TASKS_HELP = "beat | music | chord | drum | vocal | vocal_contour | patch_cnn"  # every task
-DECODE_HELP = "override how the model decodes, e.g. decode.onset_threshold=0.4 (repeatable)"
+
+
+def _add_decode_set(parser: argparse.ArgumentParser) -> None:
+    """`--set decode.KEY=V` of the commands that run a trained model (eval, transcribe)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="decode.KEY=V",
+        help="override how the model decodes, e.g. decode.onset_threshold=0.4 (repeatable)",
+    )
 
 
 EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: saved, not finished; run again to resume
