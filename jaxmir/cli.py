@@ -13,9 +13,11 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from jaxmir.config import ConfigError, apply_overrides, validate
+from jaxmir.usage import UsageError, check_output_folder
 
 EPILOG = """examples:
   jaxmir train beat --preset demo                 train on the embedded corpus
@@ -244,28 +246,12 @@ def _add_decode_set(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="decode.KEY=V",
-        help="override how the model decodes, e.g. decode.onset_threshold=0.4 (repeatable)",
+        help="override one of the model's decode.* settings (repeatable; see the task's "
+        "decode config in the README)",
     )
 
 
 EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: saved, not finished; run again to resume
-
-
-class UsageError(Exception):
-    pass
-
-
-def check_output_folder(path: Path | None, flag: str) -> None:
-    """UsageError where `path` (a folder the command will write) is a file or lies under one:
-    said before any work, not as an OS error after it."""
-    if path is None:
-        return
-    for p in (Path(path), *Path(path).parents):
-        if p.exists():
-            if not p.is_dir():
-                what = "is" if p == Path(path) else f"holds {path}, but {p} is"
-                raise UsageError(f"{flag} {path}: must be a folder ({what} a file)")
-            return
 
 
 def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | None):
@@ -294,7 +280,7 @@ def cmd_train(args) -> int:
     if args.workdir is None and not is_primary():
         raise UsageError("a multi-process run needs --workdir (a folder every process shares)")
     workdir = args.workdir or default_workdir(cfg)
-    check_output_folder(workdir, "--workdir")
+    check_output_folder(workdir, "--workdir" if args.workdir else "the default workdir")
     data = args.data or _run_json(workdir).get("data")
     progress = not args.no_progress and is_primary()
     cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
@@ -646,11 +632,13 @@ def cmd_features(args) -> int:
     if args.workers < 1:
         raise UsageError(f"-j: must be >= 1, got {args.workers}")
     check_output_folder(args.out, "--out")
-    summary = task.featurize(
-        args.dataset, args.root, args.out, workers=args.workers, progress=not args.no_progress
-    )
+    with warnings.catch_warnings():  # each failure is named once, below
+        warnings.filterwarnings("ignore", message="skipping ")
+        summary = task.featurize(
+            args.dataset, args.root, args.out, workers=args.workers, progress=not args.no_progress
+        )
     for path, reason in summary["failed"]:
-        reason = str(reason).removeprefix(f"{path}: ")  # readers' errors often name the file
+        reason = str(reason).replace(f"{path}: ", "", 1)  # readers' errors often name the file
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(
         f"{summary['written']} pieces written, {summary['skipped']} already cached, "
@@ -658,7 +646,8 @@ def cmd_features(args) -> int:
     )
     if summary["failed"] and not summary["written"] and not summary["skipped"]:
         print(
-            f"jaxmir features: error: none of the pieces under {args.root} could be read",
+            f"jaxmir features: error: none of the pieces under {args.root} could be read "
+            f"({args.out} holds none)",
             file=sys.stderr,
         )
         return 2
@@ -752,9 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a folder that is a file, no permission, a full disk: one line
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"jaxmir {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # a path that cannot be used as given: one line. Other OS errors (a full disk, a
+        # failing file system) keep their traceback: they are not the user's input.
+        paths = ", ".join(str(f) for f in (e.filename, e.filename2) if f)
+        print(f"jaxmir {args.command}: error: {paths}: {e.strerror}", file=sys.stderr)
         return 2
 
 

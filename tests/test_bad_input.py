@@ -216,6 +216,10 @@ CASES = [
     ),
     case("info-beat-model-name", lambda f: ["info", "beat", "--set", "model.name=x"], "model.name"),
     case("info-epochs", lambda f: ["info", "beat", "--set", "train.epochs=-1"], "train.epochs"),
+    case("train-beat-heads", lambda f: f.train_beat("--set", "model.heads=x"), "model.heads"),
+    case(
+        "train-lstm-impl", lambda f: f.train_beat("--set", "model.lstm_impl=x"), "model.lstm_impl"
+    ),
     # -- a model folder where a run is needed, or another task's model
     case(
         "export-a-model-folder",
@@ -515,8 +519,8 @@ def test_missing_config_json_is_taken_from_the_checkpoint(beat_run, beat_cache, 
     assert resumed["decode"]["min_distance"] == 0.25
 
 
-def test_features_exit_2_when_no_file_could_be_read(tmp_path, capsys):
-    """Every file skipped (each named once, with its reason): exit 2, not an empty cache."""
+def test_features_exit_2_when_no_file_could_be_read(tmp_path, capsys, recwarn):
+    """Every file skipped (each named once, with its reason, and no warning besides): exit 2."""
     root = tmp_path / "midi"
     root.mkdir()
     make_bad_file("corrupt.mid", root)
@@ -527,3 +531,4 @@ def test_features_exit_2_when_no_file_could_be_read(tmp_path, capsys):
     assert len(err) == 2 and err[0].startswith(f"skipped {root / 'corrupt.mid'}: ")
     assert str(root) not in err[0].split(": ", 1)[1]  # the path once
     assert "none of the pieces" in err[1]
+    assert not [w for w in recwarn if "corrupt.mid" in str(w.message)]

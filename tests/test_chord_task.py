@@ -215,7 +215,9 @@ def test_train_eval_transcribe(mixed_corpus, chord_cache, tmp_path, capsys):
     cfg, _, state, _ = restore_for_inference(TASK, wd)
     (slope,) = jax.tree_util.tree_leaves(state.batch_stats)
     epochs = np.log(float(slope)) / np.log(1.1)
-    assert 1 <= round(epochs) <= cfg.train.epochs and epochs == pytest.approx(round(epochs))
+    assert 1 <= round(epochs) <= cfg.train.epochs and epochs == pytest.approx(
+        round(epochs), abs=1e-3
+    )
     assert main(["eval", "chord", "--workdir", str(wd), "--split", "test"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"chord_majmin", "chord_root", "chord_thirds", "chord_mirex"} <= set(result)

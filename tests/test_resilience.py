@@ -46,16 +46,19 @@ def full(beat_cache, tmp_path_factory):
     return result
 
 
-def test_every_task_module_has_the_train_entry_point():
+def test_every_task_module_has_the_train_entry_point(monkeypatch):
+    """`jaxmir.tasks.<name>.train(cfg, ...)` trains that task (the engine gets its Task)."""
     import importlib
 
+    import jaxmir.engine
     from jaxmir.tasks.base import TASK_MODULES
 
+    calls = []
+    monkeypatch.setattr(jaxmir.engine, "train", lambda *a, **k: calls.append((a, k)) or "run")
     for name in TASK_MODULES:
-        train_fn = importlib.import_module(f"jaxmir.tasks.{name}").train
-        assert (
-            train_fn.__doc__ == f"Train the {name} model described by `cfg`; returns a RunResult."
-        )
+        assert importlib.import_module(f"jaxmir.tasks.{name}").train("cfg", "wd", seed=1) == "run"
+        (task, cfg, workdir, data), kwargs = calls.pop()
+        assert (task.name, cfg, workdir, data, kwargs) == (name, "cfg", "wd", None, {"seed": 1})
 
 
 def test_stop_signal_at_the_last_step_of_an_epoch(full, beat_cache, tmp_path):

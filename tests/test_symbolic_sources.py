@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -241,7 +243,9 @@ def test_read_midi_piece_six_eight(midi_folder):
 
 
 def test_read_midi_folder(midi_folder):
-    pieces, failures = read_midi_folder(midi_folder)  # failures returned, not also warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # failures are returned, not also warned
+        pieces, failures = read_midi_folder(midi_folder)
     assert [p.name for p in pieces] == ["a_four", "sub__six_eight"]
     four = pieces[0]
     np.testing.assert_allclose(four.beats, np.arange(12) * 0.5)

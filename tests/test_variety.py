@@ -407,7 +407,7 @@ def test_the_wide_beat_corpus_writes_works_textures_and_both_extra_test_splits(t
     and `test_unseen` (textures in meters no training piece has)."""
     from jaxmir.config import apply_overrides
     from jaxmir.data.cache import FeatureCache
-    from jaxmir.tasks.beat.task import TASK
+    from jaxmir.tasks.beat.task import TASK, texture_piece_of
 
     sizes = {"train": 2, "val": 1, "test": 1, "works": 8, "textures": 4, "unseen": 2}
     overrides = [f"data.corpus_{k}={v}" for k, v in sizes.items()]
@@ -440,6 +440,10 @@ def test_the_wide_beat_corpus_writes_works_textures_and_both_extra_test_splits(t
     }
     assert trained <= {1, 2, 3, 4, 5}
     assert {beats_per_bar(n) for n in names["test_unseen"]} <= {2, 3, 7}
+    for i, name in enumerate(names["test_unseen"]):  # the draws of meters training never has
+        piece, meta = texture_piece_of(f"unseen/{i:04d}", cfg.data, unseen=True)
+        assert meta["meter"] in {"3/2", "6/4", "7/4"}
+        np.testing.assert_allclose(cache.labels(name)["beats"], piece.beats)
     for name in names["test_sparse"]:  # the same score, some parts left out
         assert len(cache.labels(name)["notes"]) < len(
             cache.labels(name[: -len("__sparse")])["notes"]

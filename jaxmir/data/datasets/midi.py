@@ -200,8 +200,8 @@ def _piece_name(path: Path, root: Path) -> str:
 def read_midi_folder(root: Path) -> tuple[list[SymbolicPiece], list[tuple[str, str]]]:
     """Every *.mid / *.midi under `root` (recursive, case-insensitive, sorted by relative path).
 
-    Returns (pieces, failures); a file that fails is skipped with a warning and listed as
-    (path, reason). Names are the relative path without suffix, '/' -> '__' (a clash, e.g.
+    Returns (pieces, failures); a file that fails is skipped and listed as (path, reason), for
+    the caller to report (no warning as well). Names are the relative path without suffix, '/' -> '__' (a clash, e.g.
     a.mid next to a.midi, gets '__2', '__3', ... in sorted order).
     Raises FileNotFoundError when `root` is not a folder or holds no MIDI file.
     """

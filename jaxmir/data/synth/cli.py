@@ -52,23 +52,22 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_synth(args) -> int:
     """Run `jaxmir synth`; prints the summary as JSON on stdout."""
     from jaxmir.data.synth.corpus import build_corpus
+    from jaxmir.usage import UsageError, check_output_folder
 
-    problems = []
-    if args.pieces < 0:
-        problems.append(f"--pieces: must be >= 0, got {args.pieces}")
-    if args.workers < 1:
-        problems.append(f"-j: must be >= 1, got {args.workers}")
-    if args.max_seconds is not None and args.max_seconds <= 0:
-        problems.append(f"--max-seconds: must be > 0, got {args.max_seconds}")
-    from jaxmir.cli import UsageError, check_output_folder
-
-    try:
-        check_output_folder(Path(args.out), "--out")
-    except UsageError as e:
-        problems.append(str(e))
-    if problems:  # the first, as argparse reports one error
-        print(f"jaxmir synth: error: {problems[0]}", file=sys.stderr)
+    def refuse(problem: str) -> int:
+        print(f"jaxmir synth: error: {problem}", file=sys.stderr)
         return 2
+
+    if args.pieces < 0:
+        return refuse(f"--pieces: must be >= 0, got {args.pieces}")
+    if args.workers < 1:
+        return refuse(f"-j: must be >= 1, got {args.workers}")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        return refuse(f"--max-seconds: must be > 0, got {args.max_seconds}")
+    try:
+        check_output_folder(args.out, "--out")
+    except UsageError as e:
+        return refuse(str(e))
     summary = build_corpus(
         Path(args.out),
         None if args.pieces == 0 else args.pieces,

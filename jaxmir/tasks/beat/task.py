@@ -40,7 +40,7 @@ from jaxmir.tasks.beat.decode import (
     write_beat_csv,
 )
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
-from jaxmir.tasks.beat.model import build_model
+from jaxmir.tasks.beat.model import HEADS, LSTM_IMPLS, build_model
 from jaxmir.tasks.beat.tagger import (
     CANDIDATE_SUFFIX,
     LEVEL_DIR,
@@ -247,6 +247,15 @@ class BeatTask(PieceTask):
     # -- model ----------------------------------------------------------------------------------
     def model(self, cfg: Config):
         m = cfg.model
+        # the modules check these when first run; said here, before a run writes anything
+        for key, value, known in (
+            ("heads", m.heads, HEADS),
+            ("lstm_impl", m.lstm_impl, LSTM_IMPLS),
+        ):
+            if value not in known:
+                raise ConfigError(
+                    f"model.{key}: unknown {value!r}; choose one of {', '.join(known)}"
+                )
         return build_model(
             m.name,
             timesteps=m.timesteps,
