@@ -201,7 +201,8 @@ def read_midi_folder(root: Path) -> tuple[list[SymbolicPiece], list[tuple[str, s
     """Every *.mid / *.midi under `root` (recursive, case-insensitive, sorted by relative path).
 
     Returns (pieces, failures); a file that fails is skipped and listed as (path, reason), for
-    the caller to report (no warning as well). Names are the relative path without suffix, '/' -> '__' (a clash, e.g.
+    the caller to report (no warning as well). Names are the relative path without suffix,
+    '/' -> '__' (a clash, e.g.
     a.mid next to a.midi, gets '__2', '__3', ... in sorted order).
     Raises FileNotFoundError when `root` is not a folder or holds no MIDI file.
     """
