@@ -157,6 +157,53 @@ def test_beat_textures_keep_unseen_meters_and_tempi_out_of_training():
         assert len(piece.downbeats) >= 2 and piece.notes.shape[1] == 4
 
 
+def test_meter_changes_give_bars_of_several_lengths_on_one_beat():
+    from jaxmir.data.synth.textures import METERS, meter_beats, texture_piece
+
+    lengths_seen = set()
+    for seed in range(12):
+        p = texture_piece(np.random.default_rng(seed), 40.0, meter_change=0.9)
+        meters = p.meta["meters"]
+        beat_q = meter_beats(*map(int, p.meta["meter"].split("/")))[1]
+        # one beat unit throughout, every bar's meter a training meter, four-bar phrases
+        assert {meter_beats(*map(int, m.split("/")))[1] for m in meters} == {beat_q}
+        assert {tuple(map(int, m.split("/"))) for m in meters} <= set(METERS)
+        assert all(len(set(meters[i : i + 4])) == 1 for i in range(0, len(meters), 4))
+        # each downbeat is a beat, and a bar holds its meter's beats
+        idx = np.searchsorted(p.beats, p.downbeats)
+        assert np.allclose(p.beats[idx], p.downbeats)
+        bar_beats = [meter_beats(*map(int, m.split("/")))[0] for m in meters]
+        assert list(np.diff(idx)) == bar_beats[: len(idx) - 1]
+        lengths_seen.update(np.diff(idx).tolist())
+    assert len(lengths_seen) >= 3
+    # without changes no bar-by-bar meters are recorded, and one bar length is kept
+    p = texture_piece(np.random.default_rng(3), 40.0)
+    assert "meters" not in p.meta
+    assert len(set(np.diff(np.searchsorted(p.beats, p.downbeats)).tolist())) == 1
+
+
+def test_beat_meter_changes_reach_training_textures_only():
+    from jaxmir.tasks.beat.task import TASK, BeatDataConfig, texture_pieces
+
+    plain = BeatDataConfig(corpus_textures=40, corpus_unseen=4, corpus_bpm=(40.0, 220.0))
+    changed = dataclasses.replace(plain, corpus_meter_changes=0.9)
+    a, b = list(texture_pieces(plain)), list(texture_pieces(changed))
+    assert [s for _, s in a] == [s for _, s in b]
+    varied = 0
+    for (pa, split), (pb, _) in zip(a, b, strict=True):
+        same = np.array_equal(pa.downbeats, pb.downbeats) and np.array_equal(pa.notes, pb.notes)
+        if split != "train":
+            assert same  # validation and test pieces are the ones the old corpus held
+        else:
+            varied += len(set(np.diff(np.searchsorted(pb.beats, pb.downbeats)).tolist())) > 1
+    assert varied >= 5
+    cfg = TASK.preset("quality")
+    digest = TASK.corpus_params(cfg)
+    assert "meter_changes" not in digest  # the caches built before keep their names
+    cfg = dataclasses.replace(cfg, data=changed)
+    assert TASK.corpus_params(cfg)["meter_changes"] == 0.9
+
+
 def _overtone_share(audio: np.ndarray, notes: np.ndarray, sr: int) -> float:
     """The share of the spectrum's energy near the sounding notes' overtones (2-6 times the
     fundamental) and not near the fundamental of a note sounding or ringing out, over 93-ms frames in the middle of

@@ -239,26 +239,38 @@ def texture_piece(
     seconds: float = 30.0,
     meters: tuple[tuple[int, int], ...] = METERS,
     tempi: tuple[tuple[float, float], ...] = (TEMPO_RANGE,),
+    meter_change: float = 0.0,
 ) -> ProceduralPiece:
     """A random piano piece (see the module docstring) of about `seconds`, in one of `meters`
-    at a tempo (beats per minute) log-uniform in one of the ranges `tempi`."""
+    at a tempo (beats per minute) log-uniform in one of the ranges `tempi`. With `meter_change`
+    > 0 each four-bar phrase after the first changes, with that probability, to another of
+    `meters` with the same beat (`changing_bars`); harmonies then change once a bar. With 0
+    (the default) the piece is the one earlier versions drew from the same generator."""
     num, den = meters[int(rng.integers(len(meters)))]
     beats_per_bar, beat_q = meter_beats(num, den)
     lo, hi = tempi[int(rng.integers(len(tempi)))]
     bpm = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     spb = 60.0 / bpm
     n_bars = max(2, int(math.ceil(seconds / (beats_per_bar * spb))))
+    bar_meters = [(num, den)] * n_bars
+    if meter_change > 0:
+        bar_meters = changing_bars((num, den), meters, seconds / spb, meter_change, rng)
+        n_bars = len(bar_meters)
+    bar_beats = [meter_beats(*m)[0] for m in bar_meters]
     compound = beat_q in (1.5, 3.0)
     tonic = int(rng.integers(12))
     minor = bool(rng.uniform() < 0.4)
     scale = _MINOR if minor else _MAJOR
     scale_pcs = {(tonic + s) % 12 for s in scale}
     per_bar = 2 if beats_per_bar >= 4 and rng.uniform() < 0.3 else 1
+    if meter_change > 0:
+        per_bar = 1  # a bar's length changes: one harmony per bar
     degrees = _progression(n_bars * per_bar, rng)
     pickup = 0.0
     if beats_per_bar > 1 and rng.uniform() < 0.3:
         pickup = float(rng.integers(1, beats_per_bar))
-    n_beats = n_bars * beats_per_bar
+    n_beats = float(sum(bar_beats))
+    bar_starts = pickup + np.concatenate([[0.0], np.cumsum(bar_beats[:-1])])
     base_vel = rng.uniform(25.0, 115.0)
     swing = (not compound) and rng.uniform() < 0.25
     swing_ratio = rng.uniform(0.55, 0.67) if swing else 0.5
@@ -267,9 +279,11 @@ def texture_piece(
     pedal_changes: list[float] = []
     melody_state: list[int | None] = [None]
     phrase_vel: list[float] = []
-    seg = beats_per_bar / per_bar
     for k, deg in enumerate(degrees):
-        b0, b1 = pickup + k * seg, pickup + (k + 1) * seg
+        bar, part = divmod(k, per_bar)
+        seg = bar_beats[bar] / per_bar
+        b0 = float(bar_starts[bar]) + part * seg
+        b1 = b0 + seg
         phrase = k // (4 * per_bar)
         if len(phrase_vel) <= phrase:
             phrase_vel.append(float(np.clip(base_vel + rng.normal(0, 12), 10, 125)))
@@ -311,7 +325,7 @@ def texture_piece(
         notes = _pedal(notes, np.sort(tmap(np.asarray(pedal_changes))))
     notes = _no_overlaps(notes)
     beat_b = np.arange(0.0, pickup + n_beats - 1e-9, 1.0)
-    down_b = np.arange(pickup, pickup + n_beats - 1e-9, beats_per_bar)
+    down_b = bar_starts
     chords = [(float(tmap(a)), float(tmap(b)), pcs, bass) for a, b, pcs, bass in chords_b]
     meta = {
         "kind": "texture",
@@ -323,7 +337,32 @@ def texture_piece(
         "swing": swing_ratio if swing else None,
         "pedal_changes": len(pedal_changes),
     }
+    if meter_change > 0:
+        meta["meters"] = [f"{a}/{b}" for a, b in bar_meters]  # bar by bar
     return ProceduralPiece(notes, tmap(beat_b), tmap(down_b), chords, meta)
+
+
+def changing_bars(
+    first: tuple[int, int],
+    meters: tuple[tuple[int, int], ...],
+    beats: float,
+    change: float,
+    rng: np.random.Generator,
+) -> list[tuple[int, int]]:
+    """The meter of each bar of a piece of about `beats` beats that starts in `first`: four-bar
+    phrases, each after the first in another of `meters` with the same beat (a quarter, a dotted
+    quarter, ...) with probability `change`, so that a bar's length is not a constant to count."""
+    beat_q = meter_beats(*first)[1]
+    family = [m for m in meters if meter_beats(*m)[1] == beat_q and m != first]
+    bars: list[tuple[int, int]] = []
+    meter, total = first, 0.0
+    while total < beats or len(bars) < 2:
+        if bars and family and rng.uniform() < change:
+            others = [m for m in (first, *family) if m != meter]
+            meter = others[int(rng.integers(len(others)))]
+        bars += [meter] * 4
+        total += 4 * meter_beats(*meter)[0]
+    return bars
 
 
 def random_piece(rng: np.random.Generator, seconds: float = 30.0) -> ProceduralPiece:

@@ -107,6 +107,10 @@ class BeatDataConfig:
     # parts (a melody alone, melody and bass, ...: beats with one onset, not a chord); > 0 also
     # renders each test score once that way, as the split `test_sparse`.
     corpus_part_subsets: float = 0.0
+    # The probability that each four-bar phrase of a training texture changes to another meter
+    # with the same beat (4/4 to 3/4, 6/8 to 9/8, ...): bars whose length is not a constant
+    # teach the downbeat cues other than counting. Validation and test textures keep one meter.
+    corpus_meter_changes: float = 0.0
 
 
 @dataclasses.dataclass
@@ -329,6 +333,8 @@ class BeatTask(PieceTask):
             out.update(wide)  # absent otherwise: the chorale-only caches keep their digest
         if d.corpus_part_subsets > 0:  # likewise
             out["part_subsets"] = d.corpus_part_subsets
+        if d.corpus_meter_changes > 0:  # likewise
+            out["meter_changes"] = d.corpus_meter_changes
         return out
 
     def build_default(self, cfg: Config, out: Path, cache_root: Path, progress: bool) -> None:
@@ -846,15 +852,19 @@ def texture_pieces(d: BeatDataConfig):
     jobs = [(f"texture/{i:04d}", None) for i in range(d.corpus_textures)]
     jobs += [(f"unseen/{i:04d}", "test_unseen") for i in range(d.corpus_unseen)]
     for cid, split in jobs:
-        piece, _ = texture_piece_of(cid, d, unseen=split is not None)
-        yield piece, split or split_of(cid)
+        split = split or split_of(cid)
+        changes = d.corpus_meter_changes if split == "train" else 0.0
+        piece, _ = texture_piece_of(cid, d, unseen=split == "test_unseen", meter_change=changes)
+        yield piece, split
 
 
-def texture_piece_of(cid: str, d: BeatDataConfig, unseen: bool) -> tuple[SymbolicPiece, dict]:
+def texture_piece_of(
+    cid: str, d: BeatDataConfig, unseen: bool, meter_change: float = 0.0
+) -> tuple[SymbolicPiece, dict]:
     """(piece, its meta: meter, tempo, ...) of the procedural texture with id `cid`, drawn from
-    `d.corpus_seed` and the id, in training's meters and tempi (`d.corpus_bpm`) or, `unseen`,
-    in those training never sees. Ids the corpus never uses give pieces no split holds
-    (`benchmarks.beat_unseen`)."""
+    `d.corpus_seed` and the id, in training's meters and tempi (`d.corpus_bpm`, changing meter
+    at phrases with probability `meter_change`) or, `unseen`, in those training never sees. Ids
+    the corpus never uses give pieces no split holds (`benchmarks.beat_unseen`)."""
     from jaxmir.data.synth import textures as T
 
     ss = np.random.SeedSequence([d.corpus_seed, zlib.crc32(cid.encode()), 0xBEA7])
@@ -862,7 +872,8 @@ def texture_piece_of(cid: str, d: BeatDataConfig, unseen: bool) -> tuple[Symboli
     if unseen:
         p = T.texture_piece(rng, 40.0, T.UNSEEN_METERS, T.UNSEEN_TEMPI)
     else:
-        p = T.texture_piece(rng, 40.0, T.METERS, (tuple(d.corpus_bpm),))
+        bpm = (tuple(d.corpus_bpm),)
+        p = T.texture_piece(rng, 40.0, T.METERS, bpm, meter_change=meter_change)
     name = cid.replace("/", "__")
     return SymbolicPiece(name, p.notes[:, :4].copy(), p.beats, p.downbeats), p.meta
 
