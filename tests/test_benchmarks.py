@@ -238,3 +238,28 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     for names in (["stored:decode.fill_level=false"], ["a:decode.x=1", "a:decode.y=2"]):
         with pytest.raises(SystemExit):  # refused before any piece is built
             main(["--pieces", "1", *(f"--variant={v}" for v in names)])
+
+
+def test_demos_runs_each_command_and_records_its_time_memory_and_scores(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.common
+    from benchmarks.demos import commands, main
+
+    # the vocal demo: a contour run, a vocal run, scored with the contour run's pitch and without
+    labels = [label for label, _ in commands("vocal", tmp_path)]
+    assert labels[:2] == ["train vocal_contour", "train vocal"] and len(labels) == 4
+    assert (
+        f"decode.contour_workdir={tmp_path / 'vocal_contour-demo'}"
+        in commands("vocal", tmp_path)[2][1]
+    )
+
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path / "results")
+    root = tmp_path / "runs"
+    assert main(["--tasks", "beat", "--preset", "tiny", "--root", str(root), "--name", "t"]) == 0
+    result = json.loads((tmp_path / "results" / "t.json").read_text())
+    train, score = result["beat"]["commands"]
+    assert train["exit"] == 0 and score["exit"] == 0
+    assert train["seconds"] > 0 and train["peak_rss_mb"] > 100  # a jax process, not this one
+    assert score["scores"]["split"] == "test" and 0 <= score["scores"]["beat_f_measure"] <= 1
+    assert (root / "cache").is_dir() and (root / "beat-tiny" / "config.json").is_file()

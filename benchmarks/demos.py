@@ -1,0 +1,138 @@
+"""The README's `demo` runs, as a newcomer types them: train, then score on the test split.
+
+    python -m benchmarks.demos [--tasks music,beat,chord,drum,vocal] [--root DIR]
+                               [--cache DIR] [--preset demo] [--name NAME]
+
+Each task's commands run as separate `jaxmir` processes, in order; every command's wall time,
+peak memory (its own, from the kernel's accounting of the finished child) and exit status are
+recorded, and each `eval`'s scores. The vocal demo's notes take their pitch from a
+`vocal_contour` demo run, so its rows are that run, the vocal run, and the vocal run scored with
+the contour run's pitch and with its built-in pitch. By default the commands use a fresh, empty
+cache folder (`$JAXMIR_CACHE`), so the times include rendering the corpus and its features, as
+the README's times do; `--cache` reuses one. Written to ``benchmarks/results/<name>.json``
+(default ``demos``); the run folders stay under `--root` (default a temporary folder).
+`--preset tiny` runs the same commands in seconds (a check that they work, not a result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import host_info, save_result
+
+TASKS = ("music", "beat", "chord", "drum", "vocal")
+
+
+def commands(task: str, root: Path, preset: str = "demo") -> list[tuple[str, list[str]]]:
+    """(label, jaxmir arguments) of one task's demo (or `preset`), in the order they run."""
+
+    def run(t: str) -> str:
+        return str(root / f"{t}-{preset}")
+
+    def train(t: str) -> list[str]:
+        return ["train", t, "--preset", preset, "--workdir", run(t), "--no-progress"]
+
+    def score(t: str, *extra: str) -> list[str]:
+        return ["eval", t, "--workdir", run(t), "--split", "test", "--no-progress", *extra]
+
+    if task == "vocal":
+        contour = f"decode.contour_workdir={run('vocal_contour')}"
+        return [
+            ("train vocal_contour", train("vocal_contour")),
+            ("train vocal", train("vocal")),
+            ("eval vocal (contour pitch)", score("vocal", "--set", contour)),
+            ("eval vocal (built-in pitch)", score("vocal")),
+        ]
+    return [(f"train {task}", train(task)), (f"eval {task}", score(task))]
+
+
+def run_command(args: list[str], env: dict, log: Path) -> dict:
+    """Run `jaxmir ARGS` with stdout and stderr in `log`; its wall seconds, peak RSS (MB), exit
+    status and, for an eval, the scores it printed."""
+    exe = [sys.executable, "-m", "jaxmir", *args]
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(exe, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    row = {
+        "command": "jaxmir " + " ".join(args),
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+        "exit": os.waitstatus_to_exitcode(status),
+        "log": str(log),
+    }
+    if args[0] == "eval" and row["exit"] == 0:
+        row["scores"] = last_json_line(log.read_text())
+    return row
+
+
+def last_json_line(text: str) -> dict | None:
+    """The last line of `text` that is a JSON object (what `jaxmir eval` prints)."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def parse_tasks(text: str) -> list[str]:
+    tasks = [t for t in text.split(",") if t]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise argparse.ArgumentTypeError(f"{text!r}: tasks are {', '.join(TASKS)}")
+    return tasks
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", type=parse_tasks, default=list(TASKS), help="comma-separated")
+    p.add_argument("--root", type=Path, help="where the runs go (default: a temporary folder)")
+    p.add_argument("--cache", type=Path, help="cache folder to use (default: a fresh empty one)")
+    p.add_argument("--preset", default="demo", help="demo (default); tiny: a quick check")
+    p.add_argument("--name", default="demos", help="results/<name>.json")
+    args = p.parse_args(argv)
+    root = args.root or Path(tempfile.mkdtemp(prefix="jaxmir-demos-"))
+    root.mkdir(parents=True, exist_ok=True)
+    cache = args.cache or root / "cache"
+    env = {**os.environ, "JAXMIR_CACHE": str(cache)}
+    result = {
+        "host": host_info(),
+        "preset": args.preset,
+        "root": str(root),
+        "fresh_cache": args.cache is None,
+    }
+    failed = False
+    for task in args.tasks:
+        rows = []
+        for label, cmd in commands(task, root, args.preset):
+            print(f"{label}: jaxmir {' '.join(cmd)}", flush=True)
+            row = run_command(cmd, env, root / f"{label.replace(' ', '_')}.log")
+            print(
+                f"  {row['seconds']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB, "
+                f"exit {row['exit']}",
+                flush=True,
+            )
+            rows.append({"step": label, **row})
+            if row["exit"] != 0:
+                failed = True
+                break
+        result[task] = {
+            "seconds": round(sum(r["seconds"] for r in rows), 1),
+            "commands": rows,
+        }
+        save_result(args.name, result)  # after every task: a long run keeps what it measured
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
