@@ -32,6 +32,9 @@ STATED = [
     ("drum", "demo", {"model.channels": 16, "model.dense": 256, "train.epochs": 5}),
     ("drum", "demo", {"train.steps_per_epoch": 150, "train.batch_size": 16}),
     ("drum", "paper", {"model.diff_axis": 2, "model.loss": "hinge"}),
+    # the music demo: "6 x 150 steps ... the checkpoint of lowest validation loss"
+    ("music", "demo", {"train.epochs": 6, "train.steps_per_epoch": 150}),
+    ("music", "demo", {"train.monitor": "val_loss", "data.pos_weight": 5.0}),
 ]
 
 
