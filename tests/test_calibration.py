@@ -371,7 +371,7 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
         "beat_threshold": 0.3,
         "min_distance": 0.2,
     }
-    assert (stored["tagger_threshold"], stored["level_threshold"]) == (0.5, 0.15)
+    assert (stored["tagger_threshold"], stored["level_threshold"]) == (0.6, 0.15)
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
     # `jaxmir train beat --preset quality` is the recipe that re-trains it (README)
     from jaxmir.tasks.base import get_task
