@@ -240,7 +240,9 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
             main(["--pieces", "1", *(f"--variant={v}" for v in names)])
 
 
-def test_demos_runs_each_command_and_records_its_time_memory_and_scores(tmp_path, monkeypatch):
+def test_demos_runs_each_command_and_records_its_time_memory_and_scores(
+    tmp_path, monkeypatch, capsys
+):
     import json
 
     import benchmarks.common
@@ -260,6 +262,13 @@ def test_demos_runs_each_command_and_records_its_time_memory_and_scores(tmp_path
     result = json.loads((tmp_path / "results" / "t.json").read_text())
     train, score = result["beat"]["commands"]
     assert train["exit"] == 0 and score["exit"] == 0
-    assert train["seconds"] > 0 and train["peak_rss_mb"] > 100  # a jax process, not this one
+    assert train["seconds"] > 0 and train["peak_rss_mb"] > 100
     assert score["scores"]["split"] == "test" and 0 <= score["scores"]["beat_f_measure"] <= 1
     assert (root / "cache").is_dir() and (root / "beat-tiny" / "config.json").is_file()
+    assert result["fresh_cache"] is True
+    # a second run into the same folder would resume the runs: refused, nothing run
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--tasks", "beat", "--preset", "tiny", "--root", str(root), "--name", "t2"])
+    assert f"{root / 'beat-tiny'}: exists already" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "t2.json").exists()

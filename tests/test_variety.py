@@ -193,15 +193,38 @@ def test_beat_meter_changes_reach_training_textures_only():
     for (pa, split), (pb, _) in zip(a, b, strict=True):
         same = np.array_equal(pa.downbeats, pb.downbeats) and np.array_equal(pa.notes, pb.notes)
         if split != "train":
-            assert same  # validation and test pieces are the ones the old corpus held
+            assert same  # as without changes: the pieces drawn before (test below)
         else:
             varied += len(set(np.diff(np.searchsorted(pb.beats, pb.downbeats)).tolist())) > 1
     assert varied >= 5
-    cfg = TASK.preset("quality")
-    digest = TASK.corpus_params(cfg)
-    assert "meter_changes" not in digest  # the caches built before keep their names
-    cfg = dataclasses.replace(cfg, data=changed)
-    assert TASK.corpus_params(cfg)["meter_changes"] == 0.9
+    # a corpus without changes keeps its cache's name; with them it gets its own
+    assert "meter_changes" not in TASK.corpus_params(TASK.preset("wide"))
+    assert TASK.corpus_params(TASK.preset("quality"))["meter_changes"] == 0.5
+
+
+# sha256 (first 16 hex digits) of the notes, beats and downbeats, rounded to 1e-6, that the
+# generator drew for seeds 0-3 before meter changes existed (training meters; unseen ones)
+TEXTURES_BEFORE = {
+    0: ("44aa79df5539d75c", "f92fcf53d78a27de"),
+    1: ("5ee1589d2c9f16d4", "2eca1a0069448366"),
+    2: ("60cd896f0f3ef990", "5ed273adbcea0a94"),
+    3: ("10bc5a0c72ad7263", "55468e9ad8087ade"),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(TEXTURES_BEFORE))
+def test_textures_without_meter_changes_are_the_pieces_drawn_before(seed):
+    import hashlib
+
+    def digest(p: T.ProceduralPiece) -> str:
+        h = hashlib.sha256()
+        for a in (p.notes, p.beats, p.downbeats):
+            h.update(np.round(np.asarray(a, np.float64), 6).tobytes())
+        return h.hexdigest()[:16]
+
+    seen = T.texture_piece(np.random.default_rng(seed), 40.0)
+    unseen = T.texture_piece(np.random.default_rng(seed), 40.0, T.UNSEEN_METERS, T.UNSEEN_TEMPI)
+    assert (digest(seen), digest(unseen)) == TEXTURES_BEFORE[seed]
 
 
 def _overtone_share(audio: np.ndarray, notes: np.ndarray, sr: int) -> float:

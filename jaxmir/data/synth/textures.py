@@ -244,7 +244,8 @@ def texture_piece(
     """A random piano piece (see the module docstring) of about `seconds`, in one of `meters`
     at a tempo (beats per minute) log-uniform in one of the ranges `tempi`. With `meter_change`
     > 0 each four-bar phrase after the first changes, with that probability, to another of
-    `meters` with the same beat (`changing_bars`); harmonies then change once a bar. With 0
+    `meters` with the same beat (`changing_bars`; the piece then ends with a whole phrase, up to
+    a phrase longer); harmonies then change once a bar. With 0
     (the default) the piece is the one earlier versions drew from the same generator."""
     num, den = meters[int(rng.integers(len(meters)))]
     beats_per_bar, beat_q = meter_beats(num, den)
@@ -351,7 +352,8 @@ def changing_bars(
 ) -> list[tuple[int, int]]:
     """The meter of each bar of a piece of about `beats` beats that starts in `first`: four-bar
     phrases, each after the first in another of `meters` with the same beat (a quarter, a dotted
-    quarter, ...) with probability `change`, so that a bar's length is not a constant to count."""
+    quarter, ...) with probability `change`, so that a bar's length is not a constant to count.
+    Whole phrases: the piece ends with its last one complete, up to a phrase past `beats`."""
     beat_q = meter_beats(*first)[1]
     family = [m for m in meters if meter_beats(*m)[1] == beat_q and m != first]
     bars: list[tuple[int, int]] = []

@@ -219,7 +219,8 @@ class BeatTask(PieceTask):
         # against on the corpus without (same frame model, same recipe): downbeat F
         # test_unseen 0.827 -> 0.859, 96 fresh unseen pieces 0.659 -> 0.695 (7/4: 0.40 ->
         # 0.49), test 0.814 -> 0.821, test_sparse 0.654 -> 0.666, validation 0.917 -> 0.908;
-        # beat F (the level tagger) test_unseen 0.890 -> 0.903, fresh 0.795 -> 0.805.
+        # beat F (the level tagger) test_unseen 0.890 -> 0.903, fresh 0.795 -> 0.805. Those
+        # textures also hold one harmony per bar and end with a whole phrase (README, beat).
         quality_data = dataclasses.replace(
             wide_data, corpus_part_subsets=0.5, corpus_meter_changes=0.5
         )
