@@ -284,8 +284,10 @@ def test_quality_preset_is_the_wide_data_trained_longer_with_frame_heads_cosine_
     from jaxmir.tasks.beat.task import TASK
 
     wide, quality = TASK.preset("wide"), TASK.preset("quality")
-    # the wide data, half the training renderings of scores thinned to some of their parts
-    assert quality.data == dataclasses.replace(wide.data, corpus_part_subsets=0.5)
+    # the wide data, half the training renderings of scores thinned to some of their parts,
+    # training textures whose phrases change meter with probability 0.5
+    changed = dataclasses.replace(wide.data, corpus_part_subsets=0.5, corpus_meter_changes=0.5)
+    assert quality.data == changed
     m = quality.model
     assert (m.name, m.heads, m.timesteps, m.hidden, m.num_layers) == ("blstm", "frame", 800, 32, 3)
     spec = TASK.input_spec(quality)
