@@ -214,11 +214,12 @@ class BeatTask(PieceTask):
         # (scores thinned to a melody, melody and bass, ...): on the thinned test scores
         # (`test_sparse`) downbeat F 0.47 -> 0.62, beat F 0.75 both; test 0.85 -> 0.86 beat F,
         # test_unseen 0.78 -> 0.79 (one run each).
-        # Half the training textures' four-bar phrases after the first change meter on the same
-        # beat (`corpus_meter_changes`): the shipped frame model's taggers re-trained on them
-        # against on the corpus without (same frame model, same recipe): downbeat F
-        # test_unseen 0.827 -> 0.859, 96 fresh unseen pieces 0.659 -> 0.695 (7/4: 0.40 ->
-        # 0.49), test 0.814 -> 0.821, test_sparse 0.654 -> 0.666, validation 0.917 -> 0.908;
+        # Each four-bar phrase after the first of a training texture changes meter on the same
+        # beat with probability 0.5 (`corpus_meter_changes`): the shipped frame model's taggers
+        # re-trained on them against on the corpus without (same frame model, same recipe):
+        # downbeat F test_unseen 0.827 -> 0.859, 96 fresh unseen pieces 0.659 -> 0.695 (7/4:
+        # 0.40 -> 0.49), test 0.814 -> 0.821, test_sparse 0.654 -> 0.666, validation 0.917 ->
+        # 0.908;
         # beat F (the level tagger) test_unseen 0.890 -> 0.903, fresh 0.795 -> 0.805. Those
         # textures also hold one harmony per bar and end with a whole phrase (README, beat).
         quality_data = dataclasses.replace(
