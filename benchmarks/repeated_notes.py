@@ -13,7 +13,7 @@ over the decoding's onset threshold. The model is the run or model folder in `RU
 shipped one).
 
 A model that hears onsets but not re-struck keys shows high first-note and low repeat values;
-on the corpus's `test_piano` split such repeats are about a fifth of the notes (README, music).
+on the corpus's `test_piano` split such repeats are about a fifth of the notes (docs/music.md).
 The results go to ``benchmarks/results/<name>.json`` (default ``repeated-notes``).
 """
 

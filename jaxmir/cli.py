@@ -246,8 +246,8 @@ def _add_decode_set(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="decode.KEY=V",
-        help="override one of the model's decode.* settings (repeatable; see the task's "
-        "decode config in the README)",
+        help="override one of the model's decode.* settings (repeatable; the settings are "
+        "the fields of the task's decode config: README, docs/beat.md, docs/music.md)",
     )
 
 

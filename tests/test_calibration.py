@@ -16,7 +16,7 @@ from jaxmir.tasks.music.decode import OFFSET_TIMES
 from jaxmir.tasks.music.task import TIMINGS
 
 # the overrides of the `quality` preset that trained the shipped music ensemble's first member
-# (README, music: "The shipped model")
+# (docs/music.md: "The shipped model")
 SHIPPED_MUSIC_FIRST_MEMBER = [
     "train.seed=3",
     "data.offset_spread=3.0",
@@ -268,7 +268,7 @@ def test_transcribe_without_a_workdir_uses_the_shipped_model(song, tmp_path):
         assert (out / name).stat().st_size > 0
     meta = json.loads((model_dir("music") / "model.json").read_text())
     assert meta["task"] == "music" and meta["preset"] == "quality"
-    # the README's recipe re-trains it: an ensemble of the `quality` preset (seed 2) and, first,
+    # docs/music.md's recipe re-trains it: an ensemble of the `quality` preset (seed 2) and, first,
     # the same preset with offset triangles (seed 3); the config is the first member's
     from jaxmir.config import apply_overrides
     from jaxmir.tasks.base import get_task
@@ -364,7 +364,7 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     assert meta["calibration"]["decode"]["level_tagger"] == "level"
     assert meta["calibration"]["decode"]["level_threshold"] > 0
     assert (model_dir("beat") / "level" / "variables.msgpack").is_file()
-    # the decoding the README's beat section gives for it ("Missed beats", "A tempo that drifts")
+    # the decoding docs/beat.md gives for it ("Missed beats", "A tempo that drifts")
     stored = json.loads((model_dir("beat") / "config.json").read_text())["decode"]
     assert {k: stored[k] for k in ("method", "beat_threshold", "min_distance")} == {
         "method": "dbn",
@@ -373,7 +373,8 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     }
     assert (stored["tagger_threshold"], stored["level_threshold"]) == (0.6, 0.15)
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
-    # `jaxmir train beat --preset quality` is the recipe that re-trains it (README)
+    # `jaxmir train beat --preset quality` is the recipe that re-trains it
+    # (docs/beat.md: "The shipped beat model")
     from jaxmir.tasks.base import get_task
 
     task = get_task("beat")

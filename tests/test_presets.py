@@ -1,5 +1,5 @@
-"""The presets' hyperparameters that the README states, one row per statement: a preset that
-changes without its README line fails here."""
+"""The presets' hyperparameters that the README and docs/ state, one row per statement: a
+preset that changes without its line there fails here."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ STATED = [
     ("drum", "demo", {"model.channels": 16, "model.dense": 256, "train.epochs": 5}),
     ("drum", "demo", {"train.steps_per_epoch": 150, "train.batch_size": 16}),
     ("drum", "paper", {"model.diff_axis": 2, "model.loss": "hinge"}),
-    # the music demo: "6 x 150 steps ... the checkpoint of lowest validation loss"
+    # docs/music.md, the music demo: "6 x 150 steps ... the checkpoint of lowest validation loss"
     ("music", "demo", {"train.epochs": 6, "train.steps_per_epoch": 150}),
     ("music", "demo", {"train.monitor": "val_loss", "data.pos_weight": 5.0}),
 ]

@@ -135,7 +135,7 @@ def dbn_beats(
 
     Not in omnizart; the state space and transitions follow the bar-pointer model family of
     Whiteley et al. (2006) and Krebs et al. (2015), without bars. On the shipped beat model's
-    pieces (beat F against `track_beats`): validation 0.89 -> 0.92 (README, beat)."""
+    pieces (beat F against `track_beats`): validation 0.89 -> 0.92 (docs/beat.md)."""
     peaks = np.asarray(peaks, np.float64)
     if len(peaks) < 3:
         return peaks
@@ -208,7 +208,7 @@ def slower_level(
 
     Why: the frame model's beat activation rises on sub-beats too, more so at tempi it never
     trained on, and the tracker then follows the eighth notes under a slow quarter-note beat.
-    The period and the activation alone cannot tell the levels apart (README, beat); the notes
+    The period and the activation alone cannot tell the levels apart (docs/beat.md); the notes
     can (what starts on a beat, what the bass and harmony do), and the tagger reads them in
     beats, never in seconds, so a tempo that training never saw looks like one it did."""
     beats = np.asarray(beats, np.float64)
@@ -247,7 +247,7 @@ def checked_level(
     Why the filling: the opposite error to the one `slower_level` mends. At tempi above those
     it trained on the frame model's activation leaves every other beat low, and tracking
     follows half the beats; the tagger, which reads the notes in beats and was trained on true
-    beats cut into steps, sees that the midpoints of such a sequence are beats (README, beat:
+    beats cut into steps, sees that the midpoints of such a sequence are beats (docs/beat.md:
     "Missed beats")."""
     beats = np.asarray(beats, np.float64)
     if threshold <= 0:
@@ -285,7 +285,7 @@ def faster_period(activation: np.ndarray, period: float, level: float, fps: int 
     recur in the activation, so its autocorrelation peaks at the true period as well. Beats
     with nothing between them have no such peak, and the period stays. On the shipped beat
     model at level 1.0, beat F: validation 0.886 (unchanged), test 0.862 -> 0.856, unseen
-    tempi and meters 0.766 -> 0.834, thin textures 0.746 -> 0.815 (README, beat)."""
+    tempi and meters 0.766 -> 0.834, thin textures 0.746 -> 0.815 (docs/beat.md)."""
     x = np.asarray(activation, np.float64)
     x = x - x.mean()
     n = len(x)

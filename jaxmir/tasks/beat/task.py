@@ -157,7 +157,7 @@ DISTANCE_GRID = (0.2, 0.3)
 # minimum distance. Validation pieces slower than 200 bpm cannot tell 0.2 s from 0.3 s apart,
 # but 0.3 s hides every other beat above 200 bpm: on the shipped model, `dbn` at threshold 0.3
 # scored 0.9231 / 0.9233 on validation (one beat of one piece apart) and 0.74 / 0.62 on 24
-# textures at 220-260 and 28-40 bpm built for this choice (README, beat).
+# textures at 220-260 and 28-40 bpm built for this choice (docs/beat.md).
 TIE = 1e-3
 DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 DOWNBEAT_SOURCES = ("peaks", "tagger")
@@ -221,7 +221,7 @@ class BeatTask(PieceTask):
         # 0.40 -> 0.49), test 0.814 -> 0.821, test_sparse 0.654 -> 0.666, validation 0.917 ->
         # 0.908;
         # beat F (the level tagger) test_unseen 0.890 -> 0.903, fresh 0.795 -> 0.805. Those
-        # textures also hold one harmony per bar and end with a whole phrase (README, beat).
+        # textures also hold one harmony per bar and end with a whole phrase (docs/beat.md).
         quality_data = dataclasses.replace(
             wide_data, corpus_part_subsets=0.5, corpus_meter_changes=0.5
         )
@@ -233,9 +233,9 @@ class BeatTask(PieceTask):
         # mean 0.83 (test_unseen 0.77-0.79 -> 0.80).
         # A level tagger (four 2 x 32 members) checks the tracked beats for sub-beats
         # (`slower_level`): on the shipped frame model, beat F test 0.885 -> 0.893 and
-        # test_unseen 0.849 -> 0.890 (README, beat); and for missed beats (`checked_level`):
+        # test_unseen 0.849 -> 0.890 (docs/beat.md); and for missed beats (`checked_level`):
         # validation 0.923 -> 0.933, test unchanged, test_unseen 0.890 both (calibrated again,
-        # threshold 0.2 -> 0.15: one unseen piece filled in, another lost; README, beat).
+        # threshold 0.2 -> 0.15: one unseen piece filled in, another lost; docs/beat.md).
         quality_model = BeatModelConfig(
             timesteps=800,
             hidden=32,

@@ -264,7 +264,7 @@ def repeat_onsets(notes: np.ndarray, n_frames: int, mode: str) -> np.ndarray:
 
     Not in omnizart. On the embedded corpus about a fifth of the notes re-strike a sounding
     key; their attack is a small rise on a key that is already loud, and a model trained with
-    every onset weighted alike learns to miss nearly all of them (README, music)."""
+    every onset weighted alike learns to miss nearly all of them (docs/music.md)."""
     out = np.zeros((int(n_frames), N_KEYS), np.float32)
     notes, _, _, key, chan = _writable_notes(notes, mode)
     if len(notes) < 2 or n_frames <= 0:
@@ -293,9 +293,9 @@ def release_frames(
 
     Not in omnizart. These are the frames a model most often keeps "on": the sound of a
     released key decays over them, and with the note positives weighted (`weighted_bce`) an
-    uncertain frame leans towards "on", so short notes were decoded ending late (README,
-    music). Weighing the negatives here (`weighted_bce`'s `release_weight`) asks the model to
-    hear the release."""
+    uncertain frame leans towards "on", so short notes were decoded ending late
+    (docs/music.md). Weighing the negatives here (`weighted_bce`'s `release_weight`) asks the
+    model to hear the release."""
     out = np.zeros((int(n_frames), N_KEYS), np.float32)
     notes, start, end, key, _ = _writable_notes(notes, mode)
     if len(notes) == 0 or n_frames <= 0:
@@ -319,7 +319,7 @@ def tail_frames(notes: np.ndarray, n_frames: int, mode: str, start: int = TAIL_S
     Not in omnizart. A long note's last frames are the ones a model most often calls "off": a
     struck or plucked note decays towards silence before its key is released, and on the
     shipped model most long notes that end early end where the frame posterior falls, not at
-    the offset channel (README, music). Weighing these frames' positives (`weighted_bce`'s
+    the offset channel (docs/music.md). Weighing these frames' positives (`weighted_bce`'s
     `tail_weight`) asks the model to hold a note it can barely hear."""
     out = np.zeros((int(n_frames), N_KEYS), np.float32)
     _, first, end, key, _ = _writable_notes(notes, mode)

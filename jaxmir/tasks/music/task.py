@@ -136,7 +136,7 @@ FEATURE_CHANNELS: dict[str, int] = {**CHANNELS, "SpecShort": 4}
 
 #: The demo and quality presets' input: omnizart's two CFP channels and the 46-ms spectrum. On
 #: the quality recipe it alone raised test note F1 from 0.62 to 0.66 (piano), 0.52 to 0.54
-#: (mixed) and 0.61 to 0.62 (held-out voices) (README, music).
+#: (mixed) and 0.61 to 0.62 (held-out voices) (docs/music.md).
 WITH_SHORT = ("Spec", "Ceps", "SpecShort")
 
 CALIBRATED = "note_f1_calibrated"  # a validation score: note F1 once calibrated (`evaluate`)
