@@ -1,16 +1,20 @@
 """How a beat model does in meters and tempi that training never saw, on as many fresh pieces as
 asked, so that decoding choices can be judged without looking at the `test_unseen` split.
 
-    python -m benchmarks.beat_unseen [--workdir RUN_OR_MODEL] [--pieces 48]
+    python -m benchmarks.beat_unseen [--workdir RUN_OR_MODEL] [--pieces 48] [--first 0]
                                      [--variant NAME:decode.KEY=V,decode.KEY=V ...] [--name NAME]
 
 The pieces are the corpus's procedural piano textures in the unseen split's meters (3/2, 6/4,
 7/4) and tempi (28-40 and 220-260 beats per minute), with ids the corpus never uses
-(``select/NNNN``), so no run has trained, calibrated or been tested on them. The model (a run
-or model folder, default the shipped one) computes each piece's posteriors once; every variant
-decodes them ("stored": the model's own decoding; others override it, as `jaxmir eval --set`
-does) and is scored as `jaxmir eval beat` scores. Mean scores overall, per meter and per tempo
-range are printed and written to ``benchmarks/results/<name>.json`` (default ``beat-unseen``).
+(``select/NNNN``, from ``--first``), so no run has trained, calibrated or been tested on them;
+a decision made by looking at one set's pieces can be checked on another (``--first 96``). The
+model (a run or model folder, default the shipped one) computes each piece's posteriors once;
+every variant decodes them ("stored": the model's own decoding; others override it, as `jaxmir
+eval --set` does) and is scored as `jaxmir eval beat` scores. Mean scores overall, per meter
+and per tempo range, and how many pieces each variant tracked at which metrical level
+(`metrical_level`: the beat, a tempo octave away, ...) are printed and written to
+``benchmarks/results/<name>.json`` (default ``beat-unseen``), with each piece's scores and level
+under the stored decoding.
 """
 
 from __future__ import annotations
@@ -31,13 +35,33 @@ if TYPE_CHECKING:
 SCORES = ("beat_f_measure", "downbeat_f_measure", "beat_cmlt", "beat_amlt")
 
 
-def fresh_pieces(n: int) -> Iterator[tuple[SymbolicPiece, str, str]]:
+#: `metrical_level`'s names, each with the ratio of the tracked beat period to the true one.
+LEVELS = {"beat": 1.0, "1/2": 0.5, "1/3": 1 / 3, "1/4": 0.25, "2": 2.0, "3": 3.0}
+LEVEL_TOLERANCE = 0.1  # relative
+
+
+def metrical_level(estimated: np.ndarray, reference: np.ndarray) -> str:
+    """Which level of the reference beats a tracker followed: the name in `LEVELS` whose ratio
+    the median interval of the `estimated` beats to that of the `reference` beats is within
+    10 % of ("1/2": every half beat, a tempo octave too fast; "2": every other beat), "other"
+    (no such ratio: the tracked tempo is off or slips) or "none" (fewer than two beats)."""
+    if len(estimated) < 2 or len(reference) < 2:
+        return "none"
+    ratio = float(np.median(np.diff(estimated)) / np.median(np.diff(reference)))
+    for name, target in LEVELS.items():
+        if abs(ratio / target - 1.0) <= LEVEL_TOLERANCE:
+            return name
+    return "other"
+
+
+def fresh_pieces(n: int, first: int = 0) -> Iterator[tuple[SymbolicPiece, str, str]]:
     """(piece, meter, "slow" or "fast") of `n` textures in the unseen meters and tempi, built as
-    the corpus builds `test_unseen` (`texture_piece_of`) from ids it never uses."""
+    the corpus builds `test_unseen` (`texture_piece_of`) from ids it never uses, from
+    ``select/<first>`` on."""
     from jaxmir.data.synth.textures import TEMPO_RANGE
     from jaxmir.tasks.beat.task import BeatDataConfig, texture_piece_of
 
-    for i in range(n):
+    for i in range(first, first + n):
         piece, meta = texture_piece_of(f"select/{i:04d}", BeatDataConfig(), unseen=True)
         bpm = 60.0 / float(np.median(np.diff(piece.beats)))
         yield piece, meta["meter"], "slow" if bpm < TEMPO_RANGE[0] else "fast"
@@ -52,7 +76,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, overrides
 
 
-def measure(workdir: Path | None, n: int, variants: list[tuple[str, list[str]]]) -> dict:
+def measure(
+    workdir: Path | None, n: int, variants: list[tuple[str, list[str]]], first: int = 0
+) -> dict:
     from jaxmir.config import apply_overrides
     from jaxmir.engine.run import make_predict
     from jaxmir.shipped import load_for_inference
@@ -61,16 +87,30 @@ def measure(workdir: Path | None, n: int, variants: list[tuple[str, list[str]]])
 
     cfg, mesh, state = load_for_inference(TASK, workdir)
     configs = [("stored", cfg)] + [(name, apply_overrides(cfg, o)) for name, o in variants]
-    built = [(TASK.piece_features(p), (meter, pace)) for p, meter, pace in fresh_pieces(n)]
-    features = ((x, None) for (x, _), _ in built)
+    built = [
+        (TASK.piece_features(p), (meter, pace), p) for p, meter, pace in fresh_pieces(n, first)
+    ]
+    features = ((x, None) for (x, _), _, _ in built)
     predict = make_predict(mesh, state)
     posteriors = [post for _, post in TASK.posteriors_many(predict, features, cfg)]
-    rows = []
+    rows, levels, per_piece = [], {}, []
     for name, c in configs:
-        scored = [
-            (group, TASK.score(TASK.decode(post, c), labels, c))
-            for ((_, labels), group), post in zip(built, posteriors, strict=True)
-        ]
+        scored, counts = [], dict.fromkeys([*LEVELS, "other", "none"], 0)
+        for ((_, labels), group, piece), post in zip(built, posteriors, strict=True):
+            events = TASK.decode(post, c)
+            scores = TASK.score(events, labels, c)
+            level = metrical_level(events[0], labels["beats"])
+            counts[level] += 1
+            scored.append((group, scores))
+            if name == "stored":
+                bpm = 60.0 / float(np.median(np.diff(piece.beats)))
+                per_piece.append(
+                    {"piece": piece.name, "meter": group[0], "tempo": group[1]}
+                    | {"bpm": round(bpm, 1), "level": level}
+                    | {k: round(scores[k], 4) for k in SCORES}
+                )
+        levels[name] = counts
+        print(json.dumps({"variant": name, "levels": counts}), flush=True)
         keys = [("all", None)] + sorted({("meter", g[0]) for g, _ in scored})
         keys += sorted({("tempo", g[1]) for g, _ in scored})
         for kind, value in keys:
@@ -85,8 +125,11 @@ def measure(workdir: Path | None, n: int, variants: list[tuple[str, list[str]]])
     return {
         "model": str(workdir or "shipped"),
         "pieces": n,
+        "first": first,
         "variants": dict(variants),
         "rows": rows,
+        "levels": levels,
+        "per_piece": per_piece,
     }
 
 
@@ -94,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=None, help="a beat run or model folder")
     p.add_argument("--pieces", type=int, default=48, help="how many fresh pieces (default 48)")
+    p.add_argument(
+        "--first",
+        type=int,
+        default=0,
+        help="the first piece's number (default 0; --first 96 draws a set beside the first 96)",
+    )
     p.add_argument(
         "--variant",
         action="append",
@@ -104,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.pieces < 1:
         p.error("--pieces: at least 1")
+    if args.first < 0:
+        p.error("--first: at least 0")
     try:
         variants = [parse_variant(v) for v in args.variant]
     except ValueError as e:
@@ -111,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ["stored"] + [name for name, _ in variants]
     if len(set(names)) < len(names):
         p.error(f"--variant: names must differ from each other and from 'stored' ({names})")
-    save_result(args.name, measure(args.workdir, args.pieces, variants))
+    save_result(args.name, measure(args.workdir, args.pieces, variants, args.first))
     return 0
 
 

@@ -210,7 +210,7 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
 
     import numpy as np
 
-    from benchmarks.beat_unseen import fresh_pieces, main, measure, parse_variant
+    from benchmarks.beat_unseen import fresh_pieces, main, measure, metrical_level, parse_variant
     from jaxmir.data.synth.textures import UNSEEN_METERS, UNSEEN_TEMPI
 
     for bad in ("fill", "fill:", ":decode.fill_level=false", "x:train.seed=1"):
@@ -227,6 +227,19 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     assert {pace for _, _, pace in pieces} == {"slow", "fast"}
     # the same ids give the same pieces: a decision made on them can be checked again
     np.testing.assert_array_equal(next(fresh_pieces(1))[0].notes, pieces[0][0].notes)
+    # ... and another set is other pieces, numbered on
+    beside = list(fresh_pieces(2, first=4))
+    assert [p.name for p, _, _ in beside] == ["select__0004", "select__0005"]
+    np.testing.assert_array_equal(beside[0][0].notes, pieces[4][0].notes)
+    # the metrical level a tracker followed, from the ratio of the median intervals
+    ref = np.arange(0.0, 20.0, 0.5)
+    assert metrical_level(ref + 0.01, ref) == "beat"
+    assert metrical_level(np.arange(0.0, 20.0, 0.25), ref) == "1/2"
+    assert metrical_level(ref[::2], ref) == "2"
+    assert metrical_level(ref[::3], ref) == "3"
+    assert metrical_level(np.arange(0.0, 20.0, 0.5 / 3), ref) == "1/3"
+    assert metrical_level(np.arange(0.0, 20.0, 0.7), ref) == "other"
+    assert metrical_level(ref[:1], ref) == "none"
     # end to end on the shipped beat model: the stored decoding and a variant, per group
     result = measure(None, 2, [parse_variant("no-level:decode.level_threshold=0")])
     rows = result["rows"]
@@ -235,9 +248,15 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     assert [r["n"] for r in overall] == [2, 2]
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("beat_f_measure", "beat_amlt"))
     assert json.loads(json.dumps(result)) == result
+    assert set(result["levels"]) == {"stored", "no-level"}
+    assert all(sum(c.values()) == 2 for c in result["levels"].values())
+    assert [r["piece"] for r in result["per_piece"]] == ["select__0000", "select__0001"]
+    assert all(r["level"] in result["levels"]["stored"] for r in result["per_piece"])
     for names in (["stored:decode.fill_level=false"], ["a:decode.x=1", "a:decode.y=2"]):
         with pytest.raises(SystemExit):  # refused before any piece is built
             main(["--pieces", "1", *(f"--variant={v}" for v in names)])
+    with pytest.raises(SystemExit):
+        main(["--pieces", "1", "--first", "-1"])
 
 
 def test_demos_runs_each_command_and_records_its_time_memory_and_scores(
