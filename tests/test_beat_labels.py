@@ -427,3 +427,24 @@ def test_score_tells_a_tempo_octave_from_a_wrong_tempo():
     # a tempo 10 % off drifts through every beat: no metrical level saves it
     drift = TASK.score((np.arange(0.0, 60.0, 0.55), beats[::4]), labels, cfg)
     assert drift["beat_amlt"] < 0.3 and drift["downbeat_f_measure"] == 1.0
+    # tracked at the annotated level: only the first
+    assert [s["beat_at_level"] for s in (exact, half, drift)] == [1.0, 0.0, 0.0]
+
+
+def test_metrical_level_names_the_level_a_tracker_followed():
+    from jaxmir.tasks.beat.task import metrical_level
+
+    ref = np.arange(0.0, 20.0, 0.5)
+    assert metrical_level(ref + 0.01, ref) == "beat"
+    assert metrical_level(np.arange(0.0, 20.0, 0.54), ref) == "beat"  # within 10 %
+    assert metrical_level(np.arange(0.0, 20.0, 0.25), ref) == "1/2"
+    assert metrical_level(np.arange(0.0, 20.0, 0.5 / 3), ref) == "1/3"
+    assert metrical_level(np.arange(0.0, 20.0, 0.125), ref) == "1/4"
+    assert metrical_level(ref[::2], ref) == "2"
+    assert metrical_level(ref[::3], ref) == "3"
+    assert metrical_level(np.arange(0.0, 20.0, 0.75), ref) == "3/2"  # dotted
+    assert metrical_level(np.arange(0.0, 20.0, 1 / 3), ref) == "2/3"  # triplets
+    assert metrical_level(np.arange(0.0, 20.0, 0.58), ref) == "other"  # 1.16: no level
+    assert metrical_level(np.arange(0.0, 20.0, 0.56), ref) == "other"  # just past 10 %
+    assert metrical_level(ref[:1], ref) == "none"
+    assert metrical_level(ref, ref[:1]) == "none"

@@ -381,17 +381,12 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     shipped = task.config_from_dict(json.loads((model_dir("beat") / "config.json").read_text()))
     preset = task.presets()["quality"]
     assert (shipped.model, shipped.data, shipped.train) == (preset.model, preset.data, preset.train)
-    # ... but its frame model predates the preset's meter changes, which model.json records
-    trained_on = {
-        part: meta["trained_on"][part]["data.corpus_meter_changes"]
-        for part in meta["trained_on"]
-        if part != "why"
-    }
-    assert trained_on == {
-        "frame_model": 0.0,
-        "tagger": preset.data.corpus_meter_changes,
-        "level": preset.data.corpus_meter_changes,
-    }
+    # ... where its frame model was trained otherwise (before the preset's meter changes),
+    # model.json records how; a folder re-shipped by that recipe records nothing
+    trained = meta.get("trained_on")
+    if trained is not None:
+        changes = trained["frame_model"]["data.corpus_meter_changes"]
+        assert changes != preset.data.corpus_meter_changes
     tagger = json.loads((model_dir("beat") / "tagger" / "tagger.json").read_text())
     assert tagger["members"] == preset.model.tagger_members
 

@@ -751,10 +751,18 @@ class BeatTask(PieceTask):
     def score(self, events, labels, cfg: Config) -> dict[str, float]:
         """Beat and downbeat F-measure (70 ms), and the beats' continuity scores: CMLt (the
         annotated metrical level) and AMLt (also at double or half tempo, or off-beat), which
-        tell tempo-octave errors from others."""
+        tell tempo-octave errors from others; `beat_at_level`: 1 where the beats were tracked
+        at the annotated level (`metrical_level`), so its mean over a split is the share of
+        pieces at the right tempo."""
         beats, _ = events
         _, cmlt, _, amlt = mir_eval.beat.continuity(labels["beats"], beats)
-        return {**f_measures(events, labels), "beat_cmlt": cmlt, "beat_amlt": amlt}
+        at_level = float(metrical_level(beats, labels["beats"]) == "beat")
+        return {
+            **f_measures(events, labels),
+            "beat_cmlt": cmlt,
+            "beat_amlt": amlt,
+            "beat_at_level": at_level,
+        }
 
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
         from jaxmir.data.datasets.midi import read_midi_notes
@@ -778,6 +786,43 @@ def f_measures(events, labels) -> dict[str, float]:
         "beat_f_measure": mir_eval.beat.f_measure(labels["beats"], beats),
         "downbeat_f_measure": mir_eval.beat.f_measure(labels["downbeats"], downbeats),
     }
+
+
+#: `metrical_level`'s names, each with the ratio of the tracked beat period to the true one:
+#: faster levels, slower ones, and the dotted ("3/2": every three half-beats) and triplet ones.
+LEVELS = {
+    "beat": 1.0,
+    "1/2": 0.5,
+    "1/3": 1 / 3,
+    "1/4": 0.25,
+    "2": 2.0,
+    "3": 3.0,
+    "3/2": 1.5,
+    "2/3": 2 / 3,
+}
+LEVEL_TOLERANCE = 0.1  # relative
+
+
+def period_ratio(estimated: np.ndarray, reference: np.ndarray) -> float | None:
+    """The median interval of the `estimated` beats over that of the `reference` beats (None
+    for fewer than two beats on either side)."""
+    if len(estimated) < 2 or len(reference) < 2:
+        return None
+    return float(np.median(np.diff(estimated)) / np.median(np.diff(reference)))
+
+
+def metrical_level(estimated: np.ndarray, reference: np.ndarray) -> str:
+    """Which level of the `reference` beats a tracker followed: the name in `LEVELS` whose
+    ratio `period_ratio` is within 10 % of ("1/2": every half beat, a tempo octave too fast;
+    "2": every other beat), "other" (no such ratio: the tracked tempo is off or slips) or
+    "none" (fewer than two beats on either side)."""
+    ratio = period_ratio(estimated, reference)
+    if ratio is None:
+        return "none"
+    for name, target in LEVELS.items():
+        if abs(ratio / target - 1.0) <= LEVEL_TOLERANCE:
+            return name
+    return "other"
 
 
 def best_tracking(beat_f: dict[tuple[str, float, float], float]) -> tuple[str, float, float]:
