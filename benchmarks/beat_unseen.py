@@ -14,7 +14,7 @@ eval --set` does) and is scored as `jaxmir eval beat` scores. Mean scores overal
 and per tempo range, and how many pieces each variant tracked at which metrical level
 (`jaxmir.tasks.beat.task.metrical_level`: the beat, a tempo octave away, ...) are printed and
 written to ``benchmarks/results/<name>.json`` (default ``beat-unseen``), with each piece's
-scores and level under the stored decoding.
+scores and level under the stored decoding, which ``<name>.png`` plots against its tempo.
 """
 
 from __future__ import annotations
@@ -116,6 +116,73 @@ def measure(
     }
 
 
+#: `plot_pieces`' colour of each metrical level: the beat, faster levels, slower ones, the rest.
+LEVEL_COLOURS = {
+    "beat": "tab:green",
+    "1/2": "tab:red",
+    "1/3": "tab:red",
+    "1/4": "tab:red",
+    "2/3": "tab:orange",
+    "2": "tab:blue",
+    "3": "tab:blue",
+    "3/2": "tab:purple",
+}
+METER_MARKERS = {"3/2": "o", "6/4": "s", "7/4": "^"}
+
+
+def plot_pieces(result: dict, path: Path) -> Path:
+    """Each piece's beat F (stored decoding) against its tempo, slow and fast pieces side by
+    side; colour: the metrical level it was tracked at; marker: its meter."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(9.0, 3.8))
+    FigureCanvasAgg(fig)
+    pieces = result["per_piece"]
+    tempos = [t for t in ("slow", "fast") if any(r["tempo"] == t for r in pieces)]
+    axes = fig.subplots(1, len(tempos), sharey=True, squeeze=False)[0]
+    for ax, tempo in zip(axes, tempos, strict=True):
+        for r in (r for r in pieces if r["tempo"] == tempo):
+            ax.scatter(
+                r["bpm"],
+                r["beat_f_measure"],
+                c=LEVEL_COLOURS.get(r["level"], "tab:gray"),
+                marker=METER_MARKERS.get(r["meter"], "x"),
+                s=22,
+            )
+        ax.set_xlabel(f"tempo (beats per minute), {tempo} pieces")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("beat F")
+    handles = [
+        Line2D([], [], ls="", marker="o", color=c, label=label)
+        for label, c in (
+            ("at the beat", "tab:green"),
+            ("too fast (1/2-1/4)", "tab:red"),
+            ("triplets (2/3)", "tab:orange"),
+            ("too slow (2, 3)", "tab:blue"),
+            ("dotted (3/2)", "tab:purple"),
+            ("other", "tab:gray"),
+        )
+    ]
+    handles += [
+        Line2D([], [], ls="", marker=m, color="k", label=meter)
+        for meter, m in METER_MARKERS.items()
+    ]
+    axes[-1].legend(handles=handles, fontsize=7, loc="lower right")
+    overall = next(r for r in result["rows"] if r["variant"] == "stored" and r["pieces"] == "all")
+    fig.suptitle(
+        f"{len(pieces)} fresh pieces from select/{result['first']:04d}: beat F "
+        f"{overall['beat_f_measure']:.3f}, downbeat F {overall['downbeat_f_measure']:.3f}, "
+        f"at the beat {overall['beat_at_level']:.2f}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=None, help="a beat run or model folder")
@@ -145,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     names = ["stored"] + [name for name, _ in variants]
     if len(set(names)) < len(names):
         p.error(f"--variant: names must differ from each other and from 'stored' ({names})")
-    save_result(args.name, measure(args.workdir, args.pieces, variants, args.first))
+    result = measure(args.workdir, args.pieces, variants, args.first)
+    print(plot_pieces(result, save_result(args.name, result).with_suffix(".png")))
     return 0
 
 

@@ -206,14 +206,14 @@ def test_robustness_changes_the_audio_as_named_and_a_gain_leaves_the_notes(music
 
 
 def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scores_variants(
-    monkeypatch,
+    monkeypatch, tmp_path
 ):
     import json
     from collections import Counter
 
     import numpy as np
 
-    from benchmarks.beat_unseen import fresh_pieces, main, measure, parse_variant
+    from benchmarks.beat_unseen import fresh_pieces, main, measure, parse_variant, plot_pieces
     from jaxmir.data.synth.textures import UNSEEN_METERS, UNSEEN_TEMPI
 
     for bad in ("fill", "fill:", ":decode.fill_level=false", "x:train.seed=1"):
@@ -255,6 +255,8 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
         mean = np.mean([r[key] for r in result["per_piece"]])
         assert mean == pytest.approx(stored_all[key], abs=1e-3)
     assert result["first"] == 0
+    png = plot_pieces(result, tmp_path / "pieces.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for names in (["stored:decode.fill_level=false"], ["a:decode.x=1", "a:decode.y=2"]):
         with pytest.raises(SystemExit):  # refused before any piece is built
             main(["--pieces", "1", *(f"--variant={v}" for v in names)])
@@ -265,7 +267,8 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
 
     asked = {}
     monkeypatch.setattr(bu, "measure", lambda *a: asked.setdefault("args", a) and {})
-    monkeypatch.setattr(bu, "save_result", lambda name, result: None)
+    monkeypatch.setattr(bu, "save_result", lambda name, result: tmp_path / f"{name}.json")
+    monkeypatch.setattr(bu, "plot_pieces", lambda result, path: path)
     assert main(["--pieces", "5", "--first", "3"]) == 0
     assert asked["args"] == (None, 5, [], 3)
 
