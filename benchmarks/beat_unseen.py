@@ -64,7 +64,7 @@ def measure(
     from jaxmir.engine.run import make_predict
     from jaxmir.shipped import load_for_inference
     from jaxmir.tasks.base import mean_scores
-    from jaxmir.tasks.beat.task import LEVELS, TASK, metrical_level, period_ratio
+    from jaxmir.tasks.beat.task import LEVELS, TASK, level_of, period_ratio
 
     cfg, mesh, state = load_for_inference(TASK, workdir)
     configs = [("stored", cfg)] + [(name, apply_overrides(cfg, o)) for name, o in variants]
@@ -80,12 +80,12 @@ def measure(
         for ((_, labels), group, piece), post in zip(built, posteriors, strict=True):
             events = TASK.decode(post, c)
             scores = TASK.score(events, labels, c)
-            level = metrical_level(events[0], labels["beats"])
+            ratio = period_ratio(events[0], labels["beats"])
+            level = level_of(ratio)
             counts[level] += 1
             scored.append((group, scores))
             if name == "stored":
                 bpm = 60.0 / float(np.median(np.diff(piece.beats)))
-                ratio = period_ratio(events[0], labels["beats"])
                 per_piece.append(
                     {"piece": piece.name, "meter": group[0], "tempo": group[1]}
                     | {"bpm": round(bpm, 1), "level": level}
@@ -116,17 +116,16 @@ def measure(
     }
 
 
-#: `plot_pieces`' colour of each metrical level: the beat, faster levels, slower ones, the rest.
-LEVEL_COLOURS = {
-    "beat": "tab:green",
-    "1/2": "tab:red",
-    "1/3": "tab:red",
-    "1/4": "tab:red",
-    "2/3": "tab:orange",
-    "2": "tab:blue",
-    "3": "tab:blue",
-    "3/2": "tab:purple",
-}
+#: `plot_pieces`' legend: (label, colour, the metrical levels drawn in it); the rest are grey.
+LEVEL_GROUPS = (
+    ("at the beat", "tab:green", ("beat",)),
+    ("too fast (1/2-1/4)", "tab:red", ("1/2", "1/3", "1/4")),
+    ("triplets (2/3)", "tab:orange", ("2/3",)),
+    ("too slow (2, 3)", "tab:blue", ("2", "3")),
+    ("dotted (3/2)", "tab:purple", ("3/2",)),
+    ("other", "tab:gray", ("other", "none")),
+)
+LEVEL_COLOURS = {level: colour for _, colour, levels in LEVEL_GROUPS for level in levels}
 METER_MARKERS = {"3/2": "o", "6/4": "s", "7/4": "^"}
 
 
@@ -147,7 +146,7 @@ def plot_pieces(result: dict, path: Path) -> Path:
             ax.scatter(
                 r["bpm"],
                 r["beat_f_measure"],
-                c=LEVEL_COLOURS.get(r["level"], "tab:gray"),
+                c=LEVEL_COLOURS[r["level"]],
                 marker=METER_MARKERS.get(r["meter"], "x"),
                 s=22,
             )
@@ -156,15 +155,8 @@ def plot_pieces(result: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("beat F")
     handles = [
-        Line2D([], [], ls="", marker="o", color=c, label=label)
-        for label, c in (
-            ("at the beat", "tab:green"),
-            ("too fast (1/2-1/4)", "tab:red"),
-            ("triplets (2/3)", "tab:orange"),
-            ("too slow (2, 3)", "tab:blue"),
-            ("dotted (3/2)", "tab:purple"),
-            ("other", "tab:gray"),
-        )
+        Line2D([], [], ls="", marker="o", color=colour, label=label)
+        for label, colour, _ in LEVEL_GROUPS
     ]
     handles += [
         Line2D([], [], ls="", marker=m, color="k", label=meter)

@@ -219,9 +219,9 @@ class BeatTask(PieceTask):
         # re-trained on them against on the corpus without (same frame model, same recipe):
         # downbeat F test_unseen 0.827 -> 0.859, 96 fresh unseen pieces 0.659 -> 0.695 (7/4:
         # 0.40 -> 0.49), test 0.814 -> 0.821, test_sparse 0.654 -> 0.666, validation 0.917 ->
-        # 0.908;
-        # beat F (the level tagger) test_unseen 0.890 -> 0.903, fresh 0.795 -> 0.805. Those
-        # textures also hold one harmony per bar and end with a whole phrase (docs/beat.md).
+        # 0.908; beat F (the level tagger) test_unseen 0.890 -> 0.903, fresh 0.795 -> 0.805.
+        # Those textures also hold one harmony per bar and end with a whole phrase
+        # (docs/beat.md).
         quality_data = dataclasses.replace(
             wide_data, corpus_part_subsets=0.5, corpus_meter_changes=0.5
         )
@@ -811,18 +811,22 @@ def period_ratio(estimated: np.ndarray, reference: np.ndarray) -> float | None:
     return float(np.median(np.diff(estimated)) / np.median(np.diff(reference)))
 
 
-def metrical_level(estimated: np.ndarray, reference: np.ndarray) -> str:
-    """Which level of the `reference` beats a tracker followed: the name in `LEVELS` whose
-    ratio `period_ratio` is within 10 % of ("1/2": every half beat, a tempo octave too fast;
-    "2": every other beat), "other" (no such ratio: the tracked tempo is off or slips) or
-    "none" (fewer than two beats on either side)."""
-    ratio = period_ratio(estimated, reference)
+def level_of(ratio: float | None) -> str:
+    """The name in `LEVELS` whose ratio a `period_ratio` is within 10 % of ("1/2": every half
+    beat, a tempo octave too fast; "2": every other beat), "other" (no such ratio: the tracked
+    tempo is off or slips) or "none" (no ratio: fewer than two beats on either side)."""
     if ratio is None:
         return "none"
     for name, target in LEVELS.items():
         if abs(ratio / target - 1.0) <= LEVEL_TOLERANCE:
             return name
     return "other"
+
+
+def metrical_level(estimated: np.ndarray, reference: np.ndarray) -> str:
+    """Which level of the `reference` beats a tracker followed (`level_of` their
+    `period_ratio`)."""
+    return level_of(period_ratio(estimated, reference))
 
 
 def best_tracking(beat_f: dict[tuple[str, float, float], float]) -> tuple[str, float, float]:
