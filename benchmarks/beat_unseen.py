@@ -60,6 +60,20 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 def measure(
     workdir: Path | None, n: int, variants: list[tuple[str, list[str]]], first: int = 0
 ) -> dict:
+    built = [(p, {"meter": meter, "tempo": pace}) for p, meter, pace in fresh_pieces(n, first)]
+    return {"first": first} | score_pieces(workdir, built, variants)
+
+
+def score_pieces(
+    workdir: Path | None,
+    built: list[tuple[SymbolicPiece, dict[str, str]]],
+    variants: list[tuple[str, list[str]]],
+) -> dict:
+    """Each piece's posteriors once, decoded by the model's stored decoding and by every variant
+    and scored as `jaxmir eval beat` scores: mean scores overall and per value of each of the
+    pieces' groups (`built`: (piece, {"meter": "7/4", "tempo": "slow", ...})), how many pieces
+    each decoding tracked at which metrical level, and each piece's record (its groups, tempo,
+    level and scores) under the stored decoding."""
     from jaxmir.config import apply_overrides
     from jaxmir.engine.run import make_predict
     from jaxmir.shipped import load_for_inference
@@ -68,38 +82,35 @@ def measure(
 
     cfg, mesh, state = load_for_inference(TASK, workdir)
     configs = [("stored", cfg)] + [(name, apply_overrides(cfg, o)) for name, o in variants]
-    built = [
-        (TASK.piece_features(p), (meter, pace), p) for p, meter, pace in fresh_pieces(n, first)
-    ]
-    features = ((x, None) for (x, _), _, _ in built)
+    featured = [(TASK.piece_features(p), groups, p) for p, groups in built]
+    features = ((x, None) for (x, _), _, _ in featured)
     predict = make_predict(mesh, state)
     posteriors = [post for _, post in TASK.posteriors_many(predict, features, cfg)]
+    kinds = list(dict.fromkeys(k for _, groups in built for k in groups))
     rows, levels, per_piece = [], {}, []
     for name, c in configs:
         scored, counts = [], dict.fromkeys([*LEVELS, "other", "none"], 0)
-        for ((_, labels), group, piece), post in zip(built, posteriors, strict=True):
+        for ((_, labels), groups, piece), post in zip(featured, posteriors, strict=True):
             events = TASK.decode(post, c)
             scores = TASK.score(events, labels, c)
             ratio = period_ratio(events[0], labels["beats"])
             level = level_of(ratio)
             counts[level] += 1
-            scored.append((group, scores))
+            scored.append((groups, scores))
             if name == "stored":
                 bpm = 60.0 / float(np.median(np.diff(piece.beats)))
                 per_piece.append(
-                    {"piece": piece.name, "meter": group[0], "tempo": group[1]}
-                    | {"bpm": round(bpm, 1), "level": level}
+                    {"piece": piece.name, **groups, "bpm": round(bpm, 1), "level": level}
                     | {"ratio": None if ratio is None else round(ratio, 3)}
                     | {k: round(scores[k], 4) for k in SCORES}
                 )
         levels[name] = counts
         print(json.dumps({"variant": name, "levels": counts}), flush=True)
-        keys = [("all", None)] + sorted({("meter", g[0]) for g, _ in scored})
-        keys += sorted({("tempo", g[1]) for g, _ in scored})
+        keys = [("all", None)] + [
+            (kind, value) for kind in kinds for value in sorted({g[kind] for g, _ in scored})
+        ]
         for kind, value in keys:
-            chosen = [
-                s for g, s in scored if kind == "all" or g[0 if kind == "meter" else 1] == value
-            ]
+            chosen = [s for g, s in scored if kind == "all" or g[kind] == value]
             mean = mean_scores(chosen)
             row = {"variant": name, "pieces": kind if value is None else f"{kind} {value}"}
             row.update(n=len(chosen), **{k: round(mean[k], 4) for k in SCORES})
@@ -107,8 +118,7 @@ def measure(
             rows.append(row)
     return {
         "model": str(workdir or "shipped"),
-        "pieces": n,
-        "first": first,
+        "pieces": len(built),
         "variants": dict(variants),
         "rows": rows,
         "levels": levels,
@@ -129,9 +139,10 @@ LEVEL_COLOURS = {level: colour for _, colour, levels in LEVEL_GROUPS for level i
 METER_MARKERS = {"3/2": "o", "6/4": "s", "7/4": "^"}
 
 
-def plot_pieces(result: dict, path: Path) -> Path:
-    """Each piece's beat F (stored decoding) against its tempo, slow and fast pieces side by
-    side; colour: the metrical level it was tracked at; marker: its meter."""
+def plot_pieces(result: dict, path: Path, panels: str = "tempo", title: str | None = None) -> Path:
+    """Each piece's beat F (stored decoding) against its tempo, one panel per value of the
+    pieces' group `panels` (slow and fast pieces side by side); colour: the metrical level it
+    was tracked at; marker: its meter. `title` goes before the overall scores."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -139,10 +150,12 @@ def plot_pieces(result: dict, path: Path) -> Path:
     fig = Figure(figsize=(9.0, 3.8))
     FigureCanvasAgg(fig)
     pieces = result["per_piece"]
-    tempos = [t for t in ("slow", "fast") if any(r["tempo"] == t for r in pieces)]
-    axes = fig.subplots(1, len(tempos), sharey=True, squeeze=False)[0]
-    for ax, tempo in zip(axes, tempos, strict=True):
-        for r in (r for r in pieces if r["tempo"] == tempo):
+    values = list(dict.fromkeys(r[panels] for r in pieces))
+    if set(values) <= {"slow", "fast"}:
+        values = [t for t in ("slow", "fast") if t in values]
+    axes = fig.subplots(1, len(values), sharey=True, squeeze=False)[0]
+    for ax, value in zip(axes, values, strict=True):
+        for r in (r for r in pieces if r[panels] == value):
             ax.scatter(
                 r["bpm"],
                 r["beat_f_measure"],
@@ -150,7 +163,7 @@ def plot_pieces(result: dict, path: Path) -> Path:
                 marker=METER_MARKERS.get(r["meter"], "x"),
                 s=22,
             )
-        ax.set_xlabel(f"tempo (beats per minute), {tempo} pieces")
+        ax.set_xlabel(f"tempo (beats per minute), {value} pieces")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("beat F")
@@ -158,14 +171,19 @@ def plot_pieces(result: dict, path: Path) -> Path:
         Line2D([], [], ls="", marker="o", color=colour, label=label)
         for label, colour, _ in LEVEL_GROUPS
     ]
+    meters = {r["meter"] for r in pieces}
     handles += [
         Line2D([], [], ls="", marker=m, color="k", label=meter)
         for meter, m in METER_MARKERS.items()
+        if meter in meters
     ]
+    if meters - set(METER_MARKERS):
+        handles.append(Line2D([], [], ls="", marker="x", color="k", label="other meters"))
     axes[-1].legend(handles=handles, fontsize=7, loc="lower right")
     overall = next(r for r in result["rows"] if r["variant"] == "stored" and r["pieces"] == "all")
+    title = title or f"{len(pieces)} fresh pieces from select/{result['first']:04d}"
     fig.suptitle(
-        f"{len(pieces)} fresh pieces from select/{result['first']:04d}: beat F "
+        f"{title}: beat F "
         f"{overall['beat_f_measure']:.3f}, downbeat F {overall['downbeat_f_measure']:.3f}, "
         f"at the beat {overall['beat_at_level']:.2f}",
         fontsize=10,
@@ -175,24 +193,23 @@ def plot_pieces(result: dict, path: Path) -> Path:
     return Path(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def piece_arguments(description: str, what: str, first: str) -> argparse.ArgumentParser:
+    """The options a benchmark over pieces shares: --workdir, --pieces, --first, --variant."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--workdir", type=Path, default=None, help="a beat run or model folder")
-    p.add_argument("--pieces", type=int, default=48, help="how many fresh pieces (default 48)")
-    p.add_argument(
-        "--first",
-        type=int,
-        default=0,
-        help="the first piece's number (default 0; --first 96 draws a set beside the first 96)",
-    )
+    p.add_argument("--pieces", type=int, default=48, help=f"how many {what} (default 48)")
+    p.add_argument("--first", type=int, default=0, help=first)
     p.add_argument(
         "--variant",
         action="append",
         default=[],
         help="NAME:decode.KEY=V[,decode.KEY=V...], decoded beside the stored decoding",
     )
-    p.add_argument("--name", default="beat-unseen")
-    args = p.parse_args(argv)
+    return p
+
+
+def checked_variants(p: argparse.ArgumentParser, args) -> list[tuple[str, list[str]]]:
+    """The parsed --variant options, after `p.error` for a bad count, position or variant."""
     if args.pieces < 1:
         p.error("--pieces: at least 1")
     if args.first < 0:
@@ -204,6 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     names = ["stored"] + [name for name, _ in variants]
     if len(set(names)) < len(names):
         p.error(f"--variant: names must differ from each other and from 'stored' ({names})")
+    return variants
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = piece_arguments(
+        __doc__.split("\n\n")[0],
+        "fresh pieces",
+        "the first piece's number (default 0; --first 96 draws a set beside the first 96)",
+    )
+    p.add_argument("--name", default="beat-unseen")
+    args = p.parse_args(argv)
+    variants = checked_variants(p, args)
     result = measure(args.workdir, args.pieces, variants, args.first)
     print(plot_pieces(result, save_result(args.name, result).with_suffix(".png")))
     return 0

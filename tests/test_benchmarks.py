@@ -305,3 +305,78 @@ def test_demos_runs_each_command_and_records_its_time_memory_and_scores(
         main(["--tasks", "beat", "--preset", "tiny", "--root", str(root), "--name", "t2"])
     assert f"{root / 'beat-tiny'}: exists already" in capsys.readouterr().err
     assert not (tmp_path / "results" / "t2.json").exists()
+
+
+def _repeat_score():
+    """A 3/4 tune at 90 quarters per minute: a one-beat pickup, bars 1-2 repeated, bar 3."""
+    from music21 import bar, meter, note, stream, tempo
+
+    part = stream.Part()
+    pickup = stream.Measure(number=0)
+    pickup.append([meter.TimeSignature("3/4"), tempo.MetronomeMark(number=90)])
+    pickup.append(note.Note("G4", quarterLength=1))
+    pickup.paddingLeft = 2
+    part.append(pickup)
+    for i, pitch in enumerate(["C5", "D5", "E5"]):
+        m = stream.Measure(number=i + 1)
+        m.append([note.Note(pitch, quarterLength=2), note.Note("B4", quarterLength=1)])
+        if i == 0:
+            m.leftBarline = bar.Repeat(direction="start")
+        if i == 1:
+            m.rightBarline = bar.Repeat(direction="end")
+        part.append(m)
+    score = stream.Score()
+    score.insert(0, part)
+    return score
+
+
+def test_beat_works_exports_a_score_as_a_user_would_and_keeps_its_beats_on_the_files_tempo(
+    tmp_path, monkeypatch
+):
+    import numpy as np
+
+    import jaxmir.data.datasets.midi as midi
+    from benchmarks.beat_works import exported_piece
+
+    piece = exported_piece(_repeat_score().expandRepeats(), "tune", tmp_path)
+    # music21's MIDI file, read back by jaxmir's reader: the repeat played twice
+    assert (tmp_path / "tune.mid").is_file()
+    assert piece.notes[:, 2].tolist() == [67, 72, 71, 74, 71, 72, 71, 74, 71, 76, 71]
+    quarter = 60.0 / 90.0
+    onsets_q = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15]
+    np.testing.assert_allclose(piece.notes[:, 0], quarter * np.array(onsets_q), atol=1e-4)
+    # every quarter is a beat from the pickup on; bars start after the pickup, every 3 beats
+    np.testing.assert_allclose(piece.beats, quarter * np.arange(16), atol=1e-4)
+    np.testing.assert_allclose(piece.downbeats, quarter * (1 + 3 * np.arange(5)), atol=1e-4)
+    # a file whose notes are not the score's is refused, not scored against the score's beats
+    read = midi.read_midi_notes
+    monkeypatch.setattr(midi, "read_midi_notes", lambda p: read(p) + [0.1, 0.1, 0, 0])
+    with pytest.raises(ValueError, match="not the score's"):
+        exported_piece(_repeat_score().expandRepeats(), "late", tmp_path)
+
+
+def test_beat_works_scores_works_no_split_holds_and_names_those_it_skips(tmp_path, monkeypatch):
+    import benchmarks.beat_works as bw
+    from jaxmir.data.synth.corpus import is_reserved, work_ids
+
+    used = bw.corpus_works(None)  # the shipped model's corpus: 24 + 3 + 3 works
+    assert len(used) == 30 and used <= set(work_ids())
+    left = bw.left_out_works(used)
+    assert not used & set(left) and not any(is_reserved(c) for c in left)
+    assert len(left) + len(used) == len(work_ids())
+    # a position: the same works for any model whose corpus does not reach them
+    assert bw.left_out_works(used, 100) == bw.left_out_works(set(), 100) == work_ids()[100:]
+    saved = {}
+    monkeypatch.setattr(bw, "save_result", lambda name, r: saved.setdefault(name, r) and tmp_path)
+    monkeypatch.setattr(bw, "score_pieces", lambda w, built, v: {"built": built})
+    monkeypatch.setattr(bw, "plot_pieces", lambda *a: tmp_path / "x.png")
+    # from the position of a work music21 cannot read into measures: named, then skipped
+    first = work_ids().index("josquin/fortunaDunGranTempo.abc")
+    assert bw.main(["--pieces", "1", "--first", str(first)]) == 0
+    result = saved["beat-works-exported"]
+    assert result["skipped"][0]["work"] == "josquin/fortunaDunGranTempo.abc"
+    assert "measures" in result["skipped"][0]["reason"]
+    ((piece, groups),) = result["built"]
+    assert groups["folder"] == piece.name.split("__")[0] and groups["meter"].count("/") == 1
+    assert groups["parts"] in ("one part", "several parts")
+    assert len(piece.beats) > 8 and set(piece.downbeats) <= set(piece.beats)

@@ -148,6 +148,27 @@ def test_midi_at_32767_ticks_per_quarter_with_a_late_note(tmp_path):
     np.testing.assert_allclose(maestro_notes[:, 0], notes[:, 0])
 
 
+def test_midi_with_a_tempo_change_past_pretty_midis_tick_limit_keeps_its_beats(tmp_path):
+    """music21 writes 10,080 ticks per quarter: a 5-minute score's late tempo change lies past
+    pretty_midi's 1e7 ticks, which it checks again when it maps ticks to seconds."""
+    import mido
+
+    q = 10_080
+    change = 1100 * q  # 60 qpm from the 1101st beat on, 550 s in (at 120 qpm)
+    path = write_mido(tmp_path / "late-tempo.mid", q, [(0, q, 60), (change, change + 4 * q, 64)])
+    mid = mido.MidiFile(str(path))
+    meta = mid.tracks[0]
+    meta.insert(2, mido.MetaMessage("set_tempo", tempo=1_000_000, time=change))
+    mid.save(str(path))
+    piece = midi.read_midi_piece(path)  # an IndexError from pretty_midi before
+    at = change / q * 0.5
+    np.testing.assert_allclose(piece.notes[:, 0], [0.0, at])
+    np.testing.assert_allclose(piece.beats[:3], [0.0, 0.5, 1.0])
+    after = piece.beats[piece.beats >= at]
+    assert len(after) == 4  # the last note's four quarters, one a second: 60 qpm after it
+    np.testing.assert_allclose(after, at + np.arange(4))
+
+
 def test_midi_corrupt_files_are_named(tmp_path):
     # a delta of 2**28 - 1 ticks (the largest a MIDI delta can be) at 220 per quarter: 169 h
     path = write_mido(tmp_path / "huge.mid", 220, [(0, 220, 60), (2**28 - 1, 2**28 + 219, 62)])

@@ -33,12 +33,16 @@ quarter, so 1e7 ticks is about 2.5 minutes at 120 qpm). `load_midi` parses with 
 that limit for the read; a file counts as corrupt only when its last event comes more than
 `MAX_SECONDS` after the start (a broken variable-length delta gives such ticks), and one too
 long to tabulate (`MAX_READ_TICKS`: pretty_midi keeps 8 bytes per tick) is refused by name.
+pretty_midi checks the same limit again whenever it maps a tick to seconds, so the beats and
+tempo map of such a file are read with it raised too (`high_ticks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +82,25 @@ def _seconds(mid, last_tick: int) -> float:
         return last_tick / mid.ticks_per_beat * 60.0 / DEFAULT_QPM
 
 
+@contextlib.contextmanager
+def high_ticks() -> Iterator[None]:
+    """pretty_midi's `MAX_TICK` raised to what `load_midi` reads (`MAX_READ_TICKS`) for a while.
+    pretty_midi checks that module global not only when it reads a file but whenever it maps a
+    tick to seconds (`get_tempo_changes`, `get_beats`, `get_downbeats`), so a file read at a
+    high resolution needs it raised for those calls too (music21 writes 10,080 ticks per
+    quarter: a tempo change past 1e7 ticks is 2.3 minutes in at 120 qpm)."""
+    import pretty_midi
+
+    module = pretty_midi.pretty_midi
+    with _TICK_LIMIT:
+        saved = module.MAX_TICK
+        module.MAX_TICK = max(saved, MAX_READ_TICKS + 2)
+        try:
+            yield
+        finally:
+            module.MAX_TICK = saved
+
+
 def load_midi(path: Path):
     """`pretty_midi.PrettyMIDI` of a file at any tick resolution; MidiError naming the file when
     it cannot be parsed or is corrupt (see the module docstring)."""
@@ -91,8 +114,7 @@ def load_midi(path: Path):
         detail = str(e) or ("the file ends early" if isinstance(e, EOFError) else "")
         raise MidiError(path, f"cannot parse MIDI ({type(e).__name__}: {detail})") from e
     last_tick = max((sum(msg.time for msg in track) for track in mid.tracks), default=0)
-    module = pretty_midi.pretty_midi
-    if last_tick + 1 > module.MAX_TICK:
+    if last_tick + 1 > pretty_midi.pretty_midi.MAX_TICK:
         seconds = _seconds(mid, last_tick)
         where = f"last event at tick {last_tick} ({mid.ticks_per_beat} ticks per quarter)"
         if seconds > MAX_SECONDS:
@@ -100,14 +122,9 @@ def load_midi(path: Path):
         if last_tick > MAX_READ_TICKS:
             raise MidiError(path, f"{where}: too many ticks to read (limit {MAX_READ_TICKS})")
     try:
-        with _TICK_LIMIT, warnings.catch_warnings():
+        with high_ticks(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "tempo/key/time signature on non-zero tracks"
-            saved = module.MAX_TICK
-            module.MAX_TICK = max(saved, last_tick + 2)
-            try:
-                return pretty_midi.PrettyMIDI(mido_object=mid)
-            finally:
-                module.MAX_TICK = saved
+            return pretty_midi.PrettyMIDI(mido_object=mid)
     except Exception as e:
         raise MidiError(path, f"cannot read MIDI ({type(e).__name__}: {e})") from e
 
@@ -175,14 +192,15 @@ def read_midi_piece(path: Path, name: str | None = None) -> SymbolicPiece:
             f"first time-signature event at {ts_changes[0].time:.3f} s comes after the "
             f"first note at {notes[0, 0]:.3f} s (meter undefined at the start)",
         )
-    reason = placeholder_meter(pm, notes)
-    if reason:
-        raise MidiError(path, reason)
-    try:
-        beats = np.asarray(pm.get_beats(), np.float64)
-        downbeats = np.asarray(pm.get_downbeats(), np.float64)
-    except Exception as e:
-        raise MidiError(path, f"cannot derive beats ({type(e).__name__}: {e})") from e
+    with high_ticks():
+        reason = placeholder_meter(pm, notes)
+        if reason:
+            raise MidiError(path, reason)
+        try:
+            beats = np.asarray(pm.get_beats(), np.float64)
+            downbeats = np.asarray(pm.get_downbeats(), np.float64)
+        except Exception as e:
+            raise MidiError(path, f"cannot derive beats ({type(e).__name__}: {e})") from e
     if len(beats) == 0 or len(downbeats) == 0:
         raise MidiError(path, "empty beat grid")
     return SymbolicPiece(

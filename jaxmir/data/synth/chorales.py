@@ -452,7 +452,7 @@ def build_chorale_pieces(
                 rendered.append(_render(grid, notes, name, rng, augment, bpm_range, part_subsets))
         except Exception as e:  # one bad chorale must not sink the corpus
             reason = f"{type(e).__name__}: {e}"
-            warnings.warn(f"skipping chorale {cid}: {reason}", stacklevel=2)
+            warnings.warn(f"skipping score {cid} (music21 corpus): {reason}", stacklevel=2)
             failures.append((cid, reason))
             continue
         pieces.extend(rendered)

@@ -358,10 +358,7 @@ class BeatTask(PieceTask):
         if d.corpus_works:
             from jaxmir.data.synth.corpus import work_ids
 
-            n_eval = max(1, d.corpus_works // 8)
-            sources.append(
-                ("works", work_ids(), {"train": d.corpus_works, "val": n_eval, "test": n_eval})
-            )
+            sources.append(("works", work_ids(), work_counts(d)))
         # (split of the scores, split written, probability of a part subset, name suffix)
         renderings = [
             ("train", "train", d.corpus_part_subsets, ""),
@@ -900,6 +897,15 @@ def weighted_bce(logits, targets, mask, downbeat_weight: float):
     w = jnp.asarray([1.0, downbeat_weight], per.dtype) * mask[..., None]
     loss = jnp.sum(per * w) / jnp.maximum(jnp.sum(mask) * 2.0, 1.0)
     return loss, {"accuracy": binary_accuracy(logits, targets, mask)}
+
+
+def work_counts(d: BeatDataConfig) -> dict[str, int]:
+    """How many music21 works (beside the chorales) each split renders: `corpus_works` for
+    training, an eighth as many (at least one) for validation and for test; none without."""
+    if not d.corpus_works:
+        return {}
+    n_eval = max(1, d.corpus_works // 8)
+    return {"train": d.corpus_works, "val": n_eval, "test": n_eval}
 
 
 def texture_pieces(d: BeatDataConfig):
