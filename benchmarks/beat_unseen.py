@@ -137,6 +137,7 @@ LEVEL_GROUPS = (
 )
 LEVEL_COLOURS = {level: colour for _, colour, levels in LEVEL_GROUPS for level in levels}
 METER_MARKERS = {"3/2": "o", "6/4": "s", "7/4": "^"}
+OTHER_MARKERS = ("D", "v", "<", ">", "P", "*", "h", "X")  # other meters', in sorted order
 
 
 def plot_pieces(result: dict, path: Path, panels: str = "tempo", title: str | None = None) -> Path:
@@ -147,9 +148,12 @@ def plot_pieces(result: dict, path: Path, panels: str = "tempo", title: str | No
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(9.0, 3.8))
+    fig = Figure(figsize=(10.0, 3.8))
     FigureCanvasAgg(fig)
     pieces = result["per_piece"]
+    meters = {r["meter"] for r in pieces}
+    others = sorted(meters - set(METER_MARKERS))
+    markers = METER_MARKERS | dict(zip(others, OTHER_MARKERS, strict=False))
     values = list(dict.fromkeys(r[panels] for r in pieces))
     if set(values) <= {"slow", "fast"}:
         values = [t for t in ("slow", "fast") if t in values]
@@ -160,10 +164,10 @@ def plot_pieces(result: dict, path: Path, panels: str = "tempo", title: str | No
                 r["bpm"],
                 r["beat_f_measure"],
                 c=LEVEL_COLOURS[r["level"]],
-                marker=METER_MARKERS.get(r["meter"], "x"),
+                marker=markers.get(r["meter"], "x"),
                 s=22,
             )
-        ax.set_xlabel(f"tempo (beats per minute), {value} pieces")
+        ax.set_xlabel(f"{value}: tempo (beats per minute)")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("beat F")
@@ -171,15 +175,11 @@ def plot_pieces(result: dict, path: Path, panels: str = "tempo", title: str | No
         Line2D([], [], ls="", marker="o", color=colour, label=label)
         for label, colour, _ in LEVEL_GROUPS
     ]
-    meters = {r["meter"] for r in pieces}
     handles += [
-        Line2D([], [], ls="", marker=m, color="k", label=meter)
-        for meter, m in METER_MARKERS.items()
-        if meter in meters
+        Line2D([], [], ls="", marker=markers.get(meter, "x"), color="k", label=meter)
+        for meter in sorted(meters, key=lambda m: (m not in METER_MARKERS, m))
     ]
-    if meters - set(METER_MARKERS):
-        handles.append(Line2D([], [], ls="", marker="x", color="k", label="other meters"))
-    axes[-1].legend(handles=handles, fontsize=7, loc="lower right")
+    fig.legend(handles=handles, fontsize=7, loc="center right")
     overall = next(r for r in result["rows"] if r["variant"] == "stored" and r["pieces"] == "all")
     title = title or f"{len(pieces)} fresh pieces from select/{result['first']:04d}"
     fig.suptitle(
@@ -188,7 +188,7 @@ def plot_pieces(result: dict, path: Path, panels: str = "tempo", title: str | No
         f"at the beat {overall['beat_at_level']:.2f}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 0.85, 1.0))  # the legend on the right
     fig.savefig(path, dpi=110)
     return Path(path)
 

@@ -257,6 +257,8 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     assert result["first"] == 0
     png = plot_pieces(result, tmp_path / "pieces.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_meter = plot_pieces(result, tmp_path / "by-meter.png", "meter", "two pieces")  # as works
+    assert by_meter.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for names in (["stored:decode.fill_level=false"], ["a:decode.x=1", "a:decode.y=2"]):
         with pytest.raises(SystemExit):  # refused before any piece is built
             main(["--pieces", "1", *(f"--variant={v}" for v in names)])
