@@ -149,8 +149,8 @@ def test_midi_at_32767_ticks_per_quarter_with_a_late_note(tmp_path):
 
 
 def test_midi_with_a_tempo_change_past_pretty_midis_tick_limit_keeps_its_beats(tmp_path):
-    """music21 writes 10,080 ticks per quarter: a 5-minute score's late tempo change lies past
-    pretty_midi's 1e7 ticks, which it checks again when it maps ticks to seconds."""
+    """music21 writes 10,080 ticks per quarter: a long or fast score's late tempo change lies
+    past pretty_midi's 1e7 ticks, which it checks again when it maps ticks to seconds."""
     import mido
 
     q = 10_080
