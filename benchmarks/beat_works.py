@@ -7,15 +7,15 @@ them: music21 works (never the reserved ones) that the model's corpus does not u
 
 ``exported``: each score (repeats expanded) written by music21's MIDI writer at its own
 metronome marks (120 quarters per minute where it has none), read back by jaxmir's MIDI reader,
-as ``jaxmir transcribe beat piece.mid`` reads a file: one tempo, one velocity, no timing
-deviations. ``performed``: the same notes rendered as the corpus renders its test works (a
-tempo drawn from the model's training range, tempo curves, fermatas, velocity curves, onset
-jitter). The annotated beats and downbeats come from the score's measures and meters (as the
+as ``jaxmir transcribe beat piece.mid`` reads a file: the score's tempo marks and dynamics, no
+timing deviations. ``performed``: the same notes (repeats expanded, unlike the corpus) rendered
+as the corpus renders its test works (a tempo drawn from the model's training range, tempo
+curves, fermatas, velocity curves, onset jitter). The annotated beats and downbeats come from the score's measures and meters (as the
 corpus's), mapped to seconds by the same tempo map as the notes. The works are taken in
-`work_ids` order (folder by folder) from its ``--first``-th on, skipping those the model's corpus
-renders, so two models meet the same works from a position neither corpus reaches; a work
-music21 cannot parse into measures, or whose exported notes are not the score's, is skipped and
-named. Scored as `benchmarks.beat_unseen` scores (stored decoding and variants, levels, each
+`work_ids` order (one work of each folder in turn) from its ``--first``-th on, skipping those
+the model's corpus renders, so two models meet the same works from a position neither corpus
+reaches; a work music21 cannot parse into measures or expand the repeats of, or whose exported
+onsets are not the score's, is skipped and named. Scored as `benchmarks.beat_unseen` scores (stored decoding and variants, levels, each
 piece's record), per meter, per number of parts (one or several) and per composer folder;
 written to ``benchmarks/results/<name>.json`` (default ``beat-works-<rendering>``) with a plot
 ``<name>.png`` of each piece's beat F against its tempo.
@@ -27,6 +27,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,25 +35,24 @@ from benchmarks.beat_unseen import checked_variants, piece_arguments, plot_piece
 from benchmarks.common import save_result
 from jaxmir.data.symbolic import SymbolicPiece
 
+if TYPE_CHECKING:
+    from jaxmir.tasks.beat.task import BeatDataConfig
+
 RENDERINGS = ("exported", "performed")
 ONSET_TOLERANCE_S = 0.005  # an exported note starts where the score says, to this much
 MIN_AGREEMENT = 0.99  # the share of onsets that must agree both ways
 
 
-def corpus_works(workdir: Path | None) -> set[str]:
-    """The music21 works the beat corpus of a run or model folder (default the shipped one)
-    renders in any split."""
-    from jaxmir.data.synth.chorales import split_of
+def corpus_works(d: BeatDataConfig) -> set[str]:
+    """The music21 works a beat corpus (a run's or model's `data` section) takes for any split
+    (the few music21 cannot read are then skipped by the corpus too)."""
+    from jaxmir.data.synth.chorales import split_ids
     from jaxmir.data.synth.corpus import work_ids
-    from jaxmir.shipped import load_for_inference
-    from jaxmir.tasks.beat.task import TASK, work_counts
+    from jaxmir.tasks.beat.task import work_counts
 
-    cfg, _, _ = load_for_inference(TASK, workdir)
-    counts = work_counts(cfg.data)
-    if not counts:
-        return set()
-    ids = work_ids()
-    return {c for split, n in counts.items() for c in [c for c in ids if split_of(c) == split][:n]}
+    counts = work_counts(d)
+    ids = work_ids() if counts else []
+    return {c for split, n in counts.items() for c in split_ids(ids, split, n)}
 
 
 def left_out_works(used: set[str], first: int = 0) -> list[str]:
@@ -66,7 +66,7 @@ def left_out_works(used: set[str], first: int = 0) -> list[str]:
 def exported_piece(score, name: str, folder: Path) -> SymbolicPiece:
     """The piece as music21 exports `score` (repeats already expanded) to MIDI and jaxmir reads
     it back, with the beats and downbeats of the score's measures on the file's tempo map.
-    ValueError when the exported notes are not the score's."""
+    ValueError when the exported onsets are not the score's."""
     from jaxmir.data.datasets.midi import high_ticks, load_midi, read_midi_notes
     from jaxmir.data.synth.chorales import _collect_notes, _metrical_grid
 
@@ -86,13 +86,18 @@ def exported_piece(score, name: str, folder: Path) -> SymbolicPiece:
 
     want = np.unique(seconds(notes.onset_q))
     got = np.unique(midi_notes[:, 0])
-    agree = [
-        float(np.mean(np.abs(np.subtract.outer(a, b)).min(axis=1) <= ONSET_TOLERANCE_S))
-        for a, b in ((want, got), (got, want))
-    ]
+    agree = [share_near(a, b, ONSET_TOLERANCE_S) for a, b in ((want, got), (got, want))]
     if min(agree) < MIN_AGREEMENT:
         raise ValueError(f"exported onsets are not the score's ({agree[0]:.0%}, {agree[1]:.0%})")
     return SymbolicPiece(name, midi_notes, seconds(grid.beats_q), seconds(grid.downbeats_q))
+
+
+def share_near(a: np.ndarray, b: np.ndarray, tolerance: float) -> float:
+    """The share of the times `a` within `tolerance` of one of the sorted, non-empty times `b`."""
+    i = np.searchsorted(b, a)
+    before = np.abs(a - b[np.maximum(i - 1, 0)])
+    after = np.abs(a - b[np.minimum(i, len(b) - 1)])
+    return float(np.mean(np.minimum(before, after) <= tolerance))
 
 
 def performed_piece(score, name: str, cid: str, seed: int, bpm: tuple[float, float]):
@@ -104,19 +109,15 @@ def performed_piece(score, name: str, cid: str, seed: int, bpm: tuple[float, flo
 
 
 def work_pieces(
-    workdir: Path | None, n: int, first: int = 0, rendering: str = "exported"
+    d: BeatDataConfig, n: int, first: int = 0, rendering: str = "exported"
 ) -> Iterator[tuple[SymbolicPiece, dict[str, str]] | tuple[str, str]]:
-    """(piece, its groups) for `n` left-out works that render, and (work id, reason) for each
-    one skipped on the way."""
+    """(piece, its groups) for `n` works that the corpus of data section `d` leaves out, and
+    (work id, reason) for each one skipped on the way."""
     from music21 import corpus, meter
 
-    from jaxmir.shipped import load_for_inference
-    from jaxmir.tasks.beat.task import TASK
-
-    d = load_for_inference(TASK, workdir)[0].data
     made = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for cid in left_out_works(corpus_works(workdir), first):
+        for cid in left_out_works(corpus_works(d), first):
             if made == n:
                 return
             name = cid.rsplit(".", 1)[0].replace("/", "__")
@@ -124,6 +125,7 @@ def work_pieces(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     score = corpus.parse(cid, forceSource=True).expandRepeats()
+                    ts = next(iter(score.recurse().getElementsByClass(meter.TimeSignature)))
                     if rendering == "exported":
                         piece = exported_piece(score, name, Path(tmp))
                     else:
@@ -131,7 +133,6 @@ def work_pieces(
             except Exception as e:  # one work music21 cannot handle must not end the run
                 yield cid, f"{type(e).__name__}: {e}"
                 continue
-            ts = next(iter(score.recurse().getElementsByClass(meter.TimeSignature)))
             parts = "one part" if len(getattr(score, "parts", [])) <= 1 else "several parts"
             made += 1
             yield piece, {"meter": ts.ratioString, "parts": parts, "folder": cid.split("/")[0]}
@@ -151,11 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="results name (default beat-works-RENDERING)")
     args = p.parse_args(argv)
     variants = checked_variants(p, args)
+    from jaxmir.shipped import load_for_inference
+    from jaxmir.tasks.beat.task import TASK
+
+    d = load_for_inference(TASK, args.workdir)[0].data
     built, skipped = [], []
-    for item in work_pieces(args.workdir, args.pieces, args.first, args.rendering):
+    for item in work_pieces(d, args.pieces, args.first, args.rendering):
         (built if isinstance(item[0], SymbolicPiece) else skipped).append(item)
     for cid, reason in skipped:
         print(f"skipped {cid}: {reason}")
+    if not built:
+        p.error(f"--first {args.first}: no work left to score from there")
+    if len(built) < args.pieces:
+        print(f"only {len(built)} works left from position {args.first}")
     result = {"first": args.first, "rendering": args.rendering}
     result |= score_pieces(args.workdir, built, variants)
     result["skipped"] = [{"work": cid, "reason": reason} for cid, reason in skipped]

@@ -231,9 +231,9 @@ def input_seconds(path: Path) -> float | None:
     path = Path(path)
     if path.suffix.lower() in (".mid", ".midi"):
         try:
-            import pretty_midi
+            from jaxmir.data.datasets.midi import load_midi
 
-            return float(pretty_midi.PrettyMIDI(str(path)).get_end_time())
+            return float(load_midi(path).get_end_time())  # any tick resolution
         except Exception:
             return None
     try:

@@ -310,7 +310,8 @@ def test_demos_runs_each_command_and_records_its_time_memory_and_scores(
 
 
 def _repeat_score():
-    """A 3/4 tune at 90 quarters per minute: a one-beat pickup, bars 1-2 repeated, bar 3."""
+    """A 3/4 tune at 90 quarters per minute: a one-beat pickup, bars 1-2 repeated, then bar 3
+    at 60."""
     from music21 import bar, meter, note, stream, tempo
 
     part = stream.Part()
@@ -326,6 +327,8 @@ def _repeat_score():
             m.leftBarline = bar.Repeat(direction="start")
         if i == 1:
             m.rightBarline = bar.Repeat(direction="end")
+        if i == 2:
+            m.insert(0, tempo.MetronomeMark(number=60))
         part.append(m)
     score = stream.Score()
     score.insert(0, part)
@@ -345,11 +348,15 @@ def test_beat_works_exports_a_score_as_a_user_would_and_keeps_its_beats_on_the_f
     assert (tmp_path / "tune.mid").is_file()
     assert piece.notes[:, 2].tolist() == [67, 72, 71, 74, 71, 72, 71, 74, 71, 76, 71]
     quarter = 60.0 / 90.0
-    onsets_q = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15]
-    np.testing.assert_allclose(piece.notes[:, 0], quarter * np.array(onsets_q), atol=1e-4)
+    bar3 = 13 * quarter  # the pickup and four bars at 90, then a quarter a second
+    onsets = [quarter * q for q in (0, 1, 3, 4, 6, 7, 9, 10, 12)] + [bar3, bar3 + 2]
+    np.testing.assert_allclose(piece.notes[:, 0], onsets, atol=1e-4)
     # every quarter is a beat from the pickup on; bars start after the pickup, every 3 beats
-    np.testing.assert_allclose(piece.beats, quarter * np.arange(16), atol=1e-4)
-    np.testing.assert_allclose(piece.downbeats, quarter * (1 + 3 * np.arange(5)), atol=1e-4)
+    beats = [quarter * q for q in range(13)] + [bar3, bar3 + 1, bar3 + 2]
+    np.testing.assert_allclose(piece.beats, beats, atol=1e-4)
+    np.testing.assert_allclose(
+        piece.downbeats, [quarter * b for b in (1, 4, 7, 10)] + [bar3], atol=1e-4
+    )
     # a file whose notes are not the score's is refused, not scored against the score's beats
     read = midi.read_midi_notes
     monkeypatch.setattr(midi, "read_midi_notes", lambda p: read(p) + [0.1, 0.1, 0, 0])
@@ -360,9 +367,13 @@ def test_beat_works_exports_a_score_as_a_user_would_and_keeps_its_beats_on_the_f
 def test_beat_works_scores_works_no_split_holds_and_names_those_it_skips(tmp_path, monkeypatch):
     import benchmarks.beat_works as bw
     from jaxmir.data.synth.corpus import is_reserved, work_ids
+    from jaxmir.shipped import load_for_inference
+    from jaxmir.tasks.beat.task import TASK, BeatDataConfig, work_counts
 
-    used = bw.corpus_works(None)  # the shipped model's corpus: 24 + 3 + 3 works
-    assert len(used) == 30 and used <= set(work_ids())
+    d = load_for_inference(TASK, None)[0].data  # the shipped model's corpus
+    used = bw.corpus_works(d)
+    assert len(used) == sum(work_counts(d).values()) > 0 and used <= set(work_ids())
+    assert bw.corpus_works(BeatDataConfig(corpus_works=0)) == set()
     left = bw.left_out_works(used)
     assert not used & set(left) and not any(is_reserved(c) for c in left)
     assert len(left) + len(used) == len(work_ids())
@@ -382,3 +393,16 @@ def test_beat_works_scores_works_no_split_holds_and_names_those_it_skips(tmp_pat
     assert groups["folder"] == piece.name.split("__")[0] and groups["meter"].count("/") == 1
     assert groups["parts"] in ("one part", "several parts")
     assert len(piece.beats) > 8 and set(piece.downbeats) <= set(piece.beats)
+    with pytest.raises(SystemExit):  # nothing left from there: refused, not a crash
+        bw.main(["--pieces", "1", "--first", str(len(work_ids()))])
+
+
+def test_share_near_counts_times_within_the_tolerance_of_another_set():
+    import numpy as np
+
+    from benchmarks.beat_works import share_near
+
+    b = np.array([0.0, 1.0, 2.0])
+    assert share_near(np.array([0.004, 0.5, 1.996, 3.0]), b, 0.005) == 0.5
+    assert share_near(np.array([-0.004, 2.004]), b, 0.005) == 1.0  # before the first, past the last
+    assert share_near(np.array([0.01]), np.array([0.0]), 0.005) == 0.0

@@ -146,6 +146,9 @@ def test_midi_at_32767_ticks_per_quarter_with_a_late_note(tmp_path):
     np.testing.assert_allclose(piece.beats[:3], [0.0, 0.5, 1.0])
     maestro_notes = maestro.read_midi_notes(path)
     np.testing.assert_allclose(maestro_notes[:, 0], notes[:, 0])
+    from jaxmir.inference import input_seconds  # what a transcription's s/min divides by
+
+    assert input_seconds(path) == pytest.approx((last + q) / q * 0.5, abs=0.01)
 
 
 def test_midi_with_a_tempo_change_past_pretty_midis_tick_limit_keeps_its_beats(tmp_path):

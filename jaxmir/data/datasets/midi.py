@@ -60,7 +60,7 @@ GRID_TOLERANCE = 1.0 / 192  # beats
 MIN_ON_GRID = 0.5  # scores: ~1.0; performances: ~0.25-0.35
 MIN_ONSETS = 16  # fewer distinct onsets say too little about the grid
 
-_TICK_LIMIT = threading.Lock()  # pretty_midi's limit is a module global: one read at a time
+_TICK_LIMIT = threading.RLock()  # pretty_midi's limit is a module global: one holder at a time
 
 
 class MidiError(ValueError):
@@ -88,7 +88,8 @@ def high_ticks() -> Iterator[None]:
     pretty_midi checks that module global not only when it reads a file but whenever it maps a
     tick to seconds (`get_tempo_changes`, `get_beats`, `get_downbeats`), so a file read at a
     high resolution needs it raised for those calls too (music21 writes 10,080 ticks per
-    quarter: 1e7 ticks are 992 quarters, 8.3 minutes at 120 qpm, 3.3 at 300)."""
+    quarter: 1e7 ticks are 992 quarters, 8.3 minutes at 120 qpm, 3.3 at 300). One thread holds
+    it at a time; the same thread may nest it."""
     import pretty_midi
 
     module = pretty_midi.pretty_midi

@@ -401,6 +401,19 @@ def _piece_name(chorale_id: str) -> str:
     return chorale_id.replace("/", "__")
 
 
+def split_ids(
+    ids: list[str],
+    split: str,
+    n: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> list[str]:
+    """The first `n` (None: all) of `ids` that `split_of` puts in `split` ('all': any), in order:
+    the scores a corpus renders for that split."""
+    chosen = [c for c in ids if split == "all" or split_of(c, val_fraction, test_fraction) == split]
+    return chosen if n is None else chosen[:n]
+
+
 def build_chorale_pieces(
     split: str,
     n_pieces: int | None = None,
@@ -432,13 +445,9 @@ def build_chorale_pieces(
         raise ValueError(f"unknown split {split!r}")
     if variants < 1:
         raise ValueError(f"variants must be >= 1, got {variants}")
-    ids = [
-        c
-        for c in (chorale_ids() if ids is None else ids)
-        if split == "all" or split_of(c, val_fraction, test_fraction) == split
-    ]
-    if n_pieces is not None:
-        ids = ids[:n_pieces]
+    ids = split_ids(
+        chorale_ids() if ids is None else ids, split, n_pieces, val_fraction, test_fraction
+    )
     pieces: list[SymbolicPiece] = []
     failures: list[tuple[str, str]] = []
     for cid in tqdm(ids, desc=f"chorales[{split}]", disable=not progress):
