@@ -10,13 +10,14 @@ metronome marks (120 quarters per minute where it has none), read back by jaxmir
 as ``jaxmir transcribe beat piece.mid`` reads a file: the score's tempo marks and dynamics, no
 timing deviations. ``performed``: the same notes (repeats expanded, unlike the corpus) rendered
 as the corpus renders its test works (a tempo drawn from the model's training range, tempo
-curves, fermatas, velocity curves, onset jitter). The annotated beats and downbeats come from the score's measures and meters (as the
-corpus's), mapped to seconds by the same tempo map as the notes. The works are taken in
+curves, fermatas, velocity curves, onset jitter). The annotated beats and downbeats come from
+the score's measures and meters (as the corpus's), mapped to seconds by the same tempo map as
+the notes. The works are taken in
 `work_ids` order (one work of each folder in turn) from its ``--first``-th on, skipping those
 the model's corpus renders, so two models meet the same works from a position neither corpus
 reaches; a work music21 cannot parse into measures or expand the repeats of, or whose exported
-onsets are not the score's, is skipped and named. Scored as `benchmarks.beat_unseen` scores (stored decoding and variants, levels, each
-piece's record), per meter, per number of parts (one or several) and per composer folder;
+onsets are not the score's, is skipped and named. Scored as `benchmarks.beat_unseen` scores
+(stored decoding and variants, levels, each piece's record), per meter, per number of parts (one or several) and per composer folder;
 written to ``benchmarks/results/<name>.json`` (default ``beat-works-<rendering>``) with a plot
 ``<name>.png`` of each piece's beat F against its tempo.
 """
