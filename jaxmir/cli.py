@@ -142,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
         + "), in one process: the model compiles once per window shape "
         "and every file's windows share its batches. Of several inputs, a file that cannot be "
         "read is skipped with its reason and the others are transcribed; the command then "
-        "exits 1 (2 when no input could be read).",
+        "exits 1 (2 when no input could be read). Beat: for a MIDI file that carries its own "
+        "meter map (written from a score), a line on stderr says how far the tracked beats "
+        "agree with it (its beat, a half or a double of it; beat and downbeat F).",
     )
     r.add_argument("task", help=TASKS_HELP)
     r.add_argument("inputs", nargs="+", type=Path, help="files and/or folders")
@@ -525,9 +527,13 @@ def cmd_transcribe(args) -> int:
         )
     else:  # a task of one's own with only `transcribe`
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
-    for _, written in results:
+    noted = getattr(task, "transcription_note", lambda source, written: None)
+    for source, written in results:
         for path in written:
             print(path, flush=True)
+        note = noted(source, written)
+        if note:
+            tqdm.write(note, file=sys.stderr)
     total_s = startup_s + time.perf_counter() - start
     if len(skipped) < len(paths):
         print(transcribe_summary(timings, total_s, restore_s, startup_s), file=sys.stderr)

@@ -335,7 +335,7 @@ def test_beat_training_calibrates_its_decoding(beat_cache, tmp_path, capsys):
     )
 
 
-def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
+def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path, capsys):
     import pretty_midi
 
     from jaxmir.shipped import has_model, model_dir
@@ -351,6 +351,10 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path):
     pm.write(str(tmp_path / "piece.mid"))
     out = tmp_path / "out"
     assert main(["transcribe", "beat", str(tmp_path / "piece.mid"), "-o", str(out)]) == 0
+    # the file carries its own meter map (pretty_midi writes a 4/4): the beats are compared
+    # with it (tests/test_beat_agreement.py)
+    err = capsys.readouterr().err
+    assert "piece.mid: against its own meter map (a beat every 0.50 s, 120 per minute)" in err
     beats = np.loadtxt(out / "piece_beats.csv", skiprows=1, ndmin=1)
     assert len(beats) >= 4 and np.all(np.diff(beats) > 0) and beats.max() <= 24.0
     # the shipped model's downbeats come from its tagger: some of the tracked beats

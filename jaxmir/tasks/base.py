@@ -174,6 +174,11 @@ class Task(abc.ABC):
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
         raise ConfigError(f"{self.name}: no transcription")
 
+    def transcription_note(self, path: Path, written: list[Path]) -> str | None:
+        """A line for the user about the transcription of `path` into the files `written`
+        (beat: how its beats agree with the MIDI file's own meter map); None by default."""
+        return None
+
     def callbacks(self, cfg: Config) -> list:
         """The task's own pure callbacks, run before the engine's (none by default)."""
         return []

@@ -340,6 +340,12 @@ def beats_to_midi(beats: np.ndarray, downbeats: np.ndarray) -> pretty_midi.Prett
     return midi
 
 
+def read_beat_csv(path: str | os.PathLike) -> np.ndarray:
+    """The times of a `write_beat_csv` file (float64, possibly empty)."""
+    with open(path, encoding="utf-8") as f:
+        return np.asarray([float(v) for v in f.read().split()[1:]], np.float64)
+
+
 def write_beat_csv(path: str | os.PathLike, times: np.ndarray) -> None:
     """Write times as CSV: a ``time`` header line, then one time in seconds per line, 6 decimals.
 

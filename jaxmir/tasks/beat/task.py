@@ -36,6 +36,7 @@ from jaxmir.tasks.beat.decode import (
     dbn_beats,
     decode_beats,
     pick_peaks,
+    read_beat_csv,
     track_beats,
     write_beat_csv,
 )
@@ -774,6 +775,15 @@ class BeatTask(PieceTask):
         write_beat_csv(outdir / f"{stem}_beats.csv", beats)
         write_beat_csv(outdir / f"{stem}_downbeats.csv", downbeats)
         return [midi_path, outdir / f"{stem}_beats.csv", outdir / f"{stem}_downbeats.csv"]
+
+    def transcription_note(self, path: Path, written: list[Path]) -> str | None:
+        """How the beats written for the MIDI file `path` agree with its own meter map
+        (`jaxmir.tasks.beat.agreement`); None for a file with no map of its own."""
+        from jaxmir.tasks.beat.agreement import meter_agreement
+
+        beats_csv, downbeats_csv = written[1], written[2]  # in `write`'s order
+        agreement = meter_agreement(path, read_beat_csv(beats_csv), read_beat_csv(downbeats_csv))
+        return None if agreement is None else agreement.line(Path(path).name)
 
 
 def f_measures(events, labels) -> dict[str, float]:

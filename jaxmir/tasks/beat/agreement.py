@@ -1,0 +1,155 @@
+"""How far tracked beats agree with the meter map of the MIDI file they were tracked from.
+
+A MIDI file written from notation carries the score's tempo and time-signature events, so its
+beats are known; the tracker never reads them (it hears the notes only). Where the two differ
+it is mostly in metrical level: a slow notated beat over running notes is often tracked at the
+notes (docs/beat.md, "Scores as a user exports them"), and which of the two is "the beat" is
+partly a convention of the notation. `jaxmir transcribe beat` says so per file, so a user sees
+at once whether the beats it wrote follow the file's own beat, a half or a double of it.
+
+A file whose map is a recorder's placeholder (a performance: `placeholder_meter`) or that has
+no time signature has no beats of its own to compare, and gets no line.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import mir_eval
+import numpy as np
+
+from jaxmir.data.datasets.midi import MidiError, read_midi_piece
+from jaxmir.tasks.beat.task import f_measures, metrical_level
+
+#: How `metrical_level`'s names read in a sentence about the tracked beats.
+LEVEL_WORDS = {
+    "beat": "follow its beat",
+    "1/2": "run twice as fast as its beat",
+    "1/3": "run three times as fast as its beat",
+    "1/4": "run four times as fast as its beat",
+    "2": "mark every 2nd of its beats",
+    "3": "mark every 3rd of its beats",
+    "3/2": "mark every 1½ of its beats (dotted)",
+    "2/3": "run at triplets of its beat",
+    "other": "follow none of its levels",
+    "none": "are too few to compare",
+}
+
+
+@dataclass(frozen=True)
+class MeterAgreement:
+    """Tracked beats against a file's own: mir_eval's beat and downbeat F (70 ms), the
+    `metrical_level` the tracked beats follow, both median beat intervals (s), and a shift of
+    the file's grid that agrees far better (`GridShift`), if any."""
+
+    beat_f_measure: float
+    downbeat_f_measure: float
+    level: str
+    file_beat_s: float | None
+    tracked_beat_s: float | None
+    shift: GridShift | None = None
+
+    def line(self, name: str) -> str:
+        """One sentence for the user about the file `name`."""
+        its = "its own meter map"
+        if self.file_beat_s is not None:
+            per_minute = 60.0 / self.file_beat_s
+            its += f" (a beat every {self.file_beat_s:.2f} s, {per_minute:.0f} per minute)"
+        every = "" if self.tracked_beat_s is None else f", every {self.tracked_beat_s:.2f} s,"
+        if self.level == "other" and self.file_beat_s and self.tracked_beat_s:
+            how = f"run at {self.file_beat_s / self.tracked_beat_s:.2f} times its tempo"
+        else:
+            how = LEVEL_WORDS[self.level]
+        text = (
+            f"{name}: against {its} the tracked beats{every} {how}: "
+            f"beat F {self.beat_f_measure:.2f}, downbeat F {self.downbeat_f_measure:.2f}"
+        )
+        if self.shift is not None:
+            s = self.shift
+            text += (
+                f"; with its grid {s.beats} beat{'' if s.beats <= 1 else 's'} later (a pickup "
+                f"the file does not mark?): beat F {s.beat_f_measure:.2f}, downbeat F "
+                f"{s.downbeat_f_measure:.2f}"
+            )
+        return text
+
+
+@dataclass(frozen=True)
+class GridShift:
+    """The file's beats and downbeats moved `beats` of its beats later, and their scores."""
+
+    beats: Fraction
+    beat_f_measure: float
+    downbeat_f_measure: float
+
+
+#: Shifts tried: steps of 1/24 beat (a score's onset grid: eighths, sixteenths, triplets) up to
+#: one bar; one is named only where it raises beat F + downbeat F by `SHIFT_GAIN`.
+SHIFT_STEPS = 24
+SHIFT_GAIN = 0.3
+SHIFT_TIE = 0.05  # shifts this close to the best count as tied
+
+
+def median_interval(times: np.ndarray) -> float | None:
+    return float(np.median(np.diff(times))) if len(times) >= 2 else None
+
+
+def grid_shift(
+    beats: np.ndarray, downbeats: np.ndarray, file_beats: np.ndarray, file_downbeats: np.ndarray
+) -> GridShift | None:
+    """The shift of the file's grid (its beats and downbeats moved later by a whole number of
+    1/24 beats, less than a bar, along its own tempo map) whose beat F + downbeat F against the
+    tracked `beats` and `downbeats` is highest, where it beats the unshifted grid's by
+    `SHIFT_GAIN`; else None. MIDI has no pickup: a score's short first bar written from t=0
+    (as music21 writes one) puts every later beat and bar line of the file early."""
+    n = len(file_beats)
+    at = np.searchsorted(file_beats, file_downbeats)  # the downbeats are some of the beats
+    if n < 2:
+        return None
+    bar = int(np.max(np.diff(at))) if len(at) >= 2 else 1
+
+    def scores(k: int) -> tuple[float, float]:
+        step = k / SHIFT_STEPS
+        moved = np.interp(np.arange(n) + step, np.arange(n), file_beats, right=np.nan)
+        moved_down = moved[at]
+        return (
+            mir_eval.beat.f_measure(moved[np.isfinite(moved)], beats),
+            mir_eval.beat.f_measure(moved_down[np.isfinite(moved_down)], downbeats),
+        )
+
+    base = sum(scores(0))
+    tried = {k: scores(k) for k in range(1, bar * SHIFT_STEPS)}
+    top = max(sum(f) for f in tried.values())
+    if top < base + SHIFT_GAIN:
+        return None
+    # neighbouring shifts score alike within the 70 ms window: the plainest fraction of a beat
+    near = [k for k, f in tried.items() if sum(f) >= top - SHIFT_TIE]
+    k = min(near, key=lambda k: (Fraction(k, SHIFT_STEPS).denominator, -sum(tried[k]), k))
+    return GridShift(Fraction(k, SHIFT_STEPS), float(tried[k][0]), float(tried[k][1]))
+
+
+def meter_agreement(path: Path, beats: np.ndarray, downbeats: np.ndarray) -> MeterAgreement | None:
+    """`beats` and `downbeats` tracked from the MIDI file `path` against the beats of its own
+    meter map (`read_midi_piece`); None when the file has no map of its own to compare."""
+    try:
+        piece = read_midi_piece(Path(path))
+    except MidiError:
+        return None
+    beats, downbeats = np.asarray(beats, np.float64), np.asarray(downbeats, np.float64)
+    with warnings.catch_warnings():  # mir_eval warns of empty beat lists: scored 0
+        warnings.simplefilter("ignore", UserWarning)
+        scores = f_measures(
+            (beats, downbeats), {"beats": piece.beats, "downbeats": piece.downbeats}
+        )
+        shift = grid_shift(beats, downbeats, piece.beats, piece.downbeats)
+    return MeterAgreement(
+        beat_f_measure=float(scores["beat_f_measure"]),
+        downbeat_f_measure=float(scores["downbeat_f_measure"]),
+        level=metrical_level(beats, piece.beats),
+        file_beat_s=median_interval(piece.beats),
+        tracked_beat_s=median_interval(beats),
+        shift=shift,
+    )

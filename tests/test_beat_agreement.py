@@ -1,0 +1,115 @@
+"""Tracked beats against the meter map of the MIDI file they came from
+(`jaxmir.tasks.beat.agreement`, the line `jaxmir transcribe beat` prints per file)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from jaxmir.tasks.beat.agreement import GridShift, grid_shift, meter_agreement
+from jaxmir.tasks.beat.bars import subdivided
+from jaxmir.tasks.beat.decode import read_beat_csv, write_beat_csv
+
+
+def score_midi(path, numerator=3, qpm=90.0, bars=12, pickup=0.0, time_signature=True):
+    """A score exported as MIDI: `numerator`/4 at `qpm`, a chord on each downbeat and a note on
+    every beat, after `pickup` beats of upbeat written from t=0 (no padding, as music21 writes
+    one), so the file's own grid is `pickup` beats early. Returns the score's beats (s)."""
+    pm = pretty_midi.PrettyMIDI(initial_tempo=qpm)
+    if time_signature:
+        pm.time_signature_changes.append(pretty_midi.TimeSignature(numerator, 4, 0.0))
+    piano = pretty_midi.Instrument(0)
+    beat = 60.0 / qpm
+    if pickup:
+        piano.notes.append(pretty_midi.Note(80, 62, 0.0, 0.8 * pickup * beat))
+    beats = (pickup + np.arange(bars * numerator)) * beat
+    for i, t in enumerate(beats):
+        piano.notes.append(pretty_midi.Note(80, 67 + i % 3, t, t + 0.8 * beat))
+        if i % numerator == 0:
+            piano.notes.append(pretty_midi.Note(100, 43, t, t + numerator * beat * 0.9))
+    pm.instruments.append(piano)
+    pm.write(str(path))
+    return beats
+
+
+def test_beats_at_the_files_own_level_agree(tmp_path):
+    beats = score_midi(tmp_path / "waltz.mid")
+    a = meter_agreement(tmp_path / "waltz.mid", beats, beats[::3])
+    assert (a.level, a.beat_f_measure, a.downbeat_f_measure, a.shift) == ("beat", 1.0, 1.0, None)
+    assert a.file_beat_s == pytest.approx(60 / 90, abs=1e-5) and a.tracked_beat_s == pytest.approx(
+        60 / 90, abs=1e-5
+    )
+    line = a.line("waltz.mid")
+    assert line.startswith("waltz.mid: against its own meter map (a beat every 0.67 s, 90 per")
+    assert "follow its beat: beat F 1.00, downbeat F 1.00" in line
+
+
+@pytest.mark.parametrize(
+    "tracked, level, words",
+    [
+        (lambda b: subdivided(b, 2)[0], "1/2", "run twice as fast as its beat"),
+        (lambda b: b[::2], "2", "mark every 2nd of its beats"),
+        (lambda b: b[::4], "other", "run at 0.25 times its tempo"),
+        (lambda b: b[:1], "none", "are too few to compare"),
+    ],
+)
+def test_another_metrical_level_is_named(tmp_path, tracked, level, words):
+    beats = score_midi(tmp_path / "piece.mid")
+    a = meter_agreement(tmp_path / "piece.mid", tracked(beats), beats[::3])
+    assert a.level == level and words in a.line("piece.mid")
+    assert a.beat_f_measure < 0.7 and a.shift is None  # the grid is right: no shift helps
+
+
+@pytest.mark.parametrize("pickup", [1, 2, 0.5])
+def test_a_pickup_the_file_does_not_mark_is_pointed_out(tmp_path, pickup):
+    beats = score_midi(tmp_path / "chorale.mid", numerator=4, pickup=pickup)
+    a = meter_agreement(tmp_path / "chorale.mid", beats, beats[::4])
+    assert a.level == "beat" and a.downbeat_f_measure == 0.0
+    # the file's beats: the score's, and `pickup` more at the start; or all between them
+    assert a.beat_f_measure == (pytest.approx(1.0, abs=0.03) if pickup == int(pickup) else 0.0)
+    assert a.shift == GridShift(Fraction(pickup), 1.0, 1.0)
+    expected = f"with its grid {Fraction(pickup)} beat{'s' if pickup > 1 else ''} later (a pickup"
+    assert expected in a.line("chorale.mid")
+    assert a.line("chorale.mid").endswith("beat F 1.00, downbeat F 1.00")
+
+
+def test_no_shift_is_named_where_none_agrees_better(tmp_path):
+    beats = score_midi(tmp_path / "chorale.mid", numerator=4)
+    assert meter_agreement(tmp_path / "chorale.mid", beats, beats[::4]).shift is None
+    # tracked beats at random times agree with no shift of the grid either
+    rng = np.random.default_rng(0)
+    noise = np.sort(rng.uniform(0, beats[-1], len(beats)))
+    assert grid_shift(noise, noise[::4], beats, beats[::4]) is None
+
+
+def test_no_line_for_a_file_without_a_meter_map_of_its_own(tmp_path):
+    import mido
+
+    track = mido.MidiTrack()  # notes only: no tempo, no time signature (pretty_midi adds a 4/4)
+    for _ in range(24):
+        track += [mido.Message("note_on", note=60, velocity=80, time=0)]
+        track += [mido.Message("note_off", note=60, velocity=0, time=480)]
+    mido.MidiFile(ticks_per_beat=480, tracks=[track]).save(tmp_path / "bare.mid")
+    beats = np.arange(24) * 0.5
+    assert meter_agreement(tmp_path / "bare.mid", beats, beats[::4]) is None
+
+
+def test_no_line_for_a_performance_with_a_placeholder_map(tmp_path):
+    rng = np.random.default_rng(3)
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)  # a recorder's 120 qpm 4/4 over free timing
+    pm.time_signature_changes.append(pretty_midi.TimeSignature(4, 4, 0.0))
+    piano = pretty_midi.Instrument(0)
+    for t in np.cumsum(rng.uniform(0.13, 0.61, 60)):
+        piano.notes.append(pretty_midi.Note(70, int(rng.integers(50, 80)), t, t + 0.3))
+    pm.instruments.append(piano)
+    pm.write(str(tmp_path / "played.mid"))
+    assert meter_agreement(tmp_path / "played.mid", np.arange(20.0), np.arange(0, 20.0, 4)) is None
+
+
+def test_beat_csv_reads_back_what_was_written(tmp_path):
+    for times in (np.array([0.5, 1.25, 2.0]), np.array([]), np.array([3.0])):
+        write_beat_csv(tmp_path / "b.csv", times)
+        np.testing.assert_array_equal(read_beat_csv(tmp_path / "b.csv"), times)
