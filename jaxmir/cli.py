@@ -527,11 +527,13 @@ def cmd_transcribe(args) -> int:
         )
     else:  # a task of one's own with only `transcribe`
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
-    noted = getattr(task, "transcription_note", lambda source, written: None)
     for source, written in results:
         for path in written:
             print(path, flush=True)
-        note = noted(source, written)
+        try:
+            note = task.transcription_note(source, written)
+        except Exception as e:  # a note only informs: it must not end a folder's run
+            note = f"{source}: no note on its transcription ({type(e).__name__}: {e})"
         if note:
             tqdm.write(note, file=sys.stderr)
     total_s = startup_s + time.perf_counter() - start

@@ -9,9 +9,10 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from jaxmir.tasks.beat.agreement import GridShift, grid_shift, meter_agreement
+from jaxmir.tasks.beat.agreement import LEVEL_WORDS, GridShift, grid_shift, meter_agreement
 from jaxmir.tasks.beat.bars import subdivided
 from jaxmir.tasks.beat.decode import read_beat_csv, write_beat_csv
+from jaxmir.tasks.beat.task import LEVELS
 
 
 def score_midi(path, numerator=3, qpm=90.0, bars=12, pickup=0.0, time_signature=True):
@@ -71,9 +72,17 @@ def test_a_pickup_the_file_does_not_mark_is_pointed_out(tmp_path, pickup):
     # the file's beats: the score's, and `pickup` more at the start; or all between them
     assert a.beat_f_measure == (pytest.approx(1.0, abs=0.03) if pickup == int(pickup) else 0.0)
     assert a.shift == GridShift(Fraction(pickup), 1.0, 1.0)
-    expected = f"with its grid {Fraction(pickup)} beat{'s' if pickup > 1 else ''} later (a pickup"
+    expected = f"moved {Fraction(pickup)} beat{'s' if pickup > 1 else ''} later, its grid agrees"
     assert expected in a.line("chorale.mid")
     assert a.line("chorale.mid").endswith("beat F 1.00, downbeat F 1.00")
+
+
+def test_of_shifts_that_agree_alike_the_plainest_fraction_is_named(tmp_path):
+    beats = score_midi(tmp_path / "chorale.mid", numerator=4, pickup=1)
+    tracked = beats.copy()
+    tracked[5] += 0.080  # one beat late: 1 beat scores 0.02 below 25/24 beat, which has it
+    a = meter_agreement(tmp_path / "chorale.mid", tracked, beats[::4])
+    assert a.shift.beats == Fraction(1) and a.shift.beat_f_measure < 1.0
 
 
 def test_no_shift_is_named_where_none_agrees_better(tmp_path):
@@ -83,6 +92,28 @@ def test_no_shift_is_named_where_none_agrees_better(tmp_path):
     rng = np.random.default_rng(0)
     noise = np.sort(rng.uniform(0, beats[-1], len(beats)))
     assert grid_shift(noise, noise[::4], beats, beats[::4]) is None
+    # nor for a beat or two, wherever they lie (in a bar of three, one beat would favour a shift)
+    short = score_midi(tmp_path / "bar.mid", bars=1)
+    one = short[:1] + 0.3
+    assert grid_shift(one, one, short, short[:1]) is None
+
+
+def test_every_level_has_its_words():
+    assert set(LEVEL_WORDS) == set(LEVELS) | {"none"}
+
+
+def test_the_transcription_note_reads_the_beats_written_for_the_file(tmp_path):
+    from jaxmir.tasks.beat.task import TASK
+
+    beats = score_midi(tmp_path / "waltz.mid")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_beat_csv(out / "waltz_beats.csv", beats)
+    write_beat_csv(out / "waltz_downbeats.csv", beats[::3])
+    written = [out / "waltz.mid", out / "waltz_downbeats.csv", out / "waltz_beats.csv"]
+    note = TASK.transcription_note(tmp_path / "waltz.mid", written)
+    assert note.startswith("waltz.mid: against its own meter map")
+    assert note.endswith("follow its beat: beat F 1.00, downbeat F 1.00")
 
 
 def test_no_line_for_a_file_without_a_meter_map_of_its_own(tmp_path):

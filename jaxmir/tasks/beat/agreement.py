@@ -22,9 +22,10 @@ import mir_eval
 import numpy as np
 
 from jaxmir.data.datasets.midi import MidiError, read_midi_piece
-from jaxmir.tasks.beat.task import f_measures, metrical_level
+from jaxmir.tasks.beat.task import f_measures, median_interval, metrical_level
 
-#: How `metrical_level`'s names read in a sentence about the tracked beats.
+#: How `metrical_level`'s names read in a sentence about the tracked beats ("other": the ratio
+#: of the tempi is given instead).
 LEVEL_WORDS = {
     "beat": "follow its beat",
     "1/2": "run twice as fast as its beat",
@@ -32,9 +33,8 @@ LEVEL_WORDS = {
     "1/4": "run four times as fast as its beat",
     "2": "mark every 2nd of its beats",
     "3": "mark every 3rd of its beats",
-    "3/2": "mark every 1½ of its beats (dotted)",
+    "3/2": "mark every third of its half-beats (dotted)",
     "2/3": "run at triplets of its beat",
-    "other": "follow none of its levels",
     "none": "are too few to compare",
 }
 
@@ -59,7 +59,7 @@ class MeterAgreement:
             per_minute = 60.0 / self.file_beat_s
             its += f" (a beat every {self.file_beat_s:.2f} s, {per_minute:.0f} per minute)"
         every = "" if self.tracked_beat_s is None else f", every {self.tracked_beat_s:.2f} s,"
-        if self.level == "other" and self.file_beat_s and self.tracked_beat_s:
+        if self.level not in LEVEL_WORDS and self.file_beat_s and self.tracked_beat_s:
             how = f"run at {self.file_beat_s / self.tracked_beat_s:.2f} times its tempo"
         else:
             how = LEVEL_WORDS[self.level]
@@ -70,9 +70,9 @@ class MeterAgreement:
         if self.shift is not None:
             s = self.shift
             text += (
-                f"; with its grid {s.beats} beat{'' if s.beats <= 1 else 's'} later (a pickup "
-                f"the file does not mark?): beat F {s.beat_f_measure:.2f}, downbeat F "
-                f"{s.downbeat_f_measure:.2f}"
+                f"; moved {s.beats} beat{'' if s.beats <= 1 else 's'} later, its grid agrees "
+                f"better (a pickup the file does not mark, or the tracker off its phase): beat F "
+                f"{s.beat_f_measure:.2f}, downbeat F {s.downbeat_f_measure:.2f}"
             )
         return text
 
@@ -91,10 +91,7 @@ class GridShift:
 SHIFT_STEPS = 24
 SHIFT_GAIN = 0.3
 SHIFT_TIE = 0.05  # shifts this close to the best count as tied
-
-
-def median_interval(times: np.ndarray) -> float | None:
-    return float(np.median(np.diff(times))) if len(times) >= 2 else None
+MIN_TRACKED = 8  # fewer tracked beats than this: no shift is looked for
 
 
 def grid_shift(
@@ -106,9 +103,10 @@ def grid_shift(
     `SHIFT_GAIN`; else None. MIDI has no pickup: a score's short first bar written from t=0
     (as music21 writes one) puts every later beat and bar line of the file early."""
     n = len(file_beats)
-    at = np.searchsorted(file_beats, file_downbeats)  # the downbeats are some of the beats
-    if n < 2:
+    if n < 2 or len(beats) < MIN_TRACKED:
         return None
+    at = np.searchsorted(file_beats, file_downbeats)  # the downbeats are some of the beats
+    # the longest bar, in beats (one downbeat only: no bar to measure, shifts within a beat)
     bar = int(np.max(np.diff(at))) if len(at) >= 2 else 1
 
     def scores(k: int) -> tuple[float, float]:
@@ -126,7 +124,8 @@ def grid_shift(
     if top < base + SHIFT_GAIN:
         return None
     # neighbouring shifts score alike within the 70 ms window: the plainest fraction of a beat
-    near = [k for k, f in tried.items() if sum(f) >= top - SHIFT_TIE]
+    least = max(top - SHIFT_TIE, base + SHIFT_GAIN)
+    near = [k for k, f in tried.items() if sum(f) >= least]
     k = min(near, key=lambda k: (Fraction(k, SHIFT_STEPS).denominator, -sum(tried[k]), k))
     return GridShift(Fraction(k, SHIFT_STEPS), float(tried[k][0]), float(tried[k][1]))
 

@@ -781,8 +781,10 @@ class BeatTask(PieceTask):
         (`jaxmir.tasks.beat.agreement`); None for a file with no map of its own."""
         from jaxmir.tasks.beat.agreement import meter_agreement
 
-        beats_csv, downbeats_csv = written[1], written[2]  # in `write`'s order
-        agreement = meter_agreement(path, read_beat_csv(beats_csv), read_beat_csv(downbeats_csv))
+        csv = {p.name: p for p in written}
+        stem = Path(path).stem
+        beats = read_beat_csv(csv[f"{stem}_beats.csv"])
+        agreement = meter_agreement(path, beats, read_beat_csv(csv[f"{stem}_downbeats.csv"]))
         return None if agreement is None else agreement.line(Path(path).name)
 
 
@@ -815,7 +817,12 @@ def period_ratio(estimated: np.ndarray, reference: np.ndarray) -> float | None:
     for fewer than two beats on either side)."""
     if len(estimated) < 2 or len(reference) < 2:
         return None
-    return float(np.median(np.diff(estimated)) / np.median(np.diff(reference)))
+    return median_interval(estimated) / median_interval(reference)
+
+
+def median_interval(times: np.ndarray) -> float | None:
+    """The median interval (s) between successive `times`; None for fewer than two."""
+    return float(np.median(np.diff(times))) if len(times) >= 2 else None
 
 
 def level_of(ratio: float | None) -> str:
