@@ -2,7 +2,8 @@
 asked, so that decoding choices can be judged without looking at the `test_unseen` split.
 
     python -m benchmarks.beat_unseen [--workdir RUN_OR_MODEL] [--pieces 48] [--first 0]
-                                     [--variant NAME:decode.KEY=V,decode.KEY=V ...] [--name NAME]
+                                     [--variant NAME:decode.KEY=V,decode.KEY=V ...]
+                                     [--told-tempo FACTOR] [--name NAME]
 
 The pieces are the corpus's procedural piano textures in the unseen split's meters (3/2, 6/4,
 7/4) and tempi (28-40 and 220-260 beats per minute), with ids the corpus never uses
@@ -10,7 +11,9 @@ The pieces are the corpus's procedural piano textures in the unseen split's mete
 a decision made by looking at one set's pieces can be checked on another (``--first 96``). The
 model (a run or model folder, default the shipped one) computes each piece's posteriors once;
 every variant decodes them ("stored": the model's own decoding; others override it, as `jaxmir
-eval --set` does) and is scored as `jaxmir eval beat` scores. Mean scores overall, per meter
+eval --set` does; ``--told-tempo F``: the stored decoding bounded to each piece's own tempo
+within F either way, as a user who knows it would set `decode.min_bpm` and `decode.max_bpm`)
+and is scored as `jaxmir eval beat` scores. Mean scores overall, per meter
 and per tempo range, and how many pieces each variant tracked at which metrical level
 (`jaxmir.tasks.beat.task.metrical_level`: the beat, a tempo octave away, ...) are printed and
 written to ``benchmarks/results/<name>.json`` (default ``beat-unseen``), with each piece's
@@ -58,19 +61,40 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def measure(
-    workdir: Path | None, n: int, variants: list[tuple[str, list[str]]], first: int = 0
+    workdir: Path | None,
+    n: int,
+    variants: list[tuple[str, list[str]]],
+    first: int = 0,
+    told: float | None = None,
 ) -> dict:
     built = [(p, {"meter": meter, "tempo": pace}) for p, meter, pace in fresh_pieces(n, first)]
-    return {"first": first} | score_pieces(workdir, built, variants)
+    return {"first": first} | score_pieces(workdir, built, variants, told)
+
+
+def told_name(factor: float) -> str:
+    """The variant that `--told-tempo FACTOR` adds."""
+    return f"told-tempo-x{factor:g}"
+
+
+def told_tempo(cfg, beats: np.ndarray, factor: float):
+    """`cfg` decoding with the tempo bounds of a user who knows the piece's tempo (its true
+    beats' median, in beats per minute) within `factor` either way."""
+    import dataclasses
+
+    bpm = 60.0 / float(np.median(np.diff(beats)))
+    bounds = {"min_bpm": bpm / factor, "max_bpm": bpm * factor}
+    return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **bounds))
 
 
 def score_pieces(
     workdir: Path | None,
     built: list[tuple[SymbolicPiece, dict[str, str]]],
     variants: list[tuple[str, list[str]]],
+    told: float | None = None,
 ) -> dict:
     """Each piece's posteriors once, decoded by the model's stored decoding and by every variant
-    and scored as `jaxmir eval beat` scores: mean scores overall and per value of each of the
+    (and, with `told`, by the stored decoding bounded to each piece's own tempo within that
+    factor, `told_tempo`) and scored as `jaxmir eval beat` scores: mean scores overall and per value of each of the
     pieces' groups (`built`: (piece, {"meter": "7/4", "tempo": "slow", ...})), how many pieces
     each decoding tracked at which metrical level, and each piece's record (its groups, tempo,
     level and scores) under the stored decoding."""
@@ -82,6 +106,8 @@ def score_pieces(
 
     cfg, mesh, state = load_for_inference(TASK, workdir)
     configs = [("stored", cfg)] + [(name, apply_overrides(cfg, o)) for name, o in variants]
+    if told is not None:
+        configs.append((told_name(told), cfg))
     featured = [(TASK.piece_features(p), groups, p) for p, groups in built]
     features = ((x, None) for (x, _), _, _ in featured)
     predict = make_predict(mesh, state)
@@ -91,6 +117,8 @@ def score_pieces(
     for name, c in configs:
         scored, counts = [], dict.fromkeys([*LEVELS, "other", "none"], 0)
         for ((_, labels), groups, piece), post in zip(featured, posteriors, strict=True):
+            if told is not None and name == told_name(told):
+                c = told_tempo(configs[0][1], labels["beats"], told)
             events = TASK.decode(post, c)
             scores = TASK.score(events, labels, c)
             ratio = period_ratio(events[0], labels["beats"])
@@ -119,7 +147,12 @@ def score_pieces(
     return {
         "model": str(workdir or "shipped"),
         "pieces": len(built),
-        "variants": dict(variants),
+        "variants": dict(variants)
+        | (
+            {told_name(told): [f"decode.min_bpm=tempo/{told:g}", f"decode.max_bpm=tempo*{told:g}"]}
+            if told
+            else {}
+        ),
         "rows": rows,
         "levels": levels,
         "per_piece": per_piece,
@@ -205,6 +238,14 @@ def piece_arguments(description: str, what: str, first: str) -> argparse.Argumen
         default=[],
         help="NAME:decode.KEY=V[,decode.KEY=V...], decoded beside the stored decoding",
     )
+    p.add_argument(
+        "--told-tempo",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="also decode each piece as a user who knows its tempo within FACTOR either way "
+        "would (decode.min_bpm / max_bpm: its tempo / FACTOR, * FACTOR; e.g. 1.25)",
+    )
     return p
 
 
@@ -214,11 +255,14 @@ def checked_variants(p: argparse.ArgumentParser, args) -> list[tuple[str, list[s
         p.error("--pieces: at least 1")
     if args.first < 0:
         p.error("--first: at least 0")
+    if args.told_tempo is not None and args.told_tempo <= 1:
+        p.error("--told-tempo: a factor above 1")
     try:
         variants = [parse_variant(v) for v in args.variant]
     except ValueError as e:
         p.error(str(e))
     names = ["stored"] + [name for name, _ in variants]
+    names += [told_name(args.told_tempo)] if args.told_tempo is not None else []
     if len(set(names)) < len(names):
         p.error(f"--variant: names must differ from each other and from 'stored' ({names})")
     return variants
@@ -233,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="beat-unseen")
     args = p.parse_args(argv)
     variants = checked_variants(p, args)
-    result = measure(args.workdir, args.pieces, variants, args.first)
+    result = measure(args.workdir, args.pieces, variants, args.first, args.told_tempo)
     print(plot_pieces(result, save_result(args.name, result).with_suffix(".png")))
     return 0
 

@@ -3,7 +3,8 @@ them: music21 works (never the reserved ones) that the model's corpus does not u
 
     python -m benchmarks.beat_works [--workdir RUN_OR_MODEL] [--pieces 48] [--first 0]
                                     [--rendering exported|performed]
-                                    [--variant NAME:decode.KEY=V,...] [--name NAME]
+                                    [--variant NAME:decode.KEY=V,...] [--told-tempo FACTOR]
+                                    [--name NAME]
 
 ``exported``: each score (repeats expanded) written by music21's MIDI writer at its own
 metronome marks (120 quarters per minute where it has none), read back by jaxmir's MIDI reader,
@@ -17,7 +18,7 @@ the notes. The works are taken in
 the model's corpus renders, so two models meet the same works from a position neither corpus
 reaches; a work music21 cannot parse into measures or expand the repeats of, or whose exported
 onsets are not the score's, is skipped and named. Scored as `benchmarks.beat_unseen` scores
-(stored decoding and variants, levels, each piece's record), per meter, per number of parts (one or several) and per composer folder;
+(stored decoding, variants and ``--told-tempo``, levels, each piece's record), per meter, per number of parts (one or several) and per composer folder;
 written to ``benchmarks/results/<name>.json`` (default ``beat-works-<rendering>``) with a plot
 ``<name>.png`` of each piece's beat F against its tempo.
 """
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(built) < args.pieces:
         print(f"only {len(built)} works left from position {args.first}")
     result = {"first": args.first, "rendering": args.rendering}
-    result |= score_pieces(args.workdir, built, variants)
+    result |= score_pieces(args.workdir, built, variants, args.told_tempo)
     result["skipped"] = [{"work": cid, "reason": reason} for cid, reason in skipped]
     name = args.name or f"beat-works-{args.rendering}"
     title = f"{len(built)} left-out works, {args.rendering}"

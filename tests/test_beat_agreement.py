@@ -61,6 +61,9 @@ def test_another_metrical_level_is_named(tmp_path, tracked, level, words):
     beats = score_midi(tmp_path / "piece.mid")
     a = meter_agreement(tmp_path / "piece.mid", tracked(beats), beats[::3])
     assert a.level == level and words in a.line("piece.mid")
+    # and how to track the file's own beat instead: its tempo (90) within 25 % either way
+    hint = "(to follow its beat: --set decode.min_bpm=72 --set decode.max_bpm=113)"
+    assert (hint in a.line("piece.mid")) == (level not in ("beat", "none"))
     assert a.beat_f_measure < 0.7 and a.shift is None  # the grid is right: no shift helps
 
 

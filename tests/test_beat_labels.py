@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import mir_eval
 import numpy as np
@@ -16,6 +17,7 @@ from jaxmir.tasks.beat.decode import (
     dbn_beats,
     decode_beats,
     faster_period,
+    period_in_range,
     pick_peaks,
     track_beats,
     write_beat_csv,
@@ -371,6 +373,71 @@ def test_dbn_keeps_the_beat_level_that_tracking_chose():
     slow = dbn_beats(act, peaks, FPS)
     assert np.median(np.diff(slow)) == pytest.approx(0.8, abs=0.02)
     assert mir_eval.beat.f_measure(truth / FPS, dbn_beats(act, peaks, FPS, 0.9)) > 0.97
+
+
+@pytest.mark.parametrize(
+    "period, bounds, expected",
+    [
+        (0.5, (0.0, math.inf), 0.5),  # no bounds
+        (0.5, (100.0, 140.0), 0.5),  # already within
+        (0.5, (40.0, 80.0), 1.0),  # a reel's quarters at 120 -> its half notes at 60
+        (0.5, (0.0, 50.0), 1.5),  # three beats: the nearest level at or under 50
+        (1.2, (90.0, 130.0), 0.6),  # 50 bpm -> 100
+        (0.5, (300.0, 400.0), 0.5 / 3),  # a third of a beat (360 bpm)
+        (0.5, (200.0, 230.0), 0.25),  # no level within: the nearest to the range (240 bpm)
+        (1.0, (55.0, 70.0), 1.0),  # within: unchanged however many levels would fit
+    ],
+)
+def test_period_in_range_moves_to_the_nearest_level_within_the_bounds(period, bounds, expected):
+    assert period_in_range(period, bounds) == pytest.approx(expected)
+
+
+def test_tempo_bounds_choose_the_level_for_tracking_and_dbn():
+    """Peaks every 0.25 s, every other one stronger: unbounded, both trackers follow 0.25 s;
+    with at most 150 bpm they follow the stronger every 0.5 s; with at least 200 bpm from peaks
+    every 0.5 s they go back to 0.25 s. Through `BeatTask.decode`, bounds skip the level check
+    and are refused where nothing is tracked or where they are the wrong way round."""
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+
+    n = 3000
+    fast = np.arange(50, n - 50, 25)
+    act = _pulses(n, fast, [0.9 if i % 2 == 0 else 0.6 for i in range(len(fast))])
+    peaks = pick_peaks(act, 0.3, 0.2, FPS)
+    strong = fast[::2] / FPS
+    for track in (dbn_beats, track_beats):
+        assert np.median(np.diff(track(act, peaks, FPS))) == pytest.approx(0.25, abs=0.01)
+        slow = track(act, peaks, FPS, bpm_range=(0.0, 150.0))
+        assert np.median(np.diff(slow)) == pytest.approx(0.5, abs=0.01)
+        assert mir_eval.beat.f_measure(strong, slow) > 0.97
+        again = track(act, pick_peaks(act, 0.8, 0.2, FPS), FPS, bpm_range=(200.0, math.inf))
+        assert mir_eval.beat.f_measure(fast / FPS, again) > 0.97
+    # dbn's periods stay within the bounds, where its usual span would pass them
+    within = dbn_beats(act, pick_peaks(act, 0.8, 0.2, FPS), FPS, bpm_range=(100.0, 130.0))
+    assert np.all(np.diff(within) >= 60 / 130 - 0.011) and np.all(np.diff(within) <= 0.6 + 0.011)
+
+    task = get_task("beat")
+    cfg = task.presets()["quality"]
+    probs = np.stack([act, np.zeros(n)], axis=1)
+
+    def decode(**kw):
+        d = dict(method="dbn", downbeats="peaks", beat_threshold=0.3, min_distance=0.2)
+        return task.decode(
+            probs, dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **{**d, **kw}))
+        )[0]
+
+    # a level check would read the tagger's folder (here none): bounds skip the check
+    beats = decode(max_bpm=150.0, level_threshold=0.2, level_tagger="/nonexistent")
+    assert np.median(np.diff(beats)) == pytest.approx(0.5, abs=0.01)
+    for bad, words in [
+        (dict(method="peaks", max_bpm=150.0), "not peak picking"),
+        (dict(min_bpm=120.0, max_bpm=60.0), "below decode.min_bpm"),
+        (dict(min_bpm=-1.0), "must be >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            decode(**bad)
 
 
 def test_calibration_breaks_ties_towards_the_shorter_minimum_distance():

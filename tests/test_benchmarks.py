@@ -235,14 +235,22 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     assert [p.name for p, _, _ in beside] == ["select__0004", "select__0005"]
     np.testing.assert_array_equal(beside[0][0].notes, pieces[4][0].notes)
     # end to end on the shipped beat model: the stored decoding and a variant, per group
-    result = measure(None, 2, [parse_variant("no-level:decode.level_threshold=0")])
+    result = measure(None, 2, [parse_variant("no-level:decode.level_threshold=0")], told=1.25)
     rows = result["rows"]
-    assert {r["variant"] for r in rows} == {"stored", "no-level"}
+    assert {r["variant"] for r in rows} == {"stored", "no-level", "told-tempo-x1.25"}
     overall = [r for r in rows if r["pieces"] == "all"]
-    assert [r["n"] for r in overall] == [2, 2]
+    assert [r["n"] for r in overall] == [2, 2, 2]
+    # told each piece's tempo within 25 %, the tracker keeps to its level (a piece's tempo
+    # may still slip: "other")
+    told = result["levels"]["told-tempo-x1.25"]
+    assert told["beat"] + told["other"] == 2 and told["beat"] >= 1
+    assert result["variants"]["told-tempo-x1.25"] == [
+        "decode.min_bpm=tempo/1.25",
+        "decode.max_bpm=tempo*1.25",
+    ]
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("beat_f_measure", "beat_amlt"))
     assert json.loads(json.dumps(result)) == result
-    assert set(result["levels"]) == {"stored", "no-level"}
+    assert set(result["levels"]) == {"stored", "no-level", "told-tempo-x1.25"}
     assert all(sum(c.values()) == 2 for c in result["levels"].values())
     assert [r["piece"] for r in result["per_piece"]] == ["select__0000", "select__0001"]
     # the per-piece records are the stored decoding's: its level counts and its mean scores
@@ -264,6 +272,8 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
             main(["--pieces", "1", *(f"--variant={v}" for v in names)])
     with pytest.raises(SystemExit):
         main(["--pieces", "1", "--first", "-1"])
+    with pytest.raises(SystemExit):  # a factor that bounds nothing, or excludes every tempo
+        main(["--pieces", "1", "--told-tempo", "1"])
     # --first reaches the measurement
     import benchmarks.beat_unseen as bu
 
@@ -272,7 +282,7 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
     monkeypatch.setattr(bu, "save_result", lambda name, result: tmp_path / f"{name}.json")
     monkeypatch.setattr(bu, "plot_pieces", lambda result, path: path)
     assert main(["--pieces", "5", "--first", "3"]) == 0
-    assert asked["args"] == (None, 5, [], 3)
+    assert asked["args"] == (None, 5, [], 3, None)
 
 
 def test_demos_runs_each_command_and_records_its_time_memory_and_scores(
@@ -381,7 +391,7 @@ def test_beat_works_scores_works_no_split_holds_and_names_those_it_skips(tmp_pat
     assert bw.left_out_works(used, 100) == bw.left_out_works(set(), 100) == work_ids()[100:]
     saved = {}
     monkeypatch.setattr(bw, "save_result", lambda name, r: saved.setdefault(name, r) and tmp_path)
-    monkeypatch.setattr(bw, "score_pieces", lambda w, built, v: {"built": built})
+    monkeypatch.setattr(bw, "score_pieces", lambda w, built, v, told: {"built": built})
     monkeypatch.setattr(bw, "plot_pieces", lambda *a: tmp_path / "x.png")
     # from the position of a work music21 cannot read into measures: named, then skipped
     first = work_ids().index("josquin/fortunaDunGranTempo.abc")

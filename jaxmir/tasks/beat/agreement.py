@@ -13,6 +13,7 @@ no time signature has no beats of its own to compare, and gets no line.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -67,6 +68,10 @@ class MeterAgreement:
             f"{name}: against {its} the tracked beats{every} {how}: "
             f"beat F {self.beat_f_measure:.2f}, downbeat F {self.downbeat_f_measure:.2f}"
         )
+        if self.level not in ("beat", "none") and self.file_beat_s:
+            lo, hi = (60.0 / self.file_beat_s / HINT_FACTOR, 60.0 / self.file_beat_s * HINT_FACTOR)
+            lo, hi = math.floor(lo), math.ceil(hi)  # whole numbers around the factor's bounds
+            text += f" (to follow its beat: --set decode.min_bpm={lo} --set decode.max_bpm={hi})"
         if self.shift is not None:
             s = self.shift
             text += (
@@ -85,6 +90,10 @@ class GridShift:
     beat_f_measure: float
     downbeat_f_measure: float
 
+
+#: The hint for another level bounds the tempo to the file's within this factor either way
+#: (`decode.min_bpm`, `decode.max_bpm`; `python -m benchmarks.beat_works --told-tempo 1.25`).
+HINT_FACTOR = 1.25
 
 #: Shifts tried: steps of 1/24 beat (a score's onset grid: eighths, sixteenths, triplets) up to
 #: one bar; one is named only where it raises beat F + downbeat F by `SHIFT_GAIN`.

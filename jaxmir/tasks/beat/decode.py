@@ -6,6 +6,7 @@ and a minimum distance per channel); differences are noted in each function's do
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
@@ -15,6 +16,9 @@ from scipy.signal import find_peaks
 
 from jaxmir.tasks.beat.bars import subdivided
 from jaxmir.tasks.beat.labels import FPS
+
+#: No bounds on the tracked tempo (beats per minute, low and high).
+NO_BOUNDS = (0.0, math.inf)
 
 BEAT_PITCH = 42
 """General MIDI closed hi-hat, the "Beat" track's note."""
@@ -70,13 +74,14 @@ def track_beats(
     fps: int = FPS,
     tightness: float = 100.0,
     faster_level: float = 0.0,
+    bpm_range: tuple[float, float] = NO_BOUNDS,
 ) -> np.ndarray:
     """Beat times (s) by dynamic programming over the beat activation (T,), at the tempo of the
     picked `peaks`' median interval: `librosa.beat.beat_track` (Ellis 2007) with that tempo
     given, so its 120-bpm prior plays no part. A beat whose peak fell under the threshold is
     filled in where the tempo puts it. Fewer than three peaks (no interval to trust): the
     peaks themselves. With `faster_level` > 0 the period is first checked for a faster beat
-    level (`faster_period`).
+    level (`faster_period`); then moved into `bpm_range` (`period_in_range`).
 
     Not in omnizart. On the wide beat corpus's test pieces (a `demo` model), against peak
     picking at threshold 0.2: beat F 0.83 vs 0.81 on the corpus's own split and 0.78 vs 0.70 on
@@ -86,7 +91,7 @@ def track_beats(
     peaks = np.asarray(peaks, np.float64)
     if len(peaks) < 3:
         return peaks
-    period = tracking_period(activation, peaks, fps, faster_level)
+    period = tracking_period(activation, peaks, fps, faster_level, bpm_range)
     _, beats = librosa.beat.beat_track(
         onset_envelope=np.asarray(activation, np.float32),
         sr=fps,
@@ -100,14 +105,43 @@ def track_beats(
 
 
 def tracking_period(
-    activation: np.ndarray, peaks: np.ndarray, fps: int = FPS, faster_level: float = 0.0
+    activation: np.ndarray,
+    peaks: np.ndarray,
+    fps: int = FPS,
+    faster_level: float = 0.0,
+    bpm_range: tuple[float, float] = NO_BOUNDS,
 ) -> float:
     """The beat period (s) that tracking starts from: the median interval of the picked
-    `peaks` (at least three), checked for a faster level when `faster_level` > 0."""
+    `peaks` (at least three), checked for a faster level when `faster_level` > 0, then moved
+    into `bpm_range` by whole multiples (`period_in_range`)."""
     period = float(np.median(np.diff(np.asarray(peaks, np.float64))))
     if faster_level > 0:
         period = faster_period(activation, period, faster_level, fps)
-    return period
+    return period_in_range(period, bpm_range)
+
+
+#: The metrical levels `period_in_range` may move a period to: 2, 3 or 4 of its beats, or a
+#: half, third or quarter of one.
+LEVEL_FACTORS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0, 4.0, 0.25)
+
+
+def period_in_range(period: float, bpm_range: tuple[float, float] = NO_BOUNDS) -> float:
+    """`period` (s) times the `LEVEL_FACTORS` entry nearest 1 (on a log scale) whose tempo lies
+    within `bpm_range` (inclusive); where none does, the one whose tempo lies nearest the
+    range. A user who knows a piece's tempo can so choose its metrical level (a reel's half
+    notes at 60 rather than the quarters at 120 a model follows)."""
+    lo, hi = bpm_range
+    if lo <= 60.0 / period <= hi:
+        return period
+
+    def outside(p: float) -> float:  # how far (log) the tempo 60/p lies outside the range
+        bpm = 60.0 / p
+        below = math.log(lo / bpm) if lo > 0 else 0.0
+        above = math.log(bpm / hi) if math.isfinite(hi) else 0.0
+        return max(0.0, below, above)
+
+    candidates = [period * f for f in LEVEL_FACTORS]
+    return min(candidates, key=lambda p: (outside(p), abs(math.log(p / period))))
 
 
 #: `dbn_beats`: the beat period may range from the tracking period divided by this factor to
@@ -124,14 +158,19 @@ BEAT_FRACTION = 16
 
 
 def dbn_beats(
-    activation: np.ndarray, peaks: np.ndarray, fps: int = FPS, faster_level: float = 0.0
+    activation: np.ndarray,
+    peaks: np.ndarray,
+    fps: int = FPS,
+    faster_level: float = 0.0,
+    bpm_range: tuple[float, float] = NO_BOUNDS,
 ) -> np.ndarray:
     """Beat times (s) by a hidden Markov model of beat period and phase, decoded by Viterbi
     over the beat activation (T,): the tempo may drift from beat to beat (rubato, ritardando,
     fermatas), where `track_beats` holds one tempo for the whole piece. The periods on offer
     lie within `TEMPO_SPAN` of `tracking_period` (the picked `peaks`' median interval, after
-    the faster-level check), so the global beat level is chosen as for tracking and the model
-    cannot drift to another tempo octave. Fewer than three peaks: the peaks themselves.
+    the faster-level check and moved into `bpm_range`), so the global beat level is chosen as
+    for tracking and the model cannot drift to another tempo octave; nor out of `bpm_range`,
+    where that leaves periods on offer. Fewer than three peaks: the peaks themselves.
 
     Not in omnizart; the state space and transitions follow the bar-pointer model family of
     Whiteley et al. (2006) and Krebs et al. (2015), without bars. On the shipped beat model's
@@ -139,9 +178,16 @@ def dbn_beats(
     peaks = np.asarray(peaks, np.float64)
     if len(peaks) < 3:
         return peaks
-    frames = tracking_period(activation, peaks, fps, faster_level) * fps
+    frames = tracking_period(activation, peaks, fps, faster_level, bpm_range) * fps
     shortest = max(2, int(np.floor(frames / TEMPO_SPAN)))
     longest = max(shortest, int(np.ceil(frames * TEMPO_SPAN)))
+    lo, hi = bpm_range  # periods in frames: 60 * fps / bpm
+    bounded = (
+        max(shortest, int(np.ceil(60.0 * fps / hi))),
+        min(longest, int(60.0 * fps / lo) if lo > 0 else longest),
+    )
+    if bounded[0] <= bounded[1]:
+        shortest, longest = bounded
     intervals = np.unique(np.round(np.geomspace(shortest, longest, TEMPO_STATES)).astype(int))
     return viterbi_beats(activation, intervals) / fps
 

@@ -31,6 +31,7 @@ from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
 from jaxmir.tasks.beat.bars import SUBDIVISIONS, notes_from_features, subdivided
 from jaxmir.tasks.beat.decode import (
+    NO_BOUNDS,
     beats_to_midi,
     checked_level,
     dbn_beats,
@@ -145,6 +146,12 @@ class BeatDecodeConfig:
     # fill existed decodes with it too (its threshold was chosen without it); False restores
     # its old decoding, `jaxmir calibrate` chooses the threshold for both.
     fill_level: bool = True
+    # Methods "track", "dbn": bounds on the tracked tempo in beats per minute (0: none). The
+    # tracking period moves to 2, 3 or 4 beats, or a half, third or quarter of one, to lie
+    # within them (`period_in_range`), and the level check is skipped: the user's bounds choose
+    # the metrical level. Never calibrated; for a piece whose tempo one knows.
+    min_bpm: float = 0.0
+    max_bpm: float = 0.0
     # At the end of training, choose the method and thresholds on the validation pieces
     # (`calibrate`); stored in the workdir's decode.json and used by eval/transcribe.
     calibrate: bool = True
@@ -404,15 +411,20 @@ class BeatTask(PieceTask):
             raise ConfigError(
                 f"decode.downbeats: unknown source {d.downbeats!r} ({', '.join(DOWNBEAT_SOURCES)})"
             )
+        bounds = tempo_bounds(d)
         probs = posteriors.frames if isinstance(posteriors, BeatPosteriors) else posteriors
         beats, downbeats = decode_beats(
             probs, FPS, d.beat_threshold, d.downbeat_threshold, d.min_distance
         )
         if d.method == "track":
-            beats = track_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
+            beats = track_beats(
+                probs[:, 0], beats, FPS, faster_level=d.faster_level, bpm_range=bounds
+            )
         elif d.method == "dbn":
-            beats = dbn_beats(probs[:, 0], beats, FPS, faster_level=d.faster_level)
-        if d.method != "peaks" and checks_level(d):
+            beats = dbn_beats(
+                probs[:, 0], beats, FPS, faster_level=d.faster_level, bpm_range=bounds
+            )
+        if d.method != "peaks" and checks_level(d) and bounds == NO_BOUNDS:
             probs_of = level_probs(d.level_tagger, _notes(posteriors, "level_tagger"))
             beats = checked_level(
                 beats, probs_of, d.level_threshold, SUBDIVISIONS, d.min_distance, d.fill_level
@@ -889,6 +901,25 @@ def middle_of_best(score: dict[float, float]) -> float:
 def tagger_size(m: BeatModelConfig) -> TaggerSize:
     """The downbeat tagger that model config `m` asks for."""
     return TaggerSize(m.tagger_hidden, m.tagger_layers, m.tagger_members)
+
+
+def tempo_bounds(d: BeatDecodeConfig) -> tuple[float, float]:
+    """(low, high) bpm of `d.min_bpm` and `d.max_bpm` (`NO_BOUNDS` where neither is set);
+    ConfigError for a bound below 0, bounds the wrong way round, or bounds on a method that
+    does not track ("peaks")."""
+    if d.min_bpm < 0 or d.max_bpm < 0:
+        raise ConfigError(
+            f"decode.min_bpm, decode.max_bpm: must be >= 0 (0: no bound), got {d.min_bpm:g}, {d.max_bpm:g}"
+        )
+    if d.min_bpm == 0 and d.max_bpm == 0:
+        return NO_BOUNDS
+    if d.max_bpm and d.max_bpm < d.min_bpm:
+        raise ConfigError(f"decode.max_bpm ({d.max_bpm:g}) is below decode.min_bpm ({d.min_bpm:g})")
+    if d.method == "peaks":
+        raise ConfigError(
+            "decode.min_bpm, decode.max_bpm: bound a tracker's tempo (decode.method=track or dbn), not peak picking"
+        )
+    return (d.min_bpm, d.max_bpm or NO_BOUNDS[1])
 
 
 def checks_level(d: BeatDecodeConfig) -> bool:
