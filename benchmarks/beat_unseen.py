@@ -23,6 +23,8 @@ scores and level under the stored decoding, which ``<name>.png`` plots against i
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +35,10 @@ import numpy as np
 from benchmarks.common import save_result
 
 if TYPE_CHECKING:
+    from jaxmir.config import Config
     from jaxmir.data.symbolic import SymbolicPiece
 
+BOUNDS = (("min", "/"), ("max", "*"))  # how `--told-tempo` sets each bound from a tempo
 SCORES = ("beat_f_measure", "downbeat_f_measure", "beat_cmlt", "beat_amlt", "beat_at_level")
 
 
@@ -76,14 +80,14 @@ def told_name(factor: float) -> str:
     return f"told-tempo-x{factor:g}"
 
 
-def told_tempo(cfg, beats: np.ndarray, factor: float):
+def told_tempo(cfg: Config, beats: np.ndarray, factor: float) -> Config:
     """`cfg` decoding with the tempo bounds of a user who knows the piece's tempo (its true
-    beats' median, in beats per minute) within `factor` either way."""
-    import dataclasses
+    `beats`' median interval, in beats per minute) within `factor` either way."""
+    from jaxmir.tasks.beat.decode import bounds_around
+    from jaxmir.tasks.beat.task import median_interval
 
-    bpm = 60.0 / float(np.median(np.diff(beats)))
-    bounds = {"min_bpm": bpm / factor, "max_bpm": bpm * factor}
-    return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **bounds))
+    lo, hi = bounds_around(60.0 / median_interval(beats), factor)
+    return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, min_bpm=lo, max_bpm=hi))
 
 
 def score_pieces(
@@ -94,31 +98,36 @@ def score_pieces(
 ) -> dict:
     """Each piece's posteriors once, decoded by the model's stored decoding and by every variant
     (and, with `told`, by the stored decoding bounded to each piece's own tempo within that
-    factor, `told_tempo`) and scored as `jaxmir eval beat` scores: mean scores overall and per value of each of the
-    pieces' groups (`built`: (piece, {"meter": "7/4", "tempo": "slow", ...})), how many pieces
+    factor, `told_tempo`) and scored as `jaxmir eval beat` scores: mean scores overall and per
+    value of each of the pieces' groups (`built`: (piece, {"meter": "7/4", "tempo": "slow", ...})), how many pieces
     each decoding tracked at which metrical level, and each piece's record (its groups, tempo,
     level and scores) under the stored decoding."""
     from jaxmir.config import apply_overrides
     from jaxmir.engine.run import make_predict
     from jaxmir.shipped import load_for_inference
     from jaxmir.tasks.base import mean_scores
-    from jaxmir.tasks.beat.task import LEVELS, TASK, level_of, period_ratio
+    from jaxmir.tasks.beat.task import LEVELS, TASK, level_of, median_interval, period_ratio
 
     cfg, mesh, state = load_for_inference(TASK, workdir)
-    configs = [("stored", cfg)] + [(name, apply_overrides(cfg, o)) for name, o in variants]
+    # each decoding: the config for a piece of these true beats
+    configs = [("stored", lambda beats: cfg)] + [
+        (name, functools.partial(lambda c, beats: c, apply_overrides(cfg, o)))
+        for name, o in variants
+    ]
+    described = dict(variants)
     if told is not None:
-        configs.append((told_name(told), cfg))
+        configs.append((told_name(told), functools.partial(told_tempo, cfg, factor=told)))
+        described[told_name(told)] = [f"decode.{k}_bpm=tempo{op}{told:g}" for k, op in BOUNDS]
     featured = [(TASK.piece_features(p), groups, p) for p, groups in built]
     features = ((x, None) for (x, _), _, _ in featured)
     predict = make_predict(mesh, state)
     posteriors = [post for _, post in TASK.posteriors_many(predict, features, cfg)]
     kinds = list(dict.fromkeys(k for _, groups in built for k in groups))
     rows, levels, per_piece = [], {}, []
-    for name, c in configs:
+    for name, config_for in configs:
         scored, counts = [], dict.fromkeys([*LEVELS, "other", "none"], 0)
         for ((_, labels), groups, piece), post in zip(featured, posteriors, strict=True):
-            if told is not None and name == told_name(told):
-                c = told_tempo(configs[0][1], labels["beats"], told)
+            c = config_for(labels["beats"])
             events = TASK.decode(post, c)
             scores = TASK.score(events, labels, c)
             ratio = period_ratio(events[0], labels["beats"])
@@ -126,7 +135,7 @@ def score_pieces(
             counts[level] += 1
             scored.append((groups, scores))
             if name == "stored":
-                bpm = 60.0 / float(np.median(np.diff(piece.beats)))
+                bpm = 60.0 / median_interval(piece.beats)
                 per_piece.append(
                     {"piece": piece.name, **groups, "bpm": round(bpm, 1), "level": level}
                     | {"ratio": None if ratio is None else round(ratio, 3)}
@@ -147,12 +156,7 @@ def score_pieces(
     return {
         "model": str(workdir or "shipped"),
         "pieces": len(built),
-        "variants": dict(variants)
-        | (
-            {told_name(told): [f"decode.min_bpm=tempo/{told:g}", f"decode.max_bpm=tempo*{told:g}"]}
-            if told
-            else {}
-        ),
+        "variants": described,
         "rows": rows,
         "levels": levels,
         "per_piece": per_piece,

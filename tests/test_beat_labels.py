@@ -384,7 +384,8 @@ def test_dbn_keeps_the_beat_level_that_tracking_chose():
         (0.5, (0.0, 50.0), 1.5),  # three beats: the nearest level at or under 50
         (1.2, (90.0, 130.0), 0.6),  # 50 bpm -> 100
         (0.5, (300.0, 400.0), 0.5 / 3),  # a third of a beat (360 bpm)
-        (0.5, (200.0, 230.0), 0.25),  # no level within: the nearest to the range (240 bpm)
+        (0.5, (200.0, 230.0), 60 / 230),  # no level within: the nearest (240), to its bound
+        (0.5, (150.0, 170.0), 0.4),  # the nearest is the beat itself (120): up to 150
         (1.0, (55.0, 70.0), 1.0),  # within: unchanged however many levels would fit
     ],
 )
@@ -434,7 +435,9 @@ def test_tempo_bounds_choose_the_level_for_tracking_and_dbn():
     for bad, words in [
         (dict(method="peaks", max_bpm=150.0), "not peak picking"),
         (dict(min_bpm=120.0, max_bpm=60.0), "below decode.min_bpm"),
-        (dict(min_bpm=-1.0), "must be >= 0"),
+        (dict(min_bpm=-1.0), "finite and >= 0"),
+        (dict(max_bpm=math.nan), "finite and >= 0"),
+        (dict(min_bpm=math.inf), "finite and >= 0"),
     ]:
         with pytest.raises(ConfigError, match=words):
             decode(**bad)

@@ -138,6 +138,14 @@ def test_train_eval_transcribe(beat_cache, tmp_path, capsys):
     assert (out / "song_downbeats.csv").is_file()
 
 
+def test_tempo_bounds_are_for_decoding_not_for_training(beat_cache, tmp_path, capsys):
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(tmp_path / "run")]
+    argv += ["--data", str(beat_cache), "--set", "decode.max_bpm=100", "--no-progress"]
+    assert main(argv) == 2
+    assert "decode.min_bpm, decode.max_bpm: bounds for decoding a piece" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_sigterm_saves_and_the_same_command_resumes(beat_cache, tmp_path):
     """A real process gets SIGTERM mid-epoch: it saves, exits 75 (resume me), and the rerun
     finishes."""

@@ -198,6 +198,7 @@ def train(
     """
     maybe_initialize_distributed()
     validate(cfg)
+    task.check_training(cfg)
     check_batch_sizes(cfg, make_mesh(devices))
     if not is_primary():
         progress, log = False, _quiet

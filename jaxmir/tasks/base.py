@@ -174,6 +174,11 @@ class Task(abc.ABC):
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
         raise ConfigError(f"{self.name}: no transcription")
 
+    def check_training(self, cfg: Config) -> None:
+        """ConfigError for settings that decoding accepts but training cannot use (beat: tempo
+        bounds). Nothing by default."""
+        return None
+
     def transcription_note(self, path: Path, written: list[Path]) -> str | None:
         """A line for the user about the transcription of `path` into the files `written`
         (beat: how its beats agree with the MIDI file's own meter map); None by default."""

@@ -23,6 +23,7 @@ import mir_eval
 import numpy as np
 
 from jaxmir.data.datasets.midi import MidiError, read_midi_piece
+from jaxmir.tasks.beat.decode import bounds_around
 from jaxmir.tasks.beat.task import f_measures, median_interval, metrical_level
 
 #: How `metrical_level`'s names read in a sentence about the tracked beats ("other": the ratio
@@ -69,7 +70,7 @@ class MeterAgreement:
             f"beat F {self.beat_f_measure:.2f}, downbeat F {self.downbeat_f_measure:.2f}"
         )
         if self.level not in ("beat", "none") and self.file_beat_s:
-            lo, hi = (60.0 / self.file_beat_s / HINT_FACTOR, 60.0 / self.file_beat_s * HINT_FACTOR)
+            lo, hi = bounds_around(60.0 / self.file_beat_s, HINT_FACTOR)
             lo, hi = math.floor(lo), math.ceil(hi)  # whole numbers around the factor's bounds
             text += f" (to follow its beat: --set decode.min_bpm={lo} --set decode.max_bpm={hi})"
         if self.shift is not None:

@@ -127,9 +127,10 @@ LEVEL_FACTORS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0, 4.0, 0.25)
 
 def period_in_range(period: float, bpm_range: tuple[float, float] = NO_BOUNDS) -> float:
     """`period` (s) times the `LEVEL_FACTORS` entry nearest 1 (on a log scale) whose tempo lies
-    within `bpm_range` (inclusive); where none does, the one whose tempo lies nearest the
-    range. A user who knows a piece's tempo can so choose its metrical level (a reel's half
-    notes at 60 rather than the quarters at 120 a model follows)."""
+    within `bpm_range` (inclusive); where none does (bounds narrower than the step between two
+    levels), the level nearest the range, moved to its nearer bound. A user who knows a
+    piece's tempo can so choose its metrical level (a reel's half notes at 60 rather than the
+    quarters at 120 a model follows)."""
     lo, hi = bpm_range
     if lo <= 60.0 / period <= hi:
         return period
@@ -141,7 +142,14 @@ def period_in_range(period: float, bpm_range: tuple[float, float] = NO_BOUNDS) -
         return max(0.0, below, above)
 
     candidates = [period * f for f in LEVEL_FACTORS]
-    return min(candidates, key=lambda p: (outside(p), abs(math.log(p / period))))
+    chosen = min(candidates, key=lambda p: (outside(p), abs(math.log(p / period))))
+    shortest, longest = 60.0 / hi, (60.0 / lo if lo > 0 else math.inf)
+    return min(max(chosen, shortest), longest)
+
+
+def bounds_around(bpm: float, factor: float) -> tuple[float, float]:
+    """Tempo bounds (bpm) within `factor` either way of `bpm`."""
+    return bpm / factor, bpm * factor
 
 
 #: `dbn_beats`: the beat period may range from the tracking period divided by this factor to

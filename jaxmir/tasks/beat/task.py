@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import shutil
 import zlib
 from collections.abc import Callable
@@ -500,8 +501,11 @@ class BeatTask(PieceTask):
         or one that cannot be read, is replaced. Posteriors are computed once per piece (the
         training pieces' only when a tagger is trained, once for both taggers).
         Returns the chosen `decode` values plus the validation scores before and after, or
-        None when the config does not ask for it."""
-        d = cfg.decode
+        None when the config does not ask for it. Tempo bounds (`decode.min_bpm`,
+        `max_bpm`) are a user's choice for a piece, never calibrated: calibration decodes
+        without them."""
+        d = dataclasses.replace(cfg.decode, min_bpm=0.0, max_bpm=0.0)
+        cfg = dataclasses.replace(cfg, decode=d)
         names = cache.names("val")
         if not d.calibrate or not names:
             return None
@@ -788,6 +792,15 @@ class BeatTask(PieceTask):
         write_beat_csv(outdir / f"{stem}_downbeats.csv", downbeats)
         return [midi_path, outdir / f"{stem}_beats.csv", outdir / f"{stem}_downbeats.csv"]
 
+    def check_training(self, cfg: Config) -> None:
+        """Tempo bounds are one piece's choice at decoding (`eval` / `transcribe --set`); a
+        run would validate with them and calibrate without them."""
+        if cfg.decode.min_bpm or cfg.decode.max_bpm:
+            raise ConfigError(
+                "decode.min_bpm, decode.max_bpm: bounds for decoding a piece whose tempo you "
+                "know (jaxmir eval / transcribe --set), not for training"
+            )
+
     def transcription_note(self, path: Path, written: list[Path]) -> str | None:
         """How the beats written for the MIDI file `path` agree with its own meter map
         (`jaxmir.tasks.beat.agreement`); None for a file with no map of its own."""
@@ -905,19 +918,19 @@ def tagger_size(m: BeatModelConfig) -> TaggerSize:
 
 def tempo_bounds(d: BeatDecodeConfig) -> tuple[float, float]:
     """(low, high) bpm of `d.min_bpm` and `d.max_bpm` (`NO_BOUNDS` where neither is set);
-    ConfigError for a bound below 0, bounds the wrong way round, or bounds on a method that
-    does not track ("peaks")."""
-    if d.min_bpm < 0 or d.max_bpm < 0:
-        raise ConfigError(
-            f"decode.min_bpm, decode.max_bpm: must be >= 0 (0: no bound), got {d.min_bpm:g}, {d.max_bpm:g}"
-        )
+    ConfigError for a bound below 0 or not finite, bounds the wrong way round, or bounds on a
+    method that does not track ("peaks")."""
+    if not all(math.isfinite(v) and v >= 0 for v in (d.min_bpm, d.max_bpm)):
+        got = f"{d.min_bpm:g}, {d.max_bpm:g}"
+        raise ConfigError(f"decode.min_bpm, decode.max_bpm: finite and >= 0 (0: none), got {got}")
     if d.min_bpm == 0 and d.max_bpm == 0:
         return NO_BOUNDS
     if d.max_bpm and d.max_bpm < d.min_bpm:
         raise ConfigError(f"decode.max_bpm ({d.max_bpm:g}) is below decode.min_bpm ({d.min_bpm:g})")
     if d.method == "peaks":
-        raise ConfigError(
-            "decode.min_bpm, decode.max_bpm: bound a tracker's tempo (decode.method=track or dbn), not peak picking"
+        raise ConfigError(  # peak picking follows no tempo
+            "decode.min_bpm, decode.max_bpm: bound a tracker's tempo (decode.method=track or "
+            "dbn), not peak picking"
         )
     return (d.min_bpm, d.max_bpm or NO_BOUNDS[1])
 
