@@ -393,11 +393,13 @@ def test_period_in_range_moves_to_the_nearest_level_within_the_bounds(period, bo
     assert period_in_range(period, bounds) == pytest.approx(expected)
 
 
-def test_tempo_bounds_choose_the_level_for_tracking_and_dbn():
+def test_tempo_bounds_choose_the_level_for_tracking_and_dbn(monkeypatch):
     """Peaks every 0.25 s, every other one stronger: unbounded, both trackers follow 0.25 s;
     with at most 150 bpm they follow the stronger every 0.5 s; with at least 200 bpm from peaks
-    every 0.5 s they go back to 0.25 s. Through `BeatTask.decode`, bounds skip the level check
-    and are refused where nothing is tracked or where they are the wrong way round."""
+    every 0.5 s they go back to 0.25 s. Through `BeatTask.decode`, bounds skip the level check;
+    with a level tagger, a slower level keeps the tracker's own beats in the phase the tagger
+    prefers (`bounded_beats`), even the weaker one; bounds are refused where nothing is
+    tracked or where they are the wrong way round."""
     import dataclasses
 
     from jaxmir.config import ConfigError
@@ -419,19 +421,39 @@ def test_tempo_bounds_choose_the_level_for_tracking_and_dbn():
     within = dbn_beats(act, pick_peaks(act, 0.8, 0.2, FPS), FPS, bpm_range=(100.0, 130.0))
     assert np.all(np.diff(within) >= 60 / 130 - 0.011) and np.all(np.diff(within) <= 0.6 + 0.011)
 
+    import jaxmir.tasks.beat.task as beat_task
+    from jaxmir.tasks.beat.task import BeatPosteriors
+
     task = get_task("beat")
     cfg = task.presets()["quality"]
     probs = np.stack([act, np.zeros(n)], axis=1)
 
-    def decode(**kw):
+    def decode(posteriors=probs, **kw):
         d = dict(method="dbn", downbeats="peaks", beat_threshold=0.3, min_distance=0.2)
         return task.decode(
-            probs, dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **{**d, **kw}))
+            posteriors,
+            dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **{**d, **kw})),
         )[0]
 
-    # a level check would read the tagger's folder (here none): bounds skip the check
-    beats = decode(max_bpm=150.0, level_threshold=0.2, level_tagger="/nonexistent")
+    # no level tagger: tracked at the bounded period, the stronger phase
+    beats = decode(max_bpm=150.0, level_tagger="", level_threshold=0.0)
     assert np.median(np.diff(beats)) == pytest.approx(0.5, abs=0.01)
+    assert mir_eval.beat.f_measure(strong, beats) > 0.97
+    # a level tagger (here one that calls the weaker peaks the beats): its phase, and no check
+    asked = []
+
+    def level_probs(folder, notes):
+        asked.append(folder)
+        return lambda times: np.isin(np.round(times * FPS), fast[1::2]).astype(float)
+
+    monkeypatch.setattr(beat_task, "level_probs", level_probs)
+    with_notes = BeatPosteriors(probs, np.zeros((0, 3)))
+    beats = decode(with_notes, max_bpm=150.0, level_threshold=0.9, level_tagger="level")
+    assert asked == ["level"]  # once, for the phase: a level check would ask again
+    assert mir_eval.beat.f_measure(fast[1::2] / FPS, beats) > 0.97
+    # bounds at the tracker's own level: tracked at the bounded period, the tagger not asked
+    decode(with_notes, min_bpm=200.0, level_threshold=0.0, level_tagger="level")
+    assert asked == ["level"]
     for bad, words in [
         (dict(method="peaks", max_bpm=150.0), "not peak picking"),
         (dict(min_bpm=120.0, max_bpm=60.0), "below decode.min_bpm"),

@@ -270,11 +270,22 @@ def slower_level(
     for k in factors:
         if len(beats) < LEVEL_MIN_BEATS * k:
             continue
-        means = np.array([probs[i::k].mean() for i in range(k)])
+        means = phase_means(probs, k)
         strongest = int(np.argmax(means))
         if np.delete(means, strongest).mean() < threshold:
             return beats[strongest::k]
     return beats
+
+
+def phase_means(probs: np.ndarray, k: int) -> np.ndarray:
+    """The mean of `probs` over each of the k phases (every k-th value from the first, from
+    the second, ...)."""
+    return np.array([np.asarray(probs, np.float64)[i::k].mean() for i in range(k)])
+
+
+def strongest_phase(probs: np.ndarray, k: int) -> int:
+    """The phase (0 <= i < k) of highest mean level-tagger probability (`phase_means`)."""
+    return int(np.argmax(phase_means(probs, k)))
 
 
 def checked_level(
