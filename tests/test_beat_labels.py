@@ -451,9 +451,14 @@ def test_tempo_bounds_choose_the_level_for_tracking_and_dbn(monkeypatch):
     beats = decode(with_notes, max_bpm=150.0, level_threshold=0.9, level_tagger="level")
     assert asked == ["level"]  # once, for the phase: a level check would ask again
     assert mir_eval.beat.f_measure(fast[1::2] / FPS, beats) > 0.97
-    # bounds at the tracker's own level: tracked at the bounded period, the tagger not asked
-    decode(with_notes, min_bpm=200.0, level_threshold=0.0, level_tagger="level")
+    # bounds at the tracker's own level, or too narrow to hold the slower one (150-160: its
+    # 120 moves to 150): tracked at the bounded period, the tagger not asked
+    decode(with_notes, min_bpm=200.0, level_threshold=0.9, level_tagger="level")
+    beats = decode(
+        with_notes, min_bpm=150.0, max_bpm=160.0, level_threshold=0.9, level_tagger="level"
+    )
     assert asked == ["level"]
+    assert 60 / 160 - 0.011 <= np.median(np.diff(beats)) <= 60 / 150 + 0.011
     for bad, words in [
         (dict(method="peaks", max_bpm=150.0), "not peak picking"),
         (dict(min_bpm=120.0, max_bpm=60.0), "below decode.min_bpm"),

@@ -32,6 +32,7 @@ from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
 from jaxmir.tasks.beat.bars import SUBDIVISIONS, notes_from_features, subdivided
 from jaxmir.tasks.beat.decode import (
+    LEVEL_MIN_BEATS,
     NO_BOUNDS,
     beats_to_midi,
     checked_level,
@@ -142,7 +143,8 @@ class BeatDecodeConfig:
     # mean of at least 1 - `level_threshold`, the tracker followed every other (or third) beat
     # and the points are added (`checked_level`, never closer than `min_distance`); "" or 0: no
     # check. Calibration tries thresholds 0.05-0.5 (above 0.5 the fill passes more easily
-    # than the slower test).
+    # than the slower test). Under tempo bounds the check is skipped and the same tagger
+    # chooses the phase of a slower level (`bounded_beats`).
     level_tagger: str = ""
     level_threshold: float = 0.0
     # False: the level check only goes slower (`slower_level`). A run calibrated before the
@@ -150,9 +152,11 @@ class BeatDecodeConfig:
     # its old decoding, `jaxmir calibrate` chooses the threshold for both.
     fill_level: bool = True
     # Methods "track", "dbn": bounds on the tracked tempo in beats per minute (0: none). The
-    # tracking period moves to 2, 3 or 4 beats, or a half, third or quarter of one, to lie
-    # within them (`period_in_range`), and the level check is skipped: the user's bounds choose
-    # the metrical level. Never calibrated; for a piece whose tempo one knows.
+    # level moves to 2, 3 or 4 beats, or a half, third or quarter of one, to lie within them
+    # (`period_in_range`): a slower level keeps the tracked beats in the level tagger's phase,
+    # others are tracked at the bounded period (`bounded_beats`); the level check is skipped,
+    # the user's bounds choose the level. Never calibrated nor trained with; for a piece whose
+    # tempo one knows (`jaxmir eval` / `transcribe --set`).
     min_bpm: float = 0.0
     max_bpm: float = 0.0
     # At the end of training, choose the method and thresholds on the validation pieces
@@ -926,22 +930,26 @@ def bounded_beats(
     posteriors,
 ) -> np.ndarray:
     """Beats within tempo `bounds` (`decode.min_bpm`, `max_bpm`). `track(bpm_range=...)` runs
-    the tracker. Where the bounds ask for a slower level than the tracker's own (every k-th of
-    its beats) and the model has a level tagger, the tracker's own beats are kept in the phase
-    the tagger gives the highest mean probability of being beats (`strongest_phase`): it reads
-    the notes, where a tracker at the slower period has only the frame model's activation, which
-    rises on the sub-beats too. Otherwise the tracker runs at the bounded period.
+    the tracker. Where the bounds hold a slower level than the tracker's own (every k-th of its
+    beats, k = 2, 3 or 4, not one moved to a bound) and the model decodes with a level tagger
+    (`checks_level`), the tracker's own beats are kept in the phase the tagger gives the highest
+    mean probability of being beats (`strongest_phase`): it reads the notes, where a tracker at
+    the slower period has only the frame model's activation, which rises on the sub-beats too.
+    Otherwise (and for fewer than `LEVEL_MIN_BEATS` beats a phase) the tracker runs at the
+    bounded period.
 
     Why: told each piece's tempo within 25 %, on 48 music21 works exported to MIDI
     (`benchmarks.beat_works --told-tempo 1.25`), the tracker at the bounded period found the
     notated level in 47 and beat F 0.79 (the one-part folk tunes 0.64: the off-beat half
     notes); the tagger's phase 0.88 (folk tunes 0.83), docs/beat.md."""
-    if d.level_tagger:
+    if checks_level(d):
         own = track()
-        if len(own) >= 3:
+        if len(own) >= 2:
             period = median_interval(own)
-            k = round(period_in_range(period, bounds) / period)
-            if k >= 2:
+            target = period_in_range(period, bounds)
+            k = round(target / period)
+            whole = k >= 2 and math.isclose(target, k * period)  # a level, not a bound
+            if whole and len(own) >= LEVEL_MIN_BEATS * k:
                 probs_of = level_probs(d.level_tagger, _notes(posteriors, "level_tagger"))
                 return own[strongest_phase(probs_of(own), k) :: k]
     return track(bpm_range=bounds)
