@@ -26,7 +26,7 @@ import argparse
 import dataclasses
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,6 +90,11 @@ def told_tempo(cfg: Config, beats: np.ndarray, factor: float) -> Config:
     return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, min_bpm=lo, max_bpm=hi))
 
 
+def same_for_every_piece(cfg: Config) -> Callable[[np.ndarray], Config]:
+    """A decoding's config for a piece of any true beats (`score_pieces`)."""
+    return lambda beats: cfg
+
+
 def score_pieces(
     workdir: Path | None,
     built: list[tuple[SymbolicPiece, dict[str, str]]],
@@ -110,9 +115,8 @@ def score_pieces(
 
     cfg, mesh, state = load_for_inference(TASK, workdir)
     # each decoding: the config for a piece of these true beats
-    configs = [("stored", lambda beats: cfg)] + [
-        (name, functools.partial(lambda c, beats: c, apply_overrides(cfg, o)))
-        for name, o in variants
+    configs = [("stored", same_for_every_piece(cfg))] + [
+        (name, same_for_every_piece(apply_overrides(cfg, o))) for name, o in variants
     ]
     described = dict(variants)
     if told is not None:

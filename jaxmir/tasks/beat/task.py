@@ -431,12 +431,15 @@ class BeatTask(PieceTask):
                 FPS,
                 faster_level=d.faster_level,
             )
-            beats = track() if bounds == NO_BOUNDS else bounded_beats(track, bounds, d, posteriors)
-        if d.method != "peaks" and checks_level(d) and bounds == NO_BOUNDS:
-            probs_of = level_probs(d.level_tagger, _notes(posteriors, "level_tagger"))
-            beats = checked_level(
-                beats, probs_of, d.level_threshold, SUBDIVISIONS, d.min_distance, d.fill_level
-            )
+            if bounds != NO_BOUNDS:  # the user's bounds choose the level: no level check
+                beats = bounded_beats(track, bounds, d, posteriors)
+            elif checks_level(d):
+                probs_of = level_probs(d.level_tagger, _notes(posteriors, "level_tagger"))
+                beats = checked_level(
+                    track(), probs_of, d.level_threshold, SUBDIVISIONS, d.min_distance, d.fill_level
+                )
+            else:
+                beats = track()
         if d.downbeats == "tagger":
             if not d.tagger:
                 raise ConfigError("decode.downbeats=tagger: decode.tagger names no folder")
