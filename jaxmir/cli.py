@@ -142,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
         + "), in one process: the model compiles once per window shape "
         "and every file's windows share its batches. Of several inputs, a file that cannot be "
         "read is skipped with its reason and the others are transcribed; the command then "
-        "exits 1 (2 when no input could be read). Beat: for a MIDI file that carries its own "
+        "exits 1 (2 when no input could be read). A file of the other kind (audio given to beat, "
+        "MIDI to an audio task) is refused before the model loads. Beat: for a MIDI file that carries its own "
         "meter map (written from a score), a line on stderr says how far the tracked beats "
         "agree with it (its beat, a half or a double of it; beat and downbeat F).",
     )
@@ -452,8 +453,17 @@ def cmd_calibrate(args) -> int:
 
 def transcribe_inputs(inputs: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
     """The files to transcribe: each file as given, each folder's files with one of `suffixes`
-    (not recursive, sorted); UsageError naming a missing input, a folder without such files or
-    two inputs that would write the same outputs (same stem)."""
+    (not recursive, sorted); UsageError naming a missing input, a folder without such files, a
+    file of the other kind (audio given to a task that reads MIDI, or MIDI to one that reads
+    audio) or two inputs that would write the same outputs (same stem)."""
+    from jaxmir.inference import AUDIO_SUFFIXES, MIDI_SUFFIXES
+
+    kind_of = {
+        s: kind
+        for kind, known in (("audio", AUDIO_SUFFIXES), ("MIDI", MIDI_SUFFIXES))
+        for s in known
+    }
+    reads = kind_of.get(suffixes[0]) if suffixes else None
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
@@ -468,6 +478,11 @@ def transcribe_inputs(inputs: list[Path], suffixes: tuple[str, ...]) -> list[Pat
                 )
             files.extend(found)
         elif path.is_file():
+            kind = kind_of.get(path.suffix.lower())
+            if None not in (kind, reads) and kind != reads:
+                raise UsageError(
+                    f"{path}: is {kind}, and this task reads {reads} files ({', '.join(suffixes)})"
+                )
             files.append(path)
         else:
             raise UsageError(f"{path}: no such file")

@@ -13,6 +13,7 @@ from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.tasks.beat.decode import (
     BEAT_PITCH,
     DOWNBEAT_PITCH,
+    RELATIVE_FLOOR,
     beats_to_midi,
     dbn_beats,
     decode_beats,
@@ -20,6 +21,7 @@ from jaxmir.tasks.beat.decode import (
     period_in_range,
     pick_peaks,
     track_beats,
+    tracking_peaks,
     write_beat_csv,
 )
 from jaxmir.tasks.beat.labels import (
@@ -373,6 +375,42 @@ def test_dbn_keeps_the_beat_level_that_tracking_chose():
     slow = dbn_beats(act, peaks, FPS)
     assert np.median(np.diff(slow)) == pytest.approx(0.8, abs=0.02)
     assert mir_eval.beat.f_measure(truth / FPS, dbn_beats(act, peaks, FPS, 0.9)) > 0.97
+
+
+def test_tracking_starts_from_the_pieces_own_peaks_when_too_few_reach_the_threshold():
+    """A pulse every 0.3 s that hovers just under the threshold (0.27-0.31, as the shipped
+    model's activation on identical notes at 200 bpm): one peak reaches 0.3, so both trackers
+    had no tempo and wrote that one beat. Through `BeatTask.decode` they now start from the
+    peaks of at least half the piece's maximum and find every beat. Enough peaks at the
+    threshold are kept as they are; an activation that never reaches `RELATIVE_FLOOR` (no beat
+    in it) and a pulse whose relative peaks are no more keep their few peaks."""
+    import dataclasses
+
+    from jaxmir.tasks.base import get_task
+
+    n, period = 2000, 30
+    truth = np.arange(period, n - period, period)
+    heights = [0.31 if i == 10 else 0.27 + 0.01 * (i % 3) for i in range(len(truth))]
+    act = _pulses(n, truth, heights)
+    peaks = pick_peaks(act, 0.3, 0.2, FPS)
+    assert len(peaks) == 1
+    found = tracking_peaks(act, peaks, 0.2, FPS)
+    assert mir_eval.beat.f_measure(truth / FPS, found) == 1.0
+    task = get_task("beat")
+    cfg = task.presets()["quality"]
+    probs = np.stack([act, np.zeros(n)], axis=1)
+    for method in ("track", "dbn"):
+        decode = dict(method=method, downbeats="peaks", beat_threshold=0.3, min_distance=0.2)
+        d = dataclasses.replace(cfg.decode, level_threshold=0.0, **decode)
+        beats, _ = task.decode(probs, dataclasses.replace(cfg, decode=d))
+        assert mir_eval.beat.f_measure(truth / FPS, beats) > 0.97, method
+    strong = pick_peaks(_pulses(n, truth, [0.8] * len(truth)), 0.3, 0.2, FPS)
+    np.testing.assert_array_equal(tracking_peaks(act, strong[:3], 0.2, FPS), strong[:3])
+    faint = _pulses(n, truth, [RELATIVE_FLOOR * 0.9] * len(truth))
+    assert len(tracking_peaks(faint, pick_peaks(faint, 0.3, 0.2, FPS), 0.2, FPS)) == 0
+    two = _pulses(n, truth[:2], [0.9, 0.9])
+    both = pick_peaks(two, 0.3, 0.2, FPS)
+    np.testing.assert_array_equal(tracking_peaks(two, both, 0.2, FPS), both)
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,14 @@ def test_folders_are_expanded_sorted_with_the_tasks_file_types(tmp_path):
     (tmp_path / "b.flac").write_bytes(b"x")
     with pytest.raises(UsageError, match="same name as"):
         transcribe_inputs([d, tmp_path / "b.flac"], audio)
+    # a file of the other kind, named before any model is restored
+    with pytest.raises(UsageError, match=r"z.ogg: is audio, and this task reads MIDI files"):
+        transcribe_inputs([one], (".mid", ".midi"))
+    with pytest.raises(UsageError, match=r"c.mid: is MIDI, and this task reads audio files"):
+        transcribe_inputs([d / "c.mid"], audio)
+    other = tmp_path / "notes.kar"  # a suffix of neither kind: tried, as before
+    other.write_bytes(b"x")
+    assert transcribe_inputs([other], (".mid", ".midi")) == [other]
 
 
 def _song(path: Path, f0: float, seconds: float) -> Path:

@@ -43,6 +43,7 @@ from jaxmir.tasks.beat.decode import (
     read_beat_csv,
     strongest_phase,
     track_beats,
+    tracking_peaks,
     write_beat_csv,
 )
 from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
@@ -427,7 +428,7 @@ class BeatTask(PieceTask):
             track = functools.partial(
                 track_beats if d.method == "track" else dbn_beats,
                 probs[:, 0],
-                beats,
+                tracking_peaks(probs[:, 0], beats, d.min_distance, FPS),
                 FPS,
                 faster_level=d.faster_level,
             )
