@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "and every file's windows share its batches. Of several inputs, a file that cannot be "
         "read is skipped with its reason and the others are transcribed; the command then "
         "exits 1 (2 when no input could be read). A file of the other kind (audio given to beat, "
-        "MIDI to an audio task) is refused before the model loads. Beat: for a MIDI file that carries its own "
+        "MIDI to an audio task) stops the command (exit 2) before the model loads. Beat: for a MIDI file that carries its own "
         "meter map (written from a score), a line on stderr says how far the tracked beats "
         "agree with it (its beat, a half or a double of it; beat and downbeat F).",
     )
@@ -463,7 +463,7 @@ def transcribe_inputs(inputs: list[Path], suffixes: tuple[str, ...]) -> list[Pat
         for kind, known in (("audio", AUDIO_SUFFIXES), ("MIDI", MIDI_SUFFIXES))
         for s in known
     }
-    reads = kind_of.get(suffixes[0]) if suffixes else None
+    reads = {kind_of.get(s.lower()) for s in suffixes} - {None}
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
@@ -479,9 +479,10 @@ def transcribe_inputs(inputs: list[Path], suffixes: tuple[str, ...]) -> list[Pat
             files.extend(found)
         elif path.is_file():
             kind = kind_of.get(path.suffix.lower())
-            if None not in (kind, reads) and kind != reads:
+            if kind is not None and reads and kind not in reads:
                 raise UsageError(
-                    f"{path}: is {kind}, and this task reads {reads} files ({', '.join(suffixes)})"
+                    f"{path}: is {kind}, and this task reads {' or '.join(sorted(reads))} files "
+                    f"({', '.join(suffixes)})"
                 )
             files.append(path)
         else:

@@ -142,6 +142,11 @@ def test_folders_are_expanded_sorted_with_the_tasks_file_types(tmp_path):
         transcribe_inputs([one], (".mid", ".midi"))
     with pytest.raises(UsageError, match=r"c.mid: is MIDI, and this task reads audio files"):
         transcribe_inputs([d / "c.mid"], audio)
+    loud = tmp_path / "Y.WAV"
+    loud.write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"Y.WAV: is audio"):
+        transcribe_inputs([loud], (".mid", ".midi"))
+    assert transcribe_inputs([loud, d / "c.mid"], (*audio, ".wav", ".mid")) == [loud, d / "c.mid"]
     other = tmp_path / "notes.kar"  # a suffix of neither kind: tried, as before
     other.write_bytes(b"x")
     assert transcribe_inputs([other], (".mid", ".midi")) == [other]

@@ -73,8 +73,8 @@ MIN_TRACKING_PEAKS = 3
 #: `tracking_peaks` then picks the activation's peaks of at least this fraction of its maximum...
 RELATIVE_THRESHOLD = 0.5
 #: ...where that maximum reaches this: about three times the shipped model's activation
-#: between beats (a median of 0.03 on plain inputs), so a piece with no beat in it (one held
-#: note, a few notes) keeps its few peaks.
+#: between beats (a median of 0.03 on plain inputs), so that faint wiggles in a piece with no
+#: beat in it are never tracked.
 RELATIVE_FLOOR = 0.1
 
 
@@ -83,8 +83,9 @@ def tracking_peaks(
 ) -> np.ndarray:
     """The peaks to start tracking from: `peaks` (picked at the beat threshold), or where
     fewer than `MIN_TRACKING_PEAKS` reached it, the activation's peaks of at least
-    `RELATIVE_THRESHOLD` of its maximum (when that maximum reaches `RELATIVE_FLOOR` and they
-    are more).
+    `RELATIVE_THRESHOLD` of its maximum, when that maximum reaches `RELATIVE_FLOOR` and they
+    are enough to track from (otherwise `peaks`: no peak under the threshold becomes a beat
+    untracked).
 
     Why: the threshold is calibrated on the corpus's pieces, where the activation rises well
     above it on beats. On plainer input it can hover just under it: identical notes every 0.3 s
@@ -100,7 +101,7 @@ def tracking_peaks(
     if top < RELATIVE_FLOOR:
         return peaks
     relative = pick_peaks(activation, RELATIVE_THRESHOLD * top, min_distance, fps)
-    return relative if len(relative) > len(peaks) else peaks
+    return relative if len(relative) >= MIN_TRACKING_PEAKS else peaks
 
 
 def track_beats(
