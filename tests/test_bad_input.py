@@ -266,7 +266,13 @@ CASES = [
         "wav-to-beat",
         lambda f: f.transcribe("beat", f.bad("audio.wav")),
         "audio.wav",
-        "not a MIDI file",
+        "is audio, and this task reads MIDI files (.mid, .midi)",
+    ),
+    case(
+        "mid-to-an-audio-task",
+        lambda f: f.transcribe("patch_cnn", f.bad("no-notes.mid")),
+        "no-notes.mid",
+        "is MIDI, and this task reads audio files",
     ),
     case(
         "random-bytes-mid",
