@@ -17,6 +17,7 @@ from jaxmir.tasks.beat.decode import (
     beats_to_midi,
     dbn_beats,
     decode_beats,
+    extended_to_first_onset,
     faster_period,
     period_in_range,
     pick_peaks,
@@ -411,6 +412,63 @@ def test_tracking_starts_from_the_pieces_own_peaks_when_too_few_reach_the_thresh
     assert len(tracking_peaks(faint, pick_peaks(faint, 0.3, 0.2, FPS), 0.2, FPS)) == 0
     two = _pulses(n, truth[:2], [0.25, 0.25])  # two notes: two relative peaks, no tempo
     assert len(tracking_peaks(two, pick_peaks(two, 0.3, 0.2, FPS), 0.2, FPS)) == 0
+
+
+@pytest.mark.parametrize(
+    "first_onset, expected_added",
+    [
+        (0.0, [0.0, 0.5]),  # a score's first beat at 0 s: both beats before the tracked ones
+        (0.3, [0.5]),  # 0.0 lies before the first note (beyond the 70 ms tolerance)
+        (0.44, [0.5]),  # within 70 ms after the added beat: kept
+        (1.0, []),  # the first tracked beat is the first onset
+    ],
+)
+def test_tracked_beats_are_extended_back_to_the_first_onset(first_onset, expected_added):
+    beats = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
+    got = extended_to_first_onset(beats, first_onset)
+    np.testing.assert_allclose(got, np.concatenate([expected_added, beats]))
+
+
+def test_extension_uses_the_local_period_and_never_goes_before_zero():
+    """The first intervals' median, not the piece's: a piece that slows later extends at its
+    opening tempo; a beat up to 70 ms before 0 s is written at 0 s; too few beats: unchanged."""
+    slowing = np.array([0.9, 1.2, 1.5, 1.8, 2.6, 3.4, 4.2, 5.0])
+    np.testing.assert_allclose(extended_to_first_onset(slowing, 0.0)[:4], [0.0, 0.3, 0.6, 0.9])
+    early = np.array([0.45, 0.95, 1.45, 1.95])
+    np.testing.assert_allclose(extended_to_first_onset(early, 0.0)[:2], [0.0, 0.45])
+    few = np.array([1.0, 1.5, 2.0])
+    np.testing.assert_array_equal(extended_to_first_onset(few, 0.0), few)
+
+
+def test_decoding_extends_the_tracked_beats_to_the_first_note():
+    """Through `BeatTask.decode`: an activation with no beat at the first two onsets (as the
+    frame model gives a piece's opening) is tracked from 0.5 s (`track`, which extrapolates a
+    little) or 1.0 s (`dbn`); with the piece's notes known (`BeatPosteriors`) the beats back to
+    the first note at 0 s are added; frames alone (no notes) are left as tracked."""
+    import dataclasses
+
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.beat.task import BeatPosteriors
+
+    n, period = 3000, 50
+    truth = np.arange(0, n - period, period)
+    act = _pulses(n, truth[2:], [0.9] * (len(truth) - 2))
+    probs = np.stack([act, np.zeros(n)], axis=1)
+    notes = np.array([[t / FPS, t / FPS + 0.4, 60.0] for t in truth])
+    task = get_task("beat")
+    cfg = task.presets()["quality"]
+    for method in ("track", "dbn"):
+        decode = dict(method=method, downbeats="peaks", beat_threshold=0.3, min_distance=0.2)
+        c = dataclasses.replace(
+            cfg, decode=dataclasses.replace(cfg.decode, level_threshold=0.0, **decode)
+        )
+        alone, _ = task.decode(probs, c)
+        assert alone[0] > 0.4, method  # the first onset's beat is missed (track: 0.5, dbn: 1.0)
+        beats, _ = task.decode(BeatPosteriors(probs, notes), c)
+        np.testing.assert_allclose(beats[:3], [0.0, 0.5, 1.0], atol=0.03, err_msg=method)
+        assert mir_eval.beat.f_measure(truth / FPS, beats) > mir_eval.beat.f_measure(
+            truth / FPS, alone
+        )
 
 
 @pytest.mark.parametrize(

@@ -279,6 +279,37 @@ def viterbi_beats(activation: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return np.asarray(beats[::-1], np.float64)
 
 
+#: `extended_to_first_onset`: the period to extend by is the median of the first this many
+#: tracked intervals (the local tempo at the start, not the piece's).
+START_INTERVALS = 3
+#: ...and a beat may lie this far (s) before the first onset: mir_eval's tolerance.
+START_TOLERANCE = 0.07
+
+
+def extended_to_first_onset(beats: np.ndarray, first_onset: float) -> np.ndarray:
+    """`beats` with beats added before the first one, a local period apart (the median of
+    its first `START_INTERVALS` intervals), back to the piece's first note onset (less
+    `START_TOLERANCE`; none before 0 s). Fewer than `START_INTERVALS` + 1 beats: unchanged.
+
+    Why: the frame model gives a piece's first onset almost no beat activation (its spectral
+    flux is 0 at frame 0, docs/beat.md), so tracking began one beat or more into the music: a
+    file written from a score lost its first beat. On the shipped beat model the first true
+    beat was found in 69 % of 48 exported music21 works and 36 % of 96 fresh pieces; extended,
+    83 % and 65 %, beat F the same or higher (0.716 and 0.812 -> 0.716 and 0.815) and the
+    downbeat taggers, given the first bar's beats, downbeat F 0.562 / 0.703 -> 0.562 / 0.724."""
+    beats = np.asarray(beats, np.float64)
+    if len(beats) < START_INTERVALS + 1:
+        return beats
+    period = float(np.median(np.diff(beats[: START_INTERVALS + 1])))
+    if period <= 0:
+        return beats
+    n = int(np.floor((beats[0] - (first_onset - START_TOLERANCE)) / period))
+    if n < 1:
+        return beats
+    before = beats[0] - period * np.arange(n, 0, -1)
+    return np.concatenate([np.maximum(before, 0.0), beats])
+
+
 #: `slower_level` judges a phase only where each of the k phases has this many beats;
 #: `checked_level` fills in beats only where at least this many points would be inserted.
 LEVEL_MIN_BEATS = 4

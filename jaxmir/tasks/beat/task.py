@@ -38,6 +38,7 @@ from jaxmir.tasks.beat.decode import (
     checked_level,
     dbn_beats,
     decode_beats,
+    extended_to_first_onset,
     period_in_range,
     pick_peaks,
     read_beat_csv,
@@ -441,6 +442,8 @@ class BeatTask(PieceTask):
                 )
             else:
                 beats = track()
+            if isinstance(posteriors, BeatPosteriors) and len(posteriors.notes):
+                beats = extended_to_first_onset(beats, float(posteriors.notes[:, 0].min()))
         if d.downbeats == "tagger":
             if not d.tagger:
                 raise ConfigError("decode.downbeats=tagger: decode.tagger names no folder")
