@@ -431,13 +431,21 @@ def test_tracked_beats_are_extended_back_to_the_first_onset(first_onset, expecte
 
 def test_extension_uses_the_local_period_and_never_goes_before_zero():
     """The first intervals' median, not the piece's: a piece that slows later extends at its
-    opening tempo; a beat up to 70 ms before 0 s is written at 0 s; too few beats: unchanged."""
+    opening tempo; a beat up to 70 ms before 0 s (70 ms included) is written at 0 s; too few
+    beats, too short a period or beats out of order: unchanged."""
     slowing = np.array([0.9, 1.2, 1.5, 1.8, 2.6, 3.4, 4.2, 5.0])
     np.testing.assert_allclose(extended_to_first_onset(slowing, 0.0)[:4], [0.0, 0.3, 0.6, 0.9])
     early = np.array([0.45, 0.95, 1.45, 1.95])
     np.testing.assert_allclose(extended_to_first_onset(early, 0.0)[:2], [0.0, 0.45])
     few = np.array([1.0, 1.5, 2.0])
     np.testing.assert_array_equal(extended_to_first_onset(few, 0.0), few)
+    # a beat exactly 70 ms before the first onset (whole frames): kept, written at 0 s
+    on_bound = np.array([0.57, 1.21, 1.85, 2.49])
+    np.testing.assert_allclose(extended_to_first_onset(on_bound, 0.0)[:2], [0.0, 0.57])
+    # no beat period (under SHORTEST_PERIOD: a duplicate at 0 s, thousands of beats) or beats
+    # not ascending: unchanged
+    for odd in (np.array([5.0, 5.001, 5.002, 5.003]), np.array([3.0, 1.0, 2.0, 4.0])):
+        np.testing.assert_array_equal(extended_to_first_onset(odd, 0.0), odd)
 
 
 def test_decoding_extends_the_tracked_beats_to_the_first_note():

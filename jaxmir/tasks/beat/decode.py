@@ -289,7 +289,8 @@ START_TOLERANCE = 0.07
 def extended_to_first_onset(beats: np.ndarray, first_onset: float) -> np.ndarray:
     """`beats` with beats added before the first one, a local period apart (the median of
     its first `START_INTERVALS` intervals), back to the piece's first note onset (less
-    `START_TOLERANCE`; none before 0 s). Fewer than `START_INTERVALS` + 1 beats: unchanged.
+    `START_TOLERANCE`; one there before 0 s is written at 0 s). Fewer than `START_INTERVALS`
+    + 1 beats, beats not ascending or a period under `SHORTEST_PERIOD`: unchanged.
 
     Why: the frame model gives a piece's first onset almost no beat activation (its spectral
     flux is 0 at frame 0, docs/beat.md), so tracking began one beat or more into the music: a
@@ -300,10 +301,13 @@ def extended_to_first_onset(beats: np.ndarray, first_onset: float) -> np.ndarray
     beats = np.asarray(beats, np.float64)
     if len(beats) < START_INTERVALS + 1:
         return beats
-    period = float(np.median(np.diff(beats[: START_INTERVALS + 1])))
-    if period <= 0:
+    opening = np.diff(beats[: START_INTERVALS + 1])
+    period = float(np.median(opening))
+    if opening.min() <= 0 or period < SHORTEST_PERIOD:  # not ascending, or no beat period
         return beats
-    n = int(np.floor((beats[0] - (first_onset - START_TOLERANCE)) / period))
+    # whole periods back to the first onset (less the tolerance); the nudge keeps a beat that
+    # lands on that bound exactly (times are whole frames) from rounding away
+    n = int(np.floor((beats[0] - (first_onset - START_TOLERANCE)) / period + 1e-9))
     if n < 1:
         return beats
     before = beats[0] - period * np.arange(n, 0, -1)

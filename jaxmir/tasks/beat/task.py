@@ -426,13 +426,19 @@ class BeatTask(PieceTask):
             probs, FPS, d.beat_threshold, d.downbeat_threshold, d.min_distance
         )
         if d.method != "peaks":
-            track = functools.partial(
+            tracker = functools.partial(
                 track_beats if d.method == "track" else dbn_beats,
                 probs[:, 0],
                 tracking_peaks(probs[:, 0], beats, d.min_distance, FPS),
                 FPS,
                 faster_level=d.faster_level,
             )
+            notes = posteriors.notes if isinstance(posteriors, BeatPosteriors) else ()
+
+            def track(**bounded) -> np.ndarray:  # back to the first note, before a level check
+                beats = tracker(**bounded)
+                return extended_to_first_onset(beats, notes[:, 0].min()) if len(notes) else beats
+
             if bounds != NO_BOUNDS:  # the user's bounds choose the level: no level check
                 beats = bounded_beats(track, bounds, d, posteriors)
             elif checks_level(d):
@@ -442,8 +448,6 @@ class BeatTask(PieceTask):
                 )
             else:
                 beats = track()
-            if isinstance(posteriors, BeatPosteriors) and len(posteriors.notes):
-                beats = extended_to_first_onset(beats, float(posteriors.notes[:, 0].min()))
         if d.downbeats == "tagger":
             if not d.tagger:
                 raise ConfigError("decode.downbeats=tagger: decode.tagger names no folder")
