@@ -202,6 +202,32 @@ def test_a_trained_tagger_finds_the_bars_of_a_simple_meter(tmp_path):
     assert np.mean(scores) > 0.9, scores
 
 
+def test_decoding_reads_the_taggers_downbeats_as_whole_bars_unless_told_not_to(tmp_path):
+    """A tagger sure that no beat starts a bar: marked beat by beat (`bar_change` 0) there is
+    no downbeat; read as bars of 1-7 beats (the default), a bar still starts somewhere, where
+    `bar_downbeats` puts it."""
+    from jaxmir.tasks.beat.bar_lengths import bar_downbeats
+    from jaxmir.tasks.beat.task import TASK, BeatPosteriors
+
+    _constant_tagger(tmp_path / "tagger", -50.0)
+    frames = np.zeros((1200, 2), np.float32)
+    frames[50::50, 0] = 0.9  # a beat every 0.5 s from 0.5 s
+    onsets = np.arange(50, 1200, 50) / 100
+    notes = np.stack([onsets, onsets + 0.3, np.full(len(onsets), 60.0)], axis=1)
+    cfg = TASK.presets()["tiny"]
+    d = dataclasses.replace(
+        cfg.decode, method="peaks", downbeats="tagger", tagger=str(tmp_path / "tagger")
+    )
+    cfg = dataclasses.replace(cfg, decode=d)
+    assert cfg.decode.bar_change > 0
+    beats, downbeats = TASK.decode(BeatPosteriors(frames, notes), cfg)
+    assert len(beats) == len(onsets)
+    bars = bar_downbeats(np.zeros(len(beats)), d.bar_change, d.bar_hold)
+    assert len(downbeats) > 0 and np.array_equal(downbeats, beats[bars])
+    each = dataclasses.replace(cfg, decode=dataclasses.replace(d, bar_change=0.0))
+    assert len(TASK.decode(BeatPosteriors(frames, notes), each)[1]) == 0
+
+
 def test_a_tagger_folder_that_is_missing_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no downbeat tagger"):
@@ -244,14 +270,17 @@ def test_training_with_a_tagger_calibrates_it_and_export_carries_it(
     assert set(saved["val_downbeat_f_by_source"]) == {"peaks", "tagger"}
     assert saved["decode"]["downbeats"] in ("peaks", "tagger")
     # decode with the tagger whatever calibration chose: relative to the run folder
-    saved["decode"].update(downbeats="tagger", tagger="tagger", tagger_threshold=0.0)
+    saved["decode"].update(
+        downbeats="tagger", tagger="tagger", tagger_threshold=0.0, bar_change=0.0
+    )
     (wd / "decode.json").write_text(json.dumps(saved))
     capsys.readouterr()
     evaluate = ["eval", "beat", "--workdir", str(wd), "--data", str(beat_cache), "--split", "val"]
     assert main(evaluate) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["decode"]["tagger"] == "tagger"  # the eval record names it inside the run
-    # the tagger's downbeats are tracked beats: all of them at threshold 0, fewer at 0.5
+    # the tagger's downbeats are tracked beats: all of them at threshold 0, fewer at 0.5 (each
+    # beat at the threshold, `bar_change` 0)
     from jaxmir.data.cache import FeatureCache
     from jaxmir.engine.run import make_predict, restore_for_inference
 
@@ -327,6 +356,8 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
     cfg, mesh, state, _ = restore_for_inference(TASK, wd)
     tagger = {"tagger_hidden": 4, "tagger_layers": 1, "tagger_members": 1}  # `_constant_tagger`
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **tagger))
+    # each beat at the threshold: whole bars (`bar_change`) never mark every beat, nor none
+    cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, bar_change=0.0))
     predict, cache = make_predict(mesh, state), FeatureCache(beat_cache)
     home = wd / "tagger"
     new = {}  # what the next re-trained tagger is, then its weights and where it was trained

@@ -30,6 +30,7 @@ from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.inference import sigmoid
 from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
+from jaxmir.tasks.beat.bar_lengths import bar_downbeats
 from jaxmir.tasks.beat.bars import SUBDIVISIONS, notes_from_features, subdivided
 from jaxmir.tasks.beat.decode import (
     LEVEL_MIN_BEATS,
@@ -62,7 +63,6 @@ from jaxmir.tasks.beat.tagger import (
     recover_folder,
     replace_folder,
     stored_tagger_problem,
-    tag_downbeats,
     tagger_probs,
     train_tagger,
 )
@@ -138,6 +138,14 @@ class BeatDecodeConfig:
     downbeats: str = "peaks"
     tagger: str = ""
     tagger_threshold: float = 0.5
+    # Downbeats "tagger": read the tagger's probabilities as whole bars of 1-7 beats
+    # (`bar_downbeats`): a bar of another length follows a bar with probability `bar_change`,
+    # a beat that does not count (a fermata's extra beat) repeats a place in mid-bar with
+    # probability `bar_hold`. 0 for `bar_change`: every beat marked at >= `tagger_threshold`.
+    # A prior, not calibrated: validation cannot tell the two apart (docs/beat.md, "Whole
+    # bars"), music unlike the corpus gains.
+    bar_change: float = 0.1
+    bar_hold: float = 0.1
     # Methods "track", "dbn": where the level tagger stored in folder `level_tagger` (relative,
     # as `tagger`) gives every other tracked beat (or every second and third) a mean
     # probability under `level_threshold`, the tracker followed a sub-beat and only the beats
@@ -178,6 +186,20 @@ DISTANCE_GRID = (0.2, 0.3)
 TIE = 1e-3
 DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 DOWNBEAT_SOURCES = ("peaks", "tagger")
+
+
+def tagged_downbeats(
+    beats: np.ndarray, probs: np.ndarray, d: BeatDecodeConfig, threshold: float | None = None
+) -> np.ndarray:
+    """The downbeats among `beats` that the tagger's probabilities `probs` give, as `d` reads
+    them: whole bars (`bar_downbeats`) or each beat at >= `threshold` (default: the
+    config's `tagger_threshold`)."""
+    beats = np.asarray(beats, np.float64)
+    if d.bar_change > 0:
+        return beats[bar_downbeats(probs, d.bar_change, d.bar_hold)]
+    return marked_downbeats(beats, probs, d.tagger_threshold if threshold is None else threshold)
+
+
 TAGGER_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 LEVEL_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
@@ -420,6 +442,9 @@ class BeatTask(PieceTask):
             raise ConfigError(
                 f"decode.downbeats: unknown source {d.downbeats!r} ({', '.join(DOWNBEAT_SOURCES)})"
             )
+        for key in ("bar_change", "bar_hold"):
+            if not 0.0 <= getattr(d, key) < 1.0:
+                raise ConfigError(f"decode.{key}: {getattr(d, key)} is a probability in [0, 1)")
         bounds = tempo_bounds(d)
         probs = posteriors.frames if isinstance(posteriors, BeatPosteriors) else posteriors
         beats, downbeats = decode_beats(
@@ -452,7 +477,7 @@ class BeatTask(PieceTask):
             if not d.tagger:
                 raise ConfigError("decode.downbeats=tagger: decode.tagger names no folder")
             notes = _notes(posteriors, "downbeats=tagger")
-            downbeats = tag_downbeats(d.tagger, notes, beats, d.tagger_threshold)
+            downbeats = tagged_downbeats(beats, tagger_probs(d.tagger, notes, beats), d)
         return beats, downbeats
 
     def locate(self, cfg: Config, folder: Path) -> Config:
@@ -609,16 +634,18 @@ class BeatTask(PieceTask):
 
             def best_threshold(folder: Path) -> tuple[float, float]:
                 """The tagger's best threshold on the beats tracked once above, and its score
-                (as `decode` would tag them at each threshold)."""
+                (as `decode` would tag them at each threshold; read as whole bars, the
+                threshold is not used and stays as it is)."""
                 probs = [
                     tagger_probs(str(folder), p.notes, b)
                     for (p, _), b in zip(pieces, tracked, strict=True)
                 ]
+                grid = (d.tagger_threshold,) if d.bar_change > 0 else TAGGER_GRID
                 f = {
                     t: downbeat_f(
-                        [marked_downbeats(b, q, t) for b, q in zip(tracked, probs, strict=True)]
+                        [tagged_downbeats(b, q, d, t) for b, q in zip(tracked, probs, strict=True)]
                     )
-                    for t in TAGGER_GRID
+                    for t in grid
                 }
                 threshold = max(f, key=f.get)
                 return threshold, f[threshold]
