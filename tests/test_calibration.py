@@ -376,6 +376,7 @@ def test_beat_transcribes_without_a_workdir_with_the_shipped_model(tmp_path, cap
         "min_distance": 0.2,
     }
     assert (stored["tagger_threshold"], stored["level_threshold"]) == (0.6, 0.15)
+    assert (stored["bar_change"], stored["bar_hold"]) == (0.1, 0.1)  # "Whole bars"
     assert {"eval_test", "eval_test_unseen"} <= set(meta)
     # `jaxmir train beat --preset quality` is the recipe that re-trains it
     # (docs/beat.md: "The shipped beat model")
