@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from jaxmir.config import ConfigError
-from jaxmir.tasks.beat.bar_lengths import BAR_LENGTHS, bar_downbeats, transition_logs
+from jaxmir.tasks.beat.bar_lengths import (
+    BAR_LENGTHS,
+    MIN_CONTRAST,
+    bar_downbeats,
+    transition_logs,
+    whole_bars,
+)
 from jaxmir.tasks.beat.task import BeatDecodeConfig, tagged_downbeats
 
 
@@ -27,6 +33,17 @@ def test_every_row_of_the_transitions_is_a_distribution():
         t = np.exp(transition_logs(change, hold))
         assert t.shape == (sum(BAR_LENGTHS),) * 2
         assert np.allclose(t.sum(axis=1), 1.0)
+    # one length: a bar is always followed by another like it
+    assert np.allclose(np.exp(transition_logs(0.1, 0.1, (4,))).sum(axis=1), 1.0)
+
+
+def test_bars_of_one_beat_and_no_hold_on_a_bars_first_beat():
+    """Every beat sure to start a bar: bars of 1 beat (beats tracked a bar apart). Two sure
+    downbeats in a row, then two sure other beats: bars of 4 with a doubtful second beat, not
+    bars of 3 whose first place repeats (a hold is for mid-bar places only)."""
+    assert bar_downbeats(np.full(12, 0.9), 0.1, 0.1).all()
+    probs = np.tile([0.95, 0.95, 0.05, 0.05], 8)
+    assert np.array_equal(np.flatnonzero(bar_downbeats(probs, 0.1, 0.1)), np.arange(0, 32, 4))
 
 
 def test_doubtful_beats_are_read_in_the_bars_of_the_rest():
@@ -61,6 +78,26 @@ def test_no_beats_one_beat_and_bad_probabilities():
     for change, hold in ((1.0, 0.1), (-0.1, 0.1), (0.1, 1.0)):
         with pytest.raises(ValueError, match="must lie in"):
             bar_downbeats(np.ones(4), change, hold)
+    with pytest.raises(ValueError, match="not a number"):
+        bar_downbeats(np.array([0.9, np.nan, 0.1]), 0.1, 0.1)
+
+
+def test_bars_are_read_only_where_their_downbeats_stand_out():
+    """Where the tagger hears no bar (every beat about 0.01, as on identical notes), the
+    cheapest path still starts a bar every few beats; `whole_bars` does not keep it. A bar the
+    tagger hears only faintly (0.2 against 0.01) is kept."""
+    flat = np.full(60, 0.01)
+    flat[0] = 0.2
+    assert bar_downbeats(flat, 0.1, 0.1).sum() > 1
+    assert whole_bars(flat, 0.1, 0.1) is None
+    faint = _probs([4] * 15, sure=0.2, other=0.01)
+    assert np.array_equal(np.flatnonzero(whole_bars(faint, 0.1, 0.1)), _starts([4] * 15))
+    assert whole_bars(np.array([0.9]), 0.1, 0.1) is None
+    # one sure beat among none: that beat alone, not bars every few beats from it
+    lone = np.full(64, 0.01)
+    lone[10] = 0.9
+    assert whole_bars(lone, 0.1, 0.1) is None
+    assert MIN_CONTRAST < 0.19
 
 
 def test_tagged_downbeats_reads_bars_or_marks_each_beat_as_the_config_says():
@@ -72,6 +109,10 @@ def test_tagged_downbeats_reads_bars_or_marks_each_beat_as_the_config_says():
     assert np.array_equal(tagged_downbeats(beats, probs, bars), beats[[0, 4, 8, 12]])
     assert np.array_equal(tagged_downbeats(beats, probs, each), beats[[0, 4, 5, 8, 12]])
     assert np.array_equal(tagged_downbeats(beats, probs, each, 0.8), beats[[0, 4, 8, 12]])
+    # no bar stands out: each beat at the threshold, whichever way the config reads them
+    flat = np.full(16, 0.01)
+    flat[3] = 0.7
+    assert np.array_equal(tagged_downbeats(beats, flat, bars), beats[[3]])
 
 
 def test_decoding_refuses_a_bar_probability_outside_zero_to_one():

@@ -202,30 +202,46 @@ def test_a_trained_tagger_finds_the_bars_of_a_simple_meter(tmp_path):
     assert np.mean(scores) > 0.9, scores
 
 
-def test_decoding_reads_the_taggers_downbeats_as_whole_bars_unless_told_not_to(tmp_path):
-    """A tagger sure that no beat starts a bar: marked beat by beat (`bar_change` 0) there is
-    no downbeat; read as bars of 1-7 beats (the default), a bar still starts somewhere, where
-    `bar_downbeats` puts it."""
-    from jaxmir.tasks.beat.bar_lengths import bar_downbeats
+def _bar_pattern(folder, notes, beats) -> np.ndarray:
+    """Downbeat probabilities of bars of 4 beats: 0.9 on each bar's first beat, 0.05 on the
+    others, but every third bar's first beat doubtful (0.4) and the beat after next over the
+    threshold (0.65)."""
+    n = len(beats)
+    p = np.where(np.arange(n) % 4 == 0, 0.9, 0.05)
+    p[4::12], p[6::12] = 0.4, 0.65
+    return p.astype(np.float32)
+
+
+def test_decoding_reads_the_taggers_downbeats_as_whole_bars_unless_told_not_to(
+    tmp_path, monkeypatch
+):
+    """The tagger's probabilities (`_bar_pattern`) read as whole bars (the default) give every
+    fourth beat; each beat at the threshold (`bar_change` 0) drops the doubtful downbeats and
+    adds the beats over it. A tagger that hears no bar (0.01 everywhere): no downbeats."""
+    import jaxmir.tasks.beat.task as beat_task
     from jaxmir.tasks.beat.task import TASK, BeatPosteriors
 
-    _constant_tagger(tmp_path / "tagger", -50.0)
-    frames = np.zeros((1200, 2), np.float32)
+    monkeypatch.setattr(beat_task, "tagger_probs", _bar_pattern)
+    frames = np.zeros((2500, 2), np.float32)
     frames[50::50, 0] = 0.9  # a beat every 0.5 s from 0.5 s
-    onsets = np.arange(50, 1200, 50) / 100
+    onsets = np.arange(50, 2500, 50) / 100
     notes = np.stack([onsets, onsets + 0.3, np.full(len(onsets), 60.0)], axis=1)
     cfg = TASK.presets()["tiny"]
     d = dataclasses.replace(
-        cfg.decode, method="peaks", downbeats="tagger", tagger=str(tmp_path / "tagger")
+        cfg.decode, method="peaks", downbeats="tagger", tagger=str(tmp_path), tagger_threshold=0.5
     )
     cfg = dataclasses.replace(cfg, decode=d)
     assert cfg.decode.bar_change > 0
-    beats, downbeats = TASK.decode(BeatPosteriors(frames, notes), cfg)
+    posteriors = BeatPosteriors(frames, notes)
+    beats, downbeats = TASK.decode(posteriors, cfg)
     assert len(beats) == len(onsets)
-    bars = bar_downbeats(np.zeros(len(beats)), d.bar_change, d.bar_hold)
-    assert len(downbeats) > 0 and np.array_equal(downbeats, beats[bars])
+    assert np.array_equal(downbeats, beats[::4])
     each = dataclasses.replace(cfg, decode=dataclasses.replace(d, bar_change=0.0))
-    assert len(TASK.decode(BeatPosteriors(frames, notes), each)[1]) == 0
+    marked = beats[_bar_pattern(None, None, beats) >= 0.5]
+    assert np.array_equal(TASK.decode(posteriors, each)[1], marked)
+    assert not np.array_equal(marked, beats[::4])
+    monkeypatch.setattr(beat_task, "tagger_probs", lambda f, n, b: np.full(len(b), 0.01))
+    assert len(TASK.decode(posteriors, cfg)[1]) == 0
 
 
 def test_a_tagger_folder_that_is_missing_is_named(tmp_path):
@@ -356,7 +372,7 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
     cfg, mesh, state, _ = restore_for_inference(TASK, wd)
     tagger = {"tagger_hidden": 4, "tagger_layers": 1, "tagger_members": 1}  # `_constant_tagger`
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **tagger))
-    # each beat at the threshold: whole bars (`bar_change`) never mark every beat, nor none
+    # each beat at the threshold (`bar_change` 0): a constant tagger marks every beat or none
     cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, bar_change=0.0))
     predict, cache = make_predict(mesh, state), FeatureCache(beat_cache)
     home = wd / "tagger"
@@ -439,3 +455,49 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
     assert main(["export", "beat", "--workdir", str(wd), "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["decode"]["downbeats"] == "peaks"
     assert not (out / "tagger").exists()
+
+
+def test_calibration_scores_the_tagger_as_decoding_reads_it(tmp_path, monkeypatch):
+    """Read as whole bars, calibration still chooses `tagger_threshold` with each beat marked
+    (decoding falls back on it where no bar stands out), and scores the tagger, against the
+    frame model's peaks, as decoding reads it. Two validation pieces with a clear beat every
+    0.5 s and a bar every 4 beats; the tagger's probabilities are `_bar_pattern`'s."""
+    import jaxmir.tasks.beat.task as beat_task
+    from jaxmir.tasks.beat.task import TAGGER_GRID, TASK, BeatPosteriors
+
+    frames = np.zeros((2500, 2), np.float32)
+    frames[50::50, 0] = 0.9
+    beats = np.arange(50, 2500, 50) / 100
+    notes = np.stack([beats, beats + 0.3, np.full(len(beats), 60.0)], axis=1)
+    labels = {"beats": beats, "downbeats": beats[::4]}
+    pieces = [(BeatPosteriors(frames, notes), labels)] * 2
+
+    class Cache:
+        def names(self, split):
+            return ["a", "b"]
+
+    def fit_tagger(cfg, train, val, workdir, progress, log, candidate):
+        folder = workdir / ("tagger.new" if candidate else "tagger")
+        _constant_tagger(folder, 0.0)
+        return folder
+
+    monkeypatch.setattr(TASK, "split_posteriors", lambda *a, **k: iter(pieces))
+    monkeypatch.setattr(TASK, "fit_tagger", fit_tagger)
+    monkeypatch.setattr(beat_task, "tagger_probs", _bar_pattern)
+    cfg = TASK.presets()["tiny"]
+    size = {"tagger_hidden": 4, "tagger_layers": 1, "tagger_members": 1}
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **size))
+    for bar_change in (0.1, 0.0):
+        c = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, bar_change=bar_change))
+        chosen = TASK.calibrate(None, c, Cache(), workdir=tmp_path, log=lambda *_: None)
+        assert chosen["decode"]["downbeats"] == "tagger"
+        # each beat marked, 0.4 or under finds every downbeat and one mid-bar beat in three
+        # bars (F 0.86), over 0.65 no mid-bar beat and two downbeats in three (F 0.8)
+        assert chosen["decode"]["tagger_threshold"] == min(TAGGER_GRID) <= 0.4
+        tagger_f = chosen["val_downbeat_f_by_source"]["tagger"]
+        assert chosen["after"]["downbeat_f_measure"] == pytest.approx(tagger_f)
+        if bar_change:
+            assert tagger_f == pytest.approx(1.0)  # every bar found
+        else:
+            assert 0.85 < tagger_f < 0.87
+        shutil.rmtree(tmp_path / "tagger")

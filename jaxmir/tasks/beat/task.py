@@ -30,7 +30,7 @@ from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.inference import sigmoid
 from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
-from jaxmir.tasks.beat.bar_lengths import bar_downbeats
+from jaxmir.tasks.beat.bar_lengths import whole_bars
 from jaxmir.tasks.beat.bars import SUBDIVISIONS, notes_from_features, subdivided
 from jaxmir.tasks.beat.decode import (
     LEVEL_MIN_BEATS,
@@ -133,7 +133,8 @@ class BeatDecodeConfig:
     # of the picked peaks' period's (`faster_period`); 0 tracks at the peaks' median interval.
     faster_level: float = 1.0
     # Downbeats: "peaks" of the frame model's downbeat channel, or "tagger": the beats that the
-    # downbeat tagger stored in folder `tagger` (relative: to the run or model folder) marks
+    # downbeat tagger stored in folder `tagger` (relative: to the run or model folder) marks,
+    # read as whole bars (below) or, with `bar_change` 0 or where no bar stands out, each beat
     # with a probability of at least `tagger_threshold`.
     downbeats: str = "peaks"
     tagger: str = ""
@@ -142,8 +143,8 @@ class BeatDecodeConfig:
     # (`bar_downbeats`): a bar of another length follows a bar with probability `bar_change`,
     # a beat that does not count (a fermata's extra beat) repeats a place in mid-bar with
     # probability `bar_hold`. 0 for `bar_change`: every beat marked at >= `tagger_threshold`.
-    # A prior, not calibrated: validation cannot tell the two apart (docs/beat.md, "Whole
-    # bars"), music unlike the corpus gains.
+    # A prior, not calibrated (calibration still chooses `tagger_threshold`, each beat marked);
+    # runs calibrated before it existed decode with it too (docs/beat.md, "Whole bars").
     bar_change: float = 0.1
     bar_hold: float = 0.1
     # Methods "track", "dbn": where the level tagger stored in folder `level_tagger` (relative,
@@ -192,11 +193,13 @@ def tagged_downbeats(
     beats: np.ndarray, probs: np.ndarray, d: BeatDecodeConfig, threshold: float | None = None
 ) -> np.ndarray:
     """The downbeats among `beats` that the tagger's probabilities `probs` give, as `d` reads
-    them: whole bars (`bar_downbeats`) or each beat at >= `threshold` (default: the
-    config's `tagger_threshold`)."""
+    them: whole bars (`whole_bars`), or each beat at >= `threshold` (default: the config's
+    `tagger_threshold`) where `d.bar_change` is 0 or the bars' downbeats do not stand out."""
     beats = np.asarray(beats, np.float64)
     if d.bar_change > 0:
-        return beats[bar_downbeats(probs, d.bar_change, d.bar_hold)]
+        marks = whole_bars(probs, d.bar_change, d.bar_hold)
+        if marks is not None:
+            return beats[marks]
     return marked_downbeats(beats, probs, d.tagger_threshold if threshold is None else threshold)
 
 
@@ -633,22 +636,26 @@ class BeatTask(PieceTask):
             tracked = [self.decode(p, with_decode(**chosen))[0] for p, _ in pieces]
 
             def best_threshold(folder: Path) -> tuple[float, float]:
-                """The tagger's best threshold on the beats tracked once above, and its score
-                (as `decode` would tag them at each threshold; read as whole bars, the
-                threshold is not used and stays as it is)."""
+                """The tagger's best threshold on the beats tracked once above (each beat
+                marked at it), and its score as `decode` tags them (whole bars, the threshold
+                where they carry no bar: `tagged_downbeats`)."""
                 probs = [
                     tagger_probs(str(folder), p.notes, b)
                     for (p, _), b in zip(pieces, tracked, strict=True)
                 ]
-                grid = (d.tagger_threshold,) if d.bar_change > 0 else TAGGER_GRID
-                f = {
-                    t: downbeat_f(
-                        [tagged_downbeats(b, q, d, t) for b, q in zip(tracked, probs, strict=True)]
+                each = dataclasses.replace(d, bar_change=0.0)
+
+                def score(t: float, how: BeatDecodeConfig) -> float:
+                    return downbeat_f(
+                        [
+                            tagged_downbeats(b, q, how, t)
+                            for b, q in zip(tracked, probs, strict=True)
+                        ]
                     )
-                    for t in grid
-                }
+
+                f = {t: score(t, each) for t in TAGGER_GRID}
                 threshold = max(f, key=f.get)
-                return threshold, f[threshold]
+                return threshold, score(threshold, d) if d.bar_change > 0 else f[threshold]
 
             kept = None  # calibrated before: the tagger there competes with the re-trained one
             if (home / TAGGER_VARIABLES).is_file():
