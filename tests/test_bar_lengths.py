@@ -93,6 +93,10 @@ def test_bars_are_read_only_where_their_downbeats_stand_out():
     faint = _probs([4] * 15, sure=0.2, other=0.01)
     assert np.array_equal(np.flatnonzero(whole_bars(faint, 0.1, 0.1)), _starts([4] * 15))
     assert whole_bars(np.array([0.9]), 0.1, 0.1) is None
+    # a few doubtful beats: the cheapest path starts no bar
+    for n in range(2, 8):
+        assert not bar_downbeats(np.full(n, 0.05), 0.1, 0.1).any()
+        assert whole_bars(np.full(n, 0.05), 0.1, 0.1) is None
     # one sure beat among none: that beat alone, not bars every few beats from it
     lone = np.full(64, 0.01)
     lone[10] = 0.9
@@ -113,6 +117,7 @@ def test_tagged_downbeats_reads_bars_or_marks_each_beat_as_the_config_says():
     flat = np.full(16, 0.01)
     flat[3] = 0.7
     assert np.array_equal(tagged_downbeats(beats, flat, bars), beats[[3]])
+    assert len(tagged_downbeats(beats[:5], np.full(5, 0.05), bars)) == 0  # a short piece
 
 
 def test_decoding_refuses_a_bar_probability_outside_zero_to_one():

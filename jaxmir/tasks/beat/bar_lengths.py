@@ -11,9 +11,10 @@ fermata's extra tracked beat, a beat the tracker inserted) repeats a place in mi
 probability `hold`. The beats at a bar's first place are the downbeats. madmom's bar tracker
 follows the same idea over its own beat-synchronous features with one meter per piece.
 
-A path of bars always exists: where the tagger hears no bar at all (a run of identical notes)
-the cheapest one still starts a bar every 7 beats, at no particular beat. `whole_bars` keeps
-the path only where its downbeats stand out (`MIN_CONTRAST`).
+Where the tagger hears no bar at all (a run of identical notes) the cheapest path still starts
+a bar every 7 beats, at no particular beat; in a piece of a few beats it may start none.
+`whole_bars` keeps the path only where it starts a bar and its downbeats stand out
+(`MIN_CONTRAST`).
 """
 
 from __future__ import annotations
@@ -94,12 +95,15 @@ def bar_downbeats(probs: np.ndarray, change: float, hold: float) -> np.ndarray:
 
 
 def whole_bars(probs: np.ndarray, change: float, hold: float) -> np.ndarray | None:
-    """`bar_downbeats`, or None where its downbeats do not stand out from the other beats by
-    `MIN_CONTRAST` (fewer than 2 beats: None), so that bars are not read into music where the
-    tagger hears none."""
+    """`bar_downbeats`, or None where its path starts no bar or its downbeats do not stand out
+    from the other beats by `MIN_CONTRAST` (fewer than 2 beats: None), so that bars are not
+    read into music where the tagger hears none. Where every beat starts a bar (bars of 1), the
+    other beats' middle counts as 0."""
     p = np.asarray(probs, np.float64)
     if len(p) < 2:
         return None
     marks = bar_downbeats(p, change, hold)
+    if not marks.any():  # a few doubtful beats: no bar starts on the cheapest path
+        return None
     rest = np.quantile(p[~marks], 0.5, method="higher") if (~marks).any() else 0.0
     return marks if np.quantile(p[marks], 0.5, method="lower") - rest >= MIN_CONTRAST else None
