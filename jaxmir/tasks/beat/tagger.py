@@ -313,10 +313,3 @@ def marked_downbeats(beats: np.ndarray, probs: np.ndarray, threshold: float) -> 
     fewer than 2 beats, whatever the threshold."""
     beats = np.asarray(beats, np.float64)
     return beats[probs >= threshold] if len(beats) >= 2 else beats[:0]
-
-
-def tag_downbeats(
-    folder: str, notes: np.ndarray, beats: np.ndarray, threshold: float
-) -> np.ndarray:
-    """The beats the tagger in `folder` marks as downbeats (probability >= `threshold`)."""
-    return marked_downbeats(beats, tagger_probs(folder, notes, beats), threshold)

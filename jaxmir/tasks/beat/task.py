@@ -188,6 +188,9 @@ TIE = 1e-3
 DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 DOWNBEAT_SOURCES = ("peaks", "tagger")
 
+TAGGER_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+LEVEL_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+
 
 def tagged_downbeats(
     beats: np.ndarray, probs: np.ndarray, d: BeatDecodeConfig, threshold: float | None = None
@@ -201,10 +204,6 @@ def tagged_downbeats(
         if marks is not None:
             return beats[marks]
     return marked_downbeats(beats, probs, d.tagger_threshold if threshold is None else threshold)
-
-
-TAGGER_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-LEVEL_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 
 class BeatPosteriors(NamedTuple):
@@ -462,10 +461,11 @@ class BeatTask(PieceTask):
                 faster_level=d.faster_level,
             )
             notes = posteriors.notes if isinstance(posteriors, BeatPosteriors) else ()
+            first_onset = notes[:, 0].min() if len(notes) else None
 
             def track(**bounded) -> np.ndarray:  # back to the first note, before a level check
                 beats = tracker(**bounded)
-                return extended_to_first_onset(beats, notes[:, 0].min()) if len(notes) else beats
+                return beats if first_onset is None else extended_to_first_onset(beats, first_onset)
 
             if bounds != NO_BOUNDS:  # the user's bounds choose the level: no level check
                 beats = bounded_beats(track, bounds, d, posteriors)
