@@ -139,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
         + ", ".join(AUDIO_SUFFIXES)
         + "; beat: "
         + ", ".join(MIDI_SUFFIXES)
-        + "), in one process: the model compiles once per window shape "
-        "and every file's windows share its batches. Of several inputs, a file that cannot be "
+        + "), in one process: the model compiles once per window shape; for music, beat and "
+        "vocal_contour every file's windows share its batches, the other tasks batch each "
+        "file's own. Of several inputs, a file that cannot be "
         "read is skipped with its reason and the others are transcribed; the command then "
         "exits 1 (2 when no input could be read). A file of the other kind (audio given to beat, "
         "MIDI to an audio task) stops the command (exit 2) before the model loads. Beat: for a "
@@ -165,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="windows per model call (default: 4 on CPU, 16 elsewhere)",
+        help="windows (patch_cnn: patches) per model call (default: 4 on CPU, 16 elsewhere; "
+        "for chord, drum, vocal and patch_cnn the model's train.val_batch_size)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -576,10 +578,15 @@ def transcribe_summary(t, total_s: float, restore_s: float, startup_s: float = 0
     def per_min(s: float) -> str:
         return f"{s / minutes:.2f}" if minutes > 0 else "-"
 
+    split = (
+        f"features {per_min(t.features_s)}, model {per_min(t.model_s)}, "
+        f"decode+write {per_min(t.write_s)}"
+    )
+    if t.unsplit_s:  # a task that transcribes each file in one call: no finer split
+        split = f"model {per_min(t.model_s)}, features+decode+write {per_min(t.unsplit_s)}"
     return (
         f"transcribed {t.files} file{'s' if t.files != 1 else ''}, {minutes:.2f} min of audio, "
-        f"in {total_s:.1f} s: {per_min(compute)} s/min (features {per_min(t.features_s)}, "
-        f"model {per_min(t.model_s)}, decode+write {per_min(t.write_s)}); one-off: start-up "
+        f"in {total_s:.1f} s: {per_min(compute)} s/min ({split}); one-off: start-up "
         f"{startup_s:.1f} s, restore {restore_s:.1f} s, compile {t.compile_s:.1f} s"
     )
 

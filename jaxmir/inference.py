@@ -184,6 +184,8 @@ class Timings:
     audio_s: float = 0.0  # seconds of audio (or music) transcribed; unknown lengths count 0
     features_s: float = 0.0
     write_s: float = 0.0
+    # features, decode and write timed as one, where a task transcribes a file in one call
+    unsplit_s: float = 0.0
     calls: dict = dataclasses.field(default_factory=dict)  # batch shape -> [seconds per call]
 
     def timed(self, predict: Callable[[np.ndarray], np.ndarray]) -> Callable:

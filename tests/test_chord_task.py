@@ -203,7 +203,7 @@ def test_tiny_model_overfits_two_pieces(chord_cache):
     assert np.mean(scores) >= 0.8, scores
 
 
-def test_train_eval_transcribe(mixed_corpus, chord_cache, tmp_path, capsys):
+def test_train_eval_transcribe(mixed_corpus, chord_cache, tmp_path, capsys, monkeypatch):
     wd = tmp_path / "run"
     argv = ["train", "chord", "--preset", "tiny", "--workdir", str(wd)]
     assert main([*argv, "--data", str(chord_cache), "--no-progress"]) == 0
@@ -224,7 +224,19 @@ def test_train_eval_transcribe(mixed_corpus, chord_cache, tmp_path, capsys):
     stems = (".vocals.wav", ".accompaniment.wav", ".drums.wav")
     song = next(p for p in sorted(mixed_corpus.glob("*.wav")) if not p.name.endswith(stems))
     out = tmp_path / "out"
-    assert main(["transcribe", "chord", str(song), "--workdir", str(wd), "-o", str(out)]) == 0
+    import jaxmir.tasks.chord.task as chord_task
+
+    batches = []  # `--batch-size` reaches a task that batches its own windows
+
+    def predict_piece(*args, batch_size, **kwargs):
+        batches.append(batch_size)
+        return original(*args, batch_size=batch_size, **kwargs)
+
+    original = chord_task.predict_piece
+    monkeypatch.setattr(chord_task, "predict_piece", predict_piece)
+    argv = ["transcribe", "chord", str(song), "--workdir", str(wd), "-o", str(out)]
+    assert main([*argv, "--batch-size", "3"]) == 0
+    assert batches == [3]
     rows = (out / f"{song.stem}_chords.csv").read_text().splitlines()
     assert rows[0] == "start,end,chord" and len(rows) > 1
     assert (out / f"{song.stem}.mid").is_file() and (out / f"{song.stem}_chords.png").is_file()

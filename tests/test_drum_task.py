@@ -3,6 +3,7 @@ folders written the way the real files are, and the whole chain (a tiny model ov
 short pieces; train, eval and transcribe through the command line)."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -144,7 +145,7 @@ def test_spectral_norm_vectors_are_checkpointed(drum_cache, tmp_path):
     assert any(moved)  # trained vectors were saved and restored, not re-initialised
 
 
-def test_train_eval_transcribe(mixed_corpus, drum_cache, tmp_path, capsys):
+def test_train_eval_transcribe(mixed_corpus, drum_cache, tmp_path, capsys, monkeypatch):
     wd = tmp_path / "run"
     argv = ["train", "drum", "--preset", "tiny", "--workdir", str(wd)]
     assert main([*argv, "--data", str(drum_cache), "--no-progress"]) == 0
@@ -156,7 +157,24 @@ def test_train_eval_transcribe(mixed_corpus, drum_cache, tmp_path, capsys):
     stems = (".vocals.wav", ".accompaniment.wav", ".drums.wav")
     song = next(p for p in sorted(mixed_corpus.glob("*.wav")) if not p.name.endswith(stems))
     out = tmp_path / "out"
-    assert main(["transcribe", "drum", str(song), "--workdir", str(wd), "-o", str(out)]) == 0
+    import jaxmir.tasks.drum.task as drum_task
+
+    batches = []  # `--batch-size` reaches a task that transcribes each file in one call
+
+    def predict_piece(*args, batch_size, **kwargs):
+        batches.append(batch_size)
+        return original(*args, batch_size=batch_size, **kwargs)
+
+    original = drum_task.predict_piece
+    monkeypatch.setattr(drum_task, "predict_piece", predict_piece)
+    capsys.readouterr()
+    argv = ["transcribe", "drum", str(song), "--workdir", str(wd), "-o", str(out)]
+    assert main([*argv, "--batch-size", "3", "--no-progress"]) == 0
+    assert batches == [3]
+    # its features, decode and write are timed as one sum, not as zeros
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    unsplit = re.search(r"model [\d.]+, features\+decode\+write ([\d.]+)\)", summary)
+    assert unsplit and float(unsplit.group(1)) > 0, summary
     rows = (out / f"{song.stem}_drums.csv").read_text().splitlines()
     assert rows[0] == "time,class,gm_note"
     import pretty_midi

@@ -506,8 +506,11 @@ class PieceTask(Task):
         (default `jaxmir.inference.default_batch_size()`: `predict` must then run on one
         device), so one compiled shape serves every file; then each file is decoded and
         written, in a writer thread while the model runs on the next file's windows. A task
-        that overrides `transcribe` is called file by file. `timings`, when given, accumulates
-        the seconds spent in features, model calls and decode + write (which overlap).
+        that overrides `transcribe` is called file by file, and one that overrides `posteriors`
+        piece by piece; both batch their own windows, by `batch_size` where it is given (as
+        `train.val_batch_size`, the default there). `timings`, when given, accumulates the
+        seconds spent in features, model calls and decode + write (which overlap); a task's own
+        `transcribe` gives features, decode and write as one sum (`Timings.unsplit_s`).
         `progress`: a bar in seconds of input (`AudioProgress`).
 
         A file that cannot be read (`UNREADABLE`: undecodable audio, a corrupt MIDI file)
@@ -516,6 +519,10 @@ class PieceTask(Task):
         of hundreds does not lose the rest)."""
         paths = [Path(p) for p in paths]
         outdir = Path(outdir)
+        if batch_size:  # a task's own `posteriors` or `transcribe` batches its windows by this
+            cfg = dataclasses.replace(
+                cfg, train=dataclasses.replace(cfg.train, val_batch_size=batch_size)
+            )
         t = timings if timings is not None else Timings()
         bar = AudioProgress(paths, progress)
         timed = t.timed(predict)
@@ -534,11 +541,14 @@ class PieceTask(Task):
         try:
             if _overrides(self, "transcribe"):
                 for i, path in enumerate(paths):
+                    start, model_before = time.perf_counter(), t.model_s + t.compile_s
                     try:
                         written = self.transcribe(predict, path, cfg, outdir)
                     except UNREADABLE as e:
                         unreadable(i, e)
                         continue
+                    model_s = t.model_s + t.compile_s - model_before
+                    t.unsplit_s += time.perf_counter() - start - model_s
                     t.add_file(path, bar.known_seconds(i))
                     yield path, written
                     bar.file_done(i)
