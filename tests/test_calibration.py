@@ -457,8 +457,13 @@ def test_eval_scores_a_model_folder_and_records_its_test_scores(
     music_run, music_cache, tmp_path, capsys
 ):
     """`jaxmir eval --workdir MODEL_FOLDER` scores the folder's model with its stored decoding
-    (the run's scores: the same model) and writes them over that split's in model.json; with
-    --set decode.* it prints them and records nothing."""
+    (the run's scores: the same model); on another cache (--data) or with --set decode.* it
+    prints them and records nothing. `eval_folder` with `record` writes them over that split's
+    in model.json (the command does so on the folder's own corpus)."""
+    from jaxmir.engine.run import make_predict
+    from jaxmir.shipped import eval_folder, load_for_inference
+    from jaxmir.tasks.base import get_task
+
     folder = tmp_path / "model"
     assert main(["export", "music", "--workdir", str(music_run), "--out", str(folder)]) == 0
     meta = json.loads((folder / "model.json").read_text())
@@ -472,6 +477,10 @@ def test_eval_scores_a_model_folder_and_records_its_test_scores(
     run_scores = last_json()
     assert main(["eval", "music", "--workdir", str(folder), *data]) == 0
     printed = last_json()
+    assert json.loads((folder / "model.json").read_text())["eval_test"] == {"note_f1": -1.0}
+    cfg, mesh, state = load_for_inference(get_task("music"), folder)
+    predict = make_predict(mesh, state)
+    eval_folder(get_task("music"), folder, "test", cfg, predict, music_cache, record=True)
     recorded = json.loads((folder / "model.json").read_text())
     assert recorded["eval_test"] == printed and recorded["run"] == meta["run"]
     assert printed["decode"] == run_scores["decode"]
