@@ -621,7 +621,6 @@ def cmd_info(args) -> int:
     import numpy as np
 
     from jaxmir.engine.state import count_params
-    from jaxmir.nn.relative_attention import omnizart_param_count
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -631,24 +630,20 @@ def cmd_info(args) -> int:
     x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
     variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0), x)
     out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    omnizart, why = task.omnizart_params(variables["params"])
     info = {
         "task": task.name,
         "preset": cfg.preset,
         "model": cfg.model.name,
         "params": count_params(variables["params"]),
-        # as Keras counts the omnizart model: without the relative-position tables, which
-        # jaxmir learns and omnizart re-drew at random on every call (beat, chord)
-        "omnizart_params": omnizart_param_count(variables["params"]),
+        "omnizart_params": omnizart,  # as Keras counts the omnizart model
         "input_shape": list(spec.shape),
         "output_shape": list(np.shape(out)[1:]),
     }
     line = f"{task.name} / {cfg.preset}: {type(model).__name__}, {info['params']:,} parameters"
     extra = info["params"] - info["omnizart_params"]
     if extra:
-        line += (
-            f" ({info['omnizart_params']:,} as omnizart counts them: {extra:,} are learned "
-            "relative-position tables that omnizart re-drew at random on every call)"
-        )
+        line += f" ({omnizart:,} as omnizart counts them: {extra:,} {'is' if extra == 1 else 'are'} {why})"
     for name, count in task.extra_params(cfg).items():
         info[f"{name}_params"] = count
         line += f"; {name}: {count:,} parameters"

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxmir.tasks.base import get_task
 from jaxmir.tasks.drum.model import (
     N_BATCH_STATS,
     N_PARAMS,
@@ -99,6 +100,7 @@ def test_paper_param_count_and_output_shape():
     assert sizes == {"params": N_PARAMS, "batch_stats": N_BATCH_STATS}
     assert (N_PARAMS, N_PARAMS_OMNIZART, N_BATCH_STATS) == (7_752_741, 7_752_740, 1_026)
     assert param_counts(model) == (N_PARAMS, N_BATCH_STATS)
+    assert get_task("drum").omnizart_params({"net": variables["params"]})[0] == N_PARAMS_OMNIZART
     x = jax.ShapeDtypeStruct((2, 120, 120, 4), jnp.float32)
     assert jax.eval_shape(lambda v, x: model.apply(v, x), variables, x).shape == (2, 4, 13)
     p = jax.tree.map(lambda a: a.shape, variables["params"])
@@ -197,3 +199,16 @@ def test_small_model_overfits_a_batch(small):
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.2 * losses[0], losses[::10]
     assert float(params["self_attn"]["gamma"][0]) != 0
+
+
+def test_info_gives_omnizart_count(capsys):
+    """`jaxmir info drum --preset paper`: omnizart's count leaves out the untracked gamma."""
+    import json
+
+    from jaxmir.cli import main
+
+    assert main(["info", "drum", "--preset", "paper"]) == 0
+    line, record = capsys.readouterr().out.strip().splitlines()[-2:]
+    info = json.loads(record)
+    assert (info["params"], info["omnizart_params"]) == (N_PARAMS, N_PARAMS_OMNIZART)
+    assert "1 is the self-attention's gamma" in line

@@ -151,6 +151,15 @@ class Task(abc.ABC):
         downbeat tagger), for `jaxmir info`. None by default."""
         return {}
 
+    def omnizart_params(self, params) -> tuple[int, str]:
+        """(the model's parameter count as Keras counts the omnizart model, what the rest
+        are), for `jaxmir info`. By default all but the relative-position tables, which jaxmir
+        learns and omnizart re-drew at random on every call (beat, chord)."""
+        from jaxmir.nn.relative_attention import omnizart_param_count
+
+        why = "learned relative-position tables that omnizart re-drew at random on every call"
+        return omnizart_param_count(params), why
+
     def export_files(self, cfg: Config, out: Path) -> Config:
         """Copy the files `cfg` refers to into the shipped model folder `out`; returns `cfg`
         referring to them there, relatively. Nothing by default."""

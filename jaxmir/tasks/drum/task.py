@@ -110,6 +110,15 @@ class DrumTask(PieceTask):
         }
 
     # -- model ----------------------------------------------------------------------------------
+    def omnizart_params(self, params) -> tuple[int, str]:
+        sizes = {
+            jax.tree_util.keystr(path): int(np.prod(leaf.shape))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        }
+        gamma = sum(n for path, n in sizes.items() if path.endswith("['self_attn']['gamma']"))
+        why = "the self-attention's gamma, which omnizart's Keras model never tracked"
+        return sum(sizes.values()) - gamma, why
+
     def model(self, cfg: Config) -> nn.Module:
         m = cfg.model
         if m.name != "sn_resnet":
