@@ -160,9 +160,13 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls, data: dict, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    """Build dataclass `cls` from a nested dict, checking every key and type. Keys in the
+    class's `RETIRED` (settings that did nothing and were removed; older runs' config.json
+    still hold them) are dropped."""
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    retired = getattr(cls, "RETIRED", frozenset())
+    data = {k: v for k, v in data.items() if k not in retired}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]}")

@@ -42,3 +42,25 @@ STATED = [
 def test_preset_values_are_the_readmes(task, preset, values):
     cfg = flatten(dataclasses.asdict(get_task(task).preset(preset)))
     assert {k: cfg[k] for k in values} == values
+
+
+def test_a_retired_key_of_an_older_run_is_dropped_and_refused_as_an_override(tmp_path):
+    """Beat's `data.corpus_workers` did nothing and was removed: an older run's config.json
+    that holds it still loads; `--set data.corpus_workers=N` is an unknown key."""
+    import dataclasses
+    import json
+
+    from jaxmir.config import ConfigError, apply_overrides
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("beat")
+    stored = dataclasses.asdict(task.preset("demo"))
+    assert "corpus_workers" not in stored["data"]
+    stored["data"]["corpus_workers"] = 2  # as runs before its removal wrote it
+    cfg = task.config_from_dict(json.loads(json.dumps(stored)))
+    assert cfg == task.preset("demo")
+    with pytest.raises(ConfigError, match="unknown config key data.corpus_workers"):
+        apply_overrides(cfg, ["data.corpus_workers=3"])
+    stored["data"]["corpus_wokers"] = 2  # a typo is still refused
+    with pytest.raises(ConfigError, match="corpus_wokers"):
+        task.config_from_dict(stored)

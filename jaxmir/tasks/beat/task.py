@@ -15,7 +15,7 @@ import shutil
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +95,9 @@ class BeatModelConfig:
 
 @dataclasses.dataclass
 class BeatDataConfig:
+    # read from older runs' config.json and dropped: the symbolic corpus is built in one process
+    RETIRED: ClassVar[frozenset[str]] = frozenset({"corpus_workers"})
+
     hop: int | None = None  # frames between training windows (default timesteps // 2)
     jitter: bool = True  # shift each training window by up to +-hop/2 frames
     # The embedded corpus (music21's Bach chorales, tempo-warped); pieces per split, None = all
@@ -103,7 +106,6 @@ class BeatDataConfig:
     corpus_test: int | None = None
     corpus_variants: int = 2  # tempo/velocity renderings of each training chorale
     corpus_seed: int = 0
-    corpus_workers: int = 2
     # Beyond the chorales: base tempi per beat (default omnizart-like 60-160), other music21
     # works, procedural piano textures (10 meters, pickups, swing, rubato, pedal), and a test
     # split `test_unseen` of textures in meters and tempi that training never sees.
