@@ -269,13 +269,14 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
     return validate(apply_overrides(cfg, overrides))
 
 
-def _run_json(workdir: Path) -> dict:
-    path = workdir / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def cmd_train(args) -> int:
-    from jaxmir.engine.run import check_watch_splits, default_workdir, resolve_data, train
+    from jaxmir.engine.run import (
+        check_watch_splits,
+        default_workdir,
+        resolve_data,
+        run_data,
+        train,
+    )
     from jaxmir.engine.sharding import check_batch_sizes, is_primary, make_mesh, primary_first
     from jaxmir.tasks.base import get_task
 
@@ -287,14 +288,12 @@ def cmd_train(args) -> int:
         raise UsageError("a multi-process run needs --workdir (a folder every process shares)")
     workdir = args.workdir or default_workdir(cfg)
     check_output_folder(workdir, "--workdir" if args.workdir else "the default workdir")
-    data = args.data or _run_json(workdir).get("data")
+    data = args.data or run_data(workdir)
     progress = not args.no_progress and is_primary()
     cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
     check_watch_splits(cfg, cache)  # before the workdir is made
     if is_primary():
         workdir.mkdir(parents=True, exist_ok=True)
-        run_json = json.dumps({"data": str(cache.root.absolute())})
-        (workdir / "run.json").write_text(run_json + "\n")
     result = train(task, cfg, workdir, cache.root, progress=progress)
     if result.status.startswith("interrupted"):
         print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
@@ -333,6 +332,7 @@ def _shipped(task, overrides: list[str], folder: Path | None = None):
 
 
 def cmd_export(args) -> int:
+    from jaxmir.engine.run import run_data
     from jaxmir.shipped import export_model
     from jaxmir.tasks.base import get_task
 
@@ -343,7 +343,7 @@ def cmd_export(args) -> int:
         # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)
         if path.stem != "val":
             info[f"eval_{path.stem}"] = json.loads(path.read_text())
-    data = args.data or _run_json(args.workdir).get("data")
+    data = args.data or run_data(args.workdir)
     try:
         out = export_model(
             task,
@@ -361,7 +361,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from jaxmir.engine.run import make_predict, resolve_data
+    from jaxmir.engine.run import make_predict, resolve_data, run_data
     from jaxmir.shipped import eval_folder, is_model_folder, relative_to
     from jaxmir.tasks.base import get_task, test_soundfont_record
 
@@ -389,7 +389,7 @@ def cmd_eval(args) -> int:
     cfg = _with_test_soundfont(cfg, args)
     data = args.data
     if data is None and args.test_soundfont is None:
-        data = _run_json(args.workdir).get("data")
+        data = run_data(args.workdir)
     cache = resolve_data(task, cfg, data, progress=progress)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=progress)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
@@ -428,7 +428,7 @@ def _with_test_soundfont(cfg, args):
 
 
 def cmd_calibrate(args) -> int:
-    from jaxmir.engine.run import RestoreError, calibrate_decoding, resolve_data
+    from jaxmir.engine.run import RestoreError, calibrate_decoding, resolve_data, run_data
     from jaxmir.shipped import calibrate_folder, is_model_folder
     from jaxmir.tasks.base import get_task
 
@@ -442,7 +442,7 @@ def cmd_calibrate(args) -> int:
         calibrate_folder(task, args.workdir, data=args.data, progress=not args.no_progress)
         return 0
     cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
-    data = args.data or _run_json(args.workdir).get("data")
+    data = args.data or run_data(args.workdir)
     progress = not args.no_progress
     cache = resolve_data(task, cfg, data, progress=progress)
     try:

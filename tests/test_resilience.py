@@ -72,6 +72,29 @@ def test_stop_signal_at_the_last_step_of_an_epoch(full, beat_cache, tmp_path):
     assert_identical(full, resumed)
 
 
+def test_a_python_api_run_resumes_and_scores_on_the_cache_it_started_on(
+    full, beat_cache, tmp_path, monkeypatch, capsys
+):
+    """run.json records the cache a run trained on, whoever started it (here the Python API):
+    resuming with no `data`, and `jaxmir eval` with no --data, read that cache, never the
+    embedded corpus."""
+    from jaxmir.engine.run import run_data
+
+    assert run_data(full.workdir) == beat_cache.absolute()
+    cfg = tiny("train.epochs=3", "train.monitor=loss")
+    run(apply_overrides(cfg, ["train.interrupt_at_step=6"]), tmp_path / "run", beat_cache)
+
+    def no_corpus(*_args, **_kwargs):
+        raise AssertionError("the embedded corpus was read")
+
+    monkeypatch.setattr(type(TASK), "default_data", no_corpus)
+    assert_identical(full, run(cfg, tmp_path / "run", None))
+    capsys.readouterr()
+    argv = ["eval", "beat", "--workdir", str(tmp_path / "run"), "--split", "val", "--no-progress"]
+    assert main(argv) == 0
+    assert "beat_f_measure" in capsys.readouterr().out
+
+
 def test_stop_signal_inside_an_epoch_keeps_the_epoch_means(full, beat_cache, tmp_path):
     cfg = tiny("train.epochs=3", "train.monitor=loss")
     run(apply_overrides(cfg, ["train.interrupt_at_step=6"]), tmp_path / "run", beat_cache)

@@ -61,6 +61,14 @@ def resolve_data(task, cfg: Config, data: Path | str | None, progress: bool = Tr
     return cache
 
 
+def run_data(workdir: Path | str) -> Path | None:
+    """The feature cache a run in `workdir` trained on, as its run.json records it (None: no
+    record; then the run's embedded corpus)."""
+    path = Path(workdir) / "run.json"
+    data = json.loads(path.read_text()).get("data") if path.is_file() else None
+    return Path(data) if data else None
+
+
 def make_callbacks(cfg: Config, task=None) -> list:
     """The run's callbacks: the task's own first (e.g. chord's slope annealing, so the state a
     checkpoint saves has them applied), then NaN check, LR control, early stopping, saving."""
@@ -190,7 +198,9 @@ def train(
     progress: bool = True,
     log=print,
 ) -> RunResult:
-    """Train `task` with `cfg` in `workdir` (resuming it when it holds a checkpoint).
+    """Train `task` with `cfg` in `workdir` (resuming it when it holds a checkpoint) on the
+    feature cache `data` (default: the one the run started on, as its run.json records, else
+    the task's embedded corpus), which run.json then records.
 
     One run per workdir at a time: a second one gets ConfigError naming the holder's PID.
     In a multi-process job (see `maybe_initialize_distributed`) every process calls this with
@@ -269,8 +279,12 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
 
     cache = None
     if task.needs_cache:
+        data = data if data is not None else run_data(workdir)  # a resumed run: its own cache
         cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
         check_watch_splits(cfg, cache)
+        if is_primary():  # eval, calibrate and export read the run's cache from here
+            run_json = json.dumps({"data": str(cache.root.absolute())}) + "\n"
+            (workdir / "run.json").write_text(run_json)
     mesh = make_mesh(devices)
     callbacks = make_callbacks(cfg, task)
     state = init_state(task, cfg, mesh, callbacks)
