@@ -28,10 +28,17 @@ STATED = [
     ("chord", "paper", {"optim.decay_steps": 1000, "optim.grad_clip_value": 1.0}),
     ("chord", "demo", {"optim.learning_rate": 1e-3, "optim.decay_steps": 150}),
     ("chord", "demo", {"train.epochs": 6, "train.steps_per_epoch": 150, "train.batch_size": 16}),
+    # "hidden 128, 4 heads, ff 256, dropout 0.3"
+    ("chord", "demo", {"model.hidden": 128, "model.heads": 4, "model.ff": 256}),
+    ("chord", "demo", {"model.dropout": 0.3}),
     # the drum task: demo "16 channels, head 256, 5 x 150 of 16"; paper omnizart's diff, hinge
     ("drum", "demo", {"model.channels": 16, "model.dense": 256, "train.epochs": 5}),
     ("drum", "demo", {"train.steps_per_epoch": 150, "train.batch_size": 16}),
     ("drum", "paper", {"model.diff_axis": 2, "model.loss": "hinge"}),
+    # "its difference along time appended (`model.diff_axis=1`)"; "`bce` (the default)"
+    ("drum", "demo", {"model.diff_axis": 1, "model.loss": "bce"}),
+    # docs/beat.md: "Four taggers, averaged (`model.tagger_members`, 4 in `quality`)"
+    ("beat", "quality", {"model.tagger_members": 4}),
     # docs/music.md, the music demo: "6 x 150 steps ... the checkpoint of lowest validation loss"
     ("music", "demo", {"train.epochs": 6, "train.steps_per_epoch": 150}),
     ("music", "demo", {"train.monitor": "val_loss", "data.pos_weight": 5.0}),
