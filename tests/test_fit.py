@@ -42,6 +42,8 @@ def test_readme_example_runs_as_written_and_learns(tmp_path):
     assert result.history["validate"][-1]["accuracy"] > 0.6  # chance is 1/3
     for name in ("config.json", "metrics.jsonl", "curves.png", "checkpoints"):
         assert (tmp_path / result.workdir / name).exists(), name
+    events = list((tmp_path / result.workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0  # the README's "TensorBoard"
 
 
 def test_killed_and_resumed_is_bit_identical(tmp_path):
