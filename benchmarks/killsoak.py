@@ -3,6 +3,7 @@ validation, checkpoint saves), re-run after each kill, must end bit-identical to
 was never killed: every array of the final state, and every record of `metrics.jsonl`.
 
     python -m benchmarks.killsoak --kills 20            # N kills; prints one JSON line
+    python -m benchmarks.killsoak --kills 20 --name killsoak   # and results/killsoak.json
     python -m benchmarks.killsoak --kills 5 --keep runs/soak
 
 Exit status 0 when every run matched, 1 otherwise. A trial is one workdir: it is killed at
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--data", type=Path, default=None, help="a beat feature cache to train on")
     p.add_argument("--keep", type=Path, default=None, help="keep the workdirs in this folder")
+    p.add_argument("--name", default=None, help="also write results/NAME.json")
     args = p.parse_args(argv)
     os.environ.setdefault("JAXMIR_CACHE", tempfile.mkdtemp(prefix="jaxmir-soak-cache-"))
     if args.keep is not None:
@@ -147,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="jaxmir-soak-") as tmp:
             result = soak(args.kills, Path(tmp), args.data, args.seed, log=_err)
     print(json.dumps(result))
+    if args.name:
+        from benchmarks.common import host_info, save_result
+
+        save_result(args.name, {"host": host_info(), "kills_asked": args.kills} | result)
     return 0 if result["all_identical"] else 1
 
 
