@@ -231,10 +231,20 @@ def changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def _without_retired(saved: dict, cfg: Config) -> dict:
+    """`saved` (a config dict) without the keys its sections' classes have retired."""
+    out = dict(saved)
+    for field in dataclasses.fields(cfg):
+        retired = getattr(type(getattr(cfg, field.name)), "RETIRED", frozenset())
+        if retired and isinstance(out.get(field.name), dict):
+            out[field.name] = {k: v for k, v in out[field.name].items() if k not in retired}
+    return out
+
+
 def check_resume_compatible(saved: dict, new: Config) -> None:
     """Refuse to resume a run whose config changed in anything but schedule keys and the
     decoding settings (`decode.*`: how validation pieces are scored, not what is trained)."""
-    changed = changed_keys(saved, json.loads(new.to_json()))
+    changed = changed_keys(_without_retired(saved, new), json.loads(new.to_json()))
     bad = [k for k in changed if k not in SCHEDULE_KEYS and not k.startswith("decode.")]
     if bad:
         raise ConfigError(

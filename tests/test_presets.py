@@ -53,21 +53,25 @@ def test_preset_values_are_the_readmes(task, preset, values):
 
 def test_a_retired_key_of_an_older_run_is_dropped_and_refused_as_an_override(tmp_path):
     """Beat's `data.corpus_workers` did nothing and was removed: an older run's config.json
-    that holds it still loads; `--set data.corpus_workers=N` is an unknown key."""
-    import dataclasses
+    that holds it still loads and resumes; `--set data.corpus_workers=N` is an unknown key."""
     import json
 
     from jaxmir.config import ConfigError, apply_overrides
     from jaxmir.tasks.base import get_task
 
     task = get_task("beat")
-    stored = dataclasses.asdict(task.preset("demo"))
+    stored = json.loads(task.preset("demo").to_json())  # as config.json holds it
     assert "corpus_workers" not in stored["data"]
     stored["data"]["corpus_workers"] = 2  # as runs before its removal wrote it
-    cfg = task.config_from_dict(json.loads(json.dumps(stored)))
+    cfg = task.config_from_dict(stored)
     assert cfg == task.preset("demo")
     with pytest.raises(ConfigError, match="unknown config key data.corpus_workers"):
         apply_overrides(cfg, ["data.corpus_workers=3"])
+    from jaxmir.config import check_resume_compatible
+
+    check_resume_compatible(stored, cfg)  # a run that holds it resumes
     stored["data"]["corpus_wokers"] = 2  # a typo is still refused
     with pytest.raises(ConfigError, match="corpus_wokers"):
         task.config_from_dict(stored)
+    with pytest.raises(ConfigError, match="cannot resume.*corpus_wokers"):
+        check_resume_compatible(stored, cfg)
