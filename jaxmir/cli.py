@@ -585,7 +585,7 @@ def transcribe_summary(t, total_s: float, restore_s: float, startup_s: float = 0
         f"decode+write {per_min(t.write_s)}"
     )
     if t.unsplit_s:  # a task that transcribes each file in one call: no finer split
-        split = f"model {per_min(t.model_s)}, features+decode+write {per_min(t.unsplit_s)}"
+        split = f"features+decode+write {per_min(t.unsplit_s)}, model {per_min(t.model_s)}"
     return (
         f"transcribed {t.files} file{'s' if t.files != 1 else ''}, {minutes:.2f} min of audio, "
         f"in {total_s:.1f} s: {per_min(compute)} s/min ({split}); one-off: start-up "

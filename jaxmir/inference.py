@@ -178,7 +178,9 @@ def predict_piece(
 class Timings:
     """Where a transcription's seconds went: features, model calls, decode + write, and the
     files' audio seconds (`add_file`). `timed(predict)` records every model call; the first
-    call of each batch shape includes its compilation (`compile_s`)."""
+    call of each batch shape includes its compilation (`compile_s`). A task that transcribes
+    each file in one call adds its features, decode and write to `unsplit_s` instead of the
+    two (one command transcribes with one task: they never mix)."""
 
     files: int = 0
     audio_s: float = 0.0  # seconds of audio (or music) transcribed; unknown lengths count 0

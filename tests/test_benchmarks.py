@@ -416,3 +416,32 @@ def test_share_near_counts_times_within_the_tolerance_of_another_set():
     assert share_near(np.array([0.004, 0.5, 1.996, 3.0]), b, 0.005) == 0.5
     assert share_near(np.array([-0.004, 2.004]), b, 0.005) == 1.0  # before the first, past the last
     assert share_near(np.array([0.01]), np.array([0.0]), 0.005) == 0.0
+
+
+def test_the_inference_benchmark_reads_both_summary_lines():
+    """`jaxmir transcribe`'s summary line, split (features / model / decode+write) and as a
+    task that transcribes each file in one call prints it, parsed by `benchmarks.inference`."""
+    from benchmarks.inference import parse_summary
+    from jaxmir.cli import transcribe_summary
+    from jaxmir.inference import Timings
+
+    t = Timings(files=2, audio_s=120.0, features_s=1.0, write_s=0.5)
+    t.calls[(4, 128)] = [3.0, 1.0, 1.0]  # compile 2 s, model 3 s
+    split = parse_summary("noise\n" + transcribe_summary(t, 10.0, 1.0, 0.5))
+    assert split == {
+        "files": 2.0,
+        "minutes": 2.0,
+        "total_s": 10.0,
+        "compute_s_per_min": 3.25,
+        "features_s_per_min": 0.5,
+        "model_s_per_min": 1.5,
+        "write_s_per_min": 0.25,
+        "startup_s": 0.5,
+        "restore_s": 1.0,
+        "compile_s": 2.0,
+    }
+    t.features_s = t.write_s = 0.0
+    t.unsplit_s = 3.0
+    unsplit = parse_summary(transcribe_summary(t, 10.0, 1.0, 0.5))
+    assert unsplit["unsplit_s_per_min"] == 1.5 and unsplit["model_s_per_min"] == 1.5
+    assert "features_s_per_min" not in unsplit and "model_alone" not in unsplit

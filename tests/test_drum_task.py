@@ -173,7 +173,7 @@ def test_train_eval_transcribe(mixed_corpus, drum_cache, tmp_path, capsys, monke
     assert batches == [3]
     # its features, decode and write are timed as one sum, not as zeros
     summary = capsys.readouterr().err.strip().splitlines()[-1]
-    unsplit = re.search(r"model [\d.]+, features\+decode\+write ([\d.]+)\)", summary)
+    unsplit = re.search(r"\(features\+decode\+write ([\d.]+), model [\d.]+\)", summary)
     assert unsplit and float(unsplit.group(1)) > 0, summary
     rows = (out / f"{song.stem}_drums.csv").read_text().splitlines()
     assert rows[0] == "time,class,gm_note"
