@@ -454,42 +454,51 @@ def test_calibrate_chooses_a_model_folders_decoding_again(music_run, music_cache
 
 
 def test_eval_scores_a_model_folder_and_records_its_test_scores(
-    music_run, music_cache, tmp_path, capsys
+    music_run, music_cache, tmp_path, capsys, monkeypatch
 ):
     """`jaxmir eval --workdir MODEL_FOLDER` scores the folder's model with its stored decoding
-    (the run's scores: the same model); on another cache (--data) or with --set decode.* it
-    prints them and records nothing. `eval_folder` with `record` writes them over that split's
-    in model.json (the command does so on the folder's own corpus)."""
-    from jaxmir.engine.run import make_predict
-    from jaxmir.shipped import eval_folder, load_for_inference
-    from jaxmir.tasks.base import get_task
+    (the run's scores: the same model) and, on the folder's own corpus, writes them over that
+    split's in model.json; on another cache (--data) or with --set decode.* it prints them
+    and records nothing. (The folder's own corpus is the embedded one; here the tiny cache
+    stands in for it, so that no corpus is rendered.)"""
+    import jaxmir.engine.run
 
     folder = tmp_path / "model"
     assert main(["export", "music", "--workdir", str(music_run), "--out", str(folder)]) == 0
     meta = json.loads((folder / "model.json").read_text())
-    (folder / "model.json").write_text(json.dumps({**meta, "eval_test": {"note_f1": -1.0}}))
+    unrecorded = {**meta, "eval_test": {"note_f1": -1.0}}
+    (folder / "model.json").write_text(json.dumps(unrecorded))
     data = ["--data", str(music_cache), "--no-progress"]
 
     def last_json() -> dict:
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
+    def recorded() -> dict:
+        return json.loads((folder / "model.json").read_text())
+
     assert main(["eval", "music", "--workdir", str(music_run), *data]) == 0
     run_scores = last_json()
     assert main(["eval", "music", "--workdir", str(folder), *data]) == 0
     printed = last_json()
-    assert json.loads((folder / "model.json").read_text())["eval_test"] == {"note_f1": -1.0}
-    cfg, mesh, state = load_for_inference(get_task("music"), folder)
-    predict = make_predict(mesh, state)
-    eval_folder(get_task("music"), folder, "test", cfg, predict, music_cache, record=True)
-    recorded = json.loads((folder / "model.json").read_text())
-    assert recorded["eval_test"] == printed and recorded["run"] == meta["run"]
+    assert recorded() == unrecorded  # another cache: printed only
     assert printed["decode"] == run_scores["decode"]
     for key in ("note_f1", "note_with_offset_f1", "frame_f1"):
         assert printed[key] == pytest.approx(run_scores[key], abs=1e-6)
+
+    resolve = jaxmir.engine.run.resolve_data
+    monkeypatch.setattr(
+        jaxmir.engine.run,
+        "resolve_data",
+        lambda task, cfg, data, progress=True: resolve(task, cfg, data or music_cache, progress),
+    )
     nothing = ["--set", "decode.onset_threshold=1.01"]  # probabilities never exceed 1
-    assert main(["eval", "music", "--workdir", str(folder), *data, *nothing]) == 0
+    own = ["eval", "music", "--workdir", str(folder), "--no-progress"]
+    assert main([*own, *nothing]) == 0
     assert last_json()["decode"]["onset_threshold"] == 1.01
-    assert json.loads((folder / "model.json").read_text())["eval_test"] == printed
+    assert recorded() == unrecorded  # --set: printed only
+    assert main(own) == 0
+    assert last_json() == printed
+    assert recorded()["eval_test"] == printed and recorded()["run"] == meta["run"]
     assert main(["eval", "music", "--workdir", str(folder), "--step", "2", *data]) == 2
     assert "model folder" in capsys.readouterr().err
 
