@@ -296,7 +296,7 @@ def cmd_train(args) -> int:
     check_watch_splits(cfg, cache)  # before the workdir is made
     if is_primary():
         workdir.mkdir(parents=True, exist_ok=True)
-    result = train(task, cfg, workdir, cache.root, progress=progress)
+    result = train(task, cfg, workdir, data, progress=progress)  # None: the embedded corpus
     if result.status.startswith("interrupted"):
         print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
         return EXIT_INTERRUPTED

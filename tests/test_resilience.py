@@ -95,6 +95,25 @@ def test_a_python_api_run_resumes_and_scores_on_the_cache_it_started_on(
     assert "beat_f_measure" in capsys.readouterr().out
 
 
+def test_run_json_names_its_cache_or_the_embedded_corpus(beat_cache, tmp_path):
+    """run.json: a recorded cache folder, or the embedded corpus (found or built again where
+    the cache root now is: None); a folder that is gone, or a broken file, names run.json."""
+    from jaxmir.data.cache import CacheError, FeatureCache
+    from jaxmir.engine.run import run_data, write_run_data
+
+    assert run_data(tmp_path) is None  # no record
+    write_run_data(tmp_path, FeatureCache(beat_cache), embedded=True)
+    assert run_data(tmp_path) is None
+    write_run_data(tmp_path, FeatureCache(beat_cache), embedded=False)
+    assert run_data(tmp_path) == beat_cache.absolute()
+    (tmp_path / "run.json").write_text('{"data": "%s"}' % (tmp_path / "gone"))
+    with pytest.raises(CacheError, match=r"run\.json: the run's feature cache .*gone"):
+        run_data(tmp_path)
+    (tmp_path / "run.json").write_text('{"data": ')  # cut off mid-write by an older version
+    with pytest.raises(CacheError, match=r"run\.json: not JSON"):
+        run_data(tmp_path)
+
+
 def test_stop_signal_inside_an_epoch_keeps_the_epoch_means(full, beat_cache, tmp_path):
     cfg = tiny("train.epochs=3", "train.monitor=loss")
     run(apply_overrides(cfg, ["train.interrupt_at_step=6"]), tmp_path / "run", beat_cache)

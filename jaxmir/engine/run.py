@@ -61,12 +61,38 @@ def resolve_data(task, cfg: Config, data: Path | str | None, progress: bool = Tr
     return cache
 
 
+RUN_FILE = "run.json"
+
+
 def run_data(workdir: Path | str) -> Path | None:
-    """The feature cache a run in `workdir` trained on, as its run.json records it (None: no
-    record; then the run's embedded corpus)."""
-    path = Path(workdir) / "run.json"
-    data = json.loads(path.read_text()).get("data") if path.is_file() else None
-    return Path(data) if data else None
+    """The feature cache a run in `workdir` trained on, as its run.json records it; None for
+    the task's embedded corpus (found, or built again, where the cache root now is) and for a
+    run with no record. A recorded folder that is gone is a CacheError naming both."""
+    path = Path(workdir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{path}: not JSON ({e}); pass --data (or data=) to name the cache") from e
+    if record.get("embedded") or not record.get("data"):
+        return None
+    data = Path(record["data"])
+    if not data.is_dir():
+        raise CacheError(
+            f"{path}: the run's feature cache {data} no longer exists; pass --data (or data=) "
+            "to name another"
+        )
+    return data
+
+
+def write_run_data(workdir: Path, cache: FeatureCache, embedded: bool) -> None:
+    """Record in run.json the cache a run trains on (atomically: a kill leaves the old one)."""
+    path = Path(workdir) / RUN_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    record = {"data": str(cache.root.absolute()), "embedded": embedded}
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)
 
 
 def make_callbacks(cfg: Config, task=None) -> list:
@@ -283,8 +309,7 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
         cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
         check_watch_splits(cfg, cache)
         if is_primary():  # eval, calibrate and export read the run's cache from here
-            run_json = json.dumps({"data": str(cache.root.absolute())}) + "\n"
-            (workdir / "run.json").write_text(run_json)
+            write_run_data(workdir, cache, embedded=data is None)
     mesh = make_mesh(devices)
     callbacks = make_callbacks(cfg, task)
     state = init_state(task, cfg, mesh, callbacks)
