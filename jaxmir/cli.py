@@ -86,8 +86,10 @@ def _parser() -> argparse.ArgumentParser:
         "calibrated decoding unless --set decode.* says otherwise, and write "
         "WORKDIR/eval/SPLIT.json. --workdir may also be an exported model folder (`jaxmir "
         "export`, or the package's own, jaxmir/models/TASK): its model is scored with its "
-        "stored decoding and, without --set and --data (on its own corpus), the scores replace "
-        "that split's in its model.json (nothing is re-trained or re-calibrated).",
+        "stored decoding and, without --set and on the cache its scores were made on (its own "
+        "corpus, or the --data it was exported or calibrated with, which its model.json names), "
+        "the scores replace that split's in its model.json (nothing is re-trained or "
+        "re-calibrated); on other data they are printed only.",
     )
     e.add_argument("task", help=TASKS_HELP)
     e.add_argument("--workdir", type=Path, required=True, metavar="RUN_OR_MODEL_FOLDER")
@@ -382,7 +384,7 @@ def cmd_eval(args) -> int:
             cfg,
             make_predict(mesh, state),
             args.data,
-            record=not args.overrides and args.data is None,  # only its own corpus's scores
+            record=not args.overrides,  # and on the cache of its scores (`eval_folder`)
             progress=progress,
         )
         print(json.dumps(result))

@@ -94,6 +94,8 @@ def export_model(
     if calibration.is_file():  # how the thresholds were chosen, and what they gained
         meta["calibration"] = json.loads(calibration.read_text())
     meta.update(info or {})
+    if data is not None:  # the scores' cache, when not the config's own corpus
+        meta["data"] = data_record(data)
     _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
     for name in CURVES:  # the run's curve travels with its model
         if (workdir / name).is_file():
@@ -176,7 +178,13 @@ def calibrate_folder(
     predict = make_predict(mesh, state)
     meta_path = folder / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta = {k: v for k, v in meta.items() if k != "calibration" and not k.startswith("eval_")}
+    meta = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("calibration", "data") and not k.startswith("eval_")
+    }
+    if data is not None:  # the calibration's and the scores' cache
+        meta["data"] = data_record(data)
     calibrate = getattr(task, "calibrate", None)
     if start is not None:
         cfg = task.locate(dataclasses.replace(cfg, decode=start), folder)
@@ -218,7 +226,10 @@ def eval_folder(
     of `data` (default: its config's corpus). With `record`, the result replaces the
     folder's test score for that split in model.json, so the scores that ship with a model
     can follow a change of decoding without choosing it again (`calibrate_folder`) or
-    re-training anything. Returns the record, as `jaxmir eval` writes for a run."""
+    re-training anything; only where `data` is the cache the folder's scores were made on
+    (model.json's "data", absent for its config's corpus), so that no score of another
+    dataset takes a split's place unnamed. Returns the record, as `jaxmir eval` writes for
+    a run."""
     from jaxmir.engine.run import resolve_data
 
     folder = Path(folder)
@@ -226,7 +237,7 @@ def eval_folder(
     meta_path = folder / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     result = _score(task, predict, cfg, cache, split, meta, folder, progress)
-    if record:
+    if record and meta.get("data") == (None if data is None else data_record(data)):
         _write(meta_path, (json.dumps({**meta, f"eval_{split}": result}, indent=1) + "\n").encode())
     return result
 
@@ -247,6 +258,11 @@ def _score(task, predict, cfg, cache, split: str, meta: dict, folder: Path, prog
 
 def _scores(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("task", "split", "step", "decode")}
+
+
+def data_record(data: Path | str) -> str:
+    """How model.json names a feature cache: its absolute path."""
+    return str(Path(data).absolute())
 
 
 def relative_to(values: dict, folder: Path) -> dict:

@@ -454,21 +454,23 @@ def test_calibrate_chooses_a_model_folders_decoding_again(music_run, music_cache
 
 
 def test_eval_scores_a_model_folder_and_records_its_test_scores(
-    music_run, music_cache, tmp_path, capsys, monkeypatch
+    music_run, music_cache, tmp_path, capsys
 ):
     """`jaxmir eval --workdir MODEL_FOLDER` scores the folder's model with its stored decoding
-    (the run's scores: the same model) and, on the folder's own corpus, writes them over that
-    split's in model.json; on another cache (--data) or with --set decode.* it prints them
-    and records nothing. (The folder's own corpus is the embedded one; here the tiny cache
-    stands in for it, so that no corpus is rendered.)"""
-    import jaxmir.engine.run
+    (the run's scores: the same model) and, on the cache its scores were made on (model.json
+    names it: the run's), writes them over that split's in model.json; on another cache, or
+    with --set decode.*, it prints them and records nothing."""
+    import shutil
 
     folder = tmp_path / "model"
     assert main(["export", "music", "--workdir", str(music_run), "--out", str(folder)]) == 0
     meta = json.loads((folder / "model.json").read_text())
+    assert meta["data"] == str(music_cache.absolute())  # the run's cache (its run.json)
     unrecorded = {**meta, "eval_test": {"note_f1": -1.0}}
     (folder / "model.json").write_text(json.dumps(unrecorded))
     data = ["--data", str(music_cache), "--no-progress"]
+    other = tmp_path / "other-cache"  # the same pieces elsewhere: not the scores' cache
+    shutil.copytree(music_cache, other)
 
     def last_json() -> dict:
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -478,28 +480,21 @@ def test_eval_scores_a_model_folder_and_records_its_test_scores(
 
     assert main(["eval", "music", "--workdir", str(music_run), *data]) == 0
     run_scores = last_json()
-    assert main(["eval", "music", "--workdir", str(folder), *data]) == 0
+    own = ["eval", "music", "--workdir", str(folder)]
+    assert main([*own, "--data", str(other), "--no-progress"]) == 0
     printed = last_json()
     assert recorded() == unrecorded  # another cache: printed only
     assert printed["decode"] == run_scores["decode"]
     for key in ("note_f1", "note_with_offset_f1", "frame_f1"):
         assert printed[key] == pytest.approx(run_scores[key], abs=1e-6)
-
-    resolve = jaxmir.engine.run.resolve_data
-    monkeypatch.setattr(
-        jaxmir.engine.run,
-        "resolve_data",
-        lambda task, cfg, data, progress=True: resolve(task, cfg, data or music_cache, progress),
-    )
     nothing = ["--set", "decode.onset_threshold=1.01"]  # probabilities never exceed 1
-    own = ["eval", "music", "--workdir", str(folder), "--no-progress"]
-    assert main([*own, *nothing]) == 0
+    assert main([*own, *data, *nothing]) == 0
     assert last_json()["decode"]["onset_threshold"] == 1.01
     assert recorded() == unrecorded  # --set: printed only
-    assert main(own) == 0
+    assert main([*own, *data]) == 0
     assert last_json() == printed
     assert recorded()["eval_test"] == printed and recorded()["run"] == meta["run"]
-    assert main(["eval", "music", "--workdir", str(folder), "--step", "2", *data]) == 2
+    assert main([*own, "--step", "2", *data]) == 2
     assert "model folder" in capsys.readouterr().err
 
 
