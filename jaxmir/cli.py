@@ -347,7 +347,10 @@ def cmd_export(args) -> int:
         # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)
         if path.stem != "val":
             info[f"eval_{path.stem}"] = json.loads(path.read_text())
-    data = args.data or run_data(args.workdir)
+    if args.data is not None and not args.member:
+        raise UsageError("--data: the cache for --member's scoring; give it with --member")
+    # the cache of the run's scores (named in model.json), or the members' scoring cache
+    data = args.data or run_data(args.workdir, must_exist=bool(args.member))
     try:
         out = export_model(
             task,

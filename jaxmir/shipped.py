@@ -164,9 +164,10 @@ def calibrate_folder(
     name: str | None = None,
 ) -> dict:
     """Choose the decoding of the model folder `folder` again on the validation pieces of
-    `data` (default: its config's corpus), from the decode config `start` (default: its
-    stored settings), and score every test split with it; both replace the folder's
-    calibration, decode settings and test scores in config.json and model.json. A task
+    `data` (default: the cache model.json names, else its config's corpus), from the decode
+    config `start` (default: its stored settings), and score every test split with it; both
+    replace the folder's calibration, decode settings and test scores in config.json and
+    model.json. A task
     without calibration keeps its settings (its test splits are still scored). Returns the
     calibration record (empty without one)."""
     from jaxmir.engine.run import make_predict, resolve_data
@@ -174,10 +175,11 @@ def calibrate_folder(
     folder = Path(folder)
     name = name or str(folder)
     cfg, mesh, state = load_model(task, folder)
-    cache = resolve_data(task, cfg, data, progress=progress)
-    predict = make_predict(mesh, state)
     meta_path = folder / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    data = data if data is not None else meta.get("data")  # its scores' cache, else the corpus
+    cache = resolve_data(task, cfg, data, progress=progress)
+    predict = make_predict(mesh, state)
     meta = {
         k: v
         for k, v in meta.items()
@@ -223,7 +225,8 @@ def eval_folder(
     progress: bool = False,
 ) -> dict:
     """Score the model of the model folder `folder` (`predict`, decoding by `cfg`) on `split`
-    of `data` (default: its config's corpus). With `record`, the result replaces the
+    of `data` (default: the cache model.json names, else its config's corpus). With
+    `record`, the result replaces the
     folder's test score for that split in model.json, so the scores that ship with a model
     can follow a change of decoding without choosing it again (`calibrate_folder`) or
     re-training anything; only where `data` is the cache the folder's scores were made on
@@ -233,11 +236,13 @@ def eval_folder(
     from jaxmir.engine.run import resolve_data
 
     folder = Path(folder)
-    cache = resolve_data(task, cfg, data, progress=progress)
     meta_path = folder / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    own = meta.get("data") and data_record(meta["data"])  # None: the config's corpus
+    data = data if data is not None else own
+    cache = resolve_data(task, cfg, data, progress=progress)
     result = _score(task, predict, cfg, cache, split, meta, folder, progress)
-    if record and meta.get("data") == (None if data is None else data_record(data)):
+    if record and own == (None if data is None else data_record(data)):
         _write(meta_path, (json.dumps({**meta, f"eval_{split}": result}, indent=1) + "\n").encode())
     return result
 
@@ -261,8 +266,8 @@ def _scores(record: dict) -> dict:
 
 
 def data_record(data: Path | str) -> str:
-    """How model.json names a feature cache: its absolute path."""
-    return str(Path(data).absolute())
+    """How model.json names a feature cache: its resolved path (one spelling per folder)."""
+    return str(Path(data).resolve())
 
 
 def relative_to(values: dict, folder: Path) -> dict:

@@ -465,7 +465,7 @@ def test_eval_scores_a_model_folder_and_records_its_test_scores(
     folder = tmp_path / "model"
     assert main(["export", "music", "--workdir", str(music_run), "--out", str(folder)]) == 0
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["data"] == str(music_cache.absolute())  # the run's cache (its run.json)
+    assert meta["data"] == str(music_cache.resolve())  # the run's cache (its run.json)
     unrecorded = {**meta, "eval_test": {"note_f1": -1.0}}
     (folder / "model.json").write_text(json.dumps(unrecorded))
     data = ["--data", str(music_cache), "--no-progress"]
@@ -491,9 +491,12 @@ def test_eval_scores_a_model_folder_and_records_its_test_scores(
     assert main([*own, *data, *nothing]) == 0
     assert last_json()["decode"]["onset_threshold"] == 1.01
     assert recorded() == unrecorded  # --set: printed only
-    assert main([*own, *data]) == 0
+    assert main([*own, "--no-progress"]) == 0  # no --data: the cache model.json names
     assert last_json() == printed
     assert recorded()["eval_test"] == printed and recorded()["run"] == meta["run"]
+    argv = ["export", "music", "--workdir", str(music_run), "--out", str(tmp_path / "again")]
+    assert main([*argv, "--data", str(other)]) == 2  # --data scores members only
+    assert "--member" in capsys.readouterr().err
     assert main([*own, "--step", "2", *data]) == 2
     assert "model folder" in capsys.readouterr().err
 

@@ -2,6 +2,7 @@
 newest checkpoint, and SIGKILL at random moments, each ending bit-identical to a run that was
 never disturbed (final state and every metrics record)."""
 
+import json
 import shutil
 import signal
 
@@ -80,7 +81,7 @@ def test_a_python_api_run_resumes_and_scores_on_the_cache_it_started_on(
     embedded corpus."""
     from jaxmir.engine.run import run_data
 
-    assert run_data(full.workdir) == beat_cache.absolute()
+    assert run_data(full.workdir) == beat_cache.resolve()
     cfg = tiny("train.epochs=3", "train.monitor=loss")
     run(apply_overrides(cfg, ["train.interrupt_at_step=6"]), tmp_path / "run", beat_cache)
 
@@ -95,9 +96,10 @@ def test_a_python_api_run_resumes_and_scores_on_the_cache_it_started_on(
     assert "beat_f_measure" in capsys.readouterr().out
 
 
-def test_run_json_names_its_cache_or_the_embedded_corpus(beat_cache, tmp_path):
+def test_run_json_names_its_cache_or_the_embedded_corpus(beat_cache, tmp_path, monkeypatch):
     """run.json: a recorded cache folder, or the embedded corpus (found or built again where
-    the cache root now is: None); a folder that is gone, or a broken file, names run.json."""
+    the cache root now is: None; so is an older record under the cache root); a folder that
+    is gone, or a broken file, names run.json."""
     from jaxmir.data.cache import CacheError, FeatureCache
     from jaxmir.engine.run import run_data, write_run_data
 
@@ -105,10 +107,15 @@ def test_run_json_names_its_cache_or_the_embedded_corpus(beat_cache, tmp_path):
     write_run_data(tmp_path, FeatureCache(beat_cache), embedded=True)
     assert run_data(tmp_path) is None
     write_run_data(tmp_path, FeatureCache(beat_cache), embedded=False)
-    assert run_data(tmp_path) == beat_cache.absolute()
-    (tmp_path / "run.json").write_text('{"data": "%s"}' % (tmp_path / "gone"))
+    assert run_data(tmp_path) == beat_cache.resolve()
+    (tmp_path / "run.json").write_text(json.dumps({"data": str(tmp_path / "gone")}))
     with pytest.raises(CacheError, match=r"run\.json: the run's feature cache .*gone"):
         run_data(tmp_path)
+    assert run_data(tmp_path, must_exist=False) == tmp_path / "gone"  # its name only
+    monkeypatch.setenv("JAXMIR_CACHE", str(tmp_path / "root"))
+    older = tmp_path / "root" / "beat" / "corpus-1234"  # written before `embedded` existed
+    (tmp_path / "run.json").write_text(json.dumps({"data": str(older)}))
+    assert run_data(tmp_path) is None
     (tmp_path / "run.json").write_text('{"data": ')  # cut off mid-write by an older version
     with pytest.raises(CacheError, match=r"run\.json: not JSON"):
         run_data(tmp_path)

@@ -64,10 +64,12 @@ def resolve_data(task, cfg: Config, data: Path | str | None, progress: bool = Tr
 RUN_FILE = "run.json"
 
 
-def run_data(workdir: Path | str) -> Path | None:
+def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
     """The feature cache a run in `workdir` trained on, as its run.json records it; None for
     the task's embedded corpus (found, or built again, where the cache root now is) and for a
-    run with no record. A recorded folder that is gone is a CacheError naming both."""
+    run with no record. A recorded folder that is gone is a CacheError naming both, unless
+    not `must_exist` (only its name is wanted). A record written before run.json marked the
+    embedded corpus counts as embedded where it lies under the cache root."""
     path = Path(workdir) / RUN_FILE
     if not path.is_file():
         return None
@@ -78,7 +80,9 @@ def run_data(workdir: Path | str) -> Path | None:
     if record.get("embedded") or not record.get("data"):
         return None
     data = Path(record["data"])
-    if not data.is_dir():
+    if "embedded" not in record and data.resolve().is_relative_to(cache_root().resolve()):
+        return None
+    if must_exist and not data.is_dir():
         raise CacheError(
             f"{path}: the run's feature cache {data} no longer exists; pass --data (or data=) "
             "to name another"
@@ -90,7 +94,7 @@ def write_run_data(workdir: Path, cache: FeatureCache, embedded: bool) -> None:
     """Record in run.json the cache a run trains on (atomically: a kill leaves the old one)."""
     path = Path(workdir) / RUN_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    record = {"data": str(cache.root.absolute()), "embedded": embedded}
+    record = {"data": str(cache.root.resolve()), "embedded": embedded}
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, path)
 
