@@ -345,8 +345,13 @@ def cmd_export(args) -> int:
     info = {}
     for path in sorted((args.workdir / "eval").glob("*.json")):
         # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)
-        if path.stem != "val":
-            info[f"eval_{path.stem}"] = json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        if "data" in record:  # scored on another cache than the run's
+            print(
+                f"{path}: scored on {record['data']}, not the run's data: left out", file=sys.stderr
+            )
+        elif path.stem != "val":
+            info[f"eval_{path.stem}"] = record
     if args.data is not None and not args.member:
         raise UsageError("--data: the cache for --member's scoring; give it with --member")
     # the cache of the run's scores (named in model.json), or the members' scoring cache
@@ -369,7 +374,7 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     from jaxmir.engine.run import make_predict, resolve_data, run_data
-    from jaxmir.shipped import eval_folder, is_model_folder, relative_to
+    from jaxmir.shipped import data_record, eval_folder, is_model_folder, relative_to
     from jaxmir.tasks.base import get_task, test_soundfont_record
 
     task = get_task(args.task)
@@ -403,6 +408,9 @@ def cmd_eval(args) -> int:
     result.update(test_soundfont_record(cfg.data))
     # the settings used (calibrated or --set); files of the run named relative to it
     result["decode"] = relative_to(dataclasses.asdict(cfg.decode), args.workdir)
+    own = run_data(args.workdir, must_exist=False)
+    if args.data is not None and data_record(args.data) != (own and data_record(own)):
+        result["data"] = data_record(cache.root)  # not the run's cache: export leaves it out
     out = args.workdir / "eval" / f"{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -640,3 +640,31 @@ def test_ensemble_members_must_share_the_label_mode_not_the_corpus():
     other_corpus = dataclasses.replace(data, offset_spread=data.offset_spread + 1, corpus_seed=7)
     assert _label_fields(other_corpus) == _label_fields(data) == {"label_mode": data.label_mode}
     assert _label_fields(dataclasses.replace(data, label_mode="frame")) != _label_fields(data)
+
+
+def test_a_run_scored_on_another_cache_says_so_and_export_leaves_it_out(
+    music_run, music_cache, tmp_path, capsys
+):
+    """`jaxmir eval --workdir RUN --data OTHER` names OTHER in eval/SPLIT.json; `jaxmir export`
+    then leaves that score out of model.json, which keeps only scores of the run's own data."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(music_run, run)
+    other = tmp_path / "other-cache"
+    shutil.copytree(music_cache, other)
+    own = ["eval", "music", "--workdir", str(run), "--no-progress"]
+
+    def exported(name: str) -> dict:
+        folder = tmp_path / name
+        assert main(["export", "music", "--workdir", str(run), "--out", str(folder)]) == 0
+        return json.loads((folder / "model.json").read_text())
+
+    assert main([*own, "--data", str(music_cache)]) == 0  # the run's own cache, named or not
+    assert "data" not in json.loads((run / "eval" / "test.json").read_text())
+    assert "eval_test" in exported("model")
+    assert main([*own, "--data", str(other)]) == 0
+    assert json.loads((run / "eval" / "test.json").read_text())["data"] == str(other.resolve())
+    capsys.readouterr()
+    assert "eval_test" not in exported("model-after")
+    assert "test.json: scored on" in capsys.readouterr().err
