@@ -92,10 +92,14 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
 
 def write_run_data(workdir: Path, cache: FeatureCache, embedded: bool) -> None:
     """Record in run.json the cache a run trains on (atomically: a kill leaves the old one)."""
-    path = Path(workdir) / RUN_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
     record = {"data": str(cache.root.resolve()), "embedded": embedded}
-    tmp.write_text(json.dumps(record) + "\n")
+    _write_json(Path(workdir) / RUN_FILE, record)
+
+
+def _write_json(path: Path, record: dict, indent: int | None = None) -> None:
+    """Write `record` to `path` through a temporary file, so a kill leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=indent) + "\n")
     os.replace(tmp, path)
 
 
@@ -464,9 +468,7 @@ def calibrate_decoding(
         return {}
     result = {"step": step, **result}
     path = Path(workdir) / DECODE_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, path)
+    _write_json(path, result, indent=1)
     pieces = result.get("val_pieces", "?")
     log(f"Decoding calibrated on {pieces} validation pieces: {result['decode']} -> {path}")
     return result
