@@ -8,9 +8,13 @@ the write to disk finishes in the background and is awaited before exit or resto
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import inspect
 import json
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +161,8 @@ class Checkpointer:
         failed: list[tuple[int, Exception]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                state, meta = self.restore(step, state_template, data_iterator)
+                with _failed_read_leftovers_dropped():
+                    state, meta = self.restore(step, state_template, data_iterator)
             except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
                 failed.append((step, e))
                 continue
@@ -195,9 +200,46 @@ class Checkpointer:
         return dict(restored["meta"])
 
 
+@contextlib.contextmanager
+def _failed_read_leftovers_dropped() -> Iterator[None]:
+    """Keep a failed restore from printing a hundred tracebacks after its one-line warning.
+
+    When one array of a step fails to read, Orbax abandons the reads of the others: their
+    coroutines are finalised unawaited, each re-raising its own read error, and TensorStore's
+    threads call back into the closed event loop ("Event loop is closed"). Python prints each
+    through `sys.unraisablehook` (about 130 for a 4-array state), some during the restore and
+    the rest whenever the failed read's exception is freed. So a hook that drops those two kinds
+    (and passes on anything else) is installed while a step restores and, after a failure, kept
+    for the rest of the process.
+    """
+    installed = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _is_abandoned_read(unraisable):
+            installed(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except BaseException:
+        gc.collect()  # finalise the reads nothing holds now
+        raise
+    sys.unraisablehook = installed
+
+
+def _is_abandoned_read(unraisable: Any) -> bool:
+    """An Orbax read coroutine finalised unawaited, or a callback into its closed event loop."""
+    error, thing = unraisable.exc_value, unraisable.object
+    if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+        return True
+    return inspect.iscoroutine(thing) and "orbax" in thing.cr_code.co_filename
+
+
 def _first_line(error: Exception) -> str:
+    """The error's type and first line, without TensorStore's multi-line spec dump."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+    line = text[0].split(" See full TensorStore details")[0] if text else ""
+    return f"{type(error).__name__}: {line}"[:300]
 
 
 def _savable(state: Any) -> dict:
