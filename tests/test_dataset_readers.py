@@ -307,7 +307,8 @@ def test_maps_extra_subsets_for_train_pianos_only(tmp_path):
 def test_mir1k_pitch_frames_and_song_split(tmp_path):
     for stem in ("abjones_1_01", "abjones_1_02"):
         write_wav(tmp_path / "Wavfile" / f"{stem}.wav", channels=2)
-        write_text(tmp_path / "PitchLabel" / f"{stem}.pv", "0\n45.5\n69\n\n")
+        # as the real files: each value followed by a space, a blank line at the end
+        write_text(tmp_path / "PitchLabel" / f"{stem}.pv", "0 \n45.5 \n69 \n\n")
     pieces = mir1k.read(tmp_path)
     assert [p.name for p in pieces] == ["abjones_1_01", "abjones_1_02"]
     assert {p.split for p in pieces} == {_common.hash_split("abjones_1")}
@@ -404,10 +405,15 @@ def billboard_piece(feature_dir: Path, label_dir: Path, lab: str) -> None:
 
 
 def billboard_fixture(root: Path) -> None:
+    """Written as the real files are: lab times partly in scientific notation and a blank last
+    line; the index with chart rows of no song (empty title and artist), quoted artists holding
+    commas, and one song charted twice under two ids (33 and 73, "Crazy On You")."""
     mb = root / "McGill-Billboard"
-    lab = "0.0\t0.29\tN\n0.29\t2.5\tA:maj\n2.5\t4.0\tE:min\n"
+    lab = "0.0\t7.3469387e-2\tN\n7.3469387e-2\t2.5\tA:maj\n2.5\t4.0\tE:min\n\n"
     billboard_piece(mb / "0003", mb / "0003", lab)
-    billboard_piece(mb / "0004", mb / "0004", lab)  # same song as 0003 in the index
+    billboard_piece(mb / "0004", mb / "0004", lab)  # another song with a quoted artist
+    billboard_piece(mb / "0033", mb / "0033", lab)
+    billboard_piece(mb / "0073", mb / "0073", lab)  # same song as 0033 in the index
     billboard_piece(mb / "0353", mb / "0353", lab)  # ignored by omnizart
     billboard_piece(mb / "1200", mb / "1200", "0.0 1.0 C:min\n")
     billboard_piece(
@@ -416,9 +422,13 @@ def billboard_fixture(root: Path) -> None:
     write_text(
         root / "billboard-2.0-index.csv",
         "id,chart_date,target_rank,actual_rank,title,artist,peak_rank,weeks_on_chart\n"
+        "1,1987-07-11,82,,,,,\n"
+        "2,1973-08-04,14,,,,,\n"
         "3,1961-07-03,56,57,I Don't Mind,James Brown,47,8\n"
-        "4,1971-08-07,32,31,I Don't Mind,James Brown,47,8\n"
-        "10,1975-01-01,1,1,Other,Someone,1,1\n",
+        '4,1971-08-07,32,31,You\'ve Got A Friend,"Roberta Flack,Donny Hathaway",29,12\n'
+        "10,1984-03-24,49,51,An Innocent Man,Billy Joel,10,18\n"
+        "33,1978-02-11,99,100,Crazy On You,Heart,35,19\n"
+        "73,1976-06-12,49,49,Crazy On You,Heart,35,19\n",
     )
 
 
@@ -427,20 +437,29 @@ def test_billboard_split_ignored_ids_and_dedup(tmp_path):
     pieces = billboard.read(tmp_path)
     assert [(p.name, p.split) for p in pieces] == [
         ("0003", "train"),
+        ("0004", "val"),
         ("0010", "val"),
+        ("0033", "train"),
         ("1200", "test"),
     ]
     p = pieces[0]
     assert p.audio == tmp_path / "McGill-Billboard" / "0003" / "bothchroma.csv"
-    np.testing.assert_array_equal(p.chords, [[0.0, 0.29], [0.29, 2.5], [2.5, 4.0]])
+    np.testing.assert_array_equal(p.chords, [[0.0, 0.073469387], [0.073469387, 2.5], [2.5, 4.0]])
     assert p.chord_labels == ("N", "A:maj", "E:min")
-    assert pieces[1].audio == tmp_path / "McGill-Billboard-Features" / "0010" / "bothchroma.csv"
+    assert pieces[2].audio == tmp_path / "McGill-Billboard-Features" / "0010" / "bothchroma.csv"
     times, chroma = billboard.read_chroma(p.audio)
     np.testing.assert_array_equal(times, [0.0, 0.046439909])
     assert chroma.shape == (2, 24) and chroma[0, 0] == 1.0 and chroma[1, 23] == 1.0
     assert chroma.sum() == 2.0
     (tmp_path / "billboard-2.0-index.csv").unlink()  # without the index: no dedup
-    assert [p.name for p in billboard.read(tmp_path)] == ["0003", "0004", "0010", "1200"]
+    assert [p.name for p in billboard.read(tmp_path)] == [
+        "0003",
+        "0004",
+        "0010",
+        "0033",
+        "0073",
+        "1200",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
