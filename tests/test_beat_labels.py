@@ -649,3 +649,98 @@ def test_metrical_level_names_the_level_a_tracker_followed():
     assert metrical_level(np.arange(0.0, 20.0, 0.56), ref) == "other"  # just past 10 %
     assert metrical_level(ref[:1], ref) == "none"
     assert metrical_level(ref, ref[:1]) == "none"
+
+
+@pytest.mark.parametrize(
+    "bpm, band, expected",
+    [
+        (240.0, (45.0, 200.0), 1.5),  # faster than training: played 1.5 times slower
+        (30.0, (45.0, 200.0), 1 / 1.5),  # slower: played 1.5 times faster
+        (120.0, (45.0, 200.0), 1.0),
+        (200.0, (45.0, 200.0), 1.0),  # the band's edges are inside it
+        (240.0, (0.0, 0.0), 1.0),  # no band: never
+    ],
+)
+def test_stretched_tempo_brings_a_tracked_tempo_into_the_band(bpm, band, expected):
+    import dataclasses
+
+    from jaxmir.tasks.beat.task import BeatDecodeConfig, stretched_tempo
+
+    d = dataclasses.replace(BeatDecodeConfig(), tempo_band=band)
+    beats = np.arange(12) * 60.0 / bpm
+    assert stretched_tempo(beats, d) == pytest.approx(expected)
+    assert stretched_tempo(beats[:2], d) == 1.0  # two beats hold no tempo
+
+
+@pytest.mark.parametrize(
+    "band, stretch",
+    [((200.0, 45.0), 1.5), ((-1.0, 200.0), 1.5), ((45.0, 200.0), 0.5), ((45.0, 200.0), math.nan)],
+)
+def test_an_unusable_tempo_band_is_refused(band, stretch):
+    import dataclasses
+
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.beat.task import BeatDecodeConfig, stretched_tempo
+
+    d = dataclasses.replace(BeatDecodeConfig(), tempo_band=band, tempo_stretch=stretch)
+    with pytest.raises(ConfigError, match="decode.tempo_"):
+        stretched_tempo(np.arange(12) * 0.5, d)
+
+
+def test_beats_tracked_too_fast_are_tracked_again_on_the_slower_piece():
+    """Through `BeatTask.decode`: beats peaked at 240 bpm lie outside the band, so the piece's
+    posteriors at 1.5 times slower (`at_tempo`) are decoded and their times scaled back; those
+    posteriors put the beat half a period later (as the shipped model does when it hears a
+    fast piece at a tempo it knows), and that phase is what comes out. Inside the band, or
+    with no band, the posteriors at another tempo are never asked for."""
+    import dataclasses
+
+    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.beat.task import BeatPosteriors
+
+    n, period = 2000, 25  # frames: 0.25 s, 240 bpm
+    fast = np.arange(50, n - period, period)
+    notes = np.array([[t / FPS, t / FPS + 0.1, 60.0] for t in fast])
+    asked = []
+
+    def at_tempo(r):
+        asked.append(r)
+        slow = np.round((fast + period / 2) * r).astype(int)  # the off-beats' phase, r x slower
+        m = int(n * r) + 1
+        return BeatPosteriors(
+            np.stack([_pulses(m, slow, [0.9] * len(slow)), np.zeros(m)], 1), notes * [r, r, 1.0]
+        )
+
+    probs = np.stack([_pulses(n, fast, [0.9] * len(fast)), np.zeros(n)], axis=1)
+    task = get_task("beat")
+    cfg = task.presets()["quality"]
+    d = dict(method="peaks", downbeats="peaks", beat_threshold=0.5, min_distance=0.2)
+    c = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **d))
+    beats, _ = task.decode(BeatPosteriors(probs, notes, at_tempo), c)
+    assert asked == [1.5]
+    np.testing.assert_allclose(beats, (fast + period / 2) / FPS, atol=0.011)
+    for off in (dict(tempo_band=(0.0, 0.0)), dict(tempo_stretch=1.0)):
+        never = dataclasses.replace(c, decode=dataclasses.replace(c.decode, **off))
+        beats, _ = task.decode(BeatPosteriors(probs, notes, at_tempo), never)
+        np.testing.assert_allclose(beats, fast / FPS, atol=0.011)
+    assert asked == [1.5]  # no band, or no stretch: not asked again
+
+
+def test_beat_posteriors_give_the_same_piece_at_another_tempo(tmp_path):
+    """`posteriors_many` attaches `at_tempo`: the model's posteriors of the piece's notes
+    played r times slower, as long as r times the frames, computed once per r."""
+    from jaxmir.engine.run import init_state, make_predict
+    from jaxmir.engine.sharding import make_mesh
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("beat")
+    cfg = task.presets()["tiny"]
+    notes = np.array([[0.5 * i, 0.5 * i + 0.3, 60.0 + i % 5] for i in range(12)])
+    x = beat_features(notes, 700)
+    mesh = make_mesh()
+    state = init_state(task, cfg, mesh, [])
+    ((_, post),) = task.posteriors_many(make_predict(mesh, state), [(x, None)], cfg)
+    slower = post.at_tempo(1.5)
+    assert slower is post.at_tempo(1.5)
+    assert abs(len(slower.frames) - 1.5 * notes[-1, 1] * FPS) <= 2
+    np.testing.assert_allclose(slower.notes[:, 0], post.notes[:, 0] * 1.5, atol=0.011)
