@@ -270,7 +270,16 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
         cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
     else:
         cfg = task.preset(preset or "demo")
-    return validate(apply_overrides(cfg, overrides))
+    return _checked_decode(task, validate(apply_overrides(cfg, overrides)))
+
+
+def _checked_decode(task, cfg):
+    """`cfg`, or the ConfigError of the task's `check_decode` (a `decode.*` value no decoding
+    can use: a threshold outside [0, 1], a negative duration), before any model loads or runs."""
+    check = getattr(task, "check_decode", None)
+    if check is not None:
+        check(cfg)
+    return cfg
 
 
 def cmd_train(args) -> int:
@@ -317,7 +326,7 @@ def _restore(task, workdir: Path, step: int | None, overrides: list[str] = ()):
         cfg, mesh, state, step = restore_for_inference(task, workdir, step)
     except RestoreError as e:
         raise UsageError(str(e)) from None
-    return validate(apply_overrides(cfg, list(overrides))), mesh, state, step
+    return _checked_decode(task, validate(apply_overrides(cfg, list(overrides)))), mesh, state, step
 
 
 def _shipped(task, overrides: list[str], folder: Path | None = None):
@@ -332,7 +341,7 @@ def _shipped(task, overrides: list[str], folder: Path | None = None):
         cfg, mesh, state = load_model(task, folder)
     except ShippedModelError as e:
         raise UsageError(str(e)) from None
-    return validate(apply_overrides(cfg, list(overrides))), mesh, state
+    return _checked_decode(task, validate(apply_overrides(cfg, list(overrides)))), mesh, state
 
 
 def cmd_export(args) -> int:
@@ -469,11 +478,15 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def transcribe_inputs(inputs: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
+def transcribe_inputs(
+    inputs: list[Path], suffixes: tuple[str, ...], missing: list[Path] | None = None
+) -> list[Path]:
     """The files to transcribe: each file as given, each folder's files with one of `suffixes`
     (not recursive, sorted); UsageError naming a missing input, a folder without such files, a
     file of the other kind (audio given to a task that reads MIDI, or MIDI to one that reads
-    audio) or two inputs that would write the same outputs (same stem)."""
+    audio) or two inputs that would write the same outputs (same stem). Given a list
+    `missing`, an input that does not exist is added to it instead (one of several inputs:
+    skipped, the others transcribed)."""
     from jaxmir.inference import AUDIO_SUFFIXES, MIDI_SUFFIXES
 
     kind_of = {
@@ -503,6 +516,8 @@ def transcribe_inputs(inputs: list[Path], suffixes: tuple[str, ...]) -> list[Pat
                     f"({', '.join(suffixes)})"
                 )
             files.append(path)
+        elif missing is not None:
+            missing.append(path)
         else:
             raise UsageError(f"{path}: no such file")
     seen: dict[str, Path] = {}
@@ -531,8 +546,30 @@ def cmd_transcribe(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
     suffixes = getattr(task, "input_suffixes", lambda: AUDIO_SUFFIXES)()
-    paths = transcribe_inputs(args.inputs, suffixes)  # all checked before the model is restored
+    # all checked before the model is restored; of several inputs, a missing one is skipped
+    missing: list[Path] | None = [] if len(args.inputs) > 1 else None
+    paths = transcribe_inputs(args.inputs, suffixes, missing)
+    missing = missing or []
     check_output_folder(args.outdir, "-o")
+    n_inputs = len(paths) + len(missing)
+    skipped: list[Path] = []
+
+    def skip(path: Path, error: Exception) -> None:  # one bad file among several
+        skipped.append(path)
+        tqdm.write(f"jaxmir transcribe: skipped {error}", file=sys.stderr)
+
+    def unread_error() -> int:
+        print(
+            f"jaxmir transcribe: error: {len(skipped)} of {n_inputs} inputs could not be read "
+            "(named above)",
+            file=sys.stderr,
+        )
+        return 2 if len(skipped) == n_inputs else 1
+
+    for path in missing:
+        skip(path, UsageError(f"{path}: no such file"))
+    if not paths:  # none of several inputs exists: no model to load
+        return unread_error()
     if args.workdir is None or is_model_folder(args.workdir):  # shipped, or exported
         cfg, mesh, state = _shipped(task, args.overrides, args.workdir)
     else:
@@ -542,11 +579,6 @@ def cmd_transcribe(args) -> int:
     timings = Timings()
     # one file: a bar (seconds of audio) where someone watches; a folder: always
     progress = not args.no_progress and (len(paths) > 1 or sys.stderr.isatty())
-    skipped: list[Path] = []
-
-    def skip(path: Path, error: Exception) -> None:  # one bad file among several
-        skipped.append(path)
-        tqdm.write(f"jaxmir transcribe: skipped {error}", file=sys.stderr)
 
     if hasattr(task, "transcribe_iter"):
         results = task.transcribe_iter(
@@ -557,7 +589,7 @@ def cmd_transcribe(args) -> int:
             progress,
             batch_size=args.batch_size,
             timings=timings,
-            on_unreadable=skip if len(paths) > 1 else None,
+            on_unreadable=skip if n_inputs > 1 else None,
         )
     else:  # a task of one's own with only `transcribe`
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
@@ -571,15 +603,10 @@ def cmd_transcribe(args) -> int:
         if note:
             tqdm.write(note, file=sys.stderr)
     total_s = startup_s + time.perf_counter() - start
-    if len(skipped) < len(paths):
+    if len(skipped) < n_inputs:
         print(transcribe_summary(timings, total_s, restore_s, startup_s), file=sys.stderr)
     if skipped:
-        print(
-            f"jaxmir transcribe: error: {len(skipped)} of {len(paths)} inputs could not be read "
-            "(named above)",
-            file=sys.stderr,
-        )
-        return 2 if len(skipped) == len(paths) else 1
+        return unread_error()
     return 0
 
 

@@ -65,6 +65,60 @@ def test_decode_merges_neighbours_and_short_chords():
     np.testing.assert_allclose(intervals, [[0, 0.75], [0.75, 2.25], [2.25, 3.0]])
 
 
+def test_decode_cuts_the_last_chord_at_the_audios_end():
+    probs = np.full((6, 25), 0.01)
+    for s, c in enumerate([0, 0, 7, 7, 9, 24]):
+        probs[s, c] = 1.0
+    times = np.arange(6) * 0.5
+    intervals, labels = decode_chords(probs, times, 3.0, min_seconds=0.1, end=2.5)
+    assert labels == ["C:maj", "G:maj", "A:maj", "N"]  # N's segment cut to [2.25, 2.5]
+    np.testing.assert_allclose(intervals, [[0, 0.75], [0.75, 1.75], [1.75, 2.25], [2.25, 2.5]])
+    # segments starting at or after the end are dropped; one cut under min_seconds is merged
+    intervals, labels = decode_chords(probs, times, 3.0, min_seconds=0.1, end=1.8)
+    assert labels == ["C:maj", "G:maj"] and intervals[-1, 1] == pytest.approx(1.8)
+    # a fraction of a second: one segment, cut at the audio's end
+    intervals, labels = decode_chords(probs[-1:], times[:1], 0.35, end=0.2)
+    assert labels == ["N"]
+    np.testing.assert_allclose(intervals, [[0.0, 0.2]])
+
+
+def test_transcription_ends_with_the_audio(tmp_path):
+    """A file's posteriors carry its duration (from the file), and no chord runs past it; the
+    picture of a one-segment file is drawn without matplotlib's singular-limits warning."""
+    import warnings
+
+    import soundfile as sf
+
+    from jaxmir.data.features.chroma import SR
+
+    def predict(windows):  # N everywhere (logits: class 24 high)
+        out = np.zeros((*windows.shape[:2], 26), np.float32)
+        out[..., 24] = 5.0
+        return out
+
+    cfg = TASK.preset("tiny")
+    for seconds in (4.0, 0.2):
+        path = tmp_path / f"tone{seconds}.wav"
+        t = np.arange(int(seconds * SR)) / SR
+        sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), SR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            written = TASK.transcribe(predict, path, cfg, tmp_path / "out")
+        rows = [r.split(",") for r in written[0].read_text().splitlines()[1:]]
+        assert rows and float(rows[-1][1]) == pytest.approx(seconds, abs=1e-6), rows
+        assert all(float(a) < float(b) <= seconds + 1e-9 for a, b, _ in rows)
+
+
+def test_decode_values_are_checked():
+    from jaxmir.config import ConfigError
+
+    cfg = apply_overrides(TASK.preset("tiny"), ["decode.min_seconds=-1"])
+    with pytest.raises(ConfigError, match="decode.min_seconds"):
+        TASK.check_decode(cfg)
+    with pytest.raises(ConfigError, match="decode.min_seconds"):
+        TASK.decode({"chord": np.zeros((1, 25)), "times": np.zeros(1)}, cfg)
+
+
 def test_scores_skip_x_in_the_reference():
     ref = np.array([[0.0, 2.0], [2.0, 3.0], [3.0, 4.0]])
     est_intervals = np.array([[0.0, 4.0]])

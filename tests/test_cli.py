@@ -240,3 +240,28 @@ def test_default_workdir_and_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("JAXMIR_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / ".cache" / "jaxmir"
+
+
+def test_a_missing_input_among_several_is_skipped_and_named(tmp_path, capsys):
+    """Of several inputs, one that does not exist is skipped with its reason, the others are
+    transcribed, exit 1; none existing: exit 2 before any model loads, nothing written; a
+    single missing input stays exit 2 (the shipped beat model: no training)."""
+    song = tmp_path / "song.mid"
+    write_midi(song, seconds=4.0)
+    out = tmp_path / "out"
+    argv = ["transcribe", "beat", str(song), str(tmp_path / "missing.mid"), "-o", str(out)]
+    assert main([*argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err and "missing.mid: no such file" in err
+    assert "1 of 2 inputs could not be read" in err
+    assert (out / "song_beats.csv").is_file()
+    nothing = tmp_path / "nothing"
+    argv = ["transcribe", "beat", str(tmp_path / "a.mid"), str(tmp_path / "b.mid")]
+    assert main([*argv, "-o", str(nothing), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "a.mid: no such file" in err and "b.mid: no such file" in err
+    assert "2 of 2 inputs could not be read" in err and not nothing.exists()
+    argv = ["transcribe", "beat", str(tmp_path / "a.mid"), "-o", str(nothing), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a.mid: no such file" in err[0]

@@ -54,6 +54,45 @@ def test_scores_per_class_hihat_merged_and_overall():
     assert drum_scores(np.zeros((0, 2)), est)["drum_f1"] == 0.0  # false alarms still count
 
 
+def test_no_hits_found_scores_zero_without_mir_evals_warning():
+    import warnings
+
+    ref = np.array([[0.0, 36], [0.5, 38]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # mir_eval's "Estimated onsets are empty" is silenced
+        s = drum_scores(ref, np.zeros((0, 2)))
+    assert s["drum_kick_f1"] == s["drum_snare_f1"] == s["drum_f1"] == 0.0
+
+
+@pytest.mark.parametrize("seconds,signal", [(2.0, "silence"), (0.2, "tone"), (2.0, "tone")])
+def test_audio_without_beats_transcribes_to_no_hits(seconds, signal, tmp_path):
+    """No beats to hang the mini-beat grid on (silence, a fraction of a second, a steady tone):
+    no patches, no hits, an empty CSV (its header) and an empty MIDI; the model is not called."""
+    import pretty_midi
+    import soundfile as sf
+
+    from jaxmir.data.features.cqt import drum_input
+
+    t = np.arange(int(seconds * SR)) / SR
+    y = np.zeros_like(t) if signal == "silence" else 0.3 * np.sin(2 * np.pi * 440 * t)
+    patches, mini = drum_input(y.astype(np.float32), SR)
+    assert patches.shape == (0, 120, 120) and mini.shape == (0,)
+    path = tmp_path / f"{signal}.wav"
+    sf.write(str(path), y.astype(np.float32), SR)
+
+    def never(windows):
+        raise AssertionError("the model runs on no mini-beats")
+
+    out = tmp_path / "out"
+    written = TASK.transcribe(never, path, TASK.preset("tiny"), out)
+    assert [p.name for p in written] == [
+        f"{signal}{end}" for end in (".mid", "_drums.csv", "_drums.png")
+    ]
+    assert (out / f"{signal}_drums.csv").read_text().splitlines() == ["time,class,gm_note"]
+    midi = pretty_midi.PrettyMIDI(str(out / f"{signal}.mid"))
+    assert sum(len(inst.notes) for inst in midi.instruments) == 0
+
+
 def test_hinge_loss_is_omnizarts():
     z = np.zeros((1, 4, 13), np.float32)  # output 50 everywhere
     y = np.zeros((1, 4, 13), np.float32)
@@ -89,6 +128,21 @@ def test_unknown_loss_is_a_config_error():
     cfg = apply_overrides(TASK.preset("tiny"), ["model.loss=l2"])
     with pytest.raises(ConfigError, match="model.loss"):
         TASK.model(cfg)
+
+
+@pytest.mark.parametrize("value", ["5", "-0.1", "NaN"])
+def test_a_threshold_outside_0_1_exits_2_naming_the_key(value, tmp_path, capsys):
+    cfg = apply_overrides(TASK.preset("tiny"), [f"decode.threshold={value}"])
+    with pytest.raises(ConfigError, match="decode.threshold"):
+        TASK.check_decode(cfg)
+    with pytest.raises(ConfigError, match="decode.threshold"):
+        TASK.decode((np.zeros((4, 13)), np.arange(4) * 0.1), cfg)
+    wd = tmp_path / "run"
+    argv = ["train", "drum", "--preset", "tiny", "--workdir", str(wd)]
+    assert main([*argv, "--set", f"decode.threshold={value}", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decode.threshold" in err[0]
+    assert not wd.exists()
 
 
 def test_info_paper_size(capsys):

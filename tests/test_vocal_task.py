@@ -142,6 +142,73 @@ def test_unlabelled_windows_come_from_the_data_unlabelled_folder(vocal_cache, tm
         TASK.bind_loss(missing)  # training checks it before building any data
 
 
+def test_unlabelled_folder_without_audio_stops_training_before_anything_is_written(
+    tmp_path, capsys
+):
+    (tmp_path / "empty").mkdir()
+    wd = tmp_path / "run"
+    argv = ["train", "vocal", "--preset", "tiny", "--workdir", str(wd), "--no-progress"]
+    assert main([*argv, "--set", f"data.unlabelled={tmp_path / 'empty'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.unlabelled" in err[0] and "no audio files" in err[0]
+    assert not wd.exists()
+
+
+def test_unreadable_unlabelled_folder_leaves_no_run_json(vocal_cache, tmp_path, capsys):
+    """Audio files that all fail to decode are found only when VAT's data is built: the run
+    refuses to start before run.json records a cache."""
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "x.wav").write_bytes(b"not audio at all")
+    wd = tmp_path / "run"
+    argv = ["train", "vocal", "--preset", "tiny", "--workdir", str(wd), "--no-progress"]
+    argv += ["--data", str(vocal_cache), "--set", f"data.unlabelled={folder}"]
+    with pytest.warns(UserWarning, match="skipping"):
+        assert main(argv) == 2
+    assert "none of its audio files could be read" in capsys.readouterr().err
+    assert not (wd / "run.json").exists() and not (wd / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("decode.threshold=5", "decode.threshold"),
+        ("decode.threshold=-0.1", "decode.threshold"),
+        ("decode.min_seconds=-1", "decode.min_seconds"),
+        ("decode.context=-1", "decode.context"),
+        ("decode.contour_workdir=/nonexistent/run", "decode.contour_workdir"),
+    ],
+)
+def test_unusable_decode_values_exit_2_naming_the_key(override, needle, tmp_path, capsys):
+    from jaxmir.config import ConfigError
+
+    cfg = apply_overrides(TASK.preset("tiny"), [override])
+    with pytest.raises(ConfigError, match=needle):
+        TASK.check_decode(cfg)
+    with pytest.raises(ConfigError, match=needle):  # decoding checks them too
+        TASK.decode((np.zeros((10, 6)), np.zeros(10)), cfg)
+    wd = tmp_path / "run"  # the command line says so before anything is written
+    argv = ["train", "vocal", "--preset", "tiny", "--workdir", str(wd), "--set", override]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert not wd.exists()
+
+
+def test_a_contour_run_that_does_not_restore_is_a_config_error(tmp_path):
+    """`decode.contour_workdir` naming a folder with a config but no checkpoint: one error
+    naming the key (the command line's one line, exit 2), not RestoreError's traceback."""
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.vocal.task import contour_f0
+    from jaxmir.tasks.vocal_contour.task import TASK as CONTOUR
+
+    run = tmp_path / "contour"
+    run.mkdir()
+    (run / "config.json").write_text(CONTOUR.preset("tiny").to_json())
+    with pytest.raises(ConfigError, match="decode.contour_workdir: .*no checkpoint"):
+        contour_f0(str(run), tmp_path / "song.wav", 10)
+
+
 def test_tiny_model_overfits_two_pieces(vocal_cache):
     """Features -> SDT labels -> loss (with VAT) -> posteriors -> notes -> mir_eval. The notes'
     pitch comes from the reference here: the chain under test is the segmentation (the

@@ -316,13 +316,15 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
         data = data if data is not None else run_data(workdir)  # a resumed run: its own cache
         cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
         check_watch_splits(cfg, cache)
-        if is_primary():  # eval, calibrate and export read the run's cache from here
-            write_run_data(workdir, cache, embedded=data is None)
+    # the training examples before run.json: a run whose data cannot be read (vocal's
+    # `data.unlabelled` folder, say) refuses to start without leaving a record behind
+    train_ds = task.dataset(cfg, cache, "train", True)
+    if cache is not None and is_primary():  # eval, calibrate and export read it from here
+        write_run_data(workdir, cache, embedded=data is None)
     mesh = make_mesh(devices)
     callbacks = make_callbacks(cfg, task)
     state = init_state(task, cfg, mesh, callbacks)
 
-    train_ds = task.dataset(cfg, cache, "train", True)
     train_iter = batch_iterator(train_ds, cfg.train.batch_size, cfg.train.data_threads)
 
     def val_batches():

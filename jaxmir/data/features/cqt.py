@@ -222,13 +222,17 @@ def drum_input(
 
     `beats` are beat times in seconds (from labels, for example). Without them, beats come from
     `librosa.beat.beat_track` on the 44.1 kHz audio; omnizart used madmom, see the module notes.
-    Mini-beats span the whole recording, as in omnizart (see `mini_beat_times`).
+    Mini-beats span the whole recording, as in omnizart (see `mini_beat_times`). A recording
+    with fewer than 2 beats (silence, a steady tone, a fraction of a second) has no grid to cut
+    patches on: no patches (0, 120, 120) and no mini-beats, so no drum hits.
     """
     y = _mono_44k(audio, sr)
     duration = len(y) / SR
     if beats is None:
         _, beats = librosa.beat.beat_track(y=y, sr=SR, units="time")
-    beats = np.asarray(beats, dtype=np.float64)
+    beats = np.asarray(beats, dtype=np.float64).ravel()
+    if len(beats) < 2:
+        return np.zeros((0, PATCH_SIZE, PATCH_SIZE), np.float32), np.zeros(0, np.float64)
     mini = mini_beat_times(beats, MINI_BEATS_PER_BEAT, duration=duration)
     gram = drum_cqt(y, SR)
     return drum_patches(gram, drum_frame_times(len(gram)), mini), mini

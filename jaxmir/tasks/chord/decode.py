@@ -25,24 +25,36 @@ def segment_bounds(times: np.ndarray, duration: float) -> np.ndarray:
 
 
 def decode_chords(
-    probs: np.ndarray, times: np.ndarray, duration: float, min_seconds: float = 0.1
+    probs: np.ndarray,
+    times: np.ndarray,
+    duration: float,
+    min_seconds: float = 0.1,
+    *,
+    end: float | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """(intervals (K, 2), labels) from per-segment class posteriors (S, >= 25): argmax over
     the 25 classes (an X output, if the model has one, is never chosen), equal neighbours
-    merged, a chord shorter than `min_seconds` merged into the one before it (omnizart's rule)."""
+    merged, a chord shorter than `min_seconds` merged into the one before it (omnizart's rule).
+    `end` (the audio's duration, when known): segments are cut there, and those starting at
+    or after it dropped, before merging."""
     classes = np.argmax(np.asarray(probs)[:, :N_CLASSES], axis=-1)
+    bounds = segment_bounds(times, duration)
+    if end is not None:
+        bounds = np.minimum(bounds, end)
+        keep = bounds[:, 1] > bounds[:, 0]
+        bounds, classes = bounds[keep], classes[keep]
     runs: list[list] = []  # [start, end, class]: runs of equal neighbours
-    for (start, end), c in zip(segment_bounds(times, duration), classes, strict=True):
+    for (start, stop), c in zip(bounds, classes, strict=True):
         if runs and runs[-1][2] == c:
-            runs[-1][1] = end
+            runs[-1][1] = stop
         else:
-            runs.append([start, end, int(c)])
+            runs.append([start, stop, int(c)])
     merged: list[list] = []
-    for start, end, c in runs:
-        if merged and (merged[-1][2] == c or end - start < min_seconds):
-            merged[-1][1] = end
+    for start, stop, c in runs:
+        if merged and (merged[-1][2] == c or stop - start < min_seconds):
+            merged[-1][1] = stop
         else:
-            merged.append([start, end, c])
+            merged.append([start, stop, c])
     out = np.asarray([m[:2] for m in merged], np.float64).reshape(-1, 2)
     return out, [class_name(m[2]) for m in merged]
 
@@ -90,7 +102,11 @@ def plot_chords(
 
     from jaxmir.data.features.chroma import CHROMA_PITCH_CLASSES
 
-    end = float(frame_times[-1]) if len(frame_times) else 1.0
+    end = float(frame_times[-1]) if len(frame_times) else 0.0
+    if end <= 0.0:  # one segment (a fraction of a second): no span of its own, its chord's
+        # (an image from 0 to 0 s is singular: matplotlib warns "identical low and high xlims")
+        spans = np.asarray(intervals, np.float64).reshape(-1, 2)[:, 1]
+        end = float(spans.max()) if len(spans) and spans.max() > 0 else 1.0
     fig = Figure(figsize=(14, 5))
     top, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 5]})
     ax.imshow(

@@ -211,12 +211,26 @@ class ChordTask(PieceTask):
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
         times = np.arange(len(x)) * SEGMENT_SECONDS
-        return {"chord": probs, "change": sigmoid(out[:, classes]), "times": times}
+        out = {"chord": probs, "change": sigmoid(out[:, classes]), "times": times}
+        duration = audio_duration(source)
+        if duration is not None:
+            out["duration"] = duration
+        return out
+
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError for a negative (or not finite) `decode.min_seconds`."""
+        m = cfg.decode.min_seconds
+        if not 0.0 <= m < float("inf"):
+            raise ConfigError(f"decode.min_seconds: seconds, 0 or more, got {m}")
 
     def decode(self, posteriors, cfg: Config) -> tuple[np.ndarray, list[str]]:
+        """Chord intervals and labels; with the audio's duration known (`posteriors`'s
+        "duration": a file transcribed or a piece whose audio is at hand), none runs past it."""
+        self.check_decode(cfg)
         times = posteriors["times"]
         duration = (len(times) + 0.5) * SEGMENT_SECONDS if len(times) else 0.0
-        return decode_chords(posteriors["chord"], times, duration, cfg.decode.min_seconds)
+        end = posteriors.get("duration")
+        return decode_chords(posteriors["chord"], times, duration, cfg.decode.min_seconds, end=end)
 
     def score(self, events, labels, cfg: Config) -> dict[str, float]:
         return chord_scores(labels["chords"], labels["chord_labels"], *events)
@@ -327,6 +341,24 @@ def piece_chroma(path: Path) -> np.ndarray:
     from jaxmir.data.audio import load_audio
 
     return C.bass_treble_chroma(load_audio(path, C.SR), C.SR).astype(np.float32)
+
+
+def audio_duration(source: Path | str | None) -> float | None:
+    """Seconds of the audio file `source` (from its header, else decoded); None without a
+    file, for chroma read from a CSV (Billboard) or where the file cannot tell."""
+    if source is None or Path(source).suffix.lower() == ".csv" or not Path(source).is_file():
+        return None
+    from jaxmir.data.featurize import audio_seconds
+
+    seconds = audio_seconds(source)
+    if seconds is None:  # a format libsndfile lacks (m4a, ...): decode it
+        from jaxmir.data.audio import AudioError, load_audio
+
+        try:
+            seconds = len(load_audio(source, C.SR)) / C.SR
+        except AudioError:
+            return None
+    return seconds if seconds > 0 else None
 
 
 def chord_scores(

@@ -192,7 +192,10 @@ class DrumTask(PieceTask):
 
     # -- inference ------------------------------------------------------------------------------
     def posteriors(self, predict, x: np.ndarray, cfg: Config, source: Path | None = None):
-        """Per-mini-beat activations (M, 13) in [0, 1]."""
+        """Per-mini-beat activations (M, 13) in [0, 1]; (0, 13) for a piece without
+        mini-beats (fewer than 2 beats: silence, a steady tone), which has no drum hits."""
+        if len(x) == 0:
+            return np.zeros((0, N_CLASSES), np.float32)
         z = predict_piece(
             predict,
             self.input_view(cfg, x),
@@ -202,7 +205,14 @@ class DrumTask(PieceTask):
         )
         return activations(z, cfg.model.loss)
 
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError for a `decode.threshold` outside [0, 1] (activations are probabilities)."""
+        t = cfg.decode.threshold
+        if not 0.0 <= t <= 1.0:
+            raise ConfigError(f"decode.threshold: a probability in [0, 1], got {t}")
+
     def decode(self, posteriors, cfg: Config) -> np.ndarray:
+        self.check_decode(cfg)
         act, mini_beats = posteriors
         return decode_hits(act, mini_beats, cfg.decode.threshold)
 

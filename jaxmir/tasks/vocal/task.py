@@ -147,9 +147,12 @@ class VocalTask(PieceTask):
 
     def bind_loss(self, cfg: Config):
         d = cfg.data
-        if d.vat and d.unlabelled is not None and not Path(d.unlabelled).is_dir():
-            # said before the corpus is built, not when VAT first reads it
-            raise ConfigError(f"data.unlabelled: {d.unlabelled}: not a folder")
+        if d.vat and d.unlabelled is not None:
+            # said before the corpus is built or the workdir written, not when VAT first reads it
+            if not Path(d.unlabelled).is_dir():
+                raise ConfigError(f"data.unlabelled: {d.unlabelled}: not a folder")
+            if next(_audio_files(Path(d.unlabelled)), None) is None:
+                raise ConfigError(_no_audio(Path(d.unlabelled)))
 
         def loss(apply_fn, variables, batch, rng, train):
             logits, new_state = _apply(apply_fn, variables, batch["x"], rng, train)
@@ -204,11 +207,9 @@ class VocalTask(PieceTask):
         from jaxmir.tasks.base import params_digest
 
         root = Path(folder)
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        files = sorted(_audio_files(root))
         if not files:
-            raise ConfigError(
-                f"data.unlabelled: {root}: no audio files ({', '.join(AUDIO_SUFFIXES)})"
-            )
+            raise ConfigError(_no_audio(root))
         key = {"folder": str(root.absolute()), "files": [str(p) for p in files]}
         out = cache_root() / self.name / f"unlabelled-{params_digest(key)}"
         from jaxmir.data.featurize import featurize
@@ -235,7 +236,26 @@ class VocalTask(PieceTask):
             )
         return probs, contour_f0(run, Path(source), len(x))
 
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError naming the first `decode.*` value no decoding can use: a threshold
+        outside [0, 1], a negative context or shortest note, a `contour_workdir` that is not a
+        trained run's folder (checked before any model runs)."""
+        d = cfg.decode
+        if not 0.0 <= d.threshold <= 1.0:
+            raise ConfigError(f"decode.threshold: a probability in [0, 1], got {d.threshold}")
+        if d.context < 0:
+            raise ConfigError(f"decode.context: frames, 0 or more, got {d.context}")
+        if not 0.0 <= d.min_seconds < float("inf"):
+            raise ConfigError(f"decode.min_seconds: seconds, 0 or more, got {d.min_seconds}")
+        run = d.contour_workdir
+        if run is not None and not (Path(run) / "config.json").is_file():
+            what = "no such folder" if not Path(run).is_dir() else "no config.json there"
+            raise ConfigError(
+                f"decode.contour_workdir: {run}: {what} (a trained vocal_contour run's workdir)"
+            )
+
     def decode(self, posteriors, cfg: Config) -> np.ndarray:
+        self.check_decode(cfg)
         probs, f0 = posteriors
         d = cfg.decode
         notes = decode_notes(
@@ -278,6 +298,15 @@ class WithUnlabelled(grain.transforms.RandomMap):
 
 def _adam(lr: float) -> OptimConfig:
     return OptimConfig(learning_rate=lr)
+
+
+def _audio_files(root: Path):
+    """The audio files under `root` (recursive), lazily, in no particular order."""
+    return (p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def _no_audio(root: Path) -> str:
+    return f"data.unlabelled: {root}: no audio files ({', '.join(AUDIO_SUFFIXES)})"
 
 
 def _sung_notes(piece) -> np.ndarray:
@@ -337,10 +366,13 @@ def builtin_f0(x: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _contour_model(workdir: str):
-    from jaxmir.engine.run import make_predict, restore_for_inference
+    from jaxmir.engine.run import RestoreError, make_predict, restore_for_inference
     from jaxmir.tasks.vocal_contour.task import TASK as CONTOUR
 
-    cfg, mesh, state, _ = restore_for_inference(CONTOUR, workdir)
+    try:
+        cfg, mesh, state, _ = restore_for_inference(CONTOUR, workdir)
+    except RestoreError as e:  # the user's setting, named: not a traceback
+        raise ConfigError(f"decode.contour_workdir: {e}") from None
     return cfg, make_predict(mesh, state)
 
 
