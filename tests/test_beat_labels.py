@@ -744,3 +744,14 @@ def test_beat_posteriors_give_the_same_piece_at_another_tempo(tmp_path):
     assert slower is post.at_tempo(1.5)
     assert abs(len(slower.frames) - 1.5 * notes[-1, 1] * FPS) <= 2
     np.testing.assert_allclose(slower.notes[:, 0], post.notes[:, 0] * 1.5, atol=0.011)
+
+
+def test_an_unusable_tempo_band_exits_2_before_anything_is_written(tmp_path, capsys):
+    from jaxmir.cli import main
+
+    wd = tmp_path / "run"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--no-progress"]
+    assert main([*argv, "--set", "decode.tempo_band=[200,45]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decode.tempo_band" in err[0]
+    assert not wd.exists()

@@ -468,6 +468,11 @@ class BeatTask(PieceTask):
 
         return at_tempo
 
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError for an unusable `decode.tempo_band` or `decode.tempo_stretch`, before
+        any model runs."""
+        check_tempo_band(cfg.decode)
+
     def decode(self, posteriors, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         """(beats, downbeats) in seconds. `posteriors`: `BeatPosteriors`, or the frame
         probabilities (T, 2) alone when downbeats come from their peaks. Beats tracked
