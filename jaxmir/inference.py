@@ -202,6 +202,7 @@ class Timings:
             return y
 
         timed_predict.timings = self
+        timed_predict.__wrapped__ = predict  # `inspect.unwrap`: the model call itself
         return timed_predict
 
     def add_file(self, path: Path, seconds: float | None = None) -> None:

@@ -93,6 +93,20 @@ def test_audio_without_beats_transcribes_to_no_hits(seconds, signal, tmp_path):
     assert sum(len(inst.notes) for inst in midi.instruments) == 0
 
 
+def test_a_labelled_piece_without_beats_is_not_cached(tmp_path):
+    """For a cache, a piece whose audio gives no beats is an error (`featurize` names and skips
+    it), not a piece of no mini-beats whose labelled hits could never be found."""
+    import soundfile as sf
+
+    from jaxmir.data.records import AudioPiece
+
+    path = tmp_path / "silence.wav"
+    sf.write(str(path), np.zeros(2 * SR, np.float32), SR)
+    piece = AudioPiece(name="silence", audio=path, split="train", drum_hits=np.array([[0.5, 36]]))
+    with pytest.raises(ValueError, match="no beats"):
+        TASK.piece_features(piece)
+
+
 def test_hinge_loss_is_omnizarts():
     z = np.zeros((1, 4, 13), np.float32)  # output 50 everywhere
     y = np.zeros((1, 4, 13), np.float32)

@@ -193,12 +193,28 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(
     gc.collect()
     # the failed read's abandoned coroutines printed ~130 tracebacks after the warning
     assert [(type(u.exc_value).__name__, u.object) for u in unraisable] == []
+    assert sys.unraisablehook == unraisable.append  # the filter is gone once resumed
     warning = next(m for m in messages if m.startswith("warning:"))
     assert "checkpoint 8" in warning and "resuming from step 4" in warning
     assert "\n" not in warning and "TensorStore" not in warning  # one line, no spec dump
     assert (wd / "corrupt-checkpoints" / "8").is_dir()  # moved aside, not deleted
     assert resumed.status == "finished"
     assert_identical(full, resumed)
+
+
+def test_eval_of_an_unreadable_checkpoint_is_one_line(two_epochs, tmp_path, monkeypatch, capsys):
+    wd = tmp_path / "run"
+    shutil.copytree(two_epochs, wd)
+    corrupt(wd / "checkpoints" / "8", "state-array")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    assert main(["eval", "beat", "--workdir", str(wd), "--step", "8", "--split", "val"]) == 2
+    gc.collect()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "8: cannot be read (Exception: Encountered error while reading" in err[0]
+    assert "saved steps: [4, 8] (--step)" in err[0] and "TensorStore" not in err[0]
+    assert unraisable == []
 
 
 def test_when_no_checkpoint_restores_nothing_is_moved(two_epochs, beat_cache, tmp_path):

@@ -158,27 +158,35 @@ class Checkpointer:
         the next older one is tried. When no step restores, nothing is moved (the cause is then
         more likely the code than the files) and CheckpointError names the newest failure.
         """
-        failed: list[tuple[int, Exception]] = []
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                with _failed_read_leftovers_dropped():
-                    state, meta = self.restore(step, state_template, data_iterator)
-            except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
-                failed.append((step, e))
-                continue
-            for bad, error in failed:
+        failed: list[tuple[int, str]] = []
+        newest: Exception | None = None  # the only failure kept: the one raised when none restores
+        restored = None
+        with abandoned_reads_dropped() as handled:
+            for step in sorted(self.manager.all_steps(), reverse=True):
+                try:
+                    restored = (step, *self.restore(step, state_template, data_iterator))
+                    break
+                except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
+                    failed.append((step, first_line(e)))
+                    newest = newest or e
+                    handled()
+            if restored is not None:
+                newest = None
+        if restored is not None:
+            for bad, reason in failed:
                 moved = self._move_aside(bad)
                 warn(
-                    f"warning: checkpoint {bad} is unreadable ({_first_line(error)}); "
-                    f"moved to {moved}; resuming from step {step}"
+                    f"warning: checkpoint {bad} is unreadable ({reason}); "
+                    f"moved to {moved}; resuming from step {restored[0]}"
                 )
-            return step, state, meta
+            return restored
         if failed:
-            step, error = failed[0]
-            raise CheckpointError(
-                f"{self.directory}: no checkpoint can be restored; the newest, {step}, fails "
-                f"with: {_first_line(error)}"
-            ) from error
+            step, reason = failed[0]
+            with abandoned_reads_dropped():  # stays: the error raised holds the failed reads
+                raise CheckpointError(
+                    f"{self.directory}: no checkpoint can be restored; the newest, {step}, fails "
+                    f"with: {reason}"
+                ) from newest
         return None
 
     def _move_aside(self, step: int) -> Path:
@@ -201,18 +209,20 @@ class Checkpointer:
 
 
 @contextlib.contextmanager
-def _failed_read_leftovers_dropped() -> Iterator[None]:
-    """Keep a failed restore from printing a hundred tracebacks after its one-line warning.
+def abandoned_reads_dropped() -> Iterator[Callable[[], None]]:
+    """Keep a failed restore from printing a hundred tracebacks after its one-line message.
 
     When one array of a step fails to read, Orbax abandons the reads of the others: their
     coroutines are finalised unawaited, each re-raising its own read error, and TensorStore's
     threads call back into the closed event loop ("Event loop is closed"). Python prints each
     through `sys.unraisablehook` (about 130 for a 4-array state), some during the restore and
-    the rest whenever the failed read's exception is freed. So a hook that drops those two kinds
-    (and passes on anything else) is installed while a step restores and, after a failure, kept
-    for the rest of the process.
+    the rest whenever the failed read's exception is freed. Inside this scope a hook drops
+    those two kinds and passes on anything else. Call the value it yields after handling a
+    failed restore: on leaving, the abandoned reads are then collected and the hook removed.
+    An exception leaving the scope still holds them, so the hook then stays for the process.
     """
     installed = sys.unraisablehook
+    handled: list[bool] = []
 
     def hook(unraisable: Any) -> None:
         if not _is_abandoned_read(unraisable):
@@ -220,11 +230,14 @@ def _failed_read_leftovers_dropped() -> Iterator[None]:
 
     sys.unraisablehook = hook
     try:
-        yield
+        yield lambda: handled.append(True)
     except BaseException:
-        gc.collect()  # finalise the reads nothing holds now
+        gc.collect()  # what nothing holds now; the rest goes with the exception, dropped too
         raise
-    sys.unraisablehook = installed
+    if handled:
+        gc.collect()  # the handled failures' reads, finalised while dropped
+    if sys.unraisablehook is hook:
+        sys.unraisablehook = installed
 
 
 def _is_abandoned_read(unraisable: Any) -> bool:
@@ -235,7 +248,7 @@ def _is_abandoned_read(unraisable: Any) -> bool:
     return inspect.iscoroutine(thing) and "orbax" in thing.cr_code.co_filename
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     """The error's type and first line, without TensorStore's multi-line spec dump."""
     text = str(error).strip().splitlines()
     line = text[0].split(" See full TensorStore details")[0] if text else ""

@@ -22,7 +22,7 @@ from jaxmir.config import Config, ConfigError, check_resume_compatible, save_con
 from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.pipeline import batch_iterator
 from jaxmir.engine import callbacks as cb
-from jaxmir.engine.checkpoint import Checkpointer
+from jaxmir.engine.checkpoint import Checkpointer, abandoned_reads_dropped, first_line
 from jaxmir.engine.loop import EpochPlan, Hooks, Interrupted, StopSignal, train_epochs
 from jaxmir.engine.optim import make_optimizer
 from jaxmir.engine.report import MetricsWriter, plot_curves
@@ -201,8 +201,16 @@ def restore_for_inference(
         ckpt.close()
         raise RestoreError(f"{ckpt_dir}: no checkpoint at step {step} (saved: {list(steps)})")
     mesh = make_mesh(jax.devices()[:1])
-    state, _ = ckpt.restore(step, abstract_state(task, cfg, mesh))
-    ckpt.close()
+    try:
+        with abandoned_reads_dropped():
+            state, _ = ckpt.restore(step, abstract_state(task, cfg, mesh))
+    except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
+        raise RestoreError(
+            f"{ckpt_dir / str(step)}: cannot be read ({first_line(e)}); saved steps: "
+            f"{list(steps)} (--step)"
+        ) from None
+    finally:
+        ckpt.close()
     return cfg, mesh, state, step
 
 
@@ -243,6 +251,9 @@ def train(
     maybe_initialize_distributed()
     validate(cfg)
     task.check_training(cfg)
+    check_decode = getattr(task, "check_decode", None)
+    if check_decode is not None:  # a decode value no decoding can use: before any work
+        check_decode(cfg)
     check_batch_sizes(cfg, make_mesh(devices))
     if not is_primary():
         progress, log = False, _quiet
@@ -387,6 +398,8 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
             if stop_signal.poll():
                 raise Interrupted(stop_signal.agreed)
             return predict(windows)
+
+        interruptible.__wrapped__ = predict  # `inspect.unwrap`: without the stop poll
 
         scores = task.evaluate(interruptible, cfg, cache, "val")
         for split in cfg.train.watch_splits:  # curves only: the loop's callbacks see val alone

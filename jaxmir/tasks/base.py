@@ -541,6 +541,8 @@ class PieceTask(Task):
             bar.windows_done(len(windows))
             return y
 
+        predict.__wrapped__ = timed  # `inspect.unwrap`: the model call without the bar
+
         def unreadable(index: int, error: Exception) -> None:
             if on_unreadable is None:
                 raise error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import shutil
 import zlib
@@ -448,9 +449,14 @@ class BeatTask(PieceTask):
 
     def posteriors_many(self, predict, pieces, cfg: Config, batch_size: int | None = None):
         """As `PieceTask.posteriors_many`, each piece's posteriors able to give those of the
-        piece at another tempo (`BeatPosteriors.at_tempo`), computed only when decoding asks."""
+        piece at another tempo (`BeatPosteriors.at_tempo`), computed only when decoding asks.
+
+        Those call the model itself (`inspect.unwrap`: without a progress bar's, a timer's or
+        a stop poll's wrapper), since decoding may run on another thread (transcribe's
+        writer) and, in a multi-process run, on some processes only."""
+        model = inspect.unwrap(predict)
         for x, post in super().posteriors_many(predict, pieces, cfg, batch_size):
-            yield x, post._replace(at_tempo=self._at_tempo(predict, cfg, post.notes, batch_size))
+            yield x, post._replace(at_tempo=self._at_tempo(model, cfg, post.notes, batch_size))
 
     def _at_tempo(
         self, predict, cfg: Config, notes: np.ndarray, batch_size: int | None
@@ -957,10 +963,10 @@ def stretched_tempo(beats: np.ndarray, d: BeatDecodeConfig) -> float:
     Why: the frame model's activation at tempi outside its training (40-220 bpm for the
     shipped model) loses the beat's phase above it and rises on sub-beats below it. A piece's
     notes can be played at any tempo, so the model is asked at one it knows. On 96 fresh
-    pieces at 220-260 and 28-40 bpm, beat F / downbeat F 0.815 / 0.778 -> 0.840 / 0.811, and
-    0.827 / 0.785 -> 0.853 / 0.834 on the next 96 (docs/beat.md)."""
-    lo, hi = d.tempo_band
+    pieces at 220-260 and 28-40 bpm, beat F / downbeat F 0.815 / 0.778 -> 0.838 / 0.809, and
+    0.827 / 0.785 -> 0.844 / 0.812 on the next 96 (docs/beat.md)."""
     check_tempo_band(d)
+    lo, hi = d.tempo_band
     if hi <= 0 or d.tempo_stretch == 1.0 or len(beats) < 3:
         return 1.0
     bpm = 60.0 / median_interval(beats)
@@ -973,6 +979,8 @@ def stretched_tempo(beats: np.ndarray, d: BeatDecodeConfig) -> float:
 
 def check_tempo_band(d: BeatDecodeConfig) -> None:
     """ConfigError unless `d.tempo_band` is (0, 0) or 0 <= low < high, and the stretch >= 1."""
+    if len(d.tempo_band) != 2:
+        raise ConfigError(f"decode.tempo_band: [low, high] in bpm, got {list(d.tempo_band)}")
     lo, hi = d.tempo_band
     if not (lo == hi == 0 or 0 <= lo < hi) or not math.isfinite(hi):
         raise ConfigError(f"decode.tempo_band: low < high in bpm, or 0,0 for none; got {lo}, {hi}")

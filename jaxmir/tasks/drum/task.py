@@ -179,6 +179,8 @@ class DrumTask(PieceTask):
         beats = piece.beats if piece.beats is not None and len(piece.beats) >= 2 else None
         patches, mini = drum_input(audio, SR, beats=beats)
         labels = {"mini_beats": mini}
+        if piece.drum_hits is not None and not len(mini):  # a piece for a cache: named, skipped
+            raise ValueError("no beats to cut mini-beats on (fewer than 2 found)")
         if piece.drum_hits is not None:
             hits = np.asarray(piece.drum_hits, np.float64).reshape(-1, 2)
             labels.update(hits=drum_labels(hits, mini), drum_hits=hits)
