@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import sys
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -192,8 +193,16 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(
     resumed = run(cfg, wd, beat_cache, log=messages.append)
     gc.collect()
     # the failed read's abandoned coroutines printed ~130 tracebacks after the warning
-    assert [(type(u.exc_value).__name__, u.object) for u in unraisable] == []
-    assert sys.unraisablehook == unraisable.append  # the filter is gone once resumed
+    # no abandoned read reached the hook (TensorStore's callbacks into the closed loop, object
+    # None, come on its threads whenever they get to them, also an earlier test's: below)
+    assert [u.object for u in unraisable if u.object is not None] == []
+    # the filter stays for those callbacks, and passes on anything else
+    unraisable.clear()
+    closed = SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
+    other = SimpleNamespace(exc_value=ValueError("mine"), object=None)
+    sys.unraisablehook(closed)
+    sys.unraisablehook(other)
+    assert unraisable == [other]
     warning = next(m for m in messages if m.startswith("warning:"))
     assert "checkpoint 8" in warning and "resuming from step 4" in warning
     assert "\n" not in warning and "TensorStore" not in warning  # one line, no spec dump
@@ -214,10 +223,14 @@ def test_eval_of_an_unreadable_checkpoint_is_one_line(two_epochs, tmp_path, monk
     assert len(err) == 1, err
     assert "8: cannot be read (Exception: Encountered error while reading" in err[0]
     assert "saved steps: [4, 8] (--step)" in err[0] and "TensorStore" not in err[0]
-    assert unraisable == []
+    assert [u.object for u in unraisable if u.object is not None] == []  # as above
 
 
-def test_when_no_checkpoint_restores_nothing_is_moved(two_epochs, beat_cache, tmp_path):
+def test_when_no_checkpoint_restores_nothing_is_moved(
+    two_epochs, beat_cache, tmp_path, monkeypatch
+):
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     wd = tmp_path / "run"
     shutil.copytree(two_epochs, wd)
     for step in ("4", "8"):
@@ -229,6 +242,11 @@ def test_when_no_checkpoint_restores_nothing_is_moved(two_epochs, beat_cache, tm
     assert not (wd / "corrupt-checkpoints").exists()
     assert (wd / "config.json").read_bytes() == config_before  # not rewritten by a failed resume
     assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["4", "8"]
+    gc.collect()
+    # no abandoned read reached the hook; TensorStore's callbacks into a closed loop (object
+    # None) come on its threads whenever they get to them, also from an earlier test's failed
+    # read, so they are recorded here (not printed as warnings) but not asserted on
+    assert [u for u in unraisable if u.object is not None] == []
 
 
 def test_kill_loop_three_kills_end_bit_identical(beat_cache, tmp_path):

@@ -171,7 +171,7 @@ class Checkpointer:
                     newest = newest or e
                     handled()
             if restored is not None:
-                newest = None
+                newest = None  # the failed reads go with it, collected in the scope
         if restored is not None:
             for bad, reason in failed:
                 moved = self._move_aside(bad)
@@ -182,11 +182,10 @@ class Checkpointer:
             return restored
         if failed:
             step, reason = failed[0]
-            with abandoned_reads_dropped():  # stays: the error raised holds the failed reads
-                raise CheckpointError(
-                    f"{self.directory}: no checkpoint can be restored; the newest, {step}, fails "
-                    f"with: {reason}"
-                ) from newest
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint can be restored; the newest, {step}, fails "
+                f"with: {reason}"
+            ) from newest
         return None
 
     def _move_aside(self, step: int) -> Path:
@@ -216,10 +215,12 @@ def abandoned_reads_dropped() -> Iterator[Callable[[], None]]:
     coroutines are finalised unawaited, each re-raising its own read error, and TensorStore's
     threads call back into the closed event loop ("Event loop is closed"). Python prints each
     through `sys.unraisablehook` (about 130 for a 4-array state), some during the restore and
-    the rest whenever the failed read's exception is freed. Inside this scope a hook drops
-    those two kinds and passes on anything else. Call the value it yields after handling a
-    failed restore: on leaving, the abandoned reads are then collected and the hook removed.
-    An exception leaving the scope still holds them, so the hook then stays for the process.
+    the rest whenever the failed read's exception is freed, and TensorStore's callbacks
+    whenever its threads get to them. Inside this scope a hook drops those two kinds and
+    passes on anything else (a callback into a closed loop can do nothing, an abandoned read
+    was already reported). Call the value it yields after handling a failed restore, or let
+    an exception leave the scope: the hook then stays for the rest of the process, since the
+    callbacks come later on other threads; after a scope with no failure it is removed.
     """
     installed = sys.unraisablehook
     handled: list[bool] = []
@@ -235,8 +236,8 @@ def abandoned_reads_dropped() -> Iterator[Callable[[], None]]:
         gc.collect()  # what nothing holds now; the rest goes with the exception, dropped too
         raise
     if handled:
-        gc.collect()  # the handled failures' reads, finalised while dropped
-    if sys.unraisablehook is hook:
+        gc.collect()  # the handled failures' reads, finalised now
+    elif sys.unraisablehook is hook:
         sys.unraisablehook = installed
 
 
