@@ -274,11 +274,8 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
 
 
 def _checked_decode(task, cfg):
-    """`cfg`, or the ConfigError of the task's `check_decode` (a `decode.*` value no decoding
-    can use: a threshold outside [0, 1], a negative duration), before any model loads or runs."""
-    check = getattr(task, "check_decode", None)
-    if check is not None:
-        check(cfg)
+    """`cfg`, or the ConfigError of the task's `check_decode`, before any model loads or runs."""
+    task.check_decode(cfg)
     return cfg
 
 

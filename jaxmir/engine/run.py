@@ -251,9 +251,7 @@ def train(
     maybe_initialize_distributed()
     validate(cfg)
     task.check_training(cfg)
-    check_decode = getattr(task, "check_decode", None)
-    if check_decode is not None:  # a decode value no decoding can use: before any work
-        check_decode(cfg)
+    task.check_decode(cfg)
     check_batch_sizes(cfg, make_mesh(devices))
     if not is_primary():
         progress, log = False, _quiet

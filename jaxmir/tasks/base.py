@@ -188,6 +188,11 @@ class Task(abc.ABC):
         bounds). Nothing by default."""
         return None
 
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError naming a `decode.*` value no decoding can use (a threshold outside
+        [0, 1], a negative duration), before any model loads or runs. Nothing by default."""
+        return None
+
     def transcription_note(self, path: Path, written: list[Path]) -> str | None:
         """A line for the user about the transcription of `path` into the files `written`
         (beat: how its beats agree with the MIDI file's own meter map); None by default."""
