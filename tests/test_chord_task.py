@@ -109,6 +109,32 @@ def test_transcription_ends_with_the_audio(tmp_path):
         assert all(float(a) < float(b) <= seconds + 1e-9 for a, b, _ in rows)
 
 
+def test_duration_without_a_header_is_decoded_once_per_file_version(tmp_path, monkeypatch):
+    """A file whose header cannot tell its length (m4a) is decoded for its duration once, not
+    on every validation pass; a rewritten file is measured again."""
+    import os
+
+    import jaxmir.data.audio as audio_mod
+    import jaxmir.data.featurize as featurize_mod
+    from jaxmir.tasks.chord.task import audio_duration
+
+    path = tmp_path / "song.m4a"
+    path.write_bytes(b"x" * 10)
+    calls = []
+
+    def fake_load(p, sr):
+        calls.append(p)
+        return np.zeros(int(2.5 * sr) if len(calls) == 1 else 3 * sr, np.float32)
+
+    monkeypatch.setattr(featurize_mod, "audio_seconds", lambda p: None)
+    monkeypatch.setattr(audio_mod, "load_audio", fake_load)
+    assert [audio_duration(path) for _ in range(3)] == [2.5, 2.5, 2.5]
+    assert len(calls) == 1
+    path.write_bytes(b"y" * 11)
+    os.utime(path, ns=(1, 1))
+    assert audio_duration(path) == pytest.approx(3.0) and len(calls) == 2
+
+
 def test_decode_values_are_checked():
     from jaxmir.config import ConfigError
 

@@ -33,6 +33,7 @@ Choices, and why:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import flax.linen as nn
@@ -345,17 +346,26 @@ def piece_chroma(path: Path) -> np.ndarray:
 
 def audio_duration(source: Path | str | None) -> float | None:
     """Seconds of the audio file `source` (from its header, else decoded); None without a
-    file, for chroma read from a CSV (Billboard) or where the file cannot tell."""
+    file, for chroma read from a CSV (Billboard) or where the file cannot tell. Remembered per
+    file, size and modification time: a format whose header cannot tell (m4a) is decoded once
+    per process, not on every validation pass."""
     if source is None or Path(source).suffix.lower() == ".csv" or not Path(source).is_file():
         return None
+    stat = Path(source).stat()
+    return _file_seconds(str(Path(source).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_seconds(path: str, size: int, mtime_ns: int) -> float | None:
+    """`audio_duration` of one version of one file (`size` and `mtime_ns` key the memo)."""
     from jaxmir.data.featurize import audio_seconds
 
-    seconds = audio_seconds(source)
+    seconds = audio_seconds(path)
     if seconds is None:  # a format libsndfile lacks (m4a, ...): decode it
         from jaxmir.data.audio import AudioError, load_audio
 
         try:
-            seconds = len(load_audio(source, C.SR)) / C.SR
+            seconds = len(load_audio(path, C.SR)) / C.SR
         except AudioError:
             return None
     return seconds if seconds > 0 else None
