@@ -408,7 +408,7 @@ def cmd_eval(args) -> int:
     data = args.data
     if data is None and args.test_soundfont is None:
         data = run_data(args.workdir)
-    cache = resolve_data(task, cfg, data, progress=progress)
+    cache = resolve_data(task, cfg, data, progress=progress, split=args.split)
     metrics = task.evaluate(make_predict(mesh, state), cfg, cache, args.split, progress=progress)
     result = {"task": task.name, "split": args.split, "step": step, **metrics}
     result.update(test_soundfont_record(cfg.data))

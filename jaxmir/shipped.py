@@ -240,7 +240,7 @@ def eval_folder(
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     own = meta.get("data") and data_record(meta["data"])  # None: the config's corpus
     data = data if data is not None else own
-    cache = resolve_data(task, cfg, data, progress=progress)
+    cache = resolve_data(task, cfg, data, progress=progress, split=split)
     result = _score(task, predict, cfg, cache, split, meta, folder, progress)
     if record and own == (None if data is None else data_record(data)):
         _write(meta_path, (json.dumps({**meta, f"eval_{split}": result}, indent=1) + "\n").encode())

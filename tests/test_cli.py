@@ -265,3 +265,22 @@ def test_a_missing_input_among_several_is_skipped_and_named(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a.mid: no such file" in err[0]
+
+
+@pytest.mark.parametrize("task", ["music", "beat"])
+def test_eval_refuses_a_split_the_embedded_corpus_cannot_hold_before_building_it(
+    task, tmp_path, monkeypatch, capsys
+):
+    """A mistyped split of the shipped model's embedded corpus fails at once, naming the
+    splits there are, with nothing rendered (it used to render and featurise the whole
+    corpus first: minutes and gigabytes)."""
+    from jaxmir.shipped import model_dir
+
+    monkeypatch.setenv("JAXMIR_CACHE", str(tmp_path / "cache"))
+    folder = model_dir(task)
+    meta = (folder / "model.json").read_text()
+    assert main(["eval", task, "--workdir", str(folder), "--split", "tets"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'tets'" in err[0] and "test" in err[0], err
+    assert not (tmp_path / "cache").exists()
+    assert (folder / "model.json").read_text() == meta

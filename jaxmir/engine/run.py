@@ -49,9 +49,18 @@ def default_workdir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.task}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_data(task, cfg: Config, data: Path | str | None, progress: bool = True) -> FeatureCache:
-    """The run's feature cache: `--data DIR`, else the embedded corpus (built once)."""
+def resolve_data(
+    task, cfg: Config, data: Path | str | None, progress: bool = True, split: str | None = None
+) -> FeatureCache:
+    """The run's feature cache: `--data DIR`, else the embedded corpus (built once). With
+    `split`, a split the embedded corpus cannot hold is a CacheError before it is built."""
     if data is None:
+        splits = task.embedded_splits(cfg) if split is not None else None
+        if splits is not None and split not in splits:
+            raise CacheError(
+                f"the embedded {task.name} corpus of this config has no split {split!r} "
+                f"(it has {', '.join(splits)})"
+            )
         data = task.default_data(cfg, cache_root(), progress=progress)
     cache = FeatureCache(data)
     if cache.task != task.name:

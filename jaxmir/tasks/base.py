@@ -169,6 +169,11 @@ class Task(abc.ABC):
     def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
         raise ConfigError(f"{self.name}: no embedded corpus; pass --data CACHE")
 
+    def embedded_splits(self, cfg: Config) -> tuple[str, ...] | None:
+        """Every split the embedded corpus of `cfg` can hold, known before it is built (so a
+        mistyped split fails at once, not after minutes of rendering); None: not known."""
+        return None
+
     def featurize(
         self, dataset: str, root: Path, out: Path, workers: int = 1, progress: bool = True
     ) -> dict:
@@ -273,6 +278,11 @@ class PieceTask(Task):
         an old one with other channels."""
         key = {"corpus": self.corpus_params(cfg), "features": self.cache_params("synth")}
         return Path(cache_root) / self.name / f"{self.corpus_kind}-{params_digest(key)}"
+
+    def embedded_splits(self, cfg: Config) -> tuple[str, ...] | None:
+        from jaxmir.data.synth.corpus import corpus_splits
+
+        return corpus_splits(cfg.data.corpus_instruments, corpus_variety(cfg.data))
 
     def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
         out = self.default_cache_dir(cfg, cache_root)

@@ -1256,6 +1256,23 @@ def _first_with_every_split(
     return chosen
 
 
+def _test_variants(instruments: str, variety: Variety | None) -> list[str]:
+    """The other renderings of every test piece (split ``test_<variant>``)."""
+    if variety is None:
+        return []
+    extra = ["piano", "mixed"] if instruments == "both" else []
+    extra += ["heldout"] if variety.holdout else []
+    if variety.test_soundfont is not None:
+        extra += [SOUNDFONT_VARIANT + v for v in ("piano", "mixed")]
+    return extra
+
+
+def corpus_splits(instruments: str, variety: Variety | None) -> tuple[str, ...]:
+    """Every split `build_corpus` can write with these settings, known before anything is
+    rendered (a small corpus may leave one empty)."""
+    return ("train", "val", "test", *(f"test_{v}" for v in _test_variants(instruments, variety)))
+
+
 def build_corpus(
     out: Path,
     n_pieces: int | None,
@@ -1318,13 +1335,9 @@ def build_corpus(
             cid, split, str(out), int(seed), max_seconds, bool(augment), instruments, variety
         )
         jobs.append(job)
-        if split != "test" or variety is None:
+        if split != "test":
             continue
-        extra = ["piano", "mixed"] if instruments == "both" else []
-        extra += ["heldout"] if variety.holdout else []
-        if variety.test_soundfont is not None:
-            extra += [SOUNDFONT_VARIANT + v for v in ("piano", "mixed")]
-        for v in extra:
+        for v in _test_variants(instruments, variety):
             jobs.append(dataclasses.replace(job, split=f"test_{v}", variant=v))
     results: dict[str, tuple[dict, bool]] = {}
     failures: list[tuple[str, str]] = []

@@ -401,6 +401,11 @@ class BeatTask(PieceTask):
             out["meter_changes"] = d.corpus_meter_changes
         return out
 
+    def embedded_splits(self, cfg: Config) -> tuple[str, ...]:
+        d = cfg.data
+        extra = ("test_sparse",) if d.corpus_part_subsets > 0 else ()
+        return ("train", "val", "test", *extra) + (("test_unseen",) if d.corpus_unseen else ())
+
     def build_default(self, cfg: Config, out: Path, cache_root: Path, progress: bool) -> None:
         """The chorales' beats straight from music21 (symbolic: nothing to render)."""
         from jaxmir.data.synth.chorales import build_chorale_pieces
