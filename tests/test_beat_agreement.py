@@ -113,7 +113,7 @@ def test_the_transcription_note_reads_the_beats_written_for_the_file(tmp_path):
     out.mkdir()
     write_beat_csv(out / "waltz_beats.csv", beats)
     write_beat_csv(out / "waltz_downbeats.csv", beats[::3])
-    written = [out / "waltz.mid", out / "waltz_downbeats.csv", out / "waltz_beats.csv"]
+    written = [out / "waltz_beats.mid", out / "waltz_downbeats.csv", out / "waltz_beats.csv"]
     note = TASK.transcription_note(tmp_path / "waltz.mid", written)
     assert note.startswith("waltz.mid: against its own meter map")
     assert note.endswith("follow its beat: beat F 1.00, downbeat F 1.00")

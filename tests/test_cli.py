@@ -284,3 +284,17 @@ def test_eval_refuses_a_split_the_embedded_corpus_cannot_hold_before_building_it
     assert len(err) == 1 and "'tets'" in err[0] and "test" in err[0], err
     assert not (tmp_path / "cache").exists()
     assert (folder / "model.json").read_text() == meta
+
+
+def test_beat_output_never_overwrites_its_input(tmp_path, capsys):
+    """Transcribed into its own folder (the default `-o` is the current one), the input MIDI
+    file is left as it was: the beats' MIDI is `STEM_beats.mid`, and the meter line still
+    reads the user's file."""
+    song = tmp_path / "song.mid"
+    write_midi(song, seconds=4.0)
+    before = song.read_bytes()
+    assert main(["transcribe", "beat", str(song), "-o", str(tmp_path), "--no-progress"]) == 0
+    assert song.read_bytes() == before
+    names = {"song_beats.mid", "song_beats.csv", "song_downbeats.csv"}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    assert "song.mid: against its own meter map" in capsys.readouterr().err

@@ -901,7 +901,7 @@ class BeatTask(PieceTask):
 
     def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
         beats, downbeats = events
-        midi_path = outdir / f"{stem}.mid"
+        midi_path = outdir / f"{stem}_beats.mid"  # never the input's own name: it is MIDI too
         beats_to_midi(beats, downbeats).write(str(midi_path))
         write_beat_csv(outdir / f"{stem}_beats.csv", beats)
         write_beat_csv(outdir / f"{stem}_downbeats.csv", downbeats)
