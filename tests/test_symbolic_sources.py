@@ -257,6 +257,35 @@ def test_read_midi_folder(midi_folder):
     assert "no notes" in reasons["empty.mid"]
 
 
+def test_a_meter_map_kept_with_the_notes_is_read(tmp_path):
+    """A type-1 file whose tempo and time signature sit in the notes' track (not track 0, where
+    pretty_midi alone looks) is read at its own tempo and meter, with no warning: 75 qpm, so
+    a quarter every 0.8 s, in 3/4, doubling to 150 qpm after 12 beats."""
+    import mido
+
+    mid = mido.MidiFile(type=1, ticks_per_beat=480)
+    mid.tracks += [mido.MidiTrack(), track := mido.MidiTrack()]
+    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(75), time=0))
+    track.append(mido.MetaMessage("time_signature", numerator=3, denominator=4, time=0))
+    for b in range(24):
+        if b == 12:
+            track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(150), time=80))
+        pitch = 48 if b % 3 == 0 else 55
+        track.append(
+            mido.Message("note_on", note=pitch, velocity=90, time=0 if b in (0, 12) else 80)
+        )
+        track.append(mido.Message("note_off", note=pitch, velocity=0, time=400))
+    mid.save(tmp_path / "kept.mid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        piece = read_midi_piece(tmp_path / "kept.mid")
+        notes = read_midi_notes(tmp_path / "kept.mid")
+    expected = np.r_[np.arange(12) * 0.8, 9.6 + np.arange(12) * 0.4]
+    np.testing.assert_allclose(notes[:, 0], expected)
+    np.testing.assert_allclose(piece.beats[:14], expected[:14])
+    np.testing.assert_allclose(piece.downbeats[:5], [0.0, 2.4, 4.8, 7.2, 9.6])
+
+
 def test_read_midi_piece_raises(midi_folder):
     with pytest.raises(ValueError, match=r"nometer\.mid.*meter-less"):
         read_midi_piece(midi_folder / "nometer.mid")

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,11 +122,54 @@ def load_midi(path: Path):
         if last_tick > MAX_READ_TICKS:
             raise MidiError(path, f"{where}: too many ticks to read (limit {MAX_READ_TICKS})")
     try:
-        with high_ticks(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "tempo/key/time signature on non-zero tracks"
-            return pretty_midi.PrettyMIDI(mido_object=mid)
+        with high_ticks():
+            return pretty_midi.PrettyMIDI(mido_object=meter_in_first_track(mid))
     except Exception as e:
         raise MidiError(path, f"cannot read MIDI ({type(e).__name__}: {e})") from e
+
+
+#: The meta events that make a file's meter map (pretty_midi reads them from track 0 only).
+MAP_EVENTS = ("set_tempo", "time_signature", "key_signature")
+
+
+def meter_in_first_track(mid):
+    """`mid` (a mido.MidiFile) with the tempo, time- and key-signature events of its other
+    tracks moved into track 0, at the same ticks (after track 0's own at a tick), as the MIDI
+    standard places them. pretty_midi reads the map from track 0 alone, and only warns of the
+    others, so a type-1 file that keeps its tempo with its notes was read at 120 qpm: every
+    time wrong. Returned unchanged when no other track holds one."""
+    import mido
+
+    def absolute(track) -> list:
+        tick, out = 0, []
+        for msg in track:
+            tick += msg.time
+            out.append((tick, msg))
+        return out
+
+    def relative(events) -> mido.MidiTrack:
+        track, last = mido.MidiTrack(), 0
+        for tick, msg in events:
+            track.append(msg.copy(time=tick - last))
+            last = tick
+        return track
+
+    if mid.type != 1 or len(mid.tracks) < 2:
+        return mid
+    moved, others = [], []
+    for track in mid.tracks[1:]:
+        events = absolute(track)
+        moved += [(t, m) for t, m in events if m.is_meta and m.type in MAP_EVENTS]
+        others.append([(t, m) for t, m in events if not (m.is_meta and m.type in MAP_EVENTS)])
+    if not moved:
+        return mid
+    first = [e for e in absolute(mid.tracks[0]) if e[1].type != "end_of_track"]
+    merged = sorted(first + sorted(moved, key=lambda e: e[0]), key=lambda e: e[0])
+    end = max(t for t, _ in absolute(mid.tracks[0]) + moved)
+    merged.append((end, mido.MetaMessage("end_of_track")))
+    out = mido.MidiFile(type=1, ticks_per_beat=mid.ticks_per_beat, charset=mid.charset)
+    out.tracks = [relative(merged), *(relative(e) for e in others)]
+    return out
 
 
 def _notes(pm, path: Path) -> np.ndarray:
