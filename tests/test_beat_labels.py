@@ -569,9 +569,16 @@ def test_tempo_bounds_choose_the_level_for_tracking_and_dbn(monkeypatch):
         (dict(min_bpm=-1.0), "finite and >= 0"),
         (dict(max_bpm=math.nan), "finite and >= 0"),
         (dict(min_bpm=math.inf), "finite and >= 0"),
+        (dict(min_bpm=0.001, max_bpm=0.002), "decode.min_bpm: 10-1000"),  # ran for minutes
+        (dict(min_bpm=5000.0), "decode.min_bpm: 10-1000"),
+        (dict(max_bpm=1.0), "decode.max_bpm: 10-1000"),
     ]:
         with pytest.raises(ConfigError, match=words):
             decode(**bad)
+        with pytest.raises(ConfigError, match=words):  # before any model runs
+            task.check_decode(
+                dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **bad))
+            )
 
 
 def test_calibration_breaks_ties_towards_the_shorter_minimum_distance():

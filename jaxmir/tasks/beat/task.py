@@ -480,14 +480,17 @@ class BeatTask(PieceTask):
         return at_tempo
 
     def check_decode(self, cfg: Config) -> None:
-        """ConfigError for an unusable `decode.tempo_band` or `decode.tempo_stretch`, before
-        any model runs."""
+        """ConfigError for unusable tempo bounds, `decode.tempo_band` or `decode.tempo_stretch`,
+        before any model runs."""
         check_tempo_band(cfg.decode)
+        check_bounds_range(cfg.decode)
+        tempo_bounds(cfg.decode)
 
     def decode(self, posteriors, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         """(beats, downbeats) in seconds. `posteriors`: `BeatPosteriors`, or the frame
         probabilities (T, 2) alone when downbeats come from their peaks. Beats tracked
         outside `decode.tempo_band` are tracked again at another tempo (`stretched_tempo`)."""
+        check_bounds_range(cfg.decode)
         beats, downbeats = self._decode_once(posteriors, cfg)
         at_tempo = getattr(posteriors, "at_tempo", None)
         r = stretched_tempo(beats, cfg.decode)
@@ -1094,6 +1097,22 @@ def bounded_beats(
                 probs_of = level_probs(d.level_tagger, _notes(posteriors, "level_tagger"))
                 return own[strongest_phase(probs_of(own), k) :: k]
     return track(bpm_range=bounds)
+
+
+#: Tempo bounds a user may set (bpm). The trackers' state space grows with the slowest
+#: period (bounds of 0.001-0.002 bpm ran for minutes in gigabytes), and above the fastest the
+#: beats lie a frame or two apart.
+BOUNDS_RANGE = (10.0, 1000.0)
+
+
+def check_bounds_range(d: BeatDecodeConfig) -> None:
+    """ConfigError for a tempo bound (`decode.min_bpm`, `decode.max_bpm`; 0: none) outside
+    `BOUNDS_RANGE`; other faults are `tempo_bounds`'."""
+    lo, hi = BOUNDS_RANGE
+    for key in ("min_bpm", "max_bpm"):
+        v = getattr(d, key)
+        if math.isfinite(v) and v > 0 and not lo <= v <= hi:
+            raise ConfigError(f"decode.{key}: {lo:g}-{hi:g} beats per minute (0: none), got {v:g}")
 
 
 def tempo_bounds(d: BeatDecodeConfig) -> tuple[float, float]:
