@@ -137,6 +137,18 @@ def test_pitches_out_of_range_are_dropped():
     assert np.flatnonzero(feat[:, FLUX_COL]).tolist() == [20, 30]
 
 
+def test_a_users_notes_outside_the_roll_are_moved_by_octaves_into_it():
+    """Transcription input: pitches below A0 or above C8 move by whole octaves into the
+    roll (a file of them used to give no beats); pitches inside it stay; nothing else moves."""
+    from jaxmir.tasks.beat.task import octaves_into_range
+
+    notes = _notes([0.1, 0.2, 5, 80], [0.2, 0.3, 20, 70], [0.3, 0.4, 21, 60], [0.4, 0.5, 127, 50])
+    moved = octaves_into_range(notes)
+    np.testing.assert_array_equal(moved[:, 2], [29, 32, 21, 103])
+    np.testing.assert_array_equal(np.delete(moved, 2, axis=1), np.delete(notes, 2, axis=1))
+    assert beat_features(moved, 70)[:, ONSET_COLS].sum() == 4
+
+
 def test_notes_past_the_end_are_clipped():
     notes = _notes([0.05, 1.00, 60, 80], [0.50, 0.60, 62, 80], [0.20, 0.30, 64, 80])
     feat = beat_features(notes, 30)  # the note at 0.50 s starts past frame 29

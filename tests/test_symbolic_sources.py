@@ -286,6 +286,34 @@ def test_a_meter_map_kept_with_the_notes_is_read(tmp_path):
     np.testing.assert_allclose(piece.downbeats[:5], [0.0, 2.4, 4.8, 7.2, 9.6])
 
 
+def test_a_beat_trackers_input_reads_drums_when_there_is_nothing_else(tmp_path):
+    """Drum tracks are left out of a file's notes; a file of drums alone is refused, except
+    as a beat tracker's input (`rhythm`), which reads its drum notes: their onsets carry the
+    beat. Beside pitched notes the drums stay out there too."""
+    import pretty_midi
+
+    def write(name, drums_only):
+        pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+        kit = pretty_midi.Instrument(0, is_drum=True)
+        kit.notes += [
+            pretty_midi.Note(90, 36 if i % 2 == 0 else 42, i / 4, i / 4 + 0.1) for i in range(16)
+        ]
+        pm.instruments.append(kit)
+        if not drums_only:
+            piano = pretty_midi.Instrument(0)
+            piano.notes += [pretty_midi.Note(80, 60, i, i + 0.9) for i in range(4)]
+            pm.instruments.append(piano)
+        pm.write(str(tmp_path / name))
+        return tmp_path / name
+
+    drums, mixed = write("drums.mid", True), write("mixed.mid", False)
+    with pytest.raises(ValueError, match="no notes"):
+        read_midi_notes(drums)
+    np.testing.assert_allclose(read_midi_notes(drums, rhythm=True)[:, 0], np.arange(16) / 4)
+    for rhythm in (False, True):
+        np.testing.assert_allclose(read_midi_notes(mixed, rhythm=rhythm)[:, 2], [60] * 4)
+
+
 def test_read_midi_piece_raises(midi_folder):
     with pytest.raises(ValueError, match=r"nometer\.mid.*meter-less"):
         read_midi_piece(midi_folder / "nometer.mid")

@@ -172,25 +172,32 @@ def meter_in_first_track(mid):
     return out
 
 
-def _notes(pm, path: Path) -> np.ndarray:
-    rows = [
-        (n.start, n.end, n.pitch, n.velocity)
-        for inst in pm.instruments
-        if not inst.is_drum
-        for n in inst.notes
-        if n.end > n.start
-    ]
-    if not rows:
-        raise MidiError(path, "no notes (outside drum tracks)")
-    notes = np.asarray(rows, np.float64)
+def _notes(pm, path: Path, rhythm: bool = False) -> np.ndarray:
+    def rows(drums: bool) -> list[tuple]:
+        return [
+            (n.start, n.end, n.pitch, n.velocity)
+            for inst in pm.instruments
+            if inst.is_drum == drums
+            for n in inst.notes
+            if n.end > n.start
+        ]
+
+    found = rows(drums=False) or (rows(drums=True) if rhythm else [])
+    if not found:
+        raise MidiError(path, "no notes" if rhythm else "no notes (outside drum tracks)")
+    notes = np.asarray(found, np.float64)
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
 
 
-def read_midi_notes(path: Path) -> np.ndarray:
+def read_midi_notes(path: Path, rhythm: bool = False) -> np.ndarray:
     """Notes only, float64 (N, 4) [onset_s, offset_s, pitch, velocity] sorted by onset, from
-    every non-drum instrument; no meter needed (for inference). ValueError as `read_midi_piece`."""
+    every non-drum instrument; no meter needed (for inference). ValueError as `read_midi_piece`.
+
+    `rhythm` (a beat tracker's input, where onsets are what counts): a file of drum tracks
+    alone gives its drum notes (where there are others, the drums are left out, as training's
+    scores have none). pretty_midi drops a note whose note-off shares its note-on's tick."""
     path = Path(path)
-    return _notes(load_midi(path), path)
+    return _notes(load_midi(path), path, rhythm)
 
 
 def placeholder_meter(pm, notes: np.ndarray) -> str | None:

@@ -49,7 +49,15 @@ from jaxmir.tasks.beat.decode import (
     tracking_peaks,
     write_beat_csv,
 )
-from jaxmir.tasks.beat.labels import FPS, N_FEATURES, beat_features, beat_labels, n_frames_for
+from jaxmir.tasks.beat.labels import (
+    FPS,
+    LOWEST_PITCH,
+    N_FEATURES,
+    N_PITCHES,
+    beat_features,
+    beat_labels,
+    n_frames_for,
+)
 from jaxmir.tasks.beat.model import HEADS, LSTM_IMPLS, build_model
 from jaxmir.tasks.beat.tagger import (
     CANDIDATE_SUFFIX,
@@ -899,7 +907,7 @@ class BeatTask(PieceTask):
     def input_features(self, path: Path, cfg: Config) -> np.ndarray:
         from jaxmir.data.datasets.midi import read_midi_notes
 
-        notes = read_midi_notes(Path(path))
+        notes = octaves_into_range(read_midi_notes(Path(path), rhythm=True))
         return beat_features(notes, int(np.ceil(notes[:, 1].max() * FPS)) + 1 if len(notes) else 1)
 
     def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
@@ -929,6 +937,19 @@ class BeatTask(PieceTask):
         beats = read_beat_csv(csv[f"{stem}_beats.csv"])
         agreement = meter_agreement(path, beats, read_beat_csv(csv[f"{stem}_downbeats.csv"]))
         return None if agreement is None else agreement.line(Path(path).name)
+
+
+def octaves_into_range(notes: np.ndarray) -> np.ndarray:
+    """`notes` (N, >=3: onset, offset, pitch, ...) with each pitch outside the features' A0-C8
+    moved by whole octaves into it. `beat_features` drops such notes, which training's scores
+    never hold; a user's file of them (a bass line written an octave low, a sequencer's
+    drum notes) keeps its rhythm instead of giving no beats."""
+    notes = np.array(notes, np.float64)
+    low, high = LOWEST_PITCH, LOWEST_PITCH + N_PITCHES - 1
+    pitch = np.rint(notes[:, 2])
+    pitch = np.where(pitch < low, pitch + 12 * np.ceil((low - pitch) / 12), pitch)
+    notes[:, 2] = np.where(pitch > high, pitch - 12 * np.ceil((pitch - high) / 12), pitch)
+    return notes
 
 
 def f_measures(events, labels) -> dict[str, float]:
