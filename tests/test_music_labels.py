@@ -215,6 +215,39 @@ def test_simple_decoder_onset_delay_moves_onsets_only():
     # a note keeps one frame at least, however late its onset is moved
     very = decode_notes(y, "note-offset", method="simple", onset_delay=10.0)
     np.testing.assert_allclose(very[:, 1] - very[:, 0], 0.02)
+    # an early delay never moves an onset before 0 s (the CSV had negative onsets)
+    early = decode_notes(y, "note-offset", method="simple", onset_delay=-0.5)
+    np.testing.assert_allclose(early[:, 0], np.maximum(base[:, 0] - 0.5, 0.0))
+
+
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("onset_threshold=5", "decode.onset_threshold"),
+        ("onset_threshold=-1", "decode.onset_threshold"),
+        ("frame_threshold=1.5", "decode.frame_threshold"),
+        ("offset_threshold=-0.1", "decode.offset_threshold"),
+        ("min_gap=-1", "decode.min_gap"),
+        ("onset_delay=-10", "decode.onset_delay"),
+        ("offset_gate=-2", "decode.offset_gate"),
+        ("onset_th=0", "decode.onset_th"),
+        ("method=foo", "decode.method"),
+        ("onset_time=bar", "decode.onset_time"),
+    ],
+)
+def test_unusable_decode_values_are_refused_by_name(setting, key):
+    """Each used to decode silently (no notes, every key at once, negative onsets): now a
+    ConfigError naming the key, from `check_decode` (before any model runs) and `decode`."""
+    from jaxmir.config import ConfigError, apply_overrides
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    cfg = apply_overrides(task.preset("tiny"), [f"decode.{setting}"])
+    with pytest.raises(ConfigError, match=key):
+        task.check_decode(cfg)
+    with pytest.raises(ConfigError, match=key):
+        task.decode(np.zeros((10, N_BINS, 3), np.float32), cfg)
+    task.check_decode(task.preset("tiny"))
 
 
 def test_simple_decoder_min_gap_merges_a_flickering_onset_into_its_note():

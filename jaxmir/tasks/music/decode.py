@@ -319,7 +319,7 @@ def decode_notes_simple(
     An onset run starting less than `min_gap` frames after the previous note's onset on the
     same key continues that note instead of starting another (a flickering onset is one note).
     No statistics of the whole piece are used, so confident and dense outputs decode fine.
-    `onset_delay` (s) is added to every onset (a note still lasts one frame at least): the
+    `onset_delay` (s) is added to every onset, never before 0 s (a note still lasts one frame at least): the
     first frame over the threshold tends to come early, before the onset posterior's peak,
     the more so the sharper the attack (the CFP's 180-ms window sees an attack before it
     happens), and calibration measures by how much.
@@ -392,7 +392,7 @@ def decode_notes_simple(
                 peak = float(on_prob[s:run_end, key].max())
                 vel = float(np.clip(np.rint(127 * peak), 1, 127))
                 at = run_peak(on_prob[:, key], s, run_end) if onset_time == "peak" else s
-                start = at * HOP_S + onset_delay
+                start = max(at * HOP_S + onset_delay, 0.0)  # an early delay stops at 0 s
                 stop = max(stop_frame * HOP_S, start + HOP_S)
                 out.append((start, stop, key + LOWEST_PITCH, vel, program))
     return _sorted_notes(np.asarray(out, np.float64) if out else np.zeros((0, 5)))

@@ -139,6 +139,9 @@ FEATURE_CHANNELS: dict[str, int] = {**CHANNELS, "SpecShort": 4}
 #: (mixed) and 0.61 to 0.62 (held-out voices) (docs/music.md).
 WITH_SHORT = ("Spec", "Ceps", "SpecShort")
 
+#: The largest `decode.onset_delay` accepted, either way (s): calibration's lie within 0.05.
+MAX_ONSET_DELAY = 1.0
+
 CALIBRATED = "note_f1_calibrated"  # a validation score: note F1 once calibrated (`evaluate`)
 
 # The thresholds `calibrate` tries (coarse: each decode of every validation piece is scored).
@@ -387,16 +390,36 @@ class MusicTask(PieceTask):
         workers = min(os.cpu_count() or 1, 8)  # threads over frame chunks (FFTs free the GIL)
         return music_feature_stack(audio, cfg.model.channels, workers=workers)
 
-    def decode(self, probs: np.ndarray, cfg: Config) -> np.ndarray:
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError naming a `decode.*` value the decoders cannot use (an unknown word, a
+        threshold outside [0, 1], a negative gap, a delay beyond a second, a gate or omnizart
+        threshold that is not a positive number), before any model runs."""
         d = cfg.decode
-        if d.onset_time not in ONSET_TIMES:
+        for key, words in (
+            ("method", ("simple", "omnizart")),
+            ("onset_time", ONSET_TIMES),
+            ("offset_time", OFFSET_TIMES),
+        ):
+            if getattr(d, key) not in words:
+                got = getattr(d, key)
+                raise ConfigError(f"decode.{key}: unknown {got!r} ({', '.join(words)})")
+        for key in ("onset_threshold", "frame_threshold", "offset_threshold"):
+            if not 0.0 <= getattr(d, key) <= 1.0:
+                raise ConfigError(f"decode.{key}: a probability in [0, 1], got {getattr(d, key)}")
+        if not 0.0 <= d.min_gap < float("inf"):
+            raise ConfigError(f"decode.min_gap: seconds, 0 or more, got {d.min_gap}")
+        if not -MAX_ONSET_DELAY <= d.onset_delay <= MAX_ONSET_DELAY:
             raise ConfigError(
-                f"decode.onset_time: unknown {d.onset_time!r} ({', '.join(ONSET_TIMES)})"
+                f"decode.onset_delay: seconds within +-{MAX_ONSET_DELAY:g}, got {d.onset_delay}"
             )
-        if d.offset_time not in OFFSET_TIMES:
-            raise ConfigError(
-                f"decode.offset_time: unknown {d.offset_time!r} ({', '.join(OFFSET_TIMES)})"
-            )
+        for key in ("offset_gate", "onset_th"):
+            v = getattr(d, key)
+            if v is not None and not 0.0 < v < float("inf"):
+                raise ConfigError(f"decode.{key}: a positive number (or null: none), got {v}")
+
+    def decode(self, probs: np.ndarray, cfg: Config) -> np.ndarray:
+        self.check_decode(cfg)
+        d = cfg.decode
         if d.method == "simple":
             return decode_notes(
                 probs,
@@ -411,9 +434,7 @@ class MusicTask(PieceTask):
                 offset_time=d.offset_time,
                 offset_gate=d.offset_gate,
             )
-        if d.method == "omnizart":
-            return decode_notes(probs, _mode(cfg), th=d.onset_th, method="omnizart")
-        raise ConfigError(f"decode.method: unknown method {d.method!r} (simple, omnizart)")
+        return decode_notes(probs, _mode(cfg), th=d.onset_th, method="omnizart")
 
     def calibrates(self, cfg: Config) -> bool:
         return cfg.decode.method == "simple" and cfg.decode.calibrate
