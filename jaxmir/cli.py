@@ -614,19 +614,22 @@ def transcribe_summary(t, total_s: float, restore_s: float, startup_s: float = 0
     minutes = t.audio_s / 60.0
     compute = max(total_s - startup_s - restore_s - t.compile_s, 0.0)
 
-    def per_min(s: float) -> str:
-        return f"{s / minutes:.2f}" if minutes > 0 else "-"
+    def per_min(s: float) -> str:  # "-" under a second of audio: no rate worth printing
+        return f"{s / minutes:.2f}" if t.audio_s >= 1.0 else "-"
 
     split = (
         f"features {per_min(t.features_s)}, model {per_min(t.model_s)}, "
         f"decode+write {per_min(t.write_s)}"
     )
+    # a batch shape called once cannot tell its compilation from its run: both count there
+    once = any(len(times) == 1 for times in t.calls.values())
+    alone = " (with the model's only call of a batch shape)" if once else ""
     if t.unsplit_s:  # a task that transcribes each file in one call: no finer split
         split = f"features+decode+write {per_min(t.unsplit_s)}, model {per_min(t.model_s)}"
     return (
         f"transcribed {t.files} file{'s' if t.files != 1 else ''}, {minutes:.2f} min of audio, "
         f"in {total_s:.1f} s: {per_min(compute)} s/min ({split}); one-off: start-up "
-        f"{startup_s:.1f} s, restore {restore_s:.1f} s, compile {t.compile_s:.1f} s"
+        f"{startup_s:.1f} s, restore {restore_s:.1f} s, compile {t.compile_s:.1f} s{alone}"
     )
 
 
@@ -775,6 +778,28 @@ def _start_processes(command: str) -> None:
     maybe_initialize_distributed()
 
 
+def _show_input_warnings(command: str) -> None:
+    """Print an `InputWarning` (an odd input worked around) as one line, above any progress
+    bar; other warnings as Python does."""
+    import warnings
+
+    from jaxmir.data.audio import InputWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "jaxmir", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, InputWarning):
+            return shown(message, category, filename, lineno, file, line)
+        from tqdm import tqdm
+
+        tqdm.write(f"jaxmir {command}: warning: {message}", file=sys.stderr)
+
+    show.jaxmir = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxmir.data.audio import AudioError
@@ -786,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in JAX_COMMANDS:
         _enable_compilation_cache()
+    _show_input_warnings(args.command)
     try:
         _start_processes(args.command)
     except (RuntimeError, ValueError) as e:

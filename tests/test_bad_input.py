@@ -538,3 +538,33 @@ def test_features_exit_2_when_no_file_could_be_read(tmp_path, capsys, recwarn):
     assert str(root) not in err[0].split(": ", 1)[1]  # the path once
     assert "none of the pieces" in err[1]
     assert not [w for w in recwarn if "corrupt.mid" in str(w.message)]
+
+
+def test_channels_that_cancel_in_the_mono_mix_are_read_as_the_first_channel(tmp_path, capsys):
+    """A stereo file with one channel in opposite phase used to mix to silence (no notes,
+    exit 0): the first channel is read instead, with a one-line warning naming the file; an
+    ordinary stereo file mixes as before, silently."""
+    import warnings
+
+    import soundfile as sf
+
+    from jaxmir.cli import _show_input_warnings
+    from jaxmir.data.audio import InputWarning, load_audio
+
+    sr = 22050
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr).astype(np.float32)
+    sf.write(tmp_path / "anti.wav", np.stack([tone, -tone], 1), sr)
+    sf.write(tmp_path / "wide.wav", np.stack([tone, 0.5 * tone], 1), sr)
+    with pytest.warns(InputWarning, match=r"anti\.wav: its channels cancel"):
+        x = load_audio(tmp_path / "anti.wav", sr)
+    np.testing.assert_allclose(x, tone, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(load_audio(tmp_path / "wide.wav", sr), 0.75 * tone, atol=1e-4)
+    shown = warnings.showwarning
+    try:
+        _show_input_warnings("transcribe")
+        warnings.warn("x.wav: odd", InputWarning, stacklevel=1)
+    finally:
+        warnings.showwarning = shown
+    assert capsys.readouterr().err == "jaxmir transcribe: warning: x.wav: odd\n"

@@ -445,3 +445,11 @@ def test_the_inference_benchmark_reads_both_summary_lines():
     unsplit = parse_summary(transcribe_summary(t, 10.0, 1.0, 0.5))
     assert unsplit["unsplit_s_per_min"] == 1.5 and unsplit["model_s_per_min"] == 1.5
     assert "features_s_per_min" not in unsplit and "model_alone" not in unsplit
+    # one call of a shape: its run counts as compilation, and the line says so; under a
+    # second of audio no rate is printed (a 1-sample file read 734178 s/min)
+    t.calls[(1, 128)] = [0.4]
+    assert transcribe_summary(t, 10.0, 1.0, 0.5).endswith(
+        "compile 2.4 s (with the model's only call of a batch shape)"
+    )
+    t.audio_s = 0.5
+    assert ": - s/min (features+decode+write -, model -)" in transcribe_summary(t, 10.0, 1.0)

@@ -152,6 +152,36 @@ def resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
         return np.asarray(y.T, np.float32)
 
 
+class InputWarning(UserWarning):
+    """Something odd about a user's input that the command works around and says so
+    (`jaxmir` prints it as one line)."""
+
+
+#: A mono mix this far (dB) below its channels' mean power has them cancelling each other.
+CANCEL_DB = -20.0
+
+
+def mono_mix(data: np.ndarray, path: Path) -> np.ndarray:
+    """The channel mean of ``(samples, channels)`` audio; where the channels cancel in it (one
+    wired in opposite phase: the mean would be near silence, and a transcription empty), the
+    first channel, with an `InputWarning` naming the file."""
+    if data.ndim == 1 or data.shape[1] == 1:
+        return data.reshape(len(data), -1)[:, 0]
+    mix = data.mean(axis=1)
+    channels = float(np.mean(np.square(data, dtype=np.float64)))
+    if channels > 1e-12 and np.mean(np.square(mix, dtype=np.float64)) < channels * 10 ** (
+        CANCEL_DB / 10
+    ):
+        warnings.warn(
+            f"{path}: its channels cancel when mixed to mono (one in opposite phase?); "
+            "reading the first channel alone",
+            InputWarning,
+            stacklevel=3,
+        )
+        return data[:, 0]
+    return mix
+
+
 def load_audio(
     path: str | os.PathLike, sr: int, mono: bool = True, level_db: float | None = None
 ) -> np.ndarray:
@@ -173,7 +203,7 @@ def load_audio(
         raise AudioError(path, "empty file (0 bytes)")
     data, rate = _decode(path)
     validate_audio(data, path)
-    data = data.mean(axis=1) if mono else data
+    data = mono_mix(data, path) if mono else data
     data = resample(np.ascontiguousarray(data, np.float32), rate, int(sr))
     if data.shape[0] == 0:
         raise AudioError(path, f"empty audio after resampling {rate} -> {sr} Hz")
