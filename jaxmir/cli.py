@@ -475,13 +475,19 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+#: A file name's limit (255 bytes on common file systems) less the longest suffix a task
+#: writes after an input's stem ("_pianoroll.png", "_downbeats.csv") and some room.
+MAX_STEM_BYTES = 255 - 16
+
+
 def transcribe_inputs(
     inputs: list[Path], suffixes: tuple[str, ...], missing: list[Path] | None = None
 ) -> list[Path]:
     """The files to transcribe: each file as given, each folder's files with one of `suffixes`
     (not recursive, sorted); UsageError naming a missing input, a folder without such files, a
     file of the other kind (audio given to a task that reads MIDI, or MIDI to one that reads
-    audio) or two inputs that would write the same outputs (same stem). Given a list
+    audio), a name too long for its outputs, or two inputs that would write the same outputs
+    (same stem; a file given twice, or in a folder given too, is taken once). Given a list
     `missing`, an input that does not exist is added to it instead (one of several inputs:
     skipped, the others transcribed)."""
     from jaxmir.inference import AUDIO_SUFFIXES, MIDI_SUFFIXES
@@ -517,8 +523,17 @@ def transcribe_inputs(
             missing.append(path)
         else:
             raise UsageError(f"{path}: no such file")
+    once: dict[Path, Path] = {}  # each file once, where first given
+    for path in files:
+        once.setdefault(path.resolve(), path)
+    files = list(once.values())
     seen: dict[str, Path] = {}
     for path in files:
+        if len(os.fsencode(path.stem)) > MAX_STEM_BYTES:
+            raise UsageError(
+                f"{path}: its name is too long for the files written from it (at most "
+                f"{MAX_STEM_BYTES} bytes before the extension; rename or link it)"
+            )
         if path.stem in seen:
             raise UsageError(
                 f"{path}: same name as {seen[path.stem]} (both would write {path.stem}.*)"
@@ -780,11 +795,12 @@ def _start_processes(command: str) -> None:
 
 def _show_input_warnings(command: str) -> None:
     """Print an `InputWarning` (an odd input worked around) as one line, above any progress
-    bar; other warnings as Python does."""
-    import warnings
-
+    bar; other warnings as Python does, but matplotlib's missing glyphs (an input's name in
+    a script the plots' font lacks) not at all."""
     from jaxmir.data.audio import InputWarning
 
+    # a file named in a script the plot's font lacks: its title shows a box, and nothing more
+    warnings.filterwarnings("ignore", r"Glyph \d+ .*missing from font", UserWarning)
     shown = warnings.showwarning
     if getattr(shown, "jaxmir", False):
         return

@@ -137,6 +137,13 @@ def test_folders_are_expanded_sorted_with_the_tasks_file_types(tmp_path):
     (tmp_path / "b.flac").write_bytes(b"x")
     with pytest.raises(UsageError, match="same name as"):
         transcribe_inputs([d, tmp_path / "b.flac"], audio)
+    # the same file twice, or in a folder given too, is taken once, where first given
+    assert transcribe_inputs([one, d / "b.wav", d, one], audio) == [one, d / "b.wav", d / "a.FLAC"]
+    # a name too long for the outputs written beside it: refused before anything is written
+    long = tmp_path / ("x" * 245 + ".wav")
+    long.write_bytes(b"x")
+    with pytest.raises(UsageError, match="name is too long for the files written from it"):
+        transcribe_inputs([long], audio)
     # a file of the other kind, named before any model is restored
     with pytest.raises(UsageError, match=r"z.ogg: is audio, and this task reads MIDI files"):
         transcribe_inputs([one], (".mid", ".midi"))
