@@ -170,8 +170,9 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="windows (patch_cnn: patches) per model call (default: 4 on CPU, 16 elsewhere; "
-        "for chord, drum, vocal and patch_cnn the model's train.val_batch_size)",
+        help="windows (patch_cnn: patches) per model call, 1-%d (default: 4 on CPU, 16 "
+        "elsewhere; for chord, drum, vocal and patch_cnn the model's train.val_batch_size)"
+        % MAX_BATCH,
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -475,6 +476,16 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+#: The most windows per model call `transcribe` accepts (a batch is allocated in full: 100,000
+#: music windows asked for 50 GiB).
+MAX_BATCH = 1024
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says memory ran out: numpy's (a MemoryError) or XLA's (RESOURCE_EXHAUSTED)."""
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)
+
+
 #: A file name's limit (255 bytes on common file systems) less the longest suffix a task
 #: writes after an input's stem ("_pianoroll.png", "_downbeats.csv") and some room.
 MAX_STEM_BYTES = 255 - 16
@@ -555,8 +566,8 @@ def cmd_transcribe(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH:
+        raise UsageError(f"--batch-size: 1 to {MAX_BATCH}, got {args.batch_size}")
     suffixes = getattr(task, "input_suffixes", lambda: AUDIO_SUFFIXES)()
     # all checked before the model is restored; of several inputs, a missing one is skipped
     missing: list[Path] | None = [] if len(args.inputs) > 1 else None
@@ -605,15 +616,24 @@ def cmd_transcribe(args) -> int:
         )
     else:  # a task of one's own with only `transcribe`
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
-    for source, written in results:
-        for path in written:
-            print(path, flush=True)
-        try:
-            note = task.transcription_note(source, written)
-        except Exception as e:  # a note only informs: it must not end a folder's run
-            note = f"{source}: no note on its transcription ({type(e).__name__}: {e})"
-        if note:
-            tqdm.write(note, file=sys.stderr)
+    try:
+        for source, written in results:
+            for path in written:
+                print(path, flush=True)
+            try:
+                note = task.transcription_note(source, written)
+            except Exception as e:  # a note only informs: it must not end a folder's run
+                note = f"{source}: no note on its transcription ({type(e).__name__}: {e})"
+            if note:
+                tqdm.write(note, file=sys.stderr)
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            f"out of memory ({first[:200]}); a smaller --batch-size needs less"
+            + (f" (this one: {args.batch_size})" if args.batch_size else "")
+        ) from e
     total_s = startup_s + time.perf_counter() - start
     if len(skipped) < n_inputs:
         print(transcribe_summary(timings, total_s, restore_s, startup_s), file=sys.stderr)

@@ -298,3 +298,29 @@ def test_beat_output_never_overwrites_its_input(tmp_path, capsys):
     names = {"song_beats.mid", "song_beats.csv", "song_downbeats.csv"}
     assert names <= {p.name for p in tmp_path.iterdir()}
     assert "song.mid: against its own meter map" in capsys.readouterr().err
+
+
+def test_batch_sizes_out_of_range_and_out_of_memory_are_one_line(tmp_path, monkeypatch, capsys):
+    """`--batch-size` above the limit is refused before any model loads; memory running out
+    during transcription (numpy's or XLA's) is one line naming the batch size, not a
+    traceback (100,000 music windows asked numpy for 50 GiB)."""
+    import jaxmir.engine.run as run
+
+    song = tmp_path / "song.mid"
+    write_midi(song, seconds=4.0)
+    argv = ["transcribe", "beat", str(song), "-o", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--batch-size", "100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size: 1 to 1024, got 100000" in err[0]
+
+    def starved(mesh, state, fn=None):
+        def predict(windows):
+            raise MemoryError("Unable to allocate 50.4 GiB for an array")
+
+        return predict
+
+    monkeypatch.setattr(run, "make_predict", starved)
+    assert main([*argv, "--batch-size", "512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of memory (Unable to allocate 50.4 GiB" in err[0], err
+    assert "(this one: 512)" in err[0]
