@@ -170,9 +170,8 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="windows (patch_cnn: patches) per model call, 1-%d (default: 4 on CPU, 16 "
-        "elsewhere; for chord, drum, vocal and patch_cnn the model's train.val_batch_size)"
-        % MAX_BATCH,
+        help=f"windows (patch_cnn: patches) per model call, 1-{MAX_BATCH} (default: 4 on CPU, "
+        "16 elsewhere; for chord, drum, vocal and patch_cnn the model's train.val_batch_size)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
