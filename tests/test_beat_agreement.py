@@ -147,3 +147,28 @@ def test_beat_csv_reads_back_what_was_written(tmp_path):
     for times in (np.array([0.5, 1.25, 2.0]), np.array([]), np.array([3.0])):
         write_beat_csv(tmp_path / "b.csv", times)
         np.testing.assert_array_equal(read_beat_csv(tmp_path / "b.csv"), times)
+
+
+def test_no_tempo_bounds_are_suggested_for_a_file_whose_tempo_changes(tmp_path):
+    """90 bpm for 16 beats, then 140: bounds around the median tempo would track the second
+    half at half its beat, so the line says the tempo changes instead of suggesting them."""
+    import mido
+
+    mid = mido.MidiFile(type=0, ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0))
+    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(90), time=0))
+    for i in range(48):
+        if i == 16:
+            track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(140), time=0))
+        track.append(mido.Message("note_on", note=60, velocity=80, time=0))
+        track.append(mido.Message("note_off", note=60, velocity=0, time=480))
+    mid.save(tmp_path / "changes.mid")
+    beats = np.r_[np.arange(16) * 60 / 90, 16 * 60 / 90 + np.arange(32) * 60 / 140]
+    a = meter_agreement(tmp_path / "changes.mid", beats[::2], beats[::8])
+    assert not a.steady and a.level != "beat"
+    line = a.line("changes.mid")
+    assert "its tempo changes: no one pair of tempo bounds" in line and "min_bpm" not in line
+    steady = score_midi(tmp_path / "steady.mid")
+    assert meter_agreement(tmp_path / "steady.mid", steady[::2], steady[::6]).steady

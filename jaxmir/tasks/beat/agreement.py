@@ -53,6 +53,7 @@ class MeterAgreement:
     file_beat_s: float | None
     tracked_beat_s: float | None
     shift: GridShift | None = None
+    steady: bool = True  # the file's tempo stays within HINT_FACTOR (`steady_tempo`)
 
     def line(self, name: str) -> str:
         """One sentence for the user about the file `name`."""
@@ -69,7 +70,9 @@ class MeterAgreement:
             f"{name}: against {its} the tracked beats{every} {how}: "
             f"beat F {self.beat_f_measure:.2f}, downbeat F {self.downbeat_f_measure:.2f}"
         )
-        if self.level not in ("beat", "none") and self.file_beat_s:
+        if self.level not in ("beat", "none") and self.file_beat_s and not self.steady:
+            text += " (its tempo changes: no one pair of tempo bounds follows its beat)"
+        elif self.level not in ("beat", "none") and self.file_beat_s:
             lo, hi = bounds_around(60.0 / self.file_beat_s, HINT_FACTOR)
             lo, hi = math.floor(lo), math.ceil(hi)  # whole numbers around the factor's bounds
             text += f" (to follow its beat: --set decode.min_bpm={lo} --set decode.max_bpm={hi})"
@@ -140,6 +143,17 @@ def grid_shift(
     return GridShift(Fraction(k, SHIFT_STEPS), float(tried[k][0]), float(tried[k][1]))
 
 
+def steady_tempo(file_beats: np.ndarray) -> bool:
+    """Whether the file's beat intervals stay within `HINT_FACTOR` of each other (5th to 95th
+    percentile: a beat snapped onto a time-signature change is shorter), so that one pair of
+    tempo bounds around their median holds the whole file."""
+    intervals = np.diff(np.asarray(file_beats, np.float64))
+    if len(intervals) < 2:
+        return True
+    lo, hi = np.percentile(intervals, [5, 95])
+    return bool(lo > 0 and hi / lo <= HINT_FACTOR)
+
+
 def meter_agreement(path: Path, beats: np.ndarray, downbeats: np.ndarray) -> MeterAgreement | None:
     """`beats` and `downbeats` tracked from the MIDI file `path` against the beats of its own
     meter map (`read_midi_piece`); None when the file has no map of its own to compare."""
@@ -161,4 +175,5 @@ def meter_agreement(path: Path, beats: np.ndarray, downbeats: np.ndarray) -> Met
         file_beat_s=median_interval(piece.beats),
         tracked_beat_s=median_interval(beats),
         shift=shift,
+        steady=steady_tempo(piece.beats),
     )
