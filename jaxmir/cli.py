@@ -270,7 +270,9 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
         cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
     else:
         cfg = task.preset(preset or "demo")
-    return _checked_decode(task, validate(apply_overrides(cfg, overrides)))
+    cfg = validate(apply_overrides(cfg, overrides))
+    task.check_training(cfg)  # first: a setting training cannot use says so, whatever else
+    return _checked_decode(task, cfg)
 
 
 def _checked_decode(task, cfg):
@@ -552,6 +554,26 @@ def transcribe_inputs(
     return files
 
 
+def _without_earlier_outputs(task, paths: list[Path], outdir: Path) -> list[Path]:
+    """`paths` less the inputs that transcribing one of them into `outdir` writes over: an
+    earlier run's output (beat's `STEM_beats.mid`, found again in the folder) is left out and
+    named; a user's own file of that name is a UsageError, before anything is written."""
+    from tqdm import tqdm
+
+    writes = {(outdir / n).resolve(): p for p in paths for n in task.readable_outputs(p.stem)}
+    kept = []
+    for path in paths:
+        by = writes.get(path.resolve())
+        if by is None:
+            kept.append(path)
+        elif task.is_own_output(path):
+            note = f"{path}: written by an earlier transcription of {by}, not read"
+            tqdm.write(f"jaxmir transcribe: {note}", file=sys.stderr)
+        else:
+            raise UsageError(f"{path}: transcribing {by} into {outdir} would write over it (-o)")
+    return kept
+
+
 def cmd_transcribe(args) -> int:
     import time
 
@@ -573,6 +595,9 @@ def cmd_transcribe(args) -> int:
     paths = transcribe_inputs(args.inputs, suffixes, missing)
     missing = missing or []
     check_output_folder(args.outdir, "-o")
+    paths = _without_earlier_outputs(task, paths, args.outdir)
+    if not paths and not missing:
+        raise UsageError("nothing to transcribe: the inputs are this command's earlier outputs")
     n_inputs = len(paths) + len(missing)
     skipped: list[Path] = []
 
@@ -629,10 +654,12 @@ def cmd_transcribe(args) -> int:
         if not out_of_memory(e):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(
-            f"out of memory ({first[:200]}); a smaller --batch-size needs less"
-            + (f" (this one: {args.batch_size})" if args.batch_size else "")
-        ) from e
+        hint = (
+            f"a smaller --batch-size than {args.batch_size}"
+            if args.batch_size
+            else "a shorter file"
+        )
+        raise UsageError(f"out of memory ({first[:200]}); {hint} needs less") from e
     total_s = startup_s + time.perf_counter() - start
     if len(skipped) < n_inputs:
         print(transcribe_summary(timings, total_s, restore_s, startup_s), file=sys.stderr)

@@ -169,6 +169,6 @@ def test_no_tempo_bounds_are_suggested_for_a_file_whose_tempo_changes(tmp_path):
     a = meter_agreement(tmp_path / "changes.mid", beats[::2], beats[::8])
     assert not a.steady and a.level != "beat"
     line = a.line("changes.mid")
-    assert "its tempo changes: no one pair of tempo bounds" in line and "min_bpm" not in line
+    assert "its beat changes length: no one pair of tempo bounds" in line and "min_bpm" not in line
     steady = score_midi(tmp_path / "steady.mid")
     assert meter_agreement(tmp_path / "steady.mid", steady[::2], steady[::6]).steady

@@ -141,10 +141,10 @@ def test_transcribe_uses_the_stored_thresholds_unless_set(music_run, song, tmp_p
         assert main([*argv, *extra]) == 0
         return _n_notes(out / "song_notes.csv")
 
-    # probabilities lie in [0, 1]: below -1 everything starts a note, above 1.01 nothing does
-    assert notes_with(-1.0) == 88
-    assert notes_with(1.01) == 0
-    assert notes_with(1.01, "--set", "decode.onset_threshold=-1.0") == 88
+    # probabilities lie in (0, 1): over 0 everything starts a note, over 1 nothing does
+    assert notes_with(0.0) == 88
+    assert notes_with(1.0) == 0
+    assert notes_with(1.0, "--set", "decode.onset_threshold=0.0") == 88
 
 
 def test_a_run_exports_as_a_shipped_model(music_run, song, tmp_path):
@@ -180,7 +180,7 @@ def test_a_run_exports_as_a_shipped_model(music_run, song, tmp_path):
     for source in (music_run, folder):
         out = tmp_path / f"out-{source.name}"
         argv = ["transcribe", "music", str(song), "--workdir", str(source), "-o", str(out)]
-        argv += ["--set", "decode.onset_threshold=-1.0", "--no-progress"]
+        argv += ["--set", "decode.onset_threshold=0.0", "--no-progress"]
         assert main(argv) == 0
     run_csv, folder_csv = (tmp_path / f"out-{n}" / "song_notes.csv" for n in ("run", "model"))
     assert _n_notes(folder_csv) == 88
@@ -487,9 +487,9 @@ def test_eval_scores_a_model_folder_and_records_its_test_scores(
     assert printed["decode"] == run_scores["decode"]
     for key in ("note_f1", "note_with_offset_f1", "frame_f1"):
         assert printed[key] == pytest.approx(run_scores[key], abs=1e-6)
-    nothing = ["--set", "decode.onset_threshold=1.01"]  # probabilities never exceed 1
+    nothing = ["--set", "decode.onset_threshold=1.0"]  # probabilities never exceed 1
     assert main([*own, *data, *nothing]) == 0
-    assert last_json()["decode"]["onset_threshold"] == 1.01
+    assert last_json()["decode"]["onset_threshold"] == 1.0
     assert recorded() == unrecorded  # --set: printed only
     assert main([*own, "--no-progress"]) == 0  # no --data: the cache model.json names
     assert last_json() == printed

@@ -133,7 +133,7 @@ def test_train_eval_transcribe(beat_cache, tmp_path, capsys):
     write_midi(song)
     out = tmp_path / "out"
     assert main(["transcribe", "beat", str(song), "--workdir", str(wd), "-o", str(out)]) == 0
-    assert (out / "song.mid").is_file()
+    assert (out / "song_beats.mid").is_file()
     assert (out / "song_beats.csv").read_text().startswith("time")
     assert (out / "song_downbeats.csv").is_file()
 
@@ -323,4 +323,31 @@ def test_batch_sizes_out_of_range_and_out_of_memory_are_one_line(tmp_path, monke
     assert main([*argv, "--batch-size", "512"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out of memory (Unable to allocate 50.4 GiB" in err[0], err
-    assert "(this one: 512)" in err[0]
+    assert "a smaller --batch-size than 512 needs less" in err[0]
+
+
+def test_beats_written_earlier_are_not_read_again_and_a_users_file_is_never_written_over(
+    tmp_path, capsys
+):
+    """Transcribing a folder into itself twice: the second run leaves out the first run's
+    `STEM_beats.mid` (named; no `STEM_beats_beats.*` pile up) and exits 0. A user's own file
+    of that name is refused before anything is written, and kept as it was."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_midi(folder / "song.mid", seconds=4.0)
+    argv = ["transcribe", "beat", str(folder), "-o", str(folder), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "song_beats.mid: written by an earlier transcription of" in capsys.readouterr().err
+    assert not list(folder.glob("*_beats_beats*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    write_midi(mine / "song.mid", seconds=4.0)
+    write_midi(mine / "song_beats.mid", seconds=2.0, bpm=60.0)
+    before = (mine / "song_beats.mid").read_bytes()
+    assert main(["transcribe", "beat", str(mine), "-o", str(mine), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "song_beats.mid: transcribing" in err[0] and "write over it" in err[0]
+    assert (mine / "song_beats.mid").read_bytes() == before
+    assert not (mine / "song_beats.csv").exists()

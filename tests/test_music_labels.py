@@ -230,7 +230,7 @@ def test_simple_decoder_onset_delay_moves_onsets_only():
         ("min_gap=-1", "decode.min_gap"),
         ("onset_delay=-10", "decode.onset_delay"),
         ("offset_gate=-2", "decode.offset_gate"),
-        ("onset_th=0", "decode.onset_th"),
+        ("offset_gate=0", "decode.offset_gate"),
         ("method=foo", "decode.method"),
         ("onset_time=bar", "decode.onset_time"),
     ],

@@ -284,6 +284,13 @@ def test_a_meter_map_kept_with_the_notes_is_read(tmp_path):
     np.testing.assert_allclose(notes[:, 0], expected)
     np.testing.assert_allclose(piece.beats[:14], expected[:14])
     np.testing.assert_allclose(piece.downbeats[:5], [0.0, 2.4, 4.8, 7.2, 9.6])
+    # where track 0 holds a tempo of its own, it stays the map (no stray tempo overrides it)
+    mid.tracks[0].append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(100), time=0))
+    mid.save(tmp_path / "conductor.mid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        notes = read_midi_notes(tmp_path / "conductor.mid")
+    np.testing.assert_allclose(notes[:3, 0], [0.0, 0.6, 1.2])
 
 
 def test_a_beat_trackers_input_reads_drums_when_there_is_nothing_else(tmp_path):

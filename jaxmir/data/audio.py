@@ -168,10 +168,10 @@ def mono_mix(data: np.ndarray, path: Path) -> np.ndarray:
     if data.ndim == 1 or data.shape[1] == 1:
         return data.reshape(len(data), -1)[:, 0]
     mix = data.mean(axis=1)
-    channels = float(np.mean(np.square(data, dtype=np.float64)))
-    if channels > 1e-12 and np.mean(np.square(mix, dtype=np.float64)) < channels * 10 ** (
-        CANCEL_DB / 10
-    ):
+    flat = data.reshape(-1)  # powers without a float64 copy of a long recording
+    channels = float(np.dot(flat, flat)) / max(flat.size, 1)
+    mixed = float(np.dot(mix, mix)) / max(mix.size, 1)
+    if channels > 1e-12 and mixed < channels * 10 ** (CANCEL_DB / 10):
         warnings.warn(
             f"{path}: its channels cancel when mixed to mono (one in opposite phase?); "
             "reading the first channel alone",

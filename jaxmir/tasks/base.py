@@ -198,6 +198,16 @@ class Task(abc.ABC):
         [0, 1], a negative duration), before any model loads or runs. Nothing by default."""
         return None
 
+    def readable_outputs(self, stem: str) -> tuple[str, ...]:
+        """Names of the files transcribing an input named `stem` writes that this task would
+        also read as inputs (beat: its MIDI); none by default (audio in, MIDI/CSV/PNG out)."""
+        return ()
+
+    def is_own_output(self, path: Path) -> bool:
+        """Whether `path` (one of `readable_outputs`) is a file an earlier transcription wrote,
+        not a user's own of that name."""
+        return False
+
     def transcription_note(self, path: Path, written: list[Path]) -> str | None:
         """A line for the user about the transcription of `path` into the files `written`
         (beat: how its beats agree with the MIDI file's own meter map); None by default."""
@@ -280,6 +290,8 @@ class PieceTask(Task):
         return Path(cache_root) / self.name / f"{self.corpus_kind}-{params_digest(key)}"
 
     def embedded_splits(self, cfg: Config) -> tuple[str, ...] | None:
+        if _overrides(self, "build_default") or _overrides(self, "default_data"):
+            return None  # a corpus of the task's own: its splits are its own to name
         from jaxmir.data.synth.corpus import corpus_splits
 
         return corpus_splits(cfg.data.corpus_instruments, corpus_variety(cfg.data))

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,7 +123,9 @@ def load_midi(path: Path):
         if last_tick > MAX_READ_TICKS:
             raise MidiError(path, f"{where}: too many ticks to read (limit {MAX_READ_TICKS})")
     try:
-        with high_ticks():
+        with high_ticks(), warnings.catch_warnings():
+            # what is left to warn of: a type-2 file's other maps, or those under track 0's own
+            warnings.filterwarnings("ignore", "Tempo, Key or Time signature change events")
             return pretty_midi.PrettyMIDI(mido_object=meter_in_first_track(mid))
     except Exception as e:
         raise MidiError(path, f"cannot read MIDI ({type(e).__name__}: {e})") from e
@@ -134,10 +137,11 @@ MAP_EVENTS = ("set_tempo", "time_signature", "key_signature")
 
 def meter_in_first_track(mid):
     """`mid` (a mido.MidiFile) with the tempo, time- and key-signature events of its other
-    tracks moved into track 0, at the same ticks (after track 0's own at a tick), as the MIDI
-    standard places them. pretty_midi reads the map from track 0 alone, and only warns of the
-    others, so a type-1 file that keeps its tempo with its notes was read at 120 qpm: every
-    time wrong. Returned unchanged when no other track holds one."""
+    tracks moved into track 0, at the same ticks, as the MIDI standard places them; of each
+    kind only where track 0 holds none (its own map wins). pretty_midi reads the map from
+    track 0 alone, and only warns of the others, so a type-1 file that keeps its tempo with
+    its notes was read at 120 qpm: every time wrong. Returned unchanged when no other track
+    holds one to move (and for type 0 and type 2 files)."""
     import mido
 
     def absolute(track) -> list:
@@ -156,11 +160,13 @@ def meter_in_first_track(mid):
 
     if mid.type != 1 or len(mid.tracks) < 2:
         return mid
+    # a kind track 0 holds stays its own (a stale tempo in an imported track does not win)
+    kinds = set(MAP_EVENTS) - {m.type for m in mid.tracks[0] if m.is_meta}
     moved, others = [], []
     for track in mid.tracks[1:]:
         events = absolute(track)
-        moved += [(t, m) for t, m in events if m.is_meta and m.type in MAP_EVENTS]
-        others.append([(t, m) for t, m in events if not (m.is_meta and m.type in MAP_EVENTS)])
+        moved += [(t, m) for t, m in events if m.is_meta and m.type in kinds]
+        others.append([(t, m) for t, m in events if not (m.is_meta and m.type in kinds)])
     if not moved:
         return mid
     first = [e for e in absolute(mid.tracks[0]) if e[1].type != "end_of_track"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxmir.data.datasets.midi import MidiError, read_midi_piece
 from jaxmir.tasks.beat.decode import bounds_around
-from jaxmir.tasks.beat.task import f_measures, median_interval, metrical_level
+from jaxmir.tasks.beat.task import BOUNDS_RANGE, f_measures, median_interval, metrical_level
 
 #: How `metrical_level`'s names read in a sentence about the tracked beats ("other": the ratio
 #: of the tempi is given instead).
@@ -53,7 +53,7 @@ class MeterAgreement:
     file_beat_s: float | None
     tracked_beat_s: float | None
     shift: GridShift | None = None
-    steady: bool = True  # the file's tempo stays within HINT_FACTOR (`steady_tempo`)
+    steady: bool = True  # the file's beat keeps its length within HINT_FACTOR (`steady_tempo`)
 
     def line(self, name: str) -> str:
         """One sentence for the user about the file `name`."""
@@ -71,11 +71,13 @@ class MeterAgreement:
             f"beat F {self.beat_f_measure:.2f}, downbeat F {self.downbeat_f_measure:.2f}"
         )
         if self.level not in ("beat", "none") and self.file_beat_s and not self.steady:
-            text += " (its tempo changes: no one pair of tempo bounds follows its beat)"
+            text += " (its beat changes length: no one pair of tempo bounds follows it)"
         elif self.level not in ("beat", "none") and self.file_beat_s:
             lo, hi = bounds_around(60.0 / self.file_beat_s, HINT_FACTOR)
-            lo, hi = math.floor(lo), math.ceil(hi)  # whole numbers around the factor's bounds
-            text += f" (to follow its beat: --set decode.min_bpm={lo} --set decode.max_bpm={hi})"
+            # whole numbers around the factor's bounds, within what decoding accepts
+            lo, hi = max(math.floor(lo), BOUNDS_RANGE[0]), min(math.ceil(hi), BOUNDS_RANGE[1])
+            if lo < hi:
+                text += f" (to follow its beat: --set decode.min_bpm={lo:g} --set decode.max_bpm={hi:g})"
         if self.shift is not None:
             s = self.shift
             text += (
@@ -146,7 +148,8 @@ def grid_shift(
 def steady_tempo(file_beats: np.ndarray) -> bool:
     """Whether the file's beat intervals stay within `HINT_FACTOR` of each other (5th to 95th
     percentile: a beat snapped onto a time-signature change is shorter), so that one pair of
-    tempo bounds around their median holds the whole file."""
+    tempo bounds around their median holds the whole file. A tempo change moves them, and so
+    does a change of beat unit at one tempo (2/4 to 6/8: a quarter, then a dotted quarter)."""
     intervals = np.diff(np.asarray(file_beats, np.float64))
     if len(intervals) < 2:
         return True

@@ -368,7 +368,9 @@ class BeatTask(PieceTask):
         return x, {"y": y, **piece.to_npz_dict()}
 
     def cache_params(self, dataset: str) -> dict:
-        return {"dataset": dataset, "fps": FPS, "version": 1}
+        # MIDI folders: version 2 reads a tempo map kept outside track 0 (`meter_in_first_track`;
+        # version 1 read such files at 120 qpm), so a cache of either is never added to by the other
+        return {"dataset": dataset, "fps": FPS, "version": 2 if dataset == "midi" else 1}
 
     def piece_split(self, piece: SymbolicPiece) -> str:
         from jaxmir.data.synth.chorales import split_of
@@ -910,9 +912,22 @@ class BeatTask(PieceTask):
         notes = octaves_into_range(read_midi_notes(Path(path), rhythm=True))
         return beat_features(notes, int(np.ceil(notes[:, 1].max() * FPS)) + 1 if len(notes) else 1)
 
+    def readable_outputs(self, stem: str) -> tuple[str, ...]:
+        return (f"{stem}_beats.mid",)
+
+    def is_own_output(self, path: Path) -> bool:
+        """A MIDI file of the two drum tracks `beats_to_midi` writes, and nothing else."""
+        from jaxmir.data.datasets.midi import MidiError, load_midi
+
+        try:
+            tracks = load_midi(Path(path)).instruments
+        except MidiError:
+            return False
+        return [(t.name, t.is_drum) for t in tracks] == [("Beat", True), ("Down Beat", True)]
+
     def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
         beats, downbeats = events
-        midi_path = outdir / f"{stem}_beats.mid"  # never the input's own name: it is MIDI too
+        midi_path = outdir / self.readable_outputs(stem)[0]  # never the input's own name
         beats_to_midi(beats, downbeats).write(str(midi_path))
         write_beat_csv(outdir / f"{stem}_beats.csv", beats)
         write_beat_csv(outdir / f"{stem}_downbeats.csv", downbeats)

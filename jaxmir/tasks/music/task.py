@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -392,8 +393,8 @@ class MusicTask(PieceTask):
 
     def check_decode(self, cfg: Config) -> None:
         """ConfigError naming a `decode.*` value the decoders cannot use (an unknown word, a
-        threshold outside [0, 1], a negative gap, a delay beyond a second, a gate or omnizart
-        threshold that is not a positive number), before any model runs."""
+        threshold outside [0, 1], a negative gap, a delay beyond a second, a gate that is not
+        a positive number), before any model runs."""
         d = cfg.decode
         for key, words in (
             ("method", ("simple", "omnizart")),
@@ -412,10 +413,12 @@ class MusicTask(PieceTask):
             raise ConfigError(
                 f"decode.onset_delay: seconds within +-{MAX_ONSET_DELAY:g}, got {d.onset_delay}"
             )
-        for key in ("offset_gate", "onset_th"):
-            v = getattr(d, key)
-            if v is not None and not 0.0 < v < float("inf"):
-                raise ConfigError(f"decode.{key}: a positive number (or null: none), got {v}")
+        if d.offset_gate is not None and not 0.0 < d.offset_gate < float("inf"):
+            raise ConfigError(
+                f"decode.offset_gate: a positive number (or null: none), got {d.offset_gate}"
+            )
+        if d.onset_th is not None and not math.isfinite(d.onset_th):  # z-scores: any sign
+            raise ConfigError(f"decode.onset_th: a number (or null: default), got {d.onset_th}")
 
     def decode(self, probs: np.ndarray, cfg: Config) -> np.ndarray:
         self.check_decode(cfg)
