@@ -351,3 +351,36 @@ def test_beats_written_earlier_are_not_read_again_and_a_users_file_is_never_writ
     assert len(err) == 1 and "song_beats.mid: transcribing" in err[0] and "write over it" in err[0]
     assert (mine / "song_beats.mid").read_bytes() == before
     assert not (mine / "song_beats.csv").exists()
+
+
+def test_a_finished_run_is_not_calibrated_again_and_a_stop_while_calibrating_is_resumable(
+    beat_cache, tmp_path, capsys
+):
+    """The same train command on a finished run trains nothing and keeps its decode.json; a
+    stop signal during the end-of-training calibration (it used to kill the process: no
+    message, no decode.json) is raised at the next model call with nothing written, and the
+    same train command then calibrates."""
+    import jaxmir.engine.run as run
+    from jaxmir.engine.loop import Interrupted, StopSignal
+    from jaxmir.tasks.base import get_task
+
+    wd = tmp_path / "run"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    assert main([*argv, "--no-progress"]) == 0
+    decode = wd / run.DECODE_FILE
+    assert decode.is_file()
+    first = decode.read_text()
+    capsys.readouterr()
+    assert main([*argv, "--no-progress"]) == 0
+    assert "Nothing left to train" in capsys.readouterr().out
+    assert decode.read_text() == first
+    decode.unlink()
+    stop = StopSignal()
+    stop.requested = "SIGTERM"
+    with pytest.raises(Interrupted):
+        run.calibrate_decoding(
+            get_task("beat"), wd, run.resolve_data(get_task("beat"), None, beat_cache), stop=stop
+        )
+    assert not decode.exists()
+    assert main([*argv, "--no-progress"]) == 0
+    assert decode.is_file()

@@ -450,14 +450,31 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
         checkpointer.close()
         if writer is not None:
             writer.close()
+    trained = latest is None or int(jax.device_get(state.step)) > latest  # steps this call
     if is_primary():
         plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
         if status.startswith("interrupted") or cache is None:
             pass
         elif jax.process_count() > 1:  # restoring on one process alone is not collective
             log("Decoding not calibrated in a multi-process run (defaults stay in use)")
-        else:
-            calibrate_decoding(task, workdir, cache, progress=progress, log=log)
+        elif not trained and (workdir / DECODE_FILE).is_file():
+            log(
+                f"Nothing left to train; decoding stays as {workdir / DECODE_FILE} holds it "
+                "(`jaxmir calibrate` chooses it again)"
+            )
+        else:  # a stop now is honoured at the next model call, not by the default kill
+            with StopSignal() as calibration_stop:
+                try:
+                    calibrate_decoding(
+                        task, workdir, cache, progress=progress, log=log, stop=calibration_stop
+                    )
+                except Interrupted:
+                    signal_name = calibration_stop.agreed
+                    status = f"interrupted: {signal_name} while calibrating"
+                    log(
+                        f"Stopped by {signal_name} while calibrating decoding: the training is "
+                        "saved; the same command calibrates it"
+                    )
     seconds = time.time() - t0
     log(f"Run {status} after {seconds:.1f} s; outputs in {workdir}")
     return RunResult(workdir, state, history, status, seconds)
@@ -469,12 +486,20 @@ unless `--set decode.*` says otherwise."""
 
 
 def calibrate_decoding(
-    task, workdir: Path, cache, *, progress: bool = False, log=print, raise_errors: bool = False
+    task,
+    workdir: Path,
+    cache,
+    *,
+    progress: bool = False,
+    log=print,
+    raise_errors: bool = False,
+    stop: StopSignal | None = None,
 ) -> dict:
     """Let the task choose its decoding settings on the validation pieces with the run's best
     checkpoint (as `eval` restores it), and store them in `workdir/decode.json`. A task without
     `calibrate`, or a config that turns it off, writes nothing; returns what was written. A
-    RestoreError (no checkpoint) is logged, or raised with `raise_errors`."""
+    RestoreError (no checkpoint) is logged, or raised with `raise_errors`. With `stop`, a
+    signal it caught raises `Interrupted` at the next model call, before anything is written."""
     calibrate = getattr(task, "calibrate", None)
     if calibrate is None:
         return {}
@@ -485,7 +510,19 @@ def calibrate_decoding(
             raise
         log(f"Decoding not calibrated: {e}")
         return {}
-    result = calibrate(make_predict(mesh, state), cfg, cache, progress=progress, workdir=workdir)
+    predict = make_predict(mesh, state)
+    if stop is not None:
+        model = predict
+
+        def predict(windows):
+            if stop.poll():
+                raise Interrupted(stop.agreed)
+            return model(windows)
+
+        predict.__wrapped__ = model  # `inspect.unwrap`: the model call itself
+    result = calibrate(predict, cfg, cache, progress=progress, workdir=workdir)
+    if stop is not None and stop.poll():  # caught after the last model call
+        raise Interrupted(stop.agreed)
     if not result:
         return {}
     result = {"step": step, **result}
