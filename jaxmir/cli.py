@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -862,6 +863,10 @@ def _show_input_warnings(command: str) -> None:
     warnings.showwarning = show
 
 
+#: OS errors that mean a path given cannot be used as given (`main` prints them as one line).
+USER_PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxmir.data.audio import AudioError
@@ -895,9 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        # a path that cannot be used as given: one line. Other OS errors (a full disk, a
-        # failing file system) keep their traceback: they are not the user's input.
+    except OSError as e:
+        # a path that cannot be used as given (exists, not a folder, no permission, a
+        # read-only file system): one line. Other OS errors (a full disk, a failing file
+        # system) keep their traceback: they are not the user's input.
+        if not isinstance(e, USER_PATH_ERRORS) and e.errno != errno.EROFS:
+            raise
         paths = ", ".join(str(f) for f in (e.filename, e.filename2) if f)
         print(f"jaxmir {args.command}: error: {paths}: {e.strerror}", file=sys.stderr)
         return 2

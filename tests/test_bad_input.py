@@ -570,3 +570,39 @@ def test_channels_that_cancel_in_the_mono_mix_are_read_as_the_first_channel(tmp_
             stacklevel=1,
         )
     assert capsys.readouterr().err == "jaxmir transcribe: warning: x.wav: odd\n"
+
+
+def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, monkeypatch, capsys):
+    """A workdir on a read-only file system (EROFS) and a manifest.json of random bytes used to
+    end in tracebacks; both are one line naming the path, exit 2. Other OS errors (a full
+    disk) keep their traceback."""
+    import errno
+
+    import jaxmir.cli as cli
+
+    def read_only(args):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro" / "run"))
+
+    monkeypatch.setitem(cli.COMMANDS, "info", read_only)
+    assert main(["info", "beat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxmir info: error: {tmp_path / 'ro' / 'run'}: Read-only file system"]
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "x")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", full)
+    with pytest.raises(OSError, match="No space"):
+        main(["info", "beat"])
+    monkeypatch.undo()
+
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "manifest.json").write_bytes(bytes(range(256)))
+    from jaxmir.data.cache import CacheError, FeatureCache
+
+    with pytest.raises(CacheError, match="unreadable manifest"):
+        FeatureCache(garbled)
+    (garbled / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(CacheError, match="not a feature cache's manifest"):
+        FeatureCache(garbled)

@@ -88,8 +88,10 @@ class FeatureCache:
             raise CacheError(f"{path}: no manifest.json (not a feature cache written by jaxmir)")
         try:
             self.manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CacheError(f"{path}: unreadable manifest ({e})") from e
+        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("pieces"), list):
+            raise CacheError(f"{path}: not a feature cache's manifest (no list of pieces)")
         if self.manifest.get("version") != FORMAT_VERSION:
             raise CacheError(f"{path}: cache format {self.manifest.get('version')!r}, expected 1")
         self._by_name = {p["name"]: p for p in self.manifest["pieces"]}
