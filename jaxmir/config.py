@@ -267,6 +267,20 @@ _LOWER_BOUNDS = (
 )
 
 
+#: Keys whose value is one of a few words (a task's section may lack the key).
+_WORDS = (
+    (
+        "optim.lr_schedule",
+        ("constant", "step", "exponential", "plateau", "exponential_steps", "warmup_cosine"),
+    ),
+    ("train.precision", ("fp32", "bf16")),
+    ("data.corpus_instruments", ("piano", "mixed", "both")),
+)
+#: Sizes that must be at least 1 where a task's section has them (0 divided by zero, deep in
+#: the model or the corpus builder).
+_AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants")
+
+
 def validate(cfg: Config) -> Config:
     """`cfg`, or ConfigError naming the first key whose value no run can use."""
     flat = flatten(json.loads(cfg.to_json()))
@@ -275,6 +289,17 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: must be >= {low}, got {flat[key]}")
     if not flat["optim.learning_rate"] > 0:
         raise ConfigError(f"optim.learning_rate: must be > 0, got {flat['optim.learning_rate']}")
+    for key, known in _WORDS:
+        if key in flat and flat[key] not in known:
+            raise ConfigError(f"{key}: unknown {flat[key]!r} ({', '.join(known)})")
+    for key in _AT_LEAST_ONE:  # where a task's section has the key
+        if key in flat and isinstance(flat[key], int) and flat[key] < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
+    seconds = flat.get("data.corpus_max_seconds")
+    if seconds is not None and not seconds > 0:
+        raise ConfigError(
+            f"data.corpus_max_seconds: seconds > 0 (or null: whole pieces), got {seconds}"
+        )
     return cfg
 
 

@@ -606,3 +606,24 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
     (garbled / "manifest.json").write_text("[1, 2]")
     with pytest.raises(CacheError, match="not a feature cache's manifest"):
         FeatureCache(garbled)
+
+
+@pytest.mark.parametrize(
+    "task, setting",
+    [
+        ("beat", "model.hidden=0"),
+        ("beat", "model.timesteps=0"),
+        ("beat", "optim.lr_schedule=bogus"),
+        ("beat", "train.precision=fp8"),
+        ("beat", "data.corpus_variants=0"),
+        ("music", "model.timesteps=0"),
+        ("music", "data.corpus_max_seconds=0"),
+        ("music", "data.corpus_instruments=bogus"),
+    ],
+)
+def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, capsys):
+    """Each ended in a traceback (division by zero, an unknown word deep in the engine or the
+    corpus builder), some only after an epoch; now one line naming the key, exit 2."""
+    assert main(["info", task, "--preset", "tiny", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and setting.split("=")[0] in err[0], err
