@@ -346,11 +346,17 @@ def _shipped(task, overrides: list[str], folder: Path | None = None):
 
 def cmd_export(args) -> int:
     from jaxmir.engine.run import run_data
-    from jaxmir.shipped import export_model
+    from jaxmir.shipped import export_model, is_model_folder
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
     check_output_folder(args.out, "--out")
+    if args.out.resolve() == args.workdir.resolve():
+        raise UsageError(f"--out {args.out}: the run's own workdir; name another folder")
+    if args.out.is_dir() and any(args.out.iterdir()) and not is_model_folder(args.out):
+        raise UsageError(
+            f"--out {args.out}: holds files and is no model folder; name a new or empty folder"
+        )
     info = {}
     for path in sorted((args.workdir / "eval").glob("*.json")):
         # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)

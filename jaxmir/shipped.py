@@ -76,6 +76,7 @@ def export_model(
 
     workdir, out = Path(workdir), Path(out)
     cfg, _mesh, state, step = restore_for_inference(task, workdir)
+    info = _scores_of_this_model(info or {}, step, cfg, workdir, log)
     variables = _final_variables(state)
     # the weights are final: no EMA to keep, no optimizer state
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, ema_decay=None))
@@ -105,6 +106,27 @@ def export_model(
     if members:
         export_members(task, workdir, out, members, data, progress=progress, log=log)
     return out
+
+
+def _scores_of_this_model(info: dict, step: int, cfg, workdir: Path, log) -> dict:
+    """`info` less the `eval_*` records `jaxmir eval` made of another checkpoint (`--step`, or
+    before the run trained on) or with other decoding (`--set decode.*`) than the model
+    exported: model.json's scores must be this model's. A record without a step or decoding
+    is kept as it is."""
+    decode = json.loads(json.dumps(relative_to(dataclasses.asdict(cfg.decode), workdir)))
+    kept = {}
+    for key, record in info.items():
+        other_step = isinstance(record, dict) and record.get("step", step) != step
+        other_decode = isinstance(record, dict) and record.get("decode", decode) != decode
+        if key.startswith("eval_") and (other_step or other_decode):
+            why = f"step {record.get('step')}" if other_step else "other decoding"
+            log(
+                f"{workdir / 'eval' / key[5:]}.json: scored with {why} than the exported model "
+                f"(step {step}): left out"
+            )
+            continue
+        kept[key] = record
+    return kept
 
 
 def _final_variables(state) -> dict:

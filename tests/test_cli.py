@@ -384,3 +384,30 @@ def test_a_finished_run_is_not_calibrated_again_and_a_stop_while_calibrating_is_
     assert not decode.exists()
     assert main([*argv, "--no-progress"]) == 0
     assert decode.is_file()
+
+
+def test_export_keeps_only_this_models_scores_and_never_writes_over_other_files(
+    beat_cache, tmp_path, capsys
+):
+    """model.json carries a split's score only where `jaxmir eval` scored the exported model as
+    it decodes (a `--set decode.*` score stored 0.0 with a threshold the folder does not use);
+    `--out` may not be the run itself nor a folder of other files."""
+    wd = tmp_path / "run"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert main(["eval", "beat", "--workdir", str(wd), "--split", "test", "--no-progress"]) == 0
+    out = tmp_path / "model"
+    assert main(["export", "beat", "--workdir", str(wd), "--out", str(out), "--no-progress"]) == 0
+    assert "eval_test" in json.loads((out / "model.json").read_text())
+    odd = ["--set", "decode.beat_threshold=0.95", "--no-progress"]
+    assert main(["eval", "beat", "--workdir", str(wd), "--split", "test", *odd]) == 0
+    capsys.readouterr()
+    assert main(["export", "beat", "--workdir", str(wd), "--out", str(out), "--no-progress"]) == 0
+    assert "eval_test" not in json.loads((out / "model.json").read_text())
+    assert (
+        "test.json: scored with other decoding than the exported model" in capsys.readouterr().out
+    )
+    for bad, words in ((wd, "the run's own workdir"), (tmp_path, "holds files and is no model")):
+        assert main(["export", "beat", "--workdir", str(wd), "--out", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
