@@ -411,3 +411,22 @@ def test_export_keeps_only_this_models_scores_and_never_writes_over_other_files(
         assert main(["export", "beat", "--workdir", str(wd), "--out", str(bad)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+def test_a_run_resumed_on_other_data_is_refused(beat_cache, tmp_path, capsys):
+    """Resuming with `--data` of another cache than the run began on used to train on it
+    silently (and rewrite run.json); it is refused in one line, run.json as it was."""
+    import shutil
+
+    wd = tmp_path / "run"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--no-progress"]
+    assert main([*argv, "--data", str(beat_cache)]) == 0
+    record = (wd / "run.json").read_text()
+    other = tmp_path / "other"
+    shutil.copytree(beat_cache, other)
+    more = ["--set", "train.epochs=3"]
+    assert main([*argv, "--data", str(other), *more]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the run began on" in err[0] and "train in a new workdir" in err[0]
+    assert (wd / "run.json").read_text() == record
+    assert main([*argv, "--data", str(beat_cache), *more]) == 0  # its own: resumed

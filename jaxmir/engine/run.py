@@ -99,6 +99,20 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
     return data
 
 
+def check_same_data(workdir: Path, data: Path | str) -> None:
+    """ConfigError where a run being resumed is given other data (`data`) than run.json
+    records: its checkpoints' data order and its scores belong to the data it started on."""
+    if not (Path(workdir) / RUN_FILE).is_file():
+        return
+    own = run_data(workdir, must_exist=False)
+    if own is None or Path(own).resolve() != Path(data).resolve():
+        began = own or "the embedded corpus"
+        raise ConfigError(
+            f"{workdir}: the run began on {began}, not {data}; resume it without --data (or "
+            "with its own), or train in a new workdir"
+        )
+
+
 def write_run_data(workdir: Path, cache: FeatureCache, embedded: bool) -> None:
     """Record in run.json the cache a run trains on (atomically: a kill leaves the old one)."""
     record = {"data": str(cache.root.resolve()), "embedded": embedded}
@@ -331,6 +345,8 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
 
     cache = None
     if task.needs_cache:
+        if resuming and data is not None:
+            check_same_data(workdir, data)
         data = data if data is not None else run_data(workdir)  # a resumed run: its own cache
         cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
         check_watch_splits(cfg, cache)
