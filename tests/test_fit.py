@@ -58,5 +58,12 @@ def test_killed_and_resumed_is_bit_identical(tmp_path):
     assert int(resumed.state.step) == int(full.state.step) == 30
     for a, b in zip(leaves(full.state.params), leaves(resumed.state.params), strict=True):
         np.testing.assert_array_equal(a, b)
+    # the resumed result holds the whole run's epochs, as the uninterrupted one (it held the
+    # resumed call's alone, and the README's snippet run again on a finished run had none)
+    assert len(resumed.history["validate"]) == len(full.history["validate"]) == 3
+    for a, b in zip(full.history["validate"], resumed.history["validate"], strict=True):
+        assert a.keys() == b.keys() and a["accuracy"] == b["accuracy"]
+    again = run(code, tmp_path / "cut")["result"]
+    assert again.history["validate"][-1]["accuracy"] == full.history["validate"][-1]["accuracy"]
     for a, b in zip(leaves(full.state.opt_state), leaves(resumed.state.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)

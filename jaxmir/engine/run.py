@@ -493,7 +493,29 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
                     )
     seconds = time.time() - t0
     log(f"Run {status} after {seconds:.1f} s; outputs in {workdir}")
+    if latest is not None and is_primary():  # resumed: the whole run's epochs, not this call's
+        history = run_history(workdir / "metrics.jsonl")
     return RunResult(workdir, state, history, status, seconds)
+
+
+def run_history(path: Path) -> dict[str, list[dict]]:
+    """{"train": [...], "validate": [...]} of every epoch in a run's metrics.jsonl, as
+    `train_epochs` returns them for its own epochs (validation's keys without "val_")."""
+    history: dict[str, list[dict]] = {"train": [], "validate": []}
+    skip = {"kind", "step", "epoch", "split", "time"}
+    for line in Path(path).read_text().splitlines() if Path(path).is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+        if record.get("kind") != "epoch" or record.get("split") not in ("train", "val"):
+            continue
+        row = {k: v for k, v in record.items() if k not in skip}
+        if record["split"] == "train":
+            history["train"].append(row)
+        else:
+            history["validate"].append({k.removeprefix("val_"): v for k, v in row.items()})
+    return history
 
 
 DECODE_FILE = "decode.json"
