@@ -295,6 +295,8 @@ def validate(cfg: Config) -> Config:
     for key in _AT_LEAST_ONE:  # where a task's section has the key
         if key in flat and isinstance(flat[key], int) and flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
+    if "model.dropout" in flat and not 0.0 <= flat["model.dropout"] < 1.0:
+        raise ConfigError(f"model.dropout: a rate in [0, 1), got {flat['model.dropout']}")
     seconds = flat.get("data.corpus_max_seconds")
     if seconds is not None and not seconds > 0:
         raise ConfigError(

@@ -619,6 +619,7 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
         ("music", "model.timesteps=0"),
         ("music", "data.corpus_max_seconds=0"),
         ("music", "data.corpus_instruments=bogus"),
+        ("music", "model.dropout=1.5"),
     ],
 )
 def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, capsys):

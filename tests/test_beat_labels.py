@@ -584,6 +584,8 @@ def test_tempo_bounds_choose_the_level_for_tracking_and_dbn(monkeypatch):
         (dict(min_bpm=0.001, max_bpm=0.002), "decode.min_bpm: 10-1000"),  # ran for minutes
         (dict(min_bpm=5000.0), "decode.min_bpm: 10-1000"),
         (dict(max_bpm=1.0), "decode.max_bpm: 10-1000"),
+        (dict(beat_threshold=2.0), "decode.beat_threshold: a probability"),
+        (dict(min_distance=-0.1), "decode.min_distance: seconds"),
     ]:
         with pytest.raises(ConfigError, match=words):
             decode(**bad)

@@ -451,8 +451,11 @@ def test_calibrating_again_keeps_the_tagger_already_there_unless_the_new_one_bea
     assert (home / TAGGER_VARIABLES).read_bytes() == new["weights"]
 
     # a run that decodes without a tagger, exported over a model folder that held one
+    from jaxmir.shipped import VARIABLES
+
     out = tmp_path / "model"
     _constant_tagger(out / "tagger", 50.0)
+    (out / VARIABLES).write_bytes(b"an earlier export's weights")
     assert main(["export", "beat", "--workdir", str(wd), "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["decode"]["downbeats"] == "peaks"
     assert not (out / "tagger").exists()

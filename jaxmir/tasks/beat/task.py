@@ -492,15 +492,21 @@ class BeatTask(PieceTask):
     def check_decode(self, cfg: Config) -> None:
         """ConfigError for unusable tempo bounds, `decode.tempo_band` or `decode.tempo_stretch`,
         before any model runs."""
-        check_tempo_band(cfg.decode)
-        check_bounds_range(cfg.decode)
-        tempo_bounds(cfg.decode)
+        d = cfg.decode
+        for key in ("beat_threshold", "downbeat_threshold", "tagger_threshold"):
+            if not 0.0 <= getattr(d, key) <= 1.0:
+                raise ConfigError(f"decode.{key}: a probability in [0, 1], got {getattr(d, key)}")
+        if not 0.0 <= d.min_distance < float("inf"):
+            raise ConfigError(f"decode.min_distance: seconds, 0 or more, got {d.min_distance}")
+        check_tempo_band(d)
+        check_bounds_range(d)
+        tempo_bounds(d)
 
     def decode(self, posteriors, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         """(beats, downbeats) in seconds. `posteriors`: `BeatPosteriors`, or the frame
         probabilities (T, 2) alone when downbeats come from their peaks. Beats tracked
         outside `decode.tempo_band` are tracked again at another tempo (`stretched_tempo`)."""
-        check_bounds_range(cfg.decode)
+        self.check_decode(cfg)
         beats, downbeats = self._decode_once(posteriors, cfg)
         at_tempo = getattr(posteriors, "at_tempo", None)
         r = stretched_tempo(beats, cfg.decode)
