@@ -266,9 +266,16 @@ EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: saved, not finished; run again t
 
 
 def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | None):
+    from jaxmir.engine.run import checkpoint_config
+
     saved = workdir / "config.json" if workdir is not None else None
+    in_checkpoint = None
+    if preset is None and saved is not None and not saved.is_file():
+        in_checkpoint = checkpoint_config(workdir)  # a run whose config.json is gone
     if preset is None and saved is not None and saved.is_file():
         cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
+    elif in_checkpoint is not None:
+        cfg = task.config_from_dict(in_checkpoint, workdir / "checkpoints")
     else:
         cfg = task.preset(preset or "demo")
     cfg = validate(apply_overrides(cfg, overrides))
@@ -311,7 +318,36 @@ def cmd_train(args) -> int:
     if result.status.startswith("interrupted"):
         print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
         return EXIT_INTERRUPTED
+    for line in replaced_decode_settings(cfg, args.overrides, workdir):
+        print(line, file=sys.stderr)
     return 0
+
+
+def replaced_decode_settings(cfg, overrides: list[str], workdir: Path) -> list[str]:
+    """A line for each `decode.*` value given to `train` that the end-of-training calibration
+    replaced in the run's decode.json (eval and transcribe use decode.json's)."""
+    from jaxmir.engine.run import DECODE_FILE
+
+    path = Path(workdir) / DECODE_FILE
+    keys = [
+        o.split("=", 1)[0].removeprefix("decode.") for o in overrides if o.startswith("decode.")
+    ]
+    if not keys or not path.is_file():
+        return []
+    try:
+        chosen = json.loads(path.read_text())["decode"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    lines = []
+    for key in keys:
+        given = getattr(cfg.decode, key, None)
+        if key in chosen and chosen[key] != given:
+            lines.append(
+                f"note: decode.{key}={given} was given to train, and calibration chose "
+                f"{chosen[key]} in {path}, which eval and transcribe use; give it to them with "
+                f"--set decode.{key}={given} (or --set decode.calibrate=false before training)"
+            )
+    return lines
 
 
 def _restore(task, workdir: Path, step: int | None, overrides: list[str] = ()):

@@ -628,3 +628,20 @@ def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, caps
     assert main(["info", task, "--preset", "tiny", "--set", setting]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and setting.split("=")[0] in err[0], err
+
+
+def test_missing_config_json_without_a_preset_resumes_with_the_checkpoints_config(
+    beat_run, beat_cache, tmp_path, capsys
+):
+    """Without --preset, a run whose config.json is gone resumes with the config its newest
+    checkpoint carries (it took the demo preset's and reported differences from a
+    config.json that was not there)."""
+    wd = tmp_path / "run"
+    shutil.copytree(beat_run, wd)
+    saved = json.loads((wd / "config.json").read_text())
+    (wd / "config.json").unlink()
+    argv = ["train", "beat", "--workdir", str(wd), "--data", str(beat_cache), "--no-progress"]
+    assert main([*argv, "--set", "train.epochs=3"]) == 0
+    resumed = json.loads((wd / "config.json").read_text())
+    assert resumed["preset"] == saved["preset"] and resumed["model"] == saved["model"]
+    assert resumed["train"]["epochs"] == 3

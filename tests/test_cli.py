@@ -430,3 +430,17 @@ def test_a_run_resumed_on_other_data_is_refused(beat_cache, tmp_path, capsys):
     assert len(err) == 1 and "the run began on" in err[0] and "train in a new workdir" in err[0]
     assert (wd / "run.json").read_text() == record
     assert main([*argv, "--data", str(beat_cache), *more]) == 0  # its own: resumed
+
+
+def test_a_decode_setting_given_to_train_and_replaced_by_calibration_is_named(
+    beat_cache, tmp_path, capsys
+):
+    """`train --set decode.beat_threshold=0.45`: calibration chooses its own, which eval and
+    transcribe then use; the command says so (it was replaced without a word)."""
+    wd = tmp_path / "run"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    assert main([*argv, "--no-progress", "--set", "decode.beat_threshold=0.45"]) == 0
+    chosen = json.loads((wd / "decode.json").read_text())["decode"]["beat_threshold"]
+    assert chosen != 0.45  # not on calibration's grid
+    err = capsys.readouterr().err
+    assert f"decode.beat_threshold=0.45 was given to train, and calibration chose {chosen}" in err

@@ -322,6 +322,21 @@ class WorkdirLock:
         return False
 
 
+def checkpoint_config(workdir: Path) -> dict | None:
+    """The config saved with the newest readable checkpoint of the run in `workdir` (a run whose
+    config.json is gone); None when it has no checkpoint that carries one."""
+    ckpt_dir = Path(workdir) / "checkpoints"
+    if not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
+        return None
+    checkpointer = Checkpointer(ckpt_dir)
+    try:
+        return _config_in_checkpoint(Path(workdir) / "config.json", checkpointer)
+    except ConfigError:
+        return None
+    finally:
+        checkpointer.close()
+
+
 def _config_in_checkpoint(config_path: Path, checkpointer) -> dict:
     """The run's config when config.json is gone: the one saved with the newest checkpoint
     whose meta reads back."""
