@@ -444,3 +444,24 @@ def test_a_decode_setting_given_to_train_and_replaced_by_calibration_is_named(
     assert chosen != 0.45  # not on calibration's grid
     err = capsys.readouterr().err
     assert f"decode.beat_threshold=0.45 was given to train, and calibration chose {chosen}" in err
+
+
+def test_a_cache_without_validation_pieces_is_refused_before_the_workdir_is_written(
+    beat_cache, tmp_path, capsys
+):
+    """Training reads the train and val splits: a cache lacking one used to fail after the
+    first epoch, with config.json and checkpoints/ written; now one line and nothing written."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(beat_cache, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    for piece in manifest["pieces"]:
+        piece["split"] = "train" if piece["split"] == "val" else piece["split"]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    wd = tmp_path / "run"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(cache)]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no pieces in split(s) ['val'], which training reads" in err[0], err
+    assert not wd.exists()

@@ -99,6 +99,10 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
     return data
 
 
+def _splits(cache: FeatureCache) -> set[str]:
+    return {p["split"] for p in cache.pieces()}
+
+
 def check_same_data(workdir: Path, data: Path | str) -> None:
     """ConfigError where a run being resumed is given other data (`data`) than run.json
     records: its checkpoints' data order and its scores belong to the data it started on."""
@@ -247,7 +251,16 @@ class RunResult:
 
 
 def check_watch_splits(cfg: Config, cache: FeatureCache) -> None:
-    """ConfigError naming the `train.watch_splits` that `cache` holds no pieces of."""
+    """ConfigError naming the splits training reads that `cache` holds no pieces of: train,
+    val (where validation runs) and `train.watch_splits`; before anything is written."""
+    t = cfg.train
+    needed = ["train"] + (["val"] if t.val_steps > 0 or t.eval_pieces_each_epoch else [])
+    lacking = [s for s in needed if not cache.names(s)]
+    if lacking:
+        raise ConfigError(
+            f"{cache.root}: no pieces in split(s) {lacking}, which training reads (a corpus too "
+            f"small to fill them, or a cache of other splits: it holds {sorted(_splits(cache))})"
+        )
     missing = [s for s in cfg.train.watch_splits if not cache.names(s)]
     if missing:
         raise ConfigError(f"train.watch_splits: no pieces in split(s) {missing} of {cache.root}")
