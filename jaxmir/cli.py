@@ -269,15 +269,12 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
     from jaxmir.engine.run import checkpoint_config
 
     saved = workdir / "config.json" if workdir is not None else None
-    in_checkpoint = None
-    if preset is None and saved is not None and not saved.is_file():
-        in_checkpoint = checkpoint_config(workdir)  # a run whose config.json is gone
+    resumed, source = None, saved  # without --preset: the run's config, or its checkpoint's
     if preset is None and saved is not None and saved.is_file():
-        cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
-    elif in_checkpoint is not None:
-        cfg = task.config_from_dict(in_checkpoint, workdir / "checkpoints")
-    else:
-        cfg = task.preset(preset or "demo")
+        resumed = json.loads(saved.read_text())
+    elif preset is None and saved is not None:
+        resumed, source = checkpoint_config(workdir), workdir / "checkpoints"
+    cfg = task.config_from_dict(resumed, source) if resumed else task.preset(preset or "demo")
     cfg = validate(apply_overrides(cfg, overrides))
     task.check_training(cfg)  # first: a setting training cannot use says so, whatever else
     return _checked_decode(task, cfg)

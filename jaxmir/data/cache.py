@@ -132,9 +132,13 @@ class FeatureCache:
     def names(self, split: str | None = None) -> list[str]:
         return [p["name"] for p in self.pieces(split)]
 
+    def splits(self) -> list[str]:
+        """The splits this cache holds pieces of, sorted."""
+        return sorted({p["split"] for p in self.pieces()})
+
     def no_split(self, split: str) -> CacheError:
         """The error for a split this cache holds no pieces of, naming the ones it holds."""
-        held = sorted({p["split"] for p in self.pieces()})
+        held = self.splits()
         return CacheError(
             f"{self.root}: no pieces in split {split!r} (it holds {', '.join(held) or 'none'})"
         )

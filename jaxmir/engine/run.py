@@ -99,10 +99,6 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
     return data
 
 
-def _splits(cache: FeatureCache) -> set[str]:
-    return {p["split"] for p in cache.pieces()}
-
-
 def check_same_data(workdir: Path, data: Path | str) -> None:
     """ConfigError where a run being resumed is given other data (`data`) than run.json
     records: its checkpoints' data order and its scores belong to the data it started on."""
@@ -259,7 +255,7 @@ def check_watch_splits(cfg: Config, cache: FeatureCache) -> None:
     if lacking:
         raise ConfigError(
             f"{cache.root}: no pieces in split(s) {lacking}, which training reads (a corpus too "
-            f"small to fill them, or a cache of other splits: it holds {sorted(_splits(cache))})"
+            f"small to fill them, or a cache of other splits: it holds {cache.splits()})"
         )
     missing = [s for s in cfg.train.watch_splits if not cache.names(s)]
     if missing:
@@ -443,15 +439,7 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
     def piece_metrics(st: TrainState) -> dict[str, float]:
         if jax.process_count() > 1:
             st = put_replicated(jax.device_get(st), local_mesh)
-        predict = make_predict(local_mesh, st, predict_fn)
-
-        def interruptible(windows):
-            if stop_signal.poll():
-                raise Interrupted(stop_signal.agreed)
-            return predict(windows)
-
-        interruptible.__wrapped__ = predict  # `inspect.unwrap`: without the stop poll
-
+        interruptible = stopping(make_predict(local_mesh, st, predict_fn), stop_signal)
         scores = task.evaluate(interruptible, cfg, cache, "val")
         for split in cfg.train.watch_splits:  # curves only: the loop's callbacks see val alone
             row = task.evaluate(interruptible, cfg, cache, split)
@@ -578,14 +566,7 @@ def calibrate_decoding(
         return {}
     predict = make_predict(mesh, state)
     if stop is not None:
-        model = predict
-
-        def predict(windows):
-            if stop.poll():
-                raise Interrupted(stop.agreed)
-            return model(windows)
-
-        predict.__wrapped__ = model  # `inspect.unwrap`: the model call itself
+        predict = stopping(predict, stop)
     result = calibrate(predict, cfg, cache, progress=progress, workdir=workdir)
     if stop is not None and stop.poll():  # caught after the last model call
         raise Interrupted(stop.agreed)
@@ -597,6 +578,19 @@ def calibrate_decoding(
     pieces = result.get("val_pieces", "?")
     log(f"Decoding calibrated on {pieces} validation pieces: {result['decode']} -> {path}")
     return result
+
+
+def stopping(predict, stop: StopSignal):
+    """`predict` that first polls `stop` and raises `Interrupted` on a signal it caught;
+    `inspect.unwrap` gives the model call itself (no poll)."""
+
+    def interruptible(windows):
+        if stop.poll():
+            raise Interrupted(stop.agreed)
+        return predict(windows)
+
+    interruptible.__wrapped__ = predict
+    return interruptible
 
 
 def calibrated_config(cfg: Config, workdir: Path) -> Config:
