@@ -54,11 +54,13 @@ LAUNCH = (
     "import sys; from jaxmir.cli import entry; sys.argv = ['jaxmir', *sys.argv[1:]]; "
     "sys.exit(entry())"
 )
+#: a rate per minute of audio, or "-" where under a second of audio gives none
+_RATE = r"(?:[\d.]+|-)"
 SUMMARY = re.compile(
     r"transcribed (?P<files>\d+) files?, (?P<minutes>[\d.]+) min of audio, in (?P<total_s>[\d.]+)"
-    r" s: (?P<compute_s_per_min>[\d.]+) s/min \((?:features (?P<features_s_per_min>[\d.]+), "
-    r"model (?P<model_s_per_min>[\d.]+), decode\+write (?P<write_s_per_min>[\d.]+)"
-    r"|features\+decode\+write (?P<unsplit_s_per_min>[\d.]+), model (?P<model_alone>[\d.]+))\); "
+    rf" s: (?P<compute_s_per_min>{_RATE}) s/min \((?:features (?P<features_s_per_min>{_RATE}), "
+    rf"model (?P<model_s_per_min>{_RATE}), decode\+write (?P<write_s_per_min>{_RATE})"
+    rf"|features\+decode\+write (?P<unsplit_s_per_min>{_RATE}), model (?P<model_alone>{_RATE}))\); "
     r"one-off: start-up (?P<startup_s>[\d.]+) s, restore (?P<restore_s>[\d.]+) s, "
     r"compile (?P<compile_s>[\d.]+) s"
 )
@@ -73,11 +75,13 @@ def _env(code: Path, cache: Path | None) -> dict:
 
 
 def parse_summary(stderr: str) -> dict | None:
-    """The numbers of `jaxmir transcribe`'s last stderr line (None: code that prints none)."""
+    """The numbers of `jaxmir transcribe`'s last stderr line (None: code that prints none). A
+    rate printed as "-" (under a second of audio) is None."""
     found = list(SUMMARY.finditer(stderr))
     if not found:
         return None
-    out = {k: float(v) for k, v in found[-1].groupdict().items() if v is not None}
+    groups = {k: v for k, v in found[-1].groupdict().items() if v is not None}
+    out = {k: None if v == "-" else float(v) for k, v in groups.items()}
     if "model_alone" in out:  # a task that times features, decode and write as one
         out["model_s_per_min"] = out.pop("model_alone")
     return out

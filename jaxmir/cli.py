@@ -287,31 +287,21 @@ def _checked_decode(task, cfg):
 
 
 def cmd_train(args) -> int:
-    from jaxmir.engine.run import (
-        check_watch_splits,
-        default_workdir,
-        resolve_data,
-        run_data,
-        train,
-    )
-    from jaxmir.engine.sharding import check_batch_sizes, is_primary, make_mesh, primary_first
+    from jaxmir.engine.run import default_workdir, train
+    from jaxmir.engine.sharding import check_batch_sizes, is_primary, make_mesh
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
     cfg = _config_for(task, args.preset, args.overrides, args.workdir)
-    check_batch_sizes(cfg, make_mesh())  # before anything is written
-    task.model(cfg), task.bind_loss(cfg)  # their config errors too (no weights are made)
+    check_batch_sizes(cfg, make_mesh())  # before anything is written (train checks the rest)
     if args.workdir is None and not is_primary():
         raise UsageError("a multi-process run needs --workdir (a folder every process shares)")
     workdir = args.workdir or default_workdir(cfg)
     check_output_folder(workdir, "--workdir" if args.workdir else "the default workdir")
-    data = args.data or run_data(workdir)
     progress = not args.no_progress and is_primary()
-    cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
-    check_watch_splits(cfg, cache)  # before the workdir is made
-    if is_primary():
-        workdir.mkdir(parents=True, exist_ok=True)
-    result = train(task, cfg, workdir, data, progress=progress)  # None: the embedded corpus
+    # data: --data, else the cache the run began on, else the embedded corpus; its checks come
+    # before the workdir is made
+    result = train(task, cfg, workdir, args.data, progress=progress)
     if result.status.startswith("interrupted"):
         print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
         return EXIT_INTERRUPTED
@@ -571,8 +561,9 @@ def transcribe_inputs(
                     f"({', '.join(suffixes)})"
                 )
             files.append(path)
-        elif missing is not None:
-            missing.append(path)
+        elif missing is not None:  # named once, however often given
+            if all(path.resolve() != m.resolve() for m in missing):
+                missing.append(path)
         else:
             raise UsageError(f"{path}: no such file")
     once: dict[Path, Path] = {}  # each file once, where first given
@@ -914,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxmir.data.records import AnnotationError
     from jaxmir.data.synth.render import SoundfontError
     from jaxmir.engine.checkpoint import CheckpointError
+    from jaxmir.engine.loop import Interrupted
 
     if args.command in JAX_COMMANDS:
         _enable_compilation_cache()
@@ -939,6 +931,12 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # `calibrate` stopped while beat's taggers trained
+        print(
+            f"jaxmir {args.command}: stopped by {e}: nothing written; run the same command again",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except OSError as e:
         # a path that cannot be used as given (exists, not a folder, no permission, a
         # read-only file system): one line. Other OS errors (a full disk, a failing file

@@ -630,6 +630,32 @@ def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, caps
     assert len(err) == 1 and setting.split("=")[0] in err[0], err
 
 
+@pytest.mark.parametrize(
+    "task, setting",
+    [
+        ("music", "model.conv_impl=bogus"),
+        ("beat", "train.monitor=bogus"),
+        ("beat", "decode.method=bogus"),
+        ("beat", "decode.downbeats=bogus"),
+        ("beat", "decode.bar_change=1.5"),
+        ("beat", "optim.name=bogus"),
+        ("beat", "optim.ema_decay=2"),
+    ],
+)
+def test_train_refuses_unusable_settings_before_anything_is_written(
+    task, setting, beat_cache, tmp_path, capsys
+):
+    """`train` with each: a traceback at model init (conv_impl), one after a whole epoch with
+    checkpoints written (monitor, the decode words), or run.json written first (optim); now
+    one line naming the key, exit 2, and no workdir."""
+    wd = tmp_path / "run"
+    argv = ["train", task, "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    assert main([*argv, "--no-progress", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and setting.split("=")[0] in err[0], err
+    assert not wd.exists()
+
+
 def test_missing_config_json_without_a_preset_resumes_with_the_checkpoints_config(
     beat_run, beat_cache, tmp_path, capsys
 ):

@@ -172,3 +172,19 @@ def test_no_tempo_bounds_are_suggested_for_a_file_whose_tempo_changes(tmp_path):
     assert "its beat changes length: no one pair of tempo bounds" in line and "min_bpm" not in line
     steady = score_midi(tmp_path / "steady.mid")
     assert meter_agreement(tmp_path / "steady.mid", steady[::2], steady[::6]).steady
+
+
+def test_a_drum_only_file_is_compared_on_its_drum_notes(tmp_path):
+    """A file of drum tracks alone is compared on its drum notes, which is what transcription
+    tracked (it got no line)."""
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    pm.time_signature_changes.append(pretty_midi.TimeSignature(4, 4, 0.0))
+    kit = pretty_midi.Instrument(0, is_drum=True)
+    heard = np.arange(32) * 0.5  # a hit on every beat, a bass drum on each downbeat
+    kit.notes += [
+        pretty_midi.Note(100, 36 if i % 4 == 0 else 42, t, t + 0.1) for i, t in enumerate(heard)
+    ]
+    pm.instruments.append(kit)
+    pm.write(str(tmp_path / "groove.mid"))
+    a = meter_agreement(tmp_path / "groove.mid", heard, heard[::4])
+    assert a is not None and (a.beat_f_measure, a.downbeat_f_measure, a.level) == (1.0, 1.0, "beat")

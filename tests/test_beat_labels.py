@@ -19,6 +19,7 @@ from jaxmir.tasks.beat.decode import (
     decode_beats,
     extended_to_first_onset,
     faster_period,
+    from_first_onset,
     period_in_range,
     pick_peaks,
     track_beats,
@@ -458,6 +459,25 @@ def test_extension_uses_the_local_period_and_never_goes_before_zero():
     # not ascending: unchanged
     for odd in (np.array([5.0, 5.001, 5.002, 5.003]), np.array([3.0, 1.0, 2.0, 4.0])):
         np.testing.assert_array_equal(extended_to_first_onset(odd, 0.0), odd)
+
+
+def test_beats_before_the_first_note_keep_the_opening_period():
+    """Over a long silence a tracker lays beats at whatever period it likes (0.75 s here,
+    before music at 0.5 s): those more than 70 ms before the first onset are laid anew, the
+    opening period continued back to 0 s. Beats there that keep the opening period (within
+    10 %, a rest of a few beats) stay, as does a first beat within 70 ms of the onset."""
+    silence = np.arange(0.5, 19.8, 0.75)
+    music = 20.5 + 0.5 * np.arange(8)
+    got, anew = from_first_onset(np.concatenate([silence, music]), 20.0)
+    np.testing.assert_allclose(got, np.concatenate([0.5 * np.arange(41), music]))
+    assert anew
+    rest = np.array([18.03, 18.55, 19.02, 19.49])  # within 10 % of 0.5 s, up to the music
+    got, anew = from_first_onset(np.concatenate([rest, music]), 20.0)
+    np.testing.assert_allclose(got, np.concatenate([rest, music]))  # 20.0 missed, as before
+    assert not anew
+    got, anew = from_first_onset(music - 0.55, 20.0)
+    np.testing.assert_allclose(got, music - 0.55)
+    assert not anew
 
 
 def test_decoding_extends_the_tracked_beats_to_the_first_note():

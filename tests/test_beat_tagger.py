@@ -188,6 +188,28 @@ def _waltz(rng: np.random.Generator, bars: int) -> tuple[np.ndarray, np.ndarray,
     return np.array(notes, np.float64), beats, beats[::3]
 
 
+def test_a_stop_signal_while_a_tagger_trains_stores_no_tagger(tmp_path):
+    """The tagger trains in an engine run with its own stop handler: a signal there was caught,
+    the half-trained tagger stored, and the calibration around it went on to exit 0. Now it
+    raises `Interrupted`, naming the signal, and stores no weights."""
+    import signal
+
+    from jaxmir.engine.loop import Interrupted
+
+    rng = np.random.default_rng(0)
+    pieces = [_waltz(rng, 12) for _ in range(8)]
+    train = [w for n, b, d in pieces[:6] for w in piece_examples(n, [b], d)]
+    val = [w for n, b, d in pieces[6:] for w in piece_examples(n, [b], d)]
+
+    def log(message: str) -> None:  # the first validation: inside the run's stop handler
+        if message.startswith("Validate"):
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        train_tagger(train, val, tmp_path / "tagger", TaggerSize(8, 1), steps=160, log=log)
+    assert not (tmp_path / "tagger" / TAGGER_VARIABLES).exists()
+
+
 def test_a_trained_tagger_finds_the_bars_of_a_simple_meter(tmp_path):
     rng = np.random.default_rng(0)
     pieces = [_waltz(rng, 12) for _ in range(24)]

@@ -66,7 +66,7 @@ def test_early_stopping_state_lives_in_train_state():
 
 def test_monitor_missing_is_an_error_naming_it():
     es = cb.EarlyStopping("val_acc", patience=3)
-    with pytest.raises(KeyError, match="val_acc"):
+    with pytest.raises(ValueError, match="train.monitor: metric 'val_acc' is not logged"):
         feed(es, [1.0], key="val_accuracy")
 
 

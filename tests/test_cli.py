@@ -7,6 +7,7 @@ import pretty_midi
 import pytest
 
 from jaxmir.cli import main
+from jaxmir.config import ConfigError
 
 
 def last_json(capsys):
@@ -265,6 +266,11 @@ def test_a_missing_input_among_several_is_skipped_and_named(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a.mid: no such file" in err[0]
+    # a missing input given twice (once by another spelling) is one input, named once
+    twice = [str(song), str(tmp_path / "a.mid"), str(tmp_path / "x" / ".." / "a.mid")]
+    assert main(["transcribe", "beat", *twice, "-o", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("no such file") == 1 and "1 of 2 inputs could not be read" in err
 
 
 @pytest.mark.parametrize("task", ["music", "beat"])
@@ -282,6 +288,11 @@ def test_eval_refuses_a_split_the_embedded_corpus_cannot_hold_before_building_it
     assert main(["eval", task, "--workdir", str(folder), "--split", "tets"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'tets'" in err[0] and "test" in err[0], err
+    assert "--test-soundfont" not in err[0]
+    if task == "music":  # a soundfont split without its soundfont: the flag that renders it
+        assert main(["eval", task, "--workdir", str(folder), "--split", "test_sf_piano"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--test-soundfont FILE.sf2" in err[0], err
     assert not (tmp_path / "cache").exists()
     assert (folder / "model.json").read_text() == meta
 
@@ -464,4 +475,12 @@ def test_a_cache_without_validation_pieces_is_refused_before_the_workdir_is_writ
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no pieces in split(s) ['val'], which training reads" in err[0], err
+    assert not wd.exists()
+    # the Python API checks first too (it made the workdir, then failed)
+    from jaxmir.engine.run import train
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("beat")
+    with pytest.raises(ConfigError, match=r"no pieces in split\(s\) \['val'\]"):
+        train(task, task.preset("tiny"), wd, cache, progress=False)
     assert not wd.exists()

@@ -307,7 +307,8 @@ def test_maps_extra_subsets_for_train_pianos_only(tmp_path):
 def test_mir1k_pitch_frames_and_song_split(tmp_path):
     for stem in ("abjones_1_01", "abjones_1_02"):
         write_wav(tmp_path / "Wavfile" / f"{stem}.wav", channels=2)
-        # as the real files: each value followed by a space, a blank line at the end
+        # as the real files: each value followed by a space (the blank line at the end is a
+        # text editor's, which the reader must survive; the files seen end at "0 \n")
         write_text(tmp_path / "PitchLabel" / f"{stem}.pv", "0 \n45.5 \n69 \n\n")
     pieces = mir1k.read(tmp_path)
     assert [p.name for p in pieces] == ["abjones_1_01", "abjones_1_02"]

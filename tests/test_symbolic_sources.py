@@ -321,6 +321,41 @@ def test_a_beat_trackers_input_reads_drums_when_there_is_nothing_else(tmp_path):
         np.testing.assert_allclose(read_midi_notes(mixed, rhythm=rhythm)[:, 2], [60] * 4)
 
 
+def test_notes_of_no_length_are_read_one_tick_long(tmp_path):
+    """A note-off at its note-on's own tick (a step sequencer's drum hit) kept the note open in
+    pretty_midi: dropped, or held until the next off of its pitch. Such notes now last one
+    tick; a legato repeat (the old note's off and the new note's on at one tick, in either
+    order) reads as two notes, as before."""
+    import mido
+
+    def hit(pitch, delay):  # note-on and note-off at one tick
+        return [
+            mido.Message("note_on", channel=9, note=pitch, velocity=100, time=delay),
+            mido.Message("note_off", channel=9, note=pitch, velocity=0, time=0),
+        ]
+
+    kit = mido.MidiTrack()
+    for i in range(8):
+        kit += hit(36 if i % 2 == 0 else 42, 0 if i == 0 else 240)
+    kit.append(mido.Message("note_off", channel=9, note=36, velocity=0, time=480))  # stray off
+    kit.append(mido.MetaMessage("end_of_track", time=0))
+    legato = mido.MidiTrack()  # on 60 / [on 60, off 60] at one tick / off 60
+    legato += [
+        mido.Message("note_on", note=60, velocity=80, time=0),
+        mido.Message("note_on", note=60, velocity=80, time=480),
+        mido.Message("note_off", note=60, velocity=0, time=0),
+        mido.Message("note_off", note=60, velocity=0, time=480),
+    ]
+    tempo = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0)])
+    mido.MidiFile(type=1, ticks_per_beat=480, tracks=[tempo, kit]).save(tmp_path / "steps.mid")
+    notes = read_midi_notes(tmp_path / "steps.mid", rhythm=True)
+    np.testing.assert_allclose(notes[:, 0], np.arange(8) * 0.25)
+    np.testing.assert_allclose(notes[:, 1] - notes[:, 0], 0.5 / 480)  # one tick
+    np.testing.assert_array_equal(notes[:, 2], [36, 42] * 4)
+    mido.MidiFile(type=1, ticks_per_beat=480, tracks=[tempo, legato]).save(tmp_path / "tie.mid")
+    np.testing.assert_allclose(read_midi_notes(tmp_path / "tie.mid")[:, :2], [[0, 0.5], [0.5, 1]])
+
+
 def test_read_midi_piece_raises(midi_folder):
     with pytest.raises(ValueError, match=r"nometer\.mid.*meter-less"):
         read_midi_piece(midi_folder / "nometer.mid")

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import jax.numpy as jnp
 
+from jaxmir.config import ConfigError
 from jaxmir.engine.actions import Action, Log, Save, Stop
 from jaxmir.engine.state import TrainState, learning_rate, with_learning_rate
 
@@ -38,9 +39,12 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
 
 
 def monitored_value(logs: Logs, monitor: str) -> float:
+    """`logs[monitor]`; ConfigError naming the logged metrics where it is not one (a name of
+    the right form that the task does not log is known only once an epoch has logged)."""
     if monitor not in logs:
-        raise KeyError(
-            f"monitored metric {monitor!r} is not logged; logged metrics: {', '.join(sorted(logs))}"
+        raise ConfigError(
+            f"train.monitor: metric {monitor!r} is not logged; logged metrics: "
+            f"{', '.join(sorted(logs))}"
         )
     return float(logs[monitor])
 

@@ -57,9 +57,15 @@ def resolve_data(
     if data is None:
         splits = task.embedded_splits(cfg) if split is not None else None
         if splits is not None and split not in splits:
+            how = (
+                "; its test_sf_* splits are rendered with another soundfont: `jaxmir eval "
+                "--test-soundfont FILE.sf2` (data.corpus_test_soundfont)"
+                if split.startswith("test_sf_") and hasattr(cfg.data, "corpus_test_soundfont")
+                else ""
+            )
             raise CacheError(
                 f"the embedded {task.name} corpus of this config has no split {split!r} "
-                f"(it has {', '.join(splits)})"
+                f"(it has {', '.join(splits)}){how}"
             )
         data = task.default_data(cfg, cache_root(), progress=progress)
     cache = FeatureCache(data)
@@ -212,7 +218,7 @@ def restore_for_inference(
         cfg = calibrated_config(cfg, workdir)
     cfg = task.locate(cfg, workdir)
     ckpt_dir = workdir / "checkpoints"
-    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+    if not has_checkpoints(workdir):
         from jaxmir.shipped import is_model_folder
 
         exported = " (an exported model folder has none)" if is_model_folder(workdir) else ""
@@ -282,6 +288,7 @@ def train(
     """
     maybe_initialize_distributed()
     validate(cfg)
+    task.model(cfg), task.bind_loss(cfg), make_optimizer(cfg.optim)  # their config errors
     task.check_training(cfg)
     task.check_decode(cfg)
     check_batch_sizes(cfg, make_mesh(devices))
@@ -290,9 +297,33 @@ def train(
     if workdir is None and jax.process_count() > 1:
         raise ConfigError("a multi-process run needs a workdir every process shares")
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
+    data, cache = training_data(task, cfg, workdir, data, progress)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
-        return _train(task, cfg, workdir, data, devices=devices, progress=progress, log=log)
+        return _train(task, cfg, workdir, data, cache, devices=devices, progress=progress, log=log)
+
+
+def training_data(
+    task, cfg: Config, workdir: Path, data: Path | str | None, progress: bool = True
+) -> tuple[Path | str | None, FeatureCache | None]:
+    """(data as run.json will record it, its feature cache) for training in `workdir`: `data`,
+    else the cache the run began on, else the embedded corpus (None: built where the cache
+    root is). ConfigError for a resumed run given other data, or a cache without the splits
+    training reads; (None, None) for a task that reads no cache."""
+    if not task.needs_cache:
+        return None, None
+    if data is not None and has_checkpoints(workdir):
+        check_same_data(workdir, data)
+    data = data if data is not None else run_data(workdir)  # a resumed run: its own cache
+    cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
+    check_watch_splits(cfg, cache)
+    return data, cache
+
+
+def has_checkpoints(workdir: Path) -> bool:
+    """Whether `workdir` holds a saved step (a run to resume)."""
+    ckpt_dir = Path(workdir) / "checkpoints"
+    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -335,7 +366,7 @@ def checkpoint_config(workdir: Path) -> dict | None:
     """The config saved with the newest readable checkpoint of the run in `workdir` (a run whose
     config.json is gone); None when it has no checkpoint that carries one."""
     ckpt_dir = Path(workdir) / "checkpoints"
-    if not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
+    if not has_checkpoints(workdir):
         return None
     checkpointer = Checkpointer(ckpt_dir)
     try:
@@ -359,21 +390,14 @@ def _config_in_checkpoint(config_path: Path, checkpointer) -> dict:
     raise ConfigError(f"{config_path}: missing, and no checkpoint carries a config to resume with")
 
 
-def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) -> RunResult:
+def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, log) -> RunResult:
     t0 = time.time()
     ckpt_dir = workdir / "checkpoints"
     config_path = workdir / "config.json"
-    resuming = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    resuming = has_checkpoints(workdir)
     if resuming and config_path.is_file():  # refuse a changed config before any work
         check_resume_compatible(json.loads(config_path.read_text()), cfg)
 
-    cache = None
-    if task.needs_cache:
-        if resuming and data is not None:
-            check_same_data(workdir, data)
-        data = data if data is not None else run_data(workdir)  # a resumed run: its own cache
-        cache = primary_first(lambda: resolve_data(task, cfg, data, progress), "jaxmir-data")
-        check_watch_splits(cfg, cache)
     # the training examples before run.json: a run whose data cannot be read (vocal's
     # `data.unlabelled` folder, say) refuses to start without leaving a record behind
     train_ds = task.dataset(cfg, cache, "train", True)
@@ -500,8 +524,8 @@ def _train(task, cfg: Config, workdir: Path, data, *, devices, progress, log) ->
                     calibrate_decoding(
                         task, workdir, cache, progress=progress, log=log, stop=calibration_stop
                     )
-                except Interrupted:
-                    signal_name = calibration_stop.agreed
+                except Interrupted as e:  # here, or in a run of its own (beat's taggers)
+                    signal_name = calibration_stop.agreed or (e.args[0] if e.args else "a signal")
                     status = f"interrupted: {signal_name} while calibrating"
                     log(
                         f"Stopped by {signal_name} while calibrating decoding: the training is "

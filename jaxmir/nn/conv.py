@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-CONV_IMPLS = ("auto", "native", "matmul")
+from jaxmir.config import CONV_IMPLS
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 

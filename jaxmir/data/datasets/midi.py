@@ -126,9 +126,67 @@ def load_midi(path: Path):
         with high_ticks(), warnings.catch_warnings():
             # what is left to warn of: a type-2 file's other maps, or those under track 0's own
             warnings.filterwarnings("ignore", "Tempo, Key or Time signature change events")
-            return pretty_midi.PrettyMIDI(mido_object=meter_in_first_track(mid))
+            mid = zero_length_notes_sounded(meter_in_first_track(mid))
+            return pretty_midi.PrettyMIDI(mido_object=mid)
     except Exception as e:
         raise MidiError(path, f"cannot read MIDI ({type(e).__name__}: {e})") from e
+
+
+def _absolute(track) -> list:
+    """[(tick from the track's start, message), ...] of a mido track."""
+    tick, out = 0, []
+    for msg in track:
+        tick += msg.time
+        out.append((tick, msg))
+    return out
+
+
+def _relative(events):
+    """A mido track of `(absolute tick, message)` events, in their order."""
+    import mido
+
+    track, last = mido.MidiTrack(), 0
+    for tick, msg in events:
+        track.append(msg.copy(time=tick - last))
+        last = tick
+    return track
+
+
+def _is_note_off(msg) -> bool:
+    return msg.type == "note_off" or (msg.type == "note_on" and msg.velocity == 0)
+
+
+def zero_length_notes_sounded(mid):
+    """`mid` (a mido.MidiFile) with each note-off that shares its note-on's tick moved one tick
+    later, so the note lasts one tick. pretty_midi keeps a note open past a note-off at its own
+    tick (the off of a legato repeat, for the note before), so such a note, which step
+    sequencers and drum editors write, was dropped, or lasted until the next off of its pitch.
+    A note-off that also closes an earlier note of its pitch is the legato case and stays.
+    Returned unchanged when there is none to move."""
+    tracks, moved = [], False
+    for track in mid.tracks:
+        opened: dict[tuple[int, int], list[int]] = {}  # (channel, pitch) -> ticks of open notes
+        events = []  # (tick, order, message): a moved note-off goes first at its new tick
+        for i, (tick, msg) in enumerate(_absolute(track)):
+            order = i
+            if msg.type == "note_on" and msg.velocity > 0:
+                opened.setdefault((msg.channel, msg.note), []).append(tick)
+            elif _is_note_off(msg):
+                ons = opened.pop((msg.channel, msg.note), [])
+                if ons and all(t == tick for t in ons):  # it closes only notes of no length
+                    tick, order, moved = tick + 1, -1, True
+                elif tick in ons:  # a legato repeat: the note begun here stays open
+                    opened[(msg.channel, msg.note)] = [tick]
+            events.append((tick, order, msg))
+        end = max((t for t, _, m in events), default=0)
+        events = [(end if m.type == "end_of_track" else t, o, m) for t, o, m in events]
+        events.sort(key=lambda e: (e[0], e[2].type == "end_of_track", e[1]))
+        tracks.append([(t, m) for t, _, m in events])
+    if not moved:
+        return mid
+    out = type(mid)(type=mid.type, ticks_per_beat=mid.ticks_per_beat, charset=mid.charset)
+    out.tracks = [_relative(e) for e in tracks]
+    return out
 
 
 #: The meta events that make a file's meter map (pretty_midi reads them from track 0 only).
@@ -144,37 +202,23 @@ def meter_in_first_track(mid):
     holds one to move (and for type 0 and type 2 files)."""
     import mido
 
-    def absolute(track) -> list:
-        tick, out = 0, []
-        for msg in track:
-            tick += msg.time
-            out.append((tick, msg))
-        return out
-
-    def relative(events) -> mido.MidiTrack:
-        track, last = mido.MidiTrack(), 0
-        for tick, msg in events:
-            track.append(msg.copy(time=tick - last))
-            last = tick
-        return track
-
     if mid.type != 1 or len(mid.tracks) < 2:
         return mid
     # a kind track 0 holds stays its own (a stale tempo in an imported track does not win)
     kinds = set(MAP_EVENTS) - {m.type for m in mid.tracks[0] if m.is_meta}
     moved, others = [], []
     for track in mid.tracks[1:]:
-        events = absolute(track)
+        events = _absolute(track)
         moved += [(t, m) for t, m in events if m.is_meta and m.type in kinds]
         others.append([(t, m) for t, m in events if not (m.is_meta and m.type in kinds)])
     if not moved:
         return mid
-    first = [e for e in absolute(mid.tracks[0]) if e[1].type != "end_of_track"]
+    first = [e for e in _absolute(mid.tracks[0]) if e[1].type != "end_of_track"]
     merged = sorted(first + sorted(moved, key=lambda e: e[0]), key=lambda e: e[0])
-    end = max(t for t, _ in absolute(mid.tracks[0]) + moved)
+    end = max(t for t, _ in _absolute(mid.tracks[0]) + moved)
     merged.append((end, mido.MetaMessage("end_of_track")))
     out = mido.MidiFile(type=1, ticks_per_beat=mid.ticks_per_beat, charset=mid.charset)
-    out.tracks = [relative(merged), *(relative(e) for e in others)]
+    out.tracks = [_relative(merged), *(_relative(e) for e in others)]
     return out
 
 
@@ -201,7 +245,8 @@ def read_midi_notes(path: Path, rhythm: bool = False) -> np.ndarray:
 
     `rhythm` (a beat tracker's input, where onsets are what counts): a file of drum tracks
     alone gives its drum notes (where there are others, the drums are left out, as training's
-    scores have none). pretty_midi drops a note whose note-off shares its note-on's tick."""
+    scores have none). A note whose note-off shares its note-on's tick lasts one tick
+    (`zero_length_notes_sounded`)."""
     path = Path(path)
     return _notes(load_midi(path), path, rhythm)
 
@@ -226,16 +271,17 @@ def placeholder_meter(pm, notes: np.ndarray) -> str | None:
     )
 
 
-def read_midi_piece(path: Path, name: str | None = None) -> SymbolicPiece:
+def read_midi_piece(path: Path, name: str | None = None, *, rhythm: bool = False) -> SymbolicPiece:
     """One MIDI file -> SymbolicPiece (notes of every non-drum instrument, the file's meter map).
 
     `name` defaults to the file's stem. Raises MidiError (a ValueError) naming the file when it
     cannot be parsed, has no (non-drum) notes, has no time-signature event (or none before its
-    first note), or carries a performance's placeholder meter (`placeholder_meter`).
+    first note), or carries a performance's placeholder meter (`placeholder_meter`). `rhythm`:
+    a file of drum tracks alone gives its drum notes, as `read_midi_notes`.
     """
     path = Path(path)
     pm = load_midi(path)
-    notes = _notes(pm, path)
+    notes = _notes(pm, path, rhythm)
 
     ts_changes = sorted(pm.time_signature_changes, key=lambda ts: ts.time)
     if not ts_changes:

@@ -161,7 +161,7 @@ def meter_agreement(path: Path, beats: np.ndarray, downbeats: np.ndarray) -> Met
     """`beats` and `downbeats` tracked from the MIDI file `path` against the beats of its own
     meter map (`read_midi_piece`); None when the file has no map of its own to compare."""
     try:
-        piece = read_midi_piece(Path(path))
+        piece = read_midi_piece(Path(path), rhythm=True)  # the notes transcription read
     except MidiError:
         return None
     beats, downbeats = np.asarray(beats, np.float64), np.asarray(downbeats, np.float64)

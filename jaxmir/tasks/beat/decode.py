@@ -314,6 +314,59 @@ def extended_to_first_onset(beats: np.ndarray, first_onset: float) -> np.ndarray
     return np.concatenate([np.maximum(before, 0.0), beats])
 
 
+#: `from_first_onset` keeps the beats tracked before the first note where each of their
+#: intervals lies within this share of the opening period.
+LEAD_IN_TOLERANCE = 0.1
+
+
+def from_first_onset(beats: np.ndarray, first_onset: float) -> tuple[np.ndarray, bool]:
+    """(`beats` extended back to the first note onset (`extended_to_first_onset`), whether the
+    beats before it were laid anew). Beats tracked more than `START_TOLERANCE` before the first
+    onset stay where each of their intervals lies within `LEAD_IN_TOLERANCE` of the opening
+    period (the median of the first `START_INTERVALS` intervals from the first onset on);
+    otherwise they are dropped and the opening period is continued back to 0 s.
+
+    Why: before the first note the frame model hears nothing. Over a rest of a few beats the
+    tracker keeps the tempo it is about to hear, and its beats there follow the score (a slow
+    piece's 10-s lead-in: beat F 0.97 kept, 0.87 laid anew); over a long silence it drifts to
+    whatever period its transitions like (20 s before a piece at 120 bpm: 26 beats 0.75 s
+    apart, and the downbeat taggers read bars into them). A score's rests keep its tempo."""
+    beats = np.asarray(beats, np.float64)
+    heard = beats[beats >= first_onset - START_TOLERANCE]
+    lead = beats[beats < first_onset - START_TOLERANCE]
+    if len(lead) == 0 or len(heard) < START_INTERVALS + 1:
+        return extended_to_first_onset(beats, first_onset), False
+    period = float(np.median(np.diff(heard[: START_INTERVALS + 1])))
+    # the lead's intervals, and the gap to the first heard beat in whole periods (the tracker
+    # often misses the first onset's beat)
+    steps = np.diff(lead) / period if period > 0 else np.array([np.inf])
+    gap = (heard[0] - lead[-1]) / period if period > 0 else np.inf
+    whole = max(round(gap), 1) if np.isfinite(gap) else 1
+    kept = np.all(np.abs(steps - 1.0) <= LEAD_IN_TOLERANCE)
+    if kept and abs(gap - whole) <= LEAD_IN_TOLERANCE:
+        return extended_to_first_onset(beats, first_onset), False
+    return extended_to_first_onset(heard, 0.0), True
+
+
+def bars_continued_back(beats: np.ndarray, downbeats: np.ndarray, before: float) -> np.ndarray:
+    """`downbeats` (a subset of `beats`) with bars of the opening length continued back over
+    the beats before time `before` (the first note, less `START_TOLERANCE`): every k-th beat
+    back from the first downbeat, k the median number of beats in its first `START_INTERVALS`
+    bars. Unchanged with fewer than two downbeats or downbeats not among `beats`.
+
+    Why: the downbeat taggers are asked only where there are notes (before the first one,
+    `from_first_onset` lays the beats of a silent lead-in); a score's bars of rest keep its bar
+    length."""
+    beats, downbeats = np.asarray(beats, np.float64), np.asarray(downbeats, np.float64)
+    at = np.searchsorted(beats, downbeats)
+    if len(downbeats) < 2 or at.max() >= len(beats) or not np.allclose(beats[at], downbeats):
+        return downbeats
+    bar = int(np.median(np.diff(at[: START_INTERVALS + 1])))
+    earlier = np.arange(at[0] - bar, -1, -bar)[::-1] if bar > 0 else np.zeros(0, int)
+    earlier = earlier[beats[earlier] < before]
+    return np.concatenate([beats[earlier], downbeats])
+
+
 #: `slower_level` judges a phase only where each of the k phases has this many beats;
 #: `checked_level` fills in beats only where at least this many points would be inserted.
 LEVEL_MIN_BEATS = 4

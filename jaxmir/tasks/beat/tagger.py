@@ -153,7 +153,9 @@ def train_tagger(
     log=print,
 ) -> Path:
     """Train a tagger on the examples through the engine (in ``folder/run``, started afresh)
-    and store its final weights in `folder`; returns `folder`."""
+    and store its final weights in `folder`; returns `folder`. A stop signal caught while it
+    trains raises `Interrupted` (the signal's name), with no weights stored."""
+    from jaxmir.engine.loop import Interrupted
     from jaxmir.engine.run import train as run_train
 
     if not train_examples:
@@ -194,6 +196,8 @@ def train_tagger(
         size.module(), tagger_loss, source(train_examples), source(val_examples or train_examples)
     )
     result = run_train(task, cfg, folder / HELPER_RUN, progress=progress, log=log)
+    if result.status.startswith("interrupted"):  # its own stop handler caught a signal
+        raise Interrupted(result.status.removeprefix("interrupted: "))  # no half-trained tagger
     save_tagger(folder, jax.device_get({"params": result.state.params}), size)
     return folder
 

@@ -36,11 +36,13 @@ from jaxmir.tasks.beat.bars import SUBDIVISIONS, notes_from_features, subdivided
 from jaxmir.tasks.beat.decode import (
     LEVEL_MIN_BEATS,
     NO_BOUNDS,
+    START_TOLERANCE,
+    bars_continued_back,
     beats_to_midi,
     checked_level,
     dbn_beats,
     decode_beats,
-    extended_to_first_onset,
+    from_first_onset,
     period_in_range,
     pick_peaks,
     read_beat_csv,
@@ -369,8 +371,9 @@ class BeatTask(PieceTask):
 
     def cache_params(self, dataset: str) -> dict:
         # MIDI folders: version 2 reads a tempo map kept outside track 0 (`meter_in_first_track`;
-        # version 1 read such files at 120 qpm), so a cache of either is never added to by the other
-        return {"dataset": dataset, "fps": FPS, "version": 2 if dataset == "midi" else 1}
+        # version 1 read such files at 120 qpm), version 3 notes of no length
+        # (`zero_length_notes_sounded`), so a cache of one is never added to by another
+        return {"dataset": dataset, "fps": FPS, "version": 3 if dataset == "midi" else 1}
 
     def piece_split(self, piece: SymbolicPiece) -> str:
         from jaxmir.data.synth.chorales import split_of
@@ -490,9 +493,19 @@ class BeatTask(PieceTask):
         return at_tempo
 
     def check_decode(self, cfg: Config) -> None:
-        """ConfigError for unusable tempo bounds, `decode.tempo_band` or `decode.tempo_stretch`,
-        before any model runs."""
+        """ConfigError for an unknown method or downbeat source, probabilities outside their
+        range, unusable tempo bounds, `decode.tempo_band` or `decode.tempo_stretch`, before any
+        model runs (`train` checks them before anything is written)."""
         d = cfg.decode
+        if d.method not in METHODS:
+            raise ConfigError(f"decode.method: unknown method {d.method!r} ({', '.join(METHODS)})")
+        if d.downbeats not in DOWNBEAT_SOURCES:
+            raise ConfigError(
+                f"decode.downbeats: unknown source {d.downbeats!r} ({', '.join(DOWNBEAT_SOURCES)})"
+            )
+        for key in ("bar_change", "bar_hold"):
+            if not 0.0 <= getattr(d, key) < 1.0:
+                raise ConfigError(f"decode.{key}: {getattr(d, key)} is a probability in [0, 1)")
         for key in ("beat_threshold", "downbeat_threshold", "tagger_threshold"):
             if not 0.0 <= getattr(d, key) <= 1.0:
                 raise ConfigError(f"decode.{key}: a probability in [0, 1], got {getattr(d, key)}")
@@ -520,15 +533,6 @@ class BeatTask(PieceTask):
 
     def _decode_once(self, posteriors, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         d = cfg.decode
-        if d.method not in METHODS:
-            raise ConfigError(f"decode.method: unknown method {d.method!r} ({', '.join(METHODS)})")
-        if d.downbeats not in DOWNBEAT_SOURCES:
-            raise ConfigError(
-                f"decode.downbeats: unknown source {d.downbeats!r} ({', '.join(DOWNBEAT_SOURCES)})"
-            )
-        for key in ("bar_change", "bar_hold"):
-            if not 0.0 <= getattr(d, key) < 1.0:
-                raise ConfigError(f"decode.{key}: {getattr(d, key)} is a probability in [0, 1)")
         bounds = tempo_bounds(d)
         probs = posteriors.frames if isinstance(posteriors, BeatPosteriors) else posteriors
         beats, downbeats = decode_beats(
@@ -545,9 +549,15 @@ class BeatTask(PieceTask):
             notes = posteriors.notes if isinstance(posteriors, BeatPosteriors) else ()
             first_onset = notes[:, 0].min() if len(notes) else None
 
-            def track(**bounded) -> np.ndarray:  # back to the first note, before a level check
+            laid_anew = []  # whether the beats before the first note were laid anew
+
+            def track(**bounded) -> np.ndarray:  # from the first note, before a level check
                 beats = tracker(**bounded)
-                return beats if first_onset is None else extended_to_first_onset(beats, first_onset)
+                if first_onset is None:
+                    return beats
+                beats, anew = from_first_onset(beats, first_onset)
+                laid_anew.append(anew)
+                return beats
 
             if bounds != NO_BOUNDS:  # the user's bounds choose the level: no level check
                 beats = bounded_beats(track, bounds, d, posteriors)
@@ -562,7 +572,13 @@ class BeatTask(PieceTask):
             if not d.tagger:
                 raise ConfigError("decode.downbeats=tagger: decode.tagger names no folder")
             notes = _notes(posteriors, "downbeats=tagger")
-            downbeats = tagged_downbeats(beats, tagger_probs(d.tagger, notes, beats), d)
+            # beats laid anew over a silent lead-in carry no bars: the taggers read the beats
+            # from the first note on, and the opening bars continue back
+            anew = d.method != "peaks" and any(laid_anew)
+            start = notes[:, 0].min() - START_TOLERANCE if anew else -np.inf
+            played = beats[beats >= start]
+            downbeats = tagged_downbeats(played, tagger_probs(d.tagger, notes, played), d)
+            downbeats = bars_continued_back(beats, downbeats, start)
         return beats, downbeats
 
     def locate(self, cfg: Config, folder: Path) -> Config:

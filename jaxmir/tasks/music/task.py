@@ -374,7 +374,10 @@ class MusicTask(PieceTask):
 
     def cache_params(self, dataset: str) -> dict:
         params = {"cfp": dataclasses.asdict(MUSIC), "short": dataclasses.asdict(MUSIC_SHORT)}
-        return {"feature": "cfp+short", "params": params, "version": 2}
+        key = {"feature": "cfp+short", "params": params, "version": 2}
+        if dataset == "maestro":  # its MIDI now keeps notes of no length (one tick long)
+            key["midi_reader"] = 2
+        return key
 
     # -- inference ------------------------------------------------------------------------------
     def inference_hop(self, cfg: Config) -> int:
