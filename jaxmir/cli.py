@@ -799,7 +799,8 @@ def cmd_features(args) -> int:
             args.dataset, args.root, args.out, workers=args.workers, progress=not args.no_progress
         )
     for path, reason in summary["failed"]:
-        reason = str(reason).replace(f"{path}: ", "", 1)  # readers' errors often name the file
+        # readers' errors often name the file again ("PATH: ...", "PATH:LINE: ...")
+        reason = str(reason).replace(f"{path}: ", "", 1).replace(f"{path}:", "line ", 1)
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(
         f"{summary['written']} pieces written, {summary['skipped']} already cached, "
@@ -931,6 +932,11 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C where no stop handler runs (train has its own)
+        resumes = args.command in ("features", "synth")
+        then = "; what was written is kept, and the same command goes on from there"
+        print(f"jaxmir {args.command}: interrupted{then if resumes else ''}", file=sys.stderr)
+        return 130
     except Interrupted as e:  # `calibrate` stopped while beat's taggers trained
         print(
             f"jaxmir {args.command}: stopped by {e}: nothing written; run the same command again",

@@ -671,3 +671,36 @@ def test_missing_config_json_without_a_preset_resumes_with_the_checkpoints_confi
     resumed = json.loads((wd / "config.json").read_text())
     assert resumed["preset"] == saved["preset"] and resumed["model"] == saved["model"]
     assert resumed["train"]["epochs"] == 3
+
+
+def test_features_lists_every_file_a_reader_left_out_and_goes_on(tmp_path, capsys):
+    """MIR-1K with one good clip, one malformed pitch label and one clip without a label: the
+    malformed file ended the whole read (exit 2, no cache); the unlabelled clip was a raw
+    Python warning, missing from the summary's count and the manifest. Now both are listed
+    as failures, once each, and the good clip is written."""
+
+    def wav(name: str) -> None:
+        path = tmp_path / "MIR-1K" / "Wavfile" / f"{name}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), np.zeros((3200, 2), np.float32), 16000)
+
+    def pv(name: str, text: str) -> None:
+        path = tmp_path / "MIR-1K" / "PitchLabel" / f"{name}.pv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    for name in ("abjones_1_01", "abjones_1_02", "abjones_1_03"):
+        wav(name)
+    pv("abjones_1_01", "0 \n" * 9)
+    pv("abjones_1_02", "0 \n-5 \n0 \n")
+    out = tmp_path / "cache"
+    argv = ["features", "vocal_contour", "--dataset", "mir1k", "--no-progress"]
+    assert main([*argv, "--root", str(tmp_path / "MIR-1K"), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "1 pieces written, 0 already cached, 2 failed" in captured.out
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 2 and all(line.startswith("skipped ") for line in lines), lines
+    assert any("abjones_1_02.pv: line 2: negative pitch" in line for line in lines), lines
+    assert any("abjones_1_03.wav: no PitchLabel/abjones_1_03.pv" in line for line in lines)
+    failures = json.loads((out / "manifest.json").read_text())["failures"]
+    assert len(failures) == 2

@@ -20,6 +20,7 @@ from jaxmir.data.datasets import (
     registry,
     tonas,
 )
+from jaxmir.data.datasets._common import SkippedInput
 from jaxmir.data.records import AnnotationError
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +239,11 @@ def test_musicnet_beats_interpolated_with_assumed_4_4(tmp_path):
     assert p.notes.shape == (7, 4) and np.all(p.notes[:, 3] == 64)
     assert np.all(np.diff(p.notes[:, 0]) >= 0)
     q = pieces["2303"]
+    # the official split, as `read` gives it (it was split by name: test pieces in training)
+    assert q.split == "test" and p.split in ("train", "val")
+    from jaxmir.tasks.beat.task import TASK as BEAT
+
+    assert BEAT.piece_split(q) == "test" and BEAT.piece_split(p) == p.split
     np.testing.assert_allclose(q.beats, [0.0, 0.5, 1.0, 1.5], atol=1e-4)
     np.testing.assert_allclose(q.downbeats, [0.5], atol=1e-4)
     with pytest.warns(UserWarning, match="1733"):
@@ -632,8 +638,21 @@ def _bad_mdb(root):
     ids=lambda f: f.__name__[5:],
 )
 def test_malformed_line_3(tmp_path, make):
+    """A table the whole dataset reads from (MAESTRO's metadata, Billboard's index) stops the
+    read, naming file and line; a piece's own annotation file is left out with that reason
+    (`SkippedInput`, listed among `jaxmir features`' failures) and the read goes on (here it
+    was the only piece: no pieces)."""
     path, call = make(tmp_path)
-    expect_annotation_error(call, path, 3)
+    if make in (_bad_maestro, _bad_billboard_index, _bad_billboard_chroma):
+        expect_annotation_error(call, path, 3)
+        return
+    with pytest.warns(SkippedInput) as caught:
+        with pytest.raises(FileNotFoundError, match="no .* pieces"):
+            call()
+    skipped = [w.message for w in caught if isinstance(w.message, SkippedInput)]
+    assert len(skipped) == 1, skipped
+    assert skipped[0].path.endswith(path.name) or path.name in skipped[0].reason
+    assert "line 3" in skipped[0].reason or f"{path.name}:3:" in skipped[0].reason
 
 
 def test_malformed_headers_are_line_1(tmp_path):

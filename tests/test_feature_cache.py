@@ -4,6 +4,7 @@ import dataclasses
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,27 @@ def test_corrupt_and_truncated_inputs_are_named_and_skipped(synth_corpus, tmp_pa
     assert {f["path"] for f in manifest["failures"]} == {str(bad), str(truncated)}
 
 
+def test_a_damaged_corpus_folder_is_named_not_a_traceback(synth_corpus, tmp_path, capsys):
+    """A truncated labels file left the command with a BadZipFile traceback (exit 1); it is now
+    one piece left out with its reason. A garbled corpus.json is one line, exit 2."""
+    root = tmp_path / "corpus"
+    shutil.copytree(synth_corpus, root)
+    pieces = read_corpus(root)
+    labels = root / f"{pieces[0].name}.labels.npz"
+    labels.write_bytes(labels.read_bytes()[:100])
+    out = tmp_path / "f"
+    argv = ["features", "music", "--dataset", "synth", "--root", str(root), "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {labels}: unreadable labels" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["pieces"]) == len(pieces) - 1
+    (root / "corpus.json").write_text("{not json")
+    assert main([*argv, "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corpus.json: not a corpus index" in err[0], err
+
+
 def test_damaged_cache_piece_is_rebuilt(music_cache, tmp_path, synth_corpus):
     out = tmp_path / "copy"
     shutil.copytree(music_cache, out)
@@ -99,6 +121,57 @@ def test_parallel_features_are_written_in_the_pieces_order(tmp_path):
     summary = featurize(pieces, _slow_when_told, cache, workers=2, progress=False)
     assert summary["written"] == 6 and not summary["failed"]
     assert FeatureCache(tmp_path / "cache").names() == [p.name for p in pieces]
+
+
+@dataclasses.dataclass
+class _Labelled:
+    name: str
+    labels: np.ndarray
+    audio: Path
+    split: str = "train"
+
+
+def _from_labels(piece: _Labelled):
+    return piece.labels[:, None].astype(np.float32), {"y": piece.labels.astype(np.float32)}
+
+
+def test_pieces_whose_names_make_one_file_name_keep_their_own_files(tmp_path):
+    """ "a b" and "a_b" both made x/a_b.npy: the second overwrote the first's features, and
+    both manifest entries read the same piece."""
+    pieces = [
+        _Labelled("a b", np.arange(4.0), tmp_path / "x.wav"),
+        _Labelled("a_b", np.arange(7.0), tmp_path / "y.wav"),
+    ]
+    cache = FeatureCache.create(tmp_path / "cache", "demo", {"v": 1})
+    assert featurize(pieces, _from_labels, cache, progress=False)["written"] == 2
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.features("a b").shape == (4, 1) and cache.features("a_b").shape == (7, 1)
+    assert cache.entry("a b")["x"] != cache.entry("a_b")["x"]
+
+
+def test_a_piece_is_featurised_again_when_its_source_changed(tmp_path):
+    """By name alone a corrected annotation, a replaced audio file, or another file that took
+    the piece's name was "already cached" and kept stale; the cache now compares a fingerprint
+    of each piece's labels and files."""
+    audio = tmp_path / "song.wav"
+    audio.write_bytes(b"0" * 10)
+    piece = _Labelled("song", np.arange(4.0), audio)
+    cache = FeatureCache.create(tmp_path / "cache", "demo", {"v": 1})
+    assert featurize([piece], _from_labels, cache, progress=False)["written"] == 1
+    assert featurize([piece], _from_labels, cache, progress=False)["skipped"] == 1
+    fixed = dataclasses.replace(piece, labels=np.arange(4.0) + 1)  # the annotation corrected
+    assert featurize([fixed], _from_labels, cache, progress=False)["written"] == 1
+    np.testing.assert_array_equal(
+        FeatureCache(tmp_path / "cache").labels("song")["y"], [1, 2, 3, 4]
+    )
+    audio.write_bytes(b"1" * 12)  # the audio replaced
+    assert featurize([fixed], _from_labels, cache, progress=False)["written"] == 1
+    # an entry written before entries carried a fingerprint is kept as it is
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    del manifest["pieces"][0]["source"]
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
+    cache = FeatureCache(tmp_path / "cache")
+    assert featurize([piece], _from_labels, cache, progress=False)["skipped"] == 1
 
 
 def test_embedded_corpus_cache_is_named_by_its_features_too(tmp_path, monkeypatch):

@@ -282,6 +282,9 @@ def test_cli_parser(tmp_path):
     assert args.pieces != C.DEFAULT_PIECES
     bad = p.parse_args(["synth", "--out", str(tmp_path), "--pieces", "-1"])
     assert cmd_synth(bad) == 2
+    for seconds in ("nan", "inf", "0"):  # nan failed every piece with a raw warning, exit 1
+        bad = p.parse_args(["synth", "--out", str(tmp_path), "--max-seconds", seconds])
+        assert cmd_synth(bad) == 2
 
 
 def test_the_synth_command_renders_a_piano_corpus(tmp_path, capsys):

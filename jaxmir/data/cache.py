@@ -167,10 +167,14 @@ class FeatureCache:
         except (OSError, ValueError) as e:
             raise CacheError(f"{path}: unreadable label file ({e})") from e
 
-    def is_complete(self, name: str) -> bool:
-        """Whether `name` is in the manifest and both of its files are intact."""
+    def is_complete(self, name: str, source: str | None = None) -> bool:
+        """Whether `name` is in the manifest and both of its files are intact; with `source`
+        (`featurize.source_fingerprint`), also made from that source (an entry written before
+        entries recorded one is taken as it is)."""
         entry = self._by_name.get(name)
         if entry is None:
+            return False
+        if source is not None and entry.get("source", source) != source:
             return False
         try:
             x = np.load(self.root / entry["x"], mmap_mode="r", allow_pickle=False)
@@ -193,6 +197,9 @@ class FeatureCache:
     ) -> dict:
         """Write one piece's arrays, then add it to the manifest (atomically, in that order)."""
         safe = _safe_name(name)
+        taken = {p["x"] for p in self.manifest["pieces"] if p["name"] != name}
+        if f"x/{safe}.npy" in taken:  # "a b" and "a_b" are both a_b: the later one's files
+            safe += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]  # its own
         x_rel, y_rel = f"x/{safe}.npy", f"labels/{safe}.npz"
         x_path, y_path = self.root / x_rel, self.root / y_rel
         _atomic_write_bytes(x_path, lambda f: np.save(f, np.ascontiguousarray(x)))

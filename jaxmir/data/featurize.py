@@ -1,7 +1,7 @@
 """Fill a feature cache from piece records: parallel, incremental, and robust to bad inputs.
 
 `featurize(pieces, compute, cache)` runs `compute(piece) -> (features, labels)` for every piece
-not already complete in the cache, in worker processes when `workers > 1`, and writes each
+not already complete in the cache from the same source (`source_fingerprint`), in worker processes when `workers > 1`, and writes each
 result from the main process in the pieces' order (so a kill loses only the pieces in flight,
 at most `2 * workers`, and the cache's order, which is a training run's data order, does not
 depend on which worker finishes first).
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
+import hashlib
 import itertools
 import multiprocessing
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,43 @@ def _safe_compute(compute: Compute, piece) -> tuple[str, Any]:
 
 def _source(piece) -> str:
     return str(getattr(piece, "audio", None) or piece.name)
+
+
+def source_fingerprint(piece) -> str:
+    """A digest of what a piece record was made from: its labels as read, its split, and each
+    file it names (path, size and modification time). The cache keeps a piece only where its
+    fingerprint is the same, so a corrected annotation, replaced audio or another file that
+    now takes the piece's name is featurised again (by name alone the old one was kept)."""
+    h = hashlib.sha256()
+
+    def add(value) -> None:
+        if value is None:
+            h.update(b"\0")
+        elif isinstance(value, np.ndarray):
+            h.update(f"{value.dtype}{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, Path):
+            try:
+                st = value.stat()
+                h.update(f"{value}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"{value}|?".encode())
+        elif isinstance(value, dict):
+            for k in sorted(value):
+                h.update(str(k).encode())
+                add(value[k])
+        elif isinstance(value, (tuple, list)):
+            h.update(f"[{len(value)}".encode())
+            for v in value:
+                add(v)
+        else:
+            h.update(repr(value).encode())
+
+    fields = dataclasses.fields(piece) if dataclasses.is_dataclass(piece) else ()
+    for name in [f.name for f in fields] or sorted(vars(piece)):
+        h.update(name.encode())
+        add(getattr(piece, name))
+    return h.hexdigest()[:16]
 
 
 def label_end(piece) -> float | None:
@@ -94,7 +134,8 @@ def featurize(
 
     `compute` must be a picklable module-level function when `workers > 1`.
     """
-    todo = [p for p in pieces if not cache.is_complete(p.name)]
+    sources = {p.name: source_fingerprint(p) for p in pieces}
+    todo = [p for p in pieces if not cache.is_complete(p.name, sources[p.name])]
     skipped = len(pieces) - len(todo)
     failures: list[tuple[str, str]] = []
     written = 0
@@ -107,7 +148,7 @@ def featurize(
             if short:
                 warnings.warn(short, stacklevel=2)
             x, labels = result
-            extra = extra_of(piece) if extra_of else None
+            extra = {**(extra_of(piece) if extra_of else {}), "source": sources[piece.name]}
             cache.write_piece(piece.name, split_of(piece), x, labels, extra)
             written += 1
         else:

@@ -21,12 +21,15 @@ class SymbolicPiece:
     notes:     float64 (N, 4): onset_s, offset_s, MIDI pitch, velocity (1-127); sorted by onset.
     beats:     float64 (B,) beat times in seconds (the meter's beat unit: a dotted quarter in 6/8).
     downbeats: float64 (D,) bar starts in seconds (a pickup bar's start is not a downbeat).
+    split:     a dataset's own split for the piece ("train", "val", "test"); None where it has
+               none (a task then splits by name).
     """
 
     name: str
     notes: np.ndarray
     beats: np.ndarray
     downbeats: np.ndarray
+    split: str | None = None
 
     @property
     def duration(self) -> float:

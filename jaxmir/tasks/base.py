@@ -22,6 +22,7 @@ import hashlib
 import importlib
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -218,6 +219,24 @@ class Task(abc.ABC):
         return []
 
 
+def skips_as_failures(read, *args) -> tuple[list, list[tuple[str, str]]]:
+    """`read(*args)` -> (pieces, failures), with each file a dataset reader left out
+    (`SkippedInput`) added to the failures as (path, reason): they were printed as raw Python
+    warnings and missing from the summary's count and the manifest. Other warnings pass."""
+    from jaxmir.data.datasets._common import SkippedInput
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedInput)
+        pieces, failures = read(*args)
+    skipped = []
+    for w in caught:
+        if isinstance(w.message, SkippedInput):
+            skipped.append((w.message.path, w.message.reason))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return pieces, list(failures) + skipped
+
+
 class PieceTask(Task):
     """A task over whole pieces in a feature cache (see the module docstring)."""
 
@@ -336,7 +355,7 @@ class PieceTask(Task):
     def featurize(
         self, dataset: str, root: Path, out: Path, workers: int = 1, progress: bool = True
     ) -> dict:
-        pieces, failures = self.read_pieces(dataset, Path(root))
+        pieces, failures = skips_as_failures(self.read_pieces, dataset, Path(root))
         cache = FeatureCache.create(out, self.name, self.cache_params(dataset))
         summary = featurize(
             pieces,

@@ -10,6 +10,7 @@ piece goes to "val" when u < 0.1. Both are stable whatever the dataset size or f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import zlib
@@ -55,8 +56,38 @@ def no_pieces(root: Path, dataset: str, layout: str) -> FileNotFoundError:
     return FileNotFoundError(f"no {dataset} pieces under {root} (expected {layout})")
 
 
-def warn_skip(dataset: str, what: str) -> None:
-    warnings.warn(f"{dataset}: skipping {what}", stacklevel=3)
+class SkippedInput(UserWarning):
+    """A reader left out one file or piece (`path`) for `reason`; `jaxmir features` lists each
+    among the failures (`jaxmir.tasks.base.PieceTask.read_pieces`)."""
+
+    def __init__(self, dataset: str, path: str, reason: str):
+        super().__init__(f"{dataset}: skipping {path} ({reason})")
+        self.path, self.reason = str(path), reason
+
+
+def warn_skip(dataset: str, path, reason: str) -> None:
+    warnings.warn(SkippedInput(dataset, path, reason), stacklevel=3)
+
+
+@contextlib.contextmanager
+def skipped_if_unreadable(dataset: str, path) -> Iterator[None]:
+    """Inside, an annotation file that cannot be read or parsed (`AnnotationError`, a MIDI error,
+    an OS error) is left out with its reason (`warn_skip`), and the read goes on with the other
+    pieces: one bad file among thousands used to end the whole dataset's read."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        warn_skip(dataset, path, reason_of(e, path))
+
+
+def reason_of(error: Exception, path) -> str:
+    """Why `path` could not be read, without repeating its name ("line 3: ...")."""
+    if isinstance(error, AnnotationError) and error.path == Path(path):
+        return f"line {error.line}: {error.reason}" if error.line is not None else error.reason
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).replace(f"{path}: ", "", 1)
+    return text or type(error).__name__
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -124,14 +124,18 @@ def read(root: Path) -> list[AudioPiece]:
     for pid in sorted(ids):
         if pid not in chroma or pid not in labels:
             missing = CHROMA_FILE if pid not in chroma else LABEL_FILE
-            C.warn_skip(DATASET, f"id {pid} (no {missing})")
+            C.warn_skip(DATASET, f"id {pid}", f"no {missing}")
     ids = {pid for pid in ids if pid in chroma and pid in labels}
     if (root / INDEX_FILE).is_file():
         ids -= _duplicates(root / INDEX_FILE, ids)
     pieces = []
     for pid in sorted(ids):
         name = chroma[pid].parent.name
-        intervals, chord_labels = read_chords(labels[pid])
+        try:
+            intervals, chord_labels = read_chords(labels[pid])
+        except (ValueError, OSError) as e:
+            C.warn_skip(DATASET, labels[pid], C.reason_of(e, labels[pid]))
+            continue
         pieces.append(
             AudioPiece(
                 name=name,

@@ -91,12 +91,14 @@ def read(root: Path, audio_dir: str = "wet_mix") -> list[AudioPiece]:
         for txt in sorted((drummer / "annotation").glob("*.txt")):
             wav = drummer / "audio" / audio_dir / f"{txt.stem}.wav"
             if not wav.is_file():
-                C.warn_skip(DATASET, f"{txt} (no audio/{audio_dir}/{wav.name})")
+                C.warn_skip(DATASET, txt, f"no audio/{audio_dir}/{wav.name}")
                 continue
             name = f"{drummer.name}__{txt.stem}"
-            pieces.append(
-                AudioPiece(name=name, audio=wav, split=C.hash_split(name), drum_hits=read_hits(txt))
-            )
+            with C.skipped_if_unreadable(DATASET, txt):
+                hits = read_hits(txt)
+                pieces.append(
+                    AudioPiece(name=name, audio=wav, split=C.hash_split(name), drum_hits=hits)
+                )
     if not pieces:
         raise C.no_pieces(
             root, DATASET, f"drummer_<n>/annotation/*.txt with drummer_<n>/audio/{audio_dir}/*.wav"

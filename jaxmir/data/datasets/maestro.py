@@ -170,18 +170,17 @@ def read(root: Path) -> list[AudioPiece]:
             raise AnnotationError(meta, line, "empty midi_filename or audio_filename")
         midi, audio = root / midi_rel, root / audio_rel
         if not midi.is_file() or not audio.is_file():
-            C.warn_skip(
-                DATASET, f"{midi_rel} (missing {'MIDI' if not midi.is_file() else 'audio'})"
-            )
+            C.warn_skip(DATASET, midi_rel, f"missing {'MIDI' if not midi.is_file() else 'audio'}")
             continue
-        pieces.append(
-            AudioPiece(
-                name=Path(midi_rel).with_suffix("").as_posix().replace("/", "__"),
-                audio=audio,
-                split=split,
-                notes=read_midi_notes(midi),
+        with C.skipped_if_unreadable(DATASET, midi):
+            pieces.append(
+                AudioPiece(
+                    name=Path(midi_rel).with_suffix("").as_posix().replace("/", "__"),
+                    audio=audio,
+                    split=split,
+                    notes=read_midi_notes(midi),
+                )
             )
-        )
     if not pieces:
         raise C.no_pieces(root, DATASET, f"rows of {meta.name} with their MIDI and audio files")
     return pieces

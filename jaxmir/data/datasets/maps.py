@@ -88,12 +88,14 @@ def read(root: Path, subsets: tuple[str, ...] = ("MUS",)) -> list[AudioPiece]:
                         continue
                     txt = wav.with_suffix(".txt")
                     if not txt.is_file():
-                        C.warn_skip(DATASET, f"{wav} (no {txt.name})")
+                        C.warn_skip(DATASET, wav, f"no {txt.name}")
                         continue
-                    seen.add(wav.stem)
-                    pieces.append(
-                        AudioPiece(name=wav.stem, audio=wav, split=split, notes=read_notes(txt))
-                    )
+                    with C.skipped_if_unreadable(DATASET, txt):
+                        notes = read_notes(txt)
+                        seen.add(wav.stem)
+                        pieces.append(
+                            AudioPiece(name=wav.stem, audio=wav, split=split, notes=notes)
+                        )
     if not pieces:
         raise C.no_pieces(
             root, DATASET, "<piano code>/MUS/*.wav with *.txt for the MAPS piano codes"

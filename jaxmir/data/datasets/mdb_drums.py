@@ -115,11 +115,14 @@ def read(root: Path, level: str = "subclass") -> list[AudioPiece]:
         track = txt.name[: -len(suffix)]
         mix = root / "audio" / "full_mix" / f"{track}_MIX.wav"
         if not mix.is_file():
-            C.warn_skip(DATASET, f"{txt.name} (no audio/full_mix/{mix.name})")
+            C.warn_skip(DATASET, txt, f"no audio/full_mix/{mix.name}")
             continue
         subclass = root / "annotations" / "subclass" / f"{track}_subclass.txt"
-        hits = read_hits(txt, level, subclass if subclass.is_file() else None)
-        pieces.append(AudioPiece(name=track, audio=mix, split=C.hash_split(track), drum_hits=hits))
+        with C.skipped_if_unreadable(DATASET, txt):
+            hits = read_hits(txt, level, subclass if subclass.is_file() else None)
+            pieces.append(
+                AudioPiece(name=track, audio=mix, split=C.hash_split(track), drum_hits=hits)
+            )
     if not pieces:
         raise C.no_pieces(
             root, DATASET, f"annotations/{level}/*{suffix} with audio/full_mix/*_MIX.wav"

@@ -98,11 +98,11 @@ def read(root: Path, melody: str = "MELODY2") -> list[AudioPiece]:
         track = csv_path.name[: -len(suffix)]
         mix = root / mix_template.format(track=track)
         if not mix.is_file():
-            C.warn_skip(DATASET, f"{csv_path.name} (no {mix.relative_to(root).as_posix()})")
+            C.warn_skip(DATASET, csv_path, f"no {mix.relative_to(root).as_posix()}")
             continue
-        pieces.append(
-            AudioPiece(name=track, audio=mix, split=C.hash_split(track), f0=read_melody(csv_path))
-        )
+        with C.skipped_if_unreadable(DATASET, csv_path):
+            f0 = read_melody(csv_path)
+            pieces.append(AudioPiece(name=track, audio=mix, split=C.hash_split(track), f0=f0))
     if not pieces:
         where = f"{folder.relative_to(root).as_posix()}/*{suffix}"
         raise C.no_pieces(

@@ -74,17 +74,18 @@ def read(root: Path) -> list[AudioPiece]:
         for wav in sorted(wav_dir.glob("*.wav")):
             pv = root / "PitchLabel" / f"{wav.stem}.pv"
             if not pv.is_file():
-                C.warn_skip(DATASET, f"{wav} (no PitchLabel/{pv.name})")
+                C.warn_skip(DATASET, wav, f"no PitchLabel/{pv.name}")
                 continue
-            pieces.append(
-                AudioPiece(
-                    name=wav.stem,
-                    audio=wav,
-                    split=C.hash_split(song_key(wav.stem)),
-                    f0=read_pitch(pv),
-                    channels=dict(CHANNELS),
+            with C.skipped_if_unreadable(DATASET, pv):
+                pieces.append(
+                    AudioPiece(
+                        name=wav.stem,
+                        audio=wav,
+                        split=C.hash_split(song_key(wav.stem)),
+                        f0=read_pitch(pv),
+                        channels=dict(CHANNELS),
+                    )
                 )
-            )
     if not pieces:
         raise C.no_pieces(root, DATASET, "Wavfile/*.wav with PitchLabel/*.pv")
     return pieces

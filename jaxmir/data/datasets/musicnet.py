@@ -116,7 +116,8 @@ def _pairs(root: Path):
             if stem not in wavs or stem not in labels:
                 C.warn_skip(
                     DATASET,
-                    f"{split} recording {stem} (no {'wav' if stem not in wavs else 'label csv'})",
+                    f"{split} recording {stem}",
+                    f"no {'wav' if stem not in wavs else 'label csv'}",
                 )
                 continue
             out.append((split, stem, wavs[stem], labels[stem]))
@@ -128,7 +129,11 @@ def read(root: Path) -> list[AudioPiece]:
     root = C.require_root(root, DATASET)
     pieces = []
     for split, stem, wav, label in _pairs(root):
-        lab = read_labels(label)
+        try:
+            lab = read_labels(label)
+        except (ValueError, OSError) as e:
+            C.warn_skip(DATASET, label, C.reason_of(e, label))
+            continue
         velocity = np.full(len(lab), -1.0)
         notes = C.note_array(
             list(zip(lab[:, 0], lab[:, 1], lab[:, 3], velocity, lab[:, 2], strict=True))
@@ -195,22 +200,27 @@ def read_beats(root: Path, beats_per_bar: int = 4, downbeat_phase: int = 1) -> l
     """Every MusicNet label csv (train and test) -> SymbolicPiece with beats and downbeats (see
     the module docstring; ASSUMES 4 beats per bar, downbeats at beat numbers 1, 5, 9, ...).
 
-    Audio is not needed. Pieces are sorted by split folder, then id; names are the ids.
+    Audio is not needed. Pieces are sorted by split folder, then id; names are the ids. Their
+    split is the official one, as `read` gives it (val carved out of train by id).
     """
     root = C.require_root(root, DATASET)
     if beats_per_bar < 1:
         raise ValueError(f"beats_per_bar must be >= 1, got {beats_per_bar}")
     pieces = []
-    for _, _, label_dir in SPLIT_DIRS:
+    for split, _, label_dir in SPLIT_DIRS:
         for path in sorted((root / label_dir).glob("*.csv")):
-            lab = read_labels(path)
+            try:
+                lab = read_labels(path)
+            except (ValueError, OSError) as e:
+                C.warn_skip(DATASET, path, C.reason_of(e, path))
+                continue
             grid = beat_grid(lab, beats_per_bar, downbeat_phase)
             if grid is None:
-                C.warn_skip(DATASET, f"{path} (fewer than two notes on integer beats)")
+                C.warn_skip(DATASET, path, "fewer than two notes on integer beats")
                 continue
             sounding = lab[lab[:, 1] > lab[:, 0]]
             if len(sounding) == 0:
-                C.warn_skip(DATASET, f"{path} (no notes of positive length)")
+                C.warn_skip(DATASET, path, "no notes of positive length")
                 continue
             notes = np.stack(
                 [
@@ -222,8 +232,9 @@ def read_beats(root: Path, beats_per_bar: int = 4, downbeat_phase: int = 1) -> l
                 1,
             )
             notes = notes[np.lexsort((notes[:, 2], notes[:, 0]))]
+            own = C.train_or_val(path.stem) if split == "train" else "test"  # the official one
             pieces.append(
-                SymbolicPiece(name=path.stem, notes=notes, beats=grid[0], downbeats=grid[1])
+                SymbolicPiece(path.stem, notes, beats=grid[0], downbeats=grid[1], split=own)
             )
     if not pieces:
         raise C.no_pieces(root, DATASET, "train_labels/*.csv and/or test_labels/*.csv")

@@ -100,18 +100,19 @@ def read(root: Path) -> list[AudioPiece]:
             notes_path = wav.with_name(wav.stem + NOTES_SUFFIX)
             f0_path = wav.with_name(wav.stem + F0_SUFFIX)
             if not notes_path.is_file() and not f0_path.is_file():
-                C.warn_skip(DATASET, f"{wav} (neither {NOTES_SUFFIX} nor {F0_SUFFIX})")
+                C.warn_skip(DATASET, wav, f"neither {NOTES_SUFFIX} nor {F0_SUFFIX}")
                 continue
             name = f"{folder.name}__{wav.stem}"
-            pieces.append(
-                AudioPiece(
-                    name=name,
-                    audio=wav,
-                    split=C.hash_split(name),
-                    notes=read_notes(notes_path) if notes_path.is_file() else None,
-                    f0=read_f0(f0_path) if f0_path.is_file() else None,
+            with C.skipped_if_unreadable(DATASET, wav):
+                pieces.append(
+                    AudioPiece(
+                        name=name,
+                        audio=wav,
+                        split=C.hash_split(name),
+                        notes=read_notes(notes_path) if notes_path.is_file() else None,
+                        f0=read_f0(f0_path) if f0_path.is_file() else None,
+                    )
                 )
-            )
     if not pieces:
         raise C.no_pieces(root, DATASET, f"<style>/*.wav with *{NOTES_SUFFIX} and/or *{F0_SUFFIX}")
     return pieces

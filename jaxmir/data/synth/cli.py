@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -62,8 +63,18 @@ def cmd_synth(args) -> int:
         return refuse(f"--pieces: must be >= 0, got {args.pieces}")
     if args.workers < 1:
         return refuse(f"-j: must be >= 1, got {args.workers}")
-    if args.max_seconds is not None and args.max_seconds <= 0:
-        return refuse(f"--max-seconds: must be > 0, got {args.max_seconds}")
+    if args.max_seconds is not None and not 0 < args.max_seconds < math.inf:
+        return refuse(f"--max-seconds: seconds > 0, got {args.max_seconds}")
+    if args.pieces > 0:  # more than the chorales there are: say so, render them all
+        from jaxmir.data.synth.chorales import chorale_ids
+
+        there = len(chorale_ids())
+        if args.pieces > there:
+            print(
+                f"jaxmir synth: --pieces {args.pieces}: there are {there} chorales; "
+                f"rendering all {there}",
+                file=sys.stderr,
+            )
     try:
         check_output_folder(args.out, "--out")
     except UsageError as e:

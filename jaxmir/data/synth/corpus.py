@@ -59,14 +59,16 @@ import multiprocessing
 import os
 import time
 import warnings
+import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from jaxmir.data.datasets._common import warn_skip
 from jaxmir.data.features import cqt as _cqt
-from jaxmir.data.records import AudioPiece
+from jaxmir.data.records import AnnotationError, AudioPiece
 from jaxmir.data.synth import augment as aug
 from jaxmir.data.synth.chorales import (
     ONSET_JITTER_S,
@@ -1430,11 +1432,19 @@ def read_corpus(root: Path) -> list[AudioPiece]:
     """The pieces listed in `root/corpus.json`, in manifest order, as `AudioPiece`s
     (audio = the mixture; stems = vocals, accompaniment, drums; f0 = the vocal line)."""
     root = Path(root)
-    manifest = json.loads((root / MANIFEST).read_text())
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        entries = list(manifest["pieces"])
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8, not a corpus index
+        raise AnnotationError(root / MANIFEST, None, f"not a corpus index ({e})") from None
     pieces = []
-    for e in manifest["pieces"]:
+    for e in entries:
         files = piece_files(root, e["name"])
-        lab = _load_labels(files["labels"])
+        try:
+            lab = _load_labels(files["labels"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged or missing
+            warn_skip("corpus", files["labels"], f"unreadable labels ({err})")
+            continue
         pieces.append(
             AudioPiece(
                 name=e["name"],

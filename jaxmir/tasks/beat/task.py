@@ -372,13 +372,16 @@ class BeatTask(PieceTask):
     def cache_params(self, dataset: str) -> dict:
         # MIDI folders: version 2 reads a tempo map kept outside track 0 (`meter_in_first_track`;
         # version 1 read such files at 120 qpm), version 3 notes of no length
-        # (`zero_length_notes_sounded`), so a cache of one is never added to by another
-        return {"dataset": dataset, "fps": FPS, "version": 3 if dataset == "midi" else 1}
+        # (`zero_length_notes_sounded`), so a cache of one is never added to by another;
+        # MusicNet: version 2 keeps the official test split (version 1 split by name)
+        version = {"midi": 3, "musicnet": 2}.get(dataset, 1)
+        return {"dataset": dataset, "fps": FPS, "version": version}
 
     def piece_split(self, piece: SymbolicPiece) -> str:
+        """A dataset's own split (MusicNet's official test set), else one by name."""
         from jaxmir.data.synth.chorales import split_of
 
-        return split_of(piece.name)
+        return piece.split or split_of(piece.name)
 
     def read_pieces(self, dataset: str, root: Path):
         self.check_dataset(dataset)
