@@ -207,3 +207,15 @@ def test_files_written_atomically_are_as_readable_as_any_other_new_file(tmp_path
     for path in [tmp_path / "a.bin", tmp_path / "a.json", cache.root / "manifest.json"]:
         assert stat.S_IMODE(os.stat(path).st_mode) == expected, path
     assert expected & stat.S_IROTH  # the default umask (022): readable by others
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
+    """Where the temporary file cannot be made (a read-only folder, a name near the file
+    system's limit), the error named `manifest.json.muef00ee.tmp`, a file the user never
+    asked for; it now names the file being written."""
+    from jaxmir.data.cache import atomic_write_text
+
+    target = tmp_path / ("m" * 250)  # a name the folder takes, its temporary's it does not
+    with pytest.raises(OSError) as info:
+        atomic_write_text(target, "{}")
+    assert info.value.filename == str(target)

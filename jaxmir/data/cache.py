@@ -39,7 +39,10 @@ setting it, which is not safe once threads write files."""
 
 def _atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file being written, not the temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         # mkstemp creates the file private (0600); a cache or a model folder shared with other
         # users must stay readable as any other file written there would be
