@@ -279,9 +279,6 @@ _WORDS = (
     ("data.corpus_instruments", ("piano", "mixed", "both")),
     ("model.conv_impl", CONV_IMPLS),
 )
-#: What `train.monitor` may name: a training log's key, or a validation one ("val_" and the
-#: key: val_loss, val_accuracy, and the task's piece metrics, val_beat_f_measure, ...).
-MONITOR_TRAIN_KEYS = ("loss", "accuracy", "lr")
 #: Sizes that must be at least 1 where a task's section has them (0 divided by zero, deep in
 #: the model or the corpus builder).
 _AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants")
@@ -301,12 +298,6 @@ def validate(cfg: Config) -> Config:
     for key in _AT_LEAST_ONE:  # where a task's section has the key
         if key in flat and isinstance(flat[key], int) and flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
-    monitor = flat["train.monitor"]
-    if monitor not in MONITOR_TRAIN_KEYS and not monitor.startswith("val_"):
-        raise ConfigError(
-            f"train.monitor: {monitor!r} is no logged metric ({', '.join(MONITOR_TRAIN_KEYS)}, "
-            "or val_ and a validation metric: val_loss, val_accuracy, the task's piece metrics)"
-        )
     if "model.dropout" in flat and not 0.0 <= flat["model.dropout"] < 1.0:
         raise ConfigError(f"model.dropout: a rate in [0, 1), got {flat['model.dropout']}")
     seconds = flat.get("data.corpus_max_seconds")

@@ -634,7 +634,6 @@ def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, caps
     "task, setting",
     [
         ("music", "model.conv_impl=bogus"),
-        ("beat", "train.monitor=bogus"),
         ("beat", "decode.method=bogus"),
         ("beat", "decode.downbeats=bogus"),
         ("beat", "decode.bar_change=1.5"),
@@ -646,8 +645,9 @@ def test_train_refuses_unusable_settings_before_anything_is_written(
     task, setting, beat_cache, tmp_path, capsys
 ):
     """`train` with each: a traceback at model init (conv_impl), one after a whole epoch with
-    checkpoints written (monitor, the decode words), or run.json written first (optim); now
-    one line naming the key, exit 2, and no workdir."""
+    checkpoints written (the decode words), or run.json written first (optim); now one line
+    naming the key, exit 2, and no workdir. (`train.monitor` names a metric a task logs, known
+    only once an epoch has logged: a wrong one is one line after the first epoch.)"""
     wd = tmp_path / "run"
     argv = ["train", task, "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
     assert main([*argv, "--no-progress", "--set", setting]) == 2
@@ -704,3 +704,9 @@ def test_features_lists_every_file_a_reader_left_out_and_goes_on(tmp_path, capsy
     assert any("abjones_1_03.wav: no PitchLabel/abjones_1_03.pv" in line for line in lines)
     failures = json.loads((out / "manifest.json").read_text())["failures"]
     assert len(failures) == 2
+    # with no readable piece left, the one-line error still says why each file was left out
+    (tmp_path / "MIR-1K" / "PitchLabel" / "abjones_1_01.pv").write_text("x \n")
+    assert main([*argv, "--root", str(tmp_path / "MIR-1K"), "--out", str(tmp_path / "c2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no MIR-1K pieces" in err[0], err
+    assert "abjones_1_02.pv: line 2: negative pitch" in err[0] and "no PitchLabel" in err[0]

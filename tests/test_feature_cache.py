@@ -1,6 +1,7 @@
 """`jaxmir features`: incremental after a kill, bad inputs named and skipped, nothing corrupted."""
 
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -13,6 +14,7 @@ from jaxmir.cli import main
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.featurize import featurize
 from jaxmir.data.synth.corpus import read_corpus
+from jaxmir.tasks.base import source_of
 from jaxmir.tasks.music.task import music_features
 
 
@@ -81,10 +83,11 @@ def test_a_damaged_corpus_folder_is_named_not_a_traceback(synth_corpus, tmp_path
     assert f"skipped {labels}: unreadable labels" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["pieces"]) == len(pieces) - 1
-    (root / "corpus.json").write_text("{not json")
-    assert main([*argv, "--out", str(tmp_path / "g")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "corpus.json: not a corpus index" in err[0], err
+    for garbled in ("{not json", '{"pieces": [{"nme": "x"}]}', '{"pieces": ["x"]}'):
+        (root / "corpus.json").write_text(garbled)
+        assert main([*argv, "--out", str(tmp_path / "g")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "corpus.json: not a corpus index" in err[0], err
 
 
 def test_damaged_cache_piece_is_rebuilt(music_cache, tmp_path, synth_corpus):
@@ -157,21 +160,28 @@ def test_a_piece_is_featurised_again_when_its_source_changed(tmp_path):
     audio.write_bytes(b"0" * 10)
     piece = _Labelled("song", np.arange(4.0), audio)
     cache = FeatureCache.create(tmp_path / "cache", "demo", {"v": 1})
-    assert featurize([piece], _from_labels, cache, progress=False)["written"] == 1
-    assert featurize([piece], _from_labels, cache, progress=False)["skipped"] == 1
+    run = functools.partial(featurize, extra_of=source_of, progress=False)  # as tasks call it
+    assert run([piece], _from_labels, cache)["written"] == 1
+    assert run([piece], _from_labels, cache)["skipped"] == 1
     fixed = dataclasses.replace(piece, labels=np.arange(4.0) + 1)  # the annotation corrected
-    assert featurize([fixed], _from_labels, cache, progress=False)["written"] == 1
+    assert run([fixed], _from_labels, cache)["written"] == 1
     np.testing.assert_array_equal(
         FeatureCache(tmp_path / "cache").labels("song")["y"], [1, 2, 3, 4]
     )
     audio.write_bytes(b"1" * 12)  # the audio replaced
-    assert featurize([fixed], _from_labels, cache, progress=False)["written"] == 1
+    assert run([fixed], _from_labels, cache)["written"] == 1
+    # the same folder given by another path: the same files, nothing to do
+    elsewhere = dataclasses.replace(fixed, audio=tmp_path / ".." / tmp_path.name / "song.wav")
+    assert run([elsewhere], _from_labels, cache)["skipped"] == 1
+    # a task's own record of the audio (`source_of`: "source") stays beside the fingerprint
+    entry = FeatureCache(tmp_path / "cache").entry("song")
+    assert entry["source"] == str(audio) and entry["made_from"] != entry["source"]
     # an entry written before entries carried a fingerprint is kept as it is
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
-    del manifest["pieces"][0]["source"]
+    del manifest["pieces"][0]["made_from"]
     (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
     cache = FeatureCache(tmp_path / "cache")
-    assert featurize([piece], _from_labels, cache, progress=False)["skipped"] == 1
+    assert run([piece], _from_labels, cache)["skipped"] == 1
 
 
 def test_embedded_corpus_cache_is_named_by_its_features_too(tmp_path, monkeypatch):

@@ -355,6 +355,25 @@ def test_notes_of_no_length_are_read_one_tick_long(tmp_path):
     mido.MidiFile(type=1, ticks_per_beat=480, tracks=[tempo, legato]).save(tmp_path / "tie.mid")
     np.testing.assert_allclose(read_midi_notes(tmp_path / "tie.mid")[:, :2], [[0, 0.5], [0.5, 1]])
 
+    def one_pitch(*events):  # (kind, absolute tick) of pitch 60
+        track, last = mido.MidiTrack(), 0
+        for kind, tick in events:
+            velocity = 80 if kind == "on" else 0
+            track.append(mido.Message(f"note_{kind}", note=60, velocity=velocity, time=tick - last))
+            last = tick
+        mido.MidiFile(type=1, ticks_per_beat=480, tracks=[tempo, track]).save(tmp_path / "p.mid")
+        return read_midi_notes(tmp_path / "p.mid")[:, :2]
+
+    # a pair of no length followed at its tick by a note of its pitch: that note, as before
+    np.testing.assert_allclose(
+        one_pitch(("on", 480), ("off", 480), ("on", 480), ("off", 960)), [[0.5, 1.0]]
+    )
+    # two notes of no length at one tick (two offs): both sound one tick
+    tick = 0.5 / 480
+    np.testing.assert_allclose(
+        one_pitch(("on", 0), ("on", 0), ("off", 0), ("off", 0)), [[0, tick]] * 2
+    )
+
 
 def test_read_midi_piece_raises(midi_folder):
     with pytest.raises(ValueError, match=r"nometer\.mid.*meter-less"):

@@ -177,7 +177,7 @@ class FeatureCache:
         entry = self._by_name.get(name)
         if entry is None:
             return False
-        if source is not None and entry.get("source", source) != source:
+        if source is not None and entry.get("made_from", source) != source:
             return False
         try:
             x = np.load(self.root / entry["x"], mmap_mode="r", allow_pickle=False)

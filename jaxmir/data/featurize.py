@@ -49,7 +49,9 @@ def source_fingerprint(piece) -> str:
     """A digest of what a piece record was made from: its labels as read, its split, and each
     file it names (path, size and modification time). The cache keeps a piece only where its
     fingerprint is the same, so a corrected annotation, replaced audio or another file that
-    now takes the piece's name is featurised again (by name alone the old one was kept)."""
+    now takes the piece's name is featurised again (by name alone the old one was kept). A
+    file counts by its name, size and modification time, so a dataset given by another path
+    to the same folder, or moved with its times kept, is not featurised again."""
     h = hashlib.sha256()
 
     def add(value) -> None:
@@ -58,12 +60,12 @@ def source_fingerprint(piece) -> str:
         elif isinstance(value, np.ndarray):
             h.update(f"{value.dtype}{value.shape}".encode())
             h.update(np.ascontiguousarray(value).tobytes())
-        elif isinstance(value, Path):
+        elif isinstance(value, Path):  # its content by size and time, not its spelling
             try:
                 st = value.stat()
-                h.update(f"{value}|{st.st_size}|{st.st_mtime_ns}".encode())
+                h.update(f"{value.name}|{st.st_size}|{st.st_mtime_ns}".encode())
             except OSError:
-                h.update(f"{value}|?".encode())
+                h.update(f"{value.name}|?".encode())
         elif isinstance(value, dict):
             for k in sorted(value):
                 h.update(str(k).encode())
@@ -148,7 +150,7 @@ def featurize(
             if short:
                 warnings.warn(short, stacklevel=2)
             x, labels = result
-            extra = {**(extra_of(piece) if extra_of else {}), "source": sources[piece.name]}
+            extra = {**(extra_of(piece) if extra_of else {}), "made_from": sources[piece.name]}
             cache.write_piece(piece.name, split_of(piece), x, labels, extra)
             written += 1
         else:

@@ -297,6 +297,9 @@ def train(
     if workdir is None and jax.process_count() > 1:
         raise ConfigError("a multi-process run needs a workdir every process shares")
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
+    config_path = workdir / "config.json"
+    if has_checkpoints(workdir) and config_path.is_file():  # a changed config: before any work
+        check_resume_compatible(json.loads(config_path.read_text()), cfg)
     data, cache = training_data(task, cfg, workdir, data, progress)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
@@ -394,10 +397,6 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
     t0 = time.time()
     ckpt_dir = workdir / "checkpoints"
     config_path = workdir / "config.json"
-    resuming = has_checkpoints(workdir)
-    if resuming and config_path.is_file():  # refuse a changed config before any work
-        check_resume_compatible(json.loads(config_path.read_text()), cfg)
-
     # the training examples before run.json: a run whose data cannot be read (vocal's
     # `data.unlabelled` folder, say) refuses to start without leaving a record behind
     train_ds = task.dataset(cfg, cache, "train", True)

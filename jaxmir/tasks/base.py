@@ -225,15 +225,25 @@ def skips_as_failures(read, *args) -> tuple[list, list[tuple[str, str]]]:
     warnings and missing from the summary's count and the manifest. Other warnings pass."""
     from jaxmir.data.datasets._common import SkippedInput
 
+    error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedInput)
-        pieces, failures = read(*args)
+        try:
+            pieces, failures = read(*args)
+        except FileNotFoundError as e:  # "no pieces": the files left out say why
+            error = e
     skipped = []
     for w in caught:
         if isinstance(w.message, SkippedInput):
             skipped.append((w.message.path, w.message.reason))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if error is not None:
+        if not skipped:
+            raise error
+        why = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise FileNotFoundError(f"{error}; left out: {why}{more}") from None
     return pieces, list(failures) + skipped
 
 

@@ -158,25 +158,37 @@ def _is_note_off(msg) -> bool:
 
 def zero_length_notes_sounded(mid):
     """`mid` (a mido.MidiFile) with each note-off that shares its note-on's tick moved one tick
-    later, so the note lasts one tick. pretty_midi keeps a note open past a note-off at its own
-    tick (the off of a legato repeat, for the note before), so such a note, which step
-    sequencers and drum editors write, was dropped, or lasted until the next off of its pitch.
-    A note-off that also closes an earlier note of its pitch is the legato case and stays.
-    Returned unchanged when there is none to move."""
+    later, so the note lasts one tick. pretty_midi drops the notes a note-off finds all begun
+    at its own tick (it keeps such a note open only beside an earlier one it closes: the
+    legato repeat), so a note of no length, which step sequencers and drum editors write, was
+    lost. Left as they are: the legato case, and a pair followed at the same tick by another
+    note-on of its pitch (that note sounds from there; the pair adds nothing). Returned
+    unchanged when there is none to move."""
     tracks, moved = [], False
     for track in mid.tracks:
+        timed = _absolute(track)
+        later_on = {}  # (channel, pitch, tick) -> the last note-on's index there
+        for i, (tick, msg) in enumerate(timed):
+            if msg.type == "note_on" and msg.velocity > 0:
+                later_on[(msg.channel, msg.note, tick)] = i
         opened: dict[tuple[int, int], list[int]] = {}  # (channel, pitch) -> ticks of open notes
+        moved_at: dict[tuple[int, int], int] = {}  # (channel, pitch) -> tick of a moved off
         events = []  # (tick, order, message): a moved note-off goes first at its new tick
-        for i, (tick, msg) in enumerate(_absolute(track)):
+        for i, (tick, msg) in enumerate(timed):
             order = i
             if msg.type == "note_on" and msg.velocity > 0:
                 opened.setdefault((msg.channel, msg.note), []).append(tick)
             elif _is_note_off(msg):
-                ons = opened.pop((msg.channel, msg.note), [])
-                if ons and all(t == tick for t in ons):  # it closes only notes of no length
+                key = (msg.channel, msg.note)
+                ons = opened.pop(key, [])
+                renewed = later_on.get((*key, tick), -1) > i  # a note-on of its pitch follows
+                if ons and all(t == tick for t in ons) and not renewed:  # notes of no length
                     tick, order, moved = tick + 1, -1, True
+                    moved_at[key] = tick - 1
+                elif not ons and moved_at.get(key) == tick:  # a second off for them: after
+                    tick, order = tick + 1, -1
                 elif tick in ons:  # a legato repeat: the note begun here stays open
-                    opened[(msg.channel, msg.note)] = [tick]
+                    opened[key] = [tick]
             events.append((tick, order, msg))
         end = max((t for t, _, m in events), default=0)
         events = [(end if m.type == "end_of_track" else t, o, m) for t, o, m in events]

@@ -1434,12 +1434,13 @@ def read_corpus(root: Path) -> list[AudioPiece]:
     root = Path(root)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
-        entries = list(manifest["pieces"])
+        entries = [(str(e["name"]), str(e["split"])) for e in manifest["pieces"]]
     except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8, not a corpus index
-        raise AnnotationError(root / MANIFEST, None, f"not a corpus index ({e})") from None
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise AnnotationError(root / MANIFEST, None, f"not a corpus index ({what})") from None
     pieces = []
-    for e in entries:
-        files = piece_files(root, e["name"])
+    for name, split in entries:
+        files = piece_files(root, name)
         try:
             lab = _load_labels(files["labels"])
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged or missing
@@ -1447,9 +1448,9 @@ def read_corpus(root: Path) -> list[AudioPiece]:
             continue
         pieces.append(
             AudioPiece(
-                name=e["name"],
+                name=name,
                 audio=files["mixture"],
-                split=e["split"],
+                split=split,
                 notes=lab["notes"],
                 f0=lab["f0"],
                 beats=lab["beats"],
