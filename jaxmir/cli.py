@@ -281,7 +281,9 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
 
 
 def _checked_decode(task, cfg):
-    """`cfg`, or the ConfigError of the task's `check_decode`, before any model loads or runs."""
+    """`cfg` (its relative paths made absolute), or the ConfigError of the task's
+    `check_decode`, before any model loads or runs."""
+    cfg = task.paths_from_here(cfg)
     task.check_decode(cfg)
     return cfg
 

@@ -639,6 +639,8 @@ def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, caps
         ("beat", "decode.bar_change=1.5"),
         ("beat", "optim.name=bogus"),
         ("beat", "optim.ema_decay=2"),
+        ("patch_cnn", "decode.threshold=5"),  # no frame voiced, exit 0 (eval, transcribe too)
+        ("vocal_contour", "decode.threshold=-1"),  # every frame voiced, exit 0
     ],
 )
 def test_train_refuses_unusable_settings_before_anything_is_written(

@@ -255,7 +255,9 @@ def test_info_paper_size(capsys):
 
 
 @pytest.mark.parametrize("vat", ["true", "false"])
-def test_train_eval_transcribe(vat, mixed_corpus, vocal_cache, contour_cache, tmp_path, capsys):
+def test_train_eval_transcribe(
+    vat, mixed_corpus, vocal_cache, contour_cache, tmp_path, capsys, monkeypatch
+):
     wd = tmp_path / "run"
     argv = ["train", "vocal", "--preset", "tiny", "--workdir", str(wd)]
     argv += ["--data", str(vocal_cache), "--no-progress", "--set", f"data.vat={vat}"]
@@ -275,6 +277,33 @@ def test_train_eval_transcribe(vat, mixed_corpus, vocal_cache, contour_cache, tm
         assert main([*argv, "--set", f"decode.contour_workdir={contour}"]) == 0
         assert set(result) == set(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
         assert main([*argv, "--set", "model.depth=2"]) == 2  # only decode.* may change
+        # given relative to where the command runs, trained with, exported: the exported
+        # folder carries the contour model and works from anywhere (it named the path as
+        # given, and failed elsewhere; an exported contour folder was refused)
+        monkeypatch.chdir(tmp_path)
+        with_contour = tmp_path / "run-c"
+        argv = ["train", "vocal", "--preset", "tiny", "--workdir", str(with_contour)]
+        argv += ["--data", str(vocal_cache), "--no-progress"]
+        assert main([*argv, "--set", "decode.contour_workdir=contour"]) == 0
+        saved = json.loads((with_contour / "config.json").read_text())["decode"]
+        assert saved["contour_workdir"] == str(contour.resolve())
+        exported = tmp_path / "exported"
+        assert (
+            main(["export", "vocal", "--workdir", str(with_contour), "--out", str(exported)]) == 0
+        )
+        assert (exported / "contour" / "config.json").is_file()
+        assert (
+            json.loads((exported / "config.json").read_text())["decode"]["contour_workdir"]
+            == "contour"
+        )
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        stems = (".vocals.wav", ".accompaniment.wav", ".drums.wav")
+        song = next(p for p in sorted(mixed_corpus.glob("*.wav")) if not p.name.endswith(stems))
+        argv = ["transcribe", "vocal", str(song), "--workdir", str(exported), "-o", "out"]
+        assert main([*argv, "--no-progress"]) == 0
+        assert (elsewhere / "out" / f"{song.stem}_notes.csv").is_file()
     stems = (".vocals.wav", ".accompaniment.wav", ".drums.wav")
     song = next(p for p in sorted(mixed_corpus.glob("*.wav")) if not p.name.endswith(stems))
     assert main(["transcribe", "vocal", str(song), "--workdir", str(wd), "-o", str(tmp_path)]) == 0

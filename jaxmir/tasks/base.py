@@ -161,6 +161,12 @@ class Task(abc.ABC):
         why = "learned relative-position tables that omnizart re-drew at random on every call"
         return omnizart_param_count(params), why
 
+    def paths_from_here(self, cfg: Config) -> Config:
+        """`cfg` with the relative paths a user gave (`--set`) made absolute from the current
+        folder, so a run's config.json names them wherever it is read later. Nothing by
+        default (vocal: `decode.contour_workdir`)."""
+        return cfg
+
     def export_files(self, cfg: Config, out: Path) -> Config:
         """Copy the files `cfg` refers to into the shipped model folder `out`; returns `cfg`
         referring to them there, relatively. Nothing by default."""
@@ -635,6 +641,8 @@ class PieceTask(Task):
                     start = time.perf_counter()
                     try:
                         x = self.input_features(path, cfg)
+                        if len(x) == 0:  # a few milliseconds of audio: no frame to decode
+                            raise AudioError(path, "too short: not one feature frame")
                     except UNREADABLE as e:
                         unreadable(i, e)
                         continue

@@ -222,7 +222,9 @@ def drum_input(
 
     `beats` are beat times in seconds (from labels, for example). Without them, beats come from
     `librosa.beat.beat_track` on the 44.1 kHz audio; omnizart used madmom, see the module notes.
-    Mini-beats span the whole recording, as in omnizart (see `mini_beat_times`). A recording
+    Mini-beats run from one beat before the first beat to 7/8 of a beat after the last, as in
+    omnizart (see `mini_beat_times`): where the beat tracker stops before the recording ends,
+    hits after that are not transcribed. A recording
     with fewer than 2 beats (silence, a steady tone, a fraction of a second) has no grid to cut
     patches on: no patches (0, 120, 120) and no mini-beats, so no drum hits.
     """

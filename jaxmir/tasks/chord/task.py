@@ -339,9 +339,12 @@ def piece_chroma(path: Path) -> np.ndarray:
                     f"every {nominal * 1000:.1f} ms (hop {C.HOP} at {C.SR} Hz)"
                 )
         return chroma.astype(np.float32)
-    from jaxmir.data.audio import load_audio
+    from jaxmir.data.audio import AudioError, load_audio
 
-    return C.bass_treble_chroma(load_audio(path, C.SR), C.SR).astype(np.float32)
+    audio = load_audio(path, C.SR)
+    if len(audio) < C.HOP:  # librosa's CQT refuses a signal this short, with a traceback
+        raise AudioError(path, f"too short: {len(audio)} samples at {C.SR} Hz, under one frame")
+    return C.bass_treble_chroma(audio, C.SR).astype(np.float32)
 
 
 def audio_duration(source: Path | str | None) -> float | None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmir.config import Config, OptimConfig
+from jaxmir.config import Config, ConfigError, OptimConfig
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import PATCH_CNN, cfp_numpy
 from jaxmir.data.features.vocal import extract_patches, patch_at, peak_mask
@@ -142,8 +142,16 @@ class PatchCNNTask(PieceTask):
             probs[i : i + n] = sigmoid(logits[:, 1] - logits[:, 0])  # softmax of 2, on host
         return {"probs": probs, "frames": frames, "rows": rows, "n_frames": len(x)}
 
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError for a `decode.threshold` outside [0, 1]: 5 voiced no frame and -1 every
+        frame, with exit 0."""
+        t = cfg.decode.threshold
+        if not 0.0 <= t <= 1.0:
+            raise ConfigError(f"decode.threshold: a probability in [0, 1], got {t}")
+
     def decode(self, post: dict, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         """(frame times, Hz with 0 = unvoiced)."""
+        self.check_decode(cfg)
         hz = decode_patches(
             post["probs"],
             post["frames"],

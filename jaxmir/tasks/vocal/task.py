@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 from pathlib import Path
 
 import grain
@@ -251,8 +252,41 @@ class VocalTask(PieceTask):
         if run is not None and not (Path(run) / "config.json").is_file():
             what = "no such folder" if not Path(run).is_dir() else "no config.json there"
             raise ConfigError(
-                f"decode.contour_workdir: {run}: {what} (a trained vocal_contour run's workdir)"
+                f"decode.contour_workdir: {run}: {what} (a trained vocal_contour run's workdir, "
+                "or an exported vocal_contour model folder)"
             )
+
+    def paths_from_here(self, cfg: Config) -> Config:
+        run = cfg.decode.contour_workdir
+        if run is None or Path(run).is_absolute() or not Path(run).is_dir():
+            return cfg  # a folder that is not there is named by `check_decode`
+        return _with_contour(cfg, str(Path(run).resolve()))
+
+    def locate(self, cfg: Config, folder: Path) -> Config:
+        """A relative `decode.contour_workdir` is inside the run or model `folder` where it is
+        there (an exported model's `contour/`)."""
+        run = cfg.decode.contour_workdir
+        if run is None or Path(run).is_absolute() or not (Path(folder) / run).is_dir():
+            return cfg
+        return _with_contour(cfg, str((Path(folder) / run).resolve()))
+
+    def export_files(self, cfg: Config, out: Path) -> Config:
+        """An exported model carries the vocal_contour model its notes' pitch comes from (as an
+        exported folder, `CONTOUR_DIR`), referred to relatively: it worked only where the
+        run's path still led to that run."""
+        target = Path(out) / CONTOUR_DIR
+        shutil.rmtree(target, ignore_errors=True)
+        run = cfg.decode.contour_workdir
+        if run is None:
+            return cfg
+        from jaxmir.shipped import export_model, is_model_folder
+        from jaxmir.tasks.vocal_contour.task import TASK as CONTOUR
+
+        if is_model_folder(run):
+            shutil.copytree(run, target)
+        else:
+            export_model(CONTOUR, run, target, log=lambda *_: None)
+        return _with_contour(cfg, CONTOUR_DIR)
 
     def decode(self, posteriors, cfg: Config) -> np.ndarray:
         self.check_decode(cfg)
@@ -364,13 +398,23 @@ def builtin_f0(x: np.ndarray) -> np.ndarray:
     return bin_to_hz(np.argmax(x[..., Z_CHANNELS].mean(axis=-1), axis=-1), VOCAL_372)
 
 
+#: Where an exported vocal model keeps the vocal_contour model of `decode.contour_workdir`.
+CONTOUR_DIR = "contour"
+
+
+def _with_contour(cfg: Config, run: str) -> Config:
+    return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, contour_workdir=run))
+
+
 @functools.lru_cache(maxsize=2)
 def _contour_model(workdir: str):
-    from jaxmir.engine.run import RestoreError, make_predict, restore_for_inference
+    """(cfg, predict) of a vocal_contour run (its best checkpoint) or exported model folder."""
+    from jaxmir.engine.run import RestoreError, make_predict
+    from jaxmir.shipped import load_for_inference
     from jaxmir.tasks.vocal_contour.task import TASK as CONTOUR
 
     try:
-        cfg, mesh, state, _ = restore_for_inference(CONTOUR, workdir)
+        cfg, mesh, state = load_for_inference(CONTOUR, workdir)
     except RestoreError as e:  # the user's setting, named: not a traceback
         raise ConfigError(f"decode.contour_workdir: {e}") from None
     return cfg, make_predict(mesh, state)

@@ -154,8 +154,16 @@ class VocalContourTask(PieceTask):
         return {"y": window_targets(bins, blur=cfg.data.label_blur)}
 
     # -- inference ------------------------------------------------------------------------------
+    def check_decode(self, cfg: Config) -> None:
+        """ConfigError for a `decode.threshold` outside [0, 1] (None: omnizart's rule): 5 voiced
+        no frame and -1 every frame, with exit 0."""
+        t = cfg.decode.threshold
+        if t is not None and not 0.0 <= t <= 1.0:
+            raise ConfigError(f"decode.threshold: a probability in [0, 1] (or null), got {t}")
+
     def decode(self, probs: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
         """(frame times, Hz with 0 = unvoiced)."""
+        self.check_decode(cfg)
         hz = decode_contour(probs, VOCAL_CONTOUR, threshold=cfg.decode.threshold)
         return frame_times(len(hz), VOCAL_CONTOUR.hop_s), hz
 
