@@ -48,7 +48,10 @@ VOCAL_FS = 16000
 
 
 def znorm(x: np.ndarray) -> np.ndarray:
-    """``(x - mean) / std`` over the whole array (population std). A constant array gives zeros."""
+    """``(x - mean) / std`` over the whole array (population std). A constant array gives zeros,
+    an empty one itself (a clip too short for one frame; numpy warned of an empty mean)."""
+    if x.size == 0:
+        return x
     mean = x.mean()
     std = x.std()
     return (x - mean) / (std if std > 0 else 1.0)
