@@ -80,6 +80,13 @@ def skipped_if_unreadable(dataset: str, path) -> Iterator[None]:
         warn_skip(dataset, path, reason_of(e, path))
 
 
+def read_or_skip(dataset: str, path, read):
+    """`read(path)`, or None where `skipped_if_unreadable` left the file out."""
+    with skipped_if_unreadable(dataset, path):
+        return read(path)
+    return None
+
+
 def reason_of(error: Exception, path) -> str:
     """Why `path` could not be read, without repeating its name ("line 3: ...")."""
     if isinstance(error, AnnotationError) and error.path == Path(path):

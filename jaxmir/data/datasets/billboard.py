@@ -131,11 +131,10 @@ def read(root: Path) -> list[AudioPiece]:
     pieces = []
     for pid in sorted(ids):
         name = chroma[pid].parent.name
-        try:
-            intervals, chord_labels = read_chords(labels[pid])
-        except (ValueError, OSError) as e:
-            C.warn_skip(DATASET, labels[pid], C.reason_of(e, labels[pid]))
+        chords = C.read_or_skip(DATASET, labels[pid], read_chords)
+        if chords is None:
             continue
+        intervals, chord_labels = chords
         pieces.append(
             AudioPiece(
                 name=name,

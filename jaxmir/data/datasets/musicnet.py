@@ -129,10 +129,8 @@ def read(root: Path) -> list[AudioPiece]:
     root = C.require_root(root, DATASET)
     pieces = []
     for split, stem, wav, label in _pairs(root):
-        try:
-            lab = read_labels(label)
-        except (ValueError, OSError) as e:
-            C.warn_skip(DATASET, label, C.reason_of(e, label))
+        lab = C.read_or_skip(DATASET, label, read_labels)
+        if lab is None:
             continue
         velocity = np.full(len(lab), -1.0)
         notes = C.note_array(
@@ -209,10 +207,8 @@ def read_beats(root: Path, beats_per_bar: int = 4, downbeat_phase: int = 1) -> l
     pieces = []
     for split, _, label_dir in SPLIT_DIRS:
         for path in sorted((root / label_dir).glob("*.csv")):
-            try:
-                lab = read_labels(path)
-            except (ValueError, OSError) as e:
-                C.warn_skip(DATASET, path, C.reason_of(e, path))
+            lab = C.read_or_skip(DATASET, path, read_labels)
+            if lab is None:
                 continue
             grid = beat_grid(lab, beats_per_bar, downbeat_phase)
             if grid is None:
