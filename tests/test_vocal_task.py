@@ -74,6 +74,15 @@ def test_decoding_finds_the_notes_and_their_pitch():
     assert note_hz(np.array([0, 0, 440.0, 0]), 0, 4) == 0.0  # too few voiced frames
 
 
+def test_no_shortest_note_still_pairs_an_onset_with_a_later_offset():
+    # the first note's offset peak falls on the second note's onset frame: with
+    # min_seconds=0 the second note was [40, 40], no note at all once pitched
+    probs = _sdt_posteriors([(10, 40), (40, 60), (70, 90)], 100)
+    for min_seconds in (0.0, 0.01, 0.05):
+        got = note_intervals(probs, min_seconds=min_seconds).tolist()
+        assert got == [[10, 40], [40, 60], [70, 90]], min_seconds
+
+
 def _tiny_model_logits(seed=0):
     cfg = TASK.preset("tiny")
     model = TASK.model(cfg)

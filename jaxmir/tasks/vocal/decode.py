@@ -6,7 +6,8 @@
    none, the frame where the activation channel (0) first falls below the threshold. An onset
    whose stretch to the next onset is more silent than active is dropped; when the offset comes
    after the next onset, the note ends at that onset (or, if the offset is within `min_seconds`
-   past it, at the offset). Notes shorter than `min_seconds` are dropped.
+   past it, at the offset). Notes shorter than `min_seconds` are dropped; every note lasts a
+   frame at least, so `min_seconds=0` cannot pair an onset with an offset peak on its own frame.
 3. The pitch of a note is the Gaussian-weighted mean (sd 2 frames, centred on the note's middle)
    of the voiced f0 frames inside it; a note with fewer than 3 voiced frames has no pitch and
    is dropped (omnizart writes such notes to a "missing notes" drum track).
@@ -51,7 +52,7 @@ def note_intervals(
     if len(onsets) == 0:
         return np.zeros((0, 2), np.int64)
     offsets = offsets[offsets > onsets[0]]
-    min_len = min_seconds / FRAME_S
+    min_len = max(min_seconds / FRAME_S, 1.0)  # a note lasts a frame at least
     out = []
     for i, on in enumerate(onsets):
         nxt = onsets[i + 1] if i + 1 < len(onsets) else None
