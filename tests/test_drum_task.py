@@ -91,6 +91,25 @@ def test_audio_without_beats_transcribes_to_no_hits(seconds, signal, tmp_path):
     assert (out / f"{signal}_drums.csv").read_text().splitlines() == ["time,class,gm_note"]
     midi = pretty_midi.PrettyMIDI(str(out / f"{signal}.mid"))
     assert sum(len(inst.notes) for inst in midi.instruments) == 0
+    # ...and the user is told why (the command line writes this note; it wrote nothing)
+    note = TASK.transcription_note(path, written)
+    assert note.startswith(f"{signal}.wav: no drum hits: fewer than 2 beats"), note
+
+
+def test_a_file_with_hits_gets_no_note_and_one_without_says_the_threshold(tmp_path):
+    import soundfile as sf
+
+    from jaxmir.tasks.drum.decode import write_hits_csv
+
+    clicks = np.zeros(4 * SR, np.float32)
+    for k in range(8):  # a 120-bpm click track: beats are tracked
+        clicks[k * SR // 2 : k * SR // 2 + 200] = 0.8
+    sf.write(str(tmp_path / "clicks.wav"), clicks, SR)
+    hits = write_hits_csv(tmp_path / "clicks_drums.csv", np.array([[0.5, 0]]))
+    assert TASK.transcription_note(tmp_path / "clicks.wav", [hits]) is None
+    none = write_hits_csv(tmp_path / "clicks_drums.csv", np.zeros((0, 2)))
+    note = TASK.transcription_note(tmp_path / "clicks.wav", [none])
+    assert note == "clicks.wav: no drum hits: no activation reached decode.threshold"
 
 
 def test_a_labelled_piece_without_beats_is_not_cached(tmp_path):

@@ -215,6 +215,16 @@ def drum_patches(cqt: np.ndarray, frame_times: np.ndarray, mini_beats: np.ndarra
     return out
 
 
+def tracked_beats(audio: np.ndarray, sr: float = SR) -> np.ndarray:
+    """The beat times (s) that `drum_input` cuts mini-beats on when it is given no beats."""
+    return _beat_track(_mono_44k(audio, sr))
+
+
+def _beat_track(y: np.ndarray) -> np.ndarray:
+    _, beats = librosa.beat.beat_track(y=y, sr=SR, units="time")
+    return np.asarray(beats, dtype=np.float64).ravel()
+
+
 def drum_input(
     audio: np.ndarray, sr: float = SR, beats: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -230,9 +240,7 @@ def drum_input(
     """
     y = _mono_44k(audio, sr)
     duration = len(y) / SR
-    if beats is None:
-        _, beats = librosa.beat.beat_track(y=y, sr=SR, units="time")
-    beats = np.asarray(beats, dtype=np.float64).ravel()
+    beats = _beat_track(y) if beats is None else np.asarray(beats, dtype=np.float64).ravel()
     if len(beats) < 2:
         return np.zeros((0, PATCH_SIZE, PATCH_SIZE), np.float32), np.zeros(0, np.float64)
     mini = mini_beat_times(beats, MINI_BEATS_PER_BEAT, duration=duration)

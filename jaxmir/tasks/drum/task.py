@@ -255,6 +255,24 @@ class DrumTask(PieceTask):
         png = plot_hits(act, mini_beats, events, outdir / f"{stem}_drums.png", stem)
         return [midi, csv, png]
 
+    def transcription_note(self, path: Path, written: list[Path]) -> str | None:
+        """Why a file got no drum hits: no beat grid to cut mini-beats on, or no activation
+        above the threshold; None when it got hits."""
+        from jaxmir.data.features.cqt import SR, tracked_beats
+        from jaxmir.data.records import AudioPiece
+
+        csv = next(p for p in written if p.name.endswith("_drums.csv"))
+        with open(csv) as fh:
+            if sum(1 for _ in fh) > 1:  # a header and hits
+                return None
+        name = Path(path).name
+        if len(tracked_beats(AudioPiece.input(path).samples(SR), SR)) < 2:
+            return (
+                f"{name}: no drum hits: fewer than 2 beats were tracked (silence, a steady "
+                "tone or a very short file), so there is no grid of mini-beats to find hits on"
+            )
+        return f"{name}: no drum hits: no activation reached decode.threshold"
+
 
 class PatchesAsChannels(nn.Module):
     """(B, mini-beats, time, bins) examples -> the network's (B, time, bins, mini-beats),
