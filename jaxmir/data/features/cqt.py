@@ -215,12 +215,19 @@ def drum_patches(cqt: np.ndarray, frame_times: np.ndarray, mini_beats: np.ndarra
     return out
 
 
+BEAT_TRACK_FFT = 2048  # librosa.onset.onset_strength's default n_fft
+
+
 def tracked_beats(audio: np.ndarray, sr: float = SR) -> np.ndarray:
     """The beat times (s) that `drum_input` cuts mini-beats on when it is given no beats."""
     return _beat_track(_mono_44k(audio, sr))
 
 
 def _beat_track(y: np.ndarray) -> np.ndarray:
+    """librosa's beat times; none for audio under one of its onset-strength frames (2048
+    samples, which librosa would pad with a warning and track no beats in)."""
+    if len(y) < BEAT_TRACK_FFT:
+        return np.zeros(0, np.float64)
     _, beats = librosa.beat.beat_track(y=y, sr=SR, units="time")
     return np.asarray(beats, dtype=np.float64).ravel()
 
