@@ -234,9 +234,9 @@ def plot_pieces(result: dict, path: Path, panels: str = "tempo", title: str | No
     return Path(path)
 
 
-def piece_arguments(description: str, what: str, first: str) -> argparse.ArgumentParser:
+def piece_arguments(prog: str, description: str, what: str, first: str) -> argparse.ArgumentParser:
     """The options a benchmark over pieces shares: --workdir, --pieces, --first, --variant."""
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--workdir", type=Path, default=None, help="a beat run or model folder")
     p.add_argument("--pieces", type=int, default=48, help=f"how many {what} (default 48)")
     p.add_argument("--first", type=int, default=0, help=first)
@@ -257,6 +257,15 @@ def piece_arguments(description: str, what: str, first: str) -> argparse.Argumen
     return p
 
 
+def check_variant(overrides: list[str]) -> None:
+    """ConfigError for a decode key the beat task does not have or a value it refuses."""
+    from jaxmir.config import apply_overrides
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("beat")
+    task.check_decode(apply_overrides(task.preset("demo"), overrides))
+
+
 def checked_variants(p: argparse.ArgumentParser, args) -> list[tuple[str, list[str]]]:
     """The parsed --variant options, after `p.error` for a bad count, position or variant."""
     if args.pieces < 1:
@@ -265,9 +274,13 @@ def checked_variants(p: argparse.ArgumentParser, args) -> list[tuple[str, list[s
         p.error("--first: at least 0")
     if args.told_tempo is not None and args.told_tempo <= 1:
         p.error("--told-tempo: a factor above 1")
+    if args.workdir is not None and not args.workdir.is_dir():
+        p.error(f"--workdir {args.workdir}: no such folder")
     try:
         variants = [parse_variant(v) for v in args.variant]
-    except ValueError as e:
+        for _, overrides in variants:  # a key or value the beat task refuses: before any work
+            check_variant(overrides)
+    except ValueError as e:  # ConfigError is one
         p.error(str(e))
     names = ["stored"] + [name for name, _ in variants]
     names += [told_name(args.told_tempo)] if args.told_tempo is not None else []
@@ -278,11 +291,14 @@ def checked_variants(p: argparse.ArgumentParser, args) -> list[tuple[str, list[s
 
 def main(argv: list[str] | None = None) -> int:
     p = piece_arguments(
+        "python -m benchmarks.beat_unseen",
         __doc__.split("\n\n")[0],
         "fresh pieces",
         "the first piece's number (default 0; --first 96 draws a set beside the first 96)",
     )
-    p.add_argument("--name", default="beat-unseen")
+    p.add_argument(
+        "--name", default="beat-unseen", help="results/NAME.json and .png (default %(default)s)"
+    )
     args = p.parse_args(argv)
     variants = checked_variants(p, args)
     result = measure(args.workdir, args.pieces, variants, args.first, args.told_tempo)

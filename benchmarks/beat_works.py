@@ -142,7 +142,10 @@ def work_pieces(
 
 def main(argv: list[str] | None = None) -> int:
     p = piece_arguments(
-        __doc__.split("\n\n")[0], "works", "position in the works' order to start at (default 0)"
+        "python -m benchmarks.beat_works",
+        __doc__.split("\n\n")[0],
+        "works",
+        "position in the works' order to start at (default 0)",
     )
     p.add_argument(
         "--rendering",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -160,12 +161,13 @@ def gpu_peak_tflops(device_kind: str, precision: str) -> tuple[str, float] | Non
     """(matched name, peak TFLOP/s) for a JAX ``device_kind`` such as "NVIDIA H100 80GB HBM3";
     `precision` is "bf16", "tf32" or "fp32" (CUDA cores)."""
     kind = device_kind.upper()
-    if "H100" in kind:
+    words = set(re.split(r"[\s_-]+", kind))  # whole names: an L40S is no L4, an A10G no A10
+    if "H100" in words:
         name = "H100 PCIe" if "PCIE" in kind else ("H100 NVL" if "NVL" in kind else "H100 SXM")
-    elif "GH200" in kind:
+    elif "GH200" in words:
         name = "GH200"
     else:
-        name = next((k for k in GPU_PEAKS_TFLOPS if k.upper() in kind), None)
+        name = next((k for k in GPU_PEAKS_TFLOPS if k.upper() in words), None)
     if name is None:
         return None
     return name, GPU_PEAKS_TFLOPS[name][precision]
@@ -375,8 +377,9 @@ def run_one(framework: str, spec: dict, steps: int, env: dict | None = None) -> 
         info.update(w.finish())
     finally:
         w.close()
-    info.update(stats(w.times))
-    info["times_s"] = [round(t, 5) for t in w.times]
+    if steps:  # a probe keeps its own fields (its "n" is its matrix size)
+        info.update(stats(w.times))
+        info["times_s"] = [round(t, 5) for t in w.times]
     return info
 
 

@@ -118,7 +118,9 @@ def parse_tasks(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.demos", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--tasks", type=parse_tasks, default=list(TASKS), help="comma-separated")
     p.add_argument("--root", type=Path, help="where the runs go (default: a temporary folder)")
     p.add_argument("--cache", type=Path, help="cache folder to use (default: a fresh empty one)")

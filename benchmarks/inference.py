@@ -375,7 +375,9 @@ def sweep(workdir: str, clips: list[str], repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument(
         "--workdir",
         type=Path,
@@ -385,13 +387,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=Path, required=True, help="folder of audio clips")
     p.add_argument("--name", default="inference", help="results/<name>.json")
     p.add_argument("--code", type=Path, default=ROOT, help="checkout whose jaxmir runs")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--repeats", type=int, default=3, help="runs of each measurement (medians; default 3)"
+    )
     p.add_argument("--sweep", action="store_true", help="batch-size and hop sweep + note F1")
     p.add_argument("--no-cli", action="store_true", help="only the sweep")
     args = p.parse_args(argv)
     from benchmarks.common import host_info
     from jaxmir.inference import AUDIO_SUFFIXES
 
+    if args.repeats < 1:
+        p.error(f"--repeats: 1 or more, got {args.repeats}")
+    if not args.clips.is_dir():
+        p.error(f"--clips {args.clips}: no such folder")
     clips = sorted(c for c in args.clips.iterdir() if c.suffix.lower() in AUDIO_SUFFIXES)
     if not clips:
         print(f"{args.clips}: no audio clips", file=sys.stderr)

@@ -13,6 +13,7 @@ random moments until it finishes by itself; trials repeat until `--kills` kills 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -141,13 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, default=None, help="keep the workdirs in this folder")
     p.add_argument("--name", default=None, help="also write results/NAME.json")
     args = p.parse_args(argv)
-    os.environ.setdefault("JAXMIR_CACHE", tempfile.mkdtemp(prefix="jaxmir-soak-cache-"))
-    if args.keep is not None:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        result = soak(args.kills, args.keep, args.data, args.seed, log=_err)
-    else:
-        with tempfile.TemporaryDirectory(prefix="jaxmir-soak-") as tmp:
-            result = soak(args.kills, Path(tmp), args.data, args.seed, log=_err)
+    if args.kills < 1:
+        p.error(f"--kills: 1 or more (a soak with no kill proves nothing), got {args.kills}")
+    if args.data is not None and not args.data.is_dir():
+        p.error(f"--data {args.data}: no such folder")
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("JAXMIR_CACHE"):  # a cache of its own, removed afterwards
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxmir-soak-cache-"))
+            os.environ["JAXMIR_CACHE"] = cache
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            result = soak(args.kills, args.keep, args.data, args.seed, log=_err)
+        else:
+            with tempfile.TemporaryDirectory(prefix="jaxmir-soak-") as tmp:
+                result = soak(args.kills, Path(tmp), args.data, args.seed, log=_err)
     print(json.dumps(result))
     if args.name:
         from benchmarks.common import host_info, save_result

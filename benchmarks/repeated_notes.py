@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import save_result
+from jaxmir.data.synth.voices import ENGINES
 
 KEYS = (43, 48, 55, 60, 64, 67, 72, 79)
 STRIKES = 4
@@ -44,6 +45,13 @@ def strike_notes(gap: float, keys=KEYS) -> tuple[np.ndarray, np.ndarray]:
             rows.append((t0 + k * PERIOD_S, t0 + (k + 1) * PERIOD_S - gap, key, 80.0))
             first.append(k == 0)
     return np.asarray(rows, np.float64), np.asarray(first)
+
+
+def known_renderer(name: str) -> bool:
+    """sfN with N a General MIDI program (0-127), or a synthesis voice engine."""
+    if name.startswith("sf"):
+        return name[2:].isdigit() and 0 <= int(name[2:]) <= 127
+    return name in ENGINES
 
 
 def render(renderer: str, notes: np.ndarray) -> np.ndarray:
@@ -115,17 +123,34 @@ def measure(workdir: Path | None, renderers: list[str], gaps: list[float], keys=
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.repeated_notes", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument(
         "--workdir", type=Path, default=None, help="a run or model folder (default: shipped)"
     )
-    p.add_argument("--renderers", default="sf0,sf6,sf40,struck,pluck,additive")
-    p.add_argument("--gaps", default="0,0.04", help="seconds of silence before each repeat")
-    p.add_argument("--name", default="repeated-notes")
-    args = p.parse_args(argv)
-    result = measure(
-        args.workdir, args.renderers.split(","), [float(g) for g in args.gaps.split(",")]
+    p.add_argument(
+        "--renderers",
+        default="sf0,sf6,sf40,struck,pluck,additive",
+        help="sfN (the soundfont's General MIDI program N, 0-127) or a synthesis voice "
+        "(additive, fm, pluck, bowed, struck); comma-separated (default %(default)s)",
     )
+    p.add_argument("--gaps", default="0,0.04", help="seconds of silence before each repeat")
+    p.add_argument(
+        "--name", default="repeated-notes", help="results/NAME.json (default %(default)s)"
+    )
+    args = p.parse_args(argv)
+    renderers = [r.strip() for r in args.renderers.split(",") if r.strip()]
+    bad = [r for r in renderers if not known_renderer(r)]
+    if bad or not renderers:
+        p.error(f"--renderers: sfN (N in 0-127) or one of {list(ENGINES)}, got {bad or 'none'}")
+    try:
+        gaps = [float(g) for g in args.gaps.split(",")]
+    except ValueError:
+        p.error(f"--gaps: seconds such as 0,0.04, got {args.gaps!r}")
+    if args.workdir is not None and not args.workdir.is_dir():
+        p.error(f"--workdir {args.workdir}: no such folder")
+    result = measure(args.workdir, renderers, gaps)
     save_result(args.name, result)
     return 0
 

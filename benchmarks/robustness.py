@@ -114,13 +114,25 @@ def measure(cache_dir: Path, workdir: Path | None, splits: list[str], changes: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.robustness", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--data", type=Path, required=True, help="a music feature cache")
     p.add_argument("--workdir", type=Path, default=None, help="a run or model folder")
-    p.add_argument("--splits", default="test_piano,test_mixed")
-    p.add_argument("--changes", default="as-rendered,gain:-20,noise:20,room:2.0,highpass:200")
-    p.add_argument("--name", default="robustness")
+    p.add_argument(
+        "--splits", default="test_piano,test_mixed", help="the cache's splits (default %(default)s)"
+    )
+    p.add_argument(
+        "--changes",
+        default="as-rendered,gain:-20,noise:20,room:2.0,highpass:200",
+        help="KIND or KIND:VALUE, comma-separated, of as-rendered, gain:DB, noise:SNR, "
+        "room:RT60, highpass:HZ, lowpass:HZ, resample:SR (default %(default)s)",
+    )
+    p.add_argument("--name", default="robustness", help="results/NAME.json (default %(default)s)")
     args = p.parse_args(argv)
+    for flag, path in (("--data", args.data), ("--workdir", args.workdir)):
+        if path is not None and not path.is_dir():
+            p.error(f"{flag} {path}: no such folder")
     try:
         result = measure(args.data, args.workdir, args.splits.split(","), args.changes.split(","))
     except ValueError as e:

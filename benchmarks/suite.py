@@ -12,7 +12,8 @@ Models (``--models``, default ``music,beat,patch_cnn``): the music attention U-N
 BLSTM and the patch CNN, each with PyTorch and TF peers, and ``vocal_contour`` (omnizart's ASPP
 U-Net, 17.6 M parameters, paper preset), selected only on request (``--models vocal_contour``):
 it has no torch or TF peer, so its rows give jaxmir's step time, samples/s, GFLOP/s and % of
-peak, and "no peer" for each requested peer (a peer that has a model is still required).
+peak, and "no peer" for each requested peer (a peer needs to be installed only where a chosen
+model has it).
 Reported per framework: compile (first call) time, median/min/max step time, samples/s, achieved
 GFLOP/s (XLA's FLOP count of jaxmir's step, the same network for the peers) and its % of the
 machine's fp32 matmul peak measured in the same run, peak RSS. Headline: speedup = peer median
@@ -547,6 +548,12 @@ def _parse_kv_list(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def peers_needed(models: list[str], peers: list[str]) -> list[str]:
+    """The peers of `peers` that one of `models` has: only these must be installed (a run of
+    vocal_contour, chord, drum or vocal, which no peer has, needs neither torch nor TF)."""
+    return [p for p in peers if any(p in model_peers(m) for m in models)]
+
+
 def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="under 5 minutes on a 2-core CPU")
@@ -562,12 +569,19 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--name", help="result file name (default: quick, full, levers, gpu)")
     ap.add_argument("--levers", action="store_true", help="before/after of each speed lever")
     ap.add_argument("--gpu", action="store_true", help="accelerator run: MFU, fp32 and bf16")
-    ap.add_argument("--precision", default="fp32", help="jaxmir precision(s): fp32,bf16")
+    ap.add_argument(
+        "--precision", default="fp32", help="jaxmir precision(s) of --gpu: fp32, bf16 or fp32,bf16"
+    )
     ap.add_argument("--batch", action="append", default=[], help="MODEL=N (repeatable)")
     ap.add_argument("--paper-batch", action="store_true", help="the presets' training batches")
     ap.add_argument("--set", action="append", default=[], help="MODEL:key=value jaxmir override")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for every jaxmir worker")
-    ap.add_argument("--threads", type=int, default=2, help="peer threads (torch, TF)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="peer threads (torch, TF; default: every CPU, as XLA uses for jaxmir)",
+    )
     ap.add_argument(
         "--malloc",
         choices=("tuned", "system"),
@@ -595,8 +609,20 @@ def parse_args(argv: list[str] | None):
     bad = [p for p in args.peers if p not in PEERS]
     if bad:
         ap.error(f"unknown peer(s) {bad}; choose from {list(PEERS)} or none")
-    args.devices = sorted({int(d) for d in args.devices.split(",") if d.strip()})
+    try:
+        args.devices = sorted({int(d) for d in args.devices.split(",") if d.strip()})
+    except ValueError:
+        ap.error(f"--devices expects whole numbers such as 1,2,4,8, got {args.devices!r}")
+    if any(d < 1 for d in args.devices):
+        ap.error(f"--devices: each count is 1 or more, got {args.devices}")
     args.precision = [p.strip() for p in args.precision.split(",") if p.strip()]
+    bad = [p for p in args.precision if p not in ("fp32", "bf16")]
+    if bad or not args.precision:
+        ap.error(f"--precision: fp32, bf16 or fp32,bf16, got {bad or 'nothing'}")
+    if args.precision != ["fp32"] and not args.gpu:
+        ap.error("--precision is for --gpu runs (the CPU side by side runs fp32, as its peers)")
+    if args.threads < 1:
+        ap.error(f"--threads: 1 or more, got {args.threads}")
     batches = {}
     for item in args.batch:
         k, _, v = item.partition("=")
@@ -622,7 +648,8 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (args.levers or args.gpu):
-        missing = [msg for ok, msg in map(_peer_available, args.peers) if not ok]
+        needed = peers_needed(args.models, args.peers)
+        missing = [msg for ok, msg in map(_peer_available, needed) if not ok]
         if missing:  # a side-by-side run that silently drops a peer would mislead
             for msg in missing:
                 log(msg.replace(": skipped,", ": missing,"))
@@ -647,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--quick: fewer rounds; {small} (the same shapes for jaxmir and its peers); "
             "workers of a model set up at once (compile times overlap)."
         )
-    payload: dict = {"name": args.name, "quick": args.quick, "host": host, "argv": argv}
+    command = list(sys.argv[1:] if argv is None else argv)  # how to run this again
+    payload: dict = {"name": args.name, "quick": args.quick, "host": host, "argv": command}
     payload["malloc"] = _malloc_env()
     log(
         f"malloc: {args.malloc} for every worker, jaxmir and peers alike"
@@ -670,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     if probe.get("jax_backend") not in (None, "cpu"):
         kind = probe.get("device_kind", "")
         probe["gpu_peaks"] = {p: gpu_peak_tflops(kind, p) for p in ("fp32", "tf32", "bf16")}
+        if not any(probe["gpu_peaks"].values()):
+            log(f"  {kind}: no data-sheet peak in GPU_PEAKS_TFLOPS (benchmarks/common.py): no MFU")
     payload["peak"] = probe
     log(
         f"  numpy {probe.get('numpy_gflops')} GFLOP/s, JAX {probe.get('jax_gflops')} GFLOP/s"

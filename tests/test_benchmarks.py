@@ -4,7 +4,7 @@ import pytest
 
 from benchmarks.common import MODELS, gpu_peak_tflops, model_peers, stats
 from benchmarks.jaxmir_side import _build_light, build, time_jaxmir
-from benchmarks.suite import lever_variants, parse_args, split_peers
+from benchmarks.suite import lever_variants, parse_args, peers_needed, split_peers
 
 KEYS = {
     "framework",
@@ -40,6 +40,11 @@ def test_helpers():
     assert gpu_peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == ("H100 SXM", 989.0)
     assert gpu_peak_tflops("NVIDIA H200", "fp32") == ("H200", 67.0)
     assert gpu_peak_tflops("cpu", "fp32") is None
+    assert gpu_peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") == ("A100", 312.0)
+    # whole names only: an L40S is not an L4 (3x the MFU), an A10G not an A10
+    assert gpu_peak_tflops("NVIDIA L40S", "bf16") is None
+    assert gpu_peak_tflops("NVIDIA A10G", "bf16") is None
+    assert gpu_peak_tflops("NVIDIA L4", "bf16") == ("L4", 121.0)
     labels = [v[0] for v in lever_variants("beat", quick=True)]
     assert labels[0] == "default" and "ynn fusion off" in labels
     args = parse_args(["--quick", "--models", "beat,patch_cnn", "--peers", "none"])
@@ -52,6 +57,15 @@ def test_helpers():
     for model in ("chord", "drum"):  # on request only, no peer
         assert model not in parse_args([]).models and model_peers(model) == ()
     assert "vocal_contour" not in parse_args([]).models
+    # a run of models no peer has needs neither torch nor TF installed
+    assert peers_needed(["vocal_contour", "chord"], ["torch", "tf"]) == []
+    assert peers_needed(["vocal_contour", "beat"], ["torch", "tf"]) == ["torch", "tf"]
+    for bad in (["--devices", "a"], ["--devices", "0,2"], ["--precision", "fp64", "--gpu"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    with pytest.raises(SystemExit):  # the CPU side by side is fp32 only: refused, not ignored
+        parse_args(["--precision", "bf16"])
+    assert parse_args(["--gpu", "--precision", "fp32,bf16"]).precision == ["fp32", "bf16"]
     assert parse_args(["--quick", "--models", "vocal_contour"]).models == ["vocal_contour"]
     assert model_peers("vocal_contour") == () and model_peers("music") == ("torch", "tf")
     assert split_peers("vocal_contour", ["torch"], ["torch", "tf"]) == ([], ["torch", "tf"])
@@ -220,6 +234,15 @@ def test_beat_unseen_builds_fresh_pieces_in_the_unseen_meters_and_tempi_and_scor
         with pytest.raises(ValueError):
             parse_variant(bad)
     assert parse_variant("a:decode.x=1,decode.y=2") == ("a", ["decode.x=1", "decode.y=2"])
+    # a key the beat task lacks, a value it refuses, a missing model: refused before any work
+    for argv in (
+        ["--variant", "x:decode.nope=1"],
+        ["--variant", "x:decode.method=zz"],
+        ["--workdir", "no/such/run"],
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2, argv
     pieces = list(fresh_pieces(6))
     assert [p.name for p, _, _ in pieces] == [f"select__{i:04d}" for i in range(6)]
     for piece, meter, pace in pieces:
