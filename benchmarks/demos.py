@@ -10,7 +10,9 @@ recorded, and each `eval`'s scores. The vocal demo's notes take their pitch from
 `vocal_contour` demo run, so its rows are that run, the vocal run, and the vocal run scored with
 the contour run's pitch and with its built-in pitch. By default the commands use a fresh, empty
 cache folder (`$JAXMIR_CACHE`), so the times include rendering the corpus and its features, as
-the README's times do; `--cache` reuses one. Runs that exist already are refused, not
+the README's times do; the chord, drum and vocal demos share one corpus, which the first of them
+in a run renders (about 45 s on a 2-core CPU) and the others find rendered. `--cache` reuses
+one. Runs that exist already are refused, not
 resumed. Written to ``benchmarks/results/<name>.json`` (default ``demos``); the run folders
 stay under `--root` (default a temporary folder).
 `--preset tiny` runs the same commands in seconds (a check that they work, not a result).

@@ -659,7 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     ACCELERATOR["on"] = bool(args.gpu)
     t_start = time.perf_counter()
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log(f"python -m benchmarks: error: --out {args.out}: {e.strerror}")
+        return 2
     host = host_info()
     log(
         f"jaxmir benchmarks ({args.name}): {host['cpu']}, {host['cpus']} CPUs, "

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from jaxmir.config import ConfigError, apply_overrides, validate
-from jaxmir.usage import UsageError, check_output_folder
+from jaxmir.usage import UsageError, check_output_folder, worker_count
 
 EPILOG = """examples:
   jaxmir train beat --preset demo                 train on the embedded corpus
@@ -792,13 +792,14 @@ def cmd_features(args) -> int:
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
-    if args.workers < 1:
-        raise UsageError(f"-j: must be >= 1, got {args.workers}")
+    workers, note = worker_count(args.workers)
     check_output_folder(args.out, "--out")
+    if note:
+        print(f"jaxmir features: {note}", file=sys.stderr)
     with warnings.catch_warnings():  # each failure is named once, below
         warnings.filterwarnings("ignore", message="skipping ")
         summary = task.featurize(
-            args.dataset, args.root, args.out, workers=args.workers, progress=not args.no_progress
+            args.dataset, args.root, args.out, workers=workers, progress=not args.no_progress
         )
     for path, reason in summary["failed"]:
         # readers' errors often name the file again ("PATH: ...", "PATH:LINE: ...")

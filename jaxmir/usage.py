@@ -3,6 +3,7 @@ the `synth` command."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -21,3 +22,15 @@ def check_output_folder(path: Path | str | None, flag: str) -> None:
             if not p.is_dir():
                 raise UsageError(f"{flag} {path}: must be a folder ({p} is a file)")
             return
+
+
+def worker_count(asked: int, cpus: int | None = None) -> tuple[int, str | None]:
+    """The worker processes to start for `-j asked`: at most one per CPU (each renders or
+    featurises a piece in its own memory, so more only queue for the CPUs and add memory), and
+    a line saying so when `asked` was more. UsageError below 1."""
+    if asked < 1:
+        raise UsageError(f"-j: must be >= 1, got {asked}")
+    cpus = cpus or os.cpu_count() or 1
+    if asked <= cpus:
+        return asked, None
+    return cpus, f"-j {asked}: this machine has {cpus} CPUs, so {cpus} workers run"

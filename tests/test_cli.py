@@ -1,6 +1,7 @@
 """The `jaxmir` command's contract: info, exit codes, features, eval and transcribe."""
 
 import json
+import os
 
 import numpy as np
 import pretty_midi
@@ -82,11 +83,20 @@ def test_features_midi_skips_and_names_bad_files(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p["name"] for p in manifest["pieces"]) == ["good0", "good1", "good2"]
     assert len(manifest["failures"]) == 2
-    # a re-run skips what is cached
-    assert (
-        main(["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]) == 0
-    )
-    assert "0 pieces written, 3 already cached" in capsys.readouterr().out
+    # a re-run skips what is cached; -j beyond the CPUs runs one worker per CPU, and says so
+    assert main([*argv, "-j", "512"]) == 0
+    captured = capsys.readouterr()
+    assert "0 pieces written, 3 already cached" in captured.out
+    assert f"-j 512: this machine has {os.cpu_count()} CPUs" in captured.err
+
+
+def test_worker_count_is_capped_at_the_cpus():
+    from jaxmir.usage import UsageError, worker_count
+
+    assert worker_count(2, cpus=4) == (2, None)
+    assert worker_count(64, cpus=4) == (4, "-j 64: this machine has 4 CPUs, so 4 workers run")
+    with pytest.raises(UsageError):
+        worker_count(0, cpus=4)
 
 
 def test_features_empty_folder_exit_2(tmp_path, capsys):

@@ -53,7 +53,7 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_synth(args) -> int:
     """Run `jaxmir synth`; prints the summary as JSON on stdout."""
     from jaxmir.data.synth.corpus import build_corpus
-    from jaxmir.usage import UsageError, check_output_folder
+    from jaxmir.usage import UsageError, check_output_folder, worker_count
 
     def refuse(problem: str) -> int:
         print(f"jaxmir synth: error: {problem}", file=sys.stderr)
@@ -61,8 +61,10 @@ def cmd_synth(args) -> int:
 
     if args.pieces < 0:
         return refuse(f"--pieces: must be >= 0, got {args.pieces}")
-    if args.workers < 1:
-        return refuse(f"-j: must be >= 1, got {args.workers}")
+    try:
+        workers, note = worker_count(args.workers)
+    except UsageError as e:
+        return refuse(str(e))
     if args.max_seconds is not None and not 0 < args.max_seconds < math.inf:
         return refuse(f"--max-seconds: seconds > 0, got {args.max_seconds}")
     if args.pieces > 0:  # more than the chorales there are: say so, render them all
@@ -79,11 +81,13 @@ def cmd_synth(args) -> int:
         check_output_folder(args.out, "--out")
     except UsageError as e:
         return refuse(str(e))
+    if note:
+        print(f"jaxmir synth: {note}", file=sys.stderr)
     summary = build_corpus(
         Path(args.out),
         None if args.pieces == 0 else args.pieces,
         args.seed,
-        workers=args.workers,
+        workers=workers,
         progress=not args.no_progress,
         max_seconds=args.max_seconds,
         augment=not args.no_augment,
