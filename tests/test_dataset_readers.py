@@ -325,6 +325,13 @@ def test_mir1k_pitch_frames_and_song_split(tmp_path):
     np.testing.assert_allclose(p.f0[:, 0], [0.02, 0.04, 0.06])
     np.testing.assert_allclose(p.f0[:, 1], [0.0, 440 * 2 ** ((45.5 - 69) / 12), 440.0])
     assert mir1k.song_key("abjones_1_01") == "abjones_1" and mir1k.song_key("odd") == "odd"
+    # a copy whose audio was renamed .WAV on another system is read the same
+    (tmp_path / "Wavfile" / "abjones_1_02.wav").rename(tmp_path / "Wavfile" / "abjones_1_02.WAV")
+    assert [p.audio.name for p in mir1k.read(tmp_path)] == ["abjones_1_01.wav", "abjones_1_02.WAV"]
+    assert [p.name for p in _common.wav_files(tmp_path, recursive=True)] == [
+        "abjones_1_01.wav",
+        "abjones_1_02.WAV",
+    ]
 
 
 def test_mir1k_blank_line_inside_is_an_error(tmp_path):

@@ -45,6 +45,13 @@ def train_or_val(key: str) -> str:
     return "val" if hash_unit(key) < VAL_FRACTION else "train"
 
 
+def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The WAV files of `folder` (of its subfolders too when `recursive`), sorted, whatever the
+    case of their suffix: a copy made on another system may be `.WAV`."""
+    found = Path(folder).rglob("*") if recursive else Path(folder).glob("*")
+    return sorted(p for p in found if p.suffix.lower() == ".wav" and p.is_file())
+
+
 def require_root(root: Path | str, dataset: str) -> Path:
     root = Path(root)
     if not root.is_dir():

@@ -83,7 +83,7 @@ def read(root: Path, subsets: tuple[str, ...] = ("MUS",)) -> list[AudioPiece]:
     for code, split, wanted in plan:
         for piano in _piano_dirs(root, code):
             for subset in wanted:
-                for wav in sorted((piano / subset).rglob("*.wav")):
+                for wav in C.wav_files(piano / subset, recursive=True):
                     if wav.stem in seen:
                         continue
                     txt = wav.with_suffix(".txt")

@@ -71,7 +71,7 @@ def read(root: Path) -> list[AudioPiece]:
     wav_dir = next((root / d for d in WAV_DIRS if (root / d).is_dir()), None)
     pieces = []
     if wav_dir is not None:
-        for wav in sorted(wav_dir.glob("*.wav")):
+        for wav in C.wav_files(wav_dir):
             pv = root / "PitchLabel" / f"{wav.stem}.pv"
             if not pv.is_file():
                 C.warn_skip(DATASET, wav, f"no PitchLabel/{pv.name}")

@@ -110,7 +110,7 @@ def _pairs(root: Path):
     """(split, id, wav, csv) for every recording with both files, sorted by split then id."""
     out = []
     for split, data_dir, label_dir in SPLIT_DIRS:
-        wavs = {p.stem: p for p in sorted((root / data_dir).glob("*.wav"))}
+        wavs = {p.stem: p for p in C.wav_files(root / data_dir)}
         labels = {p.stem: p for p in sorted((root / label_dir).glob("*.csv"))}
         for stem in sorted(set(wavs) | set(labels)):
             if stem not in wavs or stem not in labels:

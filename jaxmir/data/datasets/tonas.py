@@ -96,7 +96,7 @@ def read(root: Path) -> list[AudioPiece]:
     root = C.require_root(root, DATASET)
     pieces = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for wav in sorted(folder.glob("*.wav")):
+        for wav in C.wav_files(folder):
             notes_path = wav.with_name(wav.stem + NOTES_SUFFIX)
             f0_path = wav.with_name(wav.stem + F0_SUFFIX)
             if not notes_path.is_file() and not f0_path.is_file():
