@@ -123,6 +123,28 @@ def test_training_on_after_async_saves_equals_no_saves(beat_cache, tmp_path):
         assert np.array_equal(a, b)
 
 
+def test_an_epochs_save_replaces_the_interrupt_save_at_its_step(beat_cache, tmp_path):
+    """A stop during an epoch's validation saves its last step unscored; the resumed epoch's
+    save at that step then carries the score (it was skipped, so a worse later checkpoint was
+    taken for the best and the better one pruned)."""
+    cfg = tiny()
+    mesh = make_mesh(ONE)
+    state = init_state(TASK, cfg, mesh, make_callbacks(cfg))
+    it = batch_iterator(TASK.dataset(cfg, FeatureCache(beat_cache), "train", True), 8, 1)
+    ckpt = Checkpointer(tmp_path / "ck", monitor="val_loss", keep_latest=1, keep_best=1)
+    ckpt.save(4, state, it, {"epoch": 0, "step_in_epoch": 4})  # the interrupt save
+    ckpt.save(4, state, it, {"epoch": 1, "step_in_epoch": 0}, {"val_loss": 1.0})
+    ckpt.save(8, state, it, {"epoch": 2, "step_in_epoch": 0}, {"val_loss": 2.0})
+    ckpt.wait()
+    assert ckpt.manager.all_steps() == [4, 8] and ckpt.best_step() == 4
+    assert ckpt.restore(4, state)[1]["epoch"] == 1  # the epoch's marks, not the interrupt's
+    # a save with nothing more (an interrupt right after an epoch's save) changes nothing
+    ckpt.save(8, state, it, {"epoch": 2, "step_in_epoch": 0})
+    ckpt.wait()
+    assert ckpt.best_step() == 4 and ckpt._has_metric(8)
+    ckpt.close()
+
+
 def test_workdir_outputs(beat_cache, tmp_path):
     cfg = apply_overrides(TASK.preset("tiny"), ["train.monitor=val_beat_f_measure"])
     run = train(TASK, cfg, tmp_path / "run", beat_cache, devices=ONE, progress=False)

@@ -81,8 +81,23 @@ class Checkpointer:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if step in self.manager.all_steps():
-            return  # already saved at this step (e.g. an interrupt right after an epoch save)
+            if not self._replaces_interrupt_save(step, metrics, meta):
+                return  # already saved at this step (e.g. an interrupt right after an epoch save)
+            # An interrupt save (no score) at the end of an epoch's steps, before its validation
+            # finished: the resumed epoch's save holds the same state with its score and marks,
+            # without which the best checkpoint would be chosen among the others. A crash before
+            # it is written leaves an earlier checkpoint (or none), from which the run resumes
+            # to the same state.
+            self.manager.wait_until_finished()
+            self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics or {})
+
+    def _replaces_interrupt_save(self, step: int, metrics: dict | None, meta: dict) -> bool:
+        """Whether a save at `step`, which exists, brings what an interrupt save there lacks:
+        the monitored score, or an early stop's mark."""
+        if self._has_metric(step):
+            return False
+        return bool(metrics and self.monitor in metrics) or "status" in meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
