@@ -145,6 +145,31 @@ def test_an_epochs_save_replaces_the_interrupt_save_at_its_step(beat_cache, tmp_
     ckpt.close()
 
 
+def test_early_stopping_switched_on_or_off_by_a_resume_restores(beat_cache, tmp_path):
+    """`train.early_stop_patience` may change on resume: null -> a number and back restored
+    as unreadable checkpoints (the callbacks' state had another tree)."""
+    run = tmp_path / "run"
+    assert train(TASK, tiny("train.epochs=1"), run, beat_cache, devices=ONE, progress=False)
+    for patience, epochs in ((3, 2), (None, 3)):
+        cfg = tiny(f"train.epochs={epochs}", f"train.early_stop_patience={json.dumps(patience)}")
+        result = train(TASK, cfg, run, beat_cache, devices=ONE, progress=False)
+        assert result.status == "finished" and int(result.state.step) == 4 * epochs
+    # a checkpoint saved without early stopping's state (as runs were saved before it was
+    # always kept) restores, early stopping starting afresh
+    cfg = tiny()
+    mesh = make_mesh(ONE)
+    state = init_state(TASK, cfg, mesh, make_callbacks(cfg))
+    older = state.replace(
+        callbacks={k: v for k, v in state.callbacks.items() if k != "early_stopping"}
+    )
+    ckpt = Checkpointer(tmp_path / "old")
+    ckpt.save(1, older, None, {"epoch": 0, "step_in_epoch": 1})
+    restored, _ = ckpt.restore(1, state)
+    assert set(restored.callbacks) == set(state.callbacks)
+    assert float(restored.callbacks["early_stopping"]["wait"]) == 0.0
+    ckpt.close()
+
+
 def test_workdir_outputs(beat_cache, tmp_path):
     cfg = apply_overrides(TASK.preset("tiny"), ["train.monitor=val_beat_f_measure"])
     run = train(TASK, cfg, tmp_path / "run", beat_cache, devices=ONE, progress=False)

@@ -86,10 +86,13 @@ def _with_own(state: TrainState, name: str, values: dict) -> TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class EarlyStopping:
-    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs.
+
+    `patience=None` only keeps count, never stops: every run carries this state, so a resumed
+    run may switch early stopping on or off (`train.early_stop_patience`) and still restore."""
 
     monitor: str = "val_loss"
-    patience: int = 5
+    patience: int | None = 5
     min_delta: float = 0.0
     mode: str = "auto"
     name: str = "early_stopping"
@@ -111,7 +114,7 @@ class EarlyStopping:
         else:
             wait += 1
         state = _with_own(state, self.name, {"best": best, "wait": wait})
-        if wait >= self.patience:
+        if self.patience is not None and wait >= self.patience:
             return state, (Stop(f"{self.monitor} did not improve for {wait} epochs"),)
         return state, ()
 

@@ -8,6 +8,7 @@ the write to disk finishes in the background and is awaited before exit or resto
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gc
 import inspect
@@ -137,7 +138,15 @@ class Checkpointer:
         consumed) is the same for every process count (see `jaxmir.data.pipeline`).
         """
         self.wait()
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(state_template))
+        template = state_template
+        saved = self._saved_callbacks(step)
+        if saved is not None and set(template.callbacks) - saved:
+            # a callback this run has and the saved one had not (early stopping switched on
+            # by a resume of a run saved before it was always kept): it starts afresh
+            template = template.replace(
+                callbacks={k: v for k, v in template.callbacks.items() if k in saved}
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(template))
         items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
         position = None
         if data_iterator is not None:
@@ -148,7 +157,18 @@ class Checkpointer:
         if position is not None:
             data_iterator.set_state(position)
         state = _merge(state_template, restored["state"])
+        state = state.replace(callbacks={**state_template.callbacks, **state.callbacks})
         return state, dict(restored["meta"])
+
+    def _saved_callbacks(self, step: int) -> set[str] | None:
+        """The names of the callbacks whose state `step` holds, from its tree metadata; None
+        where that cannot be read (the restore then says why)."""
+        try:
+            tree = json.loads((self.directory / str(step) / "state" / "_METADATA").read_text())
+            paths = [ast.literal_eval(key) for key in tree["tree_metadata"]]
+        except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+            return None
+        return {p[1] for p in paths if isinstance(p, tuple) and len(p) > 1 and p[0] == "callbacks"}
 
     def _data_position_of_other_layout(self, step: int) -> dict | None:
         """The iterator position saved by a run on another number of processes, else None."""

@@ -150,8 +150,8 @@ def make_callbacks(cfg: Config, task=None) -> list:
             f"optim.lr_schedule: unknown schedule {o.lr_schedule!r} "
             "(constant, step, exponential, plateau, exponential_steps, warmup_cosine)"
         )
-    if t.early_stop_patience is not None:
-        out.append(cb.EarlyStopping(t.monitor, t.early_stop_patience, t.early_stop_min_delta))
+    # always present (patience None: counting only), so a resume may switch it on or off
+    out.append(cb.EarlyStopping(t.monitor, t.early_stop_patience, t.early_stop_min_delta))
     out.append(cb.ModelCheckpoint(t.monitor))
     return out
 
