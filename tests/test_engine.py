@@ -170,6 +170,29 @@ def test_early_stopping_switched_on_or_off_by_a_resume_restores(beat_cache, tmp_
     ckpt.close()
 
 
+def test_grad_norm_switched_on_by_a_resume_mid_epoch(beat_cache, tmp_path):
+    """`train.log_grad_norm` may change on resume: switched on inside an epoch, the restored
+    sums had no grad_norm and the first step ended in a traceback (and every re-run after)."""
+    from jaxmir.engine.loop import RunningMeans
+
+    run = tmp_path / "run"
+    cut = tiny("train.epochs=1", "train.interrupt_at_step=2")
+    assert train(TASK, cut, run, beat_cache, devices=ONE, progress=False).status.startswith(
+        "interrupted"
+    )
+    cfg = tiny("train.epochs=1", "train.log_grad_norm=true")
+    assert train(TASK, cfg, run, beat_cache, devices=ONE, progress=False).status == "finished"
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_row = [r for r in epochs if r["kind"] == "epoch" and r["split"] == "train"][-1]
+    assert train_row["grad_norm"] > 0 and np.isfinite(train_row["loss"])
+    # the mean of a metric is over the steps that logged it, through a checkpoint's JSON too
+    means = RunningMeans()
+    for metrics in ({"loss": 1.0}, {"loss": 3.0, "g": 4.0}, {"loss": 5.0, "g": 6.0}, {"loss": 7.0}):
+        means.add({k: np.float32(v) for k, v in metrics.items()})
+        means = RunningMeans.from_json(means.to_json())
+    assert means.read() == {"loss": 4.0, "g": 5.0}
+
+
 def test_workdir_outputs(beat_cache, tmp_path):
     cfg = apply_overrides(TASK.preset("tiny"), ["train.monitor=val_beat_f_measure"])
     run = train(TASK, cfg, tmp_path / "run", beat_cache, devices=ONE, progress=False)

@@ -75,34 +75,56 @@ class RunningMeans:
 
     `to_json()` / `from_json()` carry the sums of an epoch cut by an interrupt into its
     checkpoint, so the resumed epoch reports the same means, to the bit, as an uninterrupted
-    one (float32 sums survive the trip through JSON's float64 exactly)."""
+    one (float32 sums survive the trip through JSON's float64 exactly).
+
+    A metric logged on only some of the epoch's steps (`train.log_grad_norm` switched by a
+    resume mid-epoch) is the mean over the steps that logged it (`counts`)."""
 
     sums: dict | None = None
     count: int = 0
+    counts: dict = dataclasses.field(default_factory=dict)  # only where not `count`
 
     def add(self, metrics: dict) -> None:
-        self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
+        if self.sums is None:
+            self.sums = metrics
+        elif metrics.keys() == self.sums.keys():
+            self.sums = jax.tree.map(jnp.add, self.sums, metrics)
+            for k in self.counts:
+                self.counts[k] += 1
+        else:
+            for k in set(self.sums) - set(metrics):  # not logged on this step
+                self.counts.setdefault(k, self.count)
+            for k in set(metrics) - set(self.sums):  # logged from this step on
+                self.counts[k] = 0
+            self.sums = {
+                **self.sums,
+                **{k: self.sums[k] + v if k in self.sums else v for k, v in metrics.items()},
+            }
+            for k in metrics:
+                if k in self.counts:
+                    self.counts[k] += 1
         self.count += 1
 
     def read(self) -> dict[str, float]:
         if self.sums is None:
             return {}
         host = jax.device_get(self.sums)
-        return {k: float(v) / self.count for k, v in host.items()}
+        return {k: float(v) / self.counts.get(k, self.count) for k, v in host.items()}
 
     def to_json(self) -> dict:
         host = jax.device_get(self.sums) if self.sums is not None else {}
-        return {
+        out = {
             "count": self.count,
             "sums": {k: [float(v), str(np.asarray(v).dtype)] for k, v in host.items()},
         }
+        return out | ({"counts": dict(self.counts)} if self.counts else {})
 
     @classmethod
     def from_json(cls, saved: dict | None) -> RunningMeans:
         if not saved or not saved.get("count"):
             return cls()
         sums = {k: jnp.asarray(np.asarray(v, dtype)) for k, (v, dtype) in saved["sums"].items()}
-        return cls(sums, int(saved["count"]))
+        return cls(sums, int(saved["count"]), dict(saved.get("counts", {})))
 
 
 @dataclasses.dataclass
