@@ -69,12 +69,37 @@ def export_model(
 
     `members`: other runs of the same model config whose best checkpoints join it as an
     ensemble (`export_members`); its decoding is then calibrated again, and its test splits
-    scored, on the data `data` (default: the run's own)."""
+    scored, on the data `data` (default: the run's own).
+
+    The folder is written beside `out` and moved into its place only when whole: an export
+    that fails (a member that is not there, or differs) leaves a model already in `out` as it
+    was, and `out` may itself be a member."""
+    workdir, out = Path(workdir), Path(out)
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _export_into(task, workdir, staging, info, members, data, progress, log)
+        _replace_folder(out, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _replace_folder(out: Path, new: Path) -> None:
+    """Put the folder `new` where `out` is (two renames; the old folder is removed after)."""
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(task, workdir: Path, out: Path, info, members, data, progress, log) -> None:
     from flax import serialization
 
     from jaxmir.engine.run import DECODE_FILE, restore_for_inference
 
-    workdir, out = Path(workdir), Path(out)
     cfg, _mesh, state, step = restore_for_inference(task, workdir)
     info = _scores_of_this_model(info or {}, step, cfg, workdir, log)
     variables = _final_variables(state)
@@ -101,11 +126,8 @@ def export_model(
     for name in CURVES:  # the run's curve travels with its model
         if (workdir / name).is_file():
             _write(out / name, (workdir / name).read_bytes())
-    for stale in out.glob(MEMBER.format("*")):  # members of an ensemble exported here before
-        stale.unlink()
     if members:
         export_members(task, workdir, out, members, data, progress=progress, log=log)
-    return out
 
 
 def _scores_of_this_model(info: dict, step: int, cfg, workdir: Path, log) -> dict:

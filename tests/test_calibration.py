@@ -235,8 +235,13 @@ def test_runs_export_as_an_ensemble_that_averages_their_outputs(
     stored["model"]["dropout"] = 0.5
     (odd / "config.json").write_text(json.dumps(stored))
     capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert main([*argv, "--member", str(odd)]) == 2
     assert f"{odd}: its model config differs" in capsys.readouterr().err
+    # a failed export leaves the model already there as it was (it lost its member and
+    # weights), and leaves nothing beside it
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     stored["model"]["dropout"] = json.loads((other / "config.json").read_text())["model"]["dropout"]
     stored["data"]["label_mode"] = "frame"  # outputs that mean something else
     (odd / "config.json").write_text(json.dumps(stored))
