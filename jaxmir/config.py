@@ -264,7 +264,18 @@ _LOWER_BOUNDS = (
     ("train.keep_latest", 1),
     ("train.keep_best", 1),
     ("train.data_threads", 1),
+    ("optim.decay_every", 1),
+    ("optim.decay_steps", 1),
+    ("optim.warmup_steps", 0),
+    ("optim.plateau_patience", 1),
+    ("optim.weight_decay", 0),
+    ("optim.min_lr", 0),
+    ("train.early_stop_min_delta", 0),
 )
+#: Keys that are null (off) or at least this.
+_NULL_OR_AT_LEAST = (("train.early_stop_patience", 1),)
+#: Keys that are null (off) or above 0.
+_NULL_OR_POSITIVE = ("optim.grad_clip_norm", "optim.grad_clip_value")
 
 
 #: Keys whose value is one of a few words (a task's section may lack the key).
@@ -281,7 +292,7 @@ _WORDS = (
 )
 #: Sizes that must be at least 1 where a task's section has them (0 divided by zero, deep in
 #: the model or the corpus builder).
-_AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants")
+_AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants", "model.num_layers")
 
 
 def validate(cfg: Config) -> Config:
@@ -290,8 +301,24 @@ def validate(cfg: Config) -> Config:
     for key, low in _LOWER_BOUNDS:
         if flat[key] < low:
             raise ConfigError(f"{key}: must be >= {low}, got {flat[key]}")
-    if not flat["optim.learning_rate"] > 0:
-        raise ConfigError(f"optim.learning_rate: must be > 0, got {flat['optim.learning_rate']}")
+    for key, low in _NULL_OR_AT_LEAST:
+        if flat[key] is not None and flat[key] < low:
+            raise ConfigError(f"{key}: must be >= {low} (or null: off), got {flat[key]}")
+    for key in _NULL_OR_POSITIVE:
+        if flat[key] is not None and not flat[key] > 0:
+            raise ConfigError(f"{key}: must be > 0 (or null: off), got {flat[key]}")
+    for key in ("optim.learning_rate", "optim.decay_rate"):
+        if not flat[key] > 0:
+            raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
+    if flat["optim.weight_decay"] > 0 and flat["optim.name"] != "adamw":
+        raise ConfigError(
+            f"optim.weight_decay: only optim.name=adamw decays weights, got {flat['optim.name']}"
+        )
+    batch, accum = flat["train.batch_size"], flat["train.grad_accum"]
+    if batch % accum:
+        raise ConfigError(
+            f"train.grad_accum: {accum} micro-batches must divide train.batch_size={batch}"
+        )
     for key, known in _WORDS:
         if key in flat and flat[key] not in known:
             raise ConfigError(f"{key}: unknown {flat[key]!r} ({', '.join(known)})")

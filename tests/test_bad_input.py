@@ -620,6 +620,16 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
         ("music", "data.corpus_max_seconds=0"),
         ("music", "data.corpus_instruments=bogus"),
         ("music", "model.dropout=1.5"),
+        # a traceback at the first step (a batch of 8 in 3 micro-batches), a ZeroDivisionError
+        # after epoch 1, a stop after epoch 1 whatever happened, a model without an LSTM,
+        # weight decay an optimizer ignores, clipping to nothing
+        ("beat", "train.grad_accum=3"),
+        ("beat", "optim.decay_every=0"),
+        ("beat", "train.early_stop_patience=0"),
+        ("beat", "model.num_layers=0"),
+        ("beat", "optim.weight_decay=0.01"),
+        ("beat", "optim.grad_clip_norm=0"),
+        ("beat", "optim.decay_rate=0"),
     ],
 )
 def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, capsys):
