@@ -307,6 +307,9 @@ def cmd_train(args) -> int:
     if result.status.startswith("interrupted"):
         print(f"Interrupted; checkpoint saved. Resume with the same command (--workdir {workdir}).")
         return EXIT_INTERRUPTED
+    if result.status.startswith("failed"):  # a launcher must not count it as done
+        print(f"jaxmir train: {result.status}", file=sys.stderr)
+        return 1
     for line in replaced_decode_settings(cfg, args.overrides, workdir):
         print(line, file=sys.stderr)
     return 0

@@ -237,17 +237,28 @@ def test_resume_refuses_changed_model(beat_cache, tmp_path):
 
 
 def test_early_stop_is_carried_out_and_not_resumed(beat_cache, tmp_path):
-    cfg = tiny("train.epochs=5", "train.early_stop_patience=0")
+    # nothing is an improvement after the first epoch (from inf), so it stops after the second
+    cfg = tiny("train.epochs=5", "train.early_stop_patience=1", "train.early_stop_min_delta=1e9")
     run = train(TASK, cfg, tmp_path / "es", beat_cache, devices=ONE, progress=False)
-    assert run.status.startswith("stopped") and int(run.state.epoch) == 1
+    assert run.status.startswith("stopped") and int(run.state.epoch) == 2
     again = train(TASK, cfg, tmp_path / "es", beat_cache, devices=ONE, progress=False)
     assert again.status == "stopped"
 
 
 def test_nan_loss_stops_without_saving_the_nan_state(beat_cache, tmp_path):
-    cfg = tiny("train.epochs=2", "train.log_every=1", "optim.learning_rate=1e30")
+    cfg_overrides = ("train.epochs=2", "train.log_every=1", "optim.learning_rate=1e38")
+    cfg = tiny(*cfg_overrides)
     run = train(TASK, cfg, tmp_path / "nan", beat_cache, devices=ONE, progress=False)
-    assert "loss is nan" in run.status
+    assert run.status.startswith("failed: loss is nan")
     steps = Checkpointer(tmp_path / "nan" / "checkpoints").manager.all_steps()
     assert int(run.state.step) not in steps
     assert not (tmp_path / "nan" / "decode.json").exists()  # nothing to calibrate: no checkpoint
+    # the command exits 1, not 0 as a finished or early-stopped run: a launcher must not count
+    # a diverged run as done
+    from jaxmir.cli import main
+
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(tmp_path / "cli")]
+    argv += ["--data", str(beat_cache), "--no-progress"]
+    for setting in ("train.eval_pieces_each_epoch=false", *cfg_overrides):
+        argv += ["--set", setting]
+    assert main(argv) == 1

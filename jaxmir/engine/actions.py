@@ -15,9 +15,11 @@ class Save:
 
 @dataclasses.dataclass(frozen=True)
 class Stop:
-    """End training after this epoch (or this step, for step-level callbacks)."""
+    """End training after this epoch (or this step, for step-level callbacks). `failed`: the
+    run cannot go on (its loss is NaN): nothing more is saved and the command exits 1."""
 
     reason: str
+    failed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

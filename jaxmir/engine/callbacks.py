@@ -240,7 +240,7 @@ class TerminateOnNaN:
     def __call__(self, state, logs):
         loss = float(logs.get("loss", 0.0))
         if not math.isfinite(loss):
-            return state, (Stop(f"loss is {loss} at step {int(logs['step'])}"),)
+            return state, (Stop(f"loss is {loss} at step {int(logs['step'])}", failed=True),)
         return state, ()
 
 

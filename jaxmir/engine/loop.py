@@ -253,7 +253,8 @@ def train_epochs(
     """Epochs x steps with validation and callbacks.
 
     Returns (state, history {"train": [...], "validate": [...]}, status) where status is
-    "finished", "stopped: <reason>" or "interrupted: <signal>".
+    "finished", "stopped: <reason>", "failed: <reason>" (a `Stop(failed=True)`: a NaN loss)
+    or "interrupted: <signal>".
     """
     hooks = hooks or Hooks()
     history: dict[str, list] = {"train": [], "validate": []}
@@ -284,7 +285,7 @@ def train_epochs(
         stop = next((a for a in actions if isinstance(a, Stop)), None)
         if stop is not None:
             # A step-level stop (e.g. NaN loss): keep the last good checkpoint, save nothing.
-            return state, history, f"stopped: {stop.reason}"
+            return state, history, _stopped(stop)
 
         val_logs: dict[str, float] = {}
         try:
@@ -329,17 +330,23 @@ def train_epochs(
         meta = {"epoch": epoch + 1, "step_in_epoch": 0, "logs": _jsonable(logs)}
         saves = [a for a in actions if isinstance(a, Save)]
         stop = next((a for a in actions if isinstance(a, Stop)), None)
+        if stop is not None and stop.failed:  # a NaN state is not saved
+            return state, history, _stopped(stop)
         if stop is not None:
             meta["status"] = "stopped"
         if hooks.save and (saves or stop is not None or epoch + 1 == plan.epochs):
             hooks.save(state, saves[0].metrics if saves else None, meta)
         if stop is not None:
-            return state, history, f"stopped: {stop.reason}"
+            return state, history, _stopped(stop)
         if stop_signal is not None and stop_signal.poll():
             if hooks.save and not saves:
                 hooks.save(state, None, meta)
             return state, history, f"interrupted: {stop_signal.agreed}"
     return state, history, "finished"
+
+
+def _stopped(stop: Stop) -> str:
+    return f"{'failed' if stop.failed else 'stopped'}: {stop.reason}"
 
 
 def _save_interrupted(
