@@ -349,6 +349,42 @@ def test_midi_and_csv(tmp_path):
     np.testing.assert_allclose(np.array(rows[1:], float), notes, atol=1e-6)
 
 
+def test_written_notes_of_one_key_never_overlap_and_read_back_whole(tmp_path):
+    """Decoding may start a repeated note up to 40 ms before the one before it ends (onset
+    peak, then the calibrated delay); a MIDI reader ends both at the first note-off, so the
+    later note read back 11 ms long instead of 0.61 s."""
+    import pretty_midi
+
+    from jaxmir.tasks.music.decode import one_note_per_key
+
+    decoded = np.array(
+        [
+            [4.495, 5.000, 55, 110, 0],
+            [4.989, 5.599, 55, 120, 0],  # starts 11 ms before the first ends
+            [4.700, 5.300, 55, 100, 40],  # the same key, another instrument: left as it is
+            [4.800, 5.100, 60, 90, 0],
+            [0.0, 0.5, 62, 90, 0],  # two onsets pushed to 0 s by an early delay: one note
+            [0.0, 0.4, 62, 95, 0],
+        ]
+    )
+    written = one_note_per_key(decoded)
+    np.testing.assert_allclose(
+        written[:, :3],
+        [[0.0, 0.4, 62], [4.495, 4.989, 55], [4.7, 5.3, 55], [4.8, 5.1, 60], [4.989, 5.599, 55]],
+    )
+    path = tmp_path / "x.mid"
+    notes_to_midi(written).write(str(path))
+    back = sorted(
+        (n.start, n.end, n.pitch)
+        for i in pretty_midi.PrettyMIDI(str(path)).instruments
+        if i.program == 0 and not i.is_drum
+        for n in i.notes
+    )
+    np.testing.assert_allclose(  # to MIDI's ticks
+        [b for b in back if b[2] == 55], [[4.495, 4.989, 55], [4.989, 5.599, 55]], atol=3e-3
+    )
+
+
 def test_decode_rejects_bad_input():
     with pytest.raises(ValueError):
         decode_notes(np.zeros((10, N_BINS, 3)), "note-stream")

@@ -240,6 +240,22 @@ def _assemble(per_inst: list[tuple[int, list]]) -> np.ndarray:
     return _sorted_notes(np.concatenate(out) if out else np.zeros((0, 5)))
 
 
+def one_note_per_key(notes: np.ndarray) -> np.ndarray:
+    """`notes` (N, 5: onset, offset, pitch, velocity, program) with each note ending by the next
+    onset of its pitch and program. Decoding may overlap them by up to 40 ms (the onset refined
+    to its peak, then the calibrated delay), which mir_eval scores as they are; a MIDI file
+    cannot hold two notes of one key at once, and its readers end both at the first note-off,
+    so the later note came back a few ms long."""
+    notes = _sorted_notes(notes).copy()
+    order = np.lexsort((notes[:, 0], notes[:, 4], notes[:, 2]))  # by key, then onset
+    ranked = notes[order]
+    same_key = (ranked[1:, 2] == ranked[:-1, 2]) & (ranked[1:, 4] == ranked[:-1, 4])
+    ends = ranked[:-1, 1]
+    ranked[:-1, 1] = np.where(same_key, np.minimum(ends, ranked[1:, 0]), ends)
+    notes[order] = ranked
+    return notes[notes[:, 1] > notes[:, 0]]  # two onsets at 0 s (an early delay): one note
+
+
 def _sorted_notes(notes: np.ndarray) -> np.ndarray:
     notes = np.asarray(notes, np.float64).reshape(-1, 5)
     order = np.lexsort((notes[:, 4], notes[:, 2], notes[:, 0]))

@@ -44,6 +44,8 @@ from jaxmir.tasks.music.decode import (
     decode_notes,
     key_posteriors,
     notes_to_midi,
+    one_note_per_key,
+    split_channels,
     write_notes_csv,
 )
 from jaxmir.tasks.music.labels import (
@@ -495,12 +497,13 @@ class MusicTask(PieceTask):
         return {k: row[k] for k in keys}
 
     def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
+        events = one_note_per_key(events)  # what MIDI can hold, in the CSV as in the MIDI
         midi = outdir / f"{stem}.mid"
         notes_to_midi(events).write(str(midi))
         csv = outdir / f"{stem}_notes.csv"
         write_notes_csv(csv, events)
         png = outdir / f"{stem}_pianoroll.png"
-        plot_piano_roll(posteriors, events, png, title=stem)
+        plot_piano_roll(posteriors, events, png, title=stem, mode=cfg.data.label_mode)
         return [midi, csv, png]
 
 
@@ -684,12 +687,21 @@ def _check_channels(channels) -> None:
         raise ConfigError(f"model.channels: unknown feature channel(s) {bad} ({known})")
 
 
-def plot_piano_roll(probs: np.ndarray, notes: np.ndarray, path: Path, title: str = "") -> Path:
-    """A PNG of the frame posteriors (max over note channels) with the decoded notes on top."""
+def plot_piano_roll(
+    probs: np.ndarray, notes: np.ndarray, path: Path, title: str = "", mode: str | None = None
+) -> Path:
+    """A PNG of the frame and onset posteriors (their maximum; `mode`'s channels, not the
+    offset channel of ``note-offset``; every note channel without a mode) with the decoded
+    notes on top."""
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure  # no pyplot: safe in `transcribe`'s writer thread
 
-    act = probs[..., 1:].max(axis=-1).reshape(len(probs), 88, 4).mean(axis=-1)
+    if mode is None:
+        act = probs[..., 1:].max(axis=-1)
+    else:
+        dura, onset = split_channels(probs, mode)
+        act = np.concatenate([dura, onset] if onset is not None else [dura], axis=-1).max(-1)
+    act = act.reshape(len(probs), 88, 4).mean(axis=-1)
     fig = Figure(figsize=(12, 4))
     ax = fig.subplots()
     ax.imshow(
