@@ -487,12 +487,18 @@ def _with_test_soundfont(cfg, args):
 
 def cmd_calibrate(args) -> int:
     from jaxmir.engine.run import RestoreError, calibrate_decoding, resolve_data, run_data
-    from jaxmir.shipped import calibrate_folder, is_model_folder
+    from jaxmir.shipped import MODELS_DIR, calibrate_folder, is_model_folder
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
     if not hasattr(task, "calibrate"):
         raise UsageError(f"{task.name}: this task has no decoding to calibrate")
+    if args.workdir.resolve().is_relative_to(MODELS_DIR.resolve()):
+        raise UsageError(
+            f"{args.workdir}: the model that ships with jaxmir (its decoding and published scores "
+            f"would be replaced for every later command); copy it (cp -r {args.workdir} COPY) "
+            "and calibrate the copy"
+        )
     saved = args.workdir / "config.json"
     if not saved.is_file():
         raise UsageError(f"{saved}: no such file (not a training run's workdir)")

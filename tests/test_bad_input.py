@@ -18,6 +18,7 @@ import soundfile as sf
 
 from jaxmir.cli import main
 from jaxmir.engine.run import WorkdirLock
+from jaxmir.shipped import MODELS_DIR
 
 TINY_BEAT = ["--preset", "tiny", "--no-progress", "--set", "train.eval_pieces_each_epoch=false"]
 
@@ -209,6 +210,13 @@ CASES = [
         ),
         "-j",
         ">= 1",
+    ),
+    # -- the shipped model's decoding and scores: rewritten for every later command
+    case(
+        "calibrate-the-shipped-model",
+        lambda f: ["calibrate", "music", "--workdir", str(MODELS_DIR / "music")],
+        "ships with jaxmir",
+        "copy it",
     ),
     # -- configs `info` describes are checked as training checks them
     case(
