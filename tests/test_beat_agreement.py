@@ -143,6 +143,19 @@ def test_no_line_for_a_performance_with_a_placeholder_map(tmp_path):
     assert meter_agreement(tmp_path / "played.mid", np.arange(20.0), np.arange(0, 20.0, 4)) is None
 
 
+def test_no_line_for_a_short_file_with_midis_default_map(tmp_path):
+    """A transcription's MIDI file (120 qpm, 4/4: what pretty_midi writes) of a few notes was
+    read as a score: a line with tempo bounds to follow a beat the file never had."""
+    from jaxmir.tasks.music.decode import notes_to_midi
+
+    notes = np.array([[0.31 + 0.43 * k, 0.6 + 0.43 * k, 60 + k, 100, 0] for k in range(9)])
+    notes_to_midi(notes).write(str(tmp_path / "song.mid"))
+    assert meter_agreement(tmp_path / "song.mid", np.arange(8.0) * 0.5, np.arange(2.0) * 2) is None
+    # a short score at another tempo keeps its line
+    beats = score_midi(tmp_path / "short.mid", numerator=3, qpm=90.0, bars=3)
+    assert meter_agreement(tmp_path / "short.mid", beats, beats[::3]).level == "beat"
+
+
 def test_beat_csv_reads_back_what_was_written(tmp_path):
     for times in (np.array([0.5, 1.25, 2.0]), np.array([]), np.array([3.0])):
         write_beat_csv(tmp_path / "b.csv", times)

@@ -22,7 +22,13 @@ from pathlib import Path
 import mir_eval
 import numpy as np
 
-from jaxmir.data.datasets.midi import MidiError, read_midi_piece
+from jaxmir.data.datasets.midi import (
+    DEFAULT_QPM,
+    MIN_ONSETS,
+    MidiError,
+    load_midi,
+    read_midi_piece,
+)
 from jaxmir.tasks.beat.decode import bounds_around
 from jaxmir.tasks.beat.task import BOUNDS_RANGE, f_measures, median_interval, metrical_level
 
@@ -157,12 +163,24 @@ def steady_tempo(file_beats: np.ndarray) -> bool:
     return bool(lo > 0 and hi / lo <= HINT_FACTOR)
 
 
+def default_map_of_few_onsets(path: Path, notes: np.ndarray) -> bool:
+    """Whether the file's map is MIDI's default alone (one 120 qpm tempo) over too few onsets
+    to tell a score from a file whose writer knew no tempo (`placeholder_meter` needs
+    `MIN_ONSETS`): a transcription's short MIDI file, say, which has no beat of its own to
+    agree with."""
+    _, tempi = load_midi(path).get_tempo_changes()
+    few = len(np.unique(np.asarray(notes)[:, 0])) < MIN_ONSETS
+    return few and len(tempi) == 1 and abs(float(tempi[0]) - DEFAULT_QPM) < 1e-6
+
+
 def meter_agreement(path: Path, beats: np.ndarray, downbeats: np.ndarray) -> MeterAgreement | None:
     """`beats` and `downbeats` tracked from the MIDI file `path` against the beats of its own
     meter map (`read_midi_piece`); None when the file has no map of its own to compare."""
     try:
         piece = read_midi_piece(Path(path), rhythm=True)  # the notes transcription read
     except MidiError:
+        return None
+    if default_map_of_few_onsets(Path(path), piece.notes):
         return None
     beats, downbeats = np.asarray(beats, np.float64), np.asarray(downbeats, np.float64)
     with warnings.catch_warnings():  # mir_eval warns of empty beat lists: scored 0
