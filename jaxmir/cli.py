@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from jaxmir.config import ConfigError, apply_overrides, validate
+from jaxmir.config import ConfigError, apply_overrides, read_json, validate
 from jaxmir.usage import UsageError, check_output_folder, worker_count
 
 EPILOG = """examples:
@@ -271,7 +271,7 @@ def _config_for(task, preset: str | None, overrides: list[str], workdir: Path | 
     saved = workdir / "config.json" if workdir is not None else None
     resumed, source = None, saved  # without --preset: the run's config, or its checkpoint's
     if preset is None and saved is not None and saved.is_file():
-        resumed = json.loads(saved.read_text())
+        resumed = read_json(saved)
     elif preset is None and saved is not None:
         resumed, source = checkpoint_config(workdir), workdir / "checkpoints"
     cfg = task.config_from_dict(resumed, source) if resumed else task.preset(preset or "demo")
@@ -327,7 +327,7 @@ def replaced_decode_settings(cfg, overrides: list[str], workdir: Path) -> list[s
     if not keys or not path.is_file():
         return []
     try:
-        chosen = json.loads(path.read_text())["decode"]
+        chosen = read_json(path)["decode"]
     except (ValueError, KeyError, TypeError):
         return []
     lines = []
@@ -388,7 +388,7 @@ def cmd_export(args) -> int:
     info = {}
     for path in sorted((args.workdir / "eval").glob("*.json")):
         # the run's test scores, as `jaxmir eval` wrote them (every split evaluated but val)
-        record = json.loads(path.read_text())
+        record = read_json(path)
         if "data" in record:  # scored on another cache than the run's
             print(
                 f"{path}: scored on {record['data']}, not the run's data: left out", file=sys.stderr
@@ -505,7 +505,7 @@ def cmd_calibrate(args) -> int:
     if is_model_folder(args.workdir):  # an exported model folder
         calibrate_folder(task, args.workdir, data=args.data, progress=not args.no_progress)
         return 0
-    cfg = task.config_from_dict(json.loads(saved.read_text()), saved)
+    cfg = task.config_from_dict(read_json(saved), saved)
     data = args.data or run_data(args.workdir)
     progress = not args.no_progress
     cache = resolve_data(task, cfg, data, progress=progress)

@@ -335,6 +335,17 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def read_json(path: Path) -> Any:
+    """The JSON in `path` (a run's config.json, decode.json, an eval record), or ConfigError
+    naming the file where it does not parse (a hand edit, a truncated copy)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+
+
 def save_config(cfg: Config, path: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(cfg.to_json() + "\n")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import jax
 
+from jaxmir.config import read_json
 from jaxmir.tasks.base import test_soundfont_record
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -118,7 +119,7 @@ def _export_into(task, workdir: Path, out: Path, info, members, data, progress, 
     _write(out / "config.json", cfg.to_json().encode())
     calibration = workdir / DECODE_FILE
     if calibration.is_file():  # how the thresholds were chosen, and what they gained
-        meta["calibration"] = json.loads(calibration.read_text())
+        meta["calibration"] = read_json(calibration)
     meta.update(info or {})
     if data is not None:  # the scores' cache, when not the config's own corpus
         meta["data"] = data_record(data)
@@ -191,7 +192,7 @@ def export_members(
         for variables in found:
             _write(out / MEMBER.format(len(runs)), serialization.to_bytes(variables))
             runs.append(source)
-    meta = {**json.loads((out / "model.json").read_text()), "members": runs}
+    meta = {**read_json(out / "model.json"), "members": runs}
     _write(out / "model.json", (json.dumps(meta, indent=1) + "\n").encode())
     calibrate_folder(
         task, out, base.decode, data, progress=progress, log=log, name=f"Ensemble of {len(runs)}"
@@ -220,7 +221,7 @@ def calibrate_folder(
     name = name or str(folder)
     cfg, mesh, state = load_model(task, folder)
     meta_path = folder / "model.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_json(meta_path) if meta_path.is_file() else {}
     data = data if data is not None else meta.get("data")  # its scores' cache, else the corpus
     cache = resolve_data(task, cfg, data, progress=progress)
     predict = make_predict(mesh, state)
@@ -251,7 +252,7 @@ def calibrate_folder(
             record = _score(task, predict, cfg, cache, split, meta, folder, progress)
             meta[f"eval_{split}"] = record
             log(f"{name} on {split}: {_scores(record)}")
-    stored = json.loads((folder / "config.json").read_text())
+    stored = read_json(folder / "config.json")
     stored["decode"] = {**stored["decode"], **(calibration or {}).get("decode", {})}
     _write(folder / "config.json", json.dumps(stored, indent=2, sort_keys=True).encode())
     _write(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
@@ -281,7 +282,7 @@ def eval_folder(
 
     folder = Path(folder)
     meta_path = folder / "model.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_json(meta_path) if meta_path.is_file() else {}
     own = meta.get("data") and data_record(meta["data"])  # None: the config's corpus
     data = data if data is not None else own
     cache = resolve_data(task, cfg, data, progress=progress, split=split)
@@ -332,7 +333,7 @@ def _member_models(task, path: Path) -> tuple:
     if is_model_folder(path):
         cfg, _mesh, state = load_model(task, path)
         meta_path = path / "model.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_json(meta_path) if meta_path.is_file() else {}
         source = {"run": meta.get("run"), "step": meta.get("step"), "from": "model folder"}
         if members_of(state) > 1:
             return cfg, list(jax.device_get(state.params)), source
@@ -374,9 +375,7 @@ def load_model(task, folder: Path | str | None = None):
             f"{path}: no shipped {task.name} model; pass --workdir RUN (a trained run)"
         )
     cfg = task.locate(
-        task.config_from_dict(
-            json.loads((folder / "config.json").read_text()), folder / "config.json"
-        ),
+        task.config_from_dict(read_json(folder / "config.json"), folder / "config.json"),
         folder,
     )
     mesh = make_mesh(jax.devices()[:1])

@@ -693,6 +693,23 @@ def test_missing_config_json_without_a_preset_resumes_with_the_checkpoints_confi
     assert resumed["train"]["epochs"] == 3
 
 
+def test_a_truncated_config_json_is_one_line_naming_it(beat_run, beat_cache, tmp_path, capsys):
+    """A hand-edited or truncated config.json ended eval, train and calibrate in a
+    JSONDecodeError traceback (exit 1); now one line naming the file, exit 2."""
+    wd = tmp_path / "run"
+    shutil.copytree(beat_run, wd)
+    text = (wd / "config.json").read_text()
+    (wd / "config.json").write_text(text[: len(text) // 2])
+    for argv in (
+        ["eval", "beat", "--workdir", str(wd), "--no-progress"],
+        ["train", "beat", "--workdir", str(wd), "--data", str(beat_cache), "--no-progress"],
+        ["calibrate", "beat", "--workdir", str(wd), "--no-progress"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{wd / 'config.json'}: not JSON" in err[0], (argv, err)
+
+
 def test_features_lists_every_file_a_reader_left_out_and_goes_on(tmp_path, capsys):
     """MIR-1K with one good clip, one malformed pitch label and one clip without a label: the
     malformed file ended the whole read (exit 2, no cache); the unlabelled clip was a raw

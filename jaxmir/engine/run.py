@@ -18,7 +18,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxmir.config import Config, ConfigError, check_resume_compatible, save_config, validate
+from jaxmir.config import (
+    Config,
+    ConfigError,
+    check_resume_compatible,
+    read_json,
+    save_config,
+    validate,
+)
 from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.pipeline import batch_iterator
 from jaxmir.engine import callbacks as cb
@@ -89,9 +96,9 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CacheError(f"{path}: not JSON ({e}); pass --data (or data=) to name the cache") from e
+        record = read_json(path)
+    except ConfigError as e:
+        raise CacheError(f"{e}; pass --data (or data=) to name the cache") from None
     if record.get("embedded") or not record.get("data"):
         return None
     data = Path(record["data"])
@@ -213,7 +220,7 @@ def restore_for_inference(
     cfg_path = workdir / "config.json"
     if not cfg_path.is_file():
         raise RestoreError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
-    cfg = task.config_from_dict(json.loads(cfg_path.read_text()), cfg_path)
+    cfg = task.config_from_dict(read_json(cfg_path), cfg_path)
     if calibrated:
         cfg = calibrated_config(cfg, workdir)
     cfg = task.locate(cfg, workdir)
@@ -299,7 +306,7 @@ def train(
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
     config_path = workdir / "config.json"
     if has_checkpoints(workdir) and config_path.is_file():  # a changed config: before any work
-        check_resume_compatible(json.loads(config_path.read_text()), cfg)
+        check_resume_compatible(read_json(config_path), cfg)
     data, cache = training_data(task, cfg, workdir, data, progress)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
@@ -622,7 +629,7 @@ def calibrated_config(cfg: Config, workdir: Path) -> Config:
     if not path.is_file():
         return cfg
     try:
-        values = json.loads(path.read_text())["decode"]
+        values = read_json(path)["decode"]
     except (ValueError, KeyError, TypeError) as e:
         raise RestoreError(f"{path}: not a decode calibration ({e})") from None
     bad = [k for k in values if not hasattr(cfg.decode, k)]
