@@ -22,6 +22,7 @@ from jaxmir.config import (
     Config,
     ConfigError,
     check_resume_compatible,
+    flatten,
     read_json,
     save_config,
     validate,
@@ -387,6 +388,20 @@ def checkpoint_config(workdir: Path) -> dict | None:
         checkpointer.close()
 
 
+#: What decides an early stop: a resume that changes one trains on past it.
+STOP_SETTINGS = ("train.early_stop_patience",)
+
+
+def stop_settings_changed(saved: dict | None, cfg: Config) -> list[str]:
+    """`key=new` for each of `STOP_SETTINGS` that `cfg` sets otherwise than the config `saved`
+    with a checkpoint (none where that config is not known)."""
+    if not saved:
+        return []
+    old = flatten(saved)
+    new = flatten(json.loads(cfg.to_json()))
+    return [f"{k}={json.dumps(new[k])}" for k in STOP_SETTINGS if k in old and old[k] != new[k]]
+
+
 def _config_in_checkpoint(config_path: Path, checkpointer) -> dict:
     """The run's config when config.json is gone: the one saved with the newest checkpoint
     whose meta reads back."""
@@ -444,10 +459,16 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
             start_step_in_epoch=int(meta["step_in_epoch"]),
             start_means=meta.get("running_means"),
         )
-        if meta.get("status") == "stopped":
+        changed = stop_settings_changed(meta.get("config"), cfg)
+        if meta.get("status") == "stopped" and not changed:
             checkpointer.close()
-            log(f"{workdir}: this run was stopped early at step {latest}; nothing to resume")
+            log(
+                f"{workdir}: this run was stopped early at step {latest}; nothing to resume "
+                "(to train on: --set train.early_stop_patience=N with a larger N, or null)"
+            )
             return RunResult(workdir, state, {"train": [], "validate": []}, "stopped", 0.0)
+        if meta.get("status") == "stopped":
+            log(f"{workdir}: stopped early at step {latest}; training on with {', '.join(changed)}")
         log(f"Resuming {workdir} from step {latest} (epoch {plan.start_epoch + 1})")
     else:
         log(f"Training {task.name} ({cfg.preset}) in {workdir}")
