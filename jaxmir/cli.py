@@ -9,10 +9,12 @@ command to resume (what a pre-emption-aware launcher should do).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -883,6 +885,24 @@ def _start_processes(command: str) -> None:
     maybe_initialize_distributed()
 
 
+class Terminated(Exception):
+    """SIGTERM outside the training loop's own stop handler (start-up: data, restore)."""
+
+
+def _terminate_as_exception() -> None:
+    """SIGTERM raises `Terminated`, so a pre-emption during `train`'s start-up exits 75 ("run
+    me again") rather than 143, which a re-queueing launcher script takes for a failure; in a
+    multi-process job, jax's own notifier would otherwise take it and the run would go on."""
+
+    def terminated(signum, frame):
+        raise Terminated(signal.Signals(signum).name)
+
+    try:
+        signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread (an embedding program): leave it as it is
+        pass
+
+
 def _show_input_warnings(command: str) -> None:
     """Print an `InputWarning` (an odd input worked around) as one line, above any progress
     bar; other warnings as Python does, but matplotlib's missing glyphs (an input's name in
@@ -912,6 +932,19 @@ USER_PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, Perm
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except ValueError:
+        previous = None
+    try:
+        return _main(args)
+    finally:  # a program that calls `main` gets its own SIGTERM handling back
+        if previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     from jaxmir.data.audio import AudioError
     from jaxmir.data.cache import CacheError
     from jaxmir.data.datasets.midi import MidiError
@@ -923,11 +956,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in JAX_COMMANDS:
         _enable_compilation_cache()
     _show_input_warnings(args.command)
+    terminable = args.command == "train"
+    if terminable:  # before jax.distributed, whose own SIGTERM notifier would swallow it
+        _terminate_as_exception()
     try:
         _start_processes(args.command)
     except (RuntimeError, ValueError) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2
+    if terminable:
+        _terminate_as_exception()
 
     try:
         return COMMANDS[args.command](args)
@@ -949,6 +987,13 @@ def main(argv: list[str] | None = None) -> int:
         then = "; what was written is kept, and the same command goes on from there"
         print(f"jaxmir {args.command}: interrupted{then if resumes else ''}", file=sys.stderr)
         return 130
+    except Terminated:  # before the training loop took SIGTERM over (its own stop saves)
+        print(
+            f"jaxmir {args.command}: stopped by SIGTERM before training began; the checkpoints "
+            "are as they were: run the same command again",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except Interrupted as e:  # `calibrate` stopped while beat's taggers trained
         print(
             f"jaxmir {args.command}: stopped by {e}: nothing written; run the same command again",

@@ -222,6 +222,28 @@ def test_a_model_config_error_stops_training_before_anything_is_written(
     assert main(["info", "music", "--preset", "quality", "--set", override]) == 2
 
 
+def test_sigterm_during_start_up_exits_75_and_gives_the_handler_back(
+    beat_cache, tmp_path, monkeypatch, capsys
+):
+    """A SIGTERM before the training loop's own handler (reading data, restoring) killed the
+    process with 143, which a re-queueing launcher script takes for a failure (and in a
+    multi-process job jax's notifier swallowed it: the run went on). Now `train` exits 75."""
+    import signal
+
+    import jaxmir.engine.run
+
+    def start_up(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # a pre-emption notice while the run starts
+        raise AssertionError("SIGTERM did not stop the start-up")
+
+    monkeypatch.setattr(jaxmir.engine.run, "train", start_up)
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(tmp_path / "run")]
+    assert main([*argv, "--data", str(beat_cache), "--no-progress"]) == 75
+    assert "stopped by SIGTERM before training began" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_sigterm_and_sigint_become_the_loops_stop_flag(name):
     """Both signals stop training at the next step (the loop polls this flag); the handlers
