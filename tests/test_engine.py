@@ -193,6 +193,33 @@ def test_grad_norm_switched_on_by_a_resume_mid_epoch(beat_cache, tmp_path):
     assert means.read() == {"loss": 4.0, "g": 5.0}
 
 
+def test_a_stop_while_watch_splits_are_scored_writes_each_row_once(
+    beat_cache, tmp_path, monkeypatch
+):
+    """A SIGTERM while the second watch split was scored left the first one's row written;
+    the resumed epoch wrote it again."""
+    import signal
+
+    fired = []
+    scored = type(TASK).evaluate
+
+    def evaluate(self, predict, cfg, cache, split, progress=False):
+        if split == "train" and not fired:  # the second watch split
+            fired.append(split)
+            signal.raise_signal(signal.SIGTERM)
+        return scored(self, predict, cfg, cache, split, progress=progress)
+
+    monkeypatch.setattr(type(TASK), "evaluate", evaluate)
+    watch = ["train.epochs=1", 'train.watch_splits=["test", "train"]']
+    cfg = apply_overrides(TASK.preset("tiny"), watch)
+    run = tmp_path / "run"
+    first = train(TASK, cfg, run, beat_cache, devices=ONE, progress=False)
+    assert first.status.startswith("interrupted")
+    assert train(TASK, cfg, run, beat_cache, devices=ONE, progress=False).status == "finished"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "epoch" and r["split"] == "test"] == [4]
+
+
 def test_workdir_outputs(beat_cache, tmp_path):
     cfg = apply_overrides(TASK.preset("tiny"), ["train.monitor=val_beat_f_measure"])
     run = train(TASK, cfg, tmp_path / "run", beat_cache, devices=ONE, progress=False)

@@ -492,10 +492,12 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
             st = put_replicated(jax.device_get(st), local_mesh)
         interruptible = stopping(make_predict(local_mesh, st, predict_fn), stop_signal)
         scores = task.evaluate(interruptible, cfg, cache, "val")
+        rows = {}  # written once every split is scored: a stop in between re-runs them all
         for split in cfg.train.watch_splits:  # curves only: the loop's callbacks see val alone
             row = task.evaluate(interruptible, cfg, cache, split)
+            rows[split] = {f"{split}_{k}": v for k, v in row.items()}
+        for split, row in rows.items():
             if writer is not None:
-                row = {f"{split}_{k}": v for k, v in row.items()}
                 writer.write("epoch", int(st.step), int(st.epoch) + 1, split, row)
         return scores
 
