@@ -110,7 +110,9 @@ class MusicDataConfig(CorpusConfig):
 
 @dataclasses.dataclass
 class MusicDecodeConfig:
-    method: str = "simple"  # simple | omnizart
+    # simple | omnizart (omnizart's: thresholds on each piece's z-normalised posteriors, so it
+    # finds notes in the noise of silence or a near-empty piece; simple's are absolute)
+    method: str = "simple"
     onset_threshold: float = 0.5  # simple decoder
     frame_threshold: float = 0.5  # simple decoder
     offset_threshold: float = 0.5  # simple decoder, note-offset label mode
