@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmarks.common import save_result
+from benchmarks.common import add_name_option, require_folders, save_result
 
 if TYPE_CHECKING:
     from jaxmir.config import Config
@@ -274,8 +274,7 @@ def checked_variants(p: argparse.ArgumentParser, args) -> list[tuple[str, list[s
         p.error("--first: at least 0")
     if args.told_tempo is not None and args.told_tempo <= 1:
         p.error("--told-tempo: a factor above 1")
-    if args.workdir is not None and not args.workdir.is_dir():
-        p.error(f"--workdir {args.workdir}: no such folder")
+    require_folders(p, workdir=args.workdir)
     try:
         variants = [parse_variant(v) for v in args.variant]
         for _, overrides in variants:  # a key or value the beat task refuses: before any work
@@ -296,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "fresh pieces",
         "the first piece's number (default 0; --first 96 draws a set beside the first 96)",
     )
-    p.add_argument(
-        "--name", default="beat-unseen", help="results/NAME.json and .png (default %(default)s)"
-    )
+    add_name_option(p, "beat-unseen", " and .png")
     args = p.parse_args(argv)
     variants = checked_variants(p, args)
     result = measure(args.workdir, args.pieces, variants, args.first, args.told_tempo)

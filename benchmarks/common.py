@@ -383,6 +383,21 @@ def run_one(framework: str, spec: dict, steps: int, env: dict | None = None) -> 
     return info
 
 
+def add_name_option(parser, default: str, also: str = "") -> None:
+    """`--name`: the results file `benchmarks/results/NAME.json` (and `also`, e.g. " and .png")."""
+    parser.add_argument(
+        "--name", default=default, help=f"results/NAME.json{also} (default {default})"
+    )
+
+
+def require_folders(parser, **flags) -> None:
+    """`parser.error` (one line, exit 2) for the first of `flags` (`--name`: path or None)
+    given as a folder that is not there: said before any model loads or piece is built."""
+    for flag, path in flags.items():
+        if path is not None and not Path(path).is_dir():
+            parser.error(f"--{flag.replace('_', '-')} {path}: no such folder")
+
+
 def fmt_s(s: float | None) -> str:
     if s is None:
         return "-"

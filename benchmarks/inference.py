@@ -393,13 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="batch-size and hop sweep + note F1")
     p.add_argument("--no-cli", action="store_true", help="only the sweep")
     args = p.parse_args(argv)
-    from benchmarks.common import host_info
+    from benchmarks.common import host_info, require_folders
     from jaxmir.inference import AUDIO_SUFFIXES
 
     if args.repeats < 1:
         p.error(f"--repeats: 1 or more, got {args.repeats}")
-    if not args.clips.is_dir():
-        p.error(f"--clips {args.clips}: no such folder")
+    require_folders(p, clips=args.clips)
     clips = sorted(c for c in args.clips.iterdir() if c.suffix.lower() in AUDIO_SUFFIXES)
     if not clips:
         print(f"{args.clips}: no audio clips", file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import require_folders
 from benchmarks.pipeline import build_beat_cache
 
 SOAK_SETTINGS = ("train.epochs=6", "train.keep_latest=2")
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.kills < 1:
         p.error(f"--kills: 1 or more (a soak with no kill proves nothing), got {args.kills}")
-    if args.data is not None and not args.data.is_dir():
-        p.error(f"--data {args.data}: no such folder")
+    require_folders(p, data=args.data)
     with contextlib.ExitStack() as stack:
         if not os.environ.get("JAXMIR_CACHE"):  # a cache of its own, removed afterwards
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxmir-soak-cache-"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import save_result
+from benchmarks.common import add_name_option, require_folders, save_result
 from jaxmir.data.synth.voices import ENGINES
 
 KEYS = (43, 48, 55, 60, 64, 67, 72, 79)
@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "(additive, fm, pluck, bowed, struck); comma-separated (default %(default)s)",
     )
     p.add_argument("--gaps", default="0,0.04", help="seconds of silence before each repeat")
-    p.add_argument(
-        "--name", default="repeated-notes", help="results/NAME.json (default %(default)s)"
-    )
+    add_name_option(p, "repeated-notes")
     args = p.parse_args(argv)
     renderers = [r.strip() for r in args.renderers.split(",") if r.strip()]
     bad = [r for r in renderers if not known_renderer(r)]
@@ -148,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         gaps = [float(g) for g in args.gaps.split(",")]
     except ValueError:
         p.error(f"--gaps: seconds such as 0,0.04, got {args.gaps!r}")
-    if args.workdir is not None and not args.workdir.is_dir():
-        p.error(f"--workdir {args.workdir}: no such folder")
+    require_folders(p, workdir=args.workdir)
     result = measure(args.workdir, renderers, gaps)
     save_result(args.name, result)
     return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import save_result
+from benchmarks.common import add_name_option, require_folders, save_result
 
 KINDS = ("as-rendered", "gain", "noise", "room", "highpass", "lowpass", "resample")
 ROOM_WET = 0.4
@@ -128,11 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         help="KIND or KIND:VALUE, comma-separated, of as-rendered, gain:DB, noise:SNR, "
         "room:RT60, highpass:HZ, lowpass:HZ, resample:SR (default %(default)s)",
     )
-    p.add_argument("--name", default="robustness", help="results/NAME.json (default %(default)s)")
+    add_name_option(p, "robustness")
     args = p.parse_args(argv)
-    for flag, path in (("--data", args.data), ("--workdir", args.workdir)):
-        if path is not None and not path.is_dir():
-            p.error(f"{flag} {path}: no such folder")
+    require_folders(p, data=args.data, workdir=args.workdir)
     try:
         result = measure(args.data, args.workdir, args.splits.split(","), args.changes.split(","))
     except ValueError as e:
