@@ -885,8 +885,10 @@ def _start_processes(command: str) -> None:
     maybe_initialize_distributed()
 
 
-class Terminated(Exception):
-    """SIGTERM outside the training loop's own stop handler (start-up: data, restore)."""
+class Terminated(BaseException):
+    """SIGTERM outside the training loop's own stop handler (start-up: data, restore; the end:
+    the last save, plots). A BaseException, as KeyboardInterrupt: the `except Exception` that
+    skips one unreadable checkpoint or piece must not take it for one."""
 
 
 def _terminate_as_exception() -> None:
@@ -964,6 +966,9 @@ def _main(args) -> int:
     except (RuntimeError, ValueError) as e:
         print(f"jaxmir {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:  # while waiting for the other processes
+        print(f"jaxmir {args.command}: stopped by SIGTERM while starting", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if terminable:
         _terminate_as_exception()
 
@@ -987,10 +992,10 @@ def _main(args) -> int:
         then = "; what was written is kept, and the same command goes on from there"
         print(f"jaxmir {args.command}: interrupted{then if resumes else ''}", file=sys.stderr)
         return 130
-    except Terminated:  # before the training loop took SIGTERM over (its own stop saves)
+    except Terminated:  # outside the training loop, whose own stop saves the step it is at
         print(
-            f"jaxmir {args.command}: stopped by SIGTERM before training began; the checkpoints "
-            "are as they were: run the same command again",
+            f"jaxmir {args.command}: stopped by SIGTERM outside the training steps; the "
+            "checkpoints written are kept: run the same command again",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

@@ -240,8 +240,30 @@ def test_sigterm_during_start_up_exits_75_and_gives_the_handler_back(
     before = signal.getsignal(signal.SIGTERM)
     argv = ["train", "beat", "--preset", "tiny", "--workdir", str(tmp_path / "run")]
     assert main([*argv, "--data", str(beat_cache), "--no-progress"]) == 75
-    assert "stopped by SIGTERM before training began" in capsys.readouterr().err
+    assert "stopped by SIGTERM outside the training steps" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_sigterm_while_restoring_moves_no_checkpoint_aside(beat_cache, tmp_path, monkeypatch):
+    """The restore skips a step that does not read back (moved aside as corrupt); a SIGTERM
+    inside it was taken for such a step: the newest good checkpoint moved aside, exit 0."""
+    import signal
+
+    from jaxmir.engine.checkpoint import Checkpointer
+
+    wd = tmp_path / "run"
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(wd), "--data", str(beat_cache)]
+    argv += ["--no-progress", "--set", "train.eval_pieces_each_epoch=false"]
+    assert main([*argv, "--set", "train.epochs=1"]) == 0
+    read = Checkpointer.restore
+
+    def restore(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "restore", restore)
+    assert main([*argv, "--set", "train.epochs=2"]) == 75
+    assert not (wd / "corrupt-checkpoints").exists()
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
