@@ -356,7 +356,12 @@ def _restore(task, workdir: Path, step: int | None, overrides: list[str] = ()):
         cfg, mesh, state, step = restore_for_inference(task, workdir, step)
     except RestoreError as e:
         raise UsageError(str(e)) from None
-    return _checked_decode(task, validate(apply_overrides(cfg, list(overrides)))), mesh, state, step
+    return (
+        _checked_decode(task, validate(apply_overrides(cfg, list(overrides)), training=False)),
+        mesh,
+        state,
+        step,
+    )
 
 
 def _shipped(task, overrides: list[str], folder: Path | None = None):
@@ -371,7 +376,11 @@ def _shipped(task, overrides: list[str], folder: Path | None = None):
         cfg, mesh, state = load_model(task, folder)
     except ShippedModelError as e:
         raise UsageError(str(e)) from None
-    return _checked_decode(task, validate(apply_overrides(cfg, list(overrides)))), mesh, state
+    return (
+        _checked_decode(task, validate(apply_overrides(cfg, list(overrides)), training=False)),
+        mesh,
+        state,
+    )
 
 
 def cmd_export(args) -> int:

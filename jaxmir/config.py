@@ -264,6 +264,9 @@ _LOWER_BOUNDS = (
     ("train.keep_latest", 1),
     ("train.keep_best", 1),
     ("train.data_threads", 1),
+)
+#: Refused by `train` (and `info`) only: a run trained with one still evaluates and transcribes.
+_TRAINING_LOWER_BOUNDS = (
     ("optim.decay_every", 1),
     ("optim.decay_steps", 1),
     ("optim.warmup_steps", 0),
@@ -271,6 +274,7 @@ _LOWER_BOUNDS = (
     ("optim.weight_decay", 0),
     ("optim.min_lr", 0),
     ("train.early_stop_min_delta", 0),
+    ("model.num_layers", 1),
 )
 #: Keys that are null (off) or at least this.
 _NULL_OR_AT_LEAST = (("train.early_stop_patience", 1),)
@@ -292,14 +296,38 @@ _WORDS = (
 )
 #: Sizes that must be at least 1 where a task's section has them (0 divided by zero, deep in
 #: the model or the corpus builder).
-_AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants", "model.num_layers")
+_AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants")
 
 
-def validate(cfg: Config) -> Config:
-    """`cfg`, or ConfigError naming the first key whose value no run can use."""
+def validate(cfg: Config, training: bool = True) -> Config:
+    """`cfg`, or ConfigError naming the first key whose value no run can use. `training=False`
+    (eval, transcribe: a run already trained) leaves out the checks of how to train."""
     flat = flatten(json.loads(cfg.to_json()))
     for key, low in _LOWER_BOUNDS:
         if flat[key] < low:
+            raise ConfigError(f"{key}: must be >= {low}, got {flat[key]}")
+    if training:
+        _check_training(flat)
+    for key, known in _WORDS:
+        if key in flat and flat[key] not in known:
+            raise ConfigError(f"{key}: unknown {flat[key]!r} ({', '.join(known)})")
+    for key in _AT_LEAST_ONE:  # where a task's section has the key
+        if key in flat and isinstance(flat[key], int) and flat[key] < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
+    if "model.dropout" in flat and not 0.0 <= flat["model.dropout"] < 1.0:
+        raise ConfigError(f"model.dropout: a rate in [0, 1), got {flat['model.dropout']}")
+    seconds = flat.get("data.corpus_max_seconds")
+    if seconds is not None and not seconds > 0:
+        raise ConfigError(
+            f"data.corpus_max_seconds: seconds > 0 (or null: whole pieces), got {seconds}"
+        )
+    return cfg
+
+
+def _check_training(flat: dict) -> None:
+    """ConfigError for a setting of how to train that fails late or does nothing."""
+    for key, low in _TRAINING_LOWER_BOUNDS:
+        if key in flat and flat[key] < low:  # model.num_layers: where a task has it
             raise ConfigError(f"{key}: must be >= {low}, got {flat[key]}")
     for key, low in _NULL_OR_AT_LEAST:
         if flat[key] is not None and flat[key] < low:
@@ -319,20 +347,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"train.grad_accum: {accum} micro-batches must divide train.batch_size={batch}"
         )
-    for key, known in _WORDS:
-        if key in flat and flat[key] not in known:
-            raise ConfigError(f"{key}: unknown {flat[key]!r} ({', '.join(known)})")
-    for key in _AT_LEAST_ONE:  # where a task's section has the key
-        if key in flat and isinstance(flat[key], int) and flat[key] < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
-    if "model.dropout" in flat and not 0.0 <= flat["model.dropout"] < 1.0:
-        raise ConfigError(f"model.dropout: a rate in [0, 1), got {flat['model.dropout']}")
-    seconds = flat.get("data.corpus_max_seconds")
-    if seconds is not None and not seconds > 0:
-        raise ConfigError(
-            f"data.corpus_max_seconds: seconds > 0 (or null: whole pieces), got {seconds}"
-        )
-    return cfg
 
 
 def read_json(path: Path) -> Any:

@@ -693,6 +693,21 @@ def test_missing_config_json_without_a_preset_resumes_with_the_checkpoints_confi
     assert resumed["train"]["epochs"] == 3
 
 
+def test_a_run_trained_with_a_setting_train_now_refuses_still_evaluates(
+    beat_run, beat_cache, tmp_path
+):
+    """The checks of how to train (patience 0, weight decay without adamw, ...) are for
+    `train`: a run trained before them still scores and transcribes."""
+    wd = tmp_path / "run"
+    shutil.copytree(beat_run, wd)
+    stored = json.loads((wd / "config.json").read_text())
+    stored["train"]["early_stop_patience"] = 0
+    stored["optim"]["weight_decay"] = 0.01
+    (wd / "config.json").write_text(json.dumps(stored))
+    argv = ["eval", "beat", "--workdir", str(wd), "--data", str(beat_cache), "--no-progress"]
+    assert main(argv) == 0
+
+
 def test_a_truncated_config_json_is_one_line_naming_it(beat_run, beat_cache, tmp_path, capsys):
     """A hand-edited or truncated config.json ended eval, train and calibrate in a
     JSONDecodeError traceback (exit 1); now one line naming the file, exit 2."""
