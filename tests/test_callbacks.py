@@ -138,6 +138,10 @@ def test_run_callbacks_respects_when_each_runs():
     assert [type(a) for a in acts] == [Stop]  # only the step callback ran
     _, acts = cb.run_callbacks([tn, es], state, logs, at_step=3)
     assert acts == ()
-    _, acts = cb.run_callbacks([tn, es], state, logs)  # epoch end: only EarlyStopping
-    assert acts == ()
+    # epoch end: EarlyStopping, and the NaN check on the epoch's mean (a NaN after its last
+    # step check must not be saved as the epoch's checkpoint)
+    _, acts = cb.run_callbacks([tn, es], state, logs)
+    assert [(type(a), a.failed) for a in acts] == [(Stop, True)]
     assert int(_.callbacks["early_stopping"]["wait"]) == 0
+    _, acts = cb.run_callbacks([tn, es], state, {**logs, "loss": 1.0})
+    assert acts == ()

@@ -293,3 +293,9 @@ def test_nan_loss_stops_without_saving_the_nan_state(beat_cache, tmp_path):
     for setting in ("train.eval_pieces_each_epoch=false", *cfg_overrides):
         argv += ["--set", setting]
     assert main(argv) == 1
+    # an epoch of fewer steps than the check's interval (4 steps, checked every 5): its mean
+    # loss is checked at its end, and the NaN state is not saved
+    cfg = tiny("train.epochs=2", "train.log_every=5", "optim.learning_rate=1e38")
+    run = train(TASK, cfg, tmp_path / "epoch-end", beat_cache, devices=ONE, progress=False)
+    assert run.status.startswith("failed: loss is nan")
+    assert Checkpointer(tmp_path / "epoch-end" / "checkpoints").manager.all_steps() == []

@@ -229,10 +229,13 @@ class ReduceLROnPlateau:
 
 @dataclasses.dataclass(frozen=True)
 class TerminateOnNaN:
-    """Stop as soon as the running training loss is NaN or infinite (checked every N steps)."""
+    """Stop as soon as the running training loss is NaN or infinite (checked every N steps,
+    and on the epoch's mean at its end: an epoch of fewer steps than N, or a NaN after the last
+    check, is not saved either)."""
 
     every_steps: int | None = 50
     name: str = "terminate_on_nan"
+    at_epoch_end: bool = True
 
     def init_state(self) -> dict:
         return {}
@@ -265,7 +268,7 @@ def run_callbacks(
     actions: list[Action] = []
     for cb in callbacks:
         if at_step is None:
-            due = cb.every_steps is None
+            due = cb.every_steps is None or getattr(cb, "at_epoch_end", False)
         else:
             due = cb.every_steps is not None and at_step % cb.every_steps == 0
         if due:

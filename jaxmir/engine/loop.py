@@ -282,7 +282,8 @@ def train_epochs(
         if stop_signal is not None and stop_signal.agreed:
             _save_interrupted(hooks, state, epoch, step_in_epoch, means)
             return state, history, f"interrupted: {stop_signal.agreed}"
-        stop = next((a for a in actions if isinstance(a, Stop)), None)
+        stops = [a for a in actions if isinstance(a, Stop)]
+        stop = next((a for a in stops if a.failed), stops[0] if stops else None)
         if stop is not None:
             # A step-level stop (e.g. NaN loss): keep the last good checkpoint, save nothing.
             return state, history, _stopped(stop)
@@ -329,7 +330,8 @@ def train_epochs(
         means = RunningMeans()
         meta = {"epoch": epoch + 1, "step_in_epoch": 0, "logs": _jsonable(logs)}
         saves = [a for a in actions if isinstance(a, Save)]
-        stop = next((a for a in actions if isinstance(a, Stop)), None)
+        stops = [a for a in actions if isinstance(a, Stop)]
+        stop = next((a for a in stops if a.failed), stops[0] if stops else None)
         if stop is not None and stop.failed:  # a NaN state is not saved
             return state, history, _stopped(stop)
         if stop is not None:
