@@ -86,11 +86,15 @@ class Checkpointer:
                 return  # already saved at this step (e.g. an interrupt right after an epoch save)
             # An interrupt save (no score) at the end of an epoch's steps, before its validation
             # finished: the resumed epoch's save holds the same state with its score and marks,
-            # without which the best checkpoint would be chosen among the others. A crash before
-            # it is written leaves an earlier checkpoint (or none), from which the run resumes
-            # to the same state.
+            # without which the best checkpoint would be chosen among the others. Orbax writes
+            # no step twice, so the old one goes first and the new one is written at once: a
+            # crash in those seconds resumes from the checkpoint before (the best kept, or the
+            # start), to the same state, at the cost of the steps since.
             self.manager.wait_until_finished()
             self.manager.delete(step)
+            self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics or {})
+            self.manager.wait_until_finished()
+            return
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics or {})
 
     def _replaces_interrupt_save(self, step: int, metrics: dict | None, meta: dict) -> bool:
