@@ -270,7 +270,12 @@ def test_early_stop_is_carried_out_and_not_resumed(beat_cache, tmp_path):
     assert run.status.startswith("stopped") and int(run.state.epoch) == 2
     again = train(TASK, cfg, tmp_path / "es", beat_cache, devices=ONE, progress=False)
     assert again.status == "stopped"
-    # a resume with more patience trains on from the stop (it said "nothing to resume")
+    # a resume with more patience trains on from the stop (it said "nothing to resume"); with
+    # no more than the epochs it has waited, it would stop again: it stays stopped
+    same = apply_overrides(cfg, ["train.early_stop_patience=1"])
+    assert train(TASK, same, tmp_path / "es", beat_cache, devices=ONE, progress=False).status == (
+        "stopped"
+    )
     more = apply_overrides(cfg, ["train.early_stop_patience=null"])
     on = train(TASK, more, tmp_path / "es", beat_cache, devices=ONE, progress=False)
     assert on.status == "finished" and int(on.state.epoch) == 5

@@ -460,11 +460,15 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
             start_means=meta.get("running_means"),
         )
         changed = stop_settings_changed(meta.get("config"), cfg)
+        waited = int(jax.device_get(state.callbacks.get("early_stopping", {}).get("wait", 0)))
+        patience = cfg.train.early_stop_patience
+        if changed and patience is not None and patience <= waited:  # it would stop again
+            changed = []
         if meta.get("status") == "stopped" and not changed:
             checkpointer.close()
             log(
                 f"{workdir}: this run was stopped early at step {latest}; nothing to resume "
-                "(to train on: --set train.early_stop_patience=N with a larger N, or null)"
+                f"(to train on: --set train.early_stop_patience=N with N above {waited}, or null)"
             )
             return RunResult(workdir, state, {"train": [], "validate": []}, "stopped", 0.0)
         if meta.get("status") == "stopped":
