@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,9 +77,11 @@ def export_model(
     that fails (a member that is not there, or differs) leaves a model already in `out` as it
     was, and `out` may itself be a member."""
     workdir, out = Path(workdir), Path(out)
-    staging = out.parent / f".{out.name}.export-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one
     try:
         _export_into(task, workdir, staging, info, members, data, progress, log)
         _replace_folder(out, staging)
@@ -88,12 +91,16 @@ def export_model(
 
 
 def _replace_folder(out: Path, new: Path) -> None:
-    """Put the folder `new` where `out` is (two renames; the old folder is removed after)."""
-    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    """Put the folder `new` where `out` is: two renames, the old folder removed after (a
+    crash between them leaves it beside, named `.OUT.replaced-*`)."""
+    old = None
     if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+        old.rmdir()  # a free name beside `out`
         out.rename(old)
     new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _export_into(task, workdir: Path, out: Path, info, members, data, progress, log) -> None:
