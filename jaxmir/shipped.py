@@ -76,14 +76,17 @@ def export_model(
     The folder is written beside `out` and moved into its place only when whole: an export
     that fails (a member that is not there, or differs) leaves a model already in `out` as it
     was, and `out` may itself be a member."""
+    from jaxmir.engine.run import restore_for_inference
+
     workdir, out = Path(workdir), Path(out)
+    restored = restore_for_inference(task, workdir)  # no run there: nothing is written
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one
     try:
-        _export_into(task, workdir, staging, info, members, data, progress, log)
+        _export_into(task, workdir, staging, restored, info, members, data, progress, log)
         _replace_folder(out, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -103,12 +106,14 @@ def _replace_folder(out: Path, new: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _export_into(task, workdir: Path, out: Path, info, members, data, progress, log) -> None:
+def _export_into(
+    task, workdir: Path, out: Path, restored, info, members, data, progress, log
+) -> None:
     from flax import serialization
 
-    from jaxmir.engine.run import DECODE_FILE, restore_for_inference
+    from jaxmir.engine.run import DECODE_FILE
 
-    cfg, _mesh, state, step = restore_for_inference(task, workdir)
+    cfg, _mesh, state, step = restored
     info = _scores_of_this_model(info or {}, step, cfg, workdir, log)
     variables = _final_variables(state)
     # the weights are final: no EMA to keep, no optimizer state
