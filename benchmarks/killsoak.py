@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.environ.get("JAXMIR_CACHE"):  # a cache of its own, removed afterwards
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxmir-soak-cache-"))
             os.environ["JAXMIR_CACHE"] = cache
+            stack.callback(os.environ.pop, "JAXMIR_CACHE", None)
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             result = soak(args.kills, args.keep, args.data, args.seed, log=_err)

@@ -332,6 +332,9 @@ def test_mir1k_pitch_frames_and_song_split(tmp_path):
         "abjones_1_01.wav",
         "abjones_1_02.WAV",
     ]
+    # both spellings side by side (possible where case counts): one piece, the .wav
+    write_wav(tmp_path / "Wavfile" / "abjones_1_02.wav", channels=2)
+    assert [p.audio.name for p in mir1k.read(tmp_path)] == ["abjones_1_01.wav", "abjones_1_02.wav"]
 
 
 def test_mir1k_blank_line_inside_is_an_error(tmp_path):

@@ -49,7 +49,10 @@ def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
     """The WAV files of `folder` (of its subfolders too when `recursive`), sorted, whatever the
     case of their suffix: a copy made on another system may be `.WAV`."""
     found = Path(folder).rglob("*") if recursive else Path(folder).glob("*")
-    return sorted(p for p in found if p.suffix.lower() == ".wav" and p.is_file())
+    wavs = sorted(p for p in found if p.suffix.lower() == ".wav" and p.is_file())
+    # one piece per name: `x.wav` beside `x.WAV` (two files only where case counts) is read once
+    kept = {p.with_suffix(""): p for p in sorted(wavs, key=lambda p: p.suffix == ".wav")}
+    return sorted(kept.values())
 
 
 def require_root(root: Path | str, dataset: str) -> Path:
