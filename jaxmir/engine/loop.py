@@ -282,8 +282,7 @@ def train_epochs(
         if stop_signal is not None and stop_signal.agreed:
             _save_interrupted(hooks, state, epoch, step_in_epoch, means)
             return state, history, f"interrupted: {stop_signal.agreed}"
-        stops = [a for a in actions if isinstance(a, Stop)]
-        stop = next((a for a in stops if a.failed), stops[0] if stops else None)
+        stop = _first_stop(actions)
         if stop is not None:
             # A step-level stop (e.g. NaN loss): keep the last good checkpoint, save nothing.
             return state, history, _stopped(stop)
@@ -330,8 +329,7 @@ def train_epochs(
         means = RunningMeans()
         meta = {"epoch": epoch + 1, "step_in_epoch": 0, "logs": _jsonable(logs)}
         saves = [a for a in actions if isinstance(a, Save)]
-        stops = [a for a in actions if isinstance(a, Stop)]
-        stop = next((a for a in stops if a.failed), stops[0] if stops else None)
+        stop = _first_stop(actions)
         if stop is not None and stop.failed:  # a NaN state is not saved
             return state, history, _stopped(stop)
         if stop is not None:
@@ -345,6 +343,12 @@ def train_epochs(
                 hooks.save(state, None, meta)
             return state, history, f"interrupted: {stop_signal.agreed}"
     return state, history, "finished"
+
+
+def _first_stop(actions) -> Stop | None:
+    """The stop to act on: a failed one (NaN) before an ordinary one; None without any."""
+    stops = [a for a in actions if isinstance(a, Stop)]
+    return next((a for a in stops if a.failed), stops[0] if stops else None)
 
 
 def _stopped(stop: Stop) -> str:
