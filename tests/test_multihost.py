@@ -5,6 +5,7 @@ checkpoint of the 2-process run resumed by a single process."""
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,8 +69,11 @@ def _run_one_process(workdir, data, epochs: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _two_processes(argv: list[str], devices: int, timeout: float = 600) -> list[str]:
-    """Run `argv` as processes 0 and 1 of one job (`devices` CPU devices each); their stdouts."""
+def _two_processes(
+    argv: list[str], devices: int, timeout: float = 600, expected_exit: int = 0
+) -> list[str]:
+    """Run `argv` as processes 0 and 1 of one job (`devices` CPU devices each); their stdouts
+    (their stderrs where they are expected to fail)."""
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -89,14 +93,15 @@ def _two_processes(argv: list[str], devices: int, timeout: float = 600) -> list[
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(out)
+        assert p.returncode == expected_exit, err[-3000:]
+        outs.append(out if expected_exit == 0 else err)
     return outs
 
 
-def _run_two_processes(workdir, data, epochs: int) -> list[str]:
-    """Both processes of one training job; returns their stdouts."""
-    return _two_processes(train_argv(workdir, data, (*SETTINGS, f"train.epochs={epochs}")), 4)
+def _run_two_processes(workdir, data, epochs: int, *more: str, expected_exit: int = 0) -> list[str]:
+    """Both processes of one training job; returns their stdouts (stderrs where they fail)."""
+    argv = train_argv(workdir, data, (*SETTINGS, f"train.epochs={epochs}", *more))
+    return _two_processes(argv, 4, timeout=300, expected_exit=expected_exit)
 
 
 def _close(a: dict, b: dict, rtol: float = 1e-5) -> None:
@@ -142,6 +147,34 @@ def test_two_processes_match_one_and_resume_in_one(beat_cache, tmp_path):
     for a, b in zip(ref_records, metric_records(multi), strict=True):
         _close(a, b)
     _same_state(final_state(reference), final_state(multi))
+
+
+def test_a_data_position_unreadable_on_one_process_is_skipped_by_every_process(
+    beat_cache, tmp_path
+):
+    """Process 1's own data-iterator file of the newest step is empty: both processes resume
+    from the step before (each deciding alone, process 0 trained on from the newest while
+    process 1 waited at a barrier, for ever). With no step before, both stop with the error."""
+    workdir = tmp_path / "run"
+    _run_two_processes(workdir, beat_cache, 2, "train.keep_latest=2")
+    checkpoints = workdir / "checkpoints"
+    (checkpoints / "8" / "data" / "process_1-of-2.json").write_text("")
+    outs = _run_two_processes(workdir, beat_cache, 3, "train.keep_latest=2")
+    assert (
+        "warning: checkpoint 8 is unreadable (a read error on process 1); moved to "
+        f"{workdir / 'corrupt-checkpoints' / '8'}; resuming from step 4"
+    ) in _own_lines(outs[0])
+    assert _own_lines(outs[1]) == []
+    assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [8, 12]
+
+    (checkpoints / "12" / "data" / "process_1-of-2.json").write_text("")
+    shutil.rmtree(checkpoints / "8")
+    errs = _run_two_processes(workdir, beat_cache, 4, "train.keep_latest=2", expected_exit=2)
+    assert (
+        "no checkpoint can be restored; the newest, 12, fails with: a read error on process 1"
+        in errs[0]
+    )
+    assert "the newest, 12, fails with: JSONDecodeError" in errs[1]
 
 
 AGREE = """

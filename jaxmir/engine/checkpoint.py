@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxmir.engine.callbacks import monitor_mode
-from jaxmir.engine.sharding import is_primary, sync
+from jaxmir.engine.sharding import is_primary, processes_without, sync
 
 
 class CheckpointError(Exception):
@@ -152,14 +152,11 @@ class Checkpointer:
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(template))
         items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
-        position = None
-        if data_iterator is not None:
-            position = self._data_position_of_other_layout(step)
-            if position is None:
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        if position is not None:
-            data_iterator.set_state(position)
+        if data_iterator is not None:
+            # read here rather than by Orbax: a process's own file can fail where the others'
+            # read, and inside Orbax's restore that failure skips a barrier the others wait at
+            data_iterator.set_state(self._data_position(step))
         state = _merge(state_template, restored["state"])
         state = state.replace(callbacks={**state_template.callbacks, **state.callbacks})
         return state, dict(restored["meta"])
@@ -174,14 +171,17 @@ class Checkpointer:
             return None
         return {p[1] for p in paths if isinstance(p, tuple) and len(p) > 1 and p[0] == "callbacks"}
 
-    def _data_position_of_other_layout(self, step: int) -> dict | None:
-        """The iterator position saved by a run on another number of processes, else None."""
+    def _data_position(self, step: int) -> dict:
+        """The data-iterator position this process saved at `step`; that of process 0 where
+        the run had another number of processes."""
         folder = self.directory / str(step) / "data"
         mine = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        saved = sorted(folder.glob("process_0-of-*.json"))
-        if mine.is_file() or not saved:
-            return None
-        return json.loads(saved[0].read_text())
+        if not mine.is_file():
+            mine = next(iter(sorted(folder.glob("process_0-of-*.json"))), mine)
+        position = json.loads(mine.read_text())
+        if not isinstance(position, dict):
+            raise ValueError(f"{mine}: not a data-iterator position")
+        return position
 
     def restore_newest_intact(
         self,
@@ -202,13 +202,20 @@ class Checkpointer:
         restored = None
         with abandoned_reads_dropped() as handled:
             for step in sorted(self.manager.all_steps(), reverse=True):
+                attempt, reason = None, ""
                 try:
-                    restored = (step, *self.restore(step, state_template, data_iterator))
-                    break
+                    attempt = (step, *self.restore(step, state_template, data_iterator))
                 except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
-                    failed.append((step, first_line(e)))
+                    reason = first_line(e)
                     newest = newest or e
                     handled()
+                # every process resumes from the same step (a process's own data-iterator
+                # file may be the one that fails): a step any process cannot read is skipped
+                failing = processes_without(attempt is not None)
+                if not failing:
+                    restored = attempt
+                    break
+                failed.append((step, reason or f"a read error on process {failing[0]}"))
             if restored is not None:
                 newest = None  # the failed reads go with it, collected in the scope
         if restored is not None:

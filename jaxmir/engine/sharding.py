@@ -71,6 +71,17 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def processes_without(flag: bool) -> list[int]:
+    """The indices of the processes where `flag` is false (a collective: all processes call
+    it at the same point)."""
+    if jax.process_count() == 1:
+        return [] if flag else [0]
+    from jax.experimental import multihost_utils
+
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(flag))).reshape(-1)
+    return [i for i, f in enumerate(flags) if not f]
+
+
 def primary_first(fn: Callable[[], T], name: str) -> T:
     """`fn()` on process 0, then on the others once it is done: for work that writes shared
     files (a corpus cache), which the others then find complete instead of racing to write."""
