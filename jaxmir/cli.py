@@ -695,8 +695,9 @@ def cmd_transcribe(args) -> int:
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
     try:
         for source, written in results:
-            for path in written:
-                print(path, flush=True)
+            for path in written:  # stdout, for scripts; past the bar where both are a terminal
+                tqdm.write(str(path), file=sys.stdout)
+                sys.stdout.flush()
             try:
                 note = task.transcription_note(source, written)
             except Exception as e:  # a note only informs: it must not end a folder's run

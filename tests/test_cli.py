@@ -1,7 +1,10 @@
 """The `jaxmir` command's contract: info, exit codes, features, eval and transcribe."""
 
+import io
 import json
 import os
+import re
+import sys
 
 import numpy as np
 import pretty_midi
@@ -325,6 +328,22 @@ def test_a_missing_input_among_several_is_skipped_and_named(tmp_path, capsys):
     assert main(["transcribe", "beat", *twice, "-o", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.count("no such file") == 1 and "1 of 2 inputs could not be read" in err
+
+
+def test_written_paths_are_lines_of_their_own_beside_the_progress_bar(tmp_path, monkeypatch):
+    """stdout and stderr on one terminal: each written path was printed onto the bar's line."""
+    songs = [tmp_path / f"song{i}.mid" for i in range(3)]
+    for song in songs:
+        write_midi(song, seconds=4.0)
+    terminal = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["transcribe", "beat", *map(str, songs), "-o", str(tmp_path / "out")]) == 0
+    pieces = re.split(r"[\r\n]", terminal.getvalue())
+    assert "Transcribe" in terminal.getvalue()
+    for song in songs:
+        for name in (f"{song.stem}_beats.mid", f"{song.stem}_beats.csv"):
+            assert str(tmp_path / "out" / name) in pieces, name
 
 
 @pytest.mark.parametrize("task", ["music", "beat"])

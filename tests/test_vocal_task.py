@@ -83,6 +83,18 @@ def test_no_shortest_note_still_pairs_an_onset_with_a_later_offset():
         assert got == [[10, 40], [40, 60], [70, 90]], min_seconds
 
 
+def test_a_note_held_to_the_end_of_the_file_ends_there():
+    # the voice never falls below the threshold after the last onset: omnizart's decoding
+    # ended each such note at its own onset and dropped it (here all three)
+    probs = np.zeros((100, 6))
+    probs[:, 1] = 1.0
+    probs[10:, 0], probs[10:, 1] = 0.9, 0.1
+    probs[[10, 40, 70], 2] = 0.9
+    assert note_intervals(probs).tolist() == [[10, 40], [40, 70], [70, 100]]
+    notes = decode_notes(probs, np.full(100, 440.0))
+    np.testing.assert_allclose(notes[:, :2], [[0.2, 0.8], [0.8, 1.4], [1.4, 2.0]])
+
+
 def _tiny_model_logits(seed=0):
     cfg = TASK.preset("tiny")
     model = TASK.model(cfg)

@@ -35,12 +35,14 @@ def find_peaks(seq: np.ndarray, ctx: int = 2, threshold: float = 0.5) -> np.ndar
 
 
 def first_fall(seq: np.ndarray, threshold: float = 0.5) -> int:
-    """The first frame below `threshold` after `seq` has been above it; 0 when none."""
+    """The first frame below `threshold` after `seq` has been above it: `len(seq)` when it
+    stays above to the end (a note held to the end of the file ends there; omnizart's 0
+    dropped it), 0 when it is never above."""
     above = np.asarray(seq) > threshold
     if not above.any():
         return 0
     after = np.flatnonzero(np.asarray(seq)[np.argmax(above) :] < threshold)
-    return int(np.argmax(above) + after[0]) if len(after) else 0
+    return int(np.argmax(above) + after[0]) if len(after) else len(above)
 
 
 def note_intervals(
