@@ -638,6 +638,11 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
         ("beat", "optim.weight_decay=0.01"),
         ("beat", "optim.grad_clip_norm=0"),
         ("beat", "optim.decay_rate=0"),
+        # every task has one model: vocal_contour and patch_cnn ignored another name
+        *(
+            (t, "model.name=bogus")
+            for t in ("chord", "drum", "vocal", "vocal_contour", "patch_cnn")
+        ),
     ],
 )
 def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, capsys):

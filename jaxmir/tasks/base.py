@@ -686,6 +686,12 @@ def _overrides(task: PieceTask, method: str) -> bool:
     return getattr(type(task), method) is not getattr(PieceTask, method)
 
 
+def require_model(name: str, known: str) -> None:
+    """ConfigError unless `model.name` is the task's one model, `known`."""
+    if name != known:
+        raise ConfigError(f"model.name: unknown model {name!r} ({known})")
+
+
 def source_of(piece) -> dict:
     """A cache entry's record of the audio file a piece's features came from."""
     audio = getattr(piece, "audio", None)

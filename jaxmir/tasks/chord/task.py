@@ -48,7 +48,7 @@ from jaxmir.data.features import chroma as C
 from jaxmir.data.pipeline import frames_window
 from jaxmir.data.synth.corpus import X_CHORD
 from jaxmir.inference import predict_piece, sigmoid
-from jaxmir.tasks.base import CorpusConfig, PieceTask, schedule, tiny_schedule
+from jaxmir.tasks.base import CorpusConfig, PieceTask, require_model, schedule, tiny_schedule
 from jaxmir.tasks.chord.decode import chords_to_midi, decode_chords, plot_chords, write_chords_csv
 from jaxmir.tasks.chord.labels import N_CLASSES, Transpose, change_flags, segment_classes
 from jaxmir.tasks.chord.model import HarmonyTransformer
@@ -120,8 +120,7 @@ class ChordTask(PieceTask):
     # -- model ----------------------------------------------------------------------------------
     def model(self, cfg: Config) -> nn.Module:
         m = cfg.model
-        if m.name != "harmony_transformer":
-            raise ConfigError(f"model.name: unknown model {m.name!r} (harmony_transformer)")
+        require_model(m.name, "harmony_transformer")
         if m.classes not in (N_CLASSES, N_CLASSES + 1):
             raise ConfigError(f"model.classes must be {N_CLASSES} or {N_CLASSES + 1}")
         return ChordNet(

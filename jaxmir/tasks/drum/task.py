@@ -39,7 +39,7 @@ from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cqt import DRUM_CLASSES, PATCH_SIZE, drum_input, drum_labels
 from jaxmir.data.pipeline import frames_window
 from jaxmir.inference import predict_piece
-from jaxmir.tasks.base import CorpusConfig, PieceTask, schedule, tiny_schedule
+from jaxmir.tasks.base import CorpusConfig, PieceTask, require_model, schedule, tiny_schedule
 from jaxmir.tasks.drum.decode import (
     decode_hits,
     drum_scores,
@@ -121,8 +121,7 @@ class DrumTask(PieceTask):
 
     def model(self, cfg: Config) -> nn.Module:
         m = cfg.model
-        if m.name != "sn_resnet":
-            raise ConfigError(f"model.name: unknown model {m.name!r} (sn_resnet)")
+        require_model(m.name, "sn_resnet")
         if m.loss not in LOSSES:
             raise ConfigError(f"model.loss: unknown loss {m.loss!r} ({', '.join(LOSSES)})")
         if m.input_pool < 1 or PATCH_SIZE % m.input_pool:

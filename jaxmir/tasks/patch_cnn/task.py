@@ -29,7 +29,14 @@ from jaxmir.data.pipeline import PieceReader, shuffled_examples
 from jaxmir.inference import sigmoid
 from jaxmir.melody import bin_freqs, frame_times, write_melody
 from jaxmir.metrics import melody_scores
-from jaxmir.tasks.base import EVAL_SEED, CorpusConfig, PieceTask, schedule, tiny_schedule
+from jaxmir.tasks.base import (
+    EVAL_SEED,
+    CorpusConfig,
+    PieceTask,
+    require_model,
+    schedule,
+    tiny_schedule,
+)
 from jaxmir.tasks.patch_cnn.decode import decode_patches
 from jaxmir.tasks.patch_cnn.labels import patch_ref_bins, patch_targets
 from jaxmir.tasks.patch_cnn.model import PATCH_SIZE, PatchCNN
@@ -81,6 +88,7 @@ class PatchCNNTask(PieceTask):
 
     # -- model ----------------------------------------------------------------------------------
     def model(self, cfg: Config):
+        require_model(cfg.model.name, "patch_cnn")
         return PatchCNN(dropout=cfg.model.dropout, conv_impl=cfg.model.conv_impl)
 
     def input_spec(self, cfg: Config) -> jax.ShapeDtypeStruct:

@@ -43,7 +43,7 @@ from jaxmir.data.features.vocal import VOCAL_FS, vocal_cfp
 from jaxmir.data.pipeline import frames_window, window_index
 from jaxmir.losses import binary_accuracy
 from jaxmir.melody import bin_to_hz
-from jaxmir.tasks.base import CorpusConfig, PieceTask, schedule, tiny_schedule
+from jaxmir.tasks.base import CorpusConfig, PieceTask, require_model, schedule, tiny_schedule
 from jaxmir.tasks.vocal.decode import decode_notes
 from jaxmir.tasks.vocal.labels import FRAME_S, notes_from_f0, sdt_labels
 from jaxmir.tasks.vocal.model import PyramidNet
@@ -123,8 +123,7 @@ class VocalTask(PieceTask):
     # -- model ----------------------------------------------------------------------------------
     def model(self, cfg: Config) -> PyramidNet:
         m = cfg.model
-        if m.name != "pyramidnet":
-            raise ConfigError(f"model.name: unknown model {m.name!r} (pyramidnet)")
+        require_model(m.name, "pyramidnet")
         return PyramidNet(
             depth=m.depth,
             alpha=m.alpha,
