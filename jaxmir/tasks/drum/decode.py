@@ -42,8 +42,8 @@ def _merged(times: list[np.ndarray]) -> np.ndarray:
 
 def drum_scores(ref_hits: np.ndarray, est_hits: np.ndarray) -> dict[str, float]:
     """mir_eval.onset F-measure (50 ms) for kick, snare and hi-hat (closed, pedal and open
-    merged, as omnizart's output), per class for each of the 13 with reference hits, and
-    overall (matches of all 13 classes pooled). A class without reference hits in a piece has
+    merged, as omnizart's output; `drum_<group>_f1`), per class for each of the 13 with
+    reference hits (`drum_class_<name>_f1`), and overall (matches of all 13 classes pooled). A class without reference hits in a piece has
     no per-class score there (its false alarms still count in the overall score); a piece with
     no drums and no hits found has no overall score either.
 
@@ -64,8 +64,8 @@ def drum_scores(ref_hits: np.ndarray, est_hits: np.ndarray) -> dict[str, float]:
         r, e = ref[c], est[c]
         matched += len(mir_eval.util.match_events(r, e, WINDOW)) if len(r) and len(e) else 0
         n_ref, n_est = n_ref + len(r), n_est + len(e)
-        if len(r):
-            out[f"drum_{name}_f1"] = _f_measure(r, e)
+        if len(r):  # its own prefix: "snare" is a group's name too (the group's was lost)
+            out[f"drum_class_{name}_f1"] = _f_measure(r, e)
     if not n_ref and not n_est:  # no drums, none found: nothing to score
         return out
     precision = matched / n_est if n_est else 0.0
