@@ -810,6 +810,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_features(args) -> int:
+    from jaxmir.data.featurize import skip_line
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
@@ -818,14 +819,12 @@ def cmd_features(args) -> int:
     if note:
         print(f"jaxmir features: {note}", file=sys.stderr)
     with warnings.catch_warnings():  # each failure is named once, below
-        warnings.filterwarnings("ignore", message="skipping ")
+        warnings.filterwarnings("ignore", message="skipped ")
         summary = task.featurize(
             args.dataset, args.root, args.out, workers=workers, progress=not args.no_progress
         )
-    for path, reason in summary["failed"]:
-        # readers' errors often name the file again ("PATH: ...", "PATH:LINE: ...")
-        reason = str(reason).replace(f"{path}: ", "", 1).replace(f"{path}:", "line ", 1)
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path, reason in summary["failed"]:  # those of the readers too, which never warned
+        print(skip_line(path, reason), file=sys.stderr)
     print(
         f"{summary['written']} pieces written, {summary['skipped']} already cached, "
         f"{len(summary['failed'])} failed -> {summary['out']}"

@@ -139,17 +139,24 @@ def test_unlabelled_windows_come_from_the_data_unlabelled_folder(vocal_cache, tm
     import soundfile as sf
 
     from jaxmir.config import ConfigError
+    from jaxmir.data.audio import InputWarning
 
     folder = tmp_path / "songs"
     (folder / "disc").mkdir(parents=True)
     t = np.arange(3 * 16000) / 16000
     sf.write(folder / "disc" / "hum.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
     (folder / "notes.txt").write_text("not audio")
+    (folder / "broken.wav").write_bytes(b"RIFF0000WAVEfmt ")
     cfg = apply_overrides(TASK.preset("tiny"), [f"data.unlabelled={folder}"])
     cache = FeatureCache(vocal_cache)
-    source = TASK.unlabelled_cache(cfg, cache)
+    # an unreadable file is one line naming it (`jaxmir` prints an InputWarning so); it was a
+    # raw Python warning with its source line
+    with pytest.warns(InputWarning, match=f"^skipped {folder / 'broken.wav'}: ") as caught:
+        source = TASK.unlabelled_cache(cfg, cache)
+    assert len(caught) == 1
     assert source.names("train") == ["disc/hum.wav"]
-    assert TASK.unlabelled_cache(cfg, cache).root == source.root  # featurised once
+    with pytest.warns(InputWarning, match="broken.wav"):  # tried again, the rest kept
+        assert TASK.unlabelled_cache(cfg, cache).root == source.root  # featurised once
     x = source.features("disc/hum.wav")
     ux = TASK.dataset(cfg, cache, "train", True)[0]["ux"]
     n = len(ux)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from jaxmir.data.audio import InputWarning
 from jaxmir.data.cache import FeatureCache
 
 Compute = Callable[[Any], tuple[np.ndarray, dict[str, np.ndarray]]]
@@ -43,6 +44,13 @@ def _safe_compute(compute: Compute, piece) -> tuple[str, Any]:
 
 def _source(piece) -> str:
     return str(getattr(piece, "audio", None) or piece.name)
+
+
+def skip_line(source: str, reason: str) -> str:
+    """"skipped SOURCE: REASON", without the copy of the path a reader's error often starts
+    with ("PATH: ...", "PATH:LINE: ...")."""
+    reason = str(reason).replace(f"{source}: ", "", 1).replace(f"{source}:", "line ", 1)
+    return f"skipped {source}: {reason}"
 
 
 def source_fingerprint(piece) -> str:
@@ -155,7 +163,7 @@ def featurize(
             written += 1
         else:
             failures.append((_source(piece), result))
-            warnings.warn(f"skipping {_source(piece)}: {result}", stacklevel=2)
+            warnings.warn(InputWarning(skip_line(_source(piece), result)), stacklevel=2)
         bar.update(1)
 
     try:

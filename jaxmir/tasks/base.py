@@ -314,8 +314,8 @@ class PieceTask(Task):
         summary = self.featurize(
             "synth", audio_dir, out, workers=cfg.data.workers, progress=progress
         )
-        if summary["failed"]:
-            print(f"{self.name}: {len(summary['failed'])} pieces failed: {summary['failed']}")
+        if summary["failed"]:  # each was named as it failed
+            print(f"{self.name}: {len(summary['failed'])} pieces of the corpus failed (above)")
 
     def default_cache_dir(self, cfg: Config, cache_root: Path) -> Path:
         """The embedded corpus's feature cache, named by the corpus and the features: a task
