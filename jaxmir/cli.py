@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -463,9 +464,13 @@ def cmd_eval(args) -> int:
     # the settings used (calibrated or --set); files of the run named relative to it
     result["decode"] = relative_to(dataclasses.asdict(cfg.decode), args.workdir)
     own = run_data(args.workdir, must_exist=False)
+    name = args.split
     if args.data is not None and data_record(args.data) != (own and data_record(own)):
         result["data"] = data_record(cache.root)  # not the run's cache: export leaves it out
-    out = args.workdir / "eval" / f"{args.split}.json"
+        # beside the run's own score of the split, which it replaced (and export then lost)
+        digest = hashlib.sha1(result["data"].encode()).hexdigest()[:8]
+        name = f"{args.split}@{Path(cache.root).name}-{digest}"
+    out = args.workdir / "eval" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

@@ -650,8 +650,9 @@ def test_ensemble_members_must_share_the_label_mode_not_the_corpus():
 def test_a_run_scored_on_another_cache_says_so_and_export_leaves_it_out(
     music_run, music_cache, tmp_path, capsys
 ):
-    """`jaxmir eval --workdir RUN --data OTHER` names OTHER in eval/SPLIT.json; `jaxmir export`
-    then leaves that score out of model.json, which keeps only scores of the run's own data."""
+    """`jaxmir eval --workdir RUN --data OTHER` names OTHER in eval/SPLIT@OTHER-DIGEST.json;
+    `jaxmir export` leaves that score out of model.json, which keeps only scores of the run's
+    own data."""
     import shutil
 
     run = tmp_path / "run"
@@ -668,8 +669,12 @@ def test_a_run_scored_on_another_cache_says_so_and_export_leaves_it_out(
     assert main([*own, "--data", str(music_cache)]) == 0  # the run's own cache, named or not
     assert "data" not in json.loads((run / "eval" / "test.json").read_text())
     assert "eval_test" in exported("model")
+    own_score = (run / "eval" / "test.json").read_text()
     assert main([*own, "--data", str(other)]) == 0
-    assert json.loads((run / "eval" / "test.json").read_text())["data"] == str(other.resolve())
+    # written beside the run's own score, which it replaced (export then had no test score)
+    assert (run / "eval" / "test.json").read_text() == own_score
+    (elsewhere,) = (run / "eval").glob("test@other-cache-*.json")
+    assert json.loads(elsewhere.read_text())["data"] == str(other.resolve())
     capsys.readouterr()
-    assert "eval_test" not in exported("model-after")
-    assert "test.json: scored on" in capsys.readouterr().err
+    assert "eval_test" in exported("model-after")
+    assert f"{elsewhere}: scored on {other.resolve()}" in capsys.readouterr().err
