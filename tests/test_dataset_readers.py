@@ -374,13 +374,15 @@ def test_medleydb_melody2_default(tmp_path):
 
 def tonas_fixture(root: Path) -> None:
     write_wav(root / "Deblas" / "01-D_x.wav")
+    # as the real files are: the tuning (cents) on line 1 and already in every pitch (43 ->
+    # 60.43); f0 rows about 11.6 ms apart, times to the millisecond
     write_text(
         root / "Deblas" / "01-D_x.notes.Corrected",
-        "-20.0\n0.5, 0.25, 60.3, 0.01\n1.0, 0.5, 62, 0.02\n",
+        "43.000000\n0.5, 0.25, 60.43, 0.01\n1.0, 0.5, 62.43, 0.02\n",
     )
     write_text(
         root / "Deblas" / "01-D_x.f0.Corrected",
-        "0.0 0.1 0 0\n0.0029 0.2 219 220.5\n0.0058 0.3 221 -1\n",
+        "0.197 0.1 0 0\n0.209 0.2 219 220.5\n0.221 0.3 221 -1\n",
     )
     write_wav(root / "Martinetes1" / "02-M_y.wav")
     write_text(root / "Martinetes1" / "02-M_y.f0.Corrected", "0.0 0.1 100 101\n")
@@ -394,9 +396,9 @@ def test_tonas_notes_tuning_and_f0(tmp_path):
     assert p.split == _common.hash_split("Deblas__01-D_x")
     # the pitches already carry the tuning of line 1; the f0 is column 3 (column 4: note f0)
     np.testing.assert_allclose(
-        p.notes, [[0.5, 0.75, 60.3, -1, -1], [1.0, 1.5, 62.0, -1, -1]], atol=1e-12
+        p.notes, [[0.5, 0.75, 60.43, -1, -1], [1.0, 1.5, 62.43, -1, -1]], atol=1e-12
     )
-    np.testing.assert_array_equal(p.f0, [[0.0, 0.0], [0.0029, 219.0], [0.0058, 221.0]])
+    np.testing.assert_array_equal(p.f0, [[0.197, 0.0], [0.209, 219.0], [0.221, 221.0]])
     q = pieces["Martinetes1__02-M_y"]
     assert q.notes is None
     np.testing.assert_array_equal(q.f0, [[0.0, 100.0]])
