@@ -56,6 +56,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50  # steps between metric read-backs (bar postfix, metrics.jsonl)
     monitor: str = "val_loss"  # what early stopping and "best" checkpoints watch
+    # max | min | auto: max for names with acc, f1, f_measure, precision, recall or chord_
+    monitor_mode: str = "auto"
     early_stop_patience: int | None = 7  # None: no early stopping
     early_stop_min_delta: float = 0.0
     keep_latest: int = 1  # checkpoints kept by recency
@@ -241,11 +243,29 @@ def _without_retired(saved: dict, cfg: Config) -> dict:
     return out
 
 
+def _is_default(cfg: Config, key: str) -> bool:
+    """Whether the dotted `key` of `cfg` holds its section's default value."""
+    section, _, name = key.partition(".")
+    value = getattr(cfg, section, None)
+    try:
+        default = getattr(type(value)(), name)
+    except (TypeError, AttributeError):  # a section without defaults, a nested key
+        return False
+    return json.loads(json.dumps(default)) == flatten(json.loads(cfg.to_json())).get(key)
+
+
 def check_resume_compatible(saved: dict, new: Config) -> None:
     """Refuse to resume a run whose config changed in anything but schedule keys and the
     decoding settings (`decode.*`: how validation pieces are scored, not what is trained)."""
     changed = changed_keys(_without_retired(saved, new), json.loads(new.to_json()))
-    bad = [k for k in changed if k not in SCHEDULE_KEYS and not k.startswith("decode.")]
+    older = set(flatten(saved))
+    bad = [
+        k
+        for k in changed
+        if k not in SCHEDULE_KEYS
+        and not k.startswith("decode.")
+        and (k in older or not _is_default(new, k))  # a key added since, at its default
+    ]
     if bad:
         raise ConfigError(
             "cannot resume: config differs from the run's config.json in " + ", ".join(bad)
@@ -291,6 +311,7 @@ _WORDS = (
         ("constant", "step", "exponential", "plateau", "exponential_steps", "warmup_cosine"),
     ),
     ("train.precision", ("fp32", "bf16")),
+    ("train.monitor_mode", ("auto", "min", "max")),
     ("data.corpus_instruments", ("piano", "mixed", "both")),
     ("model.conv_impl", CONV_IMPLS),
 )

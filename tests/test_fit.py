@@ -67,3 +67,91 @@ def test_killed_and_resumed_is_bit_identical(tmp_path):
     assert again.history["validate"][-1]["accuracy"] == full.history["validate"][-1]["accuracy"]
     for a, b in zip(leaves(full.state.opt_state), leaves(resumed.state.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _tiny_fit(workdir: Path, evaluate=None, train_data=None, **train):
+    """The README's tagger on 32 examples, 2 steps an epoch."""
+    import flax.linen as nn
+    import grain
+    import optax
+
+    from jaxmir.config import OptimConfig, TrainConfig
+    from jaxmir.engine import fit
+
+    class Tagger(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(3)(x)
+
+    def loss(apply_fn, variables, batch, rng, train):
+        logits = apply_fn(variables, batch["x"], train=train)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), ({}, {})
+
+    x = np.random.default_rng(0).normal(size=(32, 4, 6)).astype(np.float32)
+    examples = [{"x": a, "y": a[:, :3].argmax(-1).astype(np.int32)} for a in x]
+    settings = dict(epochs=3, steps_per_epoch=2, val_steps=1, batch_size=8, val_batch_size=8)
+    logged: list[str] = []
+    result = fit(
+        Tagger(),
+        loss,
+        grain.MapDataset.source(examples) if train_data is None else train_data,
+        workdir=workdir,
+        train=TrainConfig(**{**settings, **train}),
+        optim=OptimConfig(learning_rate=1e-2),
+        evaluate=evaluate,
+        progress=False,
+        log=logged.append,
+    )
+    return result, logged
+
+
+def rising_score():
+    """An `evaluate` whose score (a name the engine cannot place) rises every epoch."""
+    calls = []
+
+    def evaluate(predict):
+        calls.append(1)
+        return {"mAP": 0.1 * len(calls)}
+
+    return evaluate
+
+
+def test_a_score_of_ones_own_is_maximised_when_told_and_the_guess_is_said(tmp_path):
+    """`val_mAP` was minimised unsaid: early stopping ended a rising run and the best
+    checkpoint was the worst model."""
+    from jaxmir.engine.checkpoint import Checkpointer
+
+    told, logged = _tiny_fit(
+        tmp_path / "told", rising_score(), monitor="val_mAP", monitor_mode="max",
+        early_stop_patience=1,
+    )  # fmt: skip
+    assert told.status == "finished" and not any("lower is taken" in x for x in logged)
+    best = Checkpointer(tmp_path / "told" / "checkpoints", monitor="val_mAP", mode="max")
+    assert best.best_step() == 6
+    guessed, logged = _tiny_fit(
+        tmp_path / "guessed", rising_score(), monitor="val_mAP", early_stop_patience=1
+    )
+    assert "train.monitor val_mAP: lower is taken as better" in "\n".join(logged)
+    assert guessed.status.startswith("stopped")
+
+
+def test_fit_refuses_what_it_cannot_train_on_before_making_the_workdir(tmp_path):
+    import grain
+    import pytest
+
+    from jaxmir.config import ConfigError
+
+    cases = [
+        (dict(train_data=grain.MapDataset.source([])), "train_data: the dataset has no examples"),
+        (dict(train_data=grain.MapDataset.source([{"y": 1}])), "an 'x' entry"),
+        (dict(watch_splits=("test",)), "train.watch_splits"),
+    ]
+    for i, (kwargs, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            _tiny_fit(tmp_path / str(i), **kwargs)
+        assert not (tmp_path / str(i)).exists()
+    for i, (returned, message) in enumerate(
+        [({"f1": "0.5"}, "'f1' is str, expected a number"), (None, "returned NoneType")]
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            _tiny_fit(tmp_path / f"ev{i}", lambda predict, r=returned: r)

@@ -47,7 +47,7 @@ def _source(piece) -> str:
 
 
 def skip_line(source: str, reason: str) -> str:
-    """"skipped SOURCE: REASON", without the copy of the path a reader's error often starts
+    """ "skipped SOURCE: REASON", without the copy of the path a reader's error often starts
     with ("PATH: ...", "PATH:LINE: ...")."""
     reason = str(reason).replace(f"{source}: ", "", 1).replace(f"{source}:", "line ", 1)
     return f"skipped {source}: {reason}"

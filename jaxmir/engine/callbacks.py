@@ -25,7 +25,7 @@ from jaxmir.engine.state import TrainState, learning_rate, with_learning_rate
 
 Logs = dict[str, float]
 
-_MAXIMISE_MARKERS = ("acc", "f1", "f_measure", "precision", "recall", "accuracy", "chord_")
+MAXIMISE_MARKERS = ("acc", "f1", "f_measure", "precision", "recall", "accuracy", "chord_")
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
@@ -35,7 +35,7 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
         return mode
     if mode != "auto":
         raise ValueError(f"mode must be auto, min or max, not {mode!r}")
-    return "max" if any(m in monitor for m in _MAXIMISE_MARKERS) else "min"
+    return "max" if any(m in monitor for m in MAXIMISE_MARKERS) else "min"
 
 
 def monitored_value(logs: Logs, monitor: str) -> float:

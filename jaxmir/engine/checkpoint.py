@@ -39,13 +39,14 @@ class Checkpointer:
         directory: Path,
         *,
         monitor: str = "val_loss",
+        mode: str = "auto",
         keep_latest: int = 1,
         keep_best: int = 1,
         async_save: bool = True,
     ):
         self.directory = Path(directory).absolute()
         self.monitor = monitor
-        self.mode = monitor_mode(monitor)
+        self.mode = monitor_mode(monitor, mode)
         sign = 1.0 if self.mode == "max" else -1.0
 
         def score(metrics: dict) -> float:

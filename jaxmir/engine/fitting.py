@@ -23,7 +23,7 @@ What it expects:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import flax.linen as nn
@@ -31,7 +31,7 @@ import grain
 import jax
 import numpy as np
 
-from jaxmir.config import Config, OptimConfig, TrainConfig
+from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
 from jaxmir.tasks.base import NoConfig, Task
 
 
@@ -67,7 +67,40 @@ class CustomTask(Task):
         return ds.seed(cfg.train.seed).shuffle().repeat() if train else ds.repeat()
 
     def evaluate(self, predict, cfg, cache, split, progress=False) -> dict[str, float]:
-        return dict(self._evaluate(predict)) if self._evaluate is not None else {}
+        if self._evaluate is None:
+            return {}
+        return _scores(self._evaluate(predict))
+
+
+def _scores(scores) -> dict[str, float]:
+    """`evaluate`'s result as {name: float}; ConfigError naming what is not a number (it
+    failed in the epoch's log line, after the epoch had trained and before it was saved)."""
+    if not isinstance(scores, Mapping):
+        raise ConfigError(f"evaluate: returned {type(scores).__name__}, not a dict of numbers")
+    out = {}
+    for name, value in scores.items():
+        v = np.asarray(value)
+        if v.ndim or not np.issubdtype(v.dtype, np.number):
+            shape = f" of shape {v.shape}" if v.ndim else ""
+            raise ConfigError(
+                f"evaluate: {name!r} is {type(value).__name__}{shape}, expected a number"
+            )
+        out[str(name)] = float(v)
+    return out
+
+
+def _check_data(ds: grain.MapDataset, name: str) -> None:
+    """ConfigError for a dataset `fit` cannot train on (grain's own errors come from deep
+    inside, after the workdir is made)."""
+    if len(ds) == 0:
+        raise ConfigError(f"{name}: the dataset has no examples")
+    first = ds[0]
+    if not isinstance(first, Mapping) or "x" not in first:
+        what = f"keys {sorted(first)}" if isinstance(first, Mapping) else type(first).__name__
+        raise ConfigError(
+            f"{name}: examples must be dicts with an 'x' entry (the model's input); the "
+            f"first has {what}"
+        )
 
 
 def fit(
@@ -98,5 +131,10 @@ def fit(
         train=train if train is not None else TrainConfig(),
         optim=optim if optim is not None else OptimConfig(),
     )
+    if cfg.train.watch_splits:  # the task would score val_data under each split's name
+        raise ConfigError("train.watch_splits: fit has no splits but train_data and val_data")
+    _check_data(train_data, "train_data")
+    if val_data is not None:
+        _check_data(val_data, "val_data")
     task = CustomTask(model, loss, train_data, val_data, evaluate)
     return run_train(task, cfg, workdir, devices=devices, progress=progress, log=log)

@@ -152,15 +152,23 @@ def make_callbacks(cfg: Config, task=None) -> list:
     elif o.lr_schedule == "exponential":
         out.append(cb.ExponentialDecay(o.learning_rate, o.decay_rate, o.min_lr))
     elif o.lr_schedule == "plateau":
-        out.append(cb.ReduceLROnPlateau(t.monitor, o.decay_rate, o.plateau_patience, o.min_lr))
+        out.append(
+            cb.ReduceLROnPlateau(
+                t.monitor, o.decay_rate, o.plateau_patience, o.min_lr, mode=t.monitor_mode
+            )
+        )
     elif o.lr_schedule not in ("constant", "exponential_steps", "warmup_cosine"):
         raise ValueError(
             f"optim.lr_schedule: unknown schedule {o.lr_schedule!r} "
             "(constant, step, exponential, plateau, exponential_steps, warmup_cosine)"
         )
     # always present (patience None: counting only), so a resume may switch it on or off
-    out.append(cb.EarlyStopping(t.monitor, t.early_stop_patience, t.early_stop_min_delta))
-    out.append(cb.ModelCheckpoint(t.monitor))
+    out.append(
+        cb.EarlyStopping(
+            t.monitor, t.early_stop_patience, t.early_stop_min_delta, mode=t.monitor_mode
+        )
+    )
+    out.append(cb.ModelCheckpoint(t.monitor, mode=t.monitor_mode))
     return out
 
 
@@ -231,7 +239,7 @@ def restore_for_inference(
 
         exported = " (an exported model folder has none)" if is_model_folder(workdir) else ""
         raise RestoreError(f"{ckpt_dir}: no checkpoint to restore{exported}")
-    ckpt = Checkpointer(ckpt_dir, monitor=cfg.train.monitor)
+    ckpt = Checkpointer(ckpt_dir, monitor=cfg.train.monitor, mode=cfg.train.monitor_mode)
     steps = ckpt.manager.all_steps()
     step = step if step is not None else ckpt.best_step()
     if step not in steps:
@@ -437,6 +445,7 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
     checkpointer = Checkpointer(
         ckpt_dir,
         monitor=cfg.train.monitor,
+        mode=cfg.train.monitor_mode,
         keep_latest=cfg.train.keep_latest,
         keep_best=cfg.train.keep_best,
     )
@@ -476,6 +485,16 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
         log(f"Resuming {workdir} from step {latest} (epoch {plan.start_epoch + 1})")
     else:
         log(f"Training {task.name} ({cfg.preset}) in {workdir}")
+    monitor = cfg.train.monitor
+    if (
+        cfg.train.monitor_mode == "auto"
+        and cb.monitor_mode(monitor) == "min"
+        and "loss" not in monitor
+    ):
+        log(  # a score of one's own (mAP, AUC, SDR, ...) minimised unsaid picks the worst model
+            f"train.monitor {monitor}: lower is taken as better (the name has none of "
+            f"{', '.join(cb.MAXIMISE_MARKERS)}); train.monitor_mode=max if higher is"
+        )
     if is_primary():
         save_config(cfg, config_path)  # only once a resume has succeeded
     writer = MetricsWriter(workdir, resume_step=latest or 0) if is_primary() else None
