@@ -75,3 +75,23 @@ def test_a_retired_key_of_an_older_run_is_dropped_and_refused_as_an_override(tmp
         task.config_from_dict(stored)
     with pytest.raises(ConfigError, match="cannot resume.*corpus_wokers"):
         check_resume_compatible(stored, cfg)
+
+
+def test_a_run_saved_before_a_key_was_added_resumes_while_the_key_is_at_its_default():
+    """`train.monitor_mode` came after runs were saved: their config.json lacks it. At its
+    default ("auto": what they ran with) they resume; set otherwise, the change is refused."""
+    import json
+
+    from jaxmir.config import ConfigError, apply_overrides, check_resume_compatible, validate
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("beat")
+    cfg = task.preset("demo")
+    stored = json.loads(cfg.to_json())
+    del stored["train"]["monitor_mode"]  # as runs before it wrote config.json
+    assert task.config_from_dict(stored) == cfg
+    check_resume_compatible(stored, cfg)
+    with pytest.raises(ConfigError, match="cannot resume.*train.monitor_mode"):
+        check_resume_compatible(stored, apply_overrides(cfg, ["train.monitor_mode=max"]))
+    with pytest.raises(ConfigError, match="train.monitor_mode: unknown 'most'"):
+        validate(apply_overrides(cfg, ["train.monitor_mode=most"]))
