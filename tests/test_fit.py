@@ -155,3 +155,32 @@ def test_fit_refuses_what_it_cannot_train_on_before_making_the_workdir(tmp_path)
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             _tiny_fit(tmp_path / f"ev{i}", lambda predict, r=returned: r)
+
+
+def tensorboard_scalars(folder: Path) -> list[tuple[str, int]]:
+    """(tag, step) of every scalar in the event files under `folder` (TFRecord framing:
+    length, its CRC, the event, its CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (n,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + n])
+            out += [(v.tag, event.step) for v in event.summary.value]
+            at += 12 + n + 4
+    return out
+
+
+def test_tensorboard_keeps_the_epoch_means_apart_from_the_step_values(tmp_path):
+    """The epoch's mean training loss was written under the step records' tag at the same
+    step: two points of two quantities on one curve."""
+    _tiny_fit(tmp_path / "run", log_every=1)
+    scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
+    assert len(scalars) == len(set(scalars)), sorted(scalars)
+    tags = {tag for tag, _ in scalars}
+    assert {"train/loss", "train_epoch/loss", "val/loss"} <= tags, tags
+    assert sorted(s for tag, s in scalars if tag == "train_epoch/loss") == [2, 4, 6]

@@ -60,8 +60,11 @@ class MetricsWriter:
         record.update({k: _clean(float(v)) for k, v in metrics.items()})
         self._file.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+            # an epoch's training means are not the step's values: under their own tags (they
+            # were plotted at the epoch's last step under the step records' tags)
+            prefix = f"{split}_epoch" if kind == "epoch" and split == "train" else split
+            for k, v in metrics.items():  # "val/loss", not "val/val_loss"
+                self._tb.add_scalar(f"{prefix}/{k.removeprefix(split + '_')}", float(v), int(step))
 
     def close(self):
         self._file.close()
