@@ -1,6 +1,7 @@
 """`jaxmir.engine.fit`: the README's model of one's own, on an in-memory Grain dataset, run as
 written, then killed mid-run and resumed bit-identically."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -184,3 +185,9 @@ def test_tensorboard_keeps_the_epoch_means_apart_from_the_step_values(tmp_path):
     tags = {tag for tag, _ in scalars}
     assert {"train/loss", "train_epoch/loss", "val/loss"} <= tags, tags
     assert sorted(s for tag, s in scalars if tag == "train_epoch/loss") == [2, 4, 6]
+    # metrics.jsonl: a step's record and its epoch's record number the epoch alike (the
+    # step records counted from 0, the epoch records from 1)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    epochs = {(r["kind"], r["step"]): r["epoch"] for r in records if r["split"] == "train"}
+    assert epochs[("step", 2)] == epochs[("epoch", 2)] == 1
+    assert epochs[("step", 3)] == epochs[("epoch", 4)] == 2

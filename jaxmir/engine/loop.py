@@ -176,8 +176,8 @@ def train_steps(
                 global_step = int(state.step)
                 logs = means.read()
                 bar.set_postfix_str(bar_postfix(logs), refresh=False)
-                if hooks.write:
-                    hooks.write("step", global_step, epoch, "train", logs)
+                if hooks.write:  # numbered from 1, as the epoch's own record is
+                    hooks.write("step", global_step, epoch + 1, "train", logs)
                 state, acts = run_callbacks(
                     callbacks,
                     state,
