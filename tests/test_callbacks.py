@@ -145,3 +145,8 @@ def test_run_callbacks_respects_when_each_runs():
     assert int(_.callbacks["early_stopping"]["wait"]) == 0
     _, acts = cb.run_callbacks([tn, es], state, {**logs, "loss": 1.0})
     assert acts == ()
+    # after a failed stop no callback runs: the checkpoint callback said "val_loss improved"
+    # of a state never saved
+    mc = cb.ModelCheckpoint("val_loss")
+    _, acts = cb.run_callbacks([tn, mc], make_state([tn, mc]), logs)
+    assert [(type(a), a.failed) for a in acts] == [(Stop, True)]

@@ -274,4 +274,6 @@ def run_callbacks(
         if due:
             state, acts = cb(state, logs)
             actions.extend(acts)
+            if any(isinstance(a, Stop) and a.failed for a in acts):
+                break  # a failed run saves nothing more: no "improved" line for it either
     return state, tuple(actions)
