@@ -557,3 +557,8 @@ def test_a_cache_without_validation_pieces_is_refused_before_the_workdir_is_writ
     with pytest.raises(ConfigError, match=r"no pieces in split\(s\) \['val'\]"):
         train(task, task.preset("tiny"), wd, cache, progress=False)
     assert not wd.exists()
+    # the pieces that failed may be the missing ones: the line names the first
+    manifest["failures"] = [{"path": "/x/val-piece.mid", "reason": "truncated file"}]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="1 of its pieces failed, the first: /x/val-piece.mid"):
+        train(task, task.preset("tiny"), wd, cache, progress=False)

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmir.cli import main
-from jaxmir.data.cache import FeatureCache
+from jaxmir.data.cache import CacheError, FeatureCache
 from jaxmir.data.featurize import featurize
 from jaxmir.data.synth.corpus import read_corpus
 from jaxmir.tasks.base import source_of
@@ -102,6 +103,17 @@ def test_damaged_cache_piece_is_rebuilt(music_cache, tmp_path, synth_corpus):
     assert summary["written"] == 1
     x = FeatureCache(out).features(name)
     assert np.isfinite(np.asarray(x)).all()
+    # a labels file cut short: BadZipFile, a traceback from is_complete, so never rebuilt
+    labels = out / cache.entry(name)["labels"]
+    labels.write_bytes(labels.read_bytes()[:300])
+    cache = FeatureCache(out)
+    assert not cache.is_complete(name)
+    with pytest.raises(CacheError, match=f"{re.escape(str(labels))}: unreadable label file"):
+        cache.labels(name)
+    assert (
+        featurize(read_corpus(synth_corpus), music_features, cache, progress=False)["written"] == 1
+    )
+    assert FeatureCache(out).labels(name)  # read back whole
 
 
 @dataclasses.dataclass
@@ -182,6 +194,31 @@ def test_a_piece_is_featurised_again_when_its_source_changed(tmp_path):
     (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
     cache = FeatureCache(tmp_path / "cache")
     assert run([piece], _from_labels, cache)["skipped"] == 1
+
+
+def test_an_embedded_cache_with_failed_pieces_is_built_again_by_the_next_command(
+    tmp_path, monkeypatch
+):
+    """A piece that failed left the cache marked complete: no later command tried it again
+    (and training then said the corpus was too small for a split)."""
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("music")
+    cfg = task.preset("tiny")
+    builds = []
+
+    def build(cfg, out, cache_root, progress, failures):
+        builds.append(out)
+        FeatureCache.create(out, task.name, task.cache_params("synth")).record_failures(failures)
+
+    monkeypatch.setattr(task, "build_default", lambda *a: build(*a, [("a.wav", "truncated")]))
+    out = task.default_data(cfg, tmp_path)
+    assert not FeatureCache(out).manifest.get("complete")
+    monkeypatch.setattr(task, "build_default", lambda *a: build(*a, []))
+    assert task.default_data(cfg, tmp_path) == out and len(builds) == 2
+    assert FeatureCache(out).manifest["complete"]
+    task.default_data(cfg, tmp_path)
+    assert len(builds) == 2  # complete: not built again
 
 
 def test_embedded_corpus_cache_is_named_by_its_features_too(tmp_path, monkeypatch):

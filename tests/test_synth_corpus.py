@@ -258,6 +258,13 @@ def test_rerun_skips_and_rebuilds_missing_stem(built):
     assert s["built"] == 1 and s["skipped"] == 1
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".wav", ".npz")}
     assert after == before
+    # a stem cut short (a full disk, a copy) was taken as finished, and every command after
+    # it skipped the piece as unreadable
+    mix = out / f"{name}.wav"
+    mix.write_bytes(mix.read_bytes()[:100_000])
+    s = _build(out)
+    assert s["built"] == 1 and s["skipped"] == 1
+    assert mix.read_bytes() == before[mix.name]
 
 
 def test_workers_match_sequential(built, tmp_path):

@@ -58,7 +58,7 @@ def validate_audio(x: np.ndarray, path: str | os.PathLike = "<array>") -> np.nda
     return x
 
 
-def _chunk_truncation(path: Path) -> str | None:
+def chunk_truncation(path: Path) -> str | None:
     """If a RIFF/RF64 WAV or an AIFF file's audio chunk is cut short, say how; else None."""
     try:
         size = path.stat().st_size
@@ -131,7 +131,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         raise AudioError(
             path, f"truncated file: header says {info.frames} frames, decoded {len(data)}"
         )
-    reason = _chunk_truncation(path)
+    reason = chunk_truncation(path)
     if reason:
         raise AudioError(path, reason)
     return data, int(rate)

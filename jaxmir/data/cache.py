@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise CacheError(f"{path}: unreadable label file ({e})") from e
 
     def is_complete(self, name: str, source: str | None = None) -> bool:
@@ -185,7 +186,7 @@ class FeatureCache:
                 return False
             with np.load(self.root / entry["labels"], allow_pickle=False) as z:
                 z.files  # noqa: B018 - reads the zip directory
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return False
         return True
 

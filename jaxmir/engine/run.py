@@ -275,9 +275,16 @@ def check_watch_splits(cfg: Config, cache: FeatureCache) -> None:
     needed = ["train"] + (["val"] if t.val_steps > 0 or t.eval_pieces_each_epoch else [])
     lacking = [s for s in needed if not cache.names(s)]
     if lacking:
+        failed = cache.manifest.get("failures") or []
+        why = (  # the pieces that failed may be the ones missing
+            f"; {len(failed)} of its pieces failed, the first: {failed[0]['path']}: "
+            f"{failed[0]['reason']}"
+            if failed
+            else ""
+        )
         raise ConfigError(
             f"{cache.root}: no pieces in split(s) {lacking}, which training reads (a corpus too "
-            f"small to fill them, or a cache of other splits: it holds {cache.splits()})"
+            f"small to fill them, or a cache of other splits: it holds {cache.splits()}){why}"
         )
     missing = [s for s in cfg.train.watch_splits if not cache.names(s)]
     if missing:

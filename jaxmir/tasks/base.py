@@ -337,8 +337,9 @@ class PieceTask(Task):
             return out
         self.build_default(cfg, out, Path(cache_root), progress)
         cache = FeatureCache(out)
-        cache.manifest["complete"] = True
-        cache.save_manifest()
+        if not cache.manifest.get("failures"):  # else the next command tries those again
+            cache.manifest["complete"] = True
+            cache.save_manifest()
         return out
 
     # -- datasets -> caches -------------------------------------------------------------------

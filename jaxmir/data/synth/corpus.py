@@ -66,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmir.data.audio import chunk_truncation
 from jaxmir.data.datasets._common import warn_skip
 from jaxmir.data.features import cqt as _cqt
 from jaxmir.data.records import AnnotationError, AudioPiece
@@ -1168,6 +1169,8 @@ def _finished_labels(job: _Job) -> dict[str, np.ndarray] | None:
     files = piece_files(Path(job.out), job.name)
     if not all(p.is_file() for p in files.values()):
         return None
+    if any(chunk_truncation(p) for p in files.values() if p.suffix == ".wav"):
+        return None  # cut short (a full disk, a copy): rendered again, not featurised forever
     try:
         labels = _load_labels(files["labels"])
         meta = json.loads(str(labels["meta"]))
