@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import os
 import re
 import shutil
 import time
@@ -148,6 +149,36 @@ class _Labelled:
 
 def _from_labels(piece: _Labelled):
     return piece.labels[:, None].astype(np.float32), {"y": piece.labels.astype(np.float32)}
+
+
+def test_two_commands_writing_one_cache_take_turns_and_keep_each_others_pieces(tmp_path):
+    """Each command saved the manifest it had read, and the later one dropped the pieces the
+    other had written since; now the second waits for the first's lock and reads again."""
+    import fcntl
+    import threading
+
+    def piece(name: str) -> _Labelled:
+        return _Labelled(name, np.arange(3.0), tmp_path / f"{name}.wav")
+
+    first = FeatureCache.create(tmp_path / "cache", "demo", {"v": 1})
+    second = FeatureCache(tmp_path / "cache")  # opened by another command, before the first wrote
+    assert featurize([piece("a")], _from_labels, first, progress=False)["written"] == 1
+    assert featurize([piece("b")], _from_labels, second, progress=False)["written"] == 1
+    assert FeatureCache(tmp_path / "cache").names() == ["a", "b"]
+    # a command holding the lock: the next one waits for it
+    fd = os.open(tmp_path / "cache" / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = []
+    waiting = threading.Thread(
+        target=lambda: done.append(featurize([piece("c")], _from_labels, first, progress=False))
+    )
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive() and not done
+    os.close(fd)
+    waiting.join(10.0)
+    assert done and done[0]["written"] == 1
+    assert FeatureCache(tmp_path / "cache").names() == ["a", "b", "c"]
 
 
 def test_pieces_whose_names_make_one_file_name_keep_their_own_files(tmp_path):

@@ -9,15 +9,19 @@ No pickle: `np.load(..., allow_pickle=False)` everywhere.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -120,6 +124,26 @@ class FeatureCache:
         manifest = {"version": FORMAT_VERSION, "task": task, "params": params, "pieces": []}
         atomic_write_text(path, json.dumps(manifest, indent=1))
         return cls(root)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[FeatureCache]:
+        """Hold the cache's write lock (an exclusive `flock` on `.lock`, which the kernel
+        releases if the process dies), waiting for another command that holds it, and read
+        the manifest again under it. Two commands featurising into one cache each saved their
+        own copy of the manifest, and the later one dropped the other's pieces."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                tqdm.write(f"{self.root}: waiting for another command writing this cache")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            fresh = FeatureCache(self.root)
+            self.manifest, self._by_name = fresh.manifest, fresh._by_name
+            self._x_cache.clear()
+            yield self
+        finally:
+            os.close(fd)
 
     # -- reading --------------------------------------------------------------------------------
     @property

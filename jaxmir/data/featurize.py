@@ -142,10 +142,22 @@ def featurize(
 ) -> dict:
     """Featurise `pieces` into `cache`. Returns {"written", "skipped", "failed", "out"}.
 
-    `compute` must be a picklable module-level function when `workers > 1`.
+    `compute` must be a picklable module-level function when `workers > 1`. Pieces to write
+    are written under the cache's lock (`FeatureCache.writing`); a cache with nothing to do
+    is left untouched (it may be read-only).
     """
     sources = {p.name: source_fingerprint(p) for p in pieces}
     todo = [p for p in pieces if not cache.is_complete(p.name, sources[p.name])]
+    if not todo and not cache.manifest.get("failures"):
+        return {"written": 0, "skipped": len(pieces), "failed": [], "out": str(cache.root)}
+    with cache.writing():  # another command may have written some since: read again
+        todo = [p for p in pieces if not cache.is_complete(p.name, sources[p.name])]
+        return _featurize(
+            pieces, todo, sources, compute, cache, workers, progress, split_of, extra_of
+        )
+
+
+def _featurize(pieces, todo, sources, compute, cache, workers, progress, split_of, extra_of):
     skipped = len(pieces) - len(todo)
     failures: list[tuple[str, str]] = []
     written = 0
