@@ -834,6 +834,14 @@ def cmd_features(args) -> int:
         f"{summary['written']} pieces written, {summary['skipped']} already cached, "
         f"{len(summary['failed'])} failed -> {summary['out']}"
     )
+    elsewhere = summary.get("elsewhere", [])
+    if elsewhere:  # a re-rendered corpus of fewer pieces: the rest stayed, and trained
+        print(
+            f"jaxmir features: {len(elsewhere)} pieces of {args.out} are not under {args.root} "
+            f"(the first: {elsewhere[0]}); training reads them too (a new --out holds only "
+            f"these)",
+            file=sys.stderr,
+        )
     if summary["failed"] and not summary["written"] and not summary["skipped"]:
         print(
             f"jaxmir features: error: none of the pieces under {args.root} could be read "

@@ -330,6 +330,22 @@ def test_a_missing_input_among_several_is_skipped_and_named(tmp_path, capsys):
     assert err.count("no such file") == 1 and "1 of 2 inputs could not be read" in err
 
 
+def test_features_names_the_cached_pieces_its_root_no_longer_has(tmp_path, capsys):
+    """A root re-made with fewer pieces: "0 written, 1 already cached", and training went on
+    reading the pieces the root no longer had, unsaid."""
+    root, out = tmp_path / "midi", tmp_path / "cache"
+    root.mkdir()
+    for name in ("a", "b"):
+        write_midi(root / f"{name}.mid", seconds=4.0)
+    argv = ["features", "beat", "--dataset", "midi", "--root", str(root), "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "not under" not in capsys.readouterr().err
+    (root / "b.mid").unlink()
+    assert main([*argv, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"1 pieces of {out} are not under {root} (the first: b)" in err, err
+
+
 def test_written_paths_are_lines_of_their_own_beside_the_progress_bar(tmp_path, monkeypatch):
     """stdout and stderr on one terminal: each written path was printed onto the bar's line."""
     songs = [tmp_path / f"song{i}.mid" for i in range(3)]

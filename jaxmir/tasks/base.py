@@ -386,6 +386,8 @@ class PieceTask(Task):
         if failures:
             summary["failed"] = failures + summary["failed"]
             cache.record_failures(summary["failed"])
+        here = {p.name for p in pieces}  # a cache of another root's pieces too: named
+        summary["elsewhere"] = [n for n in FeatureCache(out).names() if n not in here]
         return summary
 
     # -- training data --------------------------------------------------------------------------
