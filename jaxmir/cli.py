@@ -952,6 +952,8 @@ def _show_input_warnings(command: str) -> None:
 
 #: OS errors that mean a path given cannot be used as given (`main` prints them as one line).
 USER_PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+#: The error numbers of a full disk or quota (`main` prints them as one line).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1016,8 +1018,8 @@ def _main(args) -> int:
         return 130
     except Terminated:  # outside the training loop, whose own stop saves the step it is at
         print(
-            f"jaxmir {args.command}: stopped by SIGTERM outside the training steps; the "
-            "checkpoints written are kept: run the same command again",
+            f"jaxmir {args.command}: stopped by SIGTERM outside the training steps; what "
+            "was written (corpus, features, checkpoints) is kept: run the same command again",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -1029,11 +1031,18 @@ def _main(args) -> int:
         return EXIT_INTERRUPTED
     except OSError as e:
         # a path that cannot be used as given (exists, not a folder, no permission, a
-        # read-only file system): one line. Other OS errors (a full disk, a failing file
+        # read-only file system), or a full disk: one line. Other OS errors (a failing file
         # system) keep their traceback: they are not the user's input.
+        paths = ", ".join(str(f) for f in (e.filename, e.filename2) if f) or "(a file)"
+        if e.errno in DISK_FULL:
+            print(
+                f"jaxmir {args.command}: error: {paths}: {e.strerror}; what was finished is "
+                "kept: free some space and run the same command again",
+                file=sys.stderr,
+            )
+            return 1
         if not isinstance(e, USER_PATH_ERRORS) and e.errno != errno.EROFS:
             raise
-        paths = ", ".join(str(f) for f in (e.filename, e.filename2) if f)
         print(f"jaxmir {args.command}: error: {paths}: {e.strerror}", file=sys.stderr)
         return 2
 

@@ -308,3 +308,33 @@ def test_the_synth_command_renders_a_piano_corpus(tmp_path, capsys):
     assert len(labels["notes"]) > 0 and set(labels["notes"][:, 4]) <= set(range(8))  # GM pianos
     assert len(labels["drum_hits"]) == 0  # piano: no drum kit
     assert sf.info(out / f"{piece['name']}.wav").duration <= index["max_seconds"] + 2.0
+
+
+def test_a_full_disk_stops_the_corpus_in_one_line_and_leaves_no_temporary_file(
+    tmp_path, monkeypatch, capsys
+):
+    """A full disk was a warning per piece ("skipping chorale ...: System error."), then a
+    traceback, with temporary files left behind."""
+    import errno
+    import os
+
+    from jaxmir.cli import main
+    from jaxmir.data import cache
+
+    real = os.replace
+
+    def full(src, dst):  # the rename of a finished temporary: the disk filled up on its data
+        if str(dst).endswith(".wav"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", full)
+    out = tmp_path / "corpus"
+    with pytest.raises(OSError) as e:
+        C.build_corpus(out, None, 0, progress=False, max_seconds=2.0, ids=SHORT[:1])
+    assert e.value.errno == errno.ENOSPC
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    argv = ["synth", "--out", str(out), "--pieces", "1", "--max-seconds", "2", "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device; what was finished is kept" in err[0], err

@@ -53,10 +53,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
+import io
 import json
 import math
 import multiprocessing
-import os
 import time
 import warnings
 import zipfile
@@ -67,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmir.data.audio import chunk_truncation
+from jaxmir.data.cache import atomic_write_bytes
 from jaxmir.data.datasets._common import warn_skip
 from jaxmir.data.features import cqt as _cqt
 from jaxmir.data.records import AnnotationError, AudioPiece
@@ -1116,23 +1118,19 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _write_wav(path: Path, x: np.ndarray) -> None:
+    """Written whole or not at all, no temporary file left (a full disk left them)."""
     import soundfile as sf
 
-    tmp = _tmp(path)
-    sf.write(str(tmp), np.clip(x, -1.0, 1.0), SR, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(x, -1.0, 1.0), SR, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_labels(path: Path) -> dict[str, np.ndarray]:
@@ -1352,6 +1350,8 @@ def build_corpus(
     bar = tqdm(total=len(jobs), desc="synth corpus", unit="piece", disable=not progress)
 
     def failed(job: _Job, e: BaseException) -> None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise e  # a full disk is no bad chorale: every piece after it would fail too
         reason = f"{type(e).__name__}: {e}"
         warnings.warn(f"skipping {job.kind} {job.chorale_id}: {reason}", stacklevel=3)
         failures.append((job.chorale_id, reason))
@@ -1398,10 +1398,7 @@ def build_corpus(
         "failures": [{"chorale_id": c, "reason": r} for c, r in failures],
         "pieces": entries,
     }
-    path = out / MANIFEST
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     built = sum(1 for j in jobs if j.name in results and results[j.name][1])
     return dict(
         summary,
