@@ -80,3 +80,20 @@ def reexec_tuned(interpreter_args: Sequence[str], model: str | None = None) -> N
         os.execve(sys.executable, [sys.executable, *interpreter_args], tuned_env(os.environ))
     except OSError:  # no exec permission, odd interpreter: run untuned rather than fail
         return
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker process's initializer (`jaxmir synth -j`, `jaxmir features -j`): the kernel
+    ends the worker when its parent dies. A parent killed by SIGKILL or the out-of-memory
+    killer left its spawned workers running, some hundreds of MB each, for ever. Linux only
+    (prctl PR_SET_PDEATHSIG); elsewhere a no-op. `parent`: the parent's PID, to catch a parent
+    that died before this ran."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent was gone already
+        os._exit(1)

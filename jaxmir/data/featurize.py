@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import itertools
 import multiprocessing
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from jaxmir.data.audio import InputWarning
 from jaxmir.data.cache import FeatureCache
+from jaxmir.runtime import die_with_parent
 
 Compute = Callable[[Any], tuple[np.ndarray, dict[str, np.ndarray]]]
 LABEL_SLACK_S = 1.0  # annotations may run a little past the audio (last f0 frame, release)
@@ -184,7 +186,12 @@ def _featurize(pieces, todo, sources, compute, cache, workers, progress, split_o
                 finish(piece, *_safe_compute(compute, piece))
         else:
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=ctx,
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            ) as pool:
                 queue = iter(todo)
                 in_flight = collections.deque(
                     (p, pool.submit(_safe_compute, compute, p))

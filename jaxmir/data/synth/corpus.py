@@ -58,6 +58,7 @@ import io
 import json
 import math
 import multiprocessing
+import os
 import time
 import warnings
 import zipfile
@@ -85,6 +86,7 @@ from jaxmir.data.synth.chorales import (
     split_of,
 )
 from jaxmir.data.synth.render import soundfont_digest
+from jaxmir.runtime import die_with_parent
 
 VERSION = 1
 SR = 44100
@@ -1367,7 +1369,10 @@ def build_corpus(
         else:
             ctx = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(
-                min(workers, len(jobs)), mp_context=ctx
+                min(workers, len(jobs)),
+                mp_context=ctx,
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
             ) as ex:
                 futs = {ex.submit(_build_one, job): job for job in jobs}
                 for fut in concurrent.futures.as_completed(futs):
