@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
         help="score a trained run (or a model folder) with mir_eval on whole pieces",
         description="Score the run's best checkpoint (or --step) on a split, with its "
         "calibrated decoding unless --set decode.* says otherwise, and write "
-        "WORKDIR/eval/SPLIT.json. --workdir may also be an exported model folder (`jaxmir "
+        "WORKDIR/eval/SPLIT.json (SPLIT@FOLDER-DIGEST.json for a --data that is not the "
+        "run's own). --workdir may also be an exported model folder (`jaxmir "
         "export`, or the package's own, jaxmir/models/TASK): its model is scored with its "
         "stored decoding and, without --set and on the cache its scores were made on (its own "
         "corpus, or the --data it was exported or calibrated with, which its model.json names), "

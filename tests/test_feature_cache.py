@@ -181,6 +181,27 @@ def test_two_commands_writing_one_cache_take_turns_and_keep_each_others_pieces(t
     assert FeatureCache(tmp_path / "cache").names() == ["a", "b", "c"]
 
 
+def test_files_a_reader_left_out_are_recorded_under_the_lock_and_only_when_they_change(
+    tmp_path,
+):
+    """The reader's failures were saved after the lock was given back, from the manifest read
+    under it: another command's pieces written in between were dropped. A cache with nothing
+    to do and the same failures is not written (it may be read-only)."""
+    cache = FeatureCache.create(tmp_path / "cache", "demo", {"v": 1})
+    a = _Labelled("a", np.arange(3.0), tmp_path / "a.wav")
+    left_out = [("b.mid", "truncated")]
+    summary = featurize([a], _from_labels, cache, progress=False, failures=left_out)
+    assert summary["failed"] == left_out and cache.failures() == left_out
+    manifest = tmp_path / "cache" / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    time.sleep(0.01)
+    summary = featurize([a], _from_labels, cache, progress=False, failures=left_out)
+    assert summary == {"written": 0, "skipped": 1, "failed": left_out, "out": str(cache.root)}
+    assert manifest.stat().st_mtime_ns == before
+    featurize([a], _from_labels, cache, progress=False)  # b.mid reads again
+    assert FeatureCache(tmp_path / "cache").failures() == []
+
+
 def test_pieces_whose_names_make_one_file_name_keep_their_own_files(tmp_path):
     """ "a b" and "a_b" both made x/a_b.npy: the second overwrote the first's features, and
     both manifest entries read the same piece."""
@@ -231,7 +252,8 @@ def test_an_embedded_cache_with_failed_pieces_is_built_again_by_the_next_command
     tmp_path, monkeypatch
 ):
     """A piece that failed left the cache marked complete: no later command tried it again
-    (and training then said the corpus was too small for a split)."""
+    (and training then said the corpus was too small for a split). Now the next command
+    tries once more; a piece that fails again is left out and the cache is complete."""
     from jaxmir.tasks.base import get_task
 
     task = get_task("music")
@@ -245,11 +267,17 @@ def test_an_embedded_cache_with_failed_pieces_is_built_again_by_the_next_command
     monkeypatch.setattr(task, "build_default", lambda *a: build(*a, [("a.wav", "truncated")]))
     out = task.default_data(cfg, tmp_path)
     assert not FeatureCache(out).manifest.get("complete")
-    monkeypatch.setattr(task, "build_default", lambda *a: build(*a, []))
-    assert task.default_data(cfg, tmp_path) == out and len(builds) == 2
+    assert task.default_data(cfg, tmp_path) == out and len(builds) == 2  # failed again
     assert FeatureCache(out).manifest["complete"]
     task.default_data(cfg, tmp_path)
     assert len(builds) == 2  # complete: not built again
+    # repaired by the second try (a stem rendered again): complete at once
+    other = task.preset("demo")
+    monkeypatch.setattr(task, "build_default", lambda *a: build(*a, [("a.wav", "truncated")]))
+    fresh = task.default_data(other, tmp_path)
+    monkeypatch.setattr(task, "build_default", lambda *a: build(*a, []))
+    task.default_data(other, tmp_path)
+    assert FeatureCache(fresh).manifest["complete"] and not FeatureCache(fresh).failures()
 
 
 def test_embedded_corpus_cache_is_named_by_its_features_too(tmp_path, monkeypatch):

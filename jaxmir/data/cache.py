@@ -249,6 +249,10 @@ class FeatureCache:
         self.save_manifest()
         return entry
 
+    def failures(self) -> list[tuple[str, str]]:
+        """The (path, reason) of each file left out, as the last featurising recorded them."""
+        return [(f["path"], f["reason"]) for f in self.manifest.get("failures", [])]
+
     def record_failures(self, failures: list[tuple[str, str]]) -> None:
         self.manifest["failures"] = [{"path": p, "reason": r} for p, r in failures]
         self.save_manifest()

@@ -141,27 +141,37 @@ def featurize(
     progress: bool = True,
     split_of: Callable[[Any], str] = lambda p: p.split,
     extra_of: Callable[[Any], dict] | None = None,
+    failures: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Featurise `pieces` into `cache`. Returns {"written", "skipped", "failed", "out"}.
 
-    `compute` must be a picklable module-level function when `workers > 1`. Pieces to write
-    are written under the cache's lock (`FeatureCache.writing`); a cache with nothing to do
-    is left untouched (it may be read-only).
+    `compute` must be a picklable module-level function when `workers > 1`. `failures`:
+    (path, reason) of files the dataset's reader already left out, recorded with the pieces
+    that fail here. Everything is written under the cache's lock (`FeatureCache.writing`); a
+    cache with nothing to do and the same failures recorded is left untouched (it may be
+    read-only).
     """
     sources = {p.name: source_fingerprint(p) for p in pieces}
     todo = [p for p in pieces if not cache.is_complete(p.name, sources[p.name])]
-    if not todo and not cache.manifest.get("failures"):
-        return {"written": 0, "skipped": len(pieces), "failed": [], "out": str(cache.root)}
+    if not todo and cache.failures() == list(failures):
+        return {
+            "written": 0,
+            "skipped": len(pieces),
+            "failed": list(failures),
+            "out": str(cache.root),
+        }
     with cache.writing():  # another command may have written some since: read again
         todo = [p for p in pieces if not cache.is_complete(p.name, sources[p.name])]
         return _featurize(
-            pieces, todo, sources, compute, cache, workers, progress, split_of, extra_of
+            pieces, todo, sources, compute, cache, workers, progress, split_of, extra_of, failures
         )
 
 
-def _featurize(pieces, todo, sources, compute, cache, workers, progress, split_of, extra_of):
+def _featurize(
+    pieces, todo, sources, compute, cache, workers, progress, split_of, extra_of, failures
+):
     skipped = len(pieces) - len(todo)
-    failures: list[tuple[str, str]] = []
+    failures = list(failures)
     written = 0
     bar = tqdm(total=len(todo), desc="features", disable=not progress)
 

@@ -40,6 +40,7 @@ from jaxmir.data.cache import FeatureCache
 from jaxmir.data.datasets.midi import MidiError
 from jaxmir.data.featurize import featurize
 from jaxmir.data.pipeline import WindowReader, windows_dataset
+from jaxmir.engine.sharding import is_primary
 from jaxmir.inference import (
     AUDIO_SUFFIXES,
     MIDI_SUFFIXES,
@@ -332,14 +333,22 @@ class PieceTask(Task):
         return corpus_splits(cfg.data.corpus_instruments, corpus_variety(cfg.data))
 
     def default_data(self, cfg: Config, cache_root: Path, progress: bool = True) -> Path:
+        """The embedded corpus's cache, built where it is not complete. Pieces that failed
+        get one more try, by the next command (a stem cut short is rendered again); then the
+        cache is complete with them left out. In a multi-process run the others take what
+        process 0 built (`primary_first`)."""
         out = self.default_cache_dir(cfg, cache_root)
-        if (out / "manifest.json").is_file() and FeatureCache(out).manifest.get("complete"):
-            return out
+        retry = False
+        if (out / "manifest.json").is_file():
+            manifest = FeatureCache(out).manifest
+            if manifest.get("complete") or not is_primary():
+                return out
+            retry = bool(manifest.get("failures"))
         self.build_default(cfg, out, Path(cache_root), progress)
-        cache = FeatureCache(out)
-        if not cache.manifest.get("failures"):  # else the next command tries those again
-            cache.manifest["complete"] = True
-            cache.save_manifest()
+        with FeatureCache(out).writing() as cache:
+            if retry or not cache.failures():
+                cache.manifest["complete"] = True
+                cache.save_manifest()
         return out
 
     # -- datasets -> caches -------------------------------------------------------------------
@@ -382,12 +391,14 @@ class PieceTask(Task):
             progress=progress,
             split_of=self.piece_split,
             extra_of=source_of,
+            failures=failures,
         )
-        if failures:
-            summary["failed"] = failures + summary["failed"]
-            cache.record_failures(summary["failed"])
-        here = {p.name for p in pieces}  # a cache of another root's pieces too: named
-        summary["elsewhere"] = [n for n in FeatureCache(out).names() if n not in here]
+        # a cache of another root's pieces too, named (a piece of this root whose file no
+        # longer reads is among the failures, not elsewhere)
+        failed = {path for path, _ in summary["failed"]}
+        cached = FeatureCache(out).pieces()
+        here = {p.name for p in pieces} | {e["name"] for e in cached if e.get("source") in failed}
+        summary["elsewhere"] = [e["name"] for e in cached if e["name"] not in here]
         return summary
 
     # -- training data --------------------------------------------------------------------------

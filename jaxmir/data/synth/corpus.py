@@ -1375,15 +1375,19 @@ def build_corpus(
                 initargs=(os.getpid(),),
             ) as ex:
                 futs = {ex.submit(_build_one, job): job for job in jobs}
-                for fut in concurrent.futures.as_completed(futs):
-                    job = futs[fut]
-                    try:
-                        results[job.name] = fut.result()
-                    except concurrent.futures.process.BrokenProcessPool:
-                        raise  # the pool itself died (e.g. an unguarded __main__): not a piece
-                    except Exception as e:
-                        failed(job, e)
-                    bar.update(1)
+                try:
+                    for fut in concurrent.futures.as_completed(futs):
+                        job = futs[fut]
+                        try:
+                            results[job.name] = fut.result()
+                        except concurrent.futures.process.BrokenProcessPool:
+                            raise  # the pool itself died (an unguarded __main__): not a piece
+                        except Exception as e:
+                            failed(job, e)
+                        bar.update(1)
+                except BaseException:  # a full disk, Ctrl-C: the pieces not started never are
+                    ex.shutdown(wait=True, cancel_futures=True)
+                    raise
     finally:
         bar.close()
 

@@ -43,9 +43,10 @@ def _merged(times: list[np.ndarray]) -> np.ndarray:
 def drum_scores(ref_hits: np.ndarray, est_hits: np.ndarray) -> dict[str, float]:
     """mir_eval.onset F-measure (50 ms) for kick, snare and hi-hat (closed, pedal and open
     merged, as omnizart's output; `drum_<group>_f1`), per class for each of the 13 with
-    reference hits (`drum_class_<name>_f1`), and overall (matches of all 13 classes pooled). A class without reference hits in a piece has
-    no per-class score there (its false alarms still count in the overall score); a piece with
-    no drums and no hits found has no overall score either.
+    reference hits (`drum_class_<name>_f1`), and overall (matches of all 13 classes pooled).
+    A class without reference hits in a piece has no per-class score there (its false alarms
+    still count in the overall score); a piece with no drums and no hits found has no overall
+    score either.
 
     ref_hits: (H, 2) time, GM note; est_hits: (H, 2) time, class."""
     import mir_eval
