@@ -582,8 +582,9 @@ def test_channels_that_cancel_in_the_mono_mix_are_read_as_the_first_channel(tmp_
 
 def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, monkeypatch, capsys):
     """A workdir on a read-only file system (EROFS) and a manifest.json of random bytes used to
-    end in tracebacks; both are one line naming the path, exit 2. Other OS errors (a full
-    disk) keep their traceback."""
+    end in tracebacks; both are one line naming the path, exit 2. A full disk is one line too,
+    exit 1 (run again once there is space); other OS errors (a failing disk) keep their
+    traceback."""
     import errno
 
     import jaxmir.cli as cli
@@ -600,7 +601,18 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
         raise OSError(errno.ENOSPC, "No space left on device", "x")
 
     monkeypatch.setitem(cli.COMMANDS, "info", full)
-    with pytest.raises(OSError, match="No space"):
+    assert main(["info", "beat"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "jaxmir info: error: x: No space left on device; what was finished is kept: free some "
+        "space and run the same command again"
+    ]
+
+    def failing(args):
+        raise OSError(errno.EIO, "Input/output error", "x")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", failing)
+    with pytest.raises(OSError, match="Input/output"):
         main(["info", "beat"])
     monkeypatch.undo()
 
