@@ -840,7 +840,7 @@ def cmd_features(args) -> int:
         print(
             f"jaxmir features: {len(elsewhere)} pieces of {args.out} are not under {args.root} "
             f"(the first: {elsewhere[0]}); training reads them too (a new --out holds only "
-            f"these)",
+            f"{args.root}'s)",
             file=sys.stderr,
         )
     if summary["failed"] and not summary["written"] and not summary["skipped"]:
