@@ -953,8 +953,6 @@ def _show_input_warnings(command: str) -> None:
 
 #: OS errors that mean a path given cannot be used as given (`main` prints them as one line).
 USER_PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
-#: The error numbers of a full disk or quota (`main` prints them as one line).
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1035,6 +1033,8 @@ def _main(args) -> int:
         # read-only file system), or a full disk: one line. Other OS errors (a failing file
         # system) keep their traceback: they are not the user's input.
         paths = ", ".join(str(f) for f in (e.filename, e.filename2) if f) or "(a file)"
+        from jaxmir.data.cache import DISK_FULL
+
         if e.errno in DISK_FULL:
             print(
                 f"jaxmir {args.command}: error: {paths}: {e.strerror}; what was finished is "

@@ -10,6 +10,7 @@ No pickle: `np.load(..., allow_pickle=False)` everywhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -25,6 +26,8 @@ from tqdm import tqdm
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+#: The error numbers of a full disk or quota: no file after it can be written either.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class CacheError(ValueError):

@@ -161,7 +161,7 @@ def featurize(
             "out": str(cache.root),
         }
     with cache.writing():  # another command may have written some since: read again
-        todo = [p for p in pieces if not cache.is_complete(p.name, sources[p.name])]
+        todo = [p for p in todo if not cache.is_complete(p.name, sources[p.name])]
         return _featurize(
             pieces, todo, sources, compute, cache, workers, progress, split_of, extra_of, failures
         )

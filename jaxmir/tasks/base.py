@@ -396,7 +396,7 @@ class PieceTask(Task):
         # a cache of another root's pieces too, named (a piece of this root whose file no
         # longer reads is among the failures, not elsewhere)
         failed = {path for path, _ in summary["failed"]}
-        cached = FeatureCache(out).pieces()
+        cached = cache.pieces()
         here = {p.name for p in pieces} | {e["name"] for e in cached if e.get("source") in failed}
         summary["elsewhere"] = [e["name"] for e in cached if e["name"] not in here]
         return summary

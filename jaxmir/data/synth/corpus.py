@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import errno
 import io
 import json
 import math
@@ -69,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmir.data.audio import chunk_truncation
-from jaxmir.data.cache import atomic_write_bytes
+from jaxmir.data.cache import DISK_FULL, atomic_write_bytes
 from jaxmir.data.datasets._common import warn_skip
 from jaxmir.data.features import cqt as _cqt
 from jaxmir.data.records import AnnotationError, AudioPiece
@@ -1352,7 +1351,7 @@ def build_corpus(
     bar = tqdm(total=len(jobs), desc="synth corpus", unit="piece", disable=not progress)
 
     def failed(job: _Job, e: BaseException) -> None:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
             raise e  # a full disk is no bad chorale: every piece after it would fail too
         reason = f"{type(e).__name__}: {e}"
         warnings.warn(f"skipping {job.kind} {job.chorale_id}: {reason}", stacklevel=3)
