@@ -23,10 +23,14 @@ off; Python scripts that import jaxmir can export the same variable themselves
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import multiprocessing
 import os
 import platform
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 MALLOC_TUNABLES = (
     "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
@@ -97,3 +101,47 @@ def die_with_parent(parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent:  # the parent was gone already
         os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back from this thread, and from any process it starts meanwhile (a blocked
+    signal stays blocked across exec); one that arrives meanwhile is delivered at the end."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+class WorkerPool(concurrent.futures.ProcessPoolExecutor):
+    """The worker processes of `jaxmir synth -j` and `jaxmir features -j`: spawned, ended with
+    their parent (`die_with_parent`), and deaf to Ctrl-C, which the parent answers alone.
+
+    Ctrl-C reaches every process of the terminal's process group: each worker printed its own
+    KeyboardInterrupt traceback (often from inside an import) above the parent's one-line
+    "interrupted". Workers now start with SIGINT blocked, and leaving the pool by an exception
+    (Ctrl-C, a full disk) ends them at once rather than waiting for their pieces."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(
+            max_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
+
+    def submit(self, fn, /, *args, **kwargs):  # noqa: ANN001, ANN201 - the base's signature
+        with _sigint_blocked():  # workers start on demand, inside submit
+            return super().submit(fn, *args, **kwargs)
+
+    def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
+        if exc_type is not None:
+            for process in list((getattr(self, "_processes", None) or {}).values()):
+                process.terminate()
+            self.shutdown(wait=True, cancel_futures=True)
+            return False
+        return super().__exit__(exc_type, exc, tb)

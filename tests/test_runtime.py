@@ -1,4 +1,5 @@
-"""The malloc tuning of jaxmir.runtime: environment merging and the re-exec itself."""
+"""jaxmir.runtime: the malloc tuning (environment merging, the re-exec itself), per-model XLA
+flags and the worker processes of `-j`."""
 
 import os
 import subprocess
@@ -52,8 +53,8 @@ def test_per_model_xla_flags_come_before_the_users():
 
 
 PARENT = """
-import concurrent.futures, multiprocessing, os, sys, time
-from jaxmir.runtime import die_with_parent
+import os, sys, time
+from jaxmir.runtime import WorkerPool
 
 def work(path):
     with open(path, "w") as f:
@@ -61,12 +62,26 @@ def work(path):
     time.sleep(120)
 
 if __name__ == "__main__":
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
-    ) as pool:
+    with WorkerPool(1) as pool:
         pool.submit(work, sys.argv[1]).result()
 """
+
+
+def _ended(pid: int, within_s: float) -> bool:
+    """Whether process `pid` is gone (or a zombie no one has reaped yet) within `within_s`."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
@@ -85,14 +100,70 @@ def test_a_worker_ends_with_its_parent_killed(tmp_path):
     worker = int(pid_file.read_text())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    for _ in range(100):
-        try:
-            with open(f"/proc/{worker}/stat") as f:
-                state = f.read().rsplit(")", 1)[-1].split()[0]
-        except FileNotFoundError:
-            return  # gone
-        if state == "Z":
-            return  # ended; its new parent has not reaped it yet
+    if not _ended(worker, within_s=10):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its parent by 10 s")
+
+
+SLOW_IMPORT = """
+import multiprocessing, os, sys, time
+
+if multiprocessing.current_process().name != "MainProcess":  # a worker, unpickling `work`
+    open(os.path.join(os.environ["PIDS"], str(os.getpid())), "w").close()
+    time.sleep(120)
+
+def work():
+    return 1
+"""
+
+CTRL_C_PARENT = """
+import sys
+from jaxmir.runtime import WorkerPool
+from slow_import import work
+
+if __name__ == "__main__":
+    try:
+        with WorkerPool(2) as pool:
+            for fut in [pool.submit(work) for _ in range(4)]:
+                fut.result()
+    except KeyboardInterrupt:
+        print("interrupted")
+        sys.exit(130)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups, /proc")
+def test_ctrl_c_is_answered_by_the_parent_alone(tmp_path):
+    """Ctrl-C reaches the whole process group: each worker of `features -j 2` printed its own
+    KeyboardInterrupt traceback (from an import, here the one of the work's module) above the
+    parent's one line. Now workers hold SIGINT back and the parent ends them at once."""
+    import signal
+    import time
+
+    (tmp_path / "slow_import.py").write_text(SLOW_IMPORT)
+    (tmp_path / "parent.py").write_text(CTRL_C_PARENT)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {
+        **os.environ,
+        "PIDS": str(pids),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+    }
+    parent = subprocess.Popen(
+        [sys.executable, str(tmp_path / "parent.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    os.kill(worker, signal.SIGKILL)
-    pytest.fail("the worker outlived its parent by 10 s")
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == 2, "the workers did not start"
+    os.killpg(parent.pid, signal.SIGINT)  # what Ctrl-C does
+    out, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130 and out.strip() == "interrupted"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert all(_ended(pid, within_s=10) for pid in workers)  # not left importing for 2 min

@@ -15,12 +15,9 @@ end have no audio under them.
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import itertools
-import multiprocessing
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +28,7 @@ from tqdm import tqdm
 
 from jaxmir.data.audio import InputWarning
 from jaxmir.data.cache import FeatureCache
-from jaxmir.runtime import die_with_parent
+from jaxmir.runtime import WorkerPool
 
 Compute = Callable[[Any], tuple[np.ndarray, dict[str, np.ndarray]]]
 LABEL_SLACK_S = 1.0  # annotations may run a little past the audio (last f0 frame, release)
@@ -195,13 +192,7 @@ def _featurize(
             for piece in todo:
                 finish(piece, *_safe_compute(compute, piece))
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=ctx,
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
-            ) as pool:
+            with WorkerPool(workers) as pool:
                 queue = iter(todo)
                 in_flight = collections.deque(
                     (p, pool.submit(_safe_compute, compute, p))

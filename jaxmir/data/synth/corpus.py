@@ -56,8 +56,6 @@ import dataclasses
 import io
 import json
 import math
-import multiprocessing
-import os
 import time
 import warnings
 import zipfile
@@ -85,7 +83,7 @@ from jaxmir.data.synth.chorales import (
     split_of,
 )
 from jaxmir.data.synth.render import soundfont_digest
-from jaxmir.runtime import die_with_parent
+from jaxmir.runtime import WorkerPool
 
 VERSION = 1
 SR = 44100
@@ -1366,27 +1364,19 @@ def build_corpus(
                     failed(job, e)
                 bar.update(1)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(
-                min(workers, len(jobs)),
-                mp_context=ctx,
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
-            ) as ex:
+            with WorkerPool(min(workers, len(jobs))) as ex:
+                # leaving by an exception (a full disk, Ctrl-C) ends the workers and cancels
+                # the pieces not started
                 futs = {ex.submit(_build_one, job): job for job in jobs}
-                try:
-                    for fut in concurrent.futures.as_completed(futs):
-                        job = futs[fut]
-                        try:
-                            results[job.name] = fut.result()
-                        except concurrent.futures.process.BrokenProcessPool:
-                            raise  # the pool itself died (an unguarded __main__): not a piece
-                        except Exception as e:
-                            failed(job, e)
-                        bar.update(1)
-                except BaseException:  # a full disk, Ctrl-C: the pieces not started never are
-                    ex.shutdown(wait=True, cancel_futures=True)
-                    raise
+                for fut in concurrent.futures.as_completed(futs):
+                    job = futs[fut]
+                    try:
+                        results[job.name] = fut.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        raise  # the pool itself died (an unguarded __main__): not a piece
+                    except Exception as e:
+                        failed(job, e)
+                    bar.update(1)
     finally:
         bar.close()
 
