@@ -33,9 +33,9 @@ def test_train_tiny_for_all_seven_tasks(tmp_path, capsys):
         assert all(abs(r["loss"]) < float("inf") for r in epochs), task
         assert any(r["kind"] == "epoch" and r["split"] == "val" for r in records), task
         assert any(p.name.isdigit() for p in (wd / "checkpoints").iterdir()), task
-        # audio: a file too short for one frame is skipped, not a traceback (drum: transcribed
-        # to no hits, as any audio with fewer than 2 beats)
-        if task not in ("beat", "drum"):
+        # audio: a file too short for one frame is skipped, not a traceback (drum wrote empty
+        # files for it, as for any audio with fewer than 2 beats, and exit 0)
+        if task != "beat":
             out = tmp_path / f"{task}-out"
             argv = ["transcribe", task, str(inputs), "--workdir", str(wd), "-o", str(out)]
             assert main([*argv, "--no-progress"]) == 1, task  # some inputs skipped

@@ -108,6 +108,20 @@ def test_audio_without_beats_transcribes_to_no_hits(seconds, signal, tmp_path):
     assert note.startswith(f"{signal}.wav: no drum hits: fewer than 2 beats"), note
 
 
+def test_audio_under_one_frame_is_refused_as_by_the_other_tasks(tmp_path):
+    """A file of a few samples (under one CQT hop) is an input error naming the file, as in
+    every other task; drum wrote empty files for it and exited 0."""
+    import soundfile as sf
+
+    from jaxmir.data.audio import AudioError
+
+    path = tmp_path / "blip.wav"
+    sf.write(str(path), np.full(3, 0.1, np.float32), SR)
+    with pytest.raises(AudioError, match=r"blip\.wav.*too short: not one feature frame"):
+        TASK.transcribe(None, path, TASK.preset("tiny"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_with_hits_gets_no_note_and_one_without_says_the_threshold(tmp_path):
     import soundfile as sf
 

@@ -35,8 +35,9 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmir.config import Config, ConfigError, OptimConfig
+from jaxmir.data.audio import AudioError
 from jaxmir.data.cache import FeatureCache
-from jaxmir.data.features.cqt import DRUM_CLASSES, PATCH_SIZE, drum_input, drum_labels
+from jaxmir.data.features.cqt import DRUM_CLASSES, HOP, PATCH_SIZE, drum_input, drum_labels
 from jaxmir.data.pipeline import frames_window
 from jaxmir.inference import predict_piece
 from jaxmir.tasks.base import CorpusConfig, PieceTask, require_model, schedule, tiny_schedule
@@ -175,6 +176,8 @@ class DrumTask(PieceTask):
         from jaxmir.data.features.cqt import SR
 
         audio = piece.samples(SR)
+        if piece.drum_hits is None and len(audio) < HOP:  # refused, as by every other task
+            raise AudioError(piece.audio, "too short: not one feature frame")
         beats = piece.beats if piece.beats is not None and len(piece.beats) >= 2 else None
         patches, mini = drum_input(audio, SR, beats=beats)
         labels = {"mini_beats": mini}
