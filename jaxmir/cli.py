@@ -430,7 +430,7 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     from jaxmir.engine.run import make_predict, resolve_data, run_data
-    from jaxmir.shipped import data_record, eval_folder, is_model_folder, relative_to
+    from jaxmir.shipped import data_record, eval_folder, in_package, is_model_folder, relative_to
     from jaxmir.tasks.base import get_task, test_soundfont_record
 
     task = get_task(args.task)
@@ -448,7 +448,8 @@ def cmd_eval(args) -> int:
             cfg,
             make_predict(mesh, state),
             args.data,
-            record=not args.overrides,  # and on the cache of its scores (`eval_folder`)
+            # and on the cache of its scores (`eval_folder`); never the package's own scores
+            record=not args.overrides and not in_package(args.workdir),
             progress=progress,
         )
         print(json.dumps(result))
@@ -504,13 +505,13 @@ def _with_test_soundfont(cfg, args):
 
 def cmd_calibrate(args) -> int:
     from jaxmir.engine.run import RestoreError, calibrate_decoding, resolve_data, run_data
-    from jaxmir.shipped import MODELS_DIR, calibrate_folder, is_model_folder
+    from jaxmir.shipped import calibrate_folder, in_package, is_model_folder
     from jaxmir.tasks.base import get_task
 
     task = get_task(args.task)
     if not hasattr(task, "calibrate"):
         raise UsageError(f"{task.name}: this task has no decoding to calibrate")
-    if args.workdir.resolve().is_relative_to(MODELS_DIR.resolve()):
+    if in_package(args.workdir):
         raise UsageError(
             f"{args.workdir}: the model that ships with jaxmir (its decoding and published scores "
             f"would be replaced for every later command); copy it (cp -r {args.workdir} COPY) "

@@ -52,6 +52,12 @@ def is_model_folder(path: Path | str) -> bool:
     return (Path(path) / VARIABLES).is_file()
 
 
+def in_package(path: Path | str) -> bool:
+    """Whether `path` is (inside) the models that ship with jaxmir, which no command rewrites:
+    every later command of every user reads their decoding and published scores."""
+    return Path(path).resolve().is_relative_to(MODELS_DIR.resolve())
+
+
 def has_model(task_name: str) -> bool:
     return is_model_folder(model_dir(task_name))
 

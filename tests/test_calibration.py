@@ -459,12 +459,13 @@ def test_calibrate_chooses_a_model_folders_decoding_again(music_run, music_cache
 
 
 def test_eval_scores_a_model_folder_and_records_its_test_scores(
-    music_run, music_cache, tmp_path, capsys
+    music_run, music_cache, tmp_path, capsys, monkeypatch
 ):
     """`jaxmir eval --workdir MODEL_FOLDER` scores the folder's model with its stored decoding
     (the run's scores: the same model) and, on the cache its scores were made on (model.json
     names it: the run's), writes them over that split's in model.json; on another cache, or
-    with --set decode.*, it prints them and records nothing."""
+    with --set decode.*, it prints them and records nothing. The package's own model.json is
+    never written (it was, as calibrate's refusal said it must not be)."""
     import shutil
 
     folder = tmp_path / "model"
@@ -499,6 +500,11 @@ def test_eval_scores_a_model_folder_and_records_its_test_scores(
     assert main([*own, "--no-progress"]) == 0  # no --data: the cache model.json names
     assert last_json() == printed
     assert recorded()["eval_test"] == printed and recorded()["run"] == meta["run"]
+    monkeypatch.setattr("jaxmir.shipped.MODELS_DIR", tmp_path)  # as if the package's own
+    (folder / "model.json").write_text(json.dumps(unrecorded))
+    assert main([*own, "--no-progress"]) == 0
+    assert last_json() == printed and recorded() == unrecorded
+    monkeypatch.undo()
     argv = ["export", "music", "--workdir", str(music_run), "--out", str(tmp_path / "again")]
     assert main([*argv, "--data", str(other)]) == 2  # --data scores members only
     assert "--member" in capsys.readouterr().err
