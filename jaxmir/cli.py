@@ -781,19 +781,15 @@ def _process_age() -> float:
 
 
 def cmd_info(args) -> int:
-    import jax
     import numpy as np
 
     from jaxmir.engine.state import count_params
-    from jaxmir.tasks.base import get_task
+    from jaxmir.tasks.base import abstract_variables, get_task
 
     task = get_task(args.task)
     cfg = validate(apply_overrides(task.preset(args.preset), args.overrides))
-    model = task.model(cfg)
+    variables, out = abstract_variables(task, cfg)
     spec = task.input_spec(cfg)
-    x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
-    variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0), x)
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     omnizart, why = task.omnizart_params(variables["params"])
     info = {
         "task": task.name,
@@ -804,7 +800,8 @@ def cmd_info(args) -> int:
         "input_shape": list(spec.shape),
         "output_shape": list(np.shape(out)[1:]),
     }
-    line = f"{task.name} / {cfg.preset}: {type(model).__name__}, {info['params']:,} parameters"
+    model = type(task.model(cfg)).__name__
+    line = f"{task.name} / {cfg.preset}: {model}, {info['params']:,} parameters"
     extra = info["params"] - info["omnizart_params"]
     if extra:
         line += f" ({omnizart:,} as omnizart counts them: {extra:,} {'is' if extra == 1 else 'are'} {why})"

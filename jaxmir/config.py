@@ -295,9 +295,10 @@ _TRAINING_LOWER_BOUNDS = (
     ("optim.min_lr", 0),
     ("train.early_stop_min_delta", 0),
     ("model.num_layers", 1),
+    ("train.seed", 0),
 )
-#: Keys that are null (off) or at least this.
-_NULL_OR_AT_LEAST = (("train.early_stop_patience", 1),)
+#: Keys that are null (off, or the task's default) or at least this, where a task has them.
+_NULL_OR_AT_LEAST = (("train.early_stop_patience", 1), ("data.hop", 1))
 #: Keys that are null (off) or above 0.
 _NULL_OR_POSITIVE = ("optim.grad_clip_norm", "optim.grad_clip_value")
 
@@ -351,8 +352,8 @@ def _check_training(flat: dict) -> None:
         if key in flat and flat[key] < low:  # model.num_layers: where a task has it
             raise ConfigError(f"{key}: must be >= {low}, got {flat[key]}")
     for key, low in _NULL_OR_AT_LEAST:
-        if flat[key] is not None and flat[key] < low:
-            raise ConfigError(f"{key}: must be >= {low} (or null: off), got {flat[key]}")
+        if flat.get(key) is not None and flat[key] < low:
+            raise ConfigError(f"{key}: must be >= {low} (or null), got {flat[key]}")
     for key in _NULL_OR_POSITIVE:
         if flat[key] is not None and not flat[key] > 0:
             raise ConfigError(f"{key}: must be > 0 (or null: off), got {flat[key]}")

@@ -650,6 +650,15 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
         ("beat", "optim.weight_decay=0.01"),
         ("beat", "optim.grad_clip_norm=0"),
         ("beat", "optim.decay_rate=0"),
+        # sizes no network is built with: a traceback from info, and from train after its
+        # workdir was written
+        ("chord", "model.heads=3"),
+        ("chord", "model.heads=0"),
+        ("drum", "model.diff_axis=7"),
+        ("vocal", "model.depth=3"),
+        ("beat", "train.seed=-1"),
+        ("beat", "data.hop=-3"),
+        ("beat", "data.hop=0"),  # was the default unsaid
         # every task has one model: vocal_contour and patch_cnn ignored another name
         *(
             (t, "model.name=bogus")
@@ -674,6 +683,8 @@ def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, caps
         ("beat", "decode.bar_change=1.5"),
         ("beat", "optim.name=bogus"),
         ("beat", "optim.ema_decay=2"),
+        ("vocal", "model.depth=3"),  # a traceback after run.json was written
+        ("beat", "data.hop=-3"),  # a traceback from the data pipeline, workdir written
         ("patch_cnn", "decode.threshold=5"),  # no frame voiced, exit 0 (eval, transcribe too)
         ("vocal_contour", "decode.threshold=-1"),  # every frame voiced, exit 0
     ],

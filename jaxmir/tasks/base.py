@@ -413,7 +413,7 @@ class PieceTask(Task):
         self, cfg: Config, cache: FeatureCache, split: str, train: bool
     ) -> grain.MapDataset:
         t = self.timesteps(cfg)
-        hop = cfg.data.hop or self.default_hop(cfg)
+        hop = self.default_hop(cfg) if cfg.data.hop is None else cfg.data.hop
         jitter = hop // 2 if (train and cfg.data.jitter) else 0
         augment = self.train_augment(cfg) if train else None
         return windows_dataset(
@@ -903,6 +903,27 @@ def get_task(name: str) -> Task:
     if name not in TASK_MODULES:
         raise ConfigError(f"unknown task {name!r} (known: {', '.join(sorted(TASK_MODULES))})")
     return importlib.import_module(TASK_MODULES[name]).TASK
+
+
+def abstract_variables(task: Task, cfg: Config) -> tuple[Any, Any]:
+    """(variables, output) of `task`'s model for one example, as ``jax.ShapeDtypeStruct`` s
+    (``jax.eval_shape``: nothing allocated or compiled). ConfigError where `cfg.model`'s
+    settings build no network (a vocal depth not 6n + 2, attention heads that do not divide
+    the width, ...): `train` and `info` say so in one line before anything is written."""
+    model = task.model(cfg)
+    spec = task.input_spec(cfg)
+    x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
+    try:
+        variables = jax.eval_shape(
+            lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0), x
+        )
+        out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    except (ValueError, TypeError, ZeroDivisionError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"model: {cfg.model.name} cannot be built from these model.* settings: {first}"
+        ) from None
+    return variables, out
 
 
 def replace(cfg: Config, **sections: Any) -> Config:

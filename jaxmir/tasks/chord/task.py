@@ -123,6 +123,8 @@ class ChordTask(PieceTask):
         require_model(m.name, "harmony_transformer")
         if m.classes not in (N_CLASSES, N_CLASSES + 1):
             raise ConfigError(f"model.classes must be {N_CLASSES} or {N_CLASSES + 1}")
+        if m.heads < 1 or m.hidden % m.heads:
+            raise ConfigError(f"model.heads: must divide model.hidden={m.hidden}, got {m.heads}")
         return ChordNet(
             HarmonyTransformer(
                 n_steps=m.timesteps,

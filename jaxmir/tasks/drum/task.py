@@ -127,6 +127,8 @@ class DrumTask(PieceTask):
             raise ConfigError(f"model.loss: unknown loss {m.loss!r} ({', '.join(LOSSES)})")
         if m.input_pool < 1 or PATCH_SIZE % m.input_pool:
             raise ConfigError(f"model.input_pool must divide {PATCH_SIZE}, got {m.input_pool}")
+        if m.diff_axis not in (1, 2):
+            raise ConfigError(f"model.diff_axis: 1 (time) or 2 (bins), got {m.diff_axis}")
         side = PATCH_SIZE // m.input_pool
         net = DrumNet(
             channels=m.channels,
