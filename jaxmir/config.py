@@ -202,6 +202,8 @@ def apply_override(cfg: Config, key: str, value: Any) -> Config:
         }:
             raise ConfigError(f"unknown config key {key}")
         if len(path) == 1:
+            if dataclasses.is_dataclass(getattr(obj, name)):
+                raise ConfigError(f"{key} is a section: set its keys ({key}.NAME=VALUE)")
             tp = _field_types(type(obj))[name]
             return dataclasses.replace(obj, **{name: _check_value(value, tp, key)})
         child = getattr(obj, name)
@@ -257,6 +259,11 @@ def _is_default(cfg: Config, key: str) -> bool:
 def check_resume_compatible(saved: dict, new: Config) -> None:
     """Refuse to resume a run whose config changed in anything but schedule keys and the
     decoding settings (`decode.*`: how validation pieces are scored, not what is trained)."""
+    if saved.get("task") != new.task:  # not a list of every key the two tasks differ in
+        raise ConfigError(
+            f"cannot resume: the workdir holds a run of task {saved.get('task')!r}, not "
+            f"{new.task!r}: train in another --workdir"
+        )
     changed = changed_keys(_without_retired(saved, new), json.loads(new.to_json()))
     older = set(flatten(saved))
     bad = [
@@ -316,6 +323,11 @@ _WORDS = (
     ("data.corpus_instruments", ("piano", "mixed", "both")),
     ("model.conv_impl", CONV_IMPLS),
 )
+#: Counts of the embedded corpus (and its seed), at least 0 where a task's section has them.
+_CORPUS_COUNTS = tuple(
+    f"data.corpus_{k}"
+    for k in ("pieces", "train", "val", "test", "unseen", "works", "textures", "random", "seed")
+)
 #: Sizes that must be at least 1 where a task's section has them (0 divided by zero, deep in
 #: the model or the corpus builder).
 _AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants")
@@ -338,6 +350,14 @@ def validate(cfg: Config, training: bool = True) -> Config:
             raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
     if "model.dropout" in flat and not 0.0 <= flat["model.dropout"] < 1.0:
         raise ConfigError(f"model.dropout: a rate in [0, 1), got {flat['model.dropout']}")
+    for key in _CORPUS_COUNTS:  # -3 pieces was a traceback, -3 train chorales a slice
+        if flat.get(key) is not None and flat[key] < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {flat[key]}")
+    bpm = flat.get("data.corpus_bpm")
+    if bpm is not None and not (len(bpm) == 2 and 0 < bpm[0] < bpm[1]):
+        raise ConfigError(
+            f"data.corpus_bpm: [slowest, fastest] tempo, 0 < slowest < fastest, got {bpm}"
+        )
     seconds = flat.get("data.corpus_max_seconds")
     if seconds is not None and not seconds > 0:
         raise ConfigError(

@@ -659,6 +659,15 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
         ("beat", "train.seed=-1"),
         ("beat", "data.hop=-3"),
         ("beat", "data.hop=0"),  # was the default unsaid
+        # a traceback; -3 train chorales a slice (284 of them); a reversed tempo range a
+        # warning and "a corpus too small"
+        ("drum", "data.corpus_pieces=-3"),
+        ("beat", "data.corpus_train=-3"),
+        ("beat", "data.corpus_bpm=[200,100]"),
+        ("beat", "data.corpus_bpm=[60,120,180]"),
+        # a whole section: an AttributeError
+        ("beat", "model=null"),
+        ("beat", "data={}"),
         # every task has one model: vocal_contour and patch_cnn ignored another name
         *(
             (t, "model.name=bogus")
@@ -790,3 +799,42 @@ def test_features_lists_every_file_a_reader_left_out_and_goes_on(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no MIR-1K pieces" in err[0], err
     assert "abjones_1_02.pv: line 2: negative pitch" in err[0] and "no PitchLabel" in err[0]
+
+
+def test_train_refuses_a_model_folder_and_another_tasks_run(
+    beat_run, tmp_path, capsys, monkeypatch
+):
+    """`train --workdir` on an exported (or shipped) model folder rewrote its config.json and
+    added checkpoints: every later command on the folder failed. Resuming another task's run
+    listed every key the two configs differ in, not the task."""
+    from jaxmir.shipped import VARIABLES
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    (folder / VARIABLES).write_bytes(b"parameters")
+    (folder / "config.json").write_text("{}")
+    package = tmp_path / "package"
+    monkeypatch.setattr("jaxmir.shipped.MODELS_DIR", package)
+    for wd, kind in ((folder, "an exported model"), (package / "beat", "a model that ships")):
+        before = sorted(p.name for p in folder.iterdir())
+        assert main(["train", "beat", "--preset", "tiny", "--workdir", str(wd)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and kind in err[0] and "not a training run" in err[0], err
+        assert sorted(p.name for p in folder.iterdir()) == before and not package.exists()
+    config = (beat_run / "config.json").read_text()
+    assert main(["train", "vocal", "--preset", "tiny", "--workdir", str(beat_run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a run of task 'beat', not 'vocal'" in err[0], err
+    assert (beat_run / "config.json").read_text() == config
+
+
+def test_a_config_json_without_a_section_is_one_line_naming_it():
+    """A config.json without its "model" section was a KeyError traceback from eval and train."""
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.base import get_task
+
+    task = get_task("drum")
+    saved = json.loads(task.preset("tiny").to_json())
+    del saved["model"]
+    with pytest.raises(ConfigError, match=r"^run/config.json: has no model \("):
+        task.config_from_dict(saved, "run/config.json")

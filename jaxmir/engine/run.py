@@ -323,6 +323,7 @@ def train(
     if workdir is None and jax.process_count() > 1:
         raise ConfigError("a multi-process run needs a workdir every process shares")
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
+    check_not_model_folder(workdir)
     config_path = workdir / "config.json"
     if has_checkpoints(workdir) and config_path.is_file():  # a changed config: before any work
         check_resume_compatible(read_json(config_path), cfg)
@@ -418,6 +419,19 @@ def stop_settings_changed(saved: dict | None, cfg: Config) -> list[str]:
     old = flatten(saved)
     new = flatten(json.loads(cfg.to_json()))
     return [f"{k}={json.dumps(new[k])}" for k in STOP_SETTINGS if k in old and old[k] != new[k]]
+
+
+def check_not_model_folder(workdir: Path) -> None:
+    """ConfigError where `workdir` is a model folder (`jaxmir export`'s, or one that ships with
+    jaxmir): training there rewrote its config.json beside its parameters, and every command
+    reading the folder then failed."""
+    from jaxmir.shipped import in_package, is_model_folder
+
+    if is_model_folder(workdir) or in_package(workdir):
+        kind = "a model that ships with jaxmir" if in_package(workdir) else "an exported model"
+        raise ConfigError(
+            f"{workdir}: the folder of {kind}, not a training run: train in another --workdir"
+        )
 
 
 def _config_in_checkpoint(config_path: Path, checkpointer) -> dict:

@@ -112,6 +112,13 @@ class Task(abc.ABC):
         if data.get("task") != self.name:
             where = f"{source}: " if source is not None else ""
             raise ConfigError(f"{where}a config of task {data.get('task')!r}, not {self.name!r}")
+        missing = [k for k in CONFIG_SECTIONS if not isinstance(data.get(k), dict)]
+        missing += [] if "preset" in data else ["preset"]
+        if missing:
+            where = f"{source}: " if source is not None else "a config "
+            raise ConfigError(
+                f"{where}has no {', '.join(missing)} (a hand edit, another program's)"
+            )
         return Config(
             task=self.name,
             preset=str(data["preset"]),
@@ -897,6 +904,10 @@ def render_corpus(d: CorpusConfig, cache_root: Path, progress: bool = True) -> P
         random_pieces=d.corpus_random,
     )
     return audio_dir
+
+
+#: The sections of a stored config (config.json), each a dict of its keys.
+CONFIG_SECTIONS = ("model", "data", "decode", "train", "optim")
 
 
 def get_task(name: str) -> Task:
