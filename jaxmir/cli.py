@@ -706,7 +706,7 @@ def cmd_transcribe(args) -> int:
                 tqdm.write(str(path), file=sys.stdout)
                 sys.stdout.flush()
             try:
-                note = task.transcription_note(source, written)
+                note = task.transcription_note(source, written, cfg)
             except Exception as e:  # a note only informs: it must not end a folder's run
                 note = f"{source}: no note on its transcription ({type(e).__name__}: {e})"
             if note:

@@ -64,6 +64,9 @@ def test_another_metrical_level_is_named(tmp_path, tracked, level, words):
     # and how to track the file's own beat instead: its tempo (90) within 25 % either way
     hint = "(to follow its beat: --set decode.min_bpm=72 --set decode.max_bpm=113)"
     assert (hint in a.line("piece.mid")) == (level not in ("beat", "none"))
+    # peak picking has no tempo to bound: a run that decodes so is told to track
+    tracked_hint = "(to follow its beat: --set decode.method=track --set decode.min_bpm=72"
+    assert (tracked_hint in a.line("piece.mid", peaks=True)) == (level not in ("beat", "none"))
     assert a.beat_f_measure < 0.7 and a.shift is None  # the grid is right: no shift helps
 
 

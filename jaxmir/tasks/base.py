@@ -223,9 +223,12 @@ class Task(abc.ABC):
         not a user's own of that name."""
         return False
 
-    def transcription_note(self, path: Path, written: list[Path]) -> str | None:
+    def transcription_note(
+        self, path: Path, written: list[Path], cfg: Config | None = None
+    ) -> str | None:
         """A line for the user about the transcription of `path` into the files `written`
-        (beat: how its beats agree with the MIDI file's own meter map); None by default."""
+        with `cfg` (beat: how its beats agree with the MIDI file's own meter map); None by
+        default."""
         return None
 
     def callbacks(self, cfg: Config) -> list:

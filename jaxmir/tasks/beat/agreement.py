@@ -61,8 +61,9 @@ class MeterAgreement:
     shift: GridShift | None = None
     steady: bool = True  # the file's beat keeps its length within HINT_FACTOR (`steady_tempo`)
 
-    def line(self, name: str) -> str:
-        """One sentence for the user about the file `name`."""
+    def line(self, name: str, peaks: bool = False) -> str:
+        """One sentence for the user about the file `name`; `peaks`: decoded by peak picking,
+        whose beats no tempo bounds steer (the hint then names a tracker)."""
         its = "its own meter map"
         if self.file_beat_s is not None:
             per_minute = 60.0 / self.file_beat_s
@@ -83,7 +84,11 @@ class MeterAgreement:
             # whole numbers around the factor's bounds, within what decoding accepts
             lo, hi = max(math.floor(lo), BOUNDS_RANGE[0]), min(math.ceil(hi), BOUNDS_RANGE[1])
             if lo < hi:
-                text += f" (to follow its beat: --set decode.min_bpm={lo:g} --set decode.max_bpm={hi:g})"
+                track = "--set decode.method=track " if peaks else ""
+                text += (
+                    f" (to follow its beat: {track}--set decode.min_bpm={lo:g} "
+                    f"--set decode.max_bpm={hi:g})"
+                )
         if self.shift is not None:
             s = self.shift
             text += (

@@ -966,16 +966,20 @@ class BeatTask(PieceTask):
                 "know (jaxmir eval / transcribe --set), not for training"
             )
 
-    def transcription_note(self, path: Path, written: list[Path]) -> str | None:
+    def transcription_note(
+        self, path: Path, written: list[Path], cfg: Config | None = None
+    ) -> str | None:
         """How the beats written for the MIDI file `path` agree with its own meter map
-        (`jaxmir.tasks.beat.agreement`); None for a file with no map of its own."""
+        (`jaxmir.tasks.beat.agreement`); None for a file with no map of its own. Its hint of
+        tempo bounds names a tracker where `cfg` decodes by peak picking (which has none)."""
         from jaxmir.tasks.beat.agreement import meter_agreement
 
         csv = {p.name: p for p in written}
         stem = Path(path).stem
         beats = read_beat_csv(csv[f"{stem}_beats.csv"])
         agreement = meter_agreement(path, beats, read_beat_csv(csv[f"{stem}_downbeats.csv"]))
-        return None if agreement is None else agreement.line(Path(path).name)
+        peaks = cfg is not None and cfg.decode.method == "peaks"
+        return None if agreement is None else agreement.line(Path(path).name, peaks=peaks)
 
 
 def octaves_into_range(notes: np.ndarray) -> np.ndarray:

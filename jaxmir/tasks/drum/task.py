@@ -259,7 +259,9 @@ class DrumTask(PieceTask):
         png = plot_hits(act, mini_beats, events, outdir / f"{stem}_drums.png", stem)
         return [midi, csv, png]
 
-    def transcription_note(self, path: Path, written: list[Path]) -> str | None:
+    def transcription_note(
+        self, path: Path, written: list[Path], cfg: Config | None = None
+    ) -> str | None:
         """Why a file got no drum hits: no beat grid to cut mini-beats on, or no activation
         above the threshold; None when it got hits."""
         from jaxmir.data.features.cqt import SR, tracked_beats
