@@ -97,7 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         "re-calibrated); on other data they are printed only.",
     )
     e.add_argument("task", help=TASKS_HELP)
-    e.add_argument("--workdir", type=Path, required=True, metavar="RUN_OR_MODEL_FOLDER")
+    e.add_argument(
+        "--workdir",
+        type=Path,
+        required=True,
+        metavar="RUN_OR_MODEL_FOLDER",
+        help="a training run's folder, or a model folder (`jaxmir export`'s, jaxmir/models/TASK)",
+    )
     e.add_argument(
         "--split",
         default="test",
@@ -128,14 +134,20 @@ def _parser() -> argparse.ArgumentParser:
         "the run's best checkpoint, as training does when it ends, and store them in the "
         "workdir's decode.json (eval and transcribe use them). For a run trained before the "
         "threshold grids grew, or one whose calibration was interrupted. --workdir may also "
-        "be an exported model folder (`jaxmir export`, or the package's own, "
-        "jaxmir/models/TASK): its decoding is chosen again from its stored settings, and its "
+        "be an exported model folder (`jaxmir export`; not the package's own, jaxmir/models/"
+        "TASK: calibrate a copy): its decoding is chosen again from its stored settings, and its "
         "config.json and model.json (calibration and test scores) are rewritten. Tasks with a "
         "decoding to choose: music and beat (beat also re-trains the downbeat and level "
         "taggers its config uses, on the training pieces: minutes on a CPU).",
     )
     c.add_argument("task", help="music | beat")
-    c.add_argument("--workdir", type=Path, required=True, metavar="RUN_OR_MODEL_FOLDER")
+    c.add_argument(
+        "--workdir",
+        type=Path,
+        required=True,
+        metavar="RUN_OR_MODEL_FOLDER",
+        help="a training run's folder, or a model folder `jaxmir export` wrote",
+    )
     c.add_argument(
         "--data", type=Path, default=None, help="feature cache (default: the run's or model's)"
     )
@@ -197,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. model.base=128",
+        help="override a config value, e.g. train.batch_size=4 (the keys as in a run's config.json)",
     )
 
     f = sub.add_parser(
@@ -408,6 +420,13 @@ def cmd_export(args) -> int:
             )
         elif path.stem != "val":
             info[f"eval_{path.stem}"] = record
+    for member in args.member:
+        if Path(member).resolve() == Path(args.workdir).resolve():
+            raise UsageError(
+                f"--member {member}: the run being exported (--workdir) is the first member"
+            )
+    if len({Path(m).resolve() for m in args.member}) < len(args.member):
+        raise UsageError("--member: a member given twice")
     if args.data is not None and not args.member:
         raise UsageError("--data: the cache for --member's scoring; give it with --member")
     # the cache of the run's scores (named in model.json), or the members' scoring cache
@@ -483,6 +502,8 @@ def _check_test_soundfont(args) -> None:
     """Fail early (before any model loads) on a `--test-soundfont` that cannot be used."""
     if args.test_soundfont is None:
         return
+    if args.task != "music":
+        raise UsageError("--test-soundfont: music only (its models trained on the varied corpus)")
     if args.data is not None:
         raise UsageError("--test-soundfont renders the embedded corpus: leave out --data")
     from jaxmir.data.synth.render import soundfont_digest

@@ -228,6 +228,23 @@ CASES = [
     case(
         "train-lstm-impl", lambda f: f.train_beat("--set", "model.lstm_impl=x"), "model.lstm_impl"
     ),
+    # -- the run itself as an ensemble member (two copies of one model); a music option to
+    # another task (a message about a corpus, after the model loaded)
+    case(
+        "export-the-run-as-its-own-member",
+        lambda f: (
+            ["export", "beat", "--workdir", str(f.beat_run), "--out", str(f.tmp / "e")]
+            + ["--member", str(f.beat_run)]
+        ),
+        "--member",
+        "is the first member",
+    ),
+    case(
+        "test-soundfont-for-beat",
+        lambda f: (["eval", "beat", "--workdir", str(f.beat_run), "--test-soundfont", f.a_file()]),
+        "--test-soundfont",
+        "music only",
+    ),
     # -- a model folder where a run is needed, or another task's model
     case(
         "export-a-model-folder",

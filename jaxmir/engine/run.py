@@ -252,7 +252,8 @@ def restore_for_inference(
     except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
         raise RestoreError(
             f"{ckpt_dir / str(step)}: cannot be read ({first_line(e)}); saved steps: "
-            f"{list(steps)} (--step)"
+            f"{list(steps)} (eval --step N scores another; move this one out of {ckpt_dir} "
+            "to use the best of the others)"
         ) from None
     finally:
         ckpt.close()
