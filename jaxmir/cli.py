@@ -218,7 +218,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Read a dataset folder in its official layout, compute the task's features "
         "and labels for every piece, and write them as a cache that `jaxmir train --data` and "
         "`jaxmir eval --data` read. Pieces already in the cache are kept; a file that cannot be "
-        "read is skipped with its reason (exit 2 when none could be read).",
+        "read is skipped with its reason (exit 1, as transcribe; exit 2 when none could be "
+        "read).",
     )
     f.add_argument("task", help=TASKS_HELP)
     f.add_argument(
@@ -834,6 +835,26 @@ def cmd_info(args) -> int:
     return 0
 
 
+#: What a folder holds where it is not a feature cache: a training run, a model folder, a
+#: rendered corpus.
+FOREIGN_MARKS = {
+    "config.json": "a training run or a model folder",
+    "checkpoints": "a training run",
+    "variables.msgpack": "a model folder",
+    "corpus.json": "a rendered corpus (give it as --root)",
+}
+
+
+def check_not_foreign_folder(out: Path) -> None:
+    """UsageError where `--out` holds a run, a model or a corpus: features added its cache's
+    files among theirs (and a run's folder then looked like a cache to `--data`)."""
+    for mark, kind in FOREIGN_MARKS.items():
+        if (Path(out) / mark).exists():
+            raise UsageError(
+                f"--out {out}: holds {mark}, {kind}, not a feature cache: give a new folder"
+            )
+
+
 def cmd_features(args) -> int:
     from jaxmir.data.featurize import skip_line
     from jaxmir.tasks.base import get_task
@@ -841,6 +862,7 @@ def cmd_features(args) -> int:
     task = get_task(args.task)
     workers, note = worker_count(args.workers)
     check_output_folder(args.out, "--out")
+    check_not_foreign_folder(args.out)
     if note:
         print(f"jaxmir features: {note}", file=sys.stderr)
     with warnings.catch_warnings():  # each failure is named once, below
@@ -869,7 +891,7 @@ def cmd_features(args) -> int:
             file=sys.stderr,
         )
         return 2
-    return 0
+    return 1 if summary["failed"] else 0  # the others are written: as transcribe, exit 1
 
 
 def cmd_synth(args) -> int:

@@ -202,6 +202,15 @@ CASES = [
         "--out {tmp}/afile/cache",
         "is a file",
     ),
+    case(  # its cache's files went in among the run's
+        "features-out-is-a-run",
+        lambda f: (
+            ["features", "beat", "--dataset", "midi", "--root", str(f.tmp)]
+            + ["--out", str(f.beat_run)]
+        ),
+        "holds config.json",
+        "not a feature cache",
+    ),
     case(
         "features-no-workers",
         lambda f: (
@@ -801,7 +810,7 @@ def test_features_lists_every_file_a_reader_left_out_and_goes_on(tmp_path, capsy
     pv("abjones_1_02", "0 \n-5 \n0 \n")
     out = tmp_path / "cache"
     argv = ["features", "vocal_contour", "--dataset", "mir1k", "--no-progress"]
-    assert main([*argv, "--root", str(tmp_path / "MIR-1K"), "--out", str(out)]) == 0
+    assert main([*argv, "--root", str(tmp_path / "MIR-1K"), "--out", str(out)]) == 1  # some
     captured = capsys.readouterr()
     assert "1 pieces written, 0 already cached, 2 failed" in captured.out
     lines = [line for line in captured.err.splitlines() if line.strip()]
@@ -855,3 +864,20 @@ def test_a_config_json_without_a_section_is_one_line_naming_it():
     del saved["model"]
     with pytest.raises(ConfigError, match=r"^run/config.json: has no model \("):
         task.config_from_dict(saved, "run/config.json")
+
+
+@pytest.mark.parametrize("task, lacks", [("vocal", "sung line"), ("drum", "drums")])
+def test_features_refuse_a_piano_corpus_for_a_task_whose_labels_it_lacks(
+    task, lacks, tmp_path, capsys
+):
+    """A piano corpus has no sung line and no drums: vocal and drum wrote caches of empty
+    labels from it, exit 0, unsaid. (The check reads corpus.json's "instruments" first.)"""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text(json.dumps({"instruments": "piano", "pieces": []}))
+    out = tmp_path / "cache"
+    argv = ["features", task, "--dataset", "synth", "--root", str(corpus), "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a piano corpus" in err[0] and f"has no {lacks}" in err[0], err
+    assert not out.exists()

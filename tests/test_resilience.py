@@ -222,7 +222,10 @@ def test_eval_of_an_unreadable_checkpoint_is_one_line(two_epochs, tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert "8: cannot be read (Exception: Encountered error while reading" in err[0]
-    assert "saved steps: [4, 8] (eval --step N scores another" in err[0] and "TensorStore" not in err[0]
+    assert (
+        "saved steps: [4, 8] (eval --step N scores another" in err[0]
+        and "TensorStore" not in err[0]
+    )
     assert [u.object for u in unraisable if u.object is not None] == []  # as above
 
 

@@ -268,6 +268,9 @@ class PieceTask(Task):
     """A task over whole pieces in a feature cache (see the module docstring)."""
 
     datasets: tuple[str, ...] = ()
+    #: What a piano corpus (`jaxmir synth --instruments piano`) lacks that the task's labels
+    #: come from (vocal: the sung line; drum: the drums); None: a piano corpus serves.
+    piano_corpus_lacks: str | None = None
     """`jaxmir features --dataset` names it accepts ("synth" = the embedded corpus's folder)."""
     stitch: str = "average"
     """How overlapping windows' outputs combine at inference (`jaxmir.inference`)."""
@@ -372,6 +375,12 @@ class PieceTask(Task):
             if not index.is_file():  # say what is missing, not the bare OS error
                 raise FileNotFoundError(
                     f"{index}: not found (is {root} a corpus folder written by `jaxmir synth`?)"
+                )
+            if self.piano_corpus_lacks and _corpus_instruments(index) == "piano":
+                raise ConfigError(
+                    f"{root}: a piano corpus (jaxmir synth --instruments piano) has no "
+                    f"{self.piano_corpus_lacks}: every {self.name} label would be empty; "
+                    "render one with --instruments mixed"
                 )
             return read_corpus(Path(root)), []
         from jaxmir.data.datasets.registry import read_dataset
@@ -907,6 +916,16 @@ def render_corpus(d: CorpusConfig, cache_root: Path, progress: bool = True) -> P
         random_pieces=d.corpus_random,
     )
     return audio_dir
+
+
+def _corpus_instruments(index: Path) -> str | None:
+    """The "instruments" a corpus.json records; None where it cannot tell (`read_corpus`
+    names a damaged index)."""
+    try:
+        manifest = json.loads(Path(index).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest.get("instruments") if isinstance(manifest, dict) else None
 
 
 #: The sections of a stored config (config.json), each a dict of its keys.

@@ -89,6 +89,7 @@ class DrumTask(PieceTask):
     data_config = DrumDataConfig
     decode_config = DrumDecodeConfig
     datasets = ("synth", "enst", "mdb_drums")
+    piano_corpus_lacks = "drums"
     stitch = "average"
     init_rng_impl = "rbg"
 

@@ -94,6 +94,7 @@ class VocalTask(PieceTask):
     data_config = VocalDataConfig
     decode_config = VocalDecodeConfig
     datasets = ("synth", "tonas", "mir1k")  # notes (TONAS), f0 made into notes (MIR-1K)
+    piano_corpus_lacks = "sung line"
     # XLA:CPU compiles the default (threefry) initialisers of PyramidNet's ~330 tensors in
     # minutes (paper size: 5 min; tiny: 31 s); the RBG generator's in seconds (tiny: 2 s).
     init_rng_impl = "rbg"
