@@ -89,6 +89,8 @@ def make_bad_file(kind: str, folder: Path) -> Path:
         path.write_bytes(good.read_bytes()[:30])
     elif kind == "no-notes.mid":
         pretty_midi.PrettyMIDI().write(str(path))
+    elif kind == "empty.mid":
+        path.write_bytes(b"")
     elif kind == "audio.wav":
         sf.write(path, np.zeros(16000, np.float32), 16000)
     else:
@@ -319,6 +321,12 @@ CASES = [
         lambda f: f.transcribe("beat", f.bad("corrupt.mid")),
         "corrupt.mid",
         "cannot parse MIDI",
+    ),
+    case(  # worded as for audio: it was "cannot parse MIDI (EOFError: the file ends early)"
+        "empty-mid",
+        lambda f: f.transcribe("beat", f.bad("empty.mid")),
+        "empty.mid",
+        "empty file (0 bytes)",
     ),
     case(
         "mid-without-notes",

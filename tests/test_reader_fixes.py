@@ -184,6 +184,20 @@ def test_midi_corrupt_files_are_named(tmp_path):
         maestro.read_midi_notes(path)
 
 
+def test_an_unreadable_midi_file_is_worded_as_an_unreadable_audio_file(tmp_path, monkeypatch):
+    """It was "cannot parse MIDI (PermissionError: [Errno 13] ...)". (Set by mido's reader
+    here: root, who runs the tests on some machines, may read any file.)"""
+    import mido
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(mido, "MidiFile", refused)
+    path = write_bytes(tmp_path / "locked.mid", "MThd")
+    with pytest.raises(midi.MidiError, match=r"locked\.mid: file is not readable \(permission"):
+        midi.read_midi_notes(path)
+
+
 # --------------------------------------------------------------------------------------------
 # MIDI beats: a performance's placeholder 120 qpm meter
 # --------------------------------------------------------------------------------------------

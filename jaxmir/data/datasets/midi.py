@@ -109,8 +109,12 @@ def load_midi(path: Path):
     import pretty_midi
 
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:  # worded as for audio
+        raise MidiError(path, "empty file (0 bytes)")
     try:
         mid = mido.MidiFile(str(path), charset="latin1")
+    except PermissionError:
+        raise MidiError(path, "file is not readable (permission denied)") from None
     except Exception as e:  # mido raises many kinds on corrupt files
         detail = str(e) or ("the file ends early" if isinstance(e, EOFError) else "")
         raise MidiError(path, f"cannot parse MIDI ({type(e).__name__}: {detail})") from e
