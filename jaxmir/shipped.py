@@ -86,8 +86,11 @@ def export_model(
 
     workdir, out = Path(workdir), Path(out)
     restored = restore_for_inference(task, workdir)  # no run there: nothing is written
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    except OSError as e:  # named as the folder asked for, not the staging one beside it
+        raise type(e)(e.errno, e.strerror, str(out)) from None
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one

@@ -889,3 +889,17 @@ def test_features_refuse_a_piano_corpus_for_a_task_whose_labels_it_lacks(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a piano corpus" in err[0] and f"has no {lacks}" in err[0], err
     assert not out.exists()
+
+
+def test_export_into_a_folder_it_cannot_write_names_out(beat_run, tmp_path, capsys, monkeypatch):
+    """The error named the staging folder beside --out (`.e.export-emga1iwm`), a name the user
+    never gave. (mkdtemp refused by hand: root may write any folder.)"""
+
+    def refused(prefix, dir):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}emga1iwm")
+
+    monkeypatch.setattr("jaxmir.shipped.tempfile.mkdtemp", refused)
+    out = tmp_path / "ro" / "e"
+    assert main(["export", "beat", "--workdir", str(beat_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxmir export: error: {out}: Permission denied"], err
