@@ -472,7 +472,9 @@ def test_a_finished_run_is_not_calibrated_again_and_a_stop_while_calibrating_is_
     first = decode.read_text()
     capsys.readouterr()
     assert main([*argv, "--no-progress"]) == 0
-    assert "Nothing left to train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Nothing left to train" in out
+    assert "epochs trained (step" in out and "Resuming" not in out  # not "epoch 3" of 2
     assert decode.read_text() == first
     decode.unlink()
     stop = StopSignal()

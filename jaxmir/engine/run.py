@@ -99,7 +99,7 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
     try:
         record = read_json(path)
     except ConfigError as e:
-        raise CacheError(f"{e}; pass --data (or data=) to name the cache") from None
+        raise CacheError(f"{e}; name the cache with --data (Python: data=)") from None
     if record.get("embedded") or not record.get("data"):
         return None
     data = Path(record["data"])
@@ -107,8 +107,8 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
         return None
     if must_exist and not data.is_dir():
         raise CacheError(
-            f"{path}: the run's feature cache {data} no longer exists; pass --data (or data=) "
-            "to name another"
+            f"{path}: the run's feature cache {data} no longer exists; name another with "
+            "--data (Python: data=)"
         )
     return data
 
@@ -507,7 +507,10 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
             return RunResult(workdir, state, {"train": [], "validate": []}, "stopped", 0.0)
         if meta.get("status") == "stopped":
             log(f"{workdir}: stopped early at step {latest}; training on with {', '.join(changed)}")
-        log(f"Resuming {workdir} from step {latest} (epoch {plan.start_epoch + 1})")
+        if plan.start_epoch >= plan.epochs:  # not "epoch 3" of a finished 2-epoch run
+            log(f"{workdir}: all {plan.epochs} epochs trained (step {latest})")
+        else:
+            log(f"Resuming {workdir} from step {latest} (epoch {plan.start_epoch + 1})")
     else:
         log(f"Training {task.name} ({cfg.preset}) in {workdir}")
     monitor = cfg.train.monitor
