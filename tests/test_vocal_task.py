@@ -242,6 +242,22 @@ def test_a_contour_run_that_does_not_restore_is_a_config_error(tmp_path):
         contour_f0(str(run), tmp_path / "song.wav", 10)
 
 
+
+def test_a_contour_run_of_another_task_is_named_before_any_model_runs(tmp_path):
+    """Another task's run as `decode.contour_workdir` failed once evaluation had begun, with
+    "config.json: a config of task 'music', not 'vocal_contour'" and no word of the key."""
+    from jaxmir.config import ConfigError, apply_overrides
+    from jaxmir.tasks.music.task import TASK as MUSIC
+    from jaxmir.tasks.vocal.task import TASK
+
+    run = tmp_path / "music-run"
+    run.mkdir()
+    (run / "config.json").write_text(MUSIC.preset("tiny").to_json())
+    cfg = apply_overrides(TASK.preset("tiny"), [f"decode.contour_workdir={run}"])
+    with pytest.raises(ConfigError, match=r"decode.contour_workdir: .*music-run: a music run"):
+        TASK.check_decode(cfg)
+
+
 def test_tiny_model_overfits_two_pieces(vocal_cache):
     """Features -> SDT labels -> loss (with VAT) -> posteriors -> notes -> mir_eval. The notes'
     pitch comes from the reference here: the chain under test is the segmentation (the

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -257,6 +258,16 @@ class VocalTask(PieceTask):
                 f"decode.contour_workdir: {run}: {what} (a trained vocal_contour run's workdir, "
                 "or an exported vocal_contour model folder)"
             )
+        if run is not None:
+            try:
+                saved = json.loads((Path(run) / "config.json").read_text())
+            except (OSError, ValueError):
+                saved = {}  # named where the run is restored
+            if isinstance(saved, dict) and saved.get("task", "vocal_contour") != "vocal_contour":
+                raise ConfigError(
+                    f"decode.contour_workdir: {run}: a {saved['task']} run, not a "
+                    "vocal_contour one (its f0 gives the notes' pitch)"
+                )
 
     def paths_from_here(self, cfg: Config) -> Config:
         run = cfg.decode.contour_workdir
