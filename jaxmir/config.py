@@ -330,7 +330,7 @@ _CORPUS_COUNTS = tuple(
 )
 #: Sizes that must be at least 1 where a task's section has them (0 divided by zero, deep in
 #: the model or the corpus builder).
-_AT_LEAST_ONE = ("model.hidden", "model.timesteps", "data.corpus_variants")
+_AT_LEAST_ONE = ("model.hidden", "model.timesteps", "model.channels", "data.corpus_variants")
 
 
 def validate(cfg: Config, training: bool = True) -> Config:

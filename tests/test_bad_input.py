@@ -690,6 +690,9 @@ def test_a_read_only_file_system_and_a_garbled_manifest_are_one_line(tmp_path, m
         ("chord", "model.heads=0"),
         ("drum", "model.diff_axis=7"),
         ("vocal", "model.depth=3"),
+        ("vocal", "model.context=-1"),
+        ("drum", "model.channels=0"),
+        ("music", "model.timesteps=100"),  # caught where the model refuses it
         ("beat", "train.seed=-1"),
         ("beat", "data.hop=-3"),
         ("beat", "data.hop=0"),  # was the default unsaid

@@ -242,7 +242,6 @@ def test_a_contour_run_that_does_not_restore_is_a_config_error(tmp_path):
         contour_f0(str(run), tmp_path / "song.wav", 10)
 
 
-
 def test_a_contour_run_of_another_task_is_named_before_any_model_runs(tmp_path):
     """Another task's run as `decode.contour_workdir` failed once evaluation had begun, with
     "config.json: a config of task 'music', not 'vocal_contour'" and no word of the key."""

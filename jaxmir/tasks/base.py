@@ -938,6 +938,13 @@ def get_task(name: str) -> Task:
     return importlib.import_module(TASK_MODULES[name]).TASK
 
 
+def check_timesteps(timesteps: int, multiple: int = 16) -> None:
+    """ConfigError where `model.timesteps` is no multiple of `multiple` (the U-Nets of music
+    and vocal_contour halve the time axis four times)."""
+    if timesteps % multiple:
+        raise ConfigError(f"model.timesteps: a multiple of {multiple}, got {timesteps}")
+
+
 def abstract_variables(task: Task, cfg: Config) -> tuple[Any, Any]:
     """(variables, output) of `task`'s model for one example, as ``jax.ShapeDtypeStruct`` s
     (``jax.eval_shape``: nothing allocated or compiled). ConfigError where `cfg.model`'s

@@ -33,6 +33,7 @@ from jaxmir.losses import apply_model, binary_accuracy
 from jaxmir.tasks.base import (
     CorpusConfig,
     PieceTask,
+    check_timesteps,
     mean_scores,
     schedule,
     tiny_schedule,
@@ -282,6 +283,7 @@ class MusicTask(PieceTask):
     def model(self, cfg: Config):
         m = cfg.model
         _check_channels(m.channels)
+        check_timesteps(m.timesteps)
         heads = SemanticSegmentationAttn.n_heads
         if m.name == "attn" and (m.base <= 0 or m.base % heads):
             raise ConfigError(

@@ -126,6 +126,8 @@ class VocalTask(PieceTask):
     def model(self, cfg: Config) -> PyramidNet:
         m = cfg.model
         require_model(m.name, "pyramidnet")
+        if m.context < 0:
+            raise ConfigError(f"model.context: frames either side, 0 or more, got {m.context}")
         if m.depth < 8 or (m.depth - 2) % 6:
             raise ConfigError(f"model.depth: 6n + 2 with n >= 1 (8, 20, 110, ...), got {m.depth}")
         return PyramidNet(

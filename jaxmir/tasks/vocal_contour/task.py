@@ -31,7 +31,14 @@ from jaxmir.data.features.cfp import VOCAL_CONTOUR, cfp_numpy
 from jaxmir.losses import apply_model, binary_accuracy
 from jaxmir.melody import bin_freqs, frame_times, write_melody
 from jaxmir.metrics import melody_scores
-from jaxmir.tasks.base import CorpusConfig, PieceTask, require_model, schedule, tiny_schedule
+from jaxmir.tasks.base import (
+    CorpusConfig,
+    PieceTask,
+    check_timesteps,
+    require_model,
+    schedule,
+    tiny_schedule,
+)
 from jaxmir.tasks.music.labels import focal_loss, weighted_bce
 from jaxmir.tasks.music.model import SemanticSegmentation
 from jaxmir.tasks.vocal_contour.decode import decode_contour
@@ -99,6 +106,7 @@ class VocalContourTask(PieceTask):
     def model(self, cfg: Config):
         m = cfg.model
         require_model(m.name, "aspp")
+        check_timesteps(m.timesteps)
         return SemanticSegmentation(
             feature_num=N_BINS,
             timesteps=m.timesteps,
