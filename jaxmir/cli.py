@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
         "stored decoding and, without --set and on the cache its scores were made on (its own "
         "corpus, or the --data it was exported or calibrated with, which its model.json names), "
         "the scores replace that split's in its model.json (nothing is re-trained or "
-        "re-calibrated); on other data they are printed only.",
+        "re-calibrated); on other data, and for the package's own folder, they are printed "
+        "only.",
     )
     e.add_argument("task", help=TASKS_HELP)
     e.add_argument(
