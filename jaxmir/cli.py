@@ -210,7 +210,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. train.batch_size=4 (the keys as in a run's config.json)",
+        help="override a config value, e.g. model.hidden=64 (beat), model.base=64 (music); the keys "
+        "as in a run's config.json",
     )
 
     f = sub.add_parser(
@@ -811,7 +812,7 @@ def cmd_info(args) -> int:
 
     task = get_task(args.task)
     cfg = validate(apply_overrides(task.preset(args.preset), args.overrides))
-    variables, out = abstract_variables(task, cfg)
+    variables, out = abstract_variables(task, cfg, output=True)
     spec = task.input_spec(cfg)
     omnizart, why = task.omnizart_params(variables["params"])
     info = {

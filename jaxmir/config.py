@@ -304,8 +304,8 @@ _TRAINING_LOWER_BOUNDS = (
     ("model.num_layers", 1),
     ("train.seed", 0),
 )
-#: Keys that are null (off, or the task's default) or at least this, where a task has them.
-_NULL_OR_AT_LEAST = (("train.early_stop_patience", 1), ("data.hop", 1))
+#: Keys that are null (what null means) or at least this, where a task has them.
+_NULL_OR_AT_LEAST = (("train.early_stop_patience", 1, "off"), ("data.hop", 1, "the task's default"))
 #: Keys that are null (off) or above 0.
 _NULL_OR_POSITIVE = ("optim.grad_clip_norm", "optim.grad_clip_value")
 
@@ -354,9 +354,9 @@ def validate(cfg: Config, training: bool = True) -> Config:
         if flat.get(key) is not None and flat[key] < 0:
             raise ConfigError(f"{key}: must be >= 0, got {flat[key]}")
     bpm = flat.get("data.corpus_bpm")
-    if bpm is not None and not (len(bpm) == 2 and 0 < bpm[0] < bpm[1]):
+    if bpm is not None and not (len(bpm) == 2 and 0 < bpm[0] <= bpm[1]):
         raise ConfigError(
-            f"data.corpus_bpm: [slowest, fastest] tempo, 0 < slowest < fastest, got {bpm}"
+            f"data.corpus_bpm: [slowest, fastest] tempo, 0 < slowest <= fastest, got {bpm}"
         )
     seconds = flat.get("data.corpus_max_seconds")
     if seconds is not None and not seconds > 0:
@@ -371,9 +371,9 @@ def _check_training(flat: dict) -> None:
     for key, low in _TRAINING_LOWER_BOUNDS:
         if key in flat and flat[key] < low:  # model.num_layers: where a task has it
             raise ConfigError(f"{key}: must be >= {low}, got {flat[key]}")
-    for key, low in _NULL_OR_AT_LEAST:
+    for key, low, null in _NULL_OR_AT_LEAST:
         if flat.get(key) is not None and flat[key] < low:
-            raise ConfigError(f"{key}: must be >= {low} (or null), got {flat[key]}")
+            raise ConfigError(f"{key}: must be >= {low} (or null: {null}), got {flat[key]}")
     for key in _NULL_OR_POSITIVE:
         if flat[key] is not None and not flat[key] > 0:
             raise ConfigError(f"{key}: must be > 0 (or null: off), got {flat[key]}")

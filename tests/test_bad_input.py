@@ -730,6 +730,8 @@ def test_settings_no_run_can_use_are_one_line_naming_the_key(task, setting, caps
         ("beat", "optim.name=bogus"),
         ("beat", "optim.ema_decay=2"),
         ("vocal", "model.depth=3"),  # a traceback after run.json was written
+        ("drum", "data.corpus_instruments=piano"),  # refused after the corpus was rendered
+        ("vocal", "data.corpus_instruments=piano"),
         ("beat", "data.hop=-3"),  # a traceback from the data pipeline, workdir written
         ("patch_cnn", "decode.threshold=5"),  # no frame voiced, exit 0 (eval, transcribe too)
         ("vocal_contour", "decode.threshold=-1"),  # every frame voiced, exit 0

@@ -67,6 +67,7 @@ def test_another_metrical_level_is_named(tmp_path, tracked, level, words):
     # peak picking has no tempo to bound: a run that decodes so is told to track
     tracked_hint = "(to follow its beat: --set decode.method=track --set decode.min_bpm=72"
     assert (tracked_hint in a.line("piece.mid", peaks=True)) == (level not in ("beat", "none"))
+    assert "to follow its beat" not in a.line("piece.mid", hint=False)  # bounds given already
     assert a.beat_f_measure < 0.7 and a.shift is None  # the grid is right: no shift helps
 
 

@@ -191,3 +191,43 @@ def test_tensorboard_keeps_the_epoch_means_apart_from_the_step_values(tmp_path):
     epochs = {(r["kind"], r["step"]): r["epoch"] for r in records if r["split"] == "train"}
     assert epochs[("step", 2)] == epochs[("epoch", 2)] == 1
     assert epochs[("step", 3)] == epochs[("epoch", 4)] == 2
+
+
+def test_a_model_of_ones_own_is_not_refused_by_the_tasks_model_checks(tmp_path):
+    """A task's model is built abstractly before training, its errors turned into one line;
+    a model of one's own is not: one that draws noise in every call (its loss passing
+    `rngs=`) trained, and was then refused for want of a PRNG; one with a shape bug keeps its
+    own error (it became an AttributeError of the check's message)."""
+    import flax.linen as nn
+    import grain
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import pytest
+
+    from jaxmir.config import TrainConfig
+    from jaxmir.engine import fit
+
+    class Noisy(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            noise = jax.random.normal(self.make_rng("noise"), x.shape) * 0.01
+            return nn.Dense(3)(x + noise)
+
+    class Misshapen(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(4)(x) @ jnp.ones((5, 2))
+
+    def loss(apply_fn, variables, batch, rng, train):
+        logits = apply_fn(variables, batch["x"], train=train, rngs={"noise": rng})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), ({}, {})
+
+    x = np.random.default_rng(0).normal(size=(16, 4, 6)).astype(np.float32)
+    data = grain.MapDataset.source([{"x": a, "y": np.zeros(4, np.int32)} for a in x])
+    settings = TrainConfig(epochs=1, steps_per_epoch=2, val_steps=1, batch_size=8, val_batch_size=8)
+    kwargs = dict(train=settings, progress=False, log=lambda line: None)
+    result = fit(Noisy(), loss, data, workdir=tmp_path / "noisy", **kwargs)
+    assert result.status == "finished", result.status
+    with pytest.raises(TypeError, match="dot_general"):
+        fit(Misshapen(), loss, data, workdir=tmp_path / "misshapen", **kwargs)

@@ -167,3 +167,23 @@ def test_ctrl_c_is_answered_by_the_parent_alone(tmp_path):
     assert parent.returncode == 130 and out.strip() == "interrupted"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert all(_ended(pid, within_s=10) for pid in workers)  # not left importing for 2 min
+
+
+def _blocked_signals() -> set[int]:
+    import signal
+
+    return {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX")
+def test_workers_hold_sigint_back_and_the_caller_keeps_its_mask():
+    """What the Ctrl-C test above relies on, seen directly: a worker starts with SIGINT
+    blocked, and the process that started it has its own mask back."""
+    import signal
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with runtime.WorkerPool(1) as pool:
+        blocked = pool.submit(_blocked_signals).result(timeout=120)
+    assert int(signal.SIGINT) in blocked
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    assert signal.SIGINT not in before

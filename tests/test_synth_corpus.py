@@ -338,3 +338,20 @@ def test_a_full_disk_stops_the_corpus_in_one_line_and_leaves_no_temporary_file(
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device; what was finished is kept" in err[0], err
+
+
+def test_partial_writes_of_unfinished_pieces_are_removed(tmp_path):
+    """Workers ended mid-write (Ctrl-C on `synth -j 2`) leave their temporary files; those of
+    the pieces named go, nothing else (a name that another extends, finished files)."""
+    names = [
+        "bach__bwv248.12.wav.ab12cd.tmp",
+        "bach__bwv248.12.vocals.wav.x1.tmp",
+        "bach__bwv248.12-2.wav.ef34.tmp",
+        "bach__bwv248.12.wav",
+        "bach__bwv269.wav.zz.tmp",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = C.remove_partial_writes(tmp_path, ["bach__bwv248.12"])
+    assert sorted(p.name for p in removed) == sorted(names[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])

@@ -310,12 +310,16 @@ def train(
     In a multi-process job (see `maybe_initialize_distributed`) every process calls this with
     the same arguments and a shared workdir; process 0 alone writes reports and shows progress.
     """
-    from jaxmir.tasks.base import abstract_variables
+    from jaxmir.tasks.base import NoConfig, abstract_variables
 
     maybe_initialize_distributed()
     validate(cfg)
-    abstract_variables(task, cfg), task.bind_loss(cfg), make_optimizer(cfg.optim)  # their
-    # config errors, before anything is read or written
+    if isinstance(cfg.model, NoConfig):  # a model of one's own (`fit`): its errors as they are
+        task.model(cfg)
+    else:  # a task's model: settings it cannot be built from, in one line
+        abstract_variables(task, cfg)
+    task.bind_loss(cfg), make_optimizer(cfg.optim)  # their config errors, before anything is
+    # read or written
     task.check_training(cfg)
     task.check_decode(cfg)
     check_batch_sizes(cfg, make_mesh(devices))

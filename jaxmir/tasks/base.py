@@ -82,6 +82,9 @@ class Task(abc.ABC):
 
     name: str
     model_config: type = NoConfig
+    #: What a piano corpus (`jaxmir synth --instruments piano`) lacks that the task's labels
+    #: come from (vocal: the sung line; drum: the drums); None: a piano corpus serves.
+    piano_corpus_lacks: str | None = None
     data_config: type = NoConfig
     decode_config: type = NoConfig
     needs_cache: bool = True  # False: `dataset` ignores its cache argument (no --data needed)
@@ -205,8 +208,12 @@ class Task(abc.ABC):
 
     def check_training(self, cfg: Config) -> None:
         """ConfigError for settings that decoding accepts but training cannot use (beat: tempo
-        bounds). Nothing by default."""
-        return None
+        bounds; vocal and drum: a piano corpus, whose labels they lack)."""
+        if self.piano_corpus_lacks and getattr(cfg.data, "corpus_instruments", None) == "piano":
+            raise ConfigError(
+                f"data.corpus_instruments: a piano corpus has no {self.piano_corpus_lacks}: "
+                f"every {self.name} label would be empty (mixed or both)"
+            )
 
     def check_decode(self, cfg: Config) -> None:
         """ConfigError naming a `decode.*` value no decoding can use (a threshold outside
@@ -268,9 +275,6 @@ class PieceTask(Task):
     """A task over whole pieces in a feature cache (see the module docstring)."""
 
     datasets: tuple[str, ...] = ()
-    #: What a piano corpus (`jaxmir synth --instruments piano`) lacks that the task's labels
-    #: come from (vocal: the sung line; drum: the drums); None: a piano corpus serves.
-    piano_corpus_lacks: str | None = None
     """`jaxmir features --dataset` names it accepts ("synth" = the embedded corpus's folder)."""
     stitch: str = "average"
     """How overlapping windows' outputs combine at inference (`jaxmir.inference`)."""
@@ -945,11 +949,12 @@ def check_timesteps(timesteps: int, multiple: int = 16) -> None:
         raise ConfigError(f"model.timesteps: a multiple of {multiple}, got {timesteps}")
 
 
-def abstract_variables(task: Task, cfg: Config) -> tuple[Any, Any]:
-    """(variables, output) of `task`'s model for one example, as ``jax.ShapeDtypeStruct`` s
-    (``jax.eval_shape``: nothing allocated or compiled). ConfigError where `cfg.model`'s
-    settings build no network (a vocal depth not 6n + 2, attention heads that do not divide
-    the width, ...): `train` and `info` say so in one line before anything is written."""
+def abstract_variables(task: Task, cfg: Config, output: bool = False) -> tuple[Any, Any]:
+    """(variables, output or None) of `task`'s model for one example, as
+    ``jax.ShapeDtypeStruct`` s (``jax.eval_shape``: nothing allocated or compiled; the output
+    only with `output`). ConfigError where `cfg.model`'s settings build no network (a vocal
+    depth not 6n + 2, attention heads that do not divide the width, ...): `train` and `info`
+    say so in one line before anything is written."""
     model = task.model(cfg)
     spec = task.input_spec(cfg)
     x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
@@ -957,12 +962,15 @@ def abstract_variables(task: Task, cfg: Config) -> tuple[Any, Any]:
         variables = jax.eval_shape(
             lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0), x
         )
-        out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+        out = None
+        if output:
+            out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     except (ValueError, TypeError, ZeroDivisionError, AssertionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        name = getattr(cfg.model, "name", type(model).__name__)
         raise ConfigError(
-            f"model: {cfg.model.name} cannot be built from these model.* settings: {first}"
-        ) from None
+            f"model: {name} cannot be built from these model.* settings: {first}"
+        ) from e
     return variables, out
 
 

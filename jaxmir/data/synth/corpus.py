@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import glob
 import io
 import json
 import math
@@ -1269,6 +1270,18 @@ def _test_variants(instruments: str, variety: Variety | None) -> list[str]:
     return extra
 
 
+def remove_partial_writes(out: Path, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files (`atomic_write_bytes`'s ``FILE.XXXX.tmp``) of pieces `names`
+    in `out`: a worker ended while writing one (Ctrl-C, a full disk elsewhere) never renames
+    or removes it. Returns what was removed."""
+    removed = []
+    for name in names:
+        for tmp in Path(out).glob(f"{glob.escape(name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def corpus_splits(instruments: str, variety: Variety | None) -> tuple[str, ...]:
     """Every split `build_corpus` can write with these settings, known before anything is
     rendered (a small corpus may leave one empty)."""
@@ -1364,19 +1377,23 @@ def build_corpus(
                     failed(job, e)
                 bar.update(1)
         else:
-            with WorkerPool(min(workers, len(jobs))) as ex:
-                # leaving by an exception (a full disk, Ctrl-C) ends the workers and cancels
-                # the pieces not started
-                futs = {ex.submit(_build_one, job): job for job in jobs}
-                for fut in concurrent.futures.as_completed(futs):
-                    job = futs[fut]
-                    try:
-                        results[job.name] = fut.result()
-                    except concurrent.futures.process.BrokenProcessPool:
-                        raise  # the pool itself died (an unguarded __main__): not a piece
-                    except Exception as e:
-                        failed(job, e)
-                    bar.update(1)
+            try:
+                with WorkerPool(min(workers, len(jobs))) as ex:
+                    # leaving by an exception (a full disk, Ctrl-C) ends the workers and
+                    # cancels the pieces not started
+                    futs = {ex.submit(_build_one, job): job for job in jobs}
+                    for fut in concurrent.futures.as_completed(futs):
+                        job = futs[fut]
+                        try:
+                            results[job.name] = fut.result()
+                        except concurrent.futures.process.BrokenProcessPool:
+                            raise  # the pool itself died (an unguarded __main__): not a piece
+                        except Exception as e:
+                            failed(job, e)
+                        bar.update(1)
+            except BaseException:  # workers ended mid-write leave their temporary files
+                remove_partial_writes(out, [j.name for j in jobs if j.name not in results])
+                raise
     finally:
         bar.close()
 

@@ -61,9 +61,10 @@ class MeterAgreement:
     shift: GridShift | None = None
     steady: bool = True  # the file's beat keeps its length within HINT_FACTOR (`steady_tempo`)
 
-    def line(self, name: str, peaks: bool = False) -> str:
+    def line(self, name: str, peaks: bool = False, hint: bool = True) -> str:
         """One sentence for the user about the file `name`; `peaks`: decoded by peak picking,
-        whose beats no tempo bounds steer (the hint then names a tracker)."""
+        whose beats no tempo bounds steer (the hint then names a tracker); `hint=False`: no
+        tempo bounds suggested (the user gave some)."""
         its = "its own meter map"
         if self.file_beat_s is not None:
             per_minute = 60.0 / self.file_beat_s
@@ -79,7 +80,7 @@ class MeterAgreement:
         )
         if self.level not in ("beat", "none") and self.file_beat_s and not self.steady:
             text += " (its beat changes length: no one pair of tempo bounds follows it)"
-        elif self.level not in ("beat", "none") and self.file_beat_s:
+        elif self.level not in ("beat", "none") and self.file_beat_s and hint:
             lo, hi = bounds_around(60.0 / self.file_beat_s, HINT_FACTOR)
             # whole numbers around the factor's bounds, within what decoding accepts
             lo, hi = max(math.floor(lo), BOUNDS_RANGE[0]), min(math.ceil(hi), BOUNDS_RANGE[1])

@@ -979,7 +979,10 @@ class BeatTask(PieceTask):
         beats = read_beat_csv(csv[f"{stem}_beats.csv"])
         agreement = meter_agreement(path, beats, read_beat_csv(csv[f"{stem}_downbeats.csv"]))
         peaks = cfg is not None and cfg.decode.method == "peaks"
-        return None if agreement is None else agreement.line(Path(path).name, peaks=peaks)
+        bounded = cfg is not None and bool(cfg.decode.min_bpm or cfg.decode.max_bpm)
+        if agreement is None:
+            return None
+        return agreement.line(Path(path).name, peaks=peaks, hint=not bounded)
 
 
 def octaves_into_range(notes: np.ndarray) -> np.ndarray:
