@@ -865,6 +865,16 @@ def test_train_refuses_a_model_folder_and_another_tasks_run(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a run of task 'beat', not 'vocal'" in err[0], err
     assert (beat_run / "config.json").read_text() == config
+    # config.json gone: the checkpoint's config says whose run it is, before the data is
+    # read (run.json was rewritten to the other task's corpus first)
+    copy = tmp_path / "copy"
+    shutil.copytree(beat_run, copy)
+    (copy / "config.json").unlink()
+    run_json = (copy / "run.json").read_text()
+    assert main(["train", "music", "--preset", "tiny", "--workdir", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a run of task 'beat', not 'music'" in err[0], err
+    assert (copy / "run.json").read_text() == run_json
 
 
 def test_a_config_json_without_a_section_is_one_line_naming_it():

@@ -330,8 +330,10 @@ def train(
     workdir = Path(workdir) if workdir is not None else default_workdir(cfg)
     check_not_model_folder(workdir)
     config_path = workdir / "config.json"
-    if has_checkpoints(workdir) and config_path.is_file():  # a changed config: before any work
-        check_resume_compatible(read_json(config_path), cfg)
+    if has_checkpoints(workdir):  # a changed config (another task's run): before any work
+        saved = read_json(config_path) if config_path.is_file() else checkpoint_config(workdir)
+        if saved is not None:
+            check_resume_compatible(saved, cfg)
     data, cache = training_data(task, cfg, workdir, data, progress)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
