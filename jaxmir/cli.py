@@ -1,9 +1,11 @@
 """The `jaxmir` command: train, eval, calibrate, transcribe, export, info, features, synth.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad usage (unknown task, preset, config key or
-value; missing, empty or unreadable data), with one clear line on stderr; 75 (EX_TEMPFAIL)
-a training run interrupted by SIGTERM/SIGINT after saving a checkpoint: re-run the same
-command to resume (what a pre-emption-aware launcher should do).
+Exit codes (`EXIT_STATUS`, also in `jaxmir --help`): 0 success; 1 some inputs skipped
+(transcribe, features), a run stopped by a NaN loss, a full disk or an unexpected error; 2 bad
+usage (unknown task, preset, config key or value; missing, empty or unreadable data), with one
+clear line on stderr; 75 (EX_TEMPFAIL) a training run interrupted by SIGTERM/SIGINT after
+saving a checkpoint: re-run the same command to resume (what a pre-emption-aware launcher
+should do); 130 Ctrl-C outside training.
 """
 
 from __future__ import annotations
@@ -23,7 +25,20 @@ from pathlib import Path
 from jaxmir.config import ConfigError, apply_overrides, read_json, validate
 from jaxmir.usage import UsageError, check_output_folder, worker_count
 
-EPILOG = """examples:
+EXIT_STATUS = """
+exit status:
+  0    done
+  1    some inputs skipped (transcribe, features: the others written), a run stopped by a NaN
+       loss (its last good checkpoint kept), a full disk, or an unexpected error
+  2    bad usage: an unknown task, preset, config key or value; missing, empty or unreadable
+       data; a busy workdir (one line on stderr, nothing written)
+  75   stopped by SIGTERM (any command), or train by Ctrl-C, keeping what was written (a
+       run's checkpoint saved): run the same command again to go on
+  130  Ctrl-C elsewhere (features and synth keep what they wrote)
+"""
+
+EPILOG = (
+    """examples:
   jaxmir train beat --preset demo                 train on the embedded corpus
   jaxmir train beat --workdir runs/b1 --set train.epochs=20 --set optim.learning_rate=3e-4
   jaxmir eval beat --workdir runs/b1 --split test
@@ -40,6 +55,8 @@ EPILOG = """examples:
   jaxmir eval vocal --workdir runs/v --set decode.contour_workdir=runs/vc   (pitch from a
                                                           trained vocal_contour run)
 """
+    + EXIT_STATUS
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -543,7 +560,8 @@ def cmd_calibrate(args) -> int:
         )
     saved = args.workdir / "config.json"
     if not saved.is_file():
-        raise UsageError(f"{saved}: no such file (not a training run's workdir)")
+        what = "a folder, not a file" if saved.is_dir() else "no such file"
+        raise UsageError(f"{saved}: {what} (not a training run's workdir)")
     if is_model_folder(args.workdir):  # an exported model folder
         calibrate_folder(task, args.workdir, data=args.data, progress=not args.no_progress)
         return 0

@@ -200,7 +200,7 @@ def apply_override(cfg: Config, key: str, value: Any) -> Config:
         if not dataclasses.is_dataclass(obj) or name not in {
             f.name for f in dataclasses.fields(obj)
         }:
-            raise ConfigError(f"unknown config key {key}")
+            raise ConfigError(f"unknown config key {key}{_known_keys(obj, prefix)}")
         if len(path) == 1:
             if dataclasses.is_dataclass(getattr(obj, name)):
                 raise ConfigError(f"{key} is a section: set its keys ({key}.NAME=VALUE)")
@@ -210,6 +210,19 @@ def apply_override(cfg: Config, key: str, value: Any) -> Config:
         return dataclasses.replace(obj, **{name: set_in(child, path[1:], prefix + name + ".")})
 
     return set_in(cfg, parts, "")
+
+
+def _known_keys(obj: Any, prefix: str) -> str:
+    """ " (decode.: threshold, ...)": the keys that could have been meant, where `obj` (the
+    section the unknown key was looked up in) has any."""
+    if not dataclasses.is_dataclass(obj):
+        return ""
+    names = [f.name for f in dataclasses.fields(obj) if f.name not in ("task", "preset")]
+    if not names:
+        return f" ({prefix.rstrip('.')} has no keys)"
+    if not prefix:  # the top level: sections
+        return f" (sections: {', '.join(names)})"
+    return f" ({prefix.rstrip('.')} has: {', '.join(names)})"
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -918,3 +918,13 @@ def test_export_into_a_folder_it_cannot_write_names_out(beat_run, tmp_path, caps
     assert main(["export", "beat", "--workdir", str(beat_run), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"jaxmir export: error: {out}: Permission denied"], err
+
+
+def test_a_config_json_that_is_a_folder_is_named_so(tmp_path, capsys):
+    """It was reported as "not found"."""
+    run = tmp_path / "run"
+    (run / "config.json").mkdir(parents=True)
+    for command in ("eval", "calibrate"):
+        assert main([command, "beat", "--workdir", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "config.json: a folder, not a file" in err[0], (command, err)

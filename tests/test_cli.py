@@ -207,6 +207,24 @@ def test_train_help_names_every_task_and_preset():
             assert preset in preset_help, (name, preset)
 
 
+def test_help_gives_the_exit_status_and_an_unknown_key_the_known_ones(capsys):
+    """The exit codes were in the module's docstring alone; `--set decode.nope=1` said
+    "unknown config key" without the keys there are (drum's decode has one)."""
+    from jaxmir.cli import EXIT_INTERRUPTED, EXIT_STATUS, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert EXIT_STATUS.strip() in out
+    codes = [line.split()[0] for line in EXIT_STATUS.splitlines() if line[:3].strip().isdigit()]
+    assert codes == ["0", "1", "2", str(EXIT_INTERRUPTED), "130"]
+    assert main(["info", "drum", "--preset", "tiny", "--set", "decode.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("unknown config key decode.nope (decode has: threshold)"), err
+    assert main(["info", "drum", "--preset", "tiny", "--set", "nope.x=1"]) == 2
+    assert "(sections: model, data, decode, train, optim)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [

@@ -228,7 +228,8 @@ def restore_for_inference(
     workdir = Path(workdir)
     cfg_path = workdir / "config.json"
     if not cfg_path.is_file():
-        raise RestoreError(f"{cfg_path}: not found (is {workdir} a jaxmir run directory?)")
+        what = "a folder, not a file" if cfg_path.is_dir() else "not found"
+        raise RestoreError(f"{cfg_path}: {what} (is {workdir} a jaxmir run directory?)")
     cfg = task.config_from_dict(read_json(cfg_path), cfg_path)
     if calibrated:
         cfg = calibrated_config(cfg, workdir)
