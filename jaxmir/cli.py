@@ -855,20 +855,19 @@ def cmd_info(args) -> int:
     return 0
 
 
-#: What a folder holds where it is not a feature cache: a training run, a model folder, a
-#: rendered corpus.
-FOREIGN_MARKS = {
-    "config.json": "a training run or a model folder",
-    "checkpoints": "a training run",
-    "variables.msgpack": "a model folder",
-    "corpus.json": "a rendered corpus (give it as --root)",
-}
-
-
 def check_not_foreign_folder(out: Path) -> None:
     """UsageError where `--out` holds a run, a model or a corpus: features added its cache's
     files among theirs (and a run's folder then looked like a cache to `--data`)."""
-    for mark, kind in FOREIGN_MARKS.items():
+    from jaxmir.data.synth.corpus import MANIFEST as CORPUS_INDEX
+    from jaxmir.shipped import VARIABLES
+
+    marks = {  # what a folder holds where it is not a feature cache
+        "config.json": "a training run or a model folder",
+        "checkpoints": "a training run",
+        VARIABLES: "a model folder",
+        CORPUS_INDEX: "a rendered corpus (give it as --root)",
+    }
+    for mark, kind in marks.items():
         if (Path(out) / mark).exists():
             raise UsageError(
                 f"--out {out}: holds {mark}, {kind}, not a feature cache: give a new folder"

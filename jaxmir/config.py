@@ -415,6 +415,16 @@ def read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: not a text file") from None
 
 
+def peek_json(path: Path) -> dict:
+    """The JSON object in `path`, or {} where it is missing or damaged: for a look ahead at a
+    field (a task, an instrument set) whose file a later reader names if it is bad."""
+    try:
+        data = read_json(path)
+    except (OSError, ConfigError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def save_config(cfg: Config, path: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(cfg.to_json() + "\n")

@@ -333,8 +333,11 @@ def train(
     config_path = workdir / "config.json"
     if has_checkpoints(workdir):  # a changed config (another task's run): before any work
         saved = read_json(config_path) if config_path.is_file() else checkpoint_config(workdir)
-        if saved is not None:
-            check_resume_compatible(saved, cfg)
+        if saved is None:
+            raise ConfigError(
+                f"{config_path}: missing, and no checkpoint carries a config to resume with"
+            )
+        check_resume_compatible(saved, cfg)
     data, cache = training_data(task, cfg, workdir, data, progress)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
@@ -435,11 +438,15 @@ def check_not_model_folder(workdir: Path) -> None:
     reading the folder then failed."""
     from jaxmir.shipped import in_package, is_model_folder
 
-    if is_model_folder(workdir) or in_package(workdir):
-        kind = "a model that ships with jaxmir" if in_package(workdir) else "an exported model"
-        raise ConfigError(
-            f"{workdir}: the folder of {kind}, not a training run: train in another --workdir"
-        )
+    if in_package(workdir):
+        kind = "a model that ships with jaxmir"
+    elif is_model_folder(workdir):
+        kind = "an exported model"
+    else:
+        return
+    raise ConfigError(
+        f"{workdir}: the folder of {kind}, not a training run: train in another --workdir"
+    )
 
 
 def _config_in_checkpoint(config_path: Path, checkpointer) -> dict:
@@ -487,9 +494,6 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
         val_steps=cfg.train.val_steps,
         log_every=cfg.train.log_every,
     )
-    latest = checkpointer.latest_step()
-    if latest is not None and not config_path.is_file():
-        check_resume_compatible(_config_in_checkpoint(config_path, checkpointer), cfg)
     restored = checkpointer.restore_newest_intact(state, train_iter, warn=log)
     latest = None
     if restored is not None:

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, from_dict
+from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, from_dict, peek_json
 from jaxmir.data.audio import AudioError
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.datasets.midi import MidiError
@@ -209,10 +209,16 @@ class Task(abc.ABC):
     def check_training(self, cfg: Config) -> None:
         """ConfigError for settings that decoding accepts but training cannot use (beat: tempo
         bounds; vocal and drum: a piano corpus, whose labels they lack)."""
-        if self.piano_corpus_lacks and getattr(cfg.data, "corpus_instruments", None) == "piano":
+        if getattr(cfg.data, "corpus_instruments", None) == "piano":
+            self.check_piano_corpus("data.corpus_instruments=piano: a piano corpus")
+
+    def check_piano_corpus(self, what: str) -> None:
+        """ConfigError, `what` first, where the task's labels come from what a piano corpus
+        lacks (`piano_corpus_lacks`): every label would be empty."""
+        if self.piano_corpus_lacks:
             raise ConfigError(
-                f"data.corpus_instruments: a piano corpus has no {self.piano_corpus_lacks}: "
-                f"every {self.name} label would be empty (mixed or both)"
+                f"{what} has no {self.piano_corpus_lacks}: every {self.name} label would be "
+                "empty (render mixed or both)"
             )
 
     def check_decode(self, cfg: Config) -> None:
@@ -380,11 +386,9 @@ class PieceTask(Task):
                 raise FileNotFoundError(
                     f"{index}: not found (is {root} a corpus folder written by `jaxmir synth`?)"
                 )
-            if self.piano_corpus_lacks and _corpus_instruments(index) == "piano":
-                raise ConfigError(
-                    f"{root}: a piano corpus (jaxmir synth --instruments piano) has no "
-                    f"{self.piano_corpus_lacks}: every {self.name} label would be empty; "
-                    "render one with --instruments mixed"
+            if peek_json(index).get("instruments") == "piano":  # read_corpus names a bad one
+                self.check_piano_corpus(
+                    f"{root}: a piano corpus (jaxmir synth --instruments piano)"
                 )
             return read_corpus(Path(root)), []
         from jaxmir.data.datasets.registry import read_dataset
@@ -920,16 +924,6 @@ def render_corpus(d: CorpusConfig, cache_root: Path, progress: bool = True) -> P
         random_pieces=d.corpus_random,
     )
     return audio_dir
-
-
-def _corpus_instruments(index: Path) -> str | None:
-    """The "instruments" a corpus.json records; None where it cannot tell (`read_corpus`
-    names a damaged index)."""
-    try:
-        manifest = json.loads(Path(index).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest.get("instruments") if isinstance(manifest, dict) else None
 
 
 #: The sections of a stored config (config.json), each a dict of its keys.

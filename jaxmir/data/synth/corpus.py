@@ -1271,7 +1271,7 @@ def _test_variants(instruments: str, variety: Variety | None) -> list[str]:
 
 
 def remove_partial_writes(out: Path, names: Iterable[str]) -> list[Path]:
-    """Remove the temporary files (`atomic_write_bytes`'s ``FILE.XXXX.tmp``) of pieces `names`
+    """Remove the temporary files (`atomic_write_bytes`'s ``FILE.<random>.tmp``) of pieces `names`
     in `out`: a worker ended while writing one (Ctrl-C, a full disk elsewhere) never renames
     or removes it. Returns what was removed."""
     removed = []

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import shutil
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmir.config import Config, ConfigError, OptimConfig
+from jaxmir.config import Config, ConfigError, OptimConfig, peek_json
 from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cfp import VOCAL_372
 from jaxmir.data.features.vocal import VOCAL_FS, vocal_cfp
@@ -260,16 +259,13 @@ class VocalTask(PieceTask):
                 f"decode.contour_workdir: {run}: {what} (a trained vocal_contour run's workdir, "
                 "or an exported vocal_contour model folder)"
             )
-        if run is not None:
-            try:
-                saved = json.loads((Path(run) / "config.json").read_text())
-            except (OSError, ValueError):
-                saved = {}  # named where the run is restored
-            if isinstance(saved, dict) and saved.get("task", "vocal_contour") != "vocal_contour":
-                raise ConfigError(
-                    f"decode.contour_workdir: {run}: a {saved['task']} run, not a "
-                    "vocal_contour one (its f0 gives the notes' pitch)"
-                )
+        # a damaged config.json is named where the run is restored
+        task = peek_json(Path(run) / "config.json").get("task") if run is not None else None
+        if task not in (None, "vocal_contour"):
+            raise ConfigError(
+                f"decode.contour_workdir: {run}: a {task} run, not a vocal_contour one (its f0 "
+                "gives the notes' pitch)"
+            )
 
     def paths_from_here(self, cfg: Config) -> Config:
         run = cfg.decode.contour_workdir
