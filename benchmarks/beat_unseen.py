@@ -100,10 +100,13 @@ def score_pieces(
     built: list[tuple[SymbolicPiece, dict[str, str]]],
     variants: list[tuple[str, list[str]]],
     told: float | None = None,
+    sources: dict[str, Path] | None = None,
 ) -> dict:
     """Each piece's posteriors once, decoded by the model's stored decoding and by every variant
     (and, with `told`, by the stored decoding bounded to each piece's own tempo within that
-    factor, `told_tempo`) and scored as `jaxmir eval beat` scores: mean scores overall and per
+    factor, `told_tempo`) and scored as `jaxmir eval beat` scores; a piece read from a MIDI
+    file (`sources`: piece name -> file) is decoded as `jaxmir transcribe beat` decodes that
+    file (`input_decode_config`: a score's notated beat level): mean scores overall and per
     value of each of the pieces' groups (`built`: (piece, {"meter": "7/4", "tempo": "slow", ...})), how many pieces
     each decoding tracked at which metrical level, and each piece's record (its groups, tempo,
     level and scores) under the stored decoding."""
@@ -132,6 +135,8 @@ def score_pieces(
         scored, counts = [], dict.fromkeys([*LEVELS, "other", "none"], 0)
         for ((_, labels), groups, piece), post in zip(featured, posteriors, strict=True):
             c = config_for(labels["beats"])
+            if sources and piece.name in sources:
+                c = TASK.input_decode_config(sources[piece.name], c)
             events = TASK.decode(post, c)
             scores = TASK.score(events, labels, c)
             ratio = period_ratio(events[0], labels["beats"])

@@ -8,8 +8,9 @@ them: music21 works (never the reserved ones) that the model's corpus does not u
 
 ``exported``: each score (repeats expanded) written by music21's MIDI writer at its own
 metronome marks (120 quarters per minute where it has none), read back by jaxmir's MIDI reader,
-as ``jaxmir transcribe beat piece.mid`` reads a file: the score's tempo marks and dynamics, no
-timing deviations. ``performed``: the same notes (repeats expanded, unlike the corpus) rendered
+and decoded as ``jaxmir transcribe beat piece.mid`` reads and decodes a file (the stored
+decoding at the file's notated beat level, ``decode.notated_level``): the score's tempo marks
+and dynamics, no timing deviations. ``performed``: the same notes (repeats expanded, unlike the corpus) rendered
 as the corpus renders its test works (a tempo drawn from the model's training range, tempo
 curves, fermatas, velocity curves, onset jitter). The annotated beats and downbeats come from
 the score's measures and meters (as the corpus's), mapped to seconds by the same tempo map as
@@ -111,33 +112,33 @@ def performed_piece(score, name: str, cid: str, seed: int, bpm: tuple[float, flo
 
 
 def work_pieces(
-    d: BeatDataConfig, n: int, first: int = 0, rendering: str = "exported"
+    d: BeatDataConfig, n: int, folder: Path, first: int = 0, rendering: str = "exported"
 ) -> Iterator[tuple[SymbolicPiece, dict[str, str]] | tuple[str, str]]:
     """(piece, its groups) for `n` works that the corpus of data section `d` leaves out, and
-    (work id, reason) for each one skipped on the way."""
+    (work id, reason) for each one skipped on the way; exported works leave their MIDI file,
+    `<piece name>.mid`, in `folder`."""
     from music21 import corpus, meter
 
     made = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for cid in left_out_works(corpus_works(d), first):
-            if made == n:
-                return
-            name = cid.rsplit(".", 1)[0].replace("/", "__")
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    score = corpus.parse(cid, forceSource=True).expandRepeats()
-                    ts = next(iter(score.recurse().getElementsByClass(meter.TimeSignature)))
-                    if rendering == "exported":
-                        piece = exported_piece(score, name, Path(tmp))
-                    else:
-                        piece = performed_piece(score, name, cid, d.corpus_seed, d.corpus_bpm)
-            except Exception as e:  # one work music21 cannot handle must not end the run
-                yield cid, f"{type(e).__name__}: {e}"
-                continue
-            parts = "one part" if len(getattr(score, "parts", [])) <= 1 else "several parts"
-            made += 1
-            yield piece, {"meter": ts.ratioString, "parts": parts, "folder": cid.split("/")[0]}
+    for cid in left_out_works(corpus_works(d), first):
+        if made == n:
+            return
+        name = cid.rsplit(".", 1)[0].replace("/", "__")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                score = corpus.parse(cid, forceSource=True).expandRepeats()
+                ts = next(iter(score.recurse().getElementsByClass(meter.TimeSignature)))
+                if rendering == "exported":
+                    piece = exported_piece(score, name, folder)
+                else:
+                    piece = performed_piece(score, name, cid, d.corpus_seed, d.corpus_bpm)
+        except Exception as e:  # one work music21 cannot handle must not end the run
+            yield cid, f"{type(e).__name__}: {e}"
+            continue
+        parts = "one part" if len(getattr(score, "parts", [])) <= 1 else "several parts"
+        made += 1
+        yield piece, {"meter": ts.ratioString, "parts": parts, "folder": cid.split("/")[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,16 +163,19 @@ def main(argv: list[str] | None = None) -> int:
 
     d = load_for_inference(TASK, args.workdir)[0].data
     built, skipped = [], []
-    for item in work_pieces(d, args.pieces, args.first, args.rendering):
-        (built if isinstance(item[0], SymbolicPiece) else skipped).append(item)
-    for cid, reason in skipped:
-        print(f"skipped {cid}: {reason}")
-    if not built:
-        p.error(f"--first {args.first}: no work left to score from there")
-    if len(built) < args.pieces:
-        print(f"only {len(built)} works left from position {args.first}")
-    result = {"first": args.first, "rendering": args.rendering}
-    result |= score_pieces(args.workdir, built, variants, args.told_tempo)
+    with tempfile.TemporaryDirectory() as tmp:  # the exported files, read as transcribe reads them
+        for item in work_pieces(d, args.pieces, Path(tmp), args.first, args.rendering):
+            (built if isinstance(item[0], SymbolicPiece) else skipped).append(item)
+        for cid, reason in skipped:
+            print(f"skipped {cid}: {reason}")
+        if not built:
+            p.error(f"--first {args.first}: no work left to score from there")
+        if len(built) < args.pieces:
+            print(f"only {len(built)} works left from position {args.first}")
+        result = {"first": args.first, "rendering": args.rendering}
+        files = {piece.name: Path(tmp) / f"{piece.name}.mid" for piece, _ in built}
+        sources = files if args.rendering == "exported" else None
+        result |= score_pieces(args.workdir, built, variants, args.told_tempo, sources)
     result["skipped"] = [{"work": cid, "reason": reason} for cid, reason in skipped]
     name = args.name or f"beat-works-{args.rendering}"
     title = f"{len(built)} left-out works, {args.rendering}"

@@ -414,7 +414,11 @@ def test_beat_works_scores_works_no_split_holds_and_names_those_it_skips(tmp_pat
     assert bw.left_out_works(used, 100) == bw.left_out_works(set(), 100) == work_ids()[100:]
     saved = {}
     monkeypatch.setattr(bw, "save_result", lambda name, r: saved.setdefault(name, r) and tmp_path)
-    monkeypatch.setattr(bw, "score_pieces", lambda w, built, v, told: {"built": built})
+
+    def score_pieces(w, built, v, told, sources):  # exported files, there while scored
+        return {"built": built, "files": all(f.is_file() for f in sources.values())}
+
+    monkeypatch.setattr(bw, "score_pieces", score_pieces)
     monkeypatch.setattr(bw, "plot_pieces", lambda *a: tmp_path / "x.png")
     # from the position of a work music21 cannot read into measures: named, then skipped
     first = work_ids().index("josquin/fortunaDunGranTempo.abc")
@@ -423,6 +427,7 @@ def test_beat_works_scores_works_no_split_holds_and_names_those_it_skips(tmp_pat
     assert result["skipped"][0]["work"] == "josquin/fortunaDunGranTempo.abc"
     assert "measures" in result["skipped"][0]["reason"]
     ((piece, groups),) = result["built"]
+    assert result["files"]
     assert groups["folder"] == piece.name.split("__")[0] and groups["meter"].count("/") == 1
     assert groups["parts"] in ("one part", "several parts")
     assert len(piece.beats) > 8 and set(piece.downbeats) <= set(piece.beats)

@@ -236,6 +236,12 @@ class Task(abc.ABC):
         not a user's own of that name."""
         return False
 
+    def input_decode_config(self, path: Path, cfg: Config) -> Config:
+        """The config that decodes the input file `path` in `transcribe`: `cfg` itself, unless
+        the file tells the task something the model does not hear (beat: a score's notated
+        beat level, from its meter map)."""
+        return cfg
+
     def transcription_note(
         self, path: Path, written: list[Path], cfg: Config | None = None
     ) -> str | None:
@@ -695,7 +701,7 @@ class PieceTask(Task):
 
             def finish(i: int, path: Path, x, probs) -> tuple[int, Path, list[Path]]:
                 start = time.perf_counter()
-                events = self.decode(probs, cfg)
+                events = self.decode(probs, self.input_decode_config(path, cfg))
                 outdir.mkdir(parents=True, exist_ok=True)  # not before a file has been read
                 written = self.write(events, path.stem, outdir, cfg, x=x, posteriors=probs)
                 t.write_s += time.perf_counter() - start  # this thread alone adds to it

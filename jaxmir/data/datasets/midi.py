@@ -267,6 +267,22 @@ def read_midi_notes(path: Path, rhythm: bool = False) -> np.ndarray:
     return _notes(load_midi(path), path, rhythm)
 
 
+def on_grid_share(pm, onsets: np.ndarray) -> float:
+    """The share of the distinct `onsets` (s) that lie on a 1/`GRID_DIVISIONS`-beat grid of the
+    file's own tempo map (a beat: a quarter note, as the map counts them), within
+    `GRID_TOLERANCE`: nearly all of a score's, a quarter to a third of a performance's."""
+    with high_ticks():
+        change_s, qpm = pm.get_tempo_changes()
+    onsets = np.unique(np.asarray(onsets, np.float64))
+    if len(onsets) == 0:
+        return 0.0
+    change_s, qpm = np.asarray(change_s, np.float64), np.asarray(qpm, np.float64)
+    change_q = np.concatenate([[0.0], np.cumsum(np.diff(change_s) * qpm[:-1] / 60.0)])
+    k = np.maximum(np.searchsorted(change_s, onsets, side="right") - 1, 0)
+    steps = (change_q[k] + (onsets - change_s[k]) * qpm[k] / 60.0) * GRID_DIVISIONS
+    return float(np.mean(np.abs(steps - np.round(steps)) <= GRID_TOLERANCE * GRID_DIVISIONS))
+
+
 def placeholder_meter(pm, notes: np.ndarray) -> str | None:
     """Why the file's meter map is a recorder's placeholder (one 120 qpm tempo over onsets off
     any score grid: a performance), or None when it may be the music's own."""
@@ -276,8 +292,7 @@ def placeholder_meter(pm, notes: np.ndarray) -> str | None:
     onsets = np.unique(notes[:, 0])
     if len(onsets) < MIN_ONSETS:
         return None
-    steps = onsets * (DEFAULT_QPM / 60.0) * GRID_DIVISIONS  # in grid steps from t=0
-    on_grid = float(np.mean(np.abs(steps - np.round(steps)) <= GRID_TOLERANCE * GRID_DIVISIONS))
+    on_grid = on_grid_share(pm, onsets)
     if on_grid >= MIN_ON_GRID:
         return None
     return (

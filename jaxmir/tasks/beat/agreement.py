@@ -13,6 +13,7 @@ no time signature has no beats of its own to compare, and gets no line.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -24,11 +25,15 @@ import numpy as np
 
 from jaxmir.data.datasets.midi import (
     DEFAULT_QPM,
+    MIN_ON_GRID,
     MIN_ONSETS,
     MidiError,
+    high_ticks,
     load_midi,
+    on_grid_share,
     read_midi_piece,
 )
+from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.tasks.beat.decode import bounds_around
 from jaxmir.tasks.beat.task import BOUNDS_RANGE, f_measures, median_interval, metrical_level
 
@@ -81,9 +86,8 @@ class MeterAgreement:
         if self.level not in ("beat", "none") and self.file_beat_s and not self.steady:
             text += " (its beat changes length: no one pair of tempo bounds follows it)"
         elif self.level not in ("beat", "none") and self.file_beat_s and hint:
-            lo, hi = bounds_around(60.0 / self.file_beat_s, HINT_FACTOR)
             # whole numbers around the factor's bounds, within what decoding accepts
-            lo, hi = max(math.floor(lo), BOUNDS_RANGE[0]), min(math.ceil(hi), BOUNDS_RANGE[1])
+            lo, hi = bounds_of_beat(self.file_beat_s, whole=True)
             if lo < hi:
                 track = "--set decode.method=track " if peaks else ""
                 text += (
@@ -112,6 +116,17 @@ class GridShift:
 #: The hint for another level bounds the tempo to the file's within this factor either way
 #: (`decode.min_bpm`, `decode.max_bpm`; `python -m benchmarks.beat_works --told-tempo 1.25`).
 HINT_FACTOR = 1.25
+
+
+def bounds_of_beat(beat_s: float, whole: bool = False) -> tuple[float, float]:
+    """Tempo bounds (bpm) within `HINT_FACTOR` either way of a beat every `beat_s` seconds,
+    within `BOUNDS_RANGE` (`whole`: widened to whole numbers, as a user types them); not a
+    range (low >= high) where the beat lies outside what decoding accepts."""
+    lo, hi = bounds_around(60.0 / beat_s, HINT_FACTOR)
+    if whole:
+        lo, hi = math.floor(lo), math.ceil(hi)
+    return max(lo, BOUNDS_RANGE[0]), min(hi, BOUNDS_RANGE[1])
+
 
 #: Shifts tried: steps of 1/24 beat (a score's onset grid: eighths, sixteenths, triplets) up to
 #: one bar; one is named only where it raises beat F + downbeat F by `SHIFT_GAIN`.
@@ -169,25 +184,83 @@ def steady_tempo(file_beats: np.ndarray) -> bool:
     return bool(lo > 0 and hi / lo <= HINT_FACTOR)
 
 
-def default_map_of_few_onsets(path: Path, notes: np.ndarray) -> bool:
-    """Whether the file's map is MIDI's default alone (one 120 qpm tempo) over too few onsets
-    to tell a score from a file whose writer knew no tempo (`placeholder_meter` needs
-    `MIN_ONSETS`): a transcription's short MIDI file, say, which has no beat of its own to
-    agree with."""
-    _, tempi = load_midi(path).get_tempo_changes()
+def default_map_of_few_onsets(pm, notes: np.ndarray) -> bool:
+    """Whether the map of the file read as `pm` is MIDI's default alone (one 120 qpm tempo)
+    over too few onsets to tell a score from a file whose writer knew no tempo
+    (`placeholder_meter` needs `MIN_ONSETS`): a transcription's short MIDI file, say, which has
+    no beat of its own to agree with."""
+    with high_ticks():
+        _, tempi = pm.get_tempo_changes()
     few = len(np.unique(np.asarray(notes)[:, 0])) < MIN_ONSETS
     return few and len(tempi) == 1 and abs(float(tempi[0]) - DEFAULT_QPM) < 1e-6
 
 
-def meter_agreement(path: Path, beats: np.ndarray, downbeats: np.ndarray) -> MeterAgreement | None:
-    """`beats` and `downbeats` tracked from the MIDI file `path` against the beats of its own
-    meter map (`read_midi_piece`); None when the file has no map of its own to compare."""
+@dataclass(frozen=True)
+class FileMeter:
+    """What a MIDI file says of its own meter: its notes and its map's beats and downbeats
+    (`read_midi_piece`), the share of its onsets on that map's grid (`on_grid_share`), and
+    whether the map is MIDI's default over too few onsets to be a score's
+    (`default_map_of_few_onsets`)."""
+
+    piece: SymbolicPiece
+    on_grid: float
+    default_map: bool
+
+    @property
+    def is_score(self) -> bool:
+        """Whether the file reads as a score: a map of its own and nearly all onsets on its
+        grid (`MIN_ON_GRID`; a performance at some tempo has a quarter to a third)."""
+        return not self.default_map and self.on_grid >= MIN_ON_GRID
+
+    @property
+    def score_beat_s(self) -> float | None:
+        """The median beat (s) of a score whose beat one pair of tempo bounds holds
+        (`steady_tempo`); else None."""
+        if not self.is_score or not steady_tempo(self.piece.beats):
+            return None
+        return median_interval(self.piece.beats)
+
+    @property
+    def bar_beats(self) -> int | None:
+        """Beats per bar of a score whose every bar has as many; else None."""
+        if not self.is_score:
+            return None
+        at = np.searchsorted(self.piece.beats, self.piece.downbeats)
+        lengths = set(np.diff(at).tolist())
+        return int(lengths.pop()) if len(lengths) == 1 else None
+
+
+def file_meter(path: Path) -> FileMeter | None:
+    """`FileMeter` of the MIDI file `path`; None where it has no map of its own (no time
+    signature, a performance's placeholder map: `read_midi_piece`) or cannot be read. Kept for
+    the last few files (by path, size and time of change): transcription asks twice per file,
+    to decode it and to compare the beats it wrote."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _file_meter(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_meter(path: str, _size: int, _mtime_ns: int) -> FileMeter | None:
     try:
         piece = read_midi_piece(Path(path), rhythm=True)  # the notes transcription read
+        pm = load_midi(Path(path))
     except MidiError:
         return None
-    if default_map_of_few_onsets(Path(path), piece.notes):
+    return FileMeter(
+        piece, on_grid_share(pm, piece.notes[:, 0]), default_map_of_few_onsets(pm, piece.notes)
+    )
+
+
+def meter_agreement(path: Path, beats: np.ndarray, downbeats: np.ndarray) -> MeterAgreement | None:
+    """`beats` and `downbeats` tracked from the MIDI file `path` against the beats of its own
+    meter map (`file_meter`); None when the file has no map of its own to compare."""
+    meter = file_meter(path)
+    if meter is None or meter.default_map:
         return None
+    piece = meter.piece
     beats, downbeats = np.asarray(beats, np.float64), np.asarray(downbeats, np.float64)
     with warnings.catch_warnings():  # mir_eval warns of empty beat lists: scored 0
         warnings.simplefilter("ignore", UserWarning)

@@ -65,10 +65,12 @@ def transition_logs(
         return np.log(t)
 
 
-def bar_downbeats(probs: np.ndarray, change: float, hold: float) -> np.ndarray:
+def bar_downbeats(
+    probs: np.ndarray, change: float, hold: float, lengths: tuple[int, ...] = BAR_LENGTHS
+) -> np.ndarray:
     """bool (len(probs),): which beats start a bar on the most likely path of places (Viterbi),
-    given each beat's downbeat probability `probs`. The first beat may fall anywhere in a bar
-    (a pickup). `change` and `hold` in [0, 1)."""
+    given each beat's downbeat probability `probs`, in bars of the `lengths` (in beats). The
+    first beat may fall anywhere in a bar (a pickup). `change` and `hold` in [0, 1)."""
     if not (0.0 <= change < 1.0 and 0.0 <= hold < 1.0):
         raise ValueError(f"bar model: change {change} and hold {hold} must lie in [0, 1)")
     p = np.asarray(probs, np.float64)
@@ -77,9 +79,9 @@ def bar_downbeats(probs: np.ndarray, change: float, hold: float) -> np.ndarray:
     p = np.clip(p, _EPS, 1.0 - _EPS)
     if len(p) == 0:
         return np.zeros(0, bool)
-    _, place = _states(BAR_LENGTHS)
+    _, place = _states(lengths)
     first = place == 0
-    log_t = transition_logs(change, hold)
+    log_t = transition_logs(change, hold, lengths)
     emit = np.where(first[None, :], np.log(p)[:, None], np.log1p(-p)[:, None])
     score = emit[0] - np.log(len(place))
     back = np.zeros((len(p), len(place)), np.int64)
@@ -94,7 +96,9 @@ def bar_downbeats(probs: np.ndarray, change: float, hold: float) -> np.ndarray:
     return first[path]
 
 
-def whole_bars(probs: np.ndarray, change: float, hold: float) -> np.ndarray | None:
+def whole_bars(
+    probs: np.ndarray, change: float, hold: float, lengths: tuple[int, ...] = BAR_LENGTHS
+) -> np.ndarray | None:
     """`bar_downbeats`, or None where its path starts no bar or its downbeats do not stand out
     from the other beats by `MIN_CONTRAST` (fewer than 2 beats: None), so that bars are not
     read into music where the tagger hears none. Where every beat starts a bar (bars of 1), the
@@ -102,7 +106,7 @@ def whole_bars(probs: np.ndarray, change: float, hold: float) -> np.ndarray | No
     p = np.asarray(probs, np.float64)
     if len(p) < 2:
         return None
-    marks = bar_downbeats(p, change, hold)
+    marks = bar_downbeats(p, change, hold, lengths)
     if not marks.any():  # a few doubtful beats: no bar starts on the cheapest path
         return None
     rest = np.quantile(p[~marks], 0.5, method="higher") if (~marks).any() else 0.0

@@ -32,7 +32,7 @@ from jaxmir.data.symbolic import SymbolicPiece
 from jaxmir.inference import sigmoid
 from jaxmir.losses import binary_accuracy
 from jaxmir.tasks.base import PieceTask, schedule, tiny_schedule, warmup_cosine
-from jaxmir.tasks.beat.bar_lengths import whole_bars
+from jaxmir.tasks.beat.bar_lengths import BAR_LENGTHS, whole_bars
 from jaxmir.tasks.beat.bars import SUBDIVISIONS, notes_from_features, subdivided
 from jaxmir.tasks.beat.decode import (
     LEVEL_MIN_BEATS,
@@ -161,6 +161,11 @@ class BeatDecodeConfig:
     # runs calibrated before it existed decode with it too (docs/beat.md, "Whole bars").
     bar_change: float = 0.1
     bar_hold: float = 0.1
+    # Downbeats "tagger": bars of this many tracked beats where one knows it (0: any of 1-7,
+    # as above); read as whole bars whatever `bar_change`, and the taggers choose where they
+    # start. `transcribe` of a score file (`notated_level`) takes it from the file's time
+    # signature where its bars keep one length (`notated_bars`).
+    bar_beats: int = 0
     # Methods "track", "dbn": where the level tagger stored in folder `level_tagger` (relative,
     # as `tagger`) gives every other tracked beat (or every second and third) a mean
     # probability under `level_threshold`, the tracker followed a sub-beat and only the beats
@@ -184,6 +189,14 @@ class BeatDecodeConfig:
     # tempo one knows (`jaxmir eval` / `transcribe --set`).
     min_bpm: float = 0.0
     max_bpm: float = 0.0
+    # `transcribe` of a MIDI file that reads as a score (its own meter map, its onsets on that
+    # map's grid, a beat that keeps its length: `FileMeter.score_beat_s`) and no bounds given:
+    # bounds within 1.25 times either way of the file's notated beat. The tracker still places
+    # every beat from the notes; the map chooses only the metrical level, a convention of the
+    # notation the notes do not carry (a reel in 2/2 or 2/4 sounds alike). False: the level the
+    # notes suggest. Not used by training, eval or calibration (their pieces carry no map).
+    notated_level: bool = True
+    notated_bars: bool = True
     # Beats tracked faster than tempo_band[1] or slower than tempo_band[0] (beats per minute)
     # are tracked again on the piece played `tempo_stretch` times slower (or faster), where the
     # frame model hears a tempo it trained on, and their times scaled back (`stretched_tempo`).
@@ -210,6 +223,7 @@ DOWNBEAT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 DOWNBEAT_SOURCES = ("peaks", "tagger")
 
 TAGGER_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+MAX_BAR_BEATS = 16  # `decode.bar_beats`: longer bars are rarer than a tagger's doubt
 LEVEL_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 
@@ -218,10 +232,12 @@ def tagged_downbeats(
 ) -> np.ndarray:
     """The downbeats among `beats` that the tagger's probabilities `probs` give, as `d` reads
     them: whole bars (`whole_bars`), or each beat at >= `threshold` (default: the config's
-    `tagger_threshold`) where `d.bar_change` is 0 or the bars' downbeats do not stand out."""
+    `tagger_threshold`) where `d.bar_change` is 0 (and no `d.bar_beats` is given) or the bars'
+    downbeats do not stand out."""
     beats = np.asarray(beats, np.float64)
-    if d.bar_change > 0:
-        marks = whole_bars(probs, d.bar_change, d.bar_hold)
+    if d.bar_change > 0 or d.bar_beats:
+        lengths = (d.bar_beats,) if d.bar_beats else BAR_LENGTHS
+        marks = whole_bars(probs, d.bar_change, d.bar_hold, lengths)
         if marks is not None:
             return beats[marks]
     return marked_downbeats(beats, probs, d.tagger_threshold if threshold is None else threshold)
@@ -510,6 +526,10 @@ class BeatTask(PieceTask):
         for key in ("bar_change", "bar_hold"):
             if not 0.0 <= getattr(d, key) < 1.0:
                 raise ConfigError(f"decode.{key}: {getattr(d, key)} is a probability in [0, 1)")
+        if not 0 <= d.bar_beats <= MAX_BAR_BEATS:
+            raise ConfigError(
+                f"decode.bar_beats: beats per bar, 1-{MAX_BAR_BEATS} (0: any), got {d.bar_beats}"
+            )
         for key in ("beat_threshold", "downbeat_threshold", "tagger_threshold"):
             if not 0.0 <= getattr(d, key) <= 1.0:
                 raise ConfigError(f"decode.{key}: a probability in [0, 1], got {getattr(d, key)}")
@@ -966,23 +986,58 @@ class BeatTask(PieceTask):
                 "know (jaxmir eval / transcribe --set), not for training"
             )
 
+    def input_decode_config(self, path: Path, cfg: Config) -> Config:
+        """`cfg` as it decodes the MIDI file `path` where that reads as a score (`FileMeter`):
+        with tempo bounds within `HINT_FACTOR` of its notated beat (`decode.notated_level`,
+        where the user gave none and the method tracks: peak picking takes no bounds) and
+        with its bars' length in beats (`decode.notated_bars`, where the user gave none, the
+        downbeats are the tagger's and every bar of the file is as long)."""
+        from jaxmir.tasks.beat.agreement import bounds_of_beat, file_meter
+
+        d = cfg.decode
+        level = d.notated_level and d.method != "peaks" and not (d.min_bpm or d.max_bpm)
+        bars = d.notated_bars and d.downbeats == "tagger" and not d.bar_beats
+        meter = file_meter(path) if level or bars else None
+        if meter is None:
+            return cfg
+        found = {}
+        beat_s = meter.score_beat_s
+        lo, hi = bounds_of_beat(beat_s) if beat_s is not None else (0.0, 0.0)
+        if level and lo < hi:  # not where the beat changes length or decoding cannot take it
+            found.update(min_bpm=lo, max_bpm=hi)
+        if bars and meter.bar_beats and meter.bar_beats <= MAX_BAR_BEATS:
+            found.update(bar_beats=meter.bar_beats)
+        if not found:
+            return cfg
+        return dataclasses.replace(cfg, decode=dataclasses.replace(d, **found))
+
     def transcription_note(
         self, path: Path, written: list[Path], cfg: Config | None = None
     ) -> str | None:
         """How the beats written for the MIDI file `path` agree with its own meter map
         (`jaxmir.tasks.beat.agreement`); None for a file with no map of its own. Its hint of
-        tempo bounds names a tracker where `cfg` decodes by peak picking (which has none)."""
+        tempo bounds names a tracker where `cfg` decodes by peak picking (which has none), and
+        is left out where bounds were given or taken from the map (`input_decode_config`)."""
         from jaxmir.tasks.beat.agreement import meter_agreement
 
         csv = {p.name: p for p in written}
         stem = Path(path).stem
         beats = read_beat_csv(csv[f"{stem}_beats.csv"])
         agreement = meter_agreement(path, beats, read_beat_csv(csv[f"{stem}_downbeats.csv"]))
-        peaks = cfg is not None and cfg.decode.method == "peaks"
-        bounded = cfg is not None and bool(cfg.decode.min_bpm or cfg.decode.max_bpm)
         if agreement is None:
             return None
-        return agreement.line(Path(path).name, peaks=peaks, hint=not bounded)
+        peaks = cfg is not None and cfg.decode.method == "peaks"
+        given = cfg is not None and bool(cfg.decode.min_bpm or cfg.decode.max_bpm)
+        used = self.input_decode_config(path, cfg).decode if cfg is not None else None
+        level = used is not None and not given and bool(used.min_bpm)
+        taken = [("its beat level", "decode.notated_level=false")] if level else []
+        if used is not None and used.bar_beats != cfg.decode.bar_beats:
+            taken.append((f"bars of {used.bar_beats} beats", "decode.notated_bars=false"))
+        line = agreement.line(Path(path).name, peaks=peaks, hint=not (given or level))
+        if taken:
+            what, off = " and ".join(t[0] for t in taken), ", ".join(t[1] for t in taken)
+            line += f"; {what} taken from that map ({off}: from the notes)"
+        return line
 
 
 def octaves_into_range(notes: np.ndarray) -> np.ndarray:
