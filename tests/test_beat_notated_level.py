@@ -57,20 +57,21 @@ def test_a_score_is_decoded_within_its_notated_beat(tmp_path):
     assert dataclasses.replace(got, decode=nothing_else) == cfg
     assert file_meter(tmp_path / "reel.mid").on_grid == 1.0
     # the user's own bounds or bar length, peak picking (no bounds), the frame model's
-    # downbeats (no bars) and each setting off leave that part alone
+    # downbeats (no bars) and each setting off leave that part alone; bars in the file's
+    # beats only where the beats are tracked at its level
     reel_mid = tmp_path / "reel.mid"
     for sets, kept in (
-        (["decode.min_bpm=100", "decode.max_bpm=140"], (100.0, 140.0, 2)),
-        (["decode.method=peaks"], (0.0, 0.0, 2)),
-        (["decode.notated_level=false"], (0.0, 0.0, 2)),
+        (["decode.min_bpm=100", "decode.max_bpm=140"], (100.0, 140.0, 0)),
+        (["decode.method=peaks"], (0.0, 0.0, 0)),
+        (["decode.notated_level=false"], (0.0, 0.0, 0)),
         (["decode.bar_beats=4"], (48.0, 75.0, 4)),
         (["decode.downbeats=peaks"], (48.0, 75.0, 0)),
         (["decode.notated_bars=false"], (48.0, 75.0, 0)),
     ):
         d = TASK.input_decode_config(reel_mid, apply_overrides(cfg, sets)).decode
         assert (d.min_bpm, d.max_bpm, d.bar_beats) == pytest.approx(kept), sets
-    both_off = apply_overrides(cfg, ["decode.notated_level=false", "decode.notated_bars=false"])
-    assert TASK.input_decode_config(reel_mid, both_off) is both_off
+    level_off = apply_overrides(cfg, ["decode.notated_level=false"])
+    assert TASK.input_decode_config(reel_mid, level_off) is level_off
 
 
 def test_a_performance_or_a_beat_that_changes_length_is_left_to_the_notes(tmp_path):
@@ -80,12 +81,12 @@ def test_a_performance_or_a_beat_that_changes_length_is_left_to_the_notes(tmp_pa
     reel(tmp_path / "played.mid", qpm=100.0, jitter=0.05)
     assert file_meter(tmp_path / "played.mid").on_grid < 0.5
     assert TASK.input_decode_config(tmp_path / "played.mid", cfg) is cfg
-    # a score whose tempo doubles half-way: no one pair of bounds holds its beat; its bars
-    # keep their length
+    # a score whose tempo doubles half-way: no one pair of bounds holds its beat (nor its
+    # bars, counted in beats tracked at another level)
     reel(tmp_path / "faster.mid", tempo_change=(12, 240.0), numerator=3)
-    assert file_meter(tmp_path / "faster.mid").on_grid == 1.0
-    d = TASK.input_decode_config(tmp_path / "faster.mid", cfg).decode
-    assert (d.min_bpm, d.max_bpm, d.bar_beats) == (0.0, 0.0, 3)
+    meter = file_meter(tmp_path / "faster.mid")
+    assert (meter.on_grid, meter.bar_beats, meter.score_beat_s) == (1.0, 3, None)
+    assert TASK.input_decode_config(tmp_path / "faster.mid", cfg) is cfg
     # a file that is not MIDI: transcription's reader names it; here it is left alone
     (tmp_path / "broken.mid").write_bytes(b"not midi")
     assert TASK.input_decode_config(tmp_path / "broken.mid", cfg) is cfg
@@ -94,8 +95,7 @@ def test_a_performance_or_a_beat_that_changes_length_is_left_to_the_notes(tmp_pa
 def test_transcribe_tracks_a_score_at_its_notated_beat_and_says_so(tmp_path):
     """The shipped model through `transcribe_many`, as `jaxmir transcribe beat` runs it: a reel
     at 60 half notes per minute is tracked at its half notes; told to hear the notes alone,
-    the model follows a faster level (the music is the same whichever way it was notated).
-    The bars' length is taken from the map either way."""
+    the model follows a faster level (the music is the same whichever way it was notated)."""
     from jaxmir.engine.run import make_predict
     from jaxmir.shipped import load_for_inference
     from jaxmir.tasks.beat.decode import read_beat_csv
@@ -118,5 +118,4 @@ def test_transcribe_tracks_a_score_at_its_notated_beat_and_says_so(tmp_path):
         "; its beat level and bars of 2 beats taken from that map (decode.notated_level=false, "
         "decode.notated_bars=false: from the notes)"
     )
-    assert "its beat level" not in notes[1] and "decode.min_bpm=48" in notes[1]
-    assert "bars of 2 beats taken from that map (decode.notated_bars=false" in notes[1]
+    assert "taken from that map" not in notes[1] and "decode.min_bpm=48" in notes[1]

@@ -163,8 +163,8 @@ class BeatDecodeConfig:
     bar_hold: float = 0.1
     # Downbeats "tagger": bars of this many tracked beats where one knows it (0: any of 1-7,
     # as above); read as whole bars whatever `bar_change`, and the taggers choose where they
-    # start. `transcribe` of a score file (`notated_level`) takes it from the file's time
-    # signature where its bars keep one length (`notated_bars`).
+    # start. `transcribe` of a score file tracked at its notated level takes it from the
+    # file's time signature where its bars keep one length (`notated_bars`).
     bar_beats: int = 0
     # Methods "track", "dbn": where the level tagger stored in folder `level_tagger` (relative,
     # as `tagger`) gives every other tracked beat (or every second and third) a mean
@@ -989,9 +989,10 @@ class BeatTask(PieceTask):
     def input_decode_config(self, path: Path, cfg: Config) -> Config:
         """`cfg` as it decodes the MIDI file `path` where that reads as a score (`FileMeter`):
         with tempo bounds within `HINT_FACTOR` of its notated beat (`decode.notated_level`,
-        where the user gave none and the method tracks: peak picking takes no bounds) and
-        with its bars' length in beats (`decode.notated_bars`, where the user gave none, the
-        downbeats are the tagger's and every bar of the file is as long)."""
+        where the user gave none, the method tracks (peak picking takes no bounds) and the
+        beat keeps its length) and then with its bars' length in those beats
+        (`decode.notated_bars`, where the user gave none, the downbeats are the tagger's and
+        every bar of the file is as long)."""
         from jaxmir.tasks.beat.agreement import bounds_of_beat, file_meter
 
         d = cfg.decode
@@ -1005,7 +1006,8 @@ class BeatTask(PieceTask):
         lo, hi = bounds_of_beat(beat_s) if beat_s is not None else (0.0, 0.0)
         if level and lo < hi:  # not where the beat changes length or decoding cannot take it
             found.update(min_bpm=lo, max_bpm=hi)
-        if bars and meter.bar_beats and meter.bar_beats <= MAX_BAR_BEATS:
+        # bars counted in the file's beats: only where the beats are tracked at its level
+        if found and bars and meter.bar_beats and meter.bar_beats <= MAX_BAR_BEATS:
             found.update(bar_beats=meter.bar_beats)
         if not found:
             return cfg
