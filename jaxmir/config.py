@@ -176,6 +176,22 @@ def from_dict(cls, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def checked_section(section: Any, name: str) -> Any:
+    """`section` (a config section built in Python, say `TrainConfig(epochs=3)`) with every
+    value held to its field's type as a `--set` is, or ConfigError naming `name.key` (a
+    string learning rate failed deep inside, a float epoch count after the workdir was
+    written)."""
+    cls = {"train": TrainConfig, "optim": OptimConfig}.get(name)
+    if cls is not None and not isinstance(section, cls):
+        raise ConfigError(f"{name}: a {cls.__name__}, got {type(section).__name__}")
+    hints = _field_types(type(section))
+    values = {
+        f.name: _check_value(getattr(section, f.name), hints[f.name], f"{name}.{f.name}")
+        for f in dataclasses.fields(section)
+    }
+    return dataclasses.replace(section, **values)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` -> ("a.b", value); the value is JSON when it parses, else a string."""
     if "=" not in text:
@@ -401,6 +417,13 @@ def _check_training(flat: dict) -> None:
     if batch % accum:
         raise ConfigError(
             f"train.grad_accum: {accum} micro-batches must divide train.batch_size={batch}"
+        )
+    monitor = flat["train.monitor"]
+    validated = flat["train.val_steps"] > 0 or flat["train.eval_pieces_each_epoch"]
+    if monitor.startswith("val_") and not validated:
+        raise ConfigError(
+            f"train.monitor: {monitor} is never logged: train.val_steps is 0 and "
+            "train.eval_pieces_each_epoch false (monitor a training metric, or validate)"
         )
 
 

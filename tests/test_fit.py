@@ -134,6 +134,14 @@ def test_a_score_of_ones_own_is_maximised_when_told_and_the_guess_is_said(tmp_pa
     )
     assert "train.monitor val_mAP: lower is taken as better" in "\n".join(logged)
     assert guessed.status.startswith("stopped")
+    # called again: nothing to train, and the run's history, not an empty one (the README's
+    # `result.history["validate"][-1]` failed)
+    again, logged = _tiny_fit(
+        tmp_path / "guessed", rising_score(), monitor="val_mAP", early_stop_patience=1
+    )
+    assert again.status == "stopped" and "nothing to resume" in "\n".join(logged)
+    assert again.history["validate"][-1]["mAP"] == guessed.history["validate"][-1]["mAP"]
+    assert len(again.history["validate"]) == len(guessed.history["validate"]) == 2
 
 
 def test_fit_refuses_what_it_cannot_train_on_before_making_the_workdir(tmp_path):
@@ -146,6 +154,13 @@ def test_fit_refuses_what_it_cannot_train_on_before_making_the_workdir(tmp_path)
         (dict(train_data=grain.MapDataset.source([])), "train_data: the dataset has no examples"),
         (dict(train_data=grain.MapDataset.source([{"y": 1}])), "an 'x' entry"),
         (dict(watch_splits=("test",)), "train.watch_splits"),
+        # held to the types a --set is (a traceback, or a float epoch count failing once the
+        # workdir was written)
+        (dict(epochs="3"), "train.epochs: expected an integer, got '3'"),
+        (dict(epochs=2.5), "train.epochs: expected an integer, got 2.5"),
+        (dict(terminate_on_nan="yes"), "train.terminate_on_nan: expected true or false"),
+        # a validation score with no validation: known before the first epoch, not after it
+        (dict(val_steps=0, monitor="val_accuracy"), "train.monitor: val_accuracy is never"),
     ]
     for i, (kwargs, message) in enumerate(cases):
         with pytest.raises(ConfigError, match=re.escape(message)):
@@ -231,3 +246,54 @@ def test_a_model_of_ones_own_is_not_refused_by_the_tasks_model_checks(tmp_path):
     assert result.status == "finished", result.status
     with pytest.raises(TypeError, match="dot_general"):
         fit(Misshapen(), loss, data, workdir=tmp_path / "misshapen", **kwargs)
+
+
+def test_settings_built_in_python_are_checked_as_a_set_is():
+    import pytest
+
+    from jaxmir.config import ConfigError, OptimConfig, TrainConfig, checked_section
+
+    assert checked_section(OptimConfig(learning_rate=1), "optim").learning_rate == 1.0
+    for section, name, message in (
+        ({"epochs": 1}, "train", "train: a TrainConfig, got dict"),
+        (OptimConfig(learning_rate="1e-3"), "optim", "optim.learning_rate: expected a number"),
+        (TrainConfig(seed=None), "train", "train.seed: expected an integer, got None"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            checked_section(section, name)
+
+
+def test_validation_that_does_not_read_each_example_once_is_said(tmp_path):
+    _, logged = _tiny_fit(tmp_path / "first", val_steps=1, val_batch_size=8)
+    assert "Validation reads 1 x 8 = 8 examples of the 32 in train_data: only the first 8" in (
+        "\n".join(logged)
+    )
+    _, logged = _tiny_fit(tmp_path / "twice", val_steps=5, val_batch_size=8)
+    assert "= 40 examples of the 32 in train_data: some count more than others" in (
+        "\n".join(logged)
+    )
+    _, logged = _tiny_fit(tmp_path / "once", val_steps=4, val_batch_size=8)
+    assert not any("Validation reads" in line for line in logged)
+
+
+def test_predict_takes_a_batch_of_any_size_on_several_devices(tmp_path):
+    """`evaluate`'s `predict` on 2 devices with 7 rows: it failed to split them (after the
+    first epoch had trained)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json, numpy as np\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_fit import _tiny_fit\n"
+        "rows = np.zeros((7, 4, 6), np.float32)\n"
+        "ev = lambda predict: {'rows': float(predict(rows).shape[0])}\n"
+        f"result, _ = _tiny_fit({str(tmp_path / 'run')!r}, ev, epochs=1)\n"
+        "print(json.dumps(result.history['validate'][-1]))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["rows"] == 7.0

@@ -17,8 +17,14 @@ What it expects:
   "x" entry, the model's input). The engine shards them by process, shuffles the training set
   with `train.seed` anew every pass and repeats both; the iterator's position is saved with
   every checkpoint.
+  Validation reads `train.val_steps` batches of `train.val_batch_size` from the repeated
+  validation set: each example once where their product is `len(val_data)` (said at the start
+  where it is not: some examples then count more than others, or only the first are read).
+  A "mask" entry is the tasks' label mask: with `train.grad_accum` > 1 the micro-batches'
+  gradients are weighted by their mask sums.
 - `evaluate(predict) -> dict`: optional scores of the validation data each epoch (monitorable
-  as `val_<name>`); `predict(x_batch) -> outputs` runs the current weights.
+  as `val_<name>`); `predict(x_batch) -> outputs` runs the current weights (a batch of any
+  size: it is padded to a multiple of the devices and the padding dropped).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import grain
 import jax
 import numpy as np
 
-from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig
+from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, checked_section
 from jaxmir.tasks.base import NoConfig, Task
 
 
@@ -128,13 +134,29 @@ def fit(
         model=NoConfig(),
         data=NoConfig(),
         decode=NoConfig(),
-        train=train if train is not None else TrainConfig(),
-        optim=optim if optim is not None else OptimConfig(),
+        # the types a --set would have been held to (a str, a float epoch count, a dict)
+        train=checked_section(train if train is not None else TrainConfig(), "train"),
+        optim=checked_section(optim if optim is not None else OptimConfig(), "optim"),
     )
     if cfg.train.watch_splits:  # the task would score val_data under each split's name
         raise ConfigError("train.watch_splits: fit has no splits but train_data and val_data")
     _check_data(train_data, "train_data")
     if val_data is not None:
         _check_data(val_data, "val_data")
+    t = cfg.train
+    if t.monitor.startswith("val_") and not t.val_steps and evaluate is None:
+        raise ConfigError(
+            f"train.monitor: {t.monitor} is never logged: train.val_steps is 0 and no "
+            "evaluate is given (monitor a training metric, or validate)"
+        )
+    val_n = len(val_data if val_data is not None else train_data)
+    read = t.val_steps * t.val_batch_size
+    if t.val_steps and read != val_n:
+        how = "some count more than others" if read > val_n else f"only the first {read}"
+        log(
+            f"Validation reads {t.val_steps} x {t.val_batch_size} = {read} examples of the "
+            f"{val_n} in {'val_data' if val_data is not None else 'train_data'}: {how} "
+            "(train.val_steps x train.val_batch_size = their number reads each once)"
+        )
     task = CustomTask(model, loss, train_data, val_data, evaluate)
     return run_train(task, cfg, workdir, devices=devices, progress=progress, log=log)

@@ -207,10 +207,16 @@ def make_predict(mesh, state: TrainState, fn=None):
     variables = eval_variables(state)
 
     sharding = batch_sharding(mesh)
+    devices = mesh.devices.size
 
     def predict(windows: np.ndarray) -> np.ndarray:
+        n = len(windows)
+        extra = -n % devices  # a batch splits over the devices: pad it, drop the padding
+        if extra:
+            windows = np.concatenate([windows, np.repeat(windows[-1:], extra, axis=0)])
         # placed explicitly: a multi-process job refuses implicit placement of numpy inputs
-        return np.asarray(jax.device_get(fn(variables, jax.device_put(windows, sharding))))
+        out = jax.device_get(fn(variables, jax.device_put(windows, sharding)))
+        return np.asarray(jax.tree.map(lambda a: a[:n], out) if extra else out)
 
     return predict
 
@@ -513,9 +519,12 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
             checkpointer.close()
             log(
                 f"{workdir}: this run was stopped early at step {latest}; nothing to resume "
-                f"(to train on: --set train.early_stop_patience=N with N above {waited}, or null)"
+                f"(to train on: train.early_stop_patience above {waited}, or null)"
             )
-            return RunResult(workdir, state, {"train": [], "validate": []}, "stopped", 0.0)
+            history = run_history(workdir / "metrics.jsonl") if is_primary() else None
+            return RunResult(
+                workdir, state, history or {"train": [], "validate": []}, "stopped", 0.0
+            )
         if meta.get("status") == "stopped":
             log(f"{workdir}: stopped early at step {latest}; training on with {', '.join(changed)}")
         if plan.start_epoch >= plan.epochs:  # not "epoch 3" of a finished 2-epoch run
