@@ -167,7 +167,11 @@ def test_fit_refuses_what_it_cannot_train_on_before_making_the_workdir(tmp_path)
             _tiny_fit(tmp_path / str(i), **kwargs)
         assert not (tmp_path / str(i)).exists()
     for i, (returned, message) in enumerate(
-        [({"f1": "0.5"}, "'f1' is str, expected a number"), (None, "returned NoneType")]
+        [
+            ({"f1": "0.5"}, "'f1' is str, expected a number"),
+            (None, "returned NoneType"),
+            ({"loss": 1.0}, "'loss' names the validation loss"),
+        ]
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             _tiny_fit(tmp_path / f"ev{i}", lambda predict, r=returned: r)
@@ -297,3 +301,17 @@ def test_predict_takes_a_batch_of_any_size_on_several_devices(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["rows"] == 7.0
+
+
+def test_a_tasks_train_refuses_another_tasks_config(tmp_path):
+    """`beat.train` with music's config failed deep inside (an AttributeError of the model's
+    settings); nothing is written now either."""
+    import pytest
+
+    import jaxmir.tasks.beat as beat
+    from jaxmir.config import ConfigError
+    from jaxmir.tasks.music.task import TASK as MUSIC
+
+    with pytest.raises(ConfigError, match="the config is task 'music''s, not 'beat''s"):
+        beat.train(MUSIC.preset("tiny"), workdir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -84,6 +84,8 @@ def _scores(scores) -> dict[str, float]:
     if not isinstance(scores, Mapping):
         raise ConfigError(f"evaluate: returned {type(scores).__name__}, not a dict of numbers")
     out = {}
+    if "loss" in scores:  # logged as val_loss, it would replace the validation loss unsaid
+        raise ConfigError("evaluate: 'loss' names the validation loss; call the score otherwise")
     for name, value in scores.items():
         v = np.asarray(value)
         if v.ndim or not np.issubdtype(v.dtype, np.number):

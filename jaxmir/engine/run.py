@@ -320,6 +320,11 @@ def train(
     from jaxmir.tasks.base import NoConfig, abstract_variables
 
     maybe_initialize_distributed()
+    if cfg.task != task.name:  # a music config given to beat's train: an AttributeError deep in
+        raise ConfigError(
+            f"the config is task {cfg.task!r}'s, not {task.name!r}'s: build it from that "
+            f"task's presets ({task.name}'s TASK.preset)"
+        )
     validate(cfg)
     if isinstance(cfg.model, NoConfig):  # a model of one's own (`fit`): its errors as they are
         task.model(cfg)
