@@ -3,9 +3,9 @@
 Exit codes (`EXIT_STATUS`, also in `jaxmir --help`): 0 success; 1 some inputs skipped
 (transcribe, features), a run stopped by a NaN loss, a full disk or an unexpected error; 2 bad
 usage (unknown task, preset, config key or value; missing, empty or unreadable data), with one
-clear line on stderr; 75 (EX_TEMPFAIL) a training run interrupted by SIGTERM/SIGINT after
-saving a checkpoint: re-run the same command to resume (what a pre-emption-aware launcher
-should do); 130 Ctrl-C outside training.
+clear line on stderr; 75 (EX_TEMPFAIL) stopped by SIGTERM (any command), or a training run by
+Ctrl-C, after saving a checkpoint: re-run the same command to resume (what a
+pre-emption-aware launcher should do); 130 Ctrl-C outside training.
 """
 
 from __future__ import annotations
@@ -988,6 +988,23 @@ def _terminate_as_exception() -> None:
         pass
 
 
+def _disk_full(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) is a full disk or quota: an OSError of
+    such an errno, or TensorStore's RESOURCE_EXHAUSTED (a ValueError) when a checkpoint's
+    arrays could not be written."""
+    from jaxmir.data.cache import DISK_FULL
+
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        text = str(error)
+        if "RESOURCE_EXHAUSTED" in text or "No space left on device" in text:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 def _show_input_warnings(command: str) -> None:
     """Print an `InputWarning` (an odd input worked around) as one line, above any progress
     bar; other warnings as Python does, but matplotlib's missing glyphs (an input's name in
@@ -1041,9 +1058,9 @@ def _main(args) -> int:
     if args.command in JAX_COMMANDS:
         _enable_compilation_cache()
     _show_input_warnings(args.command)
-    terminable = args.command == "train"
-    if terminable:  # before jax.distributed, whose own SIGTERM notifier would swallow it
-        _terminate_as_exception()
+    # every command: a SIGTERM exits 75 ("run me again"), not 143; before jax.distributed,
+    # whose own SIGTERM notifier would swallow it
+    _terminate_as_exception()
     try:
         _start_processes(args.command)
     except (RuntimeError, ValueError) as e:
@@ -1052,8 +1069,7 @@ def _main(args) -> int:
     except Terminated:  # while waiting for the other processes
         print(f"jaxmir {args.command}: stopped by SIGTERM while starting", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if terminable:
-        _terminate_as_exception()
+    _terminate_as_exception()
 
     try:
         return COMMANDS[args.command](args)
@@ -1076,9 +1092,10 @@ def _main(args) -> int:
         print(f"jaxmir {args.command}: interrupted{then if resumes else ''}", file=sys.stderr)
         return 130
     except Terminated:  # outside the training loop, whose own stop saves the step it is at
+        where = " outside the training steps" if args.command == "train" else ""
         print(
-            f"jaxmir {args.command}: stopped by SIGTERM outside the training steps; what "
-            "was written (corpus, features, checkpoints) is kept: run the same command again",
+            f"jaxmir {args.command}: stopped by SIGTERM{where}; what was written is kept: "
+            "run the same command again",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -1088,14 +1105,23 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except ValueError as e:
+        if not _disk_full(e):  # the checkpoint writer's full disk is a ValueError of its own
+            raise
+        from jaxmir.engine.checkpoint import first_line
+
+        print(
+            f"jaxmir {args.command}: error: no space left on the device ({first_line(e)}); what "
+            "was finished is kept: free some space and run the same command again",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as e:
         # a path that cannot be used as given (exists, not a folder, no permission, a
         # read-only file system), or a full disk: one line. Other OS errors (a failing file
         # system) keep their traceback: they are not the user's input.
         paths = ", ".join(str(f) for f in (e.filename, e.filename2) if f) or "(a file)"
-        from jaxmir.data.cache import DISK_FULL
-
-        if e.errno in DISK_FULL:
+        if _disk_full(e):
             print(
                 f"jaxmir {args.command}: error: {paths}: {e.strerror}; what was finished is "
                 "kept: free some space and run the same command again",

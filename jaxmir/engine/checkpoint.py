@@ -205,7 +205,9 @@ class Checkpointer:
             for step in sorted(self.manager.all_steps(), reverse=True):
                 attempt, reason = None, ""
                 try:
-                    attempt = (step, *self.restore(step, state_template, data_iterator))
+                    state, meta = self.restore(step, state_template, data_iterator)
+                    resumable_meta(meta)
+                    attempt = (step, state, meta)
                 except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
                     reason = first_line(e)
                     newest = newest or e
@@ -252,6 +254,17 @@ class Checkpointer:
         self.wait()
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
+
+
+def resumable_meta(meta: Any) -> None:
+    """ValueError where a checkpoint's meta does not say where its run stands (valid JSON of
+    other content: a resume failed on it with a KeyError, every time, the step kept)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta: not an object ({type(meta).__name__})")
+    for key in ("epoch", "step_in_epoch"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"meta: {key} is {value!r}, not a count")
 
 
 @contextlib.contextmanager

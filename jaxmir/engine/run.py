@@ -607,6 +607,11 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
                 piece_metrics=piece_metrics if cfg.train.eval_pieces_each_epoch else None,
                 hooks=hooks,
             )
+            # the last save is written while a signal is still a flag: one now (a second
+            # Ctrl-C, a pre-emption) must not abandon it half-way
+            checkpointer.wait()
+        if stop_signal.requested and not status.startswith("interrupted"):
+            status = f"interrupted: {stop_signal.requested} after the last step"  # not lost
     finally:
         checkpointer.close()
         if writer is not None:
@@ -618,7 +623,7 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
             pass
         elif jax.process_count() > 1:  # restoring on one process alone is not collective
             log("Decoding not calibrated in a multi-process run (defaults stay in use)")
-        elif not trained and (workdir / DECODE_FILE).is_file():
+        elif not trained and decoding_is_current(workdir, cfg):
             log(
                 f"Nothing left to train; decoding stays as {workdir / DECODE_FILE} holds it "
                 "(`jaxmir calibrate` chooses it again)"
@@ -707,6 +712,25 @@ def calibrate_decoding(
     pieces = result.get("val_pieces", "?")
     log(f"Decoding calibrated on {pieces} validation pieces: {result['decode']} -> {path}")
     return result
+
+
+def decoding_is_current(workdir: Path, cfg: Config) -> bool:
+    """Whether the run's decode.json was calibrated on the checkpoint `eval` restores (its best
+    one): a calibration cut short after more epochs left the older step's choice behind."""
+    path = Path(workdir) / DECODE_FILE
+    if not path.is_file():
+        return False
+    try:
+        step = read_json(path).get("step")
+    except (ConfigError, AttributeError):  # unreadable, or not an object: calibrate again
+        return False
+    ckpt = Checkpointer(
+        Path(workdir) / "checkpoints", monitor=cfg.train.monitor, mode=cfg.train.monitor_mode
+    )
+    try:
+        return step == ckpt.best_step()
+    finally:
+        ckpt.close()
 
 
 def stopping(predict, stop: StopSignal):

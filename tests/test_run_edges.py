@@ -1,0 +1,133 @@
+"""A run's edges that lost work or gave a wrong result: a SIGTERM while the last checkpoint is
+written, decoding calibrated on an older step, a checkpoint meta of other content, a SIGTERM to
+another command than train, and a checkpoint writer's full disk."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from jaxmir.cli import main
+from jaxmir.engine.checkpoint import Checkpointer
+
+
+def train_argv(workdir, beat_cache, *sets):
+    argv = ["train", "beat", "--preset", "tiny", "--workdir", str(workdir)]
+    argv += ["--data", str(beat_cache), "--no-progress"]
+    return argv + [x for s in sets for x in ("--set", s)]
+
+
+def steps(workdir) -> list[str]:
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def test_a_sigterm_while_the_last_checkpoint_is_written_keeps_it(
+    beat_cache, tmp_path, monkeypatch, capsys
+):
+    """The save of the last step was abandoned half-way (a tmp folder left, the epoch lost):
+    the wait for it ran after the loop's stop handler was gone, and the signal raised inside
+    it. Now the save completes, the run says it was stopped (exit 75) and the same command
+    then calibrates what it had trained."""
+    wd = tmp_path / "run"
+    wait = Checkpointer.wait
+    sent = []
+
+    def wait_signalled(self):
+        if self.directory == wd / "checkpoints" and not sent:
+            sent.append(1)
+            signal.raise_signal(signal.SIGTERM)  # a pre-emption just after the last step
+        return wait(self)
+
+    monkeypatch.setattr(Checkpointer, "wait", wait_signalled)
+    assert main(train_argv(wd, beat_cache)) == 75
+    assert sent and "Interrupted; checkpoint saved" in capsys.readouterr().out
+    saved = steps(wd)
+    assert saved and not any("tmp" in s for s in saved) and not (wd / "decode.json").exists()
+    monkeypatch.setattr(Checkpointer, "wait", wait)
+    assert main(train_argv(wd, beat_cache)) == 0
+    assert steps(wd) == saved and (wd / "decode.json").is_file()
+
+
+def test_decoding_of_an_older_step_is_calibrated_again(beat_cache, tmp_path, capsys):
+    """A calibration cut short after a run was extended kept the older step's decode.json,
+    and the same command said "decoding stays as decode.json holds it"."""
+    wd = tmp_path / "run"
+    assert main(train_argv(wd, beat_cache)) == 0
+    decode = json.loads((wd / "decode.json").read_text())
+    capsys.readouterr()
+    assert main(train_argv(wd, beat_cache)) == 0  # current: kept
+    assert "decoding stays as" in capsys.readouterr().out
+    (wd / "decode.json").write_text(json.dumps({**decode, "step": decode["step"] - 1}))
+    assert main(train_argv(wd, beat_cache)) == 0
+    out = capsys.readouterr().out
+    assert "decoding stays as" not in out and "Decoding calibrated" in out
+    assert json.loads((wd / "decode.json").read_text())["step"] == decode["step"]
+
+
+def test_a_checkpoint_whose_meta_says_nothing_of_the_run_is_moved_aside(
+    beat_cache, tmp_path, capsys
+):
+    """Valid JSON of other content in the newest meta: a KeyError on every resume, the step
+    kept. Now it is unreadable like any corrupt checkpoint: moved aside, resumed before it."""
+    wd = tmp_path / "run"
+    keep = "train.keep_latest=2"
+    assert main(train_argv(wd, beat_cache, keep)) == 0
+    first, newest = steps(wd)[0], steps(wd)[-1]
+    (wd / "checkpoints" / newest / "meta" / "metadata").write_text("{}")
+    assert main(train_argv(wd, beat_cache, keep, "train.epochs=3")) == 0
+    said = capsys.readouterr()
+    said = said.out + said.err
+    assert f"checkpoint {newest} is unreadable (ValueError: meta: epoch is None, not a count)" in said
+    assert f"resuming from step {first}" in said
+    assert (wd / "corrupt-checkpoints" / newest).is_dir()
+
+
+def test_sigterm_to_another_command_exits_75(beat_cache, tmp_path, monkeypatch, capsys):
+    """`--help` says SIGTERM exits 75 for any command; eval and export ended with 143."""
+    import jaxmir.engine.run
+
+    wd = tmp_path / "run"
+    assert main(train_argv(wd, beat_cache, "train.epochs=1")) == 0
+    capsys.readouterr()
+
+    def restore(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop eval")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(jaxmir.engine.run, "restore_for_inference", restore)
+    assert main(["eval", "beat", "--workdir", str(wd), "--no-progress"]) == 75
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "jaxmir eval: stopped by SIGTERM; what was written is kept: run the same command again"
+    ]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_full_disk_under_the_checkpoint_writer_is_one_line(
+    beat_cache, tmp_path, monkeypatch, capsys
+):
+    import jaxmir.engine.run
+
+    def full(*args, **kwargs):
+        raise ValueError(
+            "RESOURCE_EXHAUSTED: Error writing local file /x/d/abc: Failed writing "
+            "[OS error 28: No space left on device]"
+        )
+
+    monkeypatch.setattr(jaxmir.engine.run, "train", full)
+    assert main(train_argv(tmp_path / "run", beat_cache)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device (ValueError: RESOURCE_EXHAUSTED" in err[0]
+    assert err[0].endswith("free some space and run the same command again")
+
+    def other(*args, **kwargs):
+        raise ValueError("a bug of ours")
+
+    monkeypatch.setattr(jaxmir.engine.run, "train", other)
+    try:
+        main(train_argv(tmp_path / "run", beat_cache))
+    except ValueError as e:  # not a full disk: its traceback stays
+        assert str(e) == "a bug of ours"
+    else:
+        raise AssertionError("a ValueError that is no full disk was swallowed")
