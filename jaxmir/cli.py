@@ -183,10 +183,12 @@ def _parser() -> argparse.ArgumentParser:
         "file's own. Of several inputs, a file that cannot be "
         "read is skipped with its reason and the others are transcribed; the command then "
         "exits 1 (2 when no input could be read). A file of the other kind (audio given to beat, "
-        "MIDI to an audio task) stops the command (exit 2) before the model loads. Beat: for a "
-        "MIDI file that carries its own meter map (written from a score), a line on stderr "
-        "says how far the tracked beats agree with it (its beat, a half or a double of it; beat "
-        "and downbeat F).",
+        "MIDI to an audio task) stops the command (exit 2) before the model loads. Beat: a "
+        "MIDI file that reads as a score (its own meter map, its onsets on that map's grid) "
+        "is tracked at its notated beat level and read in bars of its time signature's length "
+        "(--set decode.notated_level=false / decode.notated_bars=false: from the notes alone), "
+        "and a line on stderr says how far the tracked beats agree with its map (its beat, a "
+        "half or a double of it; beat and downbeat F).",
     )
     r.add_argument("task", help=TASKS_HELP)
     r.add_argument("inputs", nargs="+", type=Path, help="files and/or folders")
