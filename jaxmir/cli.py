@@ -506,7 +506,10 @@ def cmd_eval(args) -> int:
     result.update(test_soundfont_record(cfg.data))
     # the settings used (calibrated or --set); files of the run named relative to it
     result["decode"] = relative_to(dataclasses.asdict(cfg.decode), args.workdir)
-    own = run_data(args.workdir, must_exist=False)
+    try:
+        own = run_data(args.workdir, must_exist=False)
+    except ValueError:  # run.json torn (CacheError; it asked for --data): scored on that cache
+        own = None
     name = args.split
     if args.data is not None and data_record(args.data) != (own and data_record(own)):
         result["data"] = data_record(cache.root)  # not the run's cache: export leaves it out

@@ -77,7 +77,9 @@ def test_a_checkpoint_whose_meta_says_nothing_of_the_run_is_moved_aside(
     assert main(train_argv(wd, beat_cache, keep, "train.epochs=3")) == 0
     said = capsys.readouterr()
     said = said.out + said.err
-    assert f"checkpoint {newest} is unreadable (ValueError: meta: epoch is None, not a count)" in said
+    assert (
+        f"checkpoint {newest} is unreadable (ValueError: meta: epoch is None, not a count)" in said
+    )
     assert f"resuming from step {first}" in said
     assert (wd / "corrupt-checkpoints" / newest).is_dir()
 
@@ -131,3 +133,22 @@ def test_a_full_disk_under_the_checkpoint_writer_is_one_line(
         assert str(e) == "a bug of ours"
     else:
         raise AssertionError("a ValueError that is no full disk was swallowed")
+
+
+def test_a_torn_run_json_is_resumed_and_scored_with_the_data_its_error_asks_for(
+    beat_cache, tmp_path, capsys
+):
+    """run.json cut short by a power loss: `train` and `eval` said "name the cache with
+    --data", then refused that too (train) or failed after scoring the whole split (eval)."""
+    wd = tmp_path / "run"
+    assert main(train_argv(wd, beat_cache, "train.epochs=1")) == 0
+    record = (wd / "run.json").read_text()
+    (wd / "run.json").write_text(record[:10])
+    capsys.readouterr()
+    assert main(["eval", "beat", "--workdir", str(wd), "--no-progress"]) == 2
+    assert "name the cache with --data" in capsys.readouterr().err
+    argv = ["eval", "beat", "--workdir", str(wd), "--no-progress", "--data", str(beat_cache)]
+    assert main([*argv, "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split"] == "val"
+    assert main(train_argv(wd, beat_cache, "train.epochs=2")) == 0
+    assert json.loads((wd / "run.json").read_text()) == json.loads(record)  # recorded anew

@@ -118,7 +118,10 @@ def check_same_data(workdir: Path, data: Path | str) -> None:
     records: its checkpoints' data order and its scores belong to the data it started on."""
     if not (Path(workdir) / RUN_FILE).is_file():
         return
-    own = run_data(workdir, must_exist=False)
+    try:
+        own = run_data(workdir, must_exist=False)
+    except CacheError:  # run.json torn: `data` is what its error asked for, recorded anew
+        return
     if own is None or Path(own).resolve() != Path(data).resolve():
         began = own or "the embedded corpus"
         raise ConfigError(
