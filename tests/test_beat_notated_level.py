@@ -119,3 +119,22 @@ def test_transcribe_tracks_a_score_at_its_notated_beat_and_says_so(tmp_path):
         "decode.notated_bars=false: from the notes)"
     )
     assert "taken from that map" not in notes[1] and "decode.min_bpm=48" in notes[1]
+
+
+def test_a_bar_length_is_a_pieces_choice_not_a_runs():
+    import pytest
+
+    from jaxmir.config import ConfigError
+
+    with pytest.raises(ConfigError, match="decode.bar_beats: the bar length of a piece"):
+        TASK.check_training(apply_overrides(TASK.preset("tiny"), ["decode.bar_beats=3"]))
+    with pytest.raises(ConfigError, match=r"decode.bar_beats: beats per bar, 1-16 \(0: any\)"):
+        TASK.check_decode(apply_overrides(TASK.preset("tiny"), ["decode.bar_beats=17"]))
+
+
+def test_bars_of_one_given_length():
+    from jaxmir.tasks.beat.bar_lengths import bar_downbeats
+
+    p = np.tile([0.9, 0.3, 0.55], 6)  # bars of 3; a third beat the taggers half hear
+    assert np.flatnonzero(bar_downbeats(p, 0.1, 0.1, (3,))).tolist() == list(range(0, 18, 3))
+    assert np.median(np.diff(np.flatnonzero(bar_downbeats(p, 0.1, 0.1, (2,))))) == 2

@@ -978,12 +978,17 @@ class BeatTask(PieceTask):
         return [midi_path, outdir / f"{stem}_beats.csv", outdir / f"{stem}_downbeats.csv"]
 
     def check_training(self, cfg: Config) -> None:
-        """Tempo bounds are one piece's choice at decoding (`eval` / `transcribe --set`); a
-        run would validate with them and calibrate without them."""
+        """Tempo bounds and a bar length are one piece's choice at decoding (`eval` /
+        `transcribe --set`); a run would validate with them and calibrate without them."""
         if cfg.decode.min_bpm or cfg.decode.max_bpm:
             raise ConfigError(
                 "decode.min_bpm, decode.max_bpm: bounds for decoding a piece whose tempo you "
                 "know (jaxmir eval / transcribe --set), not for training"
+            )
+        if cfg.decode.bar_beats:
+            raise ConfigError(
+                "decode.bar_beats: the bar length of a piece whose meter you know (jaxmir eval "
+                "/ transcribe --set), not for training (its validation pieces' bars differ)"
             )
 
     def input_decode_config(self, path: Path, cfg: Config) -> Config:
