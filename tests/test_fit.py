@@ -45,6 +45,12 @@ def test_readme_example_runs_as_written_and_learns(tmp_path):
         assert (tmp_path / result.workdir / name).exists(), name
     events = list((tmp_path / result.workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0  # the README's "TensorBoard"
+    # load_fitted: the best checkpoint's predictions, any batch size
+    from jaxmir.engine.checkpoint import Checkpointer
+
+    best = Checkpointer(tmp_path / result.workdir / "checkpoints", monitor="val_accuracy")
+    assert ns["step"] == best.best_step()
+    assert ns["predict"](ns["x"][:3]).shape == (3, 16, 3)
 
 
 def test_killed_and_resumed_is_bit_identical(tmp_path):

@@ -4,14 +4,14 @@
 import with jax, flax and optax alone (e.g. on an accelerator host without the data stack).
 """
 
-__all__ = ["RunResult", "fit", "train"]
+__all__ = ["RunResult", "fit", "load_fitted", "train"]
 
 
 def __getattr__(name: str):
-    if name == "fit":
-        from jaxmir.engine.fitting import fit
+    if name in ("fit", "load_fitted"):
+        from jaxmir.engine import fitting
 
-        return fit
+        return getattr(fitting, name)
     if name in __all__:
         from jaxmir.engine import run
 

@@ -162,3 +162,20 @@ def fit(
         )
     task = CustomTask(model, loss, train_data, val_data, evaluate)
     return run_train(task, cfg, workdir, devices=devices, progress=progress, log=log)
+
+
+def load_fitted(
+    model: nn.Module, workdir: Path | str, example: Mapping, *, step: int | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """(predict, step) of a `fit` run in `workdir`: its best checkpoint by `train.monitor` (the
+    latest where none is ranked), or `step`, on one device. `predict(x_batch) -> numpy
+    outputs` runs those weights in inference mode on a batch of any size; `example` is one
+    example as the run's data held them (a dict with "x"), for the input's shape."""
+    from jaxmir.engine.run import make_predict, restore_for_inference
+
+    def no_loss(*args):
+        raise RuntimeError("load_fitted restores weights for inference; it does not train")
+
+    task = CustomTask(model, no_loss, grain.MapDataset.source([dict(example)]))
+    _, mesh, state, step = restore_for_inference(task, workdir, step)
+    return make_predict(mesh, state), step
