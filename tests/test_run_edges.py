@@ -152,3 +152,22 @@ def test_a_torn_run_json_is_resumed_and_scored_with_the_data_its_error_asks_for(
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split"] == "val"
     assert main(train_argv(wd, beat_cache, "train.epochs=2")) == 0
     assert json.loads((wd / "run.json").read_text()) == json.loads(record)  # recorded anew
+
+
+def test_a_stop_inside_another_sees_the_signal_the_outer_one_caught():
+    """A SIGTERM while beat's tagger run started (caught by the calibration's stop) was acted
+    on only after the whole tagger had trained: the tagger run's own stop, installed later,
+    never saw it."""
+    import os
+
+    from jaxmir.engine.loop import StopSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignal() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert outer.requested == "SIGTERM"
+        with StopSignal() as inner:
+            assert inner.requested == "SIGTERM" and inner.poll() == "SIGTERM"
+    with StopSignal() as outer, StopSignal() as inner:  # no signal: neither stops
+        assert outer.requested is None and inner.requested is None
+    assert signal.getsignal(signal.SIGTERM) == before

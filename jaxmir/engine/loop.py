@@ -52,7 +52,13 @@ class StopSignal:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals can't be caught here
-                pass
+                continue
+            # a stop around this one (calibration around beat's tagger run) caught a signal
+            # before this one was installed: this one's loop must stop on it too (it trained
+            # the whole tagger first)
+            outer = getattr(self._previous[sig], "__self__", None)
+            if isinstance(outer, StopSignal) and outer.requested and not self.requested:
+                self.requested = outer.requested
         return self
 
     def _handle(self, signum, frame):
