@@ -29,7 +29,8 @@ EXIT_STATUS = """
 exit status:
   0    done
   1    some inputs skipped (transcribe, features: the others written), a run stopped by a NaN
-       loss (its last good checkpoint kept), a full disk, or an unexpected error
+       loss (its last good checkpoint kept), eval's scores printed but not recorded in the
+       run, a full disk, or an unexpected error
   2    bad usage: an unknown task, preset, config key or value; missing, empty or unreadable
        data; a busy workdir (one line on stderr, nothing written)
   75   stopped by SIGTERM (any command), or train by Ctrl-C, keeping what was written (a
@@ -517,9 +518,17 @@ def cmd_eval(args) -> int:
         digest = hashlib.sha1(result["data"].encode()).hexdigest()[:8]
         name = f"{args.split}@{Path(cache.root).name}-{digest}"
     out = args.workdir / "eval" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    print(json.dumps(result))  # before the record: a run folder it cannot write loses nothing
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    except OSError as e:
+        print(
+            f"jaxmir eval: warning: scores not recorded in {out} ({e.strerror or e}); export "
+            "will not see them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -171,3 +171,17 @@ def test_a_stop_inside_another_sees_the_signal_the_outer_one_caught():
     with StopSignal() as outer, StopSignal() as inner:  # no signal: neither stops
         assert outer.requested is None and inner.requested is None
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_eval_prints_its_scores_before_recording_them(beat_cache, tmp_path, capsys):
+    """A run folder eval could not write (read-only; here `eval` is a file) lost the scores of a
+    whole split: they were printed after the record. Now they are printed, the record's
+    failure named, exit 1."""
+    wd = tmp_path / "run"
+    assert main(train_argv(wd, beat_cache, "train.epochs=1")) == 0
+    (wd / "eval").write_text("not a folder")
+    capsys.readouterr()
+    assert main(["eval", "beat", "--workdir", str(wd), "--no-progress", "--split", "val"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["split"] == "val"
+    assert f"warning: scores not recorded in {wd / 'eval' / 'val.json'}" in err
