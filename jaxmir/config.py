@@ -419,12 +419,13 @@ def _check_training(flat: dict) -> None:
             f"train.grad_accum: {accum} micro-batches must divide train.batch_size={batch}"
         )
     monitor = flat["train.monitor"]
-    validated = flat["train.val_steps"] > 0 or flat["train.eval_pieces_each_epoch"]
-    if monitor.startswith("val_") and not validated:
-        raise ConfigError(
-            f"train.monitor: {monitor} is never logged: train.val_steps is 0 and "
-            "train.eval_pieces_each_epoch false (monitor a training metric, or validate)"
-        )
+    if monitor.startswith("val_") and flat["train.val_steps"] == 0:
+        if monitor == "val_loss" or not flat["train.eval_pieces_each_epoch"]:
+            why = "" if monitor == "val_loss" else " and train.eval_pieces_each_epoch false"
+            raise ConfigError(
+                f"train.monitor: {monitor} is never logged: train.val_steps is 0{why} (the "
+                "validation loss comes from its batches; monitor a training metric, or validate)"
+            )
 
 
 def read_json(path: Path) -> Any:

@@ -138,3 +138,34 @@ def test_bars_of_one_given_length():
     p = np.tile([0.9, 0.3, 0.55], 6)  # bars of 3; a third beat the taggers half hear
     assert np.flatnonzero(bar_downbeats(p, 0.1, 0.1, (3,))).tolist() == list(range(0, 18, 3))
     assert np.median(np.diff(np.flatnonzero(bar_downbeats(p, 0.1, 0.1, (2,))))) == 2
+
+
+def test_a_pickup_bar_of_its_own_meter_keeps_the_bar_length_and_odd_beats_take_no_bounds(
+    tmp_path,
+):
+    from jaxmir.tasks.beat.agreement import bounds_of_beat
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=90.0)  # a 1/4 pickup bar, then 3/4
+    pm.time_signature_changes += [
+        pretty_midi.TimeSignature(1, 4, 0.0),
+        pretty_midi.TimeSignature(3, 4, 60 / 90),
+    ]
+    piano = pretty_midi.Instrument(0)
+    for i in range(1 + 3 * 12):
+        t = i * 60 / 90
+        piano.notes.append(pretty_midi.Note(90 if i % 3 == 1 else 60, 60 + i % 7, t, t + 0.5))
+    pm.instruments.append(piano)
+    pm.write(str(tmp_path / "waltz.mid"))
+    assert file_meter(tmp_path / "waltz.mid").bar_beats == 3
+    # a notated beat outside what decoding takes (10-1000 per minute): no bounds at all
+    lo, hi = bounds_of_beat(60 / 9)
+    assert lo >= hi
+    assert bounds_of_beat(1.0) == pytest.approx((48.0, 75.0))
+
+
+def test_a_bar_length_needs_the_taggers_downbeats():
+    from jaxmir.config import ConfigError
+
+    cfg = apply_overrides(TASK.preset("tiny"), ["decode.bar_beats=3"])  # downbeats: peaks
+    with pytest.raises(ConfigError, match="decode.bar_beats: bars of the downbeat taggers"):
+        TASK.check_decode(cfg)

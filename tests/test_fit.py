@@ -167,6 +167,7 @@ def test_fit_refuses_what_it_cannot_train_on_before_making_the_workdir(tmp_path)
         (dict(terminate_on_nan="yes"), "train.terminate_on_nan: expected true or false"),
         # a validation score with no validation: known before the first epoch, not after it
         (dict(val_steps=0, monitor="val_accuracy"), "train.monitor: val_accuracy is never"),
+        (dict(val_steps=0), "train.monitor: val_loss is never logged: train.val_steps is 0 ("),
     ]
     for i, (kwargs, message) in enumerate(cases):
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -185,3 +185,18 @@ def test_eval_prints_its_scores_before_recording_them(beat_cache, tmp_path, caps
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["split"] == "val"
     assert f"warning: scores not recorded in {wd / 'eval' / 'val.json'}" in err
+
+
+def test_a_run_stopped_early_is_calibrated_by_the_same_command(beat_cache, tmp_path, capsys):
+    """An early-stopped run whose calibration was cut short: the same command said "nothing
+    to resume" and returned before calibrating, so eval decoded with the defaults."""
+    wd = tmp_path / "run"
+    # beat_at_level stays 0 on the tiny model: epoch 2 does not improve, patience 1 stops it
+    sets = ("train.epochs=4", "train.monitor=val_beat_at_level", "train.early_stop_patience=1")
+    assert main(train_argv(wd, beat_cache, *sets)) == 0
+    assert "stopped" in capsys.readouterr().out
+    (wd / "decode.json").unlink()  # as a signal during its calibration leaves it
+    assert main(train_argv(wd, beat_cache, *sets)) == 0
+    out = capsys.readouterr().out
+    assert "nothing to resume" in out and "Decoding calibrated" in out
+    assert (wd / "decode.json").is_file()

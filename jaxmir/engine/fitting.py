@@ -146,11 +146,13 @@ def fit(
     if val_data is not None:
         _check_data(val_data, "val_data")
     t = cfg.train
-    if t.monitor.startswith("val_") and not t.val_steps and evaluate is None:
-        raise ConfigError(
-            f"train.monitor: {t.monitor} is never logged: train.val_steps is 0 and no "
-            "evaluate is given (monitor a training metric, or validate)"
-        )
+    if t.monitor.startswith("val_") and not t.val_steps:
+        if t.monitor == "val_loss" or evaluate is None:
+            why = "" if t.monitor == "val_loss" else " and no evaluate is given"
+            raise ConfigError(
+                f"train.monitor: {t.monitor} is never logged: train.val_steps is 0{why} (the "
+                "validation loss comes from its batches; monitor a training metric, or validate)"
+            )
     val_n = len(val_data if val_data is not None else train_data)
     read = t.val_steps * t.val_batch_size
     if t.val_steps and read != val_n:

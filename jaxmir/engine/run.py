@@ -100,6 +100,8 @@ def run_data(workdir: Path | str, must_exist: bool = True) -> Path | None:
         record = read_json(path)
     except ConfigError as e:
         raise CacheError(f"{e}; name the cache with --data (Python: data=)") from None
+    if not isinstance(record, dict):
+        raise CacheError(f"{path}: not a record of the run's data; name the cache with --data")
     if record.get("embedded") or not record.get("data"):
         return None
     data = Path(record["data"])
@@ -529,10 +531,11 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
                 f"{workdir}: this run was stopped early at step {latest}; nothing to resume "
                 f"(to train on: train.early_stop_patience above {waited}, or null)"
             )
+            status = "stopped"
+            if is_primary():  # its calibration cut short before: the same command does it
+                status = _decoding_at_end(task, cfg, workdir, cache, False, progress, log, status)
             history = run_history(workdir / "metrics.jsonl") if is_primary() else None
-            return RunResult(
-                workdir, state, history or {"train": [], "validate": []}, "stopped", 0.0
-            )
+            return RunResult(workdir, state, history or {"train": [], "validate": []}, status, 0.0)
         if meta.get("status") == "stopped":
             log(f"{workdir}: stopped early at step {latest}; training on with {', '.join(changed)}")
         if plan.start_epoch >= plan.epochs:  # not "epoch 3" of a finished 2-epoch run
@@ -613,7 +616,7 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
             # the last save is written while a signal is still a flag: one now (a second
             # Ctrl-C, a pre-emption) must not abandon it half-way
             checkpointer.wait()
-        if stop_signal.requested and not status.startswith("interrupted"):
+        if stop_signal.requested and status == "finished":  # a signal after the last poll
             status = f"interrupted: {stop_signal.requested} after the last step"  # not lost
     finally:
         checkpointer.close()
@@ -622,33 +625,44 @@ def _train(task, cfg: Config, workdir: Path, data, cache, *, devices, progress, 
     trained = latest is None or int(jax.device_get(state.step)) > latest  # steps this call
     if is_primary():
         plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
-        if status.startswith("interrupted") or cache is None:
-            pass
-        elif jax.process_count() > 1:  # restoring on one process alone is not collective
-            log("Decoding not calibrated in a multi-process run (defaults stay in use)")
-        elif not trained and decoding_is_current(workdir, cfg):
-            log(
-                f"Nothing left to train; decoding stays as {workdir / DECODE_FILE} holds it "
-                "(`jaxmir calibrate` chooses it again)"
-            )
-        else:  # a stop now is honoured at the next model call, not by the default kill
-            with StopSignal() as calibration_stop:
-                try:
-                    calibrate_decoding(
-                        task, workdir, cache, progress=progress, log=log, stop=calibration_stop
-                    )
-                except Interrupted as e:  # here, or in a run of its own (beat's taggers)
-                    signal_name = calibration_stop.agreed or (e.args[0] if e.args else "a signal")
-                    status = f"interrupted: {signal_name} while calibrating"
-                    log(
-                        f"Stopped by {signal_name} while calibrating decoding: the training is "
-                        "saved; the same command calibrates it"
-                    )
+        status = _decoding_at_end(task, cfg, workdir, cache, trained, progress, log, status)
     seconds = time.time() - t0
     log(f"Run {status} after {seconds:.1f} s; outputs in {workdir}")
     if latest is not None and is_primary():  # resumed: the whole run's epochs, not this call's
         history = run_history(workdir / "metrics.jsonl")
     return RunResult(workdir, state, history, status, seconds)
+
+
+def _decoding_at_end(task, cfg: Config, workdir: Path, cache, trained: bool, progress, log, status):
+    """Calibrate the run's decoding once its training is over (`status` not interrupted: the
+    best checkpoint of a run that finished, stopped early or failed on a NaN; `trained`: this
+    call took steps), unless its decode.json is of the checkpoint eval
+    restores already; returns the run's status ("interrupted: ... while calibrating" where a
+    signal cut it short: the same command calibrates it)."""
+    if status.startswith("interrupted") or cache is None:
+        return status
+    if jax.process_count() > 1:  # restoring on one process alone is not collective
+        log("Decoding not calibrated in a multi-process run (defaults stay in use)")
+        return status
+    if not trained and decoding_is_current(workdir, cfg):
+        log(
+            f"Nothing left to train; decoding stays as {workdir / DECODE_FILE} holds it "
+            "(`jaxmir calibrate` chooses it again)"
+        )
+        return status
+    with StopSignal() as calibration_stop:  # a stop is honoured at the next model call
+        try:
+            calibrate_decoding(
+                task, workdir, cache, progress=progress, log=log, stop=calibration_stop
+            )
+        except Interrupted as e:  # here, or in a run of its own (beat's taggers)
+            signal_name = calibration_stop.agreed or (e.args[0] if e.args else "a signal")
+            log(
+                f"Stopped by {signal_name} while calibrating decoding: the training is saved; "
+                "the same command calibrates it"
+            )
+            return f"interrupted: {signal_name} while calibrating"
+    return status
 
 
 def run_history(path: Path) -> dict[str, list[dict]]:

@@ -122,7 +122,10 @@ def bounds_of_beat(beat_s: float, whole: bool = False) -> tuple[float, float]:
     """Tempo bounds (bpm) within `HINT_FACTOR` either way of a beat every `beat_s` seconds,
     within `BOUNDS_RANGE` (`whole`: widened to whole numbers, as a user types them); not a
     range (low >= high) where the beat lies outside what decoding accepts."""
-    lo, hi = bounds_around(60.0 / beat_s, HINT_FACTOR)
+    bpm = 60.0 / beat_s
+    if not BOUNDS_RANGE[0] <= bpm <= BOUNDS_RANGE[1]:  # bounds around it would exclude it
+        return BOUNDS_RANGE[0], BOUNDS_RANGE[0]
+    lo, hi = bounds_around(bpm, HINT_FACTOR)
     if whole:
         lo, hi = math.floor(lo), math.ceil(hi)
     return max(lo, BOUNDS_RANGE[0]), min(hi, BOUNDS_RANGE[1])
@@ -208,8 +211,9 @@ class FileMeter:
 
     @property
     def is_score(self) -> bool:
-        """Whether the file reads as a score: a map of its own and nearly all onsets on its
-        grid (`MIN_ON_GRID`; a performance at some tempo has a quarter to a third)."""
+        """Whether the file reads as a score: a map of its own and at least `MIN_ON_GRID` of
+        its onsets on that map's grid (a score has nearly all, a performance at some tempo a
+        quarter to a third)."""
         return not self.default_map and self.on_grid >= MIN_ON_GRID
 
     @property
@@ -222,11 +226,15 @@ class FileMeter:
 
     @property
     def bar_beats(self) -> int | None:
-        """Beats per bar of a score whose every bar has as many; else None."""
+        """Beats per bar of a score whose every bar has as many (but a first bar of its own,
+        a pickup); else None."""
         if not self.is_score:
             return None
         at = np.searchsorted(self.piece.beats, self.piece.downbeats)
-        lengths = set(np.diff(at).tolist())
+        bars = np.diff(at).tolist()
+        if len(bars) >= 3:  # a pickup written as a short bar of its own meter (1/4, then 3/4)
+            bars = bars[1:]
+        lengths = set(bars)
         return int(lengths.pop()) if len(lengths) == 1 else None
 
 

@@ -530,6 +530,11 @@ class BeatTask(PieceTask):
             raise ConfigError(
                 f"decode.bar_beats: beats per bar, 1-{MAX_BAR_BEATS} (0: any), got {d.bar_beats}"
             )
+        if d.bar_beats and d.downbeats != "tagger":
+            raise ConfigError(
+                "decode.bar_beats: bars of the downbeat taggers (decode.downbeats=tagger); "
+                f"the downbeats here are {d.downbeats!r}"
+            )
         for key in ("beat_threshold", "downbeat_threshold", "tagger_threshold"):
             if not 0.0 <= getattr(d, key) <= 1.0:
                 raise ConfigError(f"decode.{key}: a probability in [0, 1], got {getattr(d, key)}")
@@ -670,9 +675,9 @@ class BeatTask(PieceTask):
         training pieces' only when a tagger is trained, once for both taggers).
         Returns the chosen `decode` values plus the validation scores before and after, or
         None when the config does not ask for it. Tempo bounds (`decode.min_bpm`,
-        `max_bpm`) are a user's choice for a piece, never calibrated: calibration decodes
-        without them."""
-        d = dataclasses.replace(cfg.decode, min_bpm=0.0, max_bpm=0.0)
+        `max_bpm`) and a bar length (`decode.bar_beats`) are a user's choice for a piece, never
+        calibrated: calibration decodes without them."""
+        d = dataclasses.replace(cfg.decode, min_bpm=0.0, max_bpm=0.0, bar_beats=0)
         cfg = dataclasses.replace(cfg, decode=d)
         names = cache.names("val")
         if not d.calibrate or not names:
