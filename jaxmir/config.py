@@ -418,14 +418,25 @@ def _check_training(flat: dict) -> None:
         raise ConfigError(
             f"train.grad_accum: {accum} micro-batches must divide train.batch_size={batch}"
         )
-    monitor = flat["train.monitor"]
-    if monitor.startswith("val_") and flat["train.val_steps"] == 0:
-        if monitor == "val_loss" or not flat["train.eval_pieces_each_epoch"]:
-            why = "" if monitor == "val_loss" else " and train.eval_pieces_each_epoch false"
-            raise ConfigError(
-                f"train.monitor: {monitor} is never logged: train.val_steps is 0{why} (the "
-                "validation loss comes from its batches; monitor a training metric, or validate)"
-            )
+    check_monitor_logged(
+        flat["train.monitor"],
+        flat["train.val_steps"],
+        None if flat["train.eval_pieces_each_epoch"] else "train.eval_pieces_each_epoch false",
+    )
+
+
+def check_monitor_logged(monitor: str, val_steps: int, no_scores: str | None) -> None:
+    """ConfigError where `monitor` names a validation metric no epoch logs: with no validation
+    batches (`val_steps` 0) there is no val_loss, and no other val_* where `no_scores` says
+    why nothing else scores the validation data (it failed after the first epoch)."""
+    if not monitor.startswith("val_") or val_steps:
+        return
+    if monitor == "val_loss" or no_scores:
+        why = "" if monitor == "val_loss" else f" and {no_scores}"
+        raise ConfigError(
+            f"train.monitor: {monitor} is never logged: train.val_steps is 0{why} (the "
+            "validation loss comes from its batches; monitor a training metric, or validate)"
+        )
 
 
 def read_json(path: Path) -> Any:

@@ -37,7 +37,14 @@ import grain
 import jax
 import numpy as np
 
-from jaxmir.config import Config, ConfigError, OptimConfig, TrainConfig, checked_section
+from jaxmir.config import (
+    Config,
+    ConfigError,
+    OptimConfig,
+    TrainConfig,
+    check_monitor_logged,
+    checked_section,
+)
 from jaxmir.tasks.base import NoConfig, Task
 
 
@@ -146,13 +153,9 @@ def fit(
     if val_data is not None:
         _check_data(val_data, "val_data")
     t = cfg.train
-    if t.monitor.startswith("val_") and not t.val_steps:
-        if t.monitor == "val_loss" or evaluate is None:
-            why = "" if t.monitor == "val_loss" else " and no evaluate is given"
-            raise ConfigError(
-                f"train.monitor: {t.monitor} is never logged: train.val_steps is 0{why} (the "
-                "validation loss comes from its batches; monitor a training metric, or validate)"
-            )
+    check_monitor_logged(
+        t.monitor, t.val_steps, "no evaluate is given" if evaluate is None else None
+    )
     val_n = len(val_data if val_data is not None else train_data)
     read = t.val_steps * t.val_batch_size
     if t.val_steps and read != val_n:
