@@ -200,3 +200,31 @@ def test_a_run_stopped_early_is_calibrated_by_the_same_command(beat_cache, tmp_p
     out = capsys.readouterr().out
     assert "nothing to resume" in out and "Decoding calibrated" in out
     assert (wd / "decode.json").is_file()
+
+
+def test_eval_beside_a_training_run_that_prunes_the_best_step_restores_the_new_best(
+    beat_cache, tmp_path, monkeypatch
+):
+    """A train beside an eval pruned the step eval had chosen as best before eval read it:
+    eval failed, naming a checkpoint that no longer existed. Now it chooses again."""
+    import shutil
+
+    from jaxmir.engine.run import restore_for_inference
+    from jaxmir.tasks.beat.task import TASK
+
+    wd = tmp_path / "run"
+    assert main(train_argv(wd, beat_cache, "train.keep_latest=3", "train.epochs=3")) == 0
+    saved = steps(wd)
+    assert len(saved) >= 2
+    restore, tried = Checkpointer.restore, []
+
+    def restore_after_a_prune(self, step, *args, **kwargs):
+        if not tried:  # the train beside it prunes this step now
+            shutil.rmtree(self.directory / str(step))
+        tried.append(step)
+        return restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "restore", restore_after_a_prune)
+    _cfg, _mesh, _state, step = restore_for_inference(TASK, wd)
+    assert len(tried) == 2 and step == tried[1] != tried[0]
+    assert str(step) in steps(wd) and str(tried[0]) not in steps(wd)

@@ -252,24 +252,43 @@ def restore_for_inference(
         exported = " (an exported model folder has none)" if is_model_folder(workdir) else ""
         raise RestoreError(f"{ckpt_dir}: no checkpoint to restore{exported}")
     ckpt = Checkpointer(ckpt_dir, monitor=cfg.train.monitor, mode=cfg.train.monitor_mode)
-    steps = ckpt.manager.all_steps()
-    step = step if step is not None else ckpt.best_step()
-    if step not in steps:
-        ckpt.close()
-        raise RestoreError(f"{ckpt_dir}: no checkpoint at step {step} (saved: {list(steps)})")
     mesh = make_mesh(jax.devices()[:1])
     try:
-        with abandoned_reads_dropped():
-            state, _ = ckpt.restore(step, abstract_state(task, cfg, mesh))
-    except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
-        raise RestoreError(
-            f"{ckpt_dir / str(step)}: cannot be read ({first_line(e)}); saved steps: "
-            f"{list(steps)} (eval --step N scores another; move this one out of {ckpt_dir} "
-            "to use the best of the others)"
-        ) from None
+        state, step = _restore_best_or(ckpt, step, abstract_state(task, cfg, mesh))
     finally:
         ckpt.close()
     return cfg, mesh, state, step
+
+
+def _restore_best_or(ckpt: Checkpointer, step: int | None, template, tries: int = 3):
+    """(state, step) of checkpoint `step`, or of the best one. A training run beside this one
+    (eval while it trains) may prune the best step between its choice and its read: the step
+    then no longer exists, and the best is chosen again among those now saved."""
+    attempt = 1
+    while True:
+        steps = ckpt.manager.all_steps()
+        chosen = step if step is not None else ckpt.best_step()
+        if chosen not in steps:
+            raise RestoreError(
+                f"{ckpt.directory}: no checkpoint at step {chosen} (saved: {list(steps)})"
+            )
+        try:
+            with abandoned_reads_dropped():
+                state, _ = ckpt.restore(chosen, template)
+            return state, chosen
+        except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and JSON raise many kinds
+            pruned = not (ckpt.directory / str(chosen)).exists()
+            if step is None and pruned and attempt < tries:
+                attempt += 1
+                ckpt.manager.reload()
+                continue
+            gone = " (removed while it was read: a training run beside this one pruned it)"
+            raise RestoreError(
+                f"{ckpt.directory / str(chosen)}: cannot be read ({first_line(e)})"
+                f"{gone if pruned else ''}; saved steps: {list(ckpt.manager.all_steps())} "
+                f"(eval --step N scores another; move this one out of {ckpt.directory} to "
+                "use the best of the others)"
+            ) from None
 
 
 @dataclasses.dataclass
