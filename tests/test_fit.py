@@ -322,3 +322,66 @@ def test_a_tasks_train_refuses_another_tasks_config(tmp_path):
     with pytest.raises(ConfigError, match="the config is task 'music''s, not 'beat''s"):
         beat.train(MUSIC.preset("tiny"), workdir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_or_loss_that_fails_only_once_training_runs_is_refused_first(tmp_path):
+    """A model needing a collection fit does not keep failed inside flax after the workdir was
+    made; a metric of more than one number failed at the first log line without its name; a
+    metric named `loss` replaced the loss, an `evaluate` score named like a metric replaced
+    the metric, both unsaid."""
+    import flax.linen as nn
+    import grain
+    import jax.numpy as jnp
+    import optax
+    import pytest
+
+    from jaxmir.config import ConfigError, TrainConfig
+    from jaxmir.engine import fit
+
+    class Tagger(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(3)(x)
+
+    class Counting(nn.Module):  # a collection of its own, read in every call
+        @nn.compact
+        def __call__(self, x, train=False):
+            seen = self.variable("counts", "seen", jnp.zeros, ())
+            return nn.Dense(3)(x) + 0 * seen.value
+
+    def loss_with(metrics):
+        def loss(apply_fn, variables, batch, rng, train):
+            logits = apply_fn(variables, batch["x"], train=train)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+            return ce.mean(), (metrics(logits, ce), {})
+
+        return loss
+
+    accuracy = loss_with(lambda logits, ce: {"acc": (logits.argmax(-1) == 0).mean()})
+    x = np.random.default_rng(0).normal(size=(16, 4, 6)).astype(np.float32)
+    data = grain.MapDataset.source([{"x": a, "y": np.zeros(4, np.int32)} for a in x])
+    settings = TrainConfig(epochs=1, steps_per_epoch=2, val_steps=1, batch_size=8, val_batch_size=8)
+    kwargs = dict(train=settings, progress=False, log=lambda line: None)
+    cases = [
+        (Counting(), accuracy, "model: its variable collection(s) ['counts'] are not kept"),
+        (Tagger(), loss_with(lambda _, ce: {"rows": ce.mean(-1)}), "metric 'rows' has shape (8,)"),
+        (Tagger(), loss_with(lambda _, ce: {"loss": ce.sum()}), "a metric named 'loss'"),
+        (Tagger(), lambda *a: accuracy(*a)[0], "loss: returned ShapeDtypeStruct, expected ("),
+        (Tagger(), lambda *a: (a[2]["x"].sum(-1), ({}, {})), "the loss has shape (8, 4)"),
+    ]
+    for i, (model, loss, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            fit(model, loss, data, workdir=tmp_path / str(i), **kwargs)
+        assert not (tmp_path / str(i)).exists()
+    with pytest.raises(ConfigError, match="'acc' names a metric the loss returns"):
+        fit(
+            Tagger(),
+            accuracy,
+            data,
+            workdir=tmp_path / "ev",
+            evaluate=lambda p: {"acc": 1.0},
+            **kwargs,
+        )
+    # the same model and loss train as before
+    result = fit(Tagger(), accuracy, data, workdir=tmp_path / "ok", **kwargs)
+    assert result.status == "finished" and set(result.history["validate"][-1]) >= {"acc", "loss"}

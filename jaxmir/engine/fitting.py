@@ -25,6 +25,11 @@ What it expects:
 - `evaluate(predict) -> dict`: optional scores of the validation data each epoch (monitorable
   as `val_<name>`); `predict(x_batch) -> outputs` runs the current weights (a batch of any
   size: it is padded to a multiple of the devices and the padding dropped).
+
+Before the workdir is made, the model and loss are traced (not run) on a batch of the first
+example: a collection the model cannot do without other than "params" and "batch_stats", a
+loss of another shape, a metric of more than one number or one named `loss` are refused there
+rather than after the first steps; an `evaluate` score may not take a metric's name.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from jaxmir.config import (
     check_monitor_logged,
     checked_section,
 )
+from jaxmir.engine.checkpoint import first_line
 from jaxmir.tasks.base import NoConfig, Task
 
 
@@ -64,6 +70,7 @@ class CustomTask(Task):
     ):
         self._model, self._loss, self._evaluate = model, loss, evaluate
         self._data = {"train": train_data, "val": val_data if val_data is not None else train_data}
+        self.batch_metrics: frozenset[str] = frozenset()  # the loss's, where known
 
     def model(self, cfg: Config) -> nn.Module:
         return self._model
@@ -82,17 +89,24 @@ class CustomTask(Task):
     def evaluate(self, predict, cfg, cache, split, progress=False) -> dict[str, float]:
         if self._evaluate is None:
             return {}
-        return _scores(self._evaluate(predict))
+        return _scores(self._evaluate(predict), self.batch_metrics)
 
 
-def _scores(scores) -> dict[str, float]:
+def _scores(scores, batch_metrics: frozenset[str] = frozenset()) -> dict[str, float]:
     """`evaluate`'s result as {name: float}; ConfigError naming what is not a number (it
-    failed in the epoch's log line, after the epoch had trained and before it was saved)."""
+    failed in the epoch's log line, after the epoch had trained and before it was saved), or
+    a name the validation batches already log (`loss`, the loss's `batch_metrics`)."""
     if not isinstance(scores, Mapping):
         raise ConfigError(f"evaluate: returned {type(scores).__name__}, not a dict of numbers")
     out = {}
     if "loss" in scores:  # logged as val_loss, it would replace the validation loss unsaid
         raise ConfigError("evaluate: 'loss' names the validation loss; call the score otherwise")
+    taken = sorted(set(map(str, scores)) & batch_metrics)
+    if taken:  # logged as val_<name> too: one of the two would replace the other unsaid
+        raise ConfigError(
+            f"evaluate: {taken[0]!r} names a metric the loss returns (logged as val_{taken[0]} "
+            "from the validation batches); call the score otherwise"
+        )
     for name, value in scores.items():
         v = np.asarray(value)
         if v.ndim or not np.issubdtype(v.dtype, np.number):
@@ -116,6 +130,74 @@ def _check_data(ds: grain.MapDataset, name: str) -> None:
             f"{name}: examples must be dicts with an 'x' entry (the model's input); the "
             f"first has {what}"
         )
+
+
+KEPT_COLLECTIONS = ("params", "batch_stats")  # what a TrainState holds of a model's variables
+
+
+def _check_model_and_loss(
+    model: nn.Module, loss: Callable, data: grain.MapDataset, batch_size: int
+) -> frozenset[str]:
+    """The names of the metrics `loss` returns, traced (not run) on a batch of the first
+    example; ConfigError, before the workdir is made, for what would fail or mislead only
+    once training runs: a collection the model needs that the state does not keep, a loss
+    that is not `(scalar, (metrics, model_state))`, a metric that is not one number (it
+    failed at the first log line, unnamed) or is named `loss`. A model or loss that does not
+    trace here is left to training, which raises its own error as before (an empty set)."""
+    key = jax.ShapeDtypeStruct((2,), np.uint32)
+
+    def apply(variables, x):
+        return model.apply(variables, x, train=False)
+
+    try:
+        example = {k: np.asarray(v) for k, v in data[0].items()}
+        x = jax.ShapeDtypeStruct((1, *example["x"].shape), example["x"].dtype)
+        batch = {
+            k: jax.ShapeDtypeStruct((batch_size, *v.shape), v.dtype) for k, v in example.items()
+        }
+        variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), key, x)
+    except Exception:  # noqa: BLE001 - the user's code: training reports it in its own words
+        return frozenset()
+    kept = {k: v for k, v in variables.items() if k in KEPT_COLLECTIONS}
+    if set(variables) - set(kept) and _traces(apply, variables, x):
+        try:
+            jax.eval_shape(apply, kept, x)
+        except Exception as e:  # noqa: BLE001 - flax raises several kinds
+            raise ConfigError(
+                f"model: its variable collection(s) {sorted(set(variables) - set(kept))} are "
+                f"not kept by fit (only {list(KEPT_COLLECTIONS)}), and it fails without them: "
+                f"{first_line(e)}"
+            ) from None
+    try:
+        out = jax.eval_shape(lambda v, b, r: loss(model.apply, v, b, r, True), kept, batch, key)
+    except Exception:  # noqa: BLE001 - as above
+        return frozenset()
+    shape = "(loss, (metrics, model_state))"
+    if not (isinstance(out, tuple) and len(out) == 2) or not (
+        isinstance(out[1], tuple) and len(out[1]) == 2 and isinstance(out[1][0], Mapping)
+    ):
+        raise ConfigError(f"loss: returned {type(out).__name__}, expected {shape}")
+    value, (metrics, _model_state) = out
+    if getattr(value, "shape", None) != ():
+        raise ConfigError(f"loss: the loss has shape {getattr(value, 'shape', None)}, not a scalar")
+    if "loss" in metrics:
+        raise ConfigError("loss: a metric named 'loss' would replace the loss; call it otherwise")
+    for name, v in metrics.items():
+        size = int(np.prod(getattr(v, "shape", (2,))))
+        if size != 1:
+            raise ConfigError(
+                f"loss: metric {name!r} has shape {getattr(v, 'shape', type(v).__name__)}, "
+                "expected one number (its mean over the batch)"
+            )
+    return frozenset(map(str, metrics))
+
+
+def _traces(fn: Callable, *args) -> bool:
+    try:
+        jax.eval_shape(fn, *args)
+    except Exception:  # noqa: BLE001 - any failure: the check it guards is not run
+        return False
+    return True
 
 
 def fit(
@@ -166,6 +248,7 @@ def fit(
             "(train.val_steps x train.val_batch_size = their number reads each once)"
         )
     task = CustomTask(model, loss, train_data, val_data, evaluate)
+    task.batch_metrics = _check_model_and_loss(model, loss, train_data, t.batch_size)
     return run_train(task, cfg, workdir, devices=devices, progress=progress, log=log)
 
 
