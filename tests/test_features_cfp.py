@@ -361,6 +361,10 @@ def test_level_reads_loud_passages_and_leaves_silence_alone():
     assert y.dtype == np.float32 and abs(active_level_db(y, sr) + 20.0) < 0.01
     short = normalise_level(0.5 * sine[:100], sr, -20.0)  # shorter than a 100-ms frame
     assert abs(active_level_db(short, sr) + 20.0) < 0.01
+    # a DC offset is no sound: a quiet recording on one is read at its sound's level
+    offset = 0.01 * sine + 0.2
+    assert abs(active_level_db(offset, sr) - active_level_db(0.01 * sine, sr)) < 0.01
+    assert abs(active_level_db(normalise_level(offset, sr, -20.0), sr) + 20.0) < 0.01
     silence = np.zeros(sr, np.float32)
     assert np.array_equal(normalise_level(silence, sr, -20.0), silence)
     assert active_level_db(np.zeros(0), sr) == float("-inf")

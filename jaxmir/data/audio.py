@@ -225,13 +225,15 @@ SILENT_DB = -100.0  # below this the input is treated as silence and left as it 
 
 def active_level_db(x: np.ndarray, sr: int) -> float:
     """The level of a mono recording's loud passages in dB re full scale: the 95th percentile of
-    its 100-ms frame powers (a full-scale sine reads -3 dB). A clip shorter than a frame is one
+    its 100-ms frame powers (a full-scale sine reads -3 dB). A frame's power is that of its
+    variation about its own mean: a DC offset (or a drift slower than the frame) is no sound,
+    and counted as one it read a quiet recording as loud. A clip shorter than a frame is one
     frame; an empty one reads -inf."""
     x = np.asarray(x, np.float64).reshape(-1)
     if len(x) == 0:
         return float("-inf")
     n = max(1, min(len(x), int(round(LEVEL_FRAME_S * sr))))
-    power = np.mean(x[: len(x) // n * n].reshape(-1, n) ** 2, axis=1)
+    power = np.var(x[: len(x) // n * n].reshape(-1, n), axis=1)
     level = float(np.percentile(power, LEVEL_PERCENTILE))
     return 10.0 * np.log10(level) if level > 0 else float("-inf")
 
