@@ -405,3 +405,41 @@ def test_default_inference_batch_is_4_windows_on_cpu_and_16_elsewhere():
     assert default_batch_size("cpu") == 4
     assert default_batch_size("gpu") == default_batch_size("tpu") == 16
     assert default_batch_size() == default_batch_size(jax.default_backend())
+
+
+def test_sigmoid_is_the_logistic_in_float32_and_leaves_its_input_alone():
+    from jaxmir.inference import sigmoid
+
+    for dtype in (np.float32, np.float64):
+        x = np.linspace(-80, 80, 1601).astype(dtype)
+        before = x.copy()
+        y = sigmoid(x)
+        assert y.dtype == np.float32 and np.array_equal(x, before)
+        np.testing.assert_allclose(y, 1 / (1 + np.exp(-x.astype(np.float64))), atol=1e-6)
+
+
+def test_a_long_pieces_piano_roll_is_drawn_from_as_many_columns_as_it_can_show(
+    tmp_path, monkeypatch
+):
+    """matplotlib resampled every frame of a long piece in float64 RGBA (1.2 GB for 20
+    minutes); the picture now holds at most PLOT_COLUMNS columns, each the maximum of its
+    frames, so a note of one frame still shows."""
+    from matplotlib.axes import Axes
+
+    from jaxmir.tasks.music.task import PLOT_COLUMNS, plot_piano_roll
+
+    drawn = []
+    imshow = Axes.imshow
+    monkeypatch.setattr(
+        Axes, "imshow", lambda self, a, **kw: drawn.append(a) or imshow(self, a, **kw)
+    )
+    probs = np.zeros((3 * PLOT_COLUMNS + 5, 352, 3), np.float32)
+    probs[1000, 4 * 39 : 4 * 40, 1:] = 1.0  # one frame of key 39
+    plot_piano_roll(probs, np.zeros((0, 5)), tmp_path / "roll.png", mode="note")
+    assert (tmp_path / "roll.png").stat().st_size > 0
+    (image,) = drawn
+    assert image.shape[0] == 88 and image.shape[1] <= PLOT_COLUMNS
+    assert image.max() == 1.0 and np.flatnonzero(image.max(axis=1)).tolist() == [39]
+    short = np.zeros((500, 352, 3), np.float32)  # a short piece: every frame, as before
+    plot_piano_roll(short, np.zeros((0, 5)), tmp_path / "short.png", mode="note")
+    assert drawn[1].shape == (88, 500)

@@ -535,7 +535,9 @@ class PieceTask(Task):
 
         for logits in self.window_logits(predict, xs(), cfg, batch_size):
             x, source = taken.popleft()
-            yield x, self.logits_posteriors(logits, x, cfg, source)
+            probs = self.logits_posteriors(logits, x, cfg, source)
+            del logits  # not held while the piece is decoded and written
+            yield x, probs
 
     def evaluate(
         self, predict, cfg: Config, cache: FeatureCache, split: str, progress: bool = False

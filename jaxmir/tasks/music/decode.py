@@ -363,8 +363,14 @@ def decode_notes_simple(
         raise ValueError(f"onset_time must be one of {ONSET_TIMES}, got {onset_time!r}")
     if offset_time not in OFFSET_TIMES:
         raise ValueError(f"offset_time must be one of {OFFSET_TIMES}, got {offset_time!r}")
-    dura, onset = split_channels(posteriors, mode)
-    off_ch = offset_channel(posteriors, mode)
+    post = np.asarray(posteriors)
+    if post.ndim == 3 and post.shape[1] == N_BINS:  # each key's mean of its 4 bins, in float64
+        # as `_to_keys` takes them (the same notes): a long piece's float64 copy of every bin
+        # was 2.3 GB an hour
+        post = post.reshape(len(post), N_KEYS, BINS_PER_KEY, post.shape[2])
+        post = post.mean(axis=2, dtype=np.float64)
+    dura, onset = split_channels(post, mode)
+    off_ch = offset_channel(post, mode)
     off_keys = _to_keys(np.asarray(off_ch[..., 0], np.float64)) if off_ch is not None else None
     programs = mode_programs(mode)
     n_frames = len(dura)

@@ -46,7 +46,6 @@ from jaxmir.tasks.music.decode import (
     key_posteriors,
     notes_to_midi,
     one_note_per_key,
-    split_channels,
     write_notes_csv,
 )
 from jaxmir.tasks.music.labels import (
@@ -55,6 +54,7 @@ from jaxmir.tasks.music.labels import (
     LABEL_MODES,
     N_BINS,
     bce_label_smoothing,
+    check_mode,
     focal_loss,
     music_labels,
     notes_for_mode,
@@ -691,6 +691,9 @@ def _check_channels(channels) -> None:
         raise ConfigError(f"model.channels: unknown feature channel(s) {bad} ({known})")
 
 
+PLOT_COLUMNS = 2400  # twice the piano-roll figure's width in pixels
+
+
 def plot_piano_roll(
     probs: np.ndarray, notes: np.ndarray, path: Path, title: str = "", mode: str | None = None
 ) -> Path:
@@ -700,12 +703,17 @@ def plot_piano_roll(
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure  # no pyplot: safe in `transcribe`'s writer thread
 
-    if mode is None:
-        act = probs[..., 1:].max(axis=-1)
-    else:
-        dura, onset = split_channels(probs, mode)
-        act = np.concatenate([dura, onset] if onset is not None else [dura], axis=-1).max(-1)
+    # the note channels: all but the first, less note-offset's offset channel (as
+    # `split_channels` gives them, without its float64 copy of every channel)
+    last = 3 if mode is not None and check_mode(mode) == "note-offset" else None
+    act = np.asarray(probs)[..., 1:last].max(axis=-1).astype(np.float64)
     act = act.reshape(len(probs), 88, 4).mean(axis=-1)
+    columns = PLOT_COLUMNS  # the image's columns: no more than the figure can show
+    if len(act) > columns:  # a long piece: each column the maximum of its frames (matplotlib
+        # resampled the whole roll in float64 RGBA: 1.2 GB for 20 minutes)
+        group = -(-len(act) // columns)
+        padded = np.pad(act, ((0, -len(act) % group), (0, 0)))
+        act = padded.reshape(-1, group, 88).max(axis=1)
     fig = Figure(figsize=(12, 4))
     ax = fig.subplots()
     ax.imshow(
