@@ -385,3 +385,28 @@ def test_a_model_or_loss_that_fails_only_once_training_runs_is_refused_first(tmp
     # the same model and loss train as before
     result = fit(Tagger(), accuracy, data, workdir=tmp_path / "ok", **kwargs)
     assert result.status == "finished" and set(result.history["validate"][-1]) >= {"acc", "loss"}
+
+
+def test_load_fitted_restores_the_step_asked_for(tmp_path):
+    """`load_fitted(..., step=N)`: that checkpoint's weights, not the best one's."""
+    import flax.linen as nn
+
+    from jaxmir.engine import load_fitted
+    from jaxmir.engine.checkpoint import Checkpointer
+
+    result, _ = _tiny_fit(tmp_path / "run", keep_latest=3)
+    steps = Checkpointer(tmp_path / "run" / "checkpoints").manager.all_steps()
+    assert len(steps) == 3
+
+    class Tagger(nn.Module):  # `_tiny_fit`'s model
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(3)(x)
+
+    x = np.random.default_rng(0).normal(size=(4, 4, 6)).astype(np.float32)
+    outputs = {}
+    for step in steps:
+        predict, restored = load_fitted(Tagger(), tmp_path / "run", {"x": x[0]}, step=step)
+        assert restored == step
+        outputs[step] = predict(x)
+    assert not np.allclose(outputs[steps[0]], outputs[steps[-1]])

@@ -131,6 +131,9 @@ def test_two_processes_match_one_and_resume_in_one(beat_cache, tmp_path):
     assert _own_lines(outs[1]) == []
     assert json.loads((multi / "config.json").read_text())["train"]["epochs"] == 2
     assert (multi / "curves.png").is_file()
+    # the end-of-training calibration is left to one process (`jaxmir calibrate`), said so
+    assert "Decoding not calibrated in a multi-process run" in outs[0]
+    assert not (multi / "decode.json").exists()
     # every process saved its own data position, the same one (global batches consumed)
     positions = sorted((multi / "checkpoints" / "8" / "data").glob("process_*-of-2.json"))
     assert [json.loads(p.read_text()) for p in positions] == [{"next_index": 8}] * 2

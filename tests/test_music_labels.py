@@ -848,3 +848,17 @@ def test_a_random_gain_reaches_training_windows_only_and_is_checked(music_cache)
     np.testing.assert_array_equal(val, task.dataset(plain, cache, "val", False)[0]["x"])
     with pytest.raises(ConfigError, match="gain_db"):
         task.dataset(with_gain(-1.0), cache, "train", True)
+
+
+def test_a_notes_velocity_is_127_times_its_onset_runs_peak():
+    """The README: velocity = 127 x the onset's peak probability (the model's confidence)."""
+    post = np.zeros((50, N_BINS, 3), np.float32)  # "note": silence, duration, onset
+    key = 40
+    bins = slice(4 * key, 4 * key + 4)
+    post[10:13, bins, 2] = np.array([0.6, 0.8, 0.7])[:, None]  # an onset run peaking at 0.8
+    post[10:30, bins, 1] = 0.9
+    post[35:37, bins, 2] = 0.55  # a second note, peak 0.55
+    post[35:40, bins, 1] = 0.9
+    notes = decode_notes_simple(post, "note")
+    assert notes[:, 3].tolist() == [round(127 * 0.8), round(127 * 0.55)]
+    assert notes[:, 2].tolist() == [key + 21, key + 21]

@@ -228,3 +228,18 @@ def test_eval_beside_a_training_run_that_prunes_the_best_step_restores_the_new_b
     _cfg, _mesh, _state, step = restore_for_inference(TASK, wd)
     assert len(tried) == 2 and step == tried[1] != tried[0]
     assert str(step) in steps(wd) and str(tried[0]) not in steps(wd)
+
+
+def test_ctrl_c_in_train_saves_the_step_and_exits_75(beat_cache, tmp_path, monkeypatch, capsys):
+    """SIGINT, as SIGTERM: the current step saved, exit 75, the same command goes on."""
+    raise_signal = signal.raise_signal
+    # the loop's test hook sends SIGTERM at a step; Ctrl-C instead
+    monkeypatch.setattr(signal, "raise_signal", lambda sig: raise_signal(signal.SIGINT))
+    wd = tmp_path / "run"
+    once = ("train.interrupt_at_step=5", "train.eval_pieces_each_epoch=false")
+    assert main(train_argv(wd, beat_cache, *once)) == 75
+    assert "Interrupted; checkpoint saved" in capsys.readouterr().out
+    assert "5" in steps(wd)
+    monkeypatch.undo()
+    assert main(train_argv(wd, beat_cache, "train.eval_pieces_each_epoch=false")) == 0
+    assert "from step 5" in capsys.readouterr().out
