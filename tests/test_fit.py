@@ -159,6 +159,14 @@ def test_fit_refuses_what_it_cannot_train_on_before_making_the_workdir(tmp_path)
     cases = [
         (dict(train_data=grain.MapDataset.source([])), "train_data: the dataset has no examples"),
         (dict(train_data=grain.MapDataset.source([{"y": 1}])), "an 'x' entry"),
+        (  # the last example shorter: a batch cannot stack it
+            dict(
+                train_data=grain.MapDataset.source(
+                    [{"x": np.zeros((4, 6))}] * 9 + [{"x": np.zeros((3, 6))}]
+                )
+            ),
+            "train_data: example 9 is {'x': (3, 6)}, example 0 {'x': (4, 6)}",
+        ),
         (dict(watch_splits=("test",)), "train.watch_splits"),
         # held to the types a --set is (a traceback, or a float epoch count failing once the
         # workdir was written)

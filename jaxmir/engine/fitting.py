@@ -130,6 +130,22 @@ def _check_data(ds: grain.MapDataset, name: str) -> None:
             f"{name}: examples must be dicts with an 'x' entry (the model's input); the "
             f"first has {what}"
         )
+    # a batch stacks its examples: one of other entries or shapes failed inside the data
+    # pipeline's threads, after the workdir was made (the last example, shorter, most often)
+    form = _form(first)
+    for i in sorted({len(ds) // 2, len(ds) - 1} - {0}):
+        other = ds[i]
+        if not isinstance(other, Mapping) or _form(other) != form:
+            got = _form(other) if isinstance(other, Mapping) else type(other).__name__
+            raise ConfigError(
+                f"{name}: example {i} is {got}, example 0 {form}; a batch needs every "
+                "example alike (pad or crop them to one shape)"
+            )
+
+
+def _form(example: Mapping) -> dict[str, tuple[int, ...]]:
+    """An example's entries and their shapes."""
+    return {str(k): np.shape(v) for k, v in sorted(example.items(), key=lambda kv: str(kv[0]))}
 
 
 KEPT_COLLECTIONS = ("params", "batch_stats")  # what a TrainState holds of a model's variables
