@@ -701,6 +701,7 @@ def cmd_transcribe(args) -> int:
     from jaxmir.inference import AUDIO_SUFFIXES, Timings
     from jaxmir.shipped import is_model_folder
     from jaxmir.tasks.base import get_task
+    from jaxmir.transcribed import check_outputs_free, record_written
 
     task = get_task(args.task)
     if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH:
@@ -714,6 +715,7 @@ def cmd_transcribe(args) -> int:
     paths = _without_earlier_outputs(task, paths, args.outdir)
     if not paths and not missing:
         raise UsageError("nothing to transcribe: the inputs are this command's earlier outputs")
+    check_outputs_free(task, paths, args.outdir)  # no user's file is written over
     n_inputs = len(paths) + len(missing)
     skipped: list[Path] = []
 
@@ -758,6 +760,7 @@ def cmd_transcribe(args) -> int:
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
     try:
         for source, written in results:
+            record_written(task, source, written, args.outdir)
             for path in written:  # stdout, for scripts; past the bar where both are a terminal
                 tqdm.write(str(path), file=sys.stdout)
                 sys.stdout.flush()

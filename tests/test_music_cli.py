@@ -121,3 +121,32 @@ def test_eval_on_the_test_pieces_rendered_by_another_soundfont(tmp_path, capsys)
         assert main(["eval", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and why in err, err
+
+
+def test_transcribe_writes_over_its_own_outputs_and_never_over_a_users_files(tmp_path, capsys):
+    """A dataset's ground truth `piece.mid` beside `piece.wav`, transcribed into its own folder
+    (the default), was written over without a word. Now a file of an output's name that no
+    earlier transcription wrote there as it is stops the command before any model runs."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    t = np.arange(22050) / 22050
+    sf.write(folder / "piece.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 22050)
+    truth = b"MThd ground truth"
+    (folder / "piece.mid").write_bytes(truth)
+    argv = ["transcribe", "music", str(folder / "piece.wav"), "-o", str(folder), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'piece.mid'}: exists, and is no output of an earlier" in err
+    assert (folder / "piece.mid").read_bytes() == truth
+    assert sorted(p.name for p in folder.iterdir()) == ["piece.mid", "piece.wav"]
+    # elsewhere, and again there: its own outputs are written over
+    out = tmp_path / "out"
+    assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 0
+    assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 0
+    assert (out / "piece.mid").read_bytes()[:4] == b"MThd"
+    # an output edited since (a hand-corrected CSV) is the user's now
+    with (out / "piece_notes.csv").open("a") as f:
+        f.write("1.0,1.5,60,100,0\n")
+    capsys.readouterr()
+    assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 2
+    assert "piece_notes.csv: exists, and is no output" in capsys.readouterr().err

@@ -226,6 +226,15 @@ class Task(abc.ABC):
         [0, 1], a negative duration), before any model loads or runs. Nothing by default."""
         return None
 
+    #: What transcribing an input named STEM writes: STEM + each of these (`output_names`).
+    output_suffixes: tuple[str, ...] = ()
+
+    def output_names(self, stem: str) -> tuple[str, ...]:
+        """Names of the files transcribing an input named `stem` writes; `transcribe` refuses
+        to write over a file of such a name it did not write itself (`jaxmir.transcribed`).
+        None known (a task of one's own that does not say): not checked."""
+        return tuple(stem + suffix for suffix in self.output_suffixes)
+
     def readable_outputs(self, stem: str) -> tuple[str, ...]:
         """Names of the files transcribing an input named `stem` writes that this task would
         also read as inputs (beat: its MIDI); none by default (audio in, MIDI/CSV/PNG out)."""

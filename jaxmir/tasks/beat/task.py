@@ -255,6 +255,7 @@ class BeatPosteriors(NamedTuple):
 
 
 class BeatTask(PieceTask):
+    output_suffixes = ("_beats.mid", "_beats.csv", "_downbeats.csv")
     name = "beat"
     model_config = BeatModelConfig
     data_config = BeatDataConfig

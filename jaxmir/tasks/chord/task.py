@@ -88,6 +88,7 @@ class ChordDecodeConfig:
 
 
 class ChordTask(PieceTask):
+    output_suffixes = ("_chords.csv", ".mid", "_chords.png")
     name = "chord"
     model_config = ChordModelConfig
     data_config = ChordDataConfig

@@ -84,6 +84,7 @@ class DrumDecodeConfig:
 
 
 class DrumTask(PieceTask):
+    output_suffixes = (".mid", "_drums.csv", "_drums.png")
     name = "drum"
     model_config = DrumModelConfig
     data_config = DrumDataConfig

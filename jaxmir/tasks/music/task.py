@@ -200,6 +200,7 @@ def varied_data(pieces: int, works: int, textures: int, random: int, **kw) -> Mu
 
 
 class MusicTask(PieceTask):
+    output_suffixes = (".mid", "_notes.csv", "_pianoroll.png")
     name = "music"
     # Each window's centre frames are kept (hop 3/4 of a window, `inference_hop`): the edges
     # see little context. Against omnizart's averaging of half-overlapping windows this is

@@ -60,6 +60,7 @@ class PatchDecodeConfig:
 
 
 class PatchCNNTask(PieceTask):
+    output_suffixes = ("_f0.csv", "_f0.png")
     name = "patch_cnn"
     model_config = PatchModelConfig
     data_config = PatchDataConfig

@@ -89,6 +89,7 @@ class VocalDecodeConfig:
 
 
 class VocalTask(PieceTask):
+    output_suffixes = (".mid", "_notes.csv", "_notes.png")
     name = "vocal"
     model_config = VocalModelConfig
     data_config = VocalDataConfig

@@ -75,6 +75,7 @@ class ContourDecodeConfig:
 
 
 class VocalContourTask(PieceTask):
+    output_suffixes = ("_f0.csv", "_f0.png")
     name = "vocal_contour"
     model_config = ContourModelConfig
     data_config = ContourDataConfig
