@@ -364,7 +364,9 @@ def test_level_reads_loud_passages_and_leaves_silence_alone():
     # a DC offset is no sound: a quiet recording on one is read at its sound's level
     offset = 0.01 * sine + 0.2
     assert abs(active_level_db(offset, sr) - active_level_db(0.01 * sine, sr)) < 0.01
-    assert abs(active_level_db(normalise_level(offset, sr, -20.0), sr) + 20.0) < 0.01
+    levelled = normalise_level(offset, sr, -20.0)
+    assert abs(active_level_db(levelled, sr) + 20.0) < 0.01 and abs(levelled.mean()) < 1e-4
+    assert not normalise_level(np.full(sr, 0.5, np.float32), sr, -20.0).any()  # DC alone: silence
     silence = np.zeros(sr, np.float32)
     assert np.array_equal(normalise_level(silence, sr, -20.0), silence)
     assert active_level_db(np.zeros(0), sr) == float("-inf")

@@ -150,3 +150,30 @@ def test_transcribe_writes_over_its_own_outputs_and_never_over_a_users_files(tmp
     capsys.readouterr()
     assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 2
     assert "piece_notes.csv: exists, and is no output" in capsys.readouterr().err
+
+
+def test_a_dc_offset_under_the_music_adds_no_notes(tmp_path, capsys):
+    """Tones on a large DC offset came out with notes an octave and a twelfth above them: the
+    level scaled the offset up with the sound. The shipped model hears the same notes."""
+    import csv
+
+    sr = 44100
+    t = np.arange(5 * sr) / sr
+    tones = np.zeros_like(t)
+    for pitch, start in ((60, 0.5), (64, 1.5), (67, 2.5), (72, 3.5)):  # quiet, three partials
+        f, on = 440 * 2 ** ((pitch - 69) / 12), (t >= start) & (t < start + 1.0)
+        ramp = np.clip(np.minimum(t - start, start + 1.0 - t) / 0.01, 0, 1)
+        partials = sum(a * np.sin(2 * np.pi * k * f * t) for k, a in ((1, 1), (2, 0.5), (3, 0.25)))
+        tones += on * ramp * 0.03 * partials / 1.75
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    sf.write(songs / "clean.wav", tones, sr, subtype="FLOAT")
+    sf.write(songs / "offset.wav", tones + 0.85, sr, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert main(["transcribe", "music", str(songs), "-o", str(out), "--no-progress"]) == 0
+
+    def pitches(stem):
+        with (out / f"{stem}_notes.csv").open() as f:
+            return sorted(int(row["pitch"]) for row in csv.DictReader(f))
+
+    assert pitches("offset") == pitches("clean") == [60, 64, 67, 72]

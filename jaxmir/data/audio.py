@@ -239,10 +239,13 @@ def active_level_db(x: np.ndarray, sr: int) -> float:
 
 
 def normalise_level(x: np.ndarray, sr: int, target_db: float) -> np.ndarray:
-    """``x`` (mono) scaled so that `active_level_db` reads ``target_db``, as float32; input
-    quieter than -100 dB (digital silence) is returned unscaled."""
-    level = active_level_db(x, sr)
+    """``x`` (mono) less its mean, scaled so that `active_level_db` reads ``target_db``, as
+    float32; input quieter than -100 dB (digital silence) is returned unscaled. A DC offset
+    is no sound: scaled up with the sound, it came out as notes an octave and a twelfth above
+    the sound's."""
     x = np.asarray(x, np.float32)
+    x = x - np.float32(np.mean(x, dtype=np.float64)) if len(x) else x.copy()
+    level = active_level_db(x, sr)
     if not level > SILENT_DB:
-        return x.copy()
+        return x
     return (x * np.float32(10.0 ** ((target_db - level) / 20.0))).astype(np.float32)
