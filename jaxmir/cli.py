@@ -633,6 +633,7 @@ def transcribe_inputs(
                 for p in path.iterdir()
                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
             )
+            _say_left_out(path, suffixes)
             if not found:
                 raise UsageError(
                     f"{path}: is a folder, not a file, and holds no {'/'.join(suffixes)} files"
@@ -668,6 +669,24 @@ def transcribe_inputs(
             )
         seen[path.stem] = path
     return files
+
+
+def _say_left_out(folder: Path, suffixes: tuple[str, ...]) -> None:
+    """A line on stderr for what a folder holds that transcription does not read and a user
+    may expect it to: subfolders (it does not recurse) and links to no file of a kind it
+    reads."""
+    visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    subfolders = [p for p in visible if p.is_dir()]
+    dangling = [
+        p for p in visible if p.is_symlink() and not p.exists() and p.suffix.lower() in suffixes
+    ]
+    said = []
+    if subfolders:
+        said.append(f"{len(subfolders)} subfolder(s) not read (the first: {subfolders[0].name})")
+    if dangling:
+        said.append(f"{len(dangling)} link(s) to no file (the first: {dangling[0].name})")
+    if said:
+        print(f"jaxmir transcribe: {folder}: {'; '.join(said)}", file=sys.stderr)
 
 
 def _without_earlier_outputs(task, paths: list[Path], outdir: Path) -> list[Path]:

@@ -75,6 +75,8 @@ def make_bad_file(kind: str, folder: Path) -> Path:
         path.write_bytes(_wav_header(64000) + b"\0" * 100)
     elif kind == "zero-samples.wav":
         path.write_bytes(_wav_header(0))
+    elif kind == "unfinished.wav":  # a recorder stopped before writing its sizes
+        path.write_bytes(_wav_header(0) + b"\1\0" * 16000)
     elif kind == "nan.wav":
         sf.write(path, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     elif kind == "random.mid":
@@ -296,6 +298,12 @@ CASES = [
         lambda f: f.transcribe("patch_cnn", f.bad("zero-samples.wav")),
         "zero-samples.wav",
         "0 samples",
+    ),
+    case(
+        "unfinished-wav",
+        lambda f: f.transcribe("patch_cnn", f.bad("unfinished.wav")),
+        "unfinished.wav",
+        "the header declares no audio, yet 32000 bytes of it follow",
     ),
     case("nan-wav", lambda f: f.transcribe("patch_cnn", f.bad("nan.wav")), "nan.wav", "NaN"),
     case(
@@ -928,3 +936,22 @@ def test_a_config_json_that_is_a_folder_is_named_so(tmp_path, capsys):
         assert main([command, "beat", "--workdir", str(run), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "config.json: a folder, not a file" in err[0], (command, err)
+
+
+def test_a_format_no_installed_decoder_reads_is_named_so(tmp_path, monkeypatch):
+    """An .m4a with no ffmpeg installed ended in "librosa: NoBackendError()"."""
+    import librosa
+
+    from jaxmir.data.audio import AudioError, load_audio
+
+    class NoBackendError(Exception):  # audioread's, when no program can decode the file
+        pass
+
+    def load(*args, **kwargs):
+        raise NoBackendError()
+
+    monkeypatch.setattr(librosa, "load", load)
+    song = tmp_path / "song.m4a"
+    song.write_bytes(b"\0\0\0\x20ftypM4A " + bytes(64))
+    with pytest.raises(AudioError, match=r"no decoder of this format is installed \(ffmpeg"):
+        load_audio(song, 16000)

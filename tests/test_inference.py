@@ -119,17 +119,21 @@ def test_timings_split_compile_from_calls():
 
 
 # -- inputs of `jaxmir transcribe` ---------------------------------------------------------------
-def test_folders_are_expanded_sorted_with_the_tasks_file_types(tmp_path):
+def test_folders_are_expanded_sorted_with_the_tasks_file_types(tmp_path, capsys):
     d = tmp_path / "songs"
     d.mkdir()
     for name in ("b.wav", "a.FLAC", "notes.txt", ".hidden.wav", "c.mid"):
         (d / name).write_bytes(b"x")
     (d / "sub").mkdir()
     (d / "sub" / "deeper.wav").write_bytes(b"x")
+    (d / "gone.wav").symlink_to(tmp_path / "moved.wav")
     one = tmp_path / "z.ogg"
     one.write_bytes(b"x")
     audio = (".wav", ".flac", ".ogg")
     assert transcribe_inputs([one, d], audio) == [one, d / "a.FLAC", d / "b.wav"]
+    # what is left out and a user may look for is said, not dropped unsaid
+    said = capsys.readouterr().err
+    assert f"{d}: 1 subfolder(s) not read (the first: sub); 1 link(s) to no file" in said
     assert transcribe_inputs([d], (".mid", ".midi")) == [d / "c.mid"]
     with pytest.raises(UsageError, match="not a file, and holds no .mid/.midi"):
         transcribe_inputs([d / "sub"], (".mid", ".midi"))

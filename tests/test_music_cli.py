@@ -177,3 +177,8 @@ def test_a_dc_offset_under_the_music_adds_no_notes(tmp_path, capsys):
             return sorted(int(row["pitch"]) for row in csv.DictReader(f))
 
     assert pitches("offset") == pitches("clean") == [60, 64, 67, 72]
+    assert "no notes found" not in capsys.readouterr().err
+    # digital silence: an empty result is said
+    sf.write(tmp_path / "quiet.wav", np.zeros(sr), sr)
+    assert main(["transcribe", "music", str(tmp_path / "quiet.wav"), "-o", str(out)]) == 0
+    assert f"{tmp_path / 'quiet.wav'}: no notes found" in capsys.readouterr().err

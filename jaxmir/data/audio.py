@@ -93,6 +93,34 @@ def chunk_truncation(path: Path) -> str | None:
     return None
 
 
+def unfinished_header(path: Path) -> str | None:
+    """If a RIFF WAV's data chunk declares 0 bytes and audio follows it (a recorder that
+    stopped before writing its sizes: decoders read no samples), say so; else None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                cid, csize = struct.unpack("<4sI", f.read(8))
+                if cid == b"data":
+                    follow = size - pos - 8
+                    if csize == 0 and follow > 0:
+                        return (
+                            f"the header declares no audio, yet {follow} bytes of it follow (a "
+                            "recording whose sizes were never written); rewrite the file with "
+                            "a tool that reads past the header's lengths"
+                        )
+                    return None
+                pos += 8 + csize + (csize & 1)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
 def _fallback_decode(path: Path, first_error: Exception) -> tuple[np.ndarray, int]:
     """librosa/audioread for formats libsndfile does not know: (n, channels) float32, rate."""
     try:
@@ -104,9 +132,11 @@ def _fallback_decode(path: Path, first_error: Exception) -> tuple[np.ndarray, in
             warnings.simplefilter("ignore")
             y, rate = librosa.load(str(path), sr=None, mono=False)
     except Exception as e:  # audioread raises many unrelated types
-        raise AudioError(
-            path, f"cannot decode audio (soundfile: {first_error}; librosa: {e!r})"
-        ) from e
+        if type(e).__name__ == "NoBackendError":  # audioread found no program to decode it
+            why = "no decoder of this format is installed (ffmpeg, which audioread uses)"
+        else:
+            why = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__}, not audio"
+        raise AudioError(path, f"cannot decode audio (soundfile: {first_error}; {why})") from e
     y = np.asarray(y, np.float32)
     return (y[:, None] if y.ndim == 1 else y.T), int(rate)
 
@@ -202,6 +232,8 @@ def load_audio(
     if path.stat().st_size == 0:  # else the decoder's "format not recognised" hides the cause
         raise AudioError(path, "empty file (0 bytes)")
     data, rate = _decode(path)
+    if np.asarray(data).size == 0 and (unfinished := unfinished_header(path)):
+        raise AudioError(path, unfinished)
     validate_audio(data, path)
     data = mono_mix(data, path) if mono else data
     data = resample(np.ascontiguousarray(data, np.float32), rate, int(sr))

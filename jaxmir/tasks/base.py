@@ -739,6 +739,20 @@ class PieceTask(Task):
             bar.close()
 
 
+def nothing_found_note(path: Path, written: list[Path], suffix: str, what: str) -> str | None:
+    """ "PATH: no WHAT found ..." where the CSV of `written` ending in `suffix` holds a header
+    and no rows (a silent file, or nothing the model heard over its thresholds): an empty
+    result said, not left for the user to find."""
+    csv = next((p for p in written if p.name.endswith(suffix)), None)
+    if csv is None:
+        return None
+    with open(csv) as f:
+        rows = sum(1 for line in f if line.strip()) - 1
+    if rows > 0:
+        return None
+    return f"{path}: no {what} found (silence, or nothing the model hears over its thresholds)"
+
+
 def _overrides(task: PieceTask, method: str) -> bool:
     """Whether `task`'s class replaces PieceTask's `method`."""
     return getattr(type(task), method) is not getattr(PieceTask, method)

@@ -35,6 +35,7 @@ from jaxmir.tasks.base import (
     PieceTask,
     check_timesteps,
     mean_scores,
+    nothing_found_note,
     schedule,
     tiny_schedule,
     warmup_cosine,
@@ -500,6 +501,9 @@ class MusicTask(PieceTask):
         # per instrument (stream modes): averaged over the pieces where it is scored
         keys += sorted(k for k in row if k.startswith("note_f1/"))
         return {k: row[k] for k in keys}
+
+    def transcription_note(self, path: Path, written: list[Path], cfg: Config | None = None):
+        return nothing_found_note(path, written, "_notes.csv", "notes")
 
     def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
         events = one_note_per_key(events)  # what MIDI can hold, in the CSV as in the MIDI

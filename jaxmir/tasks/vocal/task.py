@@ -43,7 +43,14 @@ from jaxmir.data.features.vocal import VOCAL_FS, vocal_cfp
 from jaxmir.data.pipeline import frames_window, window_index
 from jaxmir.losses import binary_accuracy
 from jaxmir.melody import bin_to_hz
-from jaxmir.tasks.base import CorpusConfig, PieceTask, require_model, schedule, tiny_schedule
+from jaxmir.tasks.base import (
+    CorpusConfig,
+    PieceTask,
+    nothing_found_note,
+    require_model,
+    schedule,
+    tiny_schedule,
+)
 from jaxmir.tasks.vocal.decode import decode_notes
 from jaxmir.tasks.vocal.labels import FRAME_S, notes_from_f0, sdt_labels
 from jaxmir.tasks.vocal.model import PyramidNet
@@ -316,6 +323,9 @@ class VocalTask(PieceTask):
         row = note_metrics(ref, events, frame_hop=FRAME_S, per_program=False)
         keys = ("note_f1", "note_precision", "note_recall", "note_with_offset_f1", "frame_f1")
         return {k: row[k] for k in keys}
+
+    def transcription_note(self, path: Path, written: list[Path], cfg: Config | None = None):
+        return nothing_found_note(path, written, "_notes.csv", "sung notes")
 
     def write(self, events, stem: str, outdir: Path, cfg: Config, *, x, posteriors) -> list[Path]:
         from jaxmir.tasks.music.decode import notes_to_midi, write_notes_csv
