@@ -131,9 +131,18 @@ def save_result(name: str, result: dict) -> Path:
     """Write `result` to ``results/<name>.json`` and print where."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result, indent=1)
     print(out)
     return out
+
+
+def write_json(path: Path, payload: dict, indent: int = 1, **kwargs) -> None:
+    """`payload` as JSON at `path`, through a temporary file beside it: a kill mid-write leaves
+    the file it had (a demos run rewrites its file after every task)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=indent, **kwargs) + "\n")
+    os.replace(tmp, path)
 
 
 def model_peers(model: str) -> tuple[str, ...]:

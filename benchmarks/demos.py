@@ -127,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, help="where the runs go (default: a temporary folder)")
     p.add_argument("--cache", type=Path, help="cache folder to use (default: a fresh empty one)")
     p.add_argument("--preset", default="demo", help="demo (default); tiny: a quick check")
-    p.add_argument("--name", default="demos", help="results/<name>.json")
+    p.add_argument(
+        "--name", help="results/<name>.json (default demos, or demos-TASK-... for some tasks)"
+    )
     args = p.parse_args(argv)
+    if args.name is None:  # some tasks' run must not replace the file of every task's
+        args.name = "demos" if list(args.tasks) == list(TASKS) else "-".join(["demos", *args.tasks])
     root = args.root or Path(tempfile.mkdtemp(prefix="jaxmir-demos-"))
     root.mkdir(parents=True, exist_ok=True)
     runs = [run for task in args.tasks for run in run_folders(task, root, args.preset)]

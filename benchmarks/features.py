@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import status_mb
+from benchmarks.common import status_mb, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "features.json"
 METHODS = ("numpy-f64", "numpy-f32", "numpy-f64-2threads", "numpy-f64-npfft", "jax-f32")
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(args.out, payload, indent=2)
     print(f"wrote {args.out}")
     return 0
 

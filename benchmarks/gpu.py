@@ -65,8 +65,10 @@ def run_gpu(args, probe: dict, log) -> dict:
             for w in workers[r % max(len(workers), 1) :] + workers[: r % max(len(workers), 1)]:
                 try:
                     w.run(per[w.label])
-                except WorkerError as e:
+                except WorkerError as e:  # the worker is closed: out of the rounds
                     log(f"  {w.label}: failed while stepping: {str(e).splitlines()[0]}")
+                    rows.setdefault(model, {})[w.label] = {"error": str(e)[-2000:]}
+                    workers.remove(w)
         for w in workers:
             info = {**w.ready, **w.finish(), **stats(w.times)}
             med, flops = info.get("median_s"), info.get("flops_per_step")

@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="batch-size and hop sweep + note F1")
     p.add_argument("--no-cli", action="store_true", help="only the sweep")
     args = p.parse_args(argv)
-    from benchmarks.common import host_info, require_folders
+    from benchmarks.common import host_info, require_folders, write_json
     from jaxmir.inference import AUDIO_SUFFIXES
 
     if args.repeats < 1:
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     result["loadavg_end"] = loadavg()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.name}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(path, result, indent=1)
     for key in ("one_file_cold", "one_file_warm", "all_files_one_command"):
         r = result.get(key)
         if r:

@@ -9,7 +9,8 @@ as a custom layer computing what :mod:`jaxmir.nn.local_attention` computes), the
 this CPU, XLA makes the patch CNN ~25x slower). The first step (tracing, and compilation with
 XLA) is reported as ``compile_s``. Threads: ``threads`` intra-op and inter-op (default 2).
 
-Only used when ``import tensorflow`` works; the suite skips TF with a message otherwise.
+Only used when ``import tensorflow`` works; otherwise the suite stops (exit 3) where a model
+asked for has a TF peer, naming what to install or how to leave the peer out (``--peers``).
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ from benchmarks.common import (
     model_peers,
     run_one,
     stats,
+    write_json,
 )
 
 PEERS = ALL_PEERS
@@ -421,8 +422,8 @@ def scaling(model: str, devices: list[int], args) -> dict:
             info["relative_to_first"] = round(info["median_s"] / one, 3)
         log(
             f"  {label:<7} compile {info.get('compile_s', 0):5.1f} s   median "
-            f"{fmt_s(info.get('median_s')):>9}   x{info.get('relative_to_first', 0):.2f} vs "
-            f"{devices[0]} device(s)"
+            f"{fmt_s(info.get('median_s')):>9}   step time x{info.get('relative_to_first', 0):.2f}"
+            f" of {devices[0]} device(s)'"
         )
     return {"model": model, "global_batch": batch, "mode": how, "rows": rows}
 
@@ -672,10 +673,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         small = ", ".join(
             f"{m} at batch {args.batch.get(m, MODELS[m]['quick_batch'])}"
-            for m in [m for m in HEAVY if m in args.models] or ["music"]
+            for m in HEAVY
+            if m in args.models
         )
+        small = f"; {small}" if small else ""
         log(
-            f"--quick: fewer rounds; {small} (the same shapes for jaxmir and its peers); "
+            f"--quick: fewer rounds{small} (the same shapes for jaxmir and its peers); "
             "workers of a model set up at once (compile times overlap)."
         )
     command = list(sys.argv[1:] if argv is None else argv)  # how to run this again
@@ -780,7 +783,7 @@ def _finish(payload, args, t_start, out_dir: Path, results: dict, skipped: list[
     sub = f"{args.name}, {payload['host']['cpu']}, load average {payload['loadavg_end']}"
     png = plot(results, out_dir / f"{args.name}.png", sub) if results else None
     payload["png"] = png
-    json_path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    write_json(json_path, payload, indent=1, default=str)
     log(f"\nwrote {json_path}" + (f" and {png}" if png else ""))
     log(f"total wall time {payload['wall_s']} s, load average at the end {payload['loadavg_end']}")
     last = {

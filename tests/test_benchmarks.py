@@ -326,8 +326,10 @@ def test_demos_runs_each_command_and_records_its_time_memory_and_scores(
 
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path / "results")
     root = tmp_path / "runs"
-    assert main(["--tasks", "beat", "--preset", "tiny", "--root", str(root), "--name", "t"]) == 0
-    result = json.loads((tmp_path / "results" / "t.json").read_text())
+    assert main(["--tasks", "beat", "--preset", "tiny", "--root", str(root)]) == 0
+    # named by its tasks: a run of some does not replace the file of every task's
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["demos-beat.json"]
+    result = json.loads((tmp_path / "results" / "demos-beat.json").read_text())
     train, score = result["beat"]["commands"]
     assert train["exit"] == 0 and score["exit"] == 0
     assert train["seconds"] > 0 and train["peak_rss_mb"] > 100
