@@ -22,7 +22,10 @@ from benchmarks.common import MODELS, Worker, WorkerError, fmt_s, gpu_peak_tflop
 GPU_BATCH = {"music": 8, "beat": 64, "patch_cnn": 256, "vocal_contour": 12}
 
 
-def run_gpu(args, probe: dict, log) -> dict:
+def run_gpu(args, probe: dict, log, save=None) -> dict:
+    """The accelerator rows of every model of `args.models`; `save(part)`, when given, is
+    called with the rows so far after each model (a run killed by its hard timeout keeps the
+    models it finished)."""
     t0 = time.perf_counter()
     budget = float(os.environ.get("JAXMIR_BENCH_BUDGET_S", "420"))
     kind = probe.get("device_kind", "?")
@@ -99,7 +102,13 @@ def run_gpu(args, probe: dict, log) -> dict:
                 "step_s": round(med, 5) if med else None,
                 **{k: v for k, v in mfu.items()},
             }
+        if save is not None:
+            save(_gpu_part(kind, backend, rows, summary, t0))
     log("\nSkipped on this path: peers (torch/TF), input pipeline (grain), scaling, features.")
+    return _gpu_part(kind, backend, rows, summary, t0)
+
+
+def _gpu_part(kind: str, backend: str, rows: dict, summary: dict, t0: float) -> dict:
     return {
         "device_kind": kind,
         "backend": backend,

@@ -717,7 +717,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu:
         from benchmarks.gpu import run_gpu
 
-        payload["gpu"] = run_gpu(args, probe, log)
+        def save(part: dict) -> None:  # after each model: a hard timeout keeps what ran
+            partial = {**payload, "gpu": part, "partial": "written after each model"}
+            write_json(out_dir / f"{args.name}.json", partial, indent=1, default=str)
+
+        payload["gpu"] = run_gpu(args, probe, log, save=save)
         return _finish(payload, args, t_start, out_dir, {}, skipped)
 
     if args.levers:

@@ -487,3 +487,23 @@ def test_the_inference_benchmark_reads_both_summary_lines():
     rates = parse_summary(short)  # the benchmark reads such a line too, with no rates
     assert rates["compute_s_per_min"] is None and rates["model_s_per_min"] is None
     assert rates["files"] == 2.0 and rates["compile_s"] == 2.4
+
+
+def test_the_accelerator_path_saves_each_model_as_it_finishes(tmp_path):
+    """`gpu.sh` ends the run at a hard timeout, and the results were written only at the end:
+    a model that started late lost every model before it. The same path on this CPU: each
+    finished model is handed to `save` before the next starts."""
+    import json
+
+    from benchmarks.gpu import run_gpu
+    from benchmarks.suite import parse_args
+
+    args = parse_args(["--gpu", "--precision", "fp32", "--rounds", "1"])
+    args.models = ["patch_cnn", "vocal_contour"]
+    parts = []
+    args.batch = {"patch_cnn": 8, "vocal_contour": 2}
+    saved = lambda part: parts.append(json.loads(json.dumps(part)))  # noqa: E731 - as written
+    result = run_gpu(args, {"jax_backend": "cpu"}, lambda line: None, save=saved)
+    assert [list(p["rows"]) for p in parts] == [["patch_cnn"], ["patch_cnn", "vocal_contour"]]
+    assert parts[-1]["rows"] == result["rows"]
+    assert result["rows"]["patch_cnn"]["fp32"]["median_s"] > 0
