@@ -161,7 +161,8 @@ def harness(workdir: str, files: list[str]) -> dict:
 
     _enable_compilation_cache()  # as that code's `jaxmir transcribe` does
 
-    out = Path(tempfile.mkdtemp(prefix="jaxmir-bench-out-"))
+    written = tempfile.TemporaryDirectory(prefix="jaxmir-bench-out-")  # removed at exit
+    out = Path(written.name)
     start = time.perf_counter()  # as `jaxmir transcribe`'s restore: task import + checkpoint
     from jaxmir.tasks.base import get_task
 
@@ -245,20 +246,27 @@ def summarise(runs: list[dict], minutes: float) -> dict:
 
 
 def measure(code: Path, workdir: Path, clips: list[Path], repeats: int, log) -> dict:
+    """The transcription times of `code` (cold and warm compilation caches, one file and all
+    in one command); every output and cache folder lies in one temporary folder, removed."""
+    with tempfile.TemporaryDirectory(prefix="jaxmir-bench-") as root:
+        return _measure(code, workdir, clips, repeats, log, Path(root))
+
+
+def _measure(code: Path, workdir: Path, clips: list[Path], repeats: int, log, root: Path) -> dict:
     import soundfile as sf
 
     minutes_one = sf.info(str(clips[0])).duration / 60.0
     minutes_all = sum(sf.info(str(c)).duration for c in clips) / 60.0
-    out_dir = Path(tempfile.mkdtemp(prefix="jaxmir-bench-out-"))
+    out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=root))
     base = ["transcribe", "music", "--workdir", str(workdir), "-o", str(out_dir)]
     task = json.loads((workdir / "config.json").read_text())["task"]
     base[1] = task
     result: dict = {"minutes_one": round(minutes_one, 4), "minutes_all": round(minutes_all, 4)}
 
-    warm_cache = Path(tempfile.mkdtemp(prefix="jaxmir-bench-cache-"))
+    warm_cache = Path(tempfile.mkdtemp(prefix="cache-", dir=root))
     cold, warm, many = [], [], []
     for i in range(repeats):
-        cache = Path(tempfile.mkdtemp(prefix="jaxmir-bench-cache-"))
+        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=root))
         cold.append(run_cli(code, [*base, str(clips[0])], cache))
         log(f"one file, cold cache #{i + 1}: {cold[-1]}")
     run_cli(code, [*base, str(clips[0])], warm_cache)  # fills the warm cache
@@ -271,7 +279,7 @@ def measure(code: Path, workdir: Path, clips: list[Path], repeats: int, log) -> 
     if many[0]["summary"] is None:  # older code: the split from the harness, as each ran
         for runs, files, fresh in ((cold, clips[:1], True), (warm, clips[:1], False)):
             for r in runs:
-                cache = Path(tempfile.mkdtemp(prefix="jaxmir-bench-cache-")) if fresh else None
+                cache = Path(tempfile.mkdtemp(prefix="cache-", dir=root)) if fresh else None
                 r["harness"] = run_harness(code, workdir, files, cache or warm_cache)
                 log(f"harness ({len(files)} files): {r['harness']}")
         for r in many:

@@ -267,16 +267,15 @@ def _pipeline_in(w: Worker, args) -> dict:
         from benchmarks.pipeline import build_beat_cache
     except ImportError as e:
         return {"skipped": f"pipeline: {e}"}
-    tmp = tempfile.mkdtemp(prefix="jaxmir-bench-cache-")
-    t0 = time.perf_counter()
-    try:
-        build_beat_cache(tmp, pieces=6 if args.quick else 16, seconds=60.0)
-    except ImportError as e:
-        return {"skipped": f"pipeline: {e}"}
-    built_s = time.perf_counter() - t0
-    res = w.call(
-        "pipeline", cache_dir=tmp, steps=3 if args.quick else 8, n_batches=8 if args.quick else 30
-    )
+    with tempfile.TemporaryDirectory(prefix="jaxmir-bench-cache-") as tmp:
+        t0 = time.perf_counter()
+        try:
+            build_beat_cache(tmp, pieces=6 if args.quick else 16, seconds=60.0)
+        except ImportError as e:
+            return {"skipped": f"pipeline: {e}"}
+        built_s = time.perf_counter() - t0
+        steps, batches = (3, 8) if args.quick else (8, 30)
+        res = w.call("pipeline", cache_dir=tmp, steps=steps, n_batches=batches)
     res["cache_build_s"] = round(built_s, 2)
     res["cache"] = "6 synthetic pieces x 60 s" if args.quick else "16 synthetic pieces x 60 s"
     return res
