@@ -608,7 +608,10 @@ MAX_STEM_BYTES = 255 - 16
 
 
 def transcribe_inputs(
-    inputs: list[Path], suffixes: tuple[str, ...], missing: list[Path] | None = None
+    inputs: list[Path],
+    suffixes: tuple[str, ...],
+    missing: list[Path] | None = None,
+    outdir: Path | None = None,
 ) -> list[Path]:
     """The files to transcribe: each file as given, each folder's files with one of `suffixes`
     (not recursive, sorted); UsageError naming a missing input, a folder without such files, a
@@ -633,7 +636,7 @@ def transcribe_inputs(
                 for p in path.iterdir()
                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
             )
-            _say_left_out(path, suffixes)
+            _say_left_out(path, suffixes, outdir)
             if not found:
                 raise UsageError(
                     f"{path}: is a folder, not a file, and holds no {'/'.join(suffixes)} files"
@@ -671,12 +674,13 @@ def transcribe_inputs(
     return files
 
 
-def _say_left_out(folder: Path, suffixes: tuple[str, ...]) -> None:
+def _say_left_out(folder: Path, suffixes: tuple[str, ...], outdir: Path | None = None) -> None:
     """A line on stderr for what a folder holds that transcription does not read and a user
-    may expect it to: subfolders (it does not recurse) and links to no file of a kind it
-    reads."""
+    may expect it to: subfolders (it does not recurse; the output folder is not one to say)
+    and links to no file of a kind it reads."""
     visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    subfolders = [p for p in visible if p.is_dir()]
+    out = outdir.resolve() if outdir is not None else None
+    subfolders = [p for p in visible if p.is_dir() and p.resolve() != out]
     dangling = [
         p for p in visible if p.is_symlink() and not p.exists() and p.suffix.lower() in suffixes
     ]
@@ -728,7 +732,7 @@ def cmd_transcribe(args) -> int:
     suffixes = getattr(task, "input_suffixes", lambda: AUDIO_SUFFIXES)()
     # all checked before the model is restored; of several inputs, a missing one is skipped
     missing: list[Path] | None = [] if len(args.inputs) > 1 else None
-    paths = transcribe_inputs(args.inputs, suffixes, missing)
+    paths = transcribe_inputs(args.inputs, suffixes, missing, args.outdir)
     missing = missing or []
     check_output_folder(args.outdir, "-o")
     paths = _without_earlier_outputs(task, paths, args.outdir)
@@ -774,12 +778,12 @@ def cmd_transcribe(args) -> int:
             batch_size=args.batch_size,
             timings=timings,
             on_unreadable=skip if n_inputs > 1 else None,
+            on_written=lambda source, written: record_written(task, source, written, args.outdir),
         )
     else:  # a task of one's own with only `transcribe`
         results = ((p, task.transcribe(timings.timed(predict), p, cfg, args.outdir)) for p in paths)
     try:
         for source, written in results:
-            record_written(task, source, written, args.outdir)
             for path in written:  # stdout, for scripts; past the bar where both are a terminal
                 tqdm.write(str(path), file=sys.stdout)
                 sys.stdout.flush()

@@ -77,6 +77,9 @@ def make_bad_file(kind: str, folder: Path) -> Path:
         path.write_bytes(_wav_header(0))
     elif kind == "unfinished.wav":  # a recorder stopped before writing its sizes
         path.write_bytes(_wav_header(0) + b"\1\0" * 16000)
+    elif kind == "zero-samples-list.wav":  # empty, with an INFO list after (as ffmpeg writes)
+        info = b"INFO" + b"ISFT" + struct.pack("<I", 14) + b"Lavf58.76.100\0"
+        path.write_bytes(_wav_header(0) + b"LIST" + struct.pack("<I", len(info)) + info)
     elif kind == "nan.wav":
         sf.write(path, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     elif kind == "random.mid":
@@ -304,6 +307,12 @@ CASES = [
         lambda f: f.transcribe("patch_cnn", f.bad("unfinished.wav")),
         "unfinished.wav",
         "the header declares no audio, yet 32000 bytes of it follow",
+    ),
+    case(
+        "zero-sample-wav-with-a-list",
+        lambda f: f.transcribe("patch_cnn", f.bad("zero-samples-list.wav")),
+        "zero-samples-list.wav",
+        "0 samples",
     ),
     case("nan-wav", lambda f: f.transcribe("patch_cnn", f.bad("nan.wav")), "nan.wav", "NaN"),
     case(

@@ -390,8 +390,32 @@ def test_a_model_or_loss_that_fails_only_once_training_runs_is_refused_first(tmp
             evaluate=lambda p: {"acc": 1.0},
             **kwargs,
         )
-    # the same model and loss train as before
+    # the same model and loss train as before; so does a loss returning a list, examples of
+    # several lengths one a batch, and a score named like a metric with no validation batches
     result = fit(Tagger(), accuracy, data, workdir=tmp_path / "ok", **kwargs)
+    listed = loss_with(lambda logits, ce: {"acc": (logits.argmax(-1) == 0).mean()})
+
+    def as_list(*args):
+        value, (metrics, state) = listed(*args)
+        return value, [metrics, state]
+
+    no_val = TrainConfig(epochs=1, steps_per_epoch=2, val_steps=0, batch_size=8, monitor="loss")
+    kwargs_no_val = dict(train=no_val, progress=False, log=lambda line: None)
+    other = fit(
+        Tagger(),
+        as_list,
+        data,
+        workdir=tmp_path / "list",
+        evaluate=lambda p: {"acc": 0.5},
+        **kwargs_no_val,
+    )
+    assert other.status == "finished"
+    from jaxmir.engine.fitting import _check_data
+
+    lengths = grain.MapDataset.source([{"x": a[: 2 + i % 3]} for i, a in enumerate(x)])
+    _check_data(lengths, "train_data", batch_size=1)  # one a batch: nothing to stack
+    with pytest.raises(ConfigError, match="example 8 is"):
+        _check_data(lengths, "train_data", batch_size=2)
     assert result.status == "finished" and set(result.history["validate"][-1]) >= {"acc", "loss"}
 
 

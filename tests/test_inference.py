@@ -18,7 +18,7 @@ from jaxmir.inference import (
     stitch_weights,
     window_starts,
 )
-from jaxmir.transcribed import RECORD
+from jaxmir.transcribed import written_here
 
 T = 16  # window frames
 
@@ -134,6 +134,8 @@ def test_folders_are_expanded_sorted_with_the_tasks_file_types(tmp_path, capsys)
     # what is left out and a user may look for is said, not dropped unsaid
     said = capsys.readouterr().err
     assert f"{d}: 1 subfolder(s) not read (the first: sub); 1 link(s) to no file" in said
+    transcribe_inputs([d], audio, outdir=d / "sub")  # the output folder: nothing to say of it
+    assert "subfolder" not in capsys.readouterr().err
     assert transcribe_inputs([d], (".mid", ".midi")) == [d / "c.mid"]
     with pytest.raises(UsageError, match="not a file, and holds no .mid/.midi"):
         transcribe_inputs([d / "sub"], (".mid", ".midi"))
@@ -222,9 +224,12 @@ def test_an_unreadable_file_among_several_is_skipped_and_the_others_transcribed(
     capsys.readouterr()
     assert main(["transcribe", "music", str(songs), *base]) == 1
     printed, err = capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [RECORD] + [f"{s}{x}" for s in "ac" for x in (".mid", "_notes.csv", "_pianoroll.png")]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        f"{s}{x}" for s in "ac" for x in (".mid", "_notes.csv", "_pianoroll.png")
     )
+    assert set(written_here(out)) == {
+        f"{s}{x}" for s in "ac" for x in (".mid", "_notes.csv", "_pianoroll.png")
+    }
     assert len(printed.splitlines()) == 6
     lines = err.strip().splitlines()
     skipped = [line for line in lines if line.startswith("jaxmir transcribe: skipped ")]
@@ -448,3 +453,33 @@ def test_a_long_pieces_piano_roll_is_drawn_from_as_many_columns_as_it_can_show(
     short = np.zeros((500, 352, 3), np.float32)  # a short piece: every frame, as before
     plot_piano_roll(short, np.zeros((0, 5)), tmp_path / "short.png", mode="note")
     assert drawn[1].shape == (88, 500)
+
+
+def test_two_transcriptions_into_one_folder_keep_each_others_records(tmp_path):
+    """The record was read, changed and written back through one temporary name: two runs at
+    once lost each other's entries and one failed on the other's rename."""
+    import threading
+
+    from jaxmir.tasks.music.task import TASK
+    from jaxmir.transcribed import record_written
+
+    errors: list[Exception] = []
+
+    def run(prefix: str) -> None:
+        try:
+            for i in range(40):
+                stem = f"{prefix}{i}"
+                written = [tmp_path / name for name in TASK.output_names(stem)]
+                for path in written:
+                    path.write_text(stem)
+                record_written(TASK, Path(f"{stem}.wav"), written, tmp_path)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(written_here(tmp_path)) == 2 * 40 * 3

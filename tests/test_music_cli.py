@@ -126,7 +126,9 @@ def test_eval_on_the_test_pieces_rendered_by_another_soundfont(tmp_path, capsys)
 def test_transcribe_writes_over_its_own_outputs_and_never_over_a_users_files(tmp_path, capsys):
     """A dataset's ground truth `piece.mid` beside `piece.wav`, transcribed into its own folder
     (the default), was written over without a word. Now a file of an output's name that no
-    earlier transcription wrote there as it is stops the command before any model runs."""
+    earlier transcription wrote stops the command before any model runs."""
+    import shutil
+
     folder = tmp_path / "ds"
     folder.mkdir()
     t = np.arange(22050) / 22050
@@ -144,12 +146,17 @@ def test_transcribe_writes_over_its_own_outputs_and_never_over_a_users_files(tmp
     assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 0
     assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 0
     assert (out / "piece.mid").read_bytes()[:4] == b"MThd"
-    # an output edited since (a hand-corrected CSV) is the user's now
-    with (out / "piece_notes.csv").open("a") as f:
-        f.write("1.0,1.5,60,100,0\n")
+    # a folder an earlier version wrote (no record): its whole sets of outputs are its own
+    (out / ".jaxmir-transcribed.json").unlink()
+    assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 0
+    # a run stopped before its record: the outputs it recorded are its own, a set cut
+    # short by a kill is not whole and not recorded: named
+    (out / "piece_pianoroll.png").unlink()
+    (out / ".jaxmir-transcribed.json").unlink()
     capsys.readouterr()
     assert main([*argv[:3], "-o", str(out), "--no-progress"]) == 2
-    assert "piece_notes.csv: exists, and is no output" in capsys.readouterr().err
+    assert "piece.mid: exists, and is no output" in capsys.readouterr().err
+    shutil.rmtree(out)
 
 
 def test_a_dc_offset_under_the_music_adds_no_notes(tmp_path, capsys):

@@ -108,7 +108,7 @@ def unfinished_header(path: Path) -> str | None:
                 cid, csize = struct.unpack("<4sI", f.read(8))
                 if cid == b"data":
                     follow = size - pos - 8
-                    if csize == 0 and follow > 0:
+                    if csize == 0 and follow > 0 and not _chunks_to_end(f, pos + 8, size):
                         return (
                             f"the header declares no audio, yet {follow} bytes of it follow (a "
                             "recording whose sizes were never written); rewrite the file with "
@@ -119,6 +119,18 @@ def unfinished_header(path: Path) -> str | None:
     except (OSError, struct.error):
         return None
     return None
+
+
+def _chunks_to_end(f, pos: int, size: int) -> bool:
+    """Whether the bytes from `pos` to `size` are whole RIFF chunks (an empty data chunk
+    followed by a LIST chunk is an empty recording, not audio without its sizes)."""
+    while pos + 8 <= size:
+        f.seek(pos)
+        cid, csize = struct.unpack("<4sI", f.read(8))
+        if not all(32 <= c < 127 for c in cid):
+            return False
+        pos += 8 + csize + (csize & 1)
+    return pos == size or pos == size + 1  # a last chunk's pad byte may be missing
 
 
 def _fallback_decode(path: Path, first_error: Exception) -> tuple[np.ndarray, int]:

@@ -118,7 +118,7 @@ def _scores(scores, batch_metrics: frozenset[str] = frozenset()) -> dict[str, fl
     return out
 
 
-def _check_data(ds: grain.MapDataset, name: str) -> None:
+def _check_data(ds: grain.MapDataset, name: str, batch_size: int = 2) -> None:
     """ConfigError for a dataset `fit` cannot train on (grain's own errors come from deep
     inside, after the workdir is made)."""
     if len(ds) == 0:
@@ -130,6 +130,8 @@ def _check_data(ds: grain.MapDataset, name: str) -> None:
             f"{name}: examples must be dicts with an 'x' entry (the model's input); the "
             f"first has {what}"
         )
+    if batch_size < 2:  # one example a batch: nothing to stack (whole pieces of any length)
+        return
     # a batch stacks its examples: one of other entries or shapes failed inside the data
     # pipeline's threads, after the workdir was made (the last example, shorter, most often)
     form = _form(first)
@@ -189,8 +191,9 @@ def _check_model_and_loss(
     except Exception:  # noqa: BLE001 - as above
         return frozenset()
     shape = "(loss, (metrics, model_state))"
-    if not (isinstance(out, tuple) and len(out) == 2) or not (
-        isinstance(out[1], tuple) and len(out[1]) == 2 and isinstance(out[1][0], Mapping)
+    pair = (tuple, list)  # what the step unpacks
+    if not (isinstance(out, pair) and len(out) == 2) or not (
+        isinstance(out[1], pair) and len(out[1]) == 2 and isinstance(out[1][0], Mapping)
     ):
         raise ConfigError(f"loss: returned {type(out).__name__}, expected {shape}")
     value, (metrics, _model_state) = out
@@ -247,10 +250,10 @@ def fit(
     )
     if cfg.train.watch_splits:  # the task would score val_data under each split's name
         raise ConfigError("train.watch_splits: fit has no splits but train_data and val_data")
-    _check_data(train_data, "train_data")
-    if val_data is not None:
-        _check_data(val_data, "val_data")
     t = cfg.train
+    _check_data(train_data, "train_data", t.batch_size)
+    if val_data is not None:
+        _check_data(val_data, "val_data", t.val_batch_size)
     check_monitor_logged(
         t.monitor, t.val_steps, "no evaluate is given" if evaluate is None else None
     )
@@ -264,7 +267,8 @@ def fit(
             "(train.val_steps x train.val_batch_size = their number reads each once)"
         )
     task = CustomTask(model, loss, train_data, val_data, evaluate)
-    task.batch_metrics = _check_model_and_loss(model, loss, train_data, t.batch_size)
+    metrics = _check_model_and_loss(model, loss, train_data, t.batch_size)
+    task.batch_metrics = metrics if t.val_steps > 0 else frozenset()  # none logged from val
     return run_train(task, cfg, workdir, devices=devices, progress=progress, log=log)
 
 

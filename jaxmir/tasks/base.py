@@ -627,6 +627,7 @@ class PieceTask(Task):
         batch_size: int | None = None,
         timings: Timings | None = None,
         on_unreadable: Callable[[Path, Exception], None] | None = None,
+        on_written: Callable[[Path, list[Path]], None] | None = None,
     ) -> Iterator[tuple[Path, list[Path]]]:
         """(input, paths written) for each file of `paths`, in order, as each is written.
 
@@ -645,7 +646,9 @@ class PieceTask(Task):
         A file that cannot be read (`UNREADABLE`: undecodable audio, a corrupt MIDI file)
         raises, unless `on_unreadable` is given: then it is called with the path and the
         error, the file is skipped and the others are transcribed (one bad file in a folder
-        of hundreds does not lose the rest)."""
+        of hundreds does not lose the rest). `on_written(input, paths)`, when given, is called
+        as soon as a file's outputs are written (before it is yielded: a run stopped while the
+        model works on the next file has still reported them)."""
         paths = [Path(p) for p in paths]
         outdir = Path(outdir)
         if batch_size:  # a task's own `posteriors` or `transcribe` batches its windows by this
@@ -678,6 +681,8 @@ class PieceTask(Task):
                     except UNREADABLE as e:
                         unreadable(i, e)
                         continue
+                    if on_written is not None:
+                        on_written(path, written)
                     model_s = t.model_s + t.compile_s - model_before
                     t.unsplit_s += time.perf_counter() - start - model_s
                     t.add_file(path, bar.known_seconds(i))
@@ -715,6 +720,8 @@ class PieceTask(Task):
                 events = self.decode(probs, self.input_decode_config(path, cfg))
                 outdir.mkdir(parents=True, exist_ok=True)  # not before a file has been read
                 written = self.write(events, path.stem, outdir, cfg, x=x, posteriors=probs)
+                if on_written is not None:
+                    on_written(path, written)
                 t.write_s += time.perf_counter() - start  # this thread alone adds to it
                 return i, path, written
 
