@@ -631,12 +631,9 @@ def transcribe_inputs(
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
-            )
-            _say_left_out(path, suffixes, outdir)
+            visible = [p for p in path.iterdir() if not p.name.startswith(".")]
+            found = sorted(p for p in visible if p.is_file() and p.suffix.lower() in suffixes)
+            _say_left_out(path, visible, suffixes, outdir)
             if not found:
                 raise UsageError(
                     f"{path}: is a folder, not a file, and holds no {'/'.join(suffixes)} files"
@@ -674,11 +671,12 @@ def transcribe_inputs(
     return files
 
 
-def _say_left_out(folder: Path, suffixes: tuple[str, ...], outdir: Path | None = None) -> None:
-    """A line on stderr for what a folder holds that transcription does not read and a user
-    may expect it to: subfolders (it does not recurse; the output folder is not one to say)
-    and links to no file of a kind it reads."""
-    visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
+def _say_left_out(
+    folder: Path, visible: list[Path], suffixes: tuple[str, ...], outdir: Path | None = None
+) -> None:
+    """A line on stderr for what a folder holds (`visible`: its entries not hidden) that
+    transcription does not read and a user may expect it to: subfolders (it does not recurse;
+    the output folder is not one to say) and links to no file of a kind it reads."""
     out = outdir.resolve() if outdir is not None else None
     subfolders = [p for p in visible if p.is_dir() and p.resolve() != out]
     dangling = [

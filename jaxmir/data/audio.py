@@ -58,6 +58,16 @@ def validate_audio(x: np.ndarray, path: str | os.PathLike = "<array>") -> np.nda
     return x
 
 
+def _chunks(f, pos: int, size: int, endian: str = "<"):
+    """(position, id, declared size) of each chunk header of the open file `f` from `pos` on,
+    as the declared sizes chain them (a RIFF or IFF file), while a header fits in `size`."""
+    while pos + 8 <= size:
+        f.seek(pos)
+        cid, csize = struct.unpack(endian + "4sI", f.read(8))
+        yield pos, cid, csize
+        pos += 8 + csize + (csize & 1)
+
+
 def chunk_truncation(path: Path) -> str | None:
     """If a RIFF/RF64 WAV or an AIFF file's audio chunk is cut short, say how; else None."""
     try:
@@ -73,10 +83,7 @@ def chunk_truncation(path: Path) -> str | None:
                 endian, target = ">", b"SSND"
             else:
                 return None
-            pos = 12
-            while pos + 8 <= size:
-                f.seek(pos)
-                cid, csize = struct.unpack(endian + "4sI", f.read(8))
+            for pos, cid, csize in _chunks(f, 12, size, endian):
                 if cid == target:
                     if head[:4] == b"RF64" or csize in (0, 0xFFFFFFFF):
                         return None  # sizes live in ds64 or were never filled in (streamed)
@@ -87,7 +94,6 @@ def chunk_truncation(path: Path) -> str | None:
                             f"bytes but only {have} are present"
                         )
                     return None
-                pos += 8 + csize + (csize & 1)
     except (OSError, struct.error):
         return None
     return None
@@ -102,10 +108,7 @@ def unfinished_header(path: Path) -> str | None:
             head = f.read(12)
             if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            pos = 12
-            while pos + 8 <= size:
-                f.seek(pos)
-                cid, csize = struct.unpack("<4sI", f.read(8))
+            for pos, cid, csize in _chunks(f, 12, size):
                 if cid == b"data":
                     follow = size - pos - 8
                     if csize == 0 and follow > 0 and not _chunks_to_end(f, pos + 8, size):
@@ -115,7 +118,6 @@ def unfinished_header(path: Path) -> str | None:
                             "a tool that reads past the header's lengths"
                         )
                     return None
-                pos += 8 + csize + (csize & 1)
     except (OSError, struct.error):
         return None
     return None
@@ -124,13 +126,12 @@ def unfinished_header(path: Path) -> str | None:
 def _chunks_to_end(f, pos: int, size: int) -> bool:
     """Whether the bytes from `pos` to `size` are whole RIFF chunks (an empty data chunk
     followed by a LIST chunk is an empty recording, not audio without its sizes)."""
-    while pos + 8 <= size:
-        f.seek(pos)
-        cid, csize = struct.unpack("<4sI", f.read(8))
+    end = pos
+    for at, cid, csize in _chunks(f, pos, size):
         if not all(32 <= c < 127 for c in cid):
             return False
-        pos += 8 + csize + (csize & 1)
-    return pos == size or pos == size + 1  # a last chunk's pad byte may be missing
+        end = at + 8 + csize + (csize & 1)
+    return end in (size, size + 1)  # a last chunk's pad byte may be missing
 
 
 def _fallback_decode(path: Path, first_error: Exception) -> tuple[np.ndarray, int]:
@@ -244,7 +245,7 @@ def load_audio(
     if path.stat().st_size == 0:  # else the decoder's "format not recognised" hides the cause
         raise AudioError(path, "empty file (0 bytes)")
     data, rate = _decode(path)
-    if np.asarray(data).size == 0 and (unfinished := unfinished_header(path)):
+    if data.size == 0 and (unfinished := unfinished_header(path)):
         raise AudioError(path, unfinished)
     validate_audio(data, path)
     data = mono_mix(data, path) if mono else data

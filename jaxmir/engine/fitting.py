@@ -34,6 +34,7 @@ rather than after the first steps; an `evaluate` score may not take a metric's n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def _scores(scores, batch_metrics: frozenset[str] = frozenset()) -> dict[str, fl
     return out
 
 
-def _check_data(ds: grain.MapDataset, name: str, batch_size: int = 2) -> None:
+def _check_data(ds: grain.MapDataset, name: str, batch_size: int) -> None:
     """ConfigError for a dataset `fit` cannot train on (grain's own errors come from deep
     inside, after the workdir is made)."""
     if len(ds) == 0:
@@ -177,12 +178,13 @@ def _check_model_and_loss(
     except Exception:  # noqa: BLE001 - the user's code: training reports it in its own words
         return frozenset()
     kept = {k: v for k, v in variables.items() if k in KEPT_COLLECTIONS}
-    if set(variables) - set(kept) and _traces(apply, variables, x):
+    dropped = sorted(set(variables) - set(kept))
+    if dropped and _traces(apply, variables, x):
         try:
             jax.eval_shape(apply, kept, x)
         except Exception as e:  # noqa: BLE001 - flax raises several kinds
             raise ConfigError(
-                f"model: its variable collection(s) {sorted(set(variables) - set(kept))} are "
+                f"model: its variable collection(s) {dropped} are "
                 f"not kept by fit (only {list(KEPT_COLLECTIONS)}), and it fails without them: "
                 f"{first_line(e)}"
             ) from None
@@ -202,11 +204,11 @@ def _check_model_and_loss(
     if "loss" in metrics:
         raise ConfigError("loss: a metric named 'loss' would replace the loss; call it otherwise")
     for name, v in metrics.items():
-        size = int(np.prod(getattr(v, "shape", (2,))))
-        if size != 1:
+        shape = getattr(v, "shape", None)  # every traced leaf has one
+        if shape is None or math.prod(shape) != 1:
             raise ConfigError(
-                f"loss: metric {name!r} has shape {getattr(v, 'shape', type(v).__name__)}, "
-                "expected one number (its mean over the batch)"
+                f"loss: metric {name!r} has shape {shape}, expected one number (its mean over "
+                "the batch)"
             )
     return frozenset(map(str, metrics))
 

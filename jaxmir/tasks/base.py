@@ -595,6 +595,12 @@ class PieceTask(Task):
         files (beat), else audio."""
         return MIDI_SUFFIXES if "midi" in self.datasets else AUDIO_SUFFIXES
 
+    def readable_outputs(self, stem: str) -> tuple[str, ...]:
+        """The `output_names` of an input named `stem` that are of a type the task reads
+        (beat: its MIDI)."""
+        suffixes = self.input_suffixes()
+        return tuple(n for n in self.output_names(stem) if Path(n).suffix.lower() in suffixes)
+
     def transcribe(self, predict, path: Path, cfg: Config, outdir: Path) -> list[Path]:
         return self.transcribe_many(predict, [Path(path)], cfg, outdir, progress=False)
 
@@ -746,16 +752,21 @@ class PieceTask(Task):
             bar.close()
 
 
-def nothing_found_note(path: Path, written: list[Path], suffix: str, what: str) -> str | None:
-    """ "PATH: no WHAT found ..." where the CSV of `written` ending in `suffix` holds a header
-    and no rows (a silent file, or nothing the model heard over its thresholds): an empty
-    result said, not left for the user to find."""
+def csv_rows(written: list[Path], suffix: str) -> int | None:
+    """The rows below the header of the CSV of `written` whose name ends in `suffix`; None
+    where there is none."""
     csv = next((p for p in written if p.name.endswith(suffix)), None)
     if csv is None:
         return None
     with open(csv) as f:
-        rows = sum(1 for line in f if line.strip()) - 1
-    if rows > 0:
+        return sum(1 for line in f if line.strip()) - 1
+
+
+def nothing_found_note(path: Path, written: list[Path], suffix: str, what: str) -> str | None:
+    """ "PATH: no WHAT found ..." where the CSV of `written` ending in `suffix` holds a header
+    and no rows (a silent file, or nothing the model heard over its thresholds): an empty
+    result said, not left for the user to find."""
+    if csv_rows(written, suffix) != 0:
         return None
     return f"{path}: no {what} found (silence, or nothing the model hears over its thresholds)"
 

@@ -962,9 +962,6 @@ class BeatTask(PieceTask):
         notes = octaves_into_range(read_midi_notes(Path(path), rhythm=True))
         return beat_features(notes, int(np.ceil(notes[:, 1].max() * FPS)) + 1 if len(notes) else 1)
 
-    def readable_outputs(self, stem: str) -> tuple[str, ...]:
-        return (f"{stem}_beats.mid",)
-
     def is_own_output(self, path: Path) -> bool:
         """A MIDI file of the two drum tracks `beats_to_midi` writes, and nothing else."""
         from jaxmir.data.datasets.midi import MidiError, load_midi

@@ -40,7 +40,14 @@ from jaxmir.data.cache import FeatureCache
 from jaxmir.data.features.cqt import DRUM_CLASSES, HOP, PATCH_SIZE, drum_input, drum_labels
 from jaxmir.data.pipeline import frames_window
 from jaxmir.inference import predict_piece
-from jaxmir.tasks.base import CorpusConfig, PieceTask, require_model, schedule, tiny_schedule
+from jaxmir.tasks.base import (
+    CorpusConfig,
+    PieceTask,
+    csv_rows,
+    require_model,
+    schedule,
+    tiny_schedule,
+)
 from jaxmir.tasks.drum.decode import (
     decode_hits,
     drum_scores,
@@ -269,10 +276,8 @@ class DrumTask(PieceTask):
         from jaxmir.data.features.cqt import SR, tracked_beats
         from jaxmir.data.records import AudioPiece
 
-        csv = next(p for p in written if p.name.endswith("_drums.csv"))
-        with open(csv) as fh:
-            if sum(1 for _ in fh) > 1:  # a header and hits
-                return None
+        if csv_rows(written, "_drums.csv"):  # hits
+            return None
         name = Path(path).name
         if len(tracked_beats(AudioPiece.input(path).samples(SR), SR)) < 2:
             return (

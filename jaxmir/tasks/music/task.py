@@ -713,10 +713,9 @@ def plot_piano_roll(
     last = 3 if mode is not None and check_mode(mode) == "note-offset" else None
     act = np.asarray(probs)[..., 1:last].max(axis=-1).astype(np.float64)
     act = act.reshape(len(probs), 88, 4).mean(axis=-1)
-    columns = PLOT_COLUMNS  # the image's columns: no more than the figure can show
-    if len(act) > columns:  # a long piece: each column the maximum of its frames (matplotlib
-        # resampled the whole roll in float64 RGBA: 1.2 GB for 20 minutes)
-        group = -(-len(act) // columns)
+    if len(act) > PLOT_COLUMNS:  # a long piece: each column the maximum of its frames
+        # (matplotlib resampled the whole roll in float64 RGBA: 1.2 GB for 20 minutes)
+        group = -(-len(act) // PLOT_COLUMNS)
         padded = np.pad(act, ((0, -len(act) % group), (0, 0)))
         act = padded.reshape(-1, group, 88).max(axis=1)
     fig = Figure(figsize=(12, 4))
